@@ -1,0 +1,38 @@
+"""latentcode: AutoEncoder, VAE and VQ-VAE image tokenizers as Hugging Face models."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
+from .modeling import (
+    AutoencoderModel,
+    DecoderOutput,
+    LatentCodePreTrainedModel,
+    VAEModel,
+    VQVAEModel,
+)
+from .modules.distributions import DiagonalGaussianDistribution
+from .presets import preset_config
+
+__version__ = "0.1.0"
+
+for _config_class, _model_class in (
+    (AutoencoderConfig, AutoencoderModel),
+    (VAEConfig, VAEModel),
+    (VQVAEConfig, VQVAEModel),
+):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderModel",
+    "DecoderOutput",
+    "DiagonalGaussianDistribution",
+    "LatentCodeConfig",
+    "LatentCodePreTrainedModel",
+    "VAEConfig",
+    "VAEModel",
+    "VQVAEConfig",
+    "VQVAEModel",
+    "preset_config",
+]

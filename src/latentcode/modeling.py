@@ -1,0 +1,454 @@
+"""AutoencoderModel, VAEModel and VQVAEModel.
+
+One design with three bottlenecks. [`LatentCodePreTrainedModel`] owns everything they share:
+the backbone (`encoder`, `decoder`), the 1x1 `quant_conv` / `post_quant_conv`, input checks,
+batch slicing, tiling and the reconstruction loss. Each family below it adds only its
+bottleneck: how the encoder's output becomes a code, and which regulariser the loss has.
+
+    pixels --encoder--> quant_conv --> [bottleneck] --> post_quant_conv --decoder--> pixels
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
+from .modules.backbone import Decoder, Encoder
+from .modules.distributions import DiagonalGaussianDistribution
+from .modules.quantizers import VectorQuantizer
+from .modules.tiling import tiled_map
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderOutput(ModelOutput):
+    """`sample`: `[B, out_channels, H, W]` reconstructed pixels, nominally in [-1, 1]."""
+
+    sample: torch.FloatTensor | None = None
+
+
+@dataclass
+class AutoencoderEncoderOutput(ModelOutput):
+    """`latents`: `[B, latent_channels, H/f, W/f]`."""
+
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class VAEEncoderOutput(ModelOutput):
+    """`latent_dist`: the posterior q(z|x), a [`DiagonalGaussianDistribution`] over
+    `[B, latent_channels, H/f, W/f]` (named as in diffusers' `AutoencoderKLOutput`)."""
+
+    latent_dist: DiagonalGaussianDistribution | None = None
+
+
+@dataclass
+class VQVAEEncoderOutput(ModelOutput):
+    """`latents`: `[B, D, H/f, W/f]` before quantisation; `quantized`: the same shape after,
+    with the straight-through gradient; `indices`: `[B, H/f, W/f]` int64 codes."""
+
+    latents: torch.FloatTensor | None = None
+    quantized: torch.FloatTensor | None = None
+    indices: torch.LongTensor | None = None
+
+
+@dataclass
+class AutoencoderOutput(ModelOutput):
+    """`loss` = `reconstruction_loss`; `sample`: reconstruction; `latents`: the code."""
+
+    loss: torch.FloatTensor | None = None
+    sample: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class VAEOutput(ModelOutput):
+    """`loss` = `reconstruction_loss + kl_weight * kl / (C*H*W)`; `kl`: KL(q(z|x) || N(0, I))
+    summed over latent elements, averaged over the batch (nats per image)."""
+
+    loss: torch.FloatTensor | None = None
+    sample: torch.FloatTensor | None = None
+    latent_dist: DiagonalGaussianDistribution | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    kl: torch.FloatTensor | None = None
+
+
+@dataclass
+class VQVAEOutput(ModelOutput):
+    """`loss` = `reconstruction_loss + codebook_weight * codebook_loss + commitment_weight *
+    commitment_loss`; `perplexity`: exp(entropy) of the batch's code histogram."""
+
+    loss: torch.FloatTensor | None = None
+    sample: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+    quantized: torch.FloatTensor | None = None
+    indices: torch.LongTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    codebook_loss: torch.FloatTensor | None = None
+    commitment_loss: torch.FloatTensor | None = None
+    perplexity: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared base
+# ----------------------------------------------------------------------------------------------
+
+
+class LatentCodePreTrainedModel(PreTrainedModel):
+    """Backbone, projections and plumbing shared by the three families.
+
+    Subclasses set `encoder_out_channels` (what the encoder predicts), `moment_channels`
+    (what `quant_conv` hands to the bottleneck) and `code_channels` (what the bottleneck hands
+    to `post_quant_conv`) through [`bottleneck_channels`], and implement `encode`, `decode`
+    and `forward`.
+    """
+
+    config_class = LatentCodeConfig
+    base_model_prefix = "latentcode"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: LatentCodeConfig):
+        super().__init__(config)
+        encoder_out, moments, code = self.bottleneck_channels(config)
+        backbone = dict(
+            block_out_channels=config.block_out_channels,
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups,
+            attention_levels=config.attention_levels,
+            mid_block_add_attention=config.mid_block_add_attention,
+            dropout=config.dropout,
+        )
+        self.encoder = Encoder(config.in_channels, encoder_out, **backbone)
+        self.decoder = Decoder(config.latent_channels, config.out_channels, **backbone)
+        self.quant_conv = nn.Conv2d(encoder_out, moments, kernel_size=1) if config.use_quant_conv else None
+        self.post_quant_conv = (
+            nn.Conv2d(code, config.latent_channels, kernel_size=1) if config.use_post_quant_conv else None
+        )
+        self.use_slicing = False
+        self.slice_size = 1
+        self.use_tiling = False
+        self.tile_sample_size = config.sample_size
+        self.tile_overlap_factor = 0.25
+        self._build_bottleneck(config)
+        self.post_init()
+
+    def _build_bottleneck(self, config: LatentCodeConfig) -> None:
+        """Create the bottleneck's own modules (the quantizer); none by default."""
+
+    @staticmethod
+    def bottleneck_channels(config: LatentCodeConfig) -> tuple[int, int, int]:
+        """(encoder output, bottleneck input, bottleneck output) channel counts."""
+        raise NotImplementedError
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own initialisation (Kaiming-uniform convolutions), which the
+        # taming / latent-diffusion / diffusers autoencoders are trained from.
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, VectorQuantizer)):
+            module.reset_parameters()
+
+    # -- convenience ----------------------------------------------------------------------------
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Image size / latent size."""
+        return self.config.downsampling_factor
+
+    def enable_slicing(self, slice_size: int = 1) -> None:
+        """Encode and decode batches `slice_size` images at a time to bound memory."""
+        self.use_slicing, self.slice_size = True, slice_size
+
+    def disable_slicing(self) -> None:
+        self.use_slicing = False
+
+    def enable_tiling(self, tile_sample_size: int | None = None, tile_overlap_factor: float = 0.25) -> None:
+        """Encode and decode images larger than `tile_sample_size` (default `config.sample_size`)
+        in overlapping tiles whose outputs are blended over `tile_overlap_factor` of a tile."""
+        tile = tile_sample_size or self.config.sample_size
+        factor = self.downsampling_factor
+        if tile % factor != 0 or tile < 2 * factor:
+            raise ValueError(
+                f"tile_sample_size must be a multiple of the downsampling factor {factor} and at least "
+                f"{2 * factor}, got {tile}"
+            )
+        if not 0.0 <= tile_overlap_factor < 1.0:
+            raise ValueError(f"tile_overlap_factor must be in [0, 1), got {tile_overlap_factor}")
+        self.use_tiling, self.tile_sample_size, self.tile_overlap_factor = True, tile, tile_overlap_factor
+
+    def disable_tiling(self) -> None:
+        self.use_tiling = False
+
+    # -- input checks ---------------------------------------------------------------------------
+
+    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
+        expected = f"[B, {self.config.in_channels}, H, W] float pixels"
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"expected {expected} as a torch.Tensor, got {type(pixel_values).__name__}")
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"expected {expected} in [-1, 1], got dtype {pixel_values.dtype}; convert uint8 images "
+                "with LatentCodeImageProcessor or `x.float() / 127.5 - 1`"
+            )
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected {expected} (in_channels={self.config.in_channels}), got shape {tuple(pixel_values.shape)}"
+            )
+        factor = self.downsampling_factor
+        height, width = pixel_values.shape[2:]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"image height and width must be divisible by the downsampling factor {factor} "
+                f"(2 ** (len(block_out_channels) - 1)), got {height}x{width}"
+            )
+
+    def _check_code(self, code: torch.Tensor, channels: int, name: str = "latents") -> None:
+        if not isinstance(code, torch.Tensor) or not code.is_floating_point():
+            kind = code.dtype if isinstance(code, torch.Tensor) else type(code).__name__
+            raise ValueError(f"expected {name} as a float tensor [B, {channels}, h, w], got {kind}")
+        if code.dim() != 4 or code.shape[1] != channels:
+            raise ValueError(f"expected {name} of shape [B, {channels}, h, w], got shape {tuple(code.shape)}")
+
+    # -- shared encode / decode paths -----------------------------------------------------------
+
+    def _split_batch(self, fn, x: torch.Tensor) -> torch.Tensor:
+        if self.use_slicing and x.shape[0] > self.slice_size:
+            return torch.cat([fn(chunk) for chunk in x.split(self.slice_size)])
+        return fn(x)
+
+    def _encode_moments(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels `[B, C, H, W]` -> bottleneck input `[B, moment_channels, H/f, W/f]`."""
+        self._check_pixels(pixel_values)
+
+        def encode_tile(x: torch.Tensor) -> torch.Tensor:
+            h = self.encoder(x)
+            return self.quant_conv(h) if self.quant_conv is not None else h
+
+        def encode_batch(x: torch.Tensor) -> torch.Tensor:
+            if self.use_tiling and max(x.shape[2:]) > self.tile_sample_size:
+                return tiled_map(
+                    x, encode_tile, self.tile_sample_size, self._tile_stride(), 1 / self.downsampling_factor
+                )
+            return encode_tile(x)
+
+        return self._split_batch(encode_batch, pixel_values)
+
+    def _decode_code(self, code: torch.Tensor) -> torch.Tensor:
+        """Bottleneck output `[B, code_channels, h, w]` -> pixels `[B, out_channels, h*f, w*f]`."""
+
+        def decode_tile(z: torch.Tensor) -> torch.Tensor:
+            if self.post_quant_conv is not None:
+                z = self.post_quant_conv(z)
+            return self.decoder(z)
+
+        def decode_batch(z: torch.Tensor) -> torch.Tensor:
+            tile = self.tile_sample_size // self.downsampling_factor
+            if self.use_tiling and max(z.shape[2:]) > tile:
+                stride = self._tile_stride() // self.downsampling_factor
+                return tiled_map(z, decode_tile, tile, stride, self.downsampling_factor)
+            return decode_tile(z)
+
+        return self._split_batch(decode_batch, code)
+
+    def _tile_stride(self) -> int:
+        """Distance between tile origins in pixels, a multiple of the downsampling factor."""
+        factor = self.downsampling_factor
+        overlap = round(self.tile_sample_size * self.tile_overlap_factor / factor) * factor
+        return self.tile_sample_size - overlap
+
+    def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean per-element MSE or L1, as `config.reconstruction_loss` says."""
+        if self.config.reconstruction_loss == "l1":
+            return F.l1_loss(reconstruction.float(), target.float())
+        return F.mse_loss(reconstruction.float(), target.float())
+
+
+# ----------------------------------------------------------------------------------------------
+# The three bottlenecks
+# ----------------------------------------------------------------------------------------------
+
+
+class AutoencoderModel(LatentCodePreTrainedModel):
+    """Deterministic autoencoder: the code is the encoder's output.
+
+    ```python
+    model = AutoencoderModel(AutoencoderConfig(block_out_channels=(64, 128)))
+    latents = model.encode(pixels).latents          # [B, 4, H/2, W/2]
+    reconstruction = model.decode(latents).sample   # [B, 3, H, W]
+    ```
+    """
+
+    config_class = AutoencoderConfig
+
+    @staticmethod
+    def bottleneck_channels(config):
+        return config.latent_channels, config.latent_channels, config.latent_channels
+
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
+        """`[B, C, H, W]` pixels in [-1, 1] -> `.latents` `[B, latent_channels, H/f, W/f]`."""
+        latents = self._encode_moments(pixel_values)
+        return AutoencoderEncoderOutput(latents=latents) if return_dict else (latents,)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True):
+        """`[B, latent_channels, h, w]` -> `.sample` `[B, out_channels, h*f, w*f]`."""
+        self._check_code(latents, self.config.latent_channels)
+        sample = self._decode_code(latents)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True):
+        latents = self.encode(pixel_values).latents
+        sample = self._decode_code(latents)
+        reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        output = AutoencoderOutput(
+            loss=reconstruction_loss, sample=sample, latents=latents, reconstruction_loss=reconstruction_loss
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VAEModel(LatentCodePreTrainedModel):
+    """Variational autoencoder with a diagonal Gaussian posterior, like diffusers' `AutoencoderKL`.
+
+    ```python
+    posterior = model.encode(pixels).latent_dist           # DiagonalGaussianDistribution
+    z = posterior.sample(generator=torch.Generator().manual_seed(0))
+    images = model.decode(z).sample
+    new_images = model.sample(4, generator=torch.Generator().manual_seed(0))
+    ```
+    """
+
+    config_class = VAEConfig
+
+    @staticmethod
+    def bottleneck_channels(config):
+        return 2 * config.latent_channels, 2 * config.latent_channels, config.latent_channels
+
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
+        """`[B, C, H, W]` -> `.latent_dist`, a Gaussian over `[B, latent_channels, H/f, W/f]`."""
+        posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values))
+        return VAEEncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True):
+        """`[B, latent_channels, h, w]` -> `.sample` `[B, out_channels, h*f, w*f]`."""
+        self._check_code(latents, self.config.latent_channels)
+        sample = self._decode_code(latents)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        sample_posterior: bool | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
+        """Reconstruct through a posterior sample (default in training) or its mean (in eval)."""
+        if sample_posterior is None:
+            sample_posterior = self.training
+        posterior = self.encode(pixel_values).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        sample = self._decode_code(z)
+        reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        kl = posterior.kl().float().mean()
+        values_per_image = sample[0].numel()
+        loss = reconstruction_loss + self.config.kl_weight * kl / values_per_image
+        output = VAEOutput(
+            loss=loss, sample=sample, latent_dist=posterior, reconstruction_loss=reconstruction_loss, kl=kl
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, generator: torch.Generator | None = None, latent_size: int | None = None
+    ) -> torch.Tensor:
+        """Decode `num_samples` draws from the prior N(0, I).
+
+        `latent_size` defaults to `config.sample_size / f`. Returns `[num_samples, out_channels,
+        latent_size*f, latent_size*f]`.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        size = latent_size or self.config.sample_size // self.downsampling_factor
+        shape = (num_samples, self.config.latent_channels, size, size)
+        device = generator.device if generator is not None else self.device
+        z = torch.randn(shape, generator=generator, device=device).to(self.device, self.dtype)
+        return self.decode(z).sample
+
+
+class VQVAEModel(LatentCodePreTrainedModel):
+    """VQ-VAE: the code is the nearest of `codebook_size` learned vectors.
+
+    ```python
+    encoded = model.encode(pixels)          # .latents, .quantized, .indices [B, H/f, W/f]
+    images = model.decode_indices(encoded.indices).sample
+    ```
+    `decode(latents)` quantises continuous latents first, as diffusers' `VQModel.decode` does.
+    """
+
+    config_class = VQVAEConfig
+
+    def _build_bottleneck(self, config: VQVAEConfig) -> None:
+        self.quantizer = VectorQuantizer(
+            config.codebook_size,
+            config.codebook_dim,
+            commitment_weight=config.commitment_weight,
+            codebook_weight=config.codebook_weight,
+        )
+
+    @staticmethod
+    def bottleneck_channels(config):
+        return config.latent_channels, config.codebook_dim, config.codebook_dim
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
+        """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`."""
+        latents = self._encode_moments(pixel_values)
+        quantized = self.quantizer(latents)
+        output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
+        return output if return_dict else output.to_tuple()
+
+    def decode(self, latents: torch.Tensor, force_not_quantize: bool = False, return_dict: bool = True):
+        """`[B, D, h, w]` continuous latents -> quantise -> `.sample` `[B, out_channels, h*f, w*f]`.
+
+        `force_not_quantize=True` decodes the latents as they are (they are then taken to be
+        codebook vectors already).
+        """
+        self._check_code(latents, self.config.codebook_dim)
+        code = latents if force_not_quantize else self.quantizer(latents).quantized.to(latents.dtype)
+        sample = self._decode_code(code)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def decode_indices(self, indices: torch.Tensor, return_dict: bool = True):
+        """Token indices `[B, h, w]` in `[0, codebook_size)` -> `.sample` `[B, out_channels, h*f, w*f]`."""
+        code = self.quantizer.indices_to_codes(indices.to(self.device)).to(self.dtype)
+        sample = self._decode_code(code)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True):
+        latents = self._encode_moments(pixel_values)
+        quantized = self.quantizer(latents)
+        sample = self._decode_code(quantized.quantized.to(latents.dtype))
+        reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        output = VQVAEOutput(
+            loss=reconstruction_loss + quantized.loss,
+            sample=sample,
+            latents=latents,
+            quantized=quantized.quantized,
+            indices=quantized.indices,
+            reconstruction_loss=reconstruction_loss,
+            codebook_loss=quantized.codebook_loss,
+            commitment_loss=quantized.commitment_loss,
+            perplexity=quantized.perplexity,
+        )
+        return output if return_dict else output.to_tuple()

@@ -1,0 +1,266 @@
+"""The convolutional encoder/decoder shared by all three model families.
+
+Computationally equivalent to the ``Encoder`` / ``Decoder`` of taming-transformers,
+latent-diffusion and diffusers (same operations in the same order), so their checkpoints
+convert with exact outputs. Module names follow the resolution levels:
+
+    Encoder: conv_in -> down[0..L-1] -> mid -> norm_out -> SiLU -> conv_out
+    Decoder: conv_in -> mid -> up[0..L-1] -> norm_out -> SiLU -> conv_out
+
+``down[i]`` works at 1/2**i of the input resolution; ``up`` is stored in the order it runs,
+so ``up[0]`` works at the lowest resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUP_NORM_EPS = 1e-6
+
+
+def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups, channels, eps=GROUP_NORM_EPS, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv -> GroupNorm -> SiLU -> dropout -> conv, plus a shortcut.
+
+    `[B, in_channels, H, W] -> [B, out_channels, H, W]`. The shortcut is a 1x1 convolution
+    when the channel count changes and the identity otherwise.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels, num_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = group_norm(out_channels, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over all spatial positions, with a residual connection.
+
+    `[B, C, H, W] -> [B, C, H, W]`. Projections are linear layers (a 1x1 convolution in the
+    original taming code computes the same thing); attention runs through PyTorch's fused
+    `scaled_dot_product_attention` with scale `1 / sqrt(C)`.
+    """
+
+    def __init__(self, channels: int, num_groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, num_groups)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # [B, H*W, C]
+        q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [B, 1, H*W, C]
+        h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        h = self.to_out(h).transpose(1, 2).reshape(batch, channels, height, width)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution after padding one pixel on the right and bottom only.
+
+    The asymmetric padding is what taming / latent-diffusion / diffusers do; matching it is
+    needed for exact checkpoint conversion. `[B, C, H, W] -> [B, C, H/2, W/2]`.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution. `[B, C, H, W] -> [B, C, 2H, 2W]`."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ResolutionLevel(nn.Module):
+    """ResNet blocks at one resolution, each optionally followed by self-attention, then an
+    optional resampling (Downsample in the encoder, Upsample in the decoder)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int,
+        num_groups: int,
+        dropout: float,
+        attention: bool,
+        resample: nn.Module | None,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, num_groups, dropout)
+            for i in range(num_blocks)
+        )
+        self.attentions = nn.ModuleList(
+            SelfAttention(out_channels, num_groups) for _ in range(num_blocks if attention else 0)
+        )
+        self.resample = resample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if self.attentions:
+                x = self.attentions[i](x)
+        if self.resample is not None:
+            x = self.resample(x)
+        return x
+
+
+class MidBlock(nn.Module):
+    """ResNet block -> optional self-attention -> ResNet block, at the lowest resolution."""
+
+    def __init__(self, channels: int, num_groups: int, dropout: float, attention: bool):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, num_groups, dropout)
+        self.attention = SelfAttention(channels, num_groups) if attention else None
+        self.block_2 = ResnetBlock(channels, channels, num_groups, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block_1(x)
+        if self.attention is not None:
+            x = self.attention(x)
+        return self.block_2(x)
+
+
+class _CheckpointedStages(nn.Module):
+    """Runs a list of stages, each under activation checkpointing when it is enabled.
+
+    `transformers.PreTrainedModel.gradient_checkpointing_enable()` finds every module with a
+    `gradient_checkpointing` attribute and sets it together with `_gradient_checkpointing_func`.
+    """
+
+    gradient_checkpointing = False
+
+    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(stage.__call__, x)
+        return stage(x)
+
+
+class Encoder(_CheckpointedStages):
+    """Image to latent features. `[B, in_channels, H, W] -> [B, out_channels, H/f, W/f]` with
+    `f = 2 ** (len(block_out_channels) - 1)`. For a VAE `out_channels` is twice the latent
+    channels (mean and log-variance)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        norm_num_groups: int,
+        attention_levels: Sequence[int] = (),
+        mid_block_add_attention: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        num_levels = len(block_out_channels)
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.down = nn.ModuleList()
+        level_in = block_out_channels[0]
+        for level, channels in enumerate(block_out_channels):
+            is_last = level == num_levels - 1
+            self.down.append(
+                ResolutionLevel(
+                    level_in,
+                    channels,
+                    num_blocks=layers_per_block,
+                    num_groups=norm_num_groups,
+                    dropout=dropout,
+                    attention=level in attention_levels,
+                    resample=None if is_last else Downsample(channels),
+                )
+            )
+            level_in = channels
+        self.mid = MidBlock(level_in, norm_num_groups, dropout, mid_block_add_attention)
+        self.norm_out = group_norm(level_in, norm_num_groups)
+        self.conv_out = nn.Conv2d(level_in, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for level in self.down:
+            x = self._run(level, x)
+        x = self._run(self.mid, x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class Decoder(_CheckpointedStages):
+    """Latent to image. `[B, in_channels, h, w] -> [B, out_channels, h*f, w*f]`.
+
+    Each level has `layers_per_block + 1` ResNet blocks, as in latent-diffusion.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        norm_num_groups: int,
+        attention_levels: Sequence[int] = (),
+        mid_block_add_attention: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        num_levels = len(block_out_channels)
+        level_in = block_out_channels[-1]
+        self.conv_in = nn.Conv2d(in_channels, level_in, kernel_size=3, padding=1)
+        self.mid = MidBlock(level_in, norm_num_groups, dropout, mid_block_add_attention)
+        self.up = nn.ModuleList()
+        for level in reversed(range(num_levels)):
+            channels = block_out_channels[level]
+            self.up.append(
+                ResolutionLevel(
+                    level_in,
+                    channels,
+                    num_blocks=layers_per_block + 1,
+                    num_groups=norm_num_groups,
+                    dropout=dropout,
+                    attention=level in attention_levels,
+                    resample=None if level == 0 else Upsample(channels),
+                )
+            )
+            level_in = channels
+        self.norm_out = group_norm(level_in, norm_num_groups)
+        self.conv_out = nn.Conv2d(level_in, out_channels, kernel_size=3, padding=1)
+
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """Weight of the final convolution; VQGAN's adaptive GAN weight uses its gradients."""
+        return self.conv_out.weight
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        x = self._run(self.mid, x)
+        for level in self.up:
+            x = self._run(level, x)
+        return self.conv_out(F.silu(self.norm_out(x)))

@@ -1,0 +1,72 @@
+"""The VAE's posterior q(z|x): a diagonal Gaussian, with the attribute names of diffusers'
+``DiagonalGaussianDistribution`` so code written for ``AutoencoderKL`` works unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Clamping the log-variance keeps exp() finite in fp16/bf16 and early in training.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+class DiagonalGaussianDistribution:
+    """N(mean, diag(std^2)) per latent element.
+
+    Args:
+        parameters: `[B, 2 * C, h, w]`, the mean in the first `C` channels and the
+            log-variance in the last `C` (the VAE encoder's output).
+        deterministic: if True, `std` is zero and `sample()` returns the mean.
+    """
+
+    def __init__(self, parameters: torch.Tensor, deterministic: bool = False):
+        if parameters.dim() < 2 or parameters.shape[1] % 2 != 0:
+            raise ValueError(
+                f"parameters must be [B, 2*C, ...] (mean and log-variance), got shape {tuple(parameters.shape)}"
+            )
+        self.parameters = parameters
+        self.mean, logvar = torch.chunk(parameters, 2, dim=1)
+        self.logvar = torch.clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
+        self.deterministic = deterministic
+        if deterministic:
+            self.logvar = torch.zeros_like(self.mean)
+            self.std = torch.zeros_like(self.mean)
+            self.var = torch.zeros_like(self.mean)
+        else:
+            self.std = torch.exp(0.5 * self.logvar)
+            self.var = torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterised draw `mean + std * eps`, `eps ~ N(0, I)`; differentiable in mean and std.
+
+        `generator` (on the tensors' device) makes the draw reproducible. Returns `[B, C, h, w]`.
+        """
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        """The most likely latent, the mean. `[B, C, h, w]`."""
+        return self.mean
+
+    def kl(self, other: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
+        """KL(self || other), summed over all non-batch dims; `other` defaults to N(0, I). Returns `[B]`."""
+        dims = list(range(1, self.mean.dim()))
+        if self.deterministic:
+            return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
+        if other is None:
+            return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
+        return 0.5 * torch.sum(
+            (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar,
+            dim=dims,
+        )
+
+    def nll(self, sample: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Negative log-likelihood of `sample` under this Gaussian, summed over `dims`
+        (default all non-batch dims). Returns `[B]`."""
+        if dims is None:
+            dims = tuple(range(1, self.mean.dim()))
+        if self.deterministic:
+            return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
+        log_two_pi = math.log(2.0 * math.pi)
+        return 0.5 * torch.sum(log_two_pi + self.logvar + (sample - self.mean).pow(2) / self.var, dim=dims)

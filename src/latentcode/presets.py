@@ -1,0 +1,56 @@
+"""Named small configurations.
+
+- `vqvae_paper_32`: the VQ-VAE paper's CIFAR-10 model (van den Oord et al., 2017): 32x32
+  RGB, two stride-2 downsamplings to 8x8, K = 512 codes of dimension 64.
+- `mnist`: 28x28 images padded/resized to 32x32 grey-scale, factor 4, a model that trains in
+  minutes on a CPU.
+
+`preset_config("vqvae_paper_32", family="vqvae")` returns a config of the requested family;
+any keyword overrides a field.
+"""
+
+from __future__ import annotations
+
+from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
+
+CONFIG_CLASSES = {"autoencoder": AutoencoderConfig, "vae": VAEConfig, "vqvae": VQVAEConfig}
+
+PRESETS: dict[str, dict] = {
+    "vqvae_paper_32": dict(
+        in_channels=3,
+        block_out_channels=(128, 256, 256),
+        layers_per_block=2,
+        latent_channels=64,
+        norm_num_groups=32,
+        mid_block_add_attention=False,
+        sample_size=32,
+        codebook_size=512,
+    ),
+    "mnist": dict(
+        in_channels=1,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        mid_block_add_attention=False,
+        sample_size=32,
+        codebook_size=256,
+    ),
+}
+
+# Fields only the VQ-VAE has; dropped when a preset is built for another family.
+_VQ_ONLY_FIELDS = ("codebook_size", "codebook_dim", "quantizer")
+
+
+def preset_config(name: str, family: str = "vqvae", **overrides) -> LatentCodeConfig:
+    """Config of `family` ("autoencoder", "vae", "vqvae") from preset `name`, with overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    if family not in CONFIG_CLASSES:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(CONFIG_CLASSES)}")
+    fields = dict(PRESETS[name])
+    if family != "vqvae":
+        for key in _VQ_ONLY_FIELDS:
+            fields.pop(key, None)
+    fields.update(overrides)
+    return CONFIG_CLASSES[family](**fields)
