@@ -266,6 +266,22 @@ class LatentCodePreTrainedModel(PreTrainedModel):
         overlap = round(self.tile_sample_size * self.tile_overlap_factor / factor) * factor
         return self.tile_sample_size - overlap
 
+    # -- conversion (implemented in latentcode.conversion) --------------------------------------
+
+    @classmethod
+    def from_diffusers(cls, model_or_path, **kwargs):
+        """Build this model from a diffusers `VQModel` / `AutoencoderKL` (instance, folder or Hub id),
+        with identical outputs."""
+        from .conversion.diffusers import from_diffusers
+
+        return from_diffusers(cls, model_or_path, **kwargs)
+
+    def to_diffusers(self):
+        """The equivalent diffusers `VQModel` / `AutoencoderKL`, with bit-identical weights."""
+        from .conversion.diffusers import to_diffusers
+
+        return to_diffusers(self)
+
     def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean per-element MSE or L1, as `config.reconstruction_loss` says."""
         if self.config.reconstruction_loss == "l1":
