@@ -1,8 +1,9 @@
 """latentcode: AutoEncoder, VAE and VQ-VAE image tokenizers as Hugging Face models."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
+from .image_processing import LatentCodeImageProcessor
 from .modeling import (
     AutoencoderModel,
     DecoderOutput,
@@ -22,6 +23,12 @@ for _config_class, _model_class in (
 ):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
+    # One torch implementation serves both of transformers' backend names, so neither choice warns.
+    AutoImageProcessor.register(
+        _config_class,
+        image_processor_classes={"torchvision": LatentCodeImageProcessor, "pil": LatentCodeImageProcessor},
+        exist_ok=True,
+    )
 
 __all__ = [
     "AutoencoderConfig",
@@ -29,6 +36,7 @@ __all__ = [
     "DecoderOutput",
     "DiagonalGaussianDistribution",
     "LatentCodeConfig",
+    "LatentCodeImageProcessor",
     "LatentCodePreTrainedModel",
     "VAEConfig",
     "VAEModel",
