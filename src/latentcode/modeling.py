@@ -468,3 +468,29 @@ class VQVAEModel(LatentCodePreTrainedModel):
             perplexity=quantized.perplexity,
         )
         return output if return_dict else output.to_tuple()
+
+    # -- token API for sequence models (latentcode.tokens) --------------------------------------
+
+    def latent_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
+        """Code grid of one image of `image_size` (`H` or `(H, W)`, default `config.sample_size`):
+        `(h, w)`, or `(h, w, depth)` for a quantiser with `config.num_quantizers > 1` levels."""
+        from .tokens import latent_shape
+
+        size = self.config.sample_size if image_size is None else image_size
+        return latent_shape(self.config, size, depth=getattr(self.config, "num_quantizers", 1))
+
+    @torch.no_grad()
+    def encode_to_sequence(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[B, C, H, W]` pixels -> code sequence `[B, L]` int64 in raster order, `L = h * w (* depth)`."""
+        from .tokens import indices_to_sequence
+
+        return indices_to_sequence(self.encode(pixel_values).indices)
+
+    def decode_sequence(
+        self, sequence: torch.Tensor, image_size: int | tuple[int, int] | None = None, return_dict: bool = True
+    ):
+        """Code sequence `[B, L]` of images of `image_size` (default `config.sample_size`) ->
+        `.sample` `[B, out_channels, H, W]`."""
+        from .tokens import sequence_to_indices
+
+        return self.decode_indices(sequence_to_indices(sequence, self.latent_shape(image_size)), return_dict)
