@@ -166,13 +166,18 @@ class LatentCodeImageProcessor(BaseImageProcessor):
                 f"expected float pixels [B, C, H, W] with C in {sorted(PIL_MODES)}, got shape "
                 f"{tuple(pixels.shape)} and dtype {pixels.dtype}"
             )
-        images = ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        images = pixels_to_uint8(pixels)
         if output_type == "pt":
             return images
         images = images.permute(0, 2, 3, 1).numpy()
         if output_type == "np":
             return images
         return [PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image) for image in images]
+
+
+def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [-1, 1] (clipped) -> uint8 in [0, 255] on the CPU, same shape."""
+    return ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def _as_image_list(images) -> list:
