@@ -284,6 +284,12 @@ class LatentCodePreTrainedModel(PreTrainedModel):
 
     def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean per-element MSE or L1, as `config.reconstruction_loss` says."""
+        if reconstruction.shape != target.shape:
+            raise ValueError(
+                f"the loss compares the reconstruction with the input, but a reconstruction of shape "
+                f"{tuple(reconstruction.shape)} cannot match pixels of shape {tuple(target.shape)} "
+                f"(out_channels={self.config.out_channels}, in_channels={self.config.in_channels})"
+            )
         if self.config.reconstruction_loss == "l1":
             return F.l1_loss(reconstruction.float(), target.float())
         return F.mse_loss(reconstruction.float(), target.float())

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny configs of each family and real images (sklearn's 8x8 digits)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import latentcode
+
+
+def tiny_config(family: str, **overrides):
+    """A two-level model with attention everywhere, small enough to run in milliseconds."""
+    fields = dict(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        attention_levels=(1,),
+        sample_size=16,
+    )
+    fields.update(overrides)
+    config_class = {
+        "autoencoder": latentcode.AutoencoderConfig,
+        "vae": latentcode.VAEConfig,
+        "vqvae": latentcode.VQVAEConfig,
+    }[family]
+    return config_class(**fields)
+
+
+MODEL_CLASSES = {
+    "autoencoder": latentcode.AutoencoderModel,
+    "vae": latentcode.VAEModel,
+    "vqvae": latentcode.VQVAEModel,
+}
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return MODEL_CLASSES[family](tiny_config(family, **overrides)).eval()
+
+
+@pytest.fixture(params=sorted(MODEL_CLASSES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def digits() -> torch.Tensor:
+    """The 1797 real 8x8 handwritten digits of sklearn, upsampled to 16x16 grey-scale in [-1, 1].
+
+    Returns `[1797, 1, 16, 16]` float32.
+    """
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.float32) / 16.0  # [N, 8, 8] in [0, 1]
+    pixels = torch.from_numpy(images).unsqueeze(1) * 2 - 1
+    return torch.nn.functional.interpolate(pixels, scale_factor=2, mode="bilinear", align_corners=False)

@@ -1,0 +1,355 @@
+"""The three model families: shapes, losses, Hugging Face I/O, bottleneck maths, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import MODEL_CLASSES, tiny_config, tiny_model
+from transformers import AutoConfig, AutoModel
+
+import latentcode
+from latentcode.modules.distributions import DiagonalGaussianDistribution
+from latentcode.modules.quantizers import nearest_codebook_indices
+from latentcode.modules.tiling import tiled_map
+
+
+def test_forward_reconstructs_input_shape_and_reports_family_losses(family):
+    model = tiny_model(family)
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    output = model(pixels)
+    assert output.sample.shape == pixels.shape
+    assert torch.isfinite(output.loss)
+    expected_reconstruction = torch.nn.functional.mse_loss(output.sample, pixels)
+    torch.testing.assert_close(output.reconstruction_loss, expected_reconstruction)
+    if family == "autoencoder":
+        torch.testing.assert_close(output.loss, output.reconstruction_loss)
+        assert output.latents.shape == (2, 4, 8, 8)
+    elif family == "vae":
+        kl_per_value = output.kl / pixels[0].numel()
+        torch.testing.assert_close(output.loss, output.reconstruction_loss + model.config.kl_weight * kl_per_value)
+        assert output.kl > 0
+    else:
+        expected = output.reconstruction_loss + output.codebook_loss + 0.25 * output.commitment_loss
+        torch.testing.assert_close(output.loss, expected)
+        assert output.indices.shape == (2, 8, 8) and output.indices.dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "overrides, image_shape",
+    [
+        (dict(in_channels=1, block_out_channels=(16,), attention_levels=(0,)), (1, 1, 12, 12)),  # factor 1, grey
+        (dict(in_channels=4, block_out_channels=(8, 8, 16, 16)), (1, 4, 32, 32)),  # factor 8, RGBA
+        (dict(in_channels=3, out_channels=1, dropout=0.1), (1, 3, 16, 16)),
+    ],
+)
+def test_backbone_sizes_and_channels(family, overrides, image_shape):
+    model = tiny_model(family, **overrides)
+    pixels = torch.randn(image_shape)
+    factor = model.downsampling_factor
+    assert factor == 2 ** (len(model.config.block_out_channels) - 1)
+    encoded = model.encode(pixels)
+    latents = encoded.latent_dist.mean if family == "vae" else encoded.latents
+    assert latents.shape[2:] == (image_shape[2] // factor, image_shape[3] // factor)
+    sample = model.decode(latents).sample
+    assert sample.shape == (image_shape[0], model.config.out_channels, *image_shape[2:])
+
+
+def test_loss_needs_matching_input_and_output_channels(family):
+    model = tiny_model(family, out_channels=1)
+    with pytest.raises(ValueError, match=r"reconstruction of shape \(1, 1, 16, 16\).*\(1, 3, 16, 16\)"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+def test_save_and_load_is_bit_identical(family, tmp_path):
+    model = tiny_model(family, scaling_factor=0.5)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == model.config.model_type and config["scaling_factor"] == 0.5
+
+    loaded = MODEL_CLASSES[family].from_pretrained(tmp_path).eval()
+    for (name, value), (loaded_name, loaded_value) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert name == loaded_name and torch.equal(value, loaded_value), name
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(pixels).sample, loaded(pixels).sample)
+
+
+def test_auto_classes_return_the_right_family(family, tmp_path):
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
+    assert type(AutoModel.from_pretrained(tmp_path)) is MODEL_CLASSES[family]
+
+
+def test_hub_id_loads_offline_from_the_cache(tmp_path):
+    """A model placed in the Hugging Face cache layout loads by Hub id with HF_HUB_OFFLINE=1."""
+    model = tiny_model("vqvae")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--latentcode-test--tiny-vqvae"
+    model.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    expected = model.quantizer.codebook.detach().sum().item()
+
+    script = (
+        "import latentcode, torch;"
+        "m = latentcode.VQVAEModel.from_pretrained('latentcode-test/tiny-vqvae');"
+        "print(repr(m.quantizer.codebook.detach().sum().item()))"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    model = tiny_model("vqvae").train()
+    pixels = torch.randn(2, 3, 16, 16)
+    latents = model._encode_moments(pixels)
+    latents.retain_grad()
+    quantized = model.quantizer(latents)
+    quantized.quantized.retain_grad()
+    reconstruction = model._decode_code(quantized.quantized)
+    torch.nn.functional.mse_loss(reconstruction, pixels).backward()
+    # The decoder's gradient at the codes is copied unchanged to the encoder output ...
+    torch.testing.assert_close(latents.grad, quantized.quantized.grad)
+    # ... and reaches the encoder's first layer through the reconstruction loss alone.
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert model.quantizer.codebook.grad is None  # the codebook learns only from its own loss
+
+
+def test_codebook_and_commitment_losses_move_the_right_parameters():
+    quantizer = tiny_model("vqvae").quantizer
+    latents = torch.randn(2, 4, 3, 3, requires_grad=True)
+    output = quantizer(latents)
+    output.codebook_loss.backward(retain_graph=True)
+    assert latents.grad is None and quantizer.codebook.grad.abs().sum() > 0
+    quantizer.codebook.grad = None
+    output.commitment_loss.backward()
+    assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
+    codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
+    torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
+    torch.testing.assert_close(output.loss, output.codebook_loss + 0.25 * output.commitment_loss)
+
+
+def test_kl_and_nll_equal_torch_distributions():
+    torch.manual_seed(0)
+    parameters = torch.randn(3, 8, 4, 4)
+    posterior = DiagonalGaussianDistribution(parameters)
+    mean, logvar = parameters.chunk(2, dim=1)
+    q = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
+    prior = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    torch.testing.assert_close(posterior.kl(), torch.distributions.kl_divergence(q, prior).sum(dim=(1, 2, 3)))
+
+    other = DiagonalGaussianDistribution(torch.randn(3, 8, 4, 4))
+    p = torch.distributions.Normal(other.mean, other.std)
+    torch.testing.assert_close(posterior.kl(other), torch.distributions.kl_divergence(q, p).sum(dim=(1, 2, 3)))
+
+    sample = torch.randn(3, 4, 4, 4)
+    torch.testing.assert_close(posterior.nll(sample), -q.log_prob(sample).sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(posterior.mode(), mean)
+
+
+def test_reparameterised_sample_is_reproducible_and_differentiable():
+    parameters = torch.randn(2, 8, 3, 3, requires_grad=True)
+    posterior = DiagonalGaussianDistribution(parameters)
+    first = posterior.sample(generator=torch.Generator().manual_seed(7))
+    second = posterior.sample(generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
+    eps = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(first, posterior.mean + posterior.std * eps)
+    first.sum().backward()
+    assert parameters.grad[:, :4].abs().min() > 0  # mean
+    assert parameters.grad[:, 4:].abs().sum() > 0  # log-variance
+
+
+def test_vae_prior_samples_are_reproducible():
+    model = tiny_model("vae")
+    first = model.sample(3, generator=torch.Generator().manual_seed(1))
+    second = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert first.shape == (3, 3, 16, 16)
+    assert torch.equal(first, second)
+    z = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, model.decode(z).sample)
+
+
+@pytest.mark.parametrize("max_block_elements", [37, 1000, 2**20])
+def test_nearest_indices_equal_brute_force_cdist(max_block_elements):
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(500, 16, generator=generator, dtype=torch.float64)
+    codebook = torch.randn(300, 16, generator=generator, dtype=torch.float64)
+    expected = torch.cdist(vectors, codebook).argmin(dim=1)
+    actual = nearest_codebook_indices(vectors, codebook, max_block_elements=max_block_elements)
+    assert torch.equal(actual, expected)
+
+
+def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():
+    model = tiny_model("vqvae", codebook_size=64, codebook_dim=6)
+    with torch.no_grad():
+        model.quantizer.codebook.normal_()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        encoded = model.encode(pixels)
+        flat = encoded.latents.permute(0, 2, 3, 1).reshape(-1, 6)
+        expected = torch.cdist(flat.double(), model.quantizer.codebook.double()).argmin(dim=1)
+        assert torch.equal(encoded.indices.flatten(), expected)
+        assert len(encoded.indices.unique()) > 1
+        from_indices = model.decode_indices(encoded.indices).sample
+        from_latents = model.decode(encoded.latents).sample
+        # decode() quantises with the straight-through form latents + (codes - latents), which
+        # equals the codes up to float rounding.
+        torch.testing.assert_close(from_indices, from_latents, atol=1e-5, rtol=1e-5)
+        assert model.codebook_size == 64
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    model = tiny_model(family).train()
+    pixels = torch.randn(2, 3, 16, 16)
+    kwargs = {"sample_posterior": False} if family == "vae" else {}
+    model(pixels, **kwargs).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
+    model(pixels, **kwargs).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(parameter.grad, expected[name], msg=name)
+
+
+def test_slicing_gives_identical_outputs(family):
+    model = tiny_model(family)
+    pixels = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(pixels).sample
+        model.enable_slicing(slice_size=2)
+        sliced = model(pixels).sample
+    torch.testing.assert_close(sliced, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fn, scale",
+    [
+        (lambda t: t * 2 + 1, 1),
+        (lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest"), 2),
+        (lambda t: torch.nn.functional.avg_pool2d(t, 2), 0.5),
+    ],
+)
+def test_tiled_map_stitches_local_operations_exactly(fn, scale):
+    x = torch.randn(2, 3, 40, 56)
+    torch.testing.assert_close(tiled_map(x, fn, tile_size=16, stride=12, scale=scale), fn(x))
+
+
+def test_tiled_encode_decode_matches_shapes_and_blending_hides_seams():
+    model = tiny_model("vae")
+    coordinates = torch.linspace(0, 1, 64)
+    yy, xx = torch.meshgrid(coordinates, coordinates, indexing="ij")
+    smooth = torch.stack([torch.sin(3 * xx), torch.cos(2 * yy), torch.sin(2 * (xx + yy))]).unsqueeze(0)
+
+    def encode_decode():
+        with torch.no_grad():
+            latents = model.encode(smooth).latent_dist.mean
+            return latents, model.decode(latents).sample
+
+    reference_latents, reference = encode_decode()
+    model.enable_tiling(tile_sample_size=64)  # one tile covers the image: the untiled path
+    assert torch.equal(encode_decode()[1], reference)
+    model.enable_tiling(tile_sample_size=32, tile_overlap_factor=0.0)
+    seam_latents, seams = encode_decode()
+    model.enable_tiling(tile_sample_size=32, tile_overlap_factor=0.25)
+    blended_latents, blended = encode_decode()
+    assert blended_latents.shape == reference_latents.shape and blended.shape == reference.shape
+    # Each tile normalises with its own GroupNorm statistics, so tiles never match the whole
+    # image exactly; cross-fading the overlaps brings them closer than butting tiles together.
+    assert (blended_latents - reference_latents).abs().mean() < (seam_latents - reference_latents).abs().mean()
+    assert (blended - reference).abs().mean() < (seams - reference).abs().mean()
+
+
+def test_overfits_real_digits(family, digits):
+    torch.manual_seed(0)
+    model = MODEL_CLASSES[family](tiny_config(family, in_channels=1, codebook_size=32)).train()
+    batch = digits[:32]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        initial = model(batch).reconstruction_loss.item()
+    for _ in range(120):
+        optimizer.zero_grad()
+        model(batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        final = model(batch).reconstruction_loss.item()
+    assert final < 0.25 * initial, (initial, final)
+
+
+def test_presets_build_models_with_the_documented_shapes():
+    config = latentcode.preset_config("vqvae_paper_32", family="vqvae")
+    assert (config.codebook_size, config.codebook_dim, config.downsampling_factor) == (512, 64, 4)
+    vae = latentcode.preset_config("mnist", family="vae", latent_channels=2)
+    assert vae.in_channels == 1 and vae.latent_channels == 2 and not hasattr(vae, "codebook_size")
+    with pytest.raises(ValueError, match="unknown preset"):
+        latentcode.preset_config("nope")
+
+
+# -- bad input: each raises a ValueError naming what was expected and what came ------------------
+
+
+def test_wrong_channel_count_is_rejected(family):
+    with pytest.raises(ValueError, match=r"in_channels=3.*\(2, 1, 16, 16\)"):
+        tiny_model(family).encode(torch.randn(2, 1, 16, 16))
+
+
+def test_size_not_divisible_by_the_downsampling_factor_is_rejected(family):
+    with pytest.raises(ValueError, match="divisible by the downsampling factor 2.*15x16"):
+        tiny_model(family).encode(torch.randn(1, 3, 15, 16))
+
+
+def test_integer_pixels_are_rejected(family):
+    with pytest.raises(ValueError, match="torch.uint8"):
+        tiny_model(family)(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+
+
+def test_decode_rejects_latents_with_the_wrong_channels(family):
+    with pytest.raises(ValueError, match=r"\[B, 4, h, w\].*\(1, 3, 8, 8\)"):
+        tiny_model(family).decode(torch.randn(1, 3, 8, 8))
+
+
+def test_bad_indices_are_rejected():
+    model = tiny_model("vqvae", codebook_size=32)
+    with pytest.raises(ValueError, match=r"in \[0, 31\].*\[0, 32\]"):
+        model.decode_indices(torch.tensor([[[0, 32]]]))
+    with pytest.raises(ValueError, match=r"in \[0, 31\].*\[-1, 0\]"):
+        model.decode_indices(torch.tensor([[[0, -1]]]))
+    with pytest.raises(ValueError, match=r"\[B, h, w\].*\(4,\)"):
+        model.decode_indices(torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="integer tensor.*float32"):
+        model.decode_indices(torch.zeros(1, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "family, fields, message",
+    [
+        ("vqvae", dict(quantizer="kmeans"), "quantizer must be one of"),
+        ("vqvae", dict(codebook_size=1), "codebook_size must be an int >= 2"),
+        ("vqvae", dict(codebook_dim=8, use_quant_conv=False), "codebook_dim=8 differs from latent_channels=4"),
+        ("vae", dict(block_out_channels=(16, 30)), "divisible by norm_num_groups=8"),
+        ("vae", dict(attention_levels=(2,)), r"attention_levels must be in \[0, 1\]"),
+        ("vae", dict(kl_weight=-1.0), "kl_weight must be >= 0"),
+        ("autoencoder", dict(reconstruction_loss="huber"), "'mse' or 'l1'"),
+        ("autoencoder", dict(block_out_channels=()), "at least one level"),
+    ],
+)
+def test_unknown_or_invalid_config_values_are_rejected(family, fields, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(family, **fields)
+
+
+def test_tiling_rejects_tiles_not_aligned_with_the_latent_grid():
+    with pytest.raises(ValueError, match="multiple of the downsampling factor 2"):
+        tiny_model("vae").enable_tiling(tile_sample_size=15)
