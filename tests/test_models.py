@@ -353,3 +353,34 @@ def test_unknown_or_invalid_config_values_are_rejected(family, fields, message):
 def test_tiling_rejects_tiles_not_aligned_with_the_latent_grid():
     with pytest.raises(ValueError, match="multiple of the downsampling factor 2"):
         tiny_model("vae").enable_tiling(tile_sample_size=15)
+
+
+def test_push_to_hub_uploads_a_loadable_model(tmp_path, monkeypatch):
+    """push_to_hub is transformers' own; a recording stand-in for the Hub API checks what it sends."""
+    import types
+
+    import transformers.utils.hub as transformers_hub
+    from huggingface_hub import ModelCard
+
+    uploaded = {}
+
+    class RecordingHubApi:
+        def create_repo(self, repo_id, **kwargs):
+            return types.SimpleNamespace(repo_id=repo_id)
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            for operation in operations:
+                with open(operation.path_or_fileobj, "rb") as file:
+                    uploaded[operation.path_in_repo] = file.read()
+            return "commit"
+
+    monkeypatch.setattr(transformers_hub, "_hf_api", RecordingHubApi())
+    monkeypatch.setattr(transformers_hub, "create_and_tag_model_card", lambda *args, **kwargs: ModelCard("card"))
+    model = tiny_model("vqvae")
+    model.push_to_hub("latentcode-test/tiny-vqvae")
+    assert {"config.json", "model.safetensors"} <= set(uploaded)
+    for name, content in uploaded.items():
+        (tmp_path / name).write_bytes(content)
+    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
+    assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
+    assert torch.equal(loaded.decoder.conv_out.weight, model.decoder.conv_out.weight)
