@@ -1,0 +1,38 @@
+"""Convert a diffusers `VQModel` / `AutoencoderKL` (local folder or Hub id) to a latentcode model.
+
+    python conversion/convert_diffusers_to_latentcode.py --model_name_or_path CompVis/ldm-celebahq-256 \
+        --subfolder vqvae --output_dir ldm-celebahq-vq
+
+Hub ids load from the Hugging Face cache when the network is absent (set HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from latentcode import LatentCodePreTrainedModel
+from latentcode.conversion.scaling import add_scaling_factor_arguments, apply_scaling_factor_arguments
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True, help="diffusers model folder or Hub id")
+    parser.add_argument("--subfolder", default=None, help="e.g. 'vae' or 'vqvae' inside a pipeline repo")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--output_dir", required=True, help="where save_pretrained writes the latentcode model")
+    add_scaling_factor_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model = LatentCodePreTrainedModel.from_diffusers(
+        args.model_name_or_path, subfolder=args.subfolder, revision=args.revision
+    )
+    apply_scaling_factor_arguments(model, args)
+    model.save_pretrained(args.output_dir)
+    print(f"wrote {type(model).__name__} (scaling_factor={model.config.scaling_factor}) to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

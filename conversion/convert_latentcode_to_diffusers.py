@@ -1,0 +1,36 @@
+"""Export a latentcode `VQVAEModel` / `VAEModel` to a diffusers `VQModel` / `AutoencoderKL` folder.
+
+    python conversion/convert_latentcode_to_diffusers.py --model_name_or_path my-vqvae --output_dir my-vqvae-diffusers
+
+The folder loads with `VQModel.from_pretrained` / `AutoencoderKL.from_pretrained` (weights are
+bit-identical). Models that diffusers cannot express (e.g. an FSQ quantizer) stop with an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from transformers import AutoModel
+
+import latentcode  # noqa: F401  (registers the latentcode model types with AutoModel)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True, help="latentcode model folder or Hub id")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--output_dir", required=True, help="where the diffusers model is saved")
+    parser.add_argument("--safe_serialization", action=argparse.BooleanOptionalAction, default=True)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model = AutoModel.from_pretrained(args.model_name_or_path, revision=args.revision)
+    exported = model.to_diffusers()
+    exported.save_pretrained(args.output_dir, safe_serialization=args.safe_serialization)
+    print(f"wrote diffusers {type(exported).__name__} to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

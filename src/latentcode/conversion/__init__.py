@@ -1,0 +1,19 @@
+"""Import and export public checkpoints: diffusers `VQModel` / `AutoencoderKL` both ways, and
+CompVis (taming-transformers, latent-diffusion, Stable Diffusion VAE) checkpoints in.
+
+Every conversion is exact (same outputs up to floating-point kernel differences) and strict:
+files are read without unpickling code, and every missing or unexpected weight stops it.
+"""
+
+from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
+from .diffusers import config_from_diffusers, diffusers_config_from, from_diffusers, to_diffusers
+
+__all__ = [
+    "CheckpointError",
+    "config_from_diffusers",
+    "diffusers_config_from",
+    "from_diffusers",
+    "load_state_dict_exactly",
+    "read_checkpoint",
+    "to_diffusers",
+]

@@ -1,0 +1,119 @@
+"""Reading checkpoint files safely and loading state dicts exactly.
+
+Two rules hold for every conversion in this package:
+
+- A checkpoint file is never fully unpickled. `.safetensors` files hold only tensors;
+  `.ckpt` / `.pt` / `.bin` files are read with `torch.load(weights_only=True)`, whose
+  unpickler builds tensors and plain containers and refuses everything else. PyTorch
+  Lightning checkpoints (taming-transformers, latent-diffusion) also pickle some of the
+  trainer's bookkeeping objects (the `ModelCheckpoint` callback class as a dict key, an
+  `omegaconf` config); those few names stand for inert placeholders, so they are never
+  imported and nothing of theirs runs.
+- A state dict is loaded only when it fits the model exactly: every missing, unexpected or
+  mis-shaped key is named in the error and nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# Modules whose objects Lightning checkpoints carry outside the weights. Their names are
+# replaced by an inert placeholder class during weights_only loading; any other unknown name
+# (os.system, builtins.eval, ...) still stops the load.
+TRAINER_BOOKKEEPING_MODULES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose contents do not fit the model."""
+
+
+class _Placeholder:
+    """Stands for a trainer object in a checkpoint: accepts any arguments and state, keeps none."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _bookkeeping_globals(path: str) -> list[tuple[type, str]]:
+    """Placeholders for the trainer globals the pickle in `path` references."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: weights_only loading reports the problem itself
+        return []
+    return [(_Placeholder, name) for name in names if name.startswith(TRAINER_BOOKKEEPING_MODULES)]
+
+
+def read_checkpoint(path: str | os.PathLike) -> Mapping:
+    """Read a `.safetensors` or torch-pickle checkpoint without executing any code from it.
+
+    Returns the stored object: a `{name: tensor}` dict, or for Lightning `.ckpt` files the
+    dict holding `"state_dict"`. Raises [`CheckpointError`] naming the file and the reason when
+    the file is missing, truncated, corrupt, or references code.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
+    if path.endswith(SAFETENSORS_SUFFIXES):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"could not read safetensors file {path!r}: corrupt or truncated ({error})") from None
+    try:
+        with torch.serialization.safe_globals(_bookkeeping_globals(path)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path!r}: its pickle references Python code that weights-only loading does not "
+            f"allow, so it may try to execute code ({error}). Only tensors, plain containers and "
+            f"trainer bookkeeping ({', '.join(TRAINER_BOOKKEEPING_MODULES)}) are accepted."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"could not read checkpoint {path!r}: corrupt or truncated torch file ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _describe(keys: set[str]) -> str:
+    return ", ".join(sorted(keys)) if keys else "none"
+
+
+def load_state_dict_exactly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy `state_dict` into `model` only if its keys and shapes match the model's exactly.
+
+    Raises [`CheckpointError`] listing every missing, unexpected and mis-shaped key by name.
+    The values keep their bits: a tensor is cast only when the model's dtype differs.
+    """
+    expected = model.state_dict()
+    missing = set(expected) - set(state_dict)
+    unexpected = set(state_dict) - set(expected)
+    mismatched = {
+        f"{key} (checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)})"
+        for key in set(expected) & set(state_dict)
+        if state_dict[key].shape != expected[key].shape
+    }
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"the weights from {source} do not fit {type(model).__name__}; nothing was loaded.\n"
+            f"  missing keys ({len(missing)}): {_describe(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}\n"
+            f"  shape mismatches ({len(mismatched)}): {_describe(mismatched)}"
+        )
+    model.load_state_dict(state_dict, strict=True)
