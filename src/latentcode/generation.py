@@ -33,7 +33,7 @@ from .modeling import VAEModel
 def image_grid(pixels: torch.Tensor, num_columns: int | None = None, padding: int = 2) -> PIL.Image.Image:
     """Pixels `[N, C, H, W]` in [-1, 1] (C in 1, 3, 4) -> one image of `ceil(N / num_columns)` rows.
 
-    `num_columns` defaults to `ceil(sqrt(N))`; `padding` pixels of black separate the cells.
+    `num_columns` defaults to `ceil(sqrt(N))`; `padding` pixels of white separate the cells.
     """
     if pixels.dim() != 4 or pixels.shape[1] not in PIL_MODES or pixels.shape[0] == 0:
         raise ValueError(
@@ -43,8 +43,8 @@ def image_grid(pixels: torch.Tensor, num_columns: int | None = None, padding: in
     columns = num_columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     images = pixels_to_uint8(pixels)
-    cells = F.pad(images, (padding, padding, padding, padding))  # zero = black border
-    blank = cells.new_zeros((rows * columns - count, *cells.shape[1:]))
+    cells = F.pad(images, (padding, padding, padding, padding), value=255)
+    blank = cells.new_full((rows * columns - count, *cells.shape[1:]), 255)
     cells = torch.cat([cells, blank])
     cell_height, cell_width = cells.shape[2:]
     grid = cells.view(rows, columns, channels, cell_height, cell_width).permute(0, 3, 1, 4, 2)
