@@ -1,0 +1,373 @@
+"""Streamed image data for training.
+
+Every source becomes a `datasets.IterableDataset` (`streaming=True`) and goes through one
+pipeline: pick the image column, hold out a validation set, shuffle with a buffer, give each
+process its own part (`split_dataset_by_node`), decode and transform one image at a time.
+
+Sources:
+
+- a Hub dataset (`dataset_name="user/name"`, optional `dataset_config_name`, `split`);
+- local data (`train_data_dir`): an image folder, parquet files or webdataset `.tar` shards;
+- the embedded datasets, real images shipped inside installed packages, no network needed:
+  `"builtin:digits"` (the 1797 8x8 handwritten digits of scikit-learn, grey-scale) and
+  `"builtin:photos"` (64x64 patches cut from the RGB photographs of scikit-image).
+
+Images are decoded by this module, not by `datasets` (the column is cast to
+`Image(decode=False)`), so that an unreadable file is skipped and counted instead of ending
+the run, and so that skipping already-seen examples on resume costs no decoding.
+
+Exact resume: [`ImageBatches`] reads its stream strictly in order and records its position
+(epoch, examples read in the epoch). The shuffle buffer and the random crops/flips are seeded
+from (seed, epoch) and (seed, epoch, rank, position), so replaying the stream up to the saved
+position reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from datasets.distributed import split_dataset_by_node
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# PIL modes for the number of image channels the model expects.
+CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded datasets
+# ----------------------------------------------------------------------------------------------
+
+
+def _digits_images() -> list[PIL.Image.Image]:
+    """scikit-learn's 1797 handwritten digits as 8x8 grey-scale images (values 0..16 -> 0..255)."""
+    from sklearn.datasets import load_digits
+
+    pixels = np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    return [PIL.Image.fromarray(image, mode="L") for image in pixels]
+
+
+_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
+
+
+def _photo_patches(patch_size: int = 64) -> list[PIL.Image.Image]:
+    """Non-overlapping `patch_size` RGB patches of the photographs shipped with scikit-image."""
+    import skimage.data
+
+    patches = []
+    for name in _PHOTOS:
+        photo = getattr(skimage.data, name)()
+        for top in range(0, photo.shape[0] - patch_size + 1, patch_size):
+            for left in range(0, photo.shape[1] - patch_size + 1, patch_size):
+                patches.append(PIL.Image.fromarray(photo[top : top + patch_size, left : left + patch_size]))
+    return patches
+
+
+BUILTIN_DATASETS: dict[str, Callable[[], list[PIL.Image.Image]]] = {
+    "builtin:digits": _digits_images,
+    "builtin:photos": _photo_patches,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+
+def _local_builder(path: Path) -> tuple[str, dict]:
+    """The `datasets` builder and its arguments for a local folder or file."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    suffixes = {p.suffix.lower() for p in files}
+    if ".parquet" in suffixes:
+        return "parquet", {"data_files": [str(p) for p in files if p.suffix.lower() == ".parquet"]}
+    if ".tar" in suffixes:
+        return "webdataset", {"data_files": [str(p) for p in files if p.suffix.lower() == ".tar"]}
+    if suffixes & IMAGE_EXTENSIONS:
+        return "imagefolder", {"data_dir": str(path)}
+    raise ValueError(
+        f"train_data_dir={str(path)!r} holds no images ({sorted(IMAGE_EXTENSIONS)}), parquet files or "
+        f".tar webdataset shards; found suffixes {sorted(suffixes) or 'none'}"
+    )
+
+
+def load_image_stream(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    train_data_dir: str | None = None,
+    cache_dir: str | None = None,
+    num_shards: int = 8,
+) -> datasets.IterableDataset:
+    """Open one split of an image dataset as a stream.
+
+    `dataset_name` is a Hub id or a name from `BUILTIN_DATASETS`; `train_data_dir` a local folder
+    or file. With neither, `"builtin:digits"` is used. `num_shards` applies to the embedded
+    datasets only (shards are what `split_dataset_by_node` distributes between processes).
+    """
+    if dataset_name is not None and train_data_dir is not None:
+        raise ValueError(f"give dataset_name or train_data_dir, not both (got {dataset_name!r} and {train_data_dir!r})")
+    if dataset_name is None and train_data_dir is None:
+        dataset_name = "builtin:digits"
+    if dataset_name in BUILTIN_DATASETS:
+        images = BUILTIN_DATASETS[dataset_name]()
+        table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+        return table.to_iterable_dataset(num_shards=num_shards)
+    if dataset_name is not None and dataset_name.startswith("builtin:"):
+        raise ValueError(f"unknown embedded dataset {dataset_name!r}; expected one of {sorted(BUILTIN_DATASETS)}")
+    if train_data_dir is not None:
+        path = Path(train_data_dir)
+        if not path.exists():
+            raise ValueError(f"train_data_dir={train_data_dir!r} does not exist")
+        builder, kwargs = _local_builder(path)
+        return datasets.load_dataset(builder, split=split, streaming=True, cache_dir=cache_dir, **kwargs)
+    return datasets.load_dataset(dataset_name, dataset_config_name, split=split, streaming=True, cache_dir=cache_dir)
+
+
+def _looks_like_image(value) -> bool:
+    if isinstance(value, PIL.Image.Image):
+        return True
+    return isinstance(value, dict) and ("bytes" in value or "path" in value)
+
+
+def resolve_image_column(stream: datasets.IterableDataset, image_column: str | None = None) -> str:
+    """The name of the image column: `image_column` if given (checked), else the first column
+    with an `Image` feature, else (features unknown) the first column of the first example
+    holding an image."""
+    if stream.features is not None:
+        columns = list(stream.features)
+        image_columns = [name for name, feature in stream.features.items() if isinstance(feature, datasets.Image)]
+    else:
+        first = next(iter(stream), None)
+        if first is None:
+            raise ValueError("the dataset is empty: it yielded no examples")
+        columns = list(first)
+        image_columns = [name for name, value in first.items() if _looks_like_image(value)]
+    if image_column is not None:
+        if image_column not in columns:
+            raise ValueError(f"image_column={image_column!r} is not a column of the dataset; its columns are {columns}")
+        return image_column
+    if not image_columns:
+        raise ValueError(f"found no image column among the dataset's columns {columns}; set image_column")
+    return image_columns[0]
+
+
+def image_only(stream: datasets.IterableDataset, image_column: str) -> datasets.IterableDataset:
+    """Keep only `image_column`, renamed to `"image"`, undecoded (decoding is ours, see module doc)."""
+    stream = stream.select_columns([image_column])
+    if image_column != "image":
+        stream = stream.rename_column(image_column, "image")
+    if stream.features is not None and isinstance(stream.features["image"], datasets.Image):
+        stream = stream.cast_column("image", datasets.Image(decode=False))
+    return stream
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding and transforms
+# ----------------------------------------------------------------------------------------------
+
+
+class CorruptImageError(ValueError):
+    """An image that cannot be decoded."""
+
+
+def decode_image(value) -> PIL.Image.Image:
+    """A fully decoded PIL image from what a dataset holds: a PIL image, `{"bytes", "path"}`,
+    raw bytes or a path. Raises [`CorruptImageError`] when the data is not a readable image."""
+    if isinstance(value, PIL.Image.Image):
+        return value
+    source = value
+    if isinstance(value, dict):
+        source = value.get("bytes") or value.get("path")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif not isinstance(source, (str, os.PathLike)):
+        raise CorruptImageError(f"expected an image (PIL image, bytes or path), got {type(value).__name__}")
+    try:
+        image = PIL.Image.open(source)
+        image.load()  # PIL decodes lazily; truncated files only fail here
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+        name = value.get("path") if isinstance(value, dict) else None
+        raise CorruptImageError(f"cannot decode image {name or ''}: {error}") from error
+    return image
+
+
+class ImageTransform:
+    """PIL image -> `[C, resolution, resolution]` float tensor in [-1, 1].
+
+    Resize the shorter side to `resolution` (bicubic, antialiased), crop a square (centre or
+    random), flip horizontally with probability 1/2 if `random_flip`, convert to the colour mode
+    of `channels` (1 grey, 3 RGB, 4 RGBA). Random choices come from the `rng` passed per image.
+    """
+
+    def __init__(self, resolution: int, channels: int, center_crop: bool = True, random_flip: bool = False):
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"channels must be one of {sorted(CHANNEL_MODES)}, got {channels}")
+        self.resolution = resolution
+        self.channels = channels
+        self.mode = CHANNEL_MODES[channels]
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+
+    def __call__(self, image: PIL.Image.Image, rng: random.Random) -> torch.Tensor:
+        image = image.convert(self.mode)
+        width, height = image.size
+        scale = self.resolution / min(width, height)
+        size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, PIL.Image.Resampling.BICUBIC)
+        extra_x, extra_y = size[0] - self.resolution, size[1] - self.resolution
+        left, top = (
+            (extra_x // 2, extra_y // 2) if self.center_crop else (rng.randint(0, extra_x), rng.randint(0, extra_y))
+        )
+        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        if self.random_flip and rng.random() < 0.5:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+        return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training batches
+# ----------------------------------------------------------------------------------------------
+
+
+class ImageBatches:
+    """An endless, resumable stream of `[batch_size, C, R, R]` batches for one process.
+
+    When the stream ends, the next epoch starts (`set_epoch` reseeds the shuffle). Corrupt
+    images are skipped, logged and counted in `corrupt_images`. `state_dict()` records the
+    position; `load_state_dict()` makes the next batch the one an uninterrupted run would get.
+    """
+
+    def __init__(
+        self,
+        stream: datasets.IterableDataset,
+        transform: ImageTransform,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+    ):
+        self.stream = stream
+        self.transform = transform
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.position = 0  # examples read in this epoch, corrupt ones included
+        self.corrupt_images = 0
+        self._iterator = None
+        self._valid_in_epoch = 0
+
+    def _start_epoch(self, skip: int) -> None:
+        self.stream.set_epoch(self.epoch)
+        self._iterator = iter(self.stream)
+        for _ in range(skip):  # replay up to the saved position; undecoded, so cheap
+            next(self._iterator)
+        self._valid_in_epoch = skip  # only used to tell an empty stream from a finished epoch
+
+    def _next_example(self):
+        if self._iterator is None:
+            self._start_epoch(self.position)
+        for example in self._iterator:
+            self.position += 1
+            return example, self.position - 1
+        if self._valid_in_epoch == 0:
+            raise ValueError(
+                "the training stream holds no readable images for this process "
+                f"(rank {self.rank}; {self.corrupt_images} corrupt images skipped)"
+            )
+        self.epoch, self.position = self.epoch + 1, 0
+        self._start_epoch(0)
+        return self._next_example()
+
+    def next_batch(self) -> torch.Tensor:
+        images = []
+        while len(images) < self.batch_size:
+            example, index = self._next_example()
+            try:
+                image = decode_image(example["image"])
+            except CorruptImageError as error:
+                self.corrupt_images += 1
+                logger.warning(
+                    "skipping corrupt image (%d so far on rank %d): %s", self.corrupt_images, self.rank, error
+                )
+                continue
+            self._valid_in_epoch += 1
+            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
+            images.append(self.transform(image, rng))
+        return torch.stack(images)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "corrupt_images": self.corrupt_images}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self.corrupt_images = state["epoch"], state["position"], state["corrupt_images"]
+        self._iterator = None
+
+
+def build_image_data(
+    *,
+    transform: ImageTransform,
+    batch_size: int,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    validation_split: str | None = None,
+    train_data_dir: str | None = None,
+    image_column: str | None = None,
+    num_validation_images: int = 16,
+    shuffle_buffer_size: int = 1000,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    cache_dir: str | None = None,
+) -> tuple[ImageBatches, torch.Tensor]:
+    """Training batches for process `rank` of `world_size`, and the validation images.
+
+    The validation images are `validation_split`'s first `num_validation_images`, or, without a
+    validation split, the first `num_validation_images` of the training split, which are then
+    held out of training. Every process gets the same validation images.
+
+    Returns:
+        `(batches, validation)` with `validation` `[V, C, R, R]` in [-1, 1] (centre-cropped,
+        never flipped).
+    """
+    source = dict(dataset_name=dataset_name, dataset_config_name=dataset_config_name, cache_dir=cache_dir)
+    train = load_image_stream(split=split, train_data_dir=train_data_dir, **source)
+    column = resolve_image_column(train, image_column)
+    train = image_only(train, column)
+    if validation_split is not None:
+        held_out = load_image_stream(split=validation_split, train_data_dir=train_data_dir, **source)
+        held_out = image_only(held_out, resolve_image_column(held_out, column))
+    else:
+        held_out = train
+        train = train.skip(num_validation_images)
+
+    evaluation = ImageTransform(transform.resolution, transform.channels, center_crop=True, random_flip=False)
+    validation = []
+    for example in held_out.take(num_validation_images):
+        try:
+            validation.append(evaluation(decode_image(example["image"]), random.Random(0)))
+        except CorruptImageError as error:
+            logger.warning("skipping corrupt validation image: %s", error)
+    if num_validation_images > 0 and not validation:
+        raise ValueError(
+            f"the dataset is empty: no readable image in the first {num_validation_images} examples of "
+            f"split {validation_split or split!r}"
+        )
+
+    train = train.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+    train = split_dataset_by_node(train, rank=rank, world_size=world_size)
+    batches = ImageBatches(train, transform, batch_size, seed=seed, rank=rank)
+    empty = torch.empty(0, transform.channels, transform.resolution, transform.resolution)
+    return batches, torch.stack(validation) if validation else empty

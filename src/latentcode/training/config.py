@@ -1,0 +1,254 @@
+"""Training configuration: one dataclass, filled from defaults < YAML file < command line.
+
+Flag names follow diffusers' training examples (`--output_dir`, `--max_train_steps`, ...).
+The `model` section is passed unchanged to the family's config class (`VQVAEConfig(**model)`
+...), so every model option, present or future, is available without touching this file; on
+the command line it is reached as `--model.KEY VALUE` (VALUE parsed as YAML: `--model.
+block_out_channels "[32, 64]"`).
+"""
+
+import argparse
+import dataclasses
+import difflib
+import inspect
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..configuration import LatentCodeConfig
+from ..presets import CONFIG_CLASSES
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainingConfig:
+    """Every option of `training/train.py`; see `--help` or each field's help text."""
+
+    # -- output and bookkeeping ------------------------------------------------------------------
+    output_dir: str = _help(
+        "where checkpoints, logs and the final model (save_pretrained) go", default="latentcode-model"
+    )
+    seed: int = _help("seed of model initialisation, shuffling, augmentation and sampling", default=0)
+    report_to: str = _help("accelerate tracker: tensorboard, wandb, all or none", default="tensorboard")
+    logging_dir: str = _help("tracker logs, relative to output_dir", default="logs")
+    tracker_project_name: str = _help("project name given to the trackers", default="latentcode")
+
+    # -- model -----------------------------------------------------------------------------------
+    model_family: str = _help("autoencoder, vae or vqvae", default="vqvae")
+    model: dict = _help(
+        "keyword arguments of the family's config class (AutoencoderConfig / VAEConfig / VQVAEConfig); "
+        "sample_size defaults to resolution",
+        default_factory=dict,
+    )
+    pretrained_model_name_or_path: str | None = _help(
+        "start from a saved model (folder or Hub id) instead of a new one; `model` must then be empty", default=None
+    )
+
+    # -- data ------------------------------------------------------------------------------------
+    dataset_name: str | None = _help(
+        "Hub dataset id, or builtin:digits / builtin:photos (real images shipped with scikit-learn / "
+        "scikit-image, no network); default builtin:digits when train_data_dir is not set either",
+        default=None,
+    )
+    dataset_config_name: str | None = _help("configuration of the Hub dataset", default=None)
+    split: str = _help("training split", default="train")
+    validation_split: str | None = _help(
+        "split for validation; without one, the first num_validation_images of the training split are held out",
+        default=None,
+    )
+    train_data_dir: str | None = _help("local image folder, parquet files or webdataset .tar shards", default=None)
+    image_column: str | None = _help("image column; found automatically when unset", default=None)
+    cache_dir: str | None = _help("datasets cache directory", default=None)
+    resolution: int = _help("training images are resized and cropped to resolution x resolution", default=32)
+    center_crop: bool = _help("centre crop (else random crop)", default=True)
+    random_flip: bool = _help("random horizontal flips", default=False)
+    shuffle_buffer_size: int = _help("size of the streaming shuffle buffer", default=1000)
+    num_validation_images: int = _help("validation images for metrics and the reconstruction grid", default=16)
+
+    # -- optimisation ----------------------------------------------------------------------------
+    train_batch_size: int = _help("images per process per micro-batch", default=16)
+    max_train_steps: int = _help("optimiser steps", default=1000)
+    gradient_accumulation_steps: int = _help("micro-batches per optimiser step", default=1)
+    learning_rate: float = _help("peak learning rate of the autoencoder", default=1e-4)
+    lr_scheduler: str = _help(f"one of {LR_SCHEDULERS}", default="cosine")
+    lr_warmup_steps: int = _help("linear learning-rate warm-up steps", default=0)
+    adam_beta1: float = _help("AdamW beta1", default=0.9)
+    adam_beta2: float = _help("AdamW beta2", default=0.999)
+    adam_weight_decay: float = _help("AdamW weight decay", default=0.0)
+    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
+    max_grad_norm: float = _help("gradient clipping norm (inf: no clipping, norm still logged)", default=1.0)
+    mixed_precision: str = _help(f"one of {MIXED_PRECISION}; quantizers always run in fp32", default="no")
+    gradient_checkpointing: bool = _help("recompute activations in the backward pass to save memory", default=False)
+    torch_compile: bool = _help("compile the models with torch.compile (inductor)", default=False)
+    use_ema: bool = _help("keep an EMA of the weights; the saved model is the EMA", default=False)
+    ema_decay: float = _help("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
+    max_consecutive_nonfinite_steps: int = _help(
+        "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
+    )
+
+    # -- losses ----------------------------------------------------------------------------------
+    kl_warmup_steps: int = _help("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
+    perceptual_weight: float = _help("weight of the LPIPS loss (0: off)", default=0.0)
+    perceptual_net: str = _help("LPIPS backbone: vgg, alex or squeeze", default="vgg")
+    perceptual_pretrained: bool = _help("ImageNet LPIPS backbone; false = random weights, for tests only", default=True)
+    disc_weight: float = _help("weight of the adversarial loss (0: no discriminator)", default=0.0)
+    disc_start: int = _help("optimiser step at which the discriminator starts", default=0)
+    disc_loss: str = _help("hinge or non_saturating", default="hinge")
+    disc_adaptive_weight: bool = _help("scale the adversarial loss by VQGAN's gradient-norm ratio", default=True)
+    disc_learning_rate: float | None = _help("discriminator learning rate (default: learning_rate)", default=None)
+    disc_channels: int = _help("width of the PatchGAN's first layer", default=64)
+    disc_num_layers: int = _help("stride-2 layers of the PatchGAN", default=3)
+    disc_norm: str = _help("PatchGAN normalisation: batch or none", default="batch")
+
+    # -- checkpoints, validation, hub ------------------------------------------------------------
+    checkpointing_steps: int = _help("save a resumable checkpoint every N steps (0: never)", default=500)
+    checkpoints_total_limit: int | None = _help("keep only the last M checkpoints", default=None)
+    resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder", default=None)
+    validation_steps: int = _help(
+        "validate (metrics, reconstruction grid) every N steps (0: only at the end)", default=500
+    )
+    push_to_hub: bool = _help("upload output_dir to the Hub after the local save", default=False)
+    hub_model_id: str | None = _help("Hub repository, org/name", default=None)
+    hub_token: str | None = _help("Hub token (default: the logged-in one)", default=None)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values that can be checked without data or model; raise ValueError naming the key."""
+        choices = {
+            "model_family": tuple(CONFIG_CLASSES),
+            "mixed_precision": MIXED_PRECISION,
+            "lr_scheduler": LR_SCHEDULERS,
+            "disc_loss": ("hinge", "non_saturating"),
+            "disc_norm": ("batch", "none"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        positive = ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model must be a mapping of config fields, got {type(self.model).__name__}")
+        if self.pretrained_model_name_or_path is None:
+            check_model_keys(self.model_family, self.model)
+        elif self.model:
+            raise ValueError(
+                f"model={self.model} and pretrained_model_name_or_path={self.pretrained_model_name_or_path!r}: "
+                "a pretrained model brings its own config; leave model empty"
+            )
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (org/name)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def model_config_keys(family: str) -> list[str]:
+    """The keyword arguments the family's config class accepts (its own and its bases')."""
+    keys = []
+    for cls in CONFIG_CLASSES[family].__mro__:
+        if issubclass(cls, LatentCodeConfig):
+            keys += [
+                name
+                for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind == p.POSITIONAL_OR_KEYWORD
+            ]
+    return sorted(set(keys) - {"self"})
+
+
+def _unknown_key_error(kind: str, key: str, known: list[str]) -> ValueError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+    return ValueError(f"unknown {kind} key {key!r}{hint}")
+
+
+def check_model_keys(family: str, model: dict) -> None:
+    known = model_config_keys(family)
+    for key in model:
+        if key not in known:
+            raise _unknown_key_error(f"model ({CONFIG_CLASSES[family].__name__})", key, known)
+
+
+def _fields() -> dict[str, tuple[dataclasses.Field, object]]:
+    hints = typing.get_type_hints(TrainingConfig)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(TrainingConfig)}
+
+
+def load_config(path: str | Path | None = None, **overrides) -> TrainingConfig:
+    """A config from a YAML file (optional) with `overrides` on top; `model` overrides are merged
+    key by key into the file's `model` section. Unknown keys raise a ValueError."""
+    values = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of options, got {type(values).__name__}")
+    known = list(_fields())
+    for key in [*values, *overrides]:
+        if key not in known:
+            raise _unknown_key_error("training config", key, known)
+    model = {**(values.get("model") or {}), **overrides.pop("model", {})}
+    return TrainingConfig(**{**values, **overrides, "model": model})
+
+
+def _optional(convert):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else convert(text)
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train an AutoEncoder, VAE or VQ-VAE (latentcode). Options come from the dataclass defaults, "
+        "then --config YAML, then these flags. Model options: --model.KEY VALUE for any field of the family's "
+        "config class (e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]').",
+    )
+    parser.add_argument("--config", help="YAML file with any of the options below", default=None)
+    for name, (spec, hint) in _fields().items():
+        if name == "model":
+            continue
+        default = spec.default
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if base is bool:
+            kwargs = dict(action=argparse.BooleanOptionalAction)
+        elif type(None) in args:
+            kwargs = dict(type=_optional(base))
+        else:
+            kwargs = dict(type=base)
+        parser.add_argument(
+            f"--{name}", default=argparse.SUPPRESS, help=f"{spec.metadata['help']} (default: {default})", **kwargs
+        )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> TrainingConfig:
+    """Command line -> [`TrainingConfig`]. `--model.KEY VALUE` pairs set model config fields."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model, rest = {}, []
+    while argv:
+        token = argv.pop(0)
+        if token.startswith("--model."):
+            key, separator, value = token[len("--model.") :].partition("=")
+            if not separator:
+                if not argv:
+                    raise ValueError(f"{token} needs a value")
+                value = argv.pop(0)
+            model[key] = yaml.safe_load(value)
+        else:
+            rest.append(token)
+    namespace = vars(build_parser().parse_args(rest))
+    path = namespace.pop("config")
+    return load_config(path, **namespace, model=model)

@@ -1,0 +1,16 @@
+"""Train an AutoEncoder, VAE or VQ-VAE.
+
+    accelerate launch training/train.py --config training/configs/quickstart.yaml
+    python training/train.py --config training/configs/vqvae_cifar.yaml --train_batch_size 64
+
+Every option (see --help) can be set in the YAML file and overridden on the command line;
+model options as --model.KEY VALUE. The work happens in `latentcode.training`.
+"""
+
+import logging
+
+from latentcode.training import parse_args, train
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    train(parse_args())
