@@ -1,0 +1,28 @@
+"""Quantizers of the VQ-VAE bottleneck, one per file, all with the same interface:
+`forward(latents [B, D, h, w]) -> QuantizerOutput`, `codes_to_indices`, `indices_to_codes`, and
+the usage metrics `codebook_usage` / `usage_perplexity` for training logs.
+
+- [`VectorQuantizer`]: a learned K x D codebook (EMA, k-means init, dead-code restart, cosine).
+- [`FiniteScalarQuantizer`]: FSQ, a fixed grid of `prod(levels)` codes.
+- [`LookupFreeQuantizer`]: LFQ, `2^D` sign codes with an entropy loss.
+- [`ResidualVectorQuantizer`]: a stack of VectorQuantizers on successive residuals.
+"""
+
+from .base import CodebookUsage, Quantizer, QuantizerOutput
+from .finite_scalar import FiniteScalarQuantizer
+from .lookup_free import LookupFreeQuantizer
+from .residual import ResidualVectorQuantizer
+from .search import nearest_codebook_indices
+from .vector import VectorQuantizer, kmeans
+
+__all__ = [
+    "CodebookUsage",
+    "FiniteScalarQuantizer",
+    "LookupFreeQuantizer",
+    "Quantizer",
+    "QuantizerOutput",
+    "ResidualVectorQuantizer",
+    "VectorQuantizer",
+    "kmeans",
+    "nearest_codebook_indices",
+]

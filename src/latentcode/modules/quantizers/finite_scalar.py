@@ -1,0 +1,88 @@
+"""Finite scalar quantisation (FSQ, Mentzer et al. 2023): no codebook to collapse.
+
+Each of the D channels is bounded to `levels[i]` values and rounded; the implicit codebook is
+the grid of all `prod(levels)` combinations, and a code's index is its mixed-radix number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+
+from .base import CodebookUsage, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
+from .vector import DEFAULT_WINDOW_PER_CODE
+
+
+class FiniteScalarQuantizer(Quantizer):
+    """FSQ: bound each channel with tanh, round it to one of `levels[i]` values.
+
+    Codes are the rounded values scaled to [-1, 1]: channel i takes the values
+    `(j - levels[i] // 2) / (levels[i] // 2)` for `j` in `range(levels[i])`. There are no losses;
+    the gradient passes the rounding straight through to the tanh.
+
+    Args:
+        levels: values per channel, e.g. `(8, 5, 5, 5)` (1000 codes, D = 4).
+        usage_window: tokens in the sliding window of the usage metrics; defaults to 16 * K.
+    """
+
+    def __init__(self, levels: Sequence[int], usage_window: int | None = None):
+        super().__init__()
+        levels = [int(level) for level in levels]
+        if len(levels) == 0 or min(levels) < 2:
+            raise ValueError(f"levels must be a non-empty list of ints >= 2, got {levels}")
+        self.levels = levels
+        self.codebook_dim = len(levels)
+        self.codebook_size = prod(levels)
+        # Mixed radix: channel 0 is the least significant digit.
+        basis = [prod(levels[:i]) for i in range(len(levels))]
+        self.register_buffer("_levels", torch.tensor(levels), persistent=False)
+        self.register_buffer("_basis", torch.tensor(basis), persistent=False)
+        self.usage = CodebookUsage(self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size)
+
+    def _bound(self, rows: torch.Tensor) -> torch.Tensor:
+        """`[N, D]` -> values in `(-levels/2, levels/2)` that round to the `levels` integers
+        `[-(L // 2), (L - 1) // 2]`. Even L need the half-step offset to get L values."""
+        levels = self._levels.float()
+        half = (levels - 1) * (1 + 1e-3) / 2
+        offset = (self._levels % 2 == 0).float() * 0.5
+        shift = torch.atanh(offset / half)
+        return torch.tanh(rows + shift) * half - offset
+
+    def _digits_to_index(self, rounded: torch.Tensor) -> torch.Tensor:
+        return ((rounded.round().long() + self._levels // 2) * self._basis).sum(dim=-1)
+
+    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `[B, D, h, w]` -> `[B, h, w]` indices in `[0, prod(levels))`, no gradients."""
+        self._check_latents(latents)
+        batch, _, height, width = latents.shape
+        rounded = self._bound(flatten_latents(latents.detach())).round()
+        return self._digits_to_index(rounded).view(batch, height, width)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices `[B, h, w]` -> codes `[B, D, h, w]` (fp32, in [-1, 1])."""
+        self._check_indices(indices, None, self.codebook_size)
+        digits = (indices.long().unsqueeze(-1) // self._basis) % self._levels
+        half_width = (self._levels // 2).float()
+        return ((digits - self._levels // 2).float() / half_width).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`] (all losses are zero)."""
+        self._check_latents(latents)
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            bounded = self._bound(flatten_latents(latents))
+            rounded = bounded + (bounded.round() - bounded).detach()
+            quantized = rounded / (self._levels // 2).float()
+            indices = self._digits_to_index(rounded.detach())
+            if self.training:
+                self.usage.update(indices)
+        zero = quantized.new_zeros(())
+        return QuantizerOutput(
+            quantized=unflatten_codes(quantized, latents),
+            indices=indices.view(latents.shape[0], *latents.shape[2:]),
+            codebook_loss=zero,
+            commitment_loss=zero,
+            loss=zero,
+            perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
+        )

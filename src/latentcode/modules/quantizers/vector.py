@@ -1,0 +1,282 @@
+"""Vector quantisation: a K x D codebook, nearest-neighbour assignment, straight-through gradient.
+
+Every trick against codebook collapse is one constructor flag (all off by default, so that
+`VectorQuantizer(K, D)` is the VQ-VAE paper's quantizer; `VQVAEConfig` turns the working recipe
+on): EMA codebook updates, k-means initialisation, dead-code restart, l2-normalised codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import (
+    CodebookUsage,
+    Quantizer,
+    QuantizerOutput,
+    all_reduce_sum,
+    broadcast_from_rank0,
+    flatten_latents,
+    gather_rows,
+    is_rank0,
+    perplexity_of,
+    unflatten_codes,
+)
+from .search import nearest_codebook_indices
+
+# Codes are hit 16 times on average over a window of 16 * K tokens when all are used evenly,
+# so a code with no hit in it is dead with near certainty (Poisson: e^-16).
+DEFAULT_WINDOW_PER_CODE = 16
+
+
+@torch.no_grad()
+def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int, l2_normalize: bool = False):
+    """Lloyd's k-means with the exact chunked search.
+
+    Args:
+        vectors: `[N, D]` fp32.
+        num_clusters: K. With N < K, the initial centroids repeat samples; the duplicates stay
+            empty and keep their position (dead-code restart re-seeds them later).
+        iterations: Lloyd steps.
+        l2_normalize: keep centroids on the unit sphere (spherical k-means).
+
+    Returns:
+        centroids `[K, D]` and cluster sizes `[K]` (float) of the last assignment.
+    """
+    num_vectors = vectors.shape[0]
+    if num_vectors >= num_clusters:
+        start = torch.randperm(num_vectors, device=vectors.device)[:num_clusters]
+    else:
+        start = torch.randint(num_vectors, (num_clusters,), device=vectors.device)
+    centroids = vectors[start].clone()
+    sizes = torch.zeros(num_clusters, device=vectors.device)
+    for _ in range(iterations):
+        assignment = nearest_codebook_indices(vectors, centroids)
+        sizes = torch.bincount(assignment, minlength=num_clusters).float()
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)
+        centroids = torch.where(sizes[:, None] > 0, sums / sizes.clamp_min(1)[:, None], centroids)
+        if l2_normalize:
+            centroids = F.normalize(centroids, dim=1)
+    return centroids, sizes
+
+
+class VectorQuantizer(Quantizer):
+    """K x D codebook, nearest-neighbour assignment, straight-through gradient.
+
+    The search and the codebook lookup always run in fp32, also under autocast: in half
+    precision nearby codes become indistinguishable and the argmin flips.
+
+    Args:
+        codebook_size: K, the number of codes.
+        codebook_dim: D, the dimension of a code.
+        commitment_weight: beta on the commitment term (0.25 in the VQ-VAE paper).
+        codebook_weight: weight on the codebook term (unused with EMA updates).
+        ema_decay: if set, codes are not learned by the codebook loss but are exponential moving
+            averages of the encoder outputs assigned to them (VQ-VAE paper, appendix; Razavi et
+            al. 2019), with this decay (0.99 typical). Each training step, with `n_k` the
+            all-reduced count and `s_k` the sum of vectors assigned to code k:
+            `N_k <- decay N_k + (1 - decay) n_k`, `S_k <- decay S_k + (1 - decay) s_k`,
+            `e_k <- S_k / N~_k` with the Laplace-smoothed sizes
+            `N~_k = (N_k + eps) / (sum N + K eps) * sum N`.
+        ema_epsilon: eps of the Laplace smoothing.
+        kmeans_init: initialise the codebook by k-means on the first training batch (gathered
+            from all processes, computed on rank 0, broadcast).
+        kmeans_iterations: Lloyd steps of that k-means.
+        dead_code_restart: every `usage_window` tokens, codes not hit in the window are re-seeded
+            with encoder outputs of the current batch (drawn on rank 0, broadcast).
+        usage_window: tokens per process in the sliding window of the usage metrics and of
+            dead-code detection; defaults to 16 * K.
+        l2_normalize: cosine-similarity codes: latents and codes are l2-normalised before the
+            search, so codes live on the unit sphere (ViT-VQGAN). With a small `codebook_dim`
+            this is the factorised lookup of ViT-VQGAN / LlamaGen.
+        max_block_elements: memory bound of the nearest-neighbour search (see
+            [`nearest_codebook_indices`]).
+    """
+
+    def __init__(
+        self,
+        codebook_size: int,
+        codebook_dim: int,
+        commitment_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+        ema_decay: float | None = None,
+        ema_epsilon: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iterations: int = 10,
+        dead_code_restart: bool = False,
+        usage_window: int | None = None,
+        l2_normalize: bool = False,
+        max_block_elements: int | None = None,
+    ):
+        super().__init__()
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.commitment_weight = commitment_weight
+        self.codebook_weight = codebook_weight
+        self.ema_decay = ema_decay
+        self.ema_epsilon = ema_epsilon
+        self.kmeans_init = kmeans_init
+        self.kmeans_iterations = kmeans_iterations
+        self.dead_code_restart = dead_code_restart
+        self.l2_normalize = l2_normalize
+        self.max_block_elements = max_block_elements
+        self.usage = CodebookUsage(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
+        # The same parameter name in every mode (diffusers' `quantize.embedding.weight` maps to
+        # it); with EMA updates it takes no gradient.
+        self.codebook = torch.nn.Parameter(torch.empty(codebook_size, codebook_dim), requires_grad=ema_decay is None)
+        # Persistent buffers: save_pretrained writes them, so training resumes where it stopped.
+        if self.use_ema:
+            self.register_buffer("ema_cluster_size", torch.empty(codebook_size))
+            self.register_buffer("ema_codebook_sum", torch.empty(codebook_size, codebook_dim))
+        if kmeans_init:
+            self.register_buffer("initialized", torch.tensor(False))
+        self.reset_parameters()
+
+    @property
+    def use_ema(self) -> bool:
+        return self.ema_decay is not None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # Uniform in [-1/K, 1/K], as in the VQ-VAE reference code and taming-transformers.
+        torch.nn.init.uniform_(self.codebook, -1.0 / self.codebook_size, 1.0 / self.codebook_size)
+        if self.l2_normalize:
+            self.codebook.copy_(F.normalize(self.codebook, dim=1))
+        if self.use_ema:
+            # Unit sizes and sums equal to the codes: the EMA state that reproduces the codebook.
+            self.ema_cluster_size.fill_(1.0)
+            self.ema_codebook_sum.copy_(self.codebook)
+        if self.kmeans_init:
+            self.initialized.fill_(False)
+        self.usage.reset()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state dict with a codebook but without this module's training state (a converted
+        # diffusers / taming checkpoint) holds a trained codebook: derive the EMA state that
+        # reproduces it and mark it initialised, so training does not overwrite it by k-means.
+        codebook = state_dict.get(prefix + "codebook")
+        if codebook is not None:
+            if self.use_ema and prefix + "ema_cluster_size" not in state_dict:
+                state_dict[prefix + "ema_cluster_size"] = torch.ones(codebook.shape[0], dtype=codebook.dtype)
+                state_dict[prefix + "ema_codebook_sum"] = codebook.clone()
+            if self.kmeans_init and prefix + "initialized" not in state_dict:
+                state_dict[prefix + "initialized"] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- lookup -----------------------------------------------------------------------------------
+
+    def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
+        return F.normalize(rows, dim=1) if self.l2_normalize else rows
+
+    def _codes(self) -> torch.Tensor:
+        """`[K, D]` fp32 codes as looked up (l2-normalised in cosine mode; EMA codes already are)."""
+        codebook = self.codebook.float()
+        return F.normalize(codebook, dim=1) if self.l2_normalize and not self.use_ema else codebook
+
+    def search(self, rows: torch.Tensor) -> torch.Tensor:
+        """Nearest-code indices `[N]` of fp32 rows `[N, D]` (already normalised in cosine mode)."""
+        return nearest_codebook_indices(rows.detach(), self._codes().detach(), self.max_block_elements)
+
+    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
+        """Nearest-code indices of latents `[B, D, h, w]` -> `[B, h, w]`, without gradients."""
+        self._check_latents(latents)
+        batch, _, height, width = latents.shape
+        return self.search(self._prepare(flatten_latents(latents.detach()))).view(batch, height, width)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes of indices `[B, h, w]` -> `[B, D, h, w]` (fp32)."""
+        self._check_indices(indices, None, self.codebook_size)
+        return F.embedding(indices.long(), self._codes()).permute(0, 3, 1, 2).contiguous()
+
+    # -- training-time codebook maintenance -------------------------------------------------------
+
+    @torch.no_grad()
+    def _kmeans_initialize(self, rows: torch.Tensor) -> None:
+        samples = gather_rows(rows)
+        # Beyond a few dozen samples per code k-means gains little and costs N x K per step.
+        cap = max(2**16, 4 * self.codebook_size)
+        if samples.shape[0] > cap:
+            samples = samples[torch.randperm(samples.shape[0], device=samples.device)[:cap]]
+        centroids = torch.empty_like(self.codebook, dtype=torch.float32)
+        sizes = torch.empty(self.codebook_size, device=rows.device)
+        if is_rank0():
+            centroids, sizes = kmeans(samples, self.codebook_size, self.kmeans_iterations, self.l2_normalize)
+        broadcast_from_rank0(centroids)
+        broadcast_from_rank0(sizes)
+        self.codebook.copy_(centroids)
+        if self.use_ema:
+            sizes = sizes.clamp_min(1.0)
+            self.ema_cluster_size.copy_(sizes)
+            self.ema_codebook_sum.copy_(centroids * sizes[:, None])
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, rows: torch.Tensor, indices: torch.Tensor) -> None:
+        # One all-reduce for counts and sums together.
+        statistics = torch.zeros(self.codebook_size, self.codebook_dim + 1, device=rows.device)
+        statistics[:, 0] = torch.bincount(indices, minlength=self.codebook_size)
+        statistics[:, 1:].index_add_(0, indices, rows)
+        all_reduce_sum(statistics)
+        decay = self.ema_decay
+        self.ema_cluster_size.mul_(decay).add_(statistics[:, 0].to(self.ema_cluster_size.dtype), alpha=1 - decay)
+        self.ema_codebook_sum.mul_(decay).add_(statistics[:, 1:].to(self.ema_codebook_sum.dtype), alpha=1 - decay)
+        total = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + self.ema_epsilon) / (total + self.codebook_size * self.ema_epsilon) * total
+        codebook = self.ema_codebook_sum / smoothed[:, None]
+        self.codebook.copy_(F.normalize(codebook, dim=1) if self.l2_normalize else codebook)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, rows: torch.Tensor) -> None:
+        dead = self.usage.unused_codes().nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        replacements = rows.new_empty(dead.numel(), self.codebook_dim)
+        if is_rank0():
+            replacements = rows[torch.randint(rows.shape[0], (dead.numel(),), device=rows.device)]
+        broadcast_from_rank0(replacements)
+        self.codebook[dead] = replacements.to(self.codebook.dtype)
+        if self.use_ema:
+            # A fresh code starts as a cluster of one, at the average size its sum is scaled by.
+            self.ema_cluster_size[dead] = 1.0
+            self.ema_codebook_sum[dead] = replacements.to(self.ema_codebook_sum.dtype)
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`].
+
+        In training mode this also maintains the codebook (k-means init and dead-code restarts
+        from this batch before the lookup, the EMA update after it) and the usage window.
+        """
+        self._check_latents(latents)
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            rows = self._prepare(flatten_latents(latents))
+            if self.training:
+                # Codebook surgery before the lookup, so no tensor autograd saved is changed.
+                if self.kmeans_init and not bool(self.initialized):
+                    self._kmeans_initialize(rows.detach())
+                if self.dead_code_restart and self.usage.window_elapsed():
+                    self._restart_dead_codes(rows.detach())
+            indices = self.search(rows)
+            codes = F.embedding(indices, self._codes())
+            codebook_loss = F.mse_loss(codes, rows.detach())
+            commitment_loss = F.mse_loss(rows, codes.detach())
+            quantized = rows + (codes - rows).detach()
+            perplexity = perplexity_of(torch.bincount(indices, minlength=self.codebook_size))
+            if self.training:
+                if self.use_ema:
+                    self._ema_update(rows.detach(), indices)
+                self.usage.update(indices)
+        loss = self.commitment_weight * commitment_loss
+        if not self.use_ema:
+            loss = loss + self.codebook_weight * codebook_loss
+        return QuantizerOutput(
+            quantized=unflatten_codes(quantized, latents),
+            indices=indices.view(latents.shape[0], *latents.shape[2:]),
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            loss=loss,
+            perplexity=perplexity,
+        )
