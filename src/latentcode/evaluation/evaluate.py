@@ -1,0 +1,321 @@
+"""Run a model over a stream of images and report every metric of [`latentcode.evaluation.metrics`].
+
+```python
+from latentcode.evaluation import evaluate, write_report
+result = evaluate(model, batches, lpips=build_lpips(), inception=InceptionFeatures("pt_inception.pth"))
+write_report(result, "eval/")   # metrics.json, metrics.md, reconstructions.png, psnr_histogram.png, ...
+```
+
+Reconstructions are what a user of each family gets back: the VQ-VAE decodes its token
+indices, the VAE decodes the posterior mean, the autoencoder its code. The VAE's ELBO uses one
+posterior sample per image (a second decode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+
+from ..data import CorruptImageError, ImageTransform, decode_image
+from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
+from .figures import codebook_usage_chart, psnr_histogram, reconstruction_grid
+from .metrics import (
+    CodebookUsage,
+    FeatureStatistics,
+    decoder_std_from_kl_weight,
+    frechet_distance,
+    gaussian_bits_per_dim,
+    psnr,
+    ssim,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    """What [`evaluate`] measured.
+
+    Attributes:
+        metrics: name -> value (see [`evaluate`] for the names); means are over images.
+        per_image_psnr: PSNR of every image in dB (`inf` for a perfect reconstruction).
+        originals / reconstructions: `[G, C, H, W]` the first images and their reconstructions.
+        codebook_counts: `[L, K]` code histogram (VQ-VAE only).
+    """
+
+    metrics: dict[str, float | int | str]
+    per_image_psnr: list[float]
+    originals: torch.Tensor
+    reconstructions: torch.Tensor
+    codebook_counts: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Timer:
+    """Accumulates wall time of model calls (synchronised on CUDA)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self):
+        _synchronize(self.device)
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        _synchronize(self.device)
+        self.seconds += time.perf_counter() - self.start
+
+
+@torch.no_grad()
+def evaluate(
+    model: LatentCodePreTrainedModel,
+    batches: Iterable[torch.Tensor],
+    *,
+    lpips: torch.nn.Module | None = None,
+    inception: torch.nn.Module | None = None,
+    decoder_std: float | None = None,
+    num_grid_images: int = 8,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Evaluate `model` on `batches` of pixels `[B, C, H, W]` in [-1, 1].
+
+    Metrics (keys of `result.metrics`): `num_images`; `psnr` (mean of per-image dB; `inf`
+    only if every image is reconstructed perfectly - perfect images are left out of the mean
+    otherwise and counted in `perfect_reconstructions`), `psnr_of_mean_mse`, `ssim`, `mse`;
+    `lpips` if `lpips` is given; `rfid` if `inception` is given (Frechet distance between the
+    Inception features of originals and reconstructions); VQ-VAE: `codebook_usage` (fraction of
+    codes used), `perplexity`; VAE: `kl` (nats per image), `negative_elbo` (nats per image),
+    `bits_per_dim` with a discretised Gaussian decoder of std `decoder_std` (default
+    `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]); and throughput:
+    `encode_images_per_s`, `decode_images_per_s`.
+    """
+    model.eval()
+    device = model.device
+    is_vq, is_vae = isinstance(model, VQVAEModel), isinstance(model, VAEModel)
+    if not (is_vq or is_vae or isinstance(model, AutoencoderModel)):
+        raise ValueError(f"expected a latentcode AutoencoderModel, VAEModel or VQVAEModel, got {type(model).__name__}")
+    if is_vae and decoder_std is None:
+        decoder_std = decoder_std_from_kl_weight(model.config.kl_weight)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    encode_timer, decode_timer = _Timer(device), _Timer(device)
+    usage = CodebookUsage(model.codebook_size) if is_vq else None
+    real_features, fake_features = FeatureStatistics(), FeatureStatistics()
+    sums: dict[str, float] = {}
+    per_image_psnr: list[float] = []
+    originals, reconstructions = [], []
+    num_images = 0
+
+    def add(name: str, values: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + float(values.double().sum())
+
+    for pixels in batches:
+        pixels = pixels.to(device=device, dtype=model.dtype)
+        with encode_timer:
+            encoded = model.encode(pixels)
+        with decode_timer:
+            if is_vq:
+                reconstruction = model.decode_indices(encoded.indices).sample
+            elif is_vae:
+                reconstruction = model.decode(encoded.latent_dist.mode()).sample
+            else:
+                reconstruction = model.decode(encoded.latents).sample
+        reconstruction, target = reconstruction.float(), pixels.float()
+
+        batch_psnr = psnr(reconstruction, target)
+        per_image_psnr += batch_psnr.tolist()
+        add("mse", (reconstruction.double() - target.double()).pow(2).flatten(1).mean(dim=1))
+        if min(target.shape[-2:]) >= 11:
+            add("ssim", ssim(reconstruction, target))
+        if lpips is not None:
+            add("lpips", lpips(reconstruction, target))
+        if inception is not None:
+            real_features.update(inception(target))
+            fake_features.update(inception(reconstruction))
+        if is_vq:
+            usage.update(encoded.indices)
+        if is_vae:
+            posterior = encoded.latent_dist
+            sample_mean = model.decode(posterior.sample(generator=generator)).sample.float()
+            kl = posterior.kl().double()
+            negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, decoder_std)
+            add("kl", kl)
+            add("negative_elbo", negative_elbo)
+            add("bits_per_dim", bits_per_dim)
+        if len(originals) < num_grid_images:
+            originals += list(target[: num_grid_images - len(originals)].cpu())
+            reconstructions += list(reconstruction[: len(originals) - len(reconstructions)].cpu())
+        num_images += pixels.shape[0]
+
+    if num_images == 0:
+        raise ValueError("the evaluation stream yielded no images")
+    metrics: dict[str, float | int | str] = {"num_images": num_images}
+    finite = [value for value in per_image_psnr if math.isfinite(value)]
+    metrics["psnr"] = sum(finite) / len(finite) if finite else math.inf
+    metrics["perfect_reconstructions"] = num_images - len(finite)
+    for name, total in sums.items():
+        metrics[name] = total / num_images
+    metrics["psnr_of_mean_mse"] = 10 * math.log10(4.0 / metrics["mse"]) if metrics["mse"] > 0 else math.inf
+    notes = []
+    if "ssim" not in metrics:
+        notes.append("SSIM skipped: images smaller than its 11x11 window")
+    if inception is not None:
+        if num_images < 2:
+            notes.append("rFID skipped: needs at least 2 images")
+        else:
+            metrics["rfid"] = frechet_distance(
+                real_features.mean(), real_features.covariance(), fake_features.mean(), fake_features.covariance()
+            )
+            if num_images < 2048:
+                notes.append(
+                    f"rFID from {num_images} images: FID is biased upwards for small samples (50k is usual); "
+                    "compare only numbers computed from the same number of images"
+                )
+    if usage is not None:
+        metrics["codebook_usage"] = usage.usage()
+        metrics["perplexity"] = usage.perplexity()
+        metrics["codebook_size"] = model.codebook_size
+    if is_vae:
+        metrics["decoder_std"] = decoder_std
+    metrics["encode_images_per_s"] = num_images / max(encode_timer.seconds, 1e-12)
+    metrics["decode_images_per_s"] = num_images / max(decode_timer.seconds, 1e-12)
+    return EvaluationResult(
+        metrics=metrics,
+        per_image_psnr=per_image_psnr,
+        originals=torch.stack(originals),
+        reconstructions=torch.stack(reconstructions),
+        codebook_counts=usage.counts if usage is not None else None,
+        notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation data
+# ----------------------------------------------------------------------------------------------
+
+
+class EvaluationImages:
+    """In-order batches `[B, C, R, R]` of the `"image"` column of `stream`, at most `max_images`
+    images in all, through `transform` (use a centre crop: evaluation must be deterministic).
+
+    Unreadable images are skipped and counted in `corrupt_images`.
+    """
+
+    def __init__(
+        self,
+        stream: datasets.IterableDataset | Iterable[dict],
+        transform: ImageTransform,
+        batch_size: int,
+        max_images: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.stream, self.transform, self.batch_size, self.max_images = stream, transform, batch_size, max_images
+        self.corrupt_images = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        images, seen = [], 0
+        rng = random.Random(0)  # the transform takes one; with a centre crop and no flip it is unused
+        for example in self.stream:
+            if self.max_images is not None and seen >= self.max_images:
+                break
+            try:
+                images.append(self.transform(decode_image(example["image"]), rng))
+            except CorruptImageError as error:
+                self.corrupt_images += 1
+                logger.warning("skipping corrupt image (%d so far): %s", self.corrupt_images, error)
+                continue
+            seen += 1
+            if len(images) == self.batch_size:
+                yield torch.stack(images)
+                images = []
+        if images:
+            yield torch.stack(images)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+METRIC_LABELS = {
+    "num_images": "images",
+    "psnr": "PSNR (dB, mean per image)",
+    "psnr_of_mean_mse": "PSNR of the mean MSE (dB)",
+    "ssim": "SSIM",
+    "mse": "MSE ([-1, 1] pixels)",
+    "lpips": "LPIPS",
+    "rfid": "rFID",
+    "codebook_usage": "codebook usage",
+    "perplexity": "codebook perplexity",
+    "codebook_size": "codebook size",
+    "kl": "KL (nats / image)",
+    "negative_elbo": "negative ELBO (nats / image)",
+    "bits_per_dim": "bits / dim",
+    "decoder_std": "decoder std used for bits / dim",
+    "perfect_reconstructions": "perfect reconstructions",
+    "encode_images_per_s": "encode (images / s)",
+    "decode_images_per_s": "decode (images / s)",
+}
+
+
+def _format(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(metrics: dict) -> str:
+    """The metrics as a two-column markdown table (the model card includes it)."""
+    lines = ["| metric | value |", "|---|---:|"]
+    lines += [f"| {METRIC_LABELS.get(name, name)} | {_format(value)} |" for name, value in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value):
+    # JSON has no infinity; a perfect reconstruction's PSNR is written as the string "inf".
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_report(result: EvaluationResult, output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
+    """Write `metrics.json` (metrics, per-image PSNR, notes and `extra`), `metrics.md`,
+    `reconstructions.png`, `psnr_histogram.png` and, for a VQ-VAE, `codebook_usage.png`.
+    Returns name -> path of what was written."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: output_dir / name for name in ("metrics.json", "metrics.md", "reconstructions.png", "psnr_histogram.png")
+    }
+    payload = {
+        **(extra or {}),
+        "metrics": {name: _json_safe(value) for name, value in result.metrics.items()},
+        "per_image_psnr": [_json_safe(value) for value in result.per_image_psnr],
+        "notes": result.notes,
+    }
+    paths["metrics.json"].write_text(json.dumps(payload, indent=2) + "\n")
+    notes = "".join(f"\n- {note}" for note in result.notes)
+    paths["metrics.md"].write_text(markdown_table(result.metrics) + (f"\nNotes:{notes}\n" if notes else ""))
+    reconstruction_grid(result.originals, result.reconstructions).save(paths["reconstructions.png"])
+    psnr_histogram(result.per_image_psnr).save(paths["psnr_histogram.png"])
+    if result.codebook_counts is not None:
+        paths["codebook_usage.png"] = output_dir / "codebook_usage.png"
+        codebook_usage_chart(result.codebook_counts).save(paths["codebook_usage.png"])
+    return paths

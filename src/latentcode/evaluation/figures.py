@@ -1,0 +1,84 @@
+"""Evaluation pictures drawn with PIL only (no plotting library needed).
+
+- [`reconstruction_grid`]: originals in the top row, their reconstructions below.
+- [`bar_chart`]: a labelled bar chart; [`psnr_histogram`] and [`codebook_usage_chart`] use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+import torch
+
+from ..generation import image_grid
+
+MIN_CELL_SIZE = 64  # grid cells are upscaled (nearest) to at least this many pixels
+
+
+def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> PIL.Image.Image:
+    """Two rows: `originals` `[N, C, H, W]` above `reconstructions` (same shape), in [-1, 1]."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(
+            f"originals and reconstructions must have the same shape, got {tuple(originals.shape)} "
+            f"and {tuple(reconstructions.shape)}"
+        )
+    grid = image_grid(torch.cat([originals, reconstructions]), num_columns=originals.shape[0])
+    scale = max(1, math.ceil(MIN_CELL_SIZE / originals.shape[-1]))
+    return grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
+
+
+def bar_chart(
+    heights: list[float], title: str, x_labels: tuple[str, str], y_label: str, width: int = 640, height: int = 360
+) -> PIL.Image.Image:
+    """Bars of `heights` from left to right, with the first and last x tick labels `x_labels`
+    and the maximum on the y axis. Returns an RGB image of `width` x `height`."""
+    if not heights:
+        raise ValueError("bar_chart needs at least one bar, got none")
+    font = PIL.ImageFont.load_default()
+    image = PIL.Image.new("RGB", (width, height), "white")
+    draw = PIL.ImageDraw.Draw(image)
+    left, right, top, bottom = 60, width - 20, 30, height - 40
+    draw.text((left, 8), title, fill="black", font=font)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+    peak = max(heights) or 1.0
+    bar_width = (right - left) / len(heights)
+    for i, value in enumerate(heights):
+        x0 = left + i * bar_width
+        y0 = bottom - (bottom - top) * value / peak
+        draw.rectangle([x0, y0, max(x0, x0 + bar_width - 1), bottom], fill=(66, 114, 196))
+    draw.text((4, top - 4), f"{peak:.4g}", fill="black", font=font)
+    draw.text((4, bottom - 10), "0", fill="black", font=font)
+    draw.text((4, (top + bottom) // 2), y_label, fill="black", font=font)
+    draw.text((left, bottom + 6), x_labels[0], fill="black", font=font)
+    last = draw.textlength(x_labels[1], font=font)
+    draw.text((right - last, bottom + 6), x_labels[1], fill="black", font=font)
+    return image
+
+
+def psnr_histogram(per_image_psnr: list[float], num_bins: int = 30) -> PIL.Image.Image:
+    """Histogram of per-image PSNR (dB); perfect reconstructions (inf) are counted in the title."""
+    finite = [value for value in per_image_psnr if math.isfinite(value)]
+    perfect = len(per_image_psnr) - len(finite)
+    title = f"per-image PSNR of {len(per_image_psnr)} images"
+    if perfect:
+        title += f" ({perfect} perfect: inf, not drawn)"
+    if not finite:
+        finite = [0.0]
+    low, high = min(finite), max(finite)
+    span = (high - low) or 1.0
+    counts = [0] * num_bins
+    for value in finite:
+        counts[min(num_bins - 1, int((value - low) / span * num_bins))] += 1
+    return bar_chart(counts, title, (f"{low:.1f} dB", f"{high:.1f} dB"), "images")
+
+
+def codebook_usage_chart(counts: torch.Tensor) -> PIL.Image.Image:
+    """Code frequencies `[K]` (or `[L, K]`, summed over levels) sorted from most to least used."""
+    counts = counts.reshape(-1, counts.shape[-1]).sum(dim=0)
+    used = int((counts > 0).sum())
+    ordered = counts.sort(descending=True).values.tolist()
+    title = f"codebook usage: {used} of {len(ordered)} codes used ({100 * used / len(ordered):.1f}%), by frequency"
+    return bar_chart(ordered, title, ("most used", "least used"), "tokens")
