@@ -65,12 +65,15 @@ def save_image_grid(pixels: torch.Tensor, path: str | Path, num_columns: int | N
 # ----------------------------------------------------------------------------------------------
 
 
-def continuous_latents(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The continuous code that `model.decode` takes back: the AutoEncoder's latents, the VAE
-    posterior's mean, the VQ-VAE's latents before quantisation. `[B, D, h, w]`."""
+def continuous_latents(
+    model, pixel_values: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The continuous code that `model.decode` takes back, `[B, D, h, w]`: the AutoEncoder's
+    latents, the VAE posterior's mean (or a sample of it with `sample_posterior`, as latent
+    diffusion trains on), the VQ-VAE's latents before quantisation (`decode` quantises them)."""
     encoded = model.encode(pixel_values)
     if hasattr(encoded, "latent_dist"):
-        return encoded.latent_dist.mode()
+        return encoded.latent_dist.sample(generator=generator) if sample_posterior else encoded.latent_dist.mode()
     return encoded.latents
 
 
@@ -131,14 +134,21 @@ def interpolate(
 # ----------------------------------------------------------------------------------------------
 
 
-def latent_unet(model_config, block_out_channels=(64, 128), layers_per_block: int = 1, norm_num_groups: int = 32):
+def latent_unet(
+    model_config,
+    image_size: int | None = None,
+    block_out_channels=(64, 128),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 32,
+):
     """A diffusers `UNet2DModel` on the latents of a model with `model_config`: `latent_channels`
-    in and out, `sample_size / downsampling_factor` square, self-attention on the lowest level."""
+    in and out, `image_size / downsampling_factor` square (`image_size` defaults to
+    `config.sample_size`), self-attention on the lowest of the `block_out_channels` levels."""
     from diffusers import UNet2DModel
 
     levels = len(block_out_channels)
     return UNet2DModel(
-        sample_size=model_config.sample_size // model_config.downsampling_factor,
+        sample_size=(image_size or model_config.sample_size) // model_config.downsampling_factor,
         in_channels=model_config.latent_channels,
         out_channels=model_config.latent_channels,
         block_out_channels=tuple(block_out_channels),

@@ -1,0 +1,146 @@
+"""Autoregressive prior over VQ-VAE codes of real images (scikit-learn's digits)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+from conftest import tiny_model
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+
+from latentcode.prior import (
+    build_prior,
+    encode_to_sequences,
+    prior_loss,
+    sample_images,
+    sample_sequences,
+    token_mapping,
+)
+
+CODEBOOK_SIZE = 32
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny transformers spend their time synchronising threads, not computing: one thread is
+    several times faster on a busy CPU (and never slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digit_codes(digits):
+    """A tiny VQ-VAE and the code sequences `[320, 64]` of 320 real digits (256 train, 64 held out).
+
+    The codebook is initialised from encoder outputs of other digits (data-dependent init, as
+    k-means init does) so that the codes carry image structure without training the VQ-VAE.
+    """
+    vqvae = tiny_model("vqvae", in_channels=1, codebook_size=CODEBOOK_SIZE)
+    with torch.no_grad():
+        latents = vqvae.encode(digits[-256:]).latents.permute(0, 2, 3, 1).reshape(-1, vqvae.config.codebook_dim)
+        chosen = torch.randperm(len(latents), generator=torch.Generator().manual_seed(0))[:CODEBOOK_SIZE]
+        vqvae.quantizer.codebook.copy_(latents[chosen])
+    sequences = torch.cat(list(encode_to_sequences(vqvae, digits[:320].split(64))))
+    return vqvae, sequences
+
+
+def unigram_entropy(sequences: torch.Tensor) -> float:
+    """Nats per code of the best model that ignores context: the codes' empirical entropy."""
+    probabilities = torch.bincount(sequences.flatten(), minlength=CODEBOOK_SIZE).float() / sequences.numel()
+    probabilities = probabilities[probabilities > 0]
+    return -(probabilities * probabilities.log()).sum().item()
+
+
+@pytest.mark.parametrize(
+    "architecture, model_class", [("gpt2", GPT2LMHeadModel), ("llama", LlamaForCausalLM)], ids=["gpt2", "llama"]
+)
+def test_prior_learns_digit_codes_and_samples_decodable_images(digit_codes, architecture, model_class):
+    vqvae, sequences = digit_codes
+    train, held_out = sequences[:256], sequences[256:]
+    assert sequences.shape == (320, 64) and sequences.unique().numel() > CODEBOOK_SIZE // 2
+
+    torch.manual_seed(0)
+    prior = build_prior(
+        CODEBOOK_SIZE, vqvae.latent_shape(), architecture=architecture, hidden_size=64, num_layers=2, num_heads=2
+    )
+    assert isinstance(prior, model_class) and prior.config.vocab_size == CODEBOOK_SIZE + 1
+    mapping = token_mapping(prior.config)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    with torch.no_grad():
+        initial = prior_loss(prior.eval(), held_out, mapping).item()
+    assert abs(initial - math.log(CODEBOOK_SIZE + 1)) < 0.3  # untrained: close to uniform
+
+    prior.train()
+    for step in range(30):
+        batch = train[(step % 8) * 32 : (step % 8 + 1) * 32]
+        loss = prior_loss(prior, batch, mapping)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = prior_loss(prior.eval(), held_out, mapping).item()
+    # Held-out loss drops, and below what code frequencies alone explain: the prior uses context.
+    assert final < initial - 0.3
+    assert final < unigram_entropy(train)
+
+    codes = sample_sequences(prior, 3, seed=0)
+    assert codes.shape == (3, 64) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() < CODEBOOK_SIZE
+    assert torch.equal(codes, sample_sequences(prior, 3, seed=0))  # seeded
+    images = sample_images(prior, vqvae, 3, seed=0)
+    assert images.shape == (3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(images, vqvae.decode_indices(codes.view(3, 8, 8)).sample)
+
+
+def test_saved_prior_samples_the_same(tmp_path, digit_codes):
+    vqvae, _ = digit_codes
+    torch.manual_seed(0)
+    prior = build_prior(CODEBOOK_SIZE, vqvae.latent_shape(), hidden_size=32, num_layers=1, num_heads=2).eval()
+    prior.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.latent_shape == [8, 8]
+    assert token_mapping(loaded.config) == token_mapping(prior.config)
+    assert torch.equal(sample_sequences(loaded, 2, seed=3), sample_sequences(prior, 2, seed=3))
+
+
+def test_prior_config_errors():
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        build_prior(16, (4, 4), architecture="mamba")
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        build_prior(16, (4, 4), hidden_size=30, num_heads=4)
+
+
+def test_train_prior_script(tmp_path):
+    """training/train_prior.py end to end on streamed real digits: prior, samples, model card."""
+    vqvae_dir, output_dir = tmp_path / "vqvae", tmp_path / "prior"
+    tiny_model("vqvae", in_channels=1, codebook_size=CODEBOOK_SIZE).save_pretrained(vqvae_dir)
+    command = [
+        sys.executable, str(REPO / "training" / "train_prior.py"),
+        "--vqvae_model_name_or_path", str(vqvae_dir), "--output_dir", str(output_dir),
+        "--dataset_name", "builtin:digits", "--max_train_steps", "6", "--train_batch_size", "8",
+        "--validation_steps", "3", "--num_validation_images", "16", "--num_samples", "4",
+        "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--lr_warmup_steps", "1",
+    ]  # fmt: skip
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    prior = AutoModelForCausalLM.from_pretrained(output_dir)
+    assert prior.config.latent_shape == [8, 8] and prior.config.vqvae_name_or_path == str(vqvae_dir)
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["step"] == 6 and 0 < metrics["validation_nll"] < 2 * math.log(CODEBOOK_SIZE + 1)
+    assert PIL.Image.open(output_dir / "samples.png").size == (2 * (16 + 4),) * 2  # 2 x 2 grid, 2-px padding
+    assert sorted(p.name for p in (output_dir / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    card = (output_dir / "README.md").read_text()
+    assert "$" not in card.split("## Usage")[0] and f"{metrics['validation_nll']:.4f}" in card
