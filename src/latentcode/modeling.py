@@ -483,7 +483,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
         from .tokens import latent_shape
 
         size = self.config.sample_size if image_size is None else image_size
-        return latent_shape(self.config, size, depth=getattr(self.config, "num_quantizers", 1))
+        return latent_shape(self.config, size, depth=getattr(self.config, "num_quantizers", None) or 1)
 
     @torch.no_grad()
     def encode_to_sequence(self, pixel_values: torch.Tensor) -> torch.Tensor:
