@@ -309,3 +309,318 @@ def test_diffusers_folder_with_wrong_keys_names_them(tmp_path):
         VQVAEModel.from_diffusers(tmp_path)
     assert "encoder.extra_layer.weight" in str(error.value)
     assert "decoder.conv_out.bias" in str(error.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# CompVis checkpoints (taming-transformers / latent-diffusion / Stable Diffusion VAE)
+# ----------------------------------------------------------------------------------------------
+
+
+def diffusers_to_compvis(state_dict: dict, num_levels: int, conv_attention: bool) -> dict:
+    """The CompVis layout of a diffusers VQModel / AutoencoderKL state dict: the inverse of
+    diffusers' `convert_ldm_vae_checkpoint` (decoder levels indexed by resolution, `nin_shortcut`,
+    `attn_1`, q/k/v/proj_out attention stored as 1x1 convs when `conv_attention`)."""
+    import re
+
+    compvis = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"^decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{num_levels - 1 - int(m.group(1))}.", key)
+        key = re.sub(r"^encoder\.down_blocks\.(\d+)\.", r"encoder.down.\1.", key)
+        for old, new in (
+            ("resnets.", "block."),
+            ("attentions.", "attn."),
+            ("downsamplers.0.", "downsample."),
+            ("upsamplers.0.", "upsample."),
+            ("mid_block.block.0.", "mid.block_1."),
+            ("mid_block.block.1.", "mid.block_2."),
+            ("mid_block.attn.0.", "mid.attn_1."),
+            ("conv_shortcut", "nin_shortcut"),
+            ("conv_norm_out", "norm_out"),
+            ("group_norm", "norm"),
+            ("to_q.", "q."),
+            ("to_k.", "k."),
+            ("to_v.", "v."),
+            ("to_out.0.", "proj_out."),
+        ):
+            key = key.replace(old, new)
+        if conv_attention and re.search(r"\.(q|k|v|proj_out)\.weight$", key):
+            value = value[:, :, None, None]
+        compvis[key] = value.clone()
+    return compvis
+
+
+def compvis_diffusers_model(kind: str, seed: int = 0):
+    """Tiny CompVis-compatible models (CompVis GroupNorm has 32 groups)."""
+    torch.manual_seed(seed)
+    if kind == "kl":  # Stable Diffusion VAE layout: no level attention
+        model = AutoencoderKL(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=16,
+            **block_types(2, ()),
+        )
+    else:  # taming VQGAN layout: attention at the lowest level, codebook dim != latent channels
+        model = VQModel(
+            block_out_channels=(32, 32, 64),
+            layers_per_block=2,
+            latent_channels=4,
+            vq_embed_dim=3,
+            num_vq_embeddings=64,
+            norm_num_groups=32,
+            sample_size=16,
+            **block_types(3, (2,)),
+        )
+    return randomize(model, seed)
+
+
+LDM_YAML = """
+model:
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    scale_factor: 0.3
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        lossconfig: {target: ldm.modules.losses.LPIPSWithDiscriminator, params: {kl_weight: 1.0e-06}}
+        ddconfig: {double_z: true, z_channels: 4, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,
+                   ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
+"""
+TAMING_YAML = """
+model:
+  target: taming.models.vqgan.VQModel
+  params:
+    embed_dim: 3
+    n_embed: 64
+    ddconfig: {double_z: false, z_channels: 4, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,
+               ch_mult: [1, 1, 2], num_res_blocks: 2, attn_resolutions: [4], dropout: 0.0}
+    lossconfig: {target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator, params: {codebook_weight: 1.0}}
+"""
+
+
+def test_latent_diffusion_kl_ckpt_with_yaml_matches_diffusers(tmp_path):
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    reference = compvis_diffusers_model("kl")
+    compvis = diffusers_to_compvis(reference.state_dict(), num_levels=2, conv_attention=True)
+    # The layout is the one diffusers' own single-file converter reads back to the same weights.
+    config = dict(down_block_types=reference.config.down_block_types, up_block_types=reference.config.up_block_types)
+    back = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in compvis.items()}, config)
+    assert back.keys() == reference.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in reference.state_dict().items())
+
+    # A full latent-diffusion checkpoint: autoencoder under first_stage_model., other parts beside it.
+    full = {f"first_stage_model.{k}": v for k, v in compvis.items()}
+    full["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(2)
+    full["first_stage_model.loss.logvar"] = torch.zeros(())
+    torch.save({"state_dict": full, "global_step": 7}, tmp_path / "model.ckpt")
+    (tmp_path / "model.yaml").write_text(LDM_YAML)
+
+    load_script("convert_compvis_to_latentcode").main(
+        [
+            "--checkpoint_path", str(tmp_path / "model.ckpt"),
+            "--original_config_file", str(tmp_path / "model.yaml"),
+            "--output_dir", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    model = VAEModel.from_pretrained(tmp_path / "out")
+    assert model.config.scaling_factor == 0.3 and model.config.sample_size == 16
+    assert model.config.kl_weight == 1e-6
+    pixels = pixels_for(reference)
+    with torch.no_grad():
+        assert max_diff(model.encode(pixels).latent_dist.mean, reference.encode(pixels).latent_dist.mean) <= TOLERANCE
+        assert max_diff(model(pixels).sample, reference(pixels).sample) <= TOLERANCE
+    assert_same_weights(reference, model.to_diffusers())
+
+
+def test_sd_vae_safetensors_with_vae_prefix_infers_config(tmp_path):
+    from latentcode.conversion import from_compvis
+
+    reference = compvis_diffusers_model("kl", seed=5)
+    compvis = diffusers_to_compvis(reference.state_dict(), num_levels=2, conv_attention=False)
+    save_file({f"vae.{k}": v for k, v in compvis.items()}, tmp_path / "vae.safetensors")
+    model = from_compvis(tmp_path / "vae.safetensors")
+    assert model.config.scaling_factor == 0.18215  # Stable Diffusion's, when nothing says otherwise
+    pixels = pixels_for(reference)
+    with torch.no_grad():
+        latents = reference.encode(pixels).latent_dist.mean
+        assert max_diff(model.decode(latents).sample, reference.decode(latents).sample) <= TOLERANCE
+    assert_same_weights(reference, model.to_diffusers())
+
+
+class ModelCheckpoint:
+    """Stands for pytorch_lightning's callback class, which Lightning pickles as a dict key."""
+
+
+def save_lightning_like_ckpt(path, state_dict):
+    """torch.save as PyTorch Lightning 1.x does for taming: with the callback class in the pickle."""
+    import types
+
+    names = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")
+    modules = {name: types.ModuleType(name) for name in names}
+    modules[names[-1]].ModelCheckpoint = ModelCheckpoint
+    ModelCheckpoint.__module__ = names[-1]
+    sys.modules.update(modules)
+    try:
+        torch.save({"state_dict": state_dict, "callbacks": {ModelCheckpoint: {"best_model_score": 0.1}}}, path)
+    finally:
+        for name in names:
+            del sys.modules[name]
+        ModelCheckpoint.__module__ = __name__
+
+
+def test_taming_vqgan_ckpt_converts_with_and_without_yaml(tmp_path):
+    from latentcode.conversion import from_compvis
+    from latentcode.conversion.compvis import config_from_state_dict, config_from_yaml
+
+    reference = compvis_diffusers_model("vq")
+    compvis = diffusers_to_compvis(reference.state_dict(), num_levels=3, conv_attention=True)
+    compvis["loss.discriminator.main.0.weight"] = torch.zeros(2, 3, 4, 4)
+    save_lightning_like_ckpt(tmp_path / "last.ckpt", compvis)
+    (tmp_path / "model.yaml").write_text(TAMING_YAML)
+
+    from_yaml = config_from_yaml(str(tmp_path / "model.yaml"))
+    inferred = config_from_state_dict(compvis)
+    assert {k: v for k, v in from_yaml.items() if k in inferred} == inferred
+
+    for original_config in (None, tmp_path / "model.yaml"):
+        model = from_compvis(tmp_path / "last.ckpt", original_config)
+        assert isinstance(model, VQVAEModel)
+        assert (model.config.codebook_size, model.config.codebook_dim, model.config.attention_levels) == (64, 3, [2])
+        pixels = pixels_for(reference)
+        with torch.no_grad():
+            latents = reference.encode(pixels).latents
+            _, _, (_, _, indices) = reference.quantize(latents)
+            encoded = model.encode(pixels)
+            assert torch.equal(encoded.indices, indices.view(encoded.indices.shape))
+            assert max_diff(model(pixels).sample, reference(pixels).sample) <= TOLERANCE
+    assert_same_weights(reference, model.to_diffusers())
+
+
+def test_unsupported_compvis_options_are_named():
+    import yaml
+
+    from latentcode.conversion.compvis import config_from_yaml
+
+    config = yaml.safe_load(TAMING_YAML)
+    config["model"]["params"]["ddconfig"]["resamp_with_conv"] = False
+    with pytest.raises(ValueError, match="resamp_with_conv"):
+        config_from_yaml(config)
+    config["model"]["target"] = "taming.models.vqgan.GumbelVQ"
+    with pytest.raises(ValueError, match="GumbelVQ"):
+        config_from_yaml(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Safety
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compvis_weights():
+    return diffusers_to_compvis(compvis_diffusers_model("kl").state_dict(), num_levels=2, conv_attention=True)
+
+
+def test_extra_and_missing_keys_stop_the_conversion(tmp_path, compvis_weights):
+    from latentcode.conversion import from_compvis
+
+    weights = dict(compvis_weights)
+    weights["encoder.mid.attn_2.q.weight"] = torch.zeros(64, 64)
+    del weights["decoder.up.0.block.1.conv2.bias"]
+    torch.save({"state_dict": weights}, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError) as error:
+        from_compvis(tmp_path / "bad.ckpt")
+    message = str(error.value)
+    assert "nothing was loaded" in message
+    assert "encoder.mid.attn_2.q.weight" in message  # named as it maps into our model
+    assert "decoder.up.1.blocks.1.conv2.bias" in message  # CompVis up.0 is our last decoder level
+
+
+def test_corrupt_and_truncated_files_fail_clearly(tmp_path, compvis_weights):
+    from latentcode.conversion import from_compvis
+
+    torch.save({"state_dict": compvis_weights}, tmp_path / "good.ckpt")
+    data = (tmp_path / "good.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.ckpt").write_bytes(os.urandom(4096))
+    save_file(compvis_weights, tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    for name in ("truncated.ckpt", "garbage.ckpt", "truncated.safetensors"):
+        with pytest.raises(CheckpointError, match="corrupt or truncated"):
+            from_compvis(tmp_path / name)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        from_compvis(tmp_path / "missing.ckpt")
+
+
+class RunsCode:
+    """A pickle payload that runs a shell command when unpickled with plain pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
+    import pickle
+
+    from latentcode.conversion import from_compvis
+
+    marker = tmp_path / "pwned"
+    payload = {"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}, "x": RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(payload, tmp_path / "evil.ckpt")
+    else:
+        (tmp_path / "evil.ckpt").write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError, match="may try to execute code"):
+        from_compvis(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaling factor
+# ----------------------------------------------------------------------------------------------
+
+
+def test_compute_scaling_factor_is_inverse_std_of_latents(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from latentcode.conversion import compute_scaling_factor
+
+    digits = load_digits().images[:12]  # 8x8 grey images, values 0..16
+    for i, image in enumerate(digits):
+        Image.fromarray((image * 255 / 16).astype("uint8")).resize((16, 16)).save(tmp_path / f"{i:02d}.png")
+
+    vq = VQVAEModel.from_diffusers(make_diffusers("vq", "2levels-gray-attn0"))
+    vae = VAEModel.from_diffusers(make_diffusers("kl", "1level-gray-noquant"))
+    from latentcode.conversion.scaling import image_folder_batches
+
+    batches = list(image_folder_batches(tmp_path, resolution=16, channels=1, batch_size=5))
+    assert [len(batch) for batch in batches] == [5, 5, 2]
+    pixels = torch.cat(batches)
+    assert pixels.min() >= -1 and pixels.max() <= 1 and pixels.std() > 0.3
+    with torch.no_grad():
+        expected_vq = 1 / vq.encode(pixels).latents.double().std().item()
+        samples = vae.encode(pixels).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+    assert compute_scaling_factor(vq, batches) == pytest.approx(expected_vq, rel=1e-6)
+    # One batch of all images draws the same noise as the reference sample above.
+    factor = compute_scaling_factor(vae, [pixels], generator=torch.Generator().manual_seed(0))
+    assert factor == pytest.approx(1 / samples.double().std().item(), rel=1e-6)
+
+    vq.save_pretrained(tmp_path / "vq")
+    weights = tmp_path / "vq.safetensors"
+    save_file(diffusers_to_compvis(vq.to_diffusers().state_dict(), 2, conv_attention=True), weights)
+    load_script("convert_compvis_to_latentcode").main(
+        [
+            "--checkpoint_path", str(weights), "--norm_num_groups", "4", "--output_dir", str(tmp_path / "out"),
+            "--compute_scaling_factor", str(tmp_path), "--resolution", "16",
+        ]
+    )  # fmt: skip
+    converted = VQVAEModel.from_pretrained(tmp_path / "out")
+    assert converted.config.scaling_factor == pytest.approx(expected_vq, rel=1e-6)

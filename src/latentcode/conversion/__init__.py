@@ -6,12 +6,16 @@ files are read without unpickling code, and every missing or unexpected weight s
 """
 
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
+from .compvis import from_compvis
 from .diffusers import config_from_diffusers, diffusers_config_from, from_diffusers, to_diffusers
+from .scaling import compute_scaling_factor
 
 __all__ = [
     "CheckpointError",
+    "compute_scaling_factor",
     "config_from_diffusers",
     "diffusers_config_from",
+    "from_compvis",
     "from_diffusers",
     "load_state_dict_exactly",
     "read_checkpoint",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Mapping
 
@@ -80,15 +81,47 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
         with torch.serialization.safe_globals(_bookkeeping_globals(path)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"refused to load {path!r}: its pickle references Python code that weights-only loading does not "
-            f"allow, so it may try to execute code ({error}). Only tensors, plain containers and "
-            f"trainer bookkeeping ({', '.join(TRAINER_BOOKKEEPING_MODULES)}) are accepted."
-        ) from None
+        reason = _unpickler_reason(error)
+        if "GLOBAL" not in reason and (names := _pickled_globals(path)):
+            reason = f"it names {', '.join(names)}"
+        if "GLOBAL" in reason or reason.startswith("it names"):
+            raise CheckpointError(
+                f"refused to load {path!r}: its pickle references Python code, so it may try to execute code "
+                f"({reason}). Only tensors, plain containers and trainer bookkeeping "
+                f"({', '.join(TRAINER_BOOKKEEPING_MODULES)}) are accepted."
+            ) from None
+        raise CheckpointError(f"could not read checkpoint {path!r}: corrupt or truncated ({reason})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"could not read checkpoint {path!r}: corrupt or truncated torch file ({type(error).__name__}: {error})"
         ) from None
+
+
+def _pickled_globals(path: str) -> list[str]:
+    """Names of the non-torch Python objects a plain (non-zip) pickle file refers to, read from
+    its opcodes without executing them; empty when the file is not a complete pickle."""
+    names, strings = [], []
+    try:
+        with open(path, "rb") as file:
+            for opcode, argument, _ in pickletools.genops(file):
+                if opcode.name == "GLOBAL":
+                    names.append(argument.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # not a pickle, or a truncated one
+        return []
+    # Tensor rebuilding is what a weights file is made of; the rest is what refusal is about.
+    return sorted({name for name in names if not name.startswith(("torch.", "collections.OrderedDict"))})
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The one informative line of torch's weights-only error (it wraps it in a long explanation)."""
+    message = str(error)
+    if "WeightsUnpickler error:" in message:
+        message = message.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(message.split())
 
 
 def _describe(keys: set[str]) -> str:

@@ -209,6 +209,12 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
             f"unsupported diffusers norm_type={fields['norm_type']!r} (MoVQ's spatially conditioned norm in the "
             "decoder): latentcode backbones use GroupNorm ('group')"
         )
+    levels = len(fields["block_out_channels"])
+    if not len(fields["down_block_types"]) == len(fields["up_block_types"]) == levels:
+        raise ValueError(
+            f"diffusers config has {levels} block_out_channels but {len(fields['down_block_types'])} "
+            f"down_block_types and {len(fields['up_block_types'])} up_block_types; they must agree"
+        )
     sample_size = fields["sample_size"]
     if isinstance(sample_size, (list, tuple)):
         sample_size = sample_size[0]  # diffusers' own tiling uses the first entry as well
