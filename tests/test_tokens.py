@@ -41,17 +41,27 @@ def test_latent_shape():
         latent_shape(config, 30)
 
 
-def test_model_sequence_api_matches_indices_api(digits):
-    model = tiny_model("vqvae", in_channels=1)
+@pytest.mark.parametrize(
+    "quantizer, options, grid",
+    [
+        ("vq", {}, (8, 8)),
+        ("fsq", {}, (8, 8)),
+        ("lfq", {"codebook_size": 64}, (8, 8)),
+        ("residual_vq", {"num_quantizers": 3, "codebook_size": 32}, (8, 8, 3)),
+    ],
+)
+def test_model_sequence_api_matches_indices_api(digits, quantizer, options, grid):
+    model = tiny_model("vqvae", in_channels=1, quantizer=quantizer, **options)
     pixels = digits[:3]
     sequence = model.encode_to_sequence(pixels)
     indices = model.encode(pixels).indices
-    assert model.latent_shape() == model.latent_shape(16) == tuple(indices.shape[1:]) == (8, 8)
+    assert model.latent_shape() == model.latent_shape(16) == tuple(indices.shape[1:]) == grid
     assert torch.equal(sequence, indices.reshape(3, -1))
+    assert 0 <= sequence.min() and sequence.max() < model.config.codebook_size  # a vocabulary of codebook_size
     with torch.no_grad():
         assert torch.equal(model.decode_sequence(sequence).sample, model.decode_indices(indices).sample)
     # Non-square images need their size to restore the grid.
-    wide = torch.cat([pixels, pixels], dim=3)  # [3, 1, 16, 32]
+    wide = torch.cat([pixels, pixels.flip(3)], dim=3)  # [3, 1, 16, 32]
     with torch.no_grad():
         restored = model.decode_sequence(model.encode_to_sequence(wide), image_size=(16, 32)).sample
         assert torch.equal(restored, model.decode_indices(model.encode(wide).indices).sample)
