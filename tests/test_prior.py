@@ -28,7 +28,7 @@ CODEBOOK_SIZE = 32
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def single_thread():
     """Tiny transformers spend their time synchronising threads, not computing: one thread is
     several times faster on a busy CPU (and never slower here)."""
