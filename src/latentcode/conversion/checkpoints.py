@@ -10,7 +10,7 @@ Two rules hold for every conversion in this package:
   `omegaconf` config); those few names stand for inert placeholders, so they are never
   imported and nothing of theirs runs.
 - A state dict is loaded only when it fits the model exactly: every missing, unexpected or
-  mis-shaped key is named in the error and nothing is loaded.
+  mis-shaped key is named in the error and the conversion stops.
 """
 
 from __future__ import annotations
@@ -131,22 +131,27 @@ def _describe(keys: set[str]) -> str:
 def load_state_dict_exactly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Copy `state_dict` into `model` only if its keys and shapes match the model's exactly.
 
-    Raises [`CheckpointError`] listing every missing, unexpected and mis-shaped key by name.
-    The values keep their bits: a tensor is cast only when the model's dtype differs.
+    Raises [`CheckpointError`] listing every missing, unexpected and mis-shaped key by name;
+    the model must then be discarded (conversion builds it fresh, so it never escapes). A key
+    counts as present when the module derives it on load from the others (the VQ quantizer's
+    EMA statistics from its codebook). Values keep their bits; a tensor is cast only when the
+    model's dtype differs.
     """
     expected = model.state_dict()
-    missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     mismatched = {
         f"{key} (checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)})"
         for key in set(expected) & set(state_dict)
         if state_dict[key].shape != expected[key].shape
     }
+    if mismatched:  # torch refuses to load these at all, so report the plain key difference
+        missing = set(expected) - set(state_dict)
+    else:
+        missing = set(model.load_state_dict(dict(state_dict), strict=False).missing_keys)
     if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"the weights from {source} do not fit {type(model).__name__}; nothing was loaded.\n"
+            f"the weights from {source} do not fit {type(model).__name__}; conversion stopped.\n"
             f"  missing keys ({len(missing)}): {_describe(missing)}\n"
             f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}\n"
             f"  shape mismatches ({len(mismatched)}): {_describe(mismatched)}"
         )
-    model.load_state_dict(state_dict, strict=True)

@@ -22,7 +22,7 @@ import torch
 
 from ..configuration import VAEConfig, VQVAEConfig
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
-from .diffusers import DIFFUSERS_VQ_BETA
+from .diffusers import DIFFUSERS_VQ_BETA, IMPORTED_VQ_TRAINING
 
 logger = logging.getLogger(__name__)
 
@@ -127,14 +127,8 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     )
     if is_vq:
         codebook_size, codebook_dim = state_dict["quantize.embedding.weight"].shape
-        # The legacy quantiser loss taming / latent-diffusion trained with (see
-        # latentcode.conversion.diffusers).
-        config.update(
-            codebook_size=codebook_size,
-            codebook_dim=codebook_dim,
-            commitment_weight=1.0,
-            codebook_weight=DIFFUSERS_VQ_BETA,
-        )
+        # The recipe taming / latent-diffusion trained with (see latentcode.conversion.diffusers).
+        config.update(codebook_size=codebook_size, codebook_dim=codebook_dim, **IMPORTED_VQ_TRAINING)
     return config
 
 
@@ -211,6 +205,7 @@ def config_from_yaml(original_config) -> dict:
         # taming's loss multiplies the quantiser's legacy loss (see latentcode.conversion.diffusers).
         scale = loss.get("codebook_weight", 1.0)
         config.update(
+            IMPORTED_VQ_TRAINING,
             codebook_size=params["n_embed"],
             codebook_dim=params["embed_dim"],
             commitment_weight=scale,

@@ -15,13 +15,15 @@ Config fields that only diffusers pipelines read (`force_upcast`, `shift_factor`
 `latents_mean`, `latents_std`, `lookup_from_codebook`) are carried on our config under the
 same names, so an exported model has the config it was imported with.
 
-VQ loss weights: diffusers' `VectorQuantizer` (like taming-transformers' and latent-
+VQ training settings: diffusers' `VectorQuantizer` (like taming-transformers' and latent-
 diffusion's, with `legacy=True`) computes `||sg(e) - z||^2 + beta * ||e - sg(z)||^2`, i.e. beta
 sits on the *codebook* term and the commitment term has weight 1, and `VQModel` fixes
 beta = 0.25. Imported models keep that objective (`commitment_weight=1.0`,
-`codebook_weight=0.25`) so fine-tuning continues the loss the checkpoint was trained with;
-pass `commitment_weight=0.25, codebook_weight=1.0` for the VQ-VAE paper's weighting. The
-weights are training settings only: export ignores them.
+`codebook_weight=0.25`) and the plain gradient-learned codebook (no EMA, k-means or dead-code
+restarts; see `IMPORTED_VQ_TRAINING`), so fine-tuning continues the way the checkpoint was
+trained; pass e.g. `commitment_weight=0.25, codebook_weight=1.0` for the VQ-VAE paper's
+weighting. These are training settings only: export ignores them, and the quantizer's
+training state (EMA statistics) has no place in a `VQModel` and is not exported.
 """
 
 from __future__ import annotations
@@ -36,9 +38,18 @@ from torch import nn
 from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig
 from .checkpoints import CheckpointError, load_state_dict_exactly
 
-# Beta of diffusers' VQModel quantiser and where its legacy loss puts it (module docstring).
+# Beta of diffusers' VQModel quantiser (module docstring).
 DIFFUSERS_VQ_BETA = 0.25
-DIFFUSERS_VQ_LOSS_WEIGHTS = {"commitment_weight": 1.0, "codebook_weight": DIFFUSERS_VQ_BETA}
+# How diffusers / taming / latent-diffusion codebooks were trained: by gradient, under the
+# legacy loss weights, without EMA codes, k-means initialisation or dead-code restarts.
+# Imported VQ models keep that recipe; override any of these fields to fine-tune differently.
+IMPORTED_VQ_TRAINING = {
+    "commitment_weight": 1.0,
+    "codebook_weight": DIFFUSERS_VQ_BETA,
+    "use_ema": False,
+    "kmeans_init": False,
+    "dead_code_restart": False,
+}
 
 # diffusers -> latentcode key renaming, applied in order. One table serves both directions:
 # export renames the keys of a freshly built diffusers model with it to find their sources.
@@ -82,7 +93,20 @@ _TRANSLATED_FIELDS = {
     "use_post_quant_conv",
 }
 # Our config fields that set how a model trains, not what it computes; export drops them.
-TRAINING_ONLY_FIELDS = {"dropout", "reconstruction_loss", "kl_weight", "commitment_weight", "codebook_weight"}
+TRAINING_ONLY_FIELDS = {
+    "dropout",
+    "reconstruction_loss",
+    "kl_weight",
+    "commitment_weight",
+    "codebook_weight",
+    "use_ema",
+    "ema_decay",
+    "ema_epsilon",
+    "kmeans_init",
+    "kmeans_iterations",
+    "dead_code_restart",
+    "codebook_usage_window",
+}
 # Our config fields that the diffusers config expresses (translated above).
 _EXPRESSED_FIELDS = {
     "in_channels",
@@ -236,7 +260,7 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
             codebook_dim=fields["vq_embed_dim"] or fields["latent_channels"],
             use_quant_conv=True,
             use_post_quant_conv=True,
-            **DIFFUSERS_VQ_LOSS_WEIGHTS,
+            **IMPORTED_VQ_TRAINING,
         )
     else:
         translated.update(use_quant_conv=fields["use_quant_conv"], use_post_quant_conv=fields["use_post_quant_conv"])
@@ -413,7 +437,8 @@ def to_diffusers(model: nn.Module):
             ours[f"{name}.weight"] = torch.eye(conv.out_channels).view_as(conv.weight)
             ours[f"{name}.bias"] = torch.zeros_like(conv.bias)
     names = {key: diffusers_key_to_latentcode(key) for key in exported.state_dict()}
-    unused = set(ours) - set(names.values())
+    # Parameters must all find a place; buffers are training state (EMA statistics).
+    unused = {name for name, _ in model.named_parameters()} - set(names.values())
     if unused:
         raise ValueError(f"diffusers {diffusers_class.__name__} has no place for {sorted(unused)}")
     state_dict = {key: ours[name].clone() for key, name in names.items() if name in ours}
@@ -427,6 +452,7 @@ def to_diffusers(model: nn.Module):
 
 __all__ = [
     "DIFFUSERS_VQ_BETA",
+    "IMPORTED_VQ_TRAINING",
     "TRAINING_ONLY_FIELDS",
     "config_from_diffusers",
     "diffusers_config_from",
