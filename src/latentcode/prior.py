@@ -116,7 +116,7 @@ def prior_loss(prior, sequences: torch.Tensor, mapping: ImageTokenMapping) -> to
     (`token_mapping(unwrapped.config)`).
     """
     tokens = mapping.codes_to_tokens(sequences)
-    return prior(input_ids=tokens, labels=tokens).loss
+    return prior(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
 
 
 @torch.no_grad()
