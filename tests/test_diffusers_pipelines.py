@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -174,3 +175,16 @@ def test_train_latent_diffusion_script(tmp_path):
     images = pipeline(batch_size=2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 16, 16, 1)
     assert PIL.Image.open(output_dir / "samples.png").size == (2 * (16 + 4),) * 2
+
+
+def test_readme_tokenizer_and_diffusers_sections_run(tmp_path, monkeypatch):
+    """The Python blocks of "Use as a tokenizer" and "Use in diffusers", run as written."""
+    readme = (REPO / "README.md").read_text()
+    sections = readme.split("## Use as a tokenizer")[1].split("## Conversion")[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", sections, re.S))
+    assert "LDMPipeline" in code and "ImageTokenMapping" in code and "sample_images" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    for name in ("prior-samples.png", "vae-samples.png", "interpolation.png", "my-ldm/model_index.json"):
+        assert (tmp_path / name).is_file(), name
+    assert PIL.Image.open(tmp_path / "interpolation.png").size == (8 * (32 + 4), 32 + 4)
