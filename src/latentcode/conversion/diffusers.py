@@ -205,24 +205,29 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
     diffusers feature our models cannot express (spatial norm, a non-SiLU activation,
     asymmetric attention, unknown config fields).
     """
-    class_name = diffusers_config.get("_class_name", "VQModel" if config_class is VQVAEConfig else "AutoencoderKL")
-    is_vq = issubclass(config_class, VQVAEConfig)
-    expected_class = "VQModel" if is_vq else "AutoencoderKL"
-    if class_name != expected_class:
-        raise ValueError(f"{config_class.__name__} converts from a diffusers {expected_class}, got a {class_name}")
-    fields = {key: value for key, value in diffusers_config.items() if not key.startswith("_")}
     from diffusers import AutoencoderKL, VQModel
 
+    is_vq = issubclass(config_class, VQVAEConfig)
+    diffusers_class = VQModel if is_vq else AutoencoderKL
+    class_name = diffusers_config.get("_class_name", diffusers_class.__name__)
+    if class_name != diffusers_class.__name__:
+        raise ValueError(
+            f"{config_class.__name__} converts from a diffusers {diffusers_class.__name__}, got a {class_name}"
+        )
+    # Constructor defaults fill what an older config.json leaves out, as diffusers does.
     defaults = {
         name: parameter.default
-        for name, parameter in inspect.signature((VQModel if is_vq else AutoencoderKL).__init__).parameters.items()
+        for name, parameter in inspect.signature(diffusers_class.__init__).parameters.items()
+        if name != "self"
     }
-    fields = {**{k: v for k, v in defaults.items() if k != "self"}, **fields}
-
+    fields = {**defaults, **{key: value for key, value in diffusers_config.items() if not key.startswith("_")}}
+    # Fields outside the constructor do not reach the model (diffusers ignores them too).
     unknown = {
         key: value
         for key, value in fields.items()
-        if key not in _TRANSLATED_FIELDS | set(_PIPELINE_FIELDS[class_name]) and value != defaults.get(key, value)
+        if key in defaults
+        and key not in _TRANSLATED_FIELDS | set(_PIPELINE_FIELDS[class_name])
+        and value != defaults[key]
     }
     if unknown:
         raise ValueError(f"unsupported diffusers {class_name} config fields {unknown}: latentcode cannot express them")
@@ -356,12 +361,10 @@ def _load_diffusers_model(diffusers_class: type, path: str, **load_kwargs):
 
 
 def _read_diffusers_class_name(path: str, **load_kwargs) -> str:
-    from diffusers import ConfigMixin
+    """`_class_name` of a diffusers model's config.json (any ConfigMixin class reads any config)."""
+    from diffusers import VQModel
 
-    class DiffusersConfig(ConfigMixin):
-        config_name = "config.json"
-
-    return DiffusersConfig.load_config(path, **load_kwargs).get("_class_name", "")
+    return VQModel.load_config(path, **load_kwargs).get("_class_name", "")
 
 
 def from_diffusers(
