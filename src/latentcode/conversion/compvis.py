@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 # Prefixes under which full latent-diffusion / Stable Diffusion checkpoints keep the autoencoder.
 AUTOENCODER_PREFIXES = ("first_stage_model.", "vae.")
-# Training-only modules stored beside the autoencoder (discriminator, LPIPS, learned logvar).
-TRAINING_PREFIXES = ("loss.",)
+# Training state stored beside the autoencoder: the loss's modules (discriminator, LPIPS,
+# learned logvar) and latent-diffusion's EMA bookkeeping (`model_ema.decay`, `.num_updates`, and
+# the EMA copy, which pruned releases have already swapped into the main weights).
+TRAINING_PREFIXES = ("loss.", "model_ema.")
 # CompVis' GroupNorm always has 32 groups; the weights do not record it.
 COMPVIS_NORM_GROUPS = 32
 # latent-diffusion's latent scale for KL autoencoders when no YAML says otherwise (Stable
@@ -63,8 +65,8 @@ def compvis_key_to_latentcode(key: str, num_levels: int) -> str:
 
 def autoencoder_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     """The autoencoder's weights from a loaded checkpoint: unwraps Lightning's `state_dict`,
-    keeps only the `first_stage_model.` / `vae.` part of a full model, and drops the
-    training loss's modules (`loss.*`: discriminator, LPIPS), which the autoencoder does not use."""
+    keeps only the `first_stage_model.` / `vae.` part of a full model, and drops the training
+    state (`loss.*`, `model_ema.*`; see `TRAINING_PREFIXES`), which the autoencoder does not use."""
     state_dict = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(
@@ -76,7 +78,7 @@ def autoencoder_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
             break
     dropped = [key for key in state_dict if key.startswith(TRAINING_PREFIXES)]
     if dropped:
-        logger.info("ignoring %d training-loss weights (%s...)", len(dropped), dropped[0])
+        logger.info("ignoring %d training-state entries (%s, ...)", len(dropped), dropped[0])
     state_dict = {key: value for key, value in state_dict.items() if key not in set(dropped)}
     not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
