@@ -26,7 +26,14 @@ from transformers import AutoModel, get_scheduler
 import latentcode
 from latentcode.data import ImageTransform, build_image_data
 from latentcode.generation import save_image_grid
-from latentcode.prior import PRIOR_ARCHITECTURES, build_prior, prior_loss, sample_images, token_mapping
+from latentcode.prior import (
+    PRIOR_ARCHITECTURES,
+    build_prior,
+    encode_to_sequences,
+    prior_loss,
+    sample_images,
+    token_mapping,
+)
 from latentcode.training.model_card import render_model_card
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "prior.md"
@@ -111,9 +118,7 @@ def main(args: argparse.Namespace) -> dict:
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
     )
-    validation_codes = torch.cat(
-        [vqvae.encode_to_sequence(chunk.to(accelerator.device)) for chunk in validation_images.split(64)]
-    )
+    validation_codes = torch.cat(list(encode_to_sequences(vqvae, validation_images.split(64))))
 
     prior = build_prior(
         vqvae.config.codebook_size,
@@ -151,7 +156,7 @@ def main(args: argparse.Namespace) -> dict:
     for step in range(1, args.max_train_steps + 1):
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(prior):
-                sequences = vqvae.encode_to_sequence(batches.next_batch().to(accelerator.device))
+                (sequences,) = encode_to_sequences(vqvae, [batches.next_batch()])
                 loss = prior_loss(prior, sequences, mapping)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

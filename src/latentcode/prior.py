@@ -56,7 +56,8 @@ def prior_config(
         raise ValueError(f"hidden_size must be divisible by num_heads, got {hidden_size} and {num_heads}")
     mapping = ImageTokenMapping(codebook_size, offset=0, begin_of_image_id=codebook_size)
     positions = math.prod(latent_shape) + 1
-    special = dict(bos_token_id=mapping.begin_of_image_id, eos_token_id=None, pad_token_id=mapping.begin_of_image_id)
+    # No end or padding token: every image is exactly `positions - 1` codes.
+    special = dict(bos_token_id=mapping.begin_of_image_id, eos_token_id=None, pad_token_id=None)
     recorded = dict(
         image_token_mapping=mapping.to_dict(), latent_shape=list(latent_shape), vqvae_name_or_path=vqvae_name_or_path
     )
@@ -149,10 +150,8 @@ def sample_sequences(
             top_k=top_k or 0,
             top_p=1.0,
             max_new_tokens=length,
-            min_new_tokens=length,
             # Only image codes may follow: a second begin-of-image token would not decode.
             suppress_tokens=mapping.boundary_ids,
-            pad_token_id=mapping.begin_of_image_id,
         )
     return mapping.tokens_to_codes(tokens)
 
