@@ -297,6 +297,22 @@ def test_unexportable_models_are_refused():
         model.to_diffusers()
 
 
+def test_native_vqvae_exports():
+    from latentcode import VQVAEConfig
+
+    sizes = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=3, codebook_size=16)
+    model = randomize(VQVAEModel(VQVAEConfig(**sizes)), seed=4)  # the default training recipe
+    with torch.no_grad():
+        model.quantizer.codebook.normal_(0, 0.3)
+    exported = model.to_diffusers()
+    assert torch.equal(exported.quantize.embedding.weight, model.quantizer.codebook)
+    pixels = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        _, _, (_, _, indices) = exported.quantize(exported.encode(pixels).latents)
+        assert torch.equal(model.encode(pixels).indices.flatten(), indices.flatten())
+        assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
+
+
 def test_diffusers_folder_with_wrong_keys_names_them(tmp_path):
     reference = make_diffusers("vq", "1level-rgb")
     reference.save_pretrained(tmp_path)
@@ -478,6 +494,7 @@ def test_taming_vqgan_ckpt_converts_with_and_without_yaml(tmp_path):
     reference = compvis_diffusers_model("vq")
     compvis = diffusers_to_compvis(reference.state_dict(), num_levels=3, conv_attention=True)
     compvis["loss.discriminator.main.0.weight"] = torch.zeros(2, 3, 4, 4)
+    compvis["model_ema.num_updates"] = torch.tensor(1000)
     save_lightning_like_ckpt(tmp_path / "last.ckpt", compvis)
     (tmp_path / "model.yaml").write_text(TAMING_YAML)
 
@@ -565,6 +582,7 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
     import pickle
