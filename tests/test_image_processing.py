@@ -105,14 +105,15 @@ def test_input_errors():
 def test_saved_beside_the_model_and_loaded_with_auto_classes(tmp_path, digits):
     model = tiny_model("vqvae", in_channels=1)
     processor = LatentCodeImageProcessor.from_model_config(model.config, resample=PIL.Image.Resampling.BILINEAR)
-    assert (processor.size, processor.crop_size, processor.num_channels) == (16, 16, 1)
+    assert (processor.size, processor.num_channels) == (16, 1)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
 
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(loaded) is LatentCodeImageProcessor
     assert loaded.to_dict() == processor.to_dict()
-    assert AutoImageProcessor.from_pretrained(tmp_path, size=8).size == 8  # overrides apply
+    smaller = AutoImageProcessor.from_pretrained(tmp_path, size=8)  # overrides apply; the crop follows
+    assert smaller(np.zeros((16, 16), np.uint8)).pixel_values.shape == (1, 1, 8, 8)
 
     # End to end on real digits: uint8 images -> processor -> model -> postprocess.
     images = ((digits[:4, 0] + 1) * 127.5).round().byte().numpy()  # [4, 16, 16] uint8

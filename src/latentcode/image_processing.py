@@ -52,13 +52,14 @@ class LatentCodeImageProcessor(BaseImageProcessor):
         resample (`PILImageResampling`, defaults to `BICUBIC`): `NEAREST`, `BILINEAR` or `BICUBIC`;
             downsampling is antialiased, as PIL's resize is.
         do_center_crop (`bool`, defaults to `True`): crop the centre `crop_size x crop_size`.
-        crop_size (`int`, *optional*): side of the square crop; defaults to `size`.
+        crop_size (`int`, *optional*): side of the square crop; defaults to `size` (also when
+            `size` is overridden).
         num_channels (`int`, defaults to 3): channels the model expects, 1 (grey-scale), 3 (RGB) or
             4 (RGBA). Inputs with another channel count are converted as PIL converts modes:
             RGB -> grey by ITU-R 601-2 luma, grey -> RGB by repetition, RGBA -> RGB by dropping
             alpha, and an opaque alpha is added where one is missing.
 
-    `processor(images).pixel_values` is a float32 tensor `[B, num_channels, crop_size, crop_size]`
+    `processor(images).pixel_values` is a float32 tensor `[B, num_channels, crop, crop]`
     in [-1, 1]; `processor.postprocess(pixel_values)` returns PIL images.
     """
 
@@ -80,9 +81,9 @@ class LatentCodeImageProcessor(BaseImageProcessor):
         self.size = size
         self.resample = PILImageResampling(resample)
         self.do_center_crop = do_center_crop
-        self.crop_size = size if crop_size is None else crop_size
+        self.crop_size = crop_size
         self.num_channels = num_channels
-        self._check_options(self.size, self.crop_size, self.resample, self.num_channels)
+        self._check_options(self.size, self.crop_size or size, self.resample, self.num_channels)
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> LatentCodeImageProcessor:
@@ -127,7 +128,7 @@ class LatentCodeImageProcessor(BaseImageProcessor):
         size = self.size if size is None else size
         resample = self.resample if resample is None else PILImageResampling(resample)
         do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
-        crop_size = self.crop_size if crop_size is None else crop_size
+        crop_size = crop_size or self.crop_size or size
         num_channels = self.num_channels if num_channels is None else num_channels
         self._check_options(size, crop_size, resample, num_channels)
 
