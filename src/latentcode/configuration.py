@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from transformers import PretrainedConfig
 
-QUANTIZER_TYPES = ("vq",)
+QUANTIZER_TYPES = ("vq", "fsq", "lfq", "residual_vq")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -141,16 +141,46 @@ class VAEConfig(LatentCodeConfig):
 class VQVAEConfig(LatentCodeConfig):
     r"""Configuration of [`VQVAEModel`]: a discrete codebook code.
 
+    The defaults are the recipe that keeps a codebook alive on real images (EMA codes, k-means
+    initialisation, dead-code restart: >= 95% of 512 codes used where plain VQ uses a fraction;
+    see tests/test_quantizers.py), so a config that only sets sizes trains well.
+
     Args:
-        codebook_size (`int`, defaults to 1024): number of codebook vectors K (the vocabulary).
-        codebook_dim (`int`, *optional*): dimension D of a codebook vector; defaults to
-            `latent_channels`. When it differs, `use_quant_conv` / `use_post_quant_conv` must be
-            on: the 1x1 convolutions project between the two.
-        quantizer (`str`, defaults to `"vq"`): the quantizer type.
+        codebook_size (`int`, *optional*): number of codes K (the vocabulary), per level for
+            `"residual_vq"`. Defaults to 1024; for `"fsq"` it is `prod(fsq_levels)`, for `"lfq"`
+            `2 ** codebook_dim`.
+        codebook_dim (`int`, *optional*): dimension D of a code; defaults to `latent_channels`
+            (`len(fsq_levels)` for FSQ, `log2(codebook_size)` for LFQ). When it differs,
+            `use_quant_conv` / `use_post_quant_conv` must be on: the 1x1 convolutions project
+            between the two. A small D with `codebook_l2_norm=True` is the factorised lookup of
+            ViT-VQGAN / LlamaGen (e.g. `latent_channels=256, codebook_dim=8`).
+        quantizer (`str`, defaults to `"vq"`): `"vq"` (learned codebook), `"fsq"` (finite scalar
+            quantisation), `"lfq"` (lookup-free, with its entropy loss) or `"residual_vq"`
+            (`num_quantizers` VQ levels on successive residuals; indices get a trailing depth axis).
         commitment_weight (`float`, defaults to 0.25): beta of the VQ-VAE paper, on the
             commitment term `||z_e - sg(e)||^2` that pulls the encoder towards its code.
         codebook_weight (`float`, defaults to 1.0): weight of the codebook term
-            `||sg(z_e) - e||^2` that pulls codes towards the encoder outputs.
+            `||sg(z_e) - e||^2` that pulls codes towards the encoder outputs (without EMA only).
+        use_ema (`bool`, defaults to `True`): codes are exponential moving averages of the encoder
+            outputs assigned to them instead of being learned by the codebook loss ("vq" and
+            "residual_vq").
+        ema_decay (`float`, defaults to 0.99) / ema_epsilon (`float`, defaults to 1e-5): decay of
+            the averages and the Laplace smoothing of the cluster sizes.
+        kmeans_init (`bool`, defaults to `True`): initialise codes by k-means on the first
+            training batch.
+        kmeans_iterations (`int`, defaults to 10): Lloyd steps of that k-means.
+        dead_code_restart (`bool`, defaults to `True`): codes unused over the usage window are
+            re-seeded with encoder outputs of the current batch.
+        codebook_usage_window (`int`, *optional*): tokens per process in the sliding window of the
+            usage metrics and the dead-code test; defaults to 16 * codebook_size.
+        codebook_l2_norm (`bool`, defaults to `False`): cosine-similarity (l2-normalised) codes.
+        fsq_levels (`Sequence[int]`, *optional*): FSQ's values per channel; defaults to
+            `(8, 5, 5, 5)` (1000 codes) for `"fsq"`.
+        lfq_entropy_weight (`float`, defaults to 0.1), lfq_diversity_weight (`float`, defaults to
+            1.0), lfq_temperature (`float`, defaults to 0.01): LFQ's entropy loss.
+        num_quantizers (`int`, *optional*): depth of `"residual_vq"` (defaults to 4).
+        quantizer_dropout (`float`, defaults to 0.0): probability that a residual-VQ training batch
+            uses only a random prefix of the levels.
         **kwargs: the backbone fields of [`LatentCodeConfig`].
     """
 
@@ -158,31 +188,113 @@ class VQVAEConfig(LatentCodeConfig):
 
     def __init__(
         self,
-        codebook_size: int = 1024,
+        codebook_size: int | None = None,
         codebook_dim: int | None = None,
         quantizer: str = "vq",
         commitment_weight: float = 0.25,
         codebook_weight: float = 1.0,
+        use_ema: bool = True,
+        ema_decay: float = 0.99,
+        ema_epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iterations: int = 10,
+        dead_code_restart: bool = True,
+        codebook_usage_window: int | None = None,
+        codebook_l2_norm: bool = False,
+        fsq_levels: Sequence[int] | None = None,
+        lfq_entropy_weight: float = 0.1,
+        lfq_diversity_weight: float = 1.0,
+        lfq_temperature: float = 0.01,
+        num_quantizers: int | None = None,
+        quantizer_dropout: float = 0.0,
         **kwargs,
     ):
-        self.codebook_size = codebook_size
         self.quantizer = quantizer
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
+        self.use_ema = use_ema
+        self.ema_decay = ema_decay
+        self.ema_epsilon = ema_epsilon
+        self.kmeans_init = kmeans_init
+        self.kmeans_iterations = kmeans_iterations
+        self.dead_code_restart = dead_code_restart
+        self.codebook_usage_window = codebook_usage_window
+        self.codebook_l2_norm = codebook_l2_norm
+        self.lfq_entropy_weight = lfq_entropy_weight
+        self.lfq_diversity_weight = lfq_diversity_weight
+        self.lfq_temperature = lfq_temperature
+        self.quantizer_dropout = quantizer_dropout
         super().__init__(**kwargs)
-        self.codebook_dim = self.latent_channels if codebook_dim is None else codebook_dim
+        _check(quantizer in QUANTIZER_TYPES, f"quantizer must be one of {QUANTIZER_TYPES}, got {quantizer!r}")
+        self._resolve_code_shape(codebook_size, codebook_dim, fsq_levels, num_quantizers)
         _check(
-            isinstance(codebook_size, int) and codebook_size >= 2,
-            f"codebook_size must be an int >= 2, got {codebook_size!r}",
+            isinstance(self.codebook_size, int) and self.codebook_size >= 2,
+            f"codebook_size must be an int >= 2, got {self.codebook_size!r}",
         )
         _check(
             isinstance(self.codebook_dim, int) and self.codebook_dim >= 1,
             f"codebook_dim must be a positive int, got {self.codebook_dim!r}",
         )
-        _check(quantizer in QUANTIZER_TYPES, f"quantizer must be one of {QUANTIZER_TYPES}, got {quantizer!r}")
+        _check(0.0 <= ema_decay < 1.0, f"ema_decay must be in [0, 1), got {ema_decay}")
+        _check(0.0 <= quantizer_dropout <= 1.0, f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        _check(
+            codebook_usage_window is None or codebook_usage_window >= 1,
+            f"codebook_usage_window must be None or >= 1 tokens, got {codebook_usage_window}",
+        )
         if self.codebook_dim != self.latent_channels:
             _check(
                 self.use_quant_conv and self.use_post_quant_conv,
                 f"codebook_dim={self.codebook_dim} differs from latent_channels={self.latent_channels}: "
                 "use_quant_conv and use_post_quant_conv must be True to project between them",
             )
+
+    def _resolve_code_shape(self, codebook_size, codebook_dim, fsq_levels, num_quantizers) -> None:
+        """Fill codebook_size / codebook_dim / fsq_levels / num_quantizers from what the quantizer
+        type implies, and reject combinations that contradict it."""
+        quantizer = self.quantizer
+        _check(
+            fsq_levels is None or quantizer == "fsq", f"fsq_levels is for quantizer='fsq', got quantizer={quantizer!r}"
+        )
+        _check(
+            num_quantizers is None or quantizer == "residual_vq",
+            f"num_quantizers is for quantizer='residual_vq', got quantizer={quantizer!r}",
+        )
+        self.fsq_levels = None
+        self.num_quantizers = None
+        if quantizer == "fsq":
+            levels = [int(level) for level in (fsq_levels if fsq_levels is not None else (8, 5, 5, 5))]
+            _check(len(levels) > 0 and min(levels) >= 2, f"fsq_levels must be ints >= 2, got {levels}")
+            size = 1
+            for level in levels:
+                size *= level
+            _check(
+                codebook_size in (None, size),
+                f"for quantizer='fsq' codebook_size is prod(fsq_levels)={size}, got {codebook_size}",
+            )
+            _check(
+                codebook_dim in (None, len(levels)),
+                f"for quantizer='fsq' codebook_dim is len(fsq_levels)={len(levels)}, got {codebook_dim}",
+            )
+            self.fsq_levels, self.codebook_size, self.codebook_dim = levels, size, len(levels)
+        elif quantizer == "lfq":
+            if codebook_size is None:
+                codebook_size = 2 ** (codebook_dim if codebook_dim is not None else 10)
+            _check(
+                isinstance(codebook_size, int) and codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0,
+                f"for quantizer='lfq' codebook_size must be a power of 2, got {codebook_size}",
+            )
+            bits = codebook_size.bit_length() - 1
+            _check(
+                codebook_dim in (None, bits),
+                f"for quantizer='lfq' codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}",
+            )
+            self.codebook_size, self.codebook_dim = codebook_size, bits
+        else:
+            self.codebook_size = 1024 if codebook_size is None else codebook_size
+            self.codebook_dim = self.latent_channels if codebook_dim is None else codebook_dim
+            if quantizer == "residual_vq":
+                self.num_quantizers = 4 if num_quantizers is None else num_quantizers
+                _check(
+                    isinstance(self.num_quantizers, int) and self.num_quantizers >= 1,
+                    f"num_quantizers must be a positive int, got {self.num_quantizers!r}",
+                )

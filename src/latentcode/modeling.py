@@ -21,7 +21,12 @@ from transformers.utils import ModelOutput
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
 from .modules.backbone import Decoder, Encoder
 from .modules.distributions import DiagonalGaussianDistribution
-from .modules.quantizers import VectorQuantizer
+from .modules.quantizers import (
+    FiniteScalarQuantizer,
+    LookupFreeQuantizer,
+    ResidualVectorQuantizer,
+    VectorQuantizer,
+)
 from .modules.tiling import tiled_map
 
 # ----------------------------------------------------------------------------------------------
@@ -406,7 +411,8 @@ class VAEModel(LatentCodePreTrainedModel):
 
 
 class VQVAEModel(LatentCodePreTrainedModel):
-    """VQ-VAE: the code is the nearest of `codebook_size` learned vectors.
+    """VQ-VAE: the code is the nearest of `codebook_size` learned vectors (or an FSQ / LFQ /
+    residual-VQ code, as `config.quantizer` says; see `latentcode.modules.quantizers`).
 
     ```python
     encoded = model.encode(pixels)          # .latents, .quantized, .indices [B, H/f, W/f]
@@ -418,12 +424,40 @@ class VQVAEModel(LatentCodePreTrainedModel):
     config_class = VQVAEConfig
 
     def _build_bottleneck(self, config: VQVAEConfig) -> None:
-        self.quantizer = VectorQuantizer(
-            config.codebook_size,
-            config.codebook_dim,
+        if config.quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(config.fsq_levels, usage_window=config.codebook_usage_window)
+            return
+        if config.quantizer == "lfq":
+            self.quantizer = LookupFreeQuantizer(
+                config.codebook_dim,
+                commitment_weight=config.commitment_weight,
+                entropy_weight=config.lfq_entropy_weight,
+                diversity_weight=config.lfq_diversity_weight,
+                temperature=config.lfq_temperature,
+                usage_window=config.codebook_usage_window,
+            )
+            return
+        vector_quantizer_options = dict(
             commitment_weight=config.commitment_weight,
             codebook_weight=config.codebook_weight,
+            ema_decay=config.ema_decay if config.use_ema else None,
+            ema_epsilon=config.ema_epsilon,
+            kmeans_init=config.kmeans_init,
+            kmeans_iterations=config.kmeans_iterations,
+            dead_code_restart=config.dead_code_restart,
+            usage_window=config.codebook_usage_window,
+            l2_normalize=config.codebook_l2_norm,
         )
+        if config.quantizer == "residual_vq":
+            self.quantizer = ResidualVectorQuantizer(
+                config.num_quantizers,
+                config.codebook_size,
+                config.codebook_dim,
+                quantizer_dropout=config.quantizer_dropout,
+                **vector_quantizer_options,
+            )
+        else:
+            self.quantizer = VectorQuantizer(config.codebook_size, config.codebook_dim, **vector_quantizer_options)
 
     @staticmethod
     def bottleneck_channels(config):
@@ -434,7 +468,8 @@ class VQVAEModel(LatentCodePreTrainedModel):
         return self.config.codebook_size
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
-        """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`."""
+        """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`
+        (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`)."""
         latents = self._encode_moments(pixel_values)
         quantized = self.quantizer(latents)
         output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
@@ -452,7 +487,8 @@ class VQVAEModel(LatentCodePreTrainedModel):
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def decode_indices(self, indices: torch.Tensor, return_dict: bool = True):
-        """Token indices `[B, h, w]` in `[0, codebook_size)` -> `.sample` `[B, out_channels, h*f, w*f]`."""
+        """Token indices `[B, h, w]` in `[0, codebook_size)` (`[B, h, w, num_quantizers]` for
+        `"residual_vq"`) -> `.sample` `[B, out_channels, h*f, w*f]`."""
         code = self.quantizer.indices_to_codes(indices.to(self.device)).to(self.dtype)
         sample = self._decode_code(code)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
