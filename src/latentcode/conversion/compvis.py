@@ -246,8 +246,6 @@ def from_compvis(checkpoint, original_config=None, **config_overrides):
     state_dict = autoencoder_state_dict(loaded)
     config = config_from_yaml(original_config) if original_config is not None else config_from_state_dict(state_dict)
     family = config.pop("family")
-    if family == "vq" and "quantize.embedding.weight" not in state_dict:
-        raise CheckpointError(f"the config describes a VQ model but {source} has no quantize.embedding.weight")
     config.update(config_overrides)
     model_class, config_class = (VQVAEModel, VQVAEConfig) if family == "vq" else (VAEModel, VAEConfig)
     model = model_class(config_class(**config))
@@ -259,7 +257,9 @@ def from_compvis(checkpoint, original_config=None, **config_overrides):
         if re.search(r"\.to_(q|k|v|out)\.weight$", name) and value.dim() == 4:
             value = value[:, :, 0, 0]  # a 1x1 convolution's weight is a linear weight
         renamed[name] = value
-    model.to(next(iter(renamed.values())).dtype)
+    reference = renamed.get("encoder.conv_in.weight")
+    if reference is not None and reference.is_floating_point():
+        model.to(reference.dtype)  # keep the checkpoint's precision, as from_diffusers does
     load_state_dict_exactly(model, renamed, source)
     return model.eval()
 
