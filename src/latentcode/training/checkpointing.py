@@ -3,7 +3,8 @@
 A checkpoint is the folder `output_dir/checkpoint-STEP` holding `accelerator.save_state`'s files
 (models, optimisers, GradScaler, per-process RNG states, registered objects such as the
 scheduler and the EMA), `trainer_state.json` (step and counters) and one
-`data_state_RANK.json` per process (its position in the data stream).
+`process_state_RANK.pt` per process (its position in the data stream and the quantizers'
+per-process usage windows).
 
 Atomicity: everything is written into `.checkpoint-STEP.tmp` and only then renamed to
 `checkpoint-STEP` (a rename is atomic on POSIX file systems). A process killed while writing
@@ -20,6 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def save_checkpoint(
     output_dir: str | os.PathLike,
     step: int,
     trainer_state: dict,
-    data_state: dict,
+    process_state: dict,
     total_limit: int | None = None,
 ) -> Path:
     """Write `checkpoint-{step}` atomically; keep only the newest `total_limit` checkpoints.
@@ -87,7 +89,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
     accelerator.save_state(str(temporary))
-    (temporary / f"data_state_{accelerator.process_index}.json").write_text(json.dumps(data_state))
+    torch.save(process_state, temporary / f"process_state_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(
             json.dumps({**trainer_state, "num_processes": accelerator.num_processes})
@@ -110,7 +112,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike) -> tuple[dict, dict]:
-    """Restore what `accelerator` tracks from `path`; return `(trainer_state, data_state)` for
+    """Restore what `accelerator` tracks from `path`; return `(trainer_state, process_state)` for
     this process."""
     path = Path(path)
     trainer_state = json.loads((path / TRAINER_STATE).read_text())
@@ -120,5 +122,5 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike) -> tuple[
             f"{accelerator.num_processes}; exact resume needs the same number (each holds its own data position)"
         )
     accelerator.load_state(str(path))
-    data_state = json.loads((path / f"data_state_{accelerator.process_index}.json").read_text())
-    return trainer_state, data_state
+    process_state = torch.load(path / f"process_state_{accelerator.process_index}.pt", weights_only=True)
+    return trainer_state, process_state

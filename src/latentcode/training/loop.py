@@ -30,6 +30,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -43,6 +44,7 @@ from ..losses import (
     kl_warmup_factor,
 )
 from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
+from ..modules.quantizers.base import CodebookUsage
 from ..presets import CONFIG_CLASSES
 from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import TrainingConfig
@@ -86,6 +88,43 @@ def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
             f"(2 ** (len(block_out_channels) - 1), block_out_channels={model.config.block_out_channels})"
         )
     return model
+
+
+def _usage_windows(model: nn.Module) -> list[CodebookUsage]:
+    """The quantizers' usage windows: per-process state that lives outside the state dict."""
+    return [module.usage for module in model.modules() if isinstance(getattr(module, "usage", None), CodebookUsage)]
+
+
+def _cloned(state: dict) -> dict:
+    return {key: value.clone() if torch.is_tensor(value) else value for key, value in state.items()}
+
+
+def usage_state(model: nn.Module) -> list[dict]:
+    return [_cloned(vars(usage)) for usage in _usage_windows(model)]
+
+
+def load_usage_state(model: nn.Module, states: list[dict]) -> None:
+    for usage, saved in zip(_usage_windows(model), states, strict=True):
+        vars(usage).update(_cloned(saved))
+
+
+def snapshot_forward_state(model: nn.Module) -> dict:
+    """What a training forward pass changes in place, outside autograd: buffers, parameters without
+    gradients (EMA codebooks, updated by the quantizer itself) and the quantizers' usage windows."""
+    tensors = {
+        name: value.detach().clone()
+        for name, value in model.state_dict(keep_vars=True).items()
+        if not (isinstance(value, nn.Parameter) and value.requires_grad)
+    }
+    return {"tensors": tensors, "usage": usage_state(model)}
+
+
+@torch.no_grad()
+def restore_forward_state(model: nn.Module, snapshot: dict) -> None:
+    current = model.state_dict(keep_vars=True)
+    for name, value in snapshot["tensors"].items():
+        current[name].copy_(value)
+    load_usage_state(model, snapshot["usage"])
 
 
 def _tracker_config(config: TrainingConfig) -> dict:
@@ -172,7 +211,7 @@ class Trainer:
         accelerator.register_for_checkpointing(self.scheduler)
         self.ema = None
         if config.use_ema:
-            self.ema = EMAModel(self.unwrapped.parameters(), config.ema_decay).to(accelerator.device)
+            self.ema = EMAModel(self._trainable_parameters(), config.ema_decay).to(accelerator.device)
             accelerator.register_for_checkpointing(self.ema)
 
         self.global_step = 0
@@ -181,16 +220,27 @@ class Trainer:
         self.losses: list[float] = []
         checkpoint = resolve_checkpoint(self.output_dir, config.resume_from_checkpoint)
         if checkpoint is not None:
-            trainer_state, data_state = load_checkpoint(accelerator, checkpoint)
+            trainer_state, process_state = load_checkpoint(accelerator, checkpoint)
             self.global_step = trainer_state["global_step"]
             self.nonfinite_steps = trainer_state["nonfinite_steps"]
-            self.batches.load_state_dict(data_state)
+            self.batches.load_state_dict(process_state["data"])
+            load_usage_state(self.unwrapped, process_state["quantizer_usage"])
             accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
         accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
 
     @property
     def unwrapped(self) -> LatentCodePreTrainedModel:
         return self.accelerator.unwrap_model(self.model)
+
+    def _trainable_parameters(self) -> list[nn.Parameter]:
+        # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
+        return [p for p in self.unwrapped.parameters() if p.requires_grad]
+
+    def _modules_with_state(self) -> list[nn.Module]:
+        modules = [self.unwrapped]
+        if self.discriminator is not None:
+            modules.append(self.accelerator.unwrap_model(self.discriminator))
+        return modules
 
     # -- one optimiser step ----------------------------------------------------------------------
 
@@ -254,6 +304,7 @@ class Trainer:
         gan_active = self.use_gan and self.global_step >= config.disc_start
         accumulation = config.gradient_accumulation_steps
         sums: dict[str, float] = defaultdict(float)
+        snapshots = [snapshot_forward_state(module) for module in self._modules_with_state()]
         finite = True
         for micro_step in range(accumulation):
             pixels = self.batches.next_batch().to(accelerator.device)
@@ -287,9 +338,11 @@ class Trainer:
                 )
                 self.disc_optimizer.step()
             if self.ema is not None:
-                self.ema.step(self.unwrapped.parameters())
+                self.ema.step(self._trainable_parameters())
             self.consecutive_nonfinite = 0
         else:
+            for module, snapshot in zip(self._modules_with_state(), snapshots):
+                restore_forward_state(module, snapshot)  # e.g. an EMA codebook fed NaN in the forward pass
             self.nonfinite_steps += 1
             self.consecutive_nonfinite += 1
             logger.warning("non-finite loss or gradient at step %d: step skipped", self.global_step + 1)
@@ -317,7 +370,7 @@ class Trainer:
             self.output_dir,
             self.global_step,
             trainer_state,
-            self.batches.state_dict(),
+            {"data": self.batches.state_dict(), "quantizer_usage": usage_state(self.unwrapped)},
             self.config.checkpoints_total_limit,
         )
 
@@ -376,7 +429,7 @@ class Trainer:
         corrupt = accelerator.gather(torch.tensor([self.batches.corrupt_images], device=accelerator.device))
         model = self.unwrapped
         if self.ema is not None:
-            self.ema.copy_to(model.parameters())
+            self.ema.copy_to(self._trainable_parameters())
         metrics = {}
         if accelerator.is_main_process:
             validation = self.validate(self.output_dir / "reconstructions.png")

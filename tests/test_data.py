@@ -1,0 +1,198 @@
+"""Streamed data: sources, image column, transforms, sharding, corrupt images, exact resume."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from latentcode.data import (
+    ImageBatches,
+    ImageTransform,
+    build_image_data,
+    decode_image,
+    image_only,
+    load_image_stream,
+    resolve_image_column,
+)
+
+
+def _digit_images(count: int) -> list[PIL.Image.Image]:
+    from sklearn.datasets import load_digits
+
+    pixels = np.round(load_digits().images[:count] * (255.0 / 16.0)).astype(np.uint8)
+    return [PIL.Image.fromarray(image, mode="L") for image in pixels]
+
+
+def _as_expected(image: PIL.Image.Image) -> torch.Tensor:
+    """What the pipeline must give for an 8x8 grey image at resolution 8: exact pixels in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)[None]
+
+
+def _sorted_rows(images: torch.Tensor) -> list[tuple]:
+    return sorted(tuple(row.tolist()) for row in images.flatten(1))
+
+
+def test_builtin_digits_are_sklearn_digits():
+    stream = load_image_stream("builtin:digits")
+    images = [decode_image(example["image"]) for example in stream]
+    expected = _digit_images(1797)
+    assert len(images) == 1797
+    for index in (0, 500, 1796):
+        np.testing.assert_array_equal(np.asarray(images[index]), np.asarray(expected[index]))
+
+
+def test_builtin_photos_are_rgb_patches_of_skimage_photos():
+    import skimage.data
+
+    images = [decode_image(example["image"]) for example in load_image_stream("builtin:photos")]
+    assert len(images) > 500 and all(image.size == (64, 64) and image.mode == "RGB" for image in images)
+    np.testing.assert_array_equal(np.asarray(images[0]), skimage.data.astronaut()[:64, :64])
+
+
+def test_transform_resize_crop_flip_against_pil():
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    centre = ImageTransform(20, channels=3)(image, random.Random(0))
+    reference = image.resize((30, 20), PIL.Image.Resampling.BICUBIC).crop((5, 0, 25, 20))
+    torch.testing.assert_close(centre, torch.from_numpy(np.asarray(reference, np.float32) / 127.5 - 1).permute(2, 0, 1))
+
+    grey = ImageTransform(20, channels=1)(image, random.Random(0))
+    assert grey.shape == (1, 20, 20)
+    grey_reference = image.convert("L").resize((30, 20), PIL.Image.Resampling.BICUBIC).crop((5, 0, 25, 20))
+    np.testing.assert_allclose(grey[0].numpy(), np.asarray(grey_reference, np.float32) / 127.5 - 1)
+
+    random_crop = ImageTransform(20, channels=3, center_crop=False, random_flip=True)
+    crops = {tuple(random_crop(image, random.Random(seed)).flatten()[:50].tolist()) for seed in range(12)}
+    assert len(crops) > 3  # different crops and flips ...
+    again = random_crop(image, random.Random(3))
+    torch.testing.assert_close(again, random_crop(image, random.Random(3)))  # ... reproducible from the rng
+
+
+def test_stream_from_local_parquet(tmp_path):
+    images = _digit_images(12)
+    table = datasets.Dataset.from_dict({"label": list(range(12)), "picture": images})
+    table.cast_column("picture", datasets.Image()).to_parquet(tmp_path / "part-0.parquet")
+
+    stream = load_image_stream(train_data_dir=str(tmp_path))
+    assert resolve_image_column(stream) == "picture"  # found automatically
+    batches, validation = build_image_data(
+        transform=ImageTransform(8, channels=1), batch_size=5, train_data_dir=str(tmp_path), num_validation_images=2
+    )
+    torch.testing.assert_close(validation, torch.stack([_as_expected(image) for image in images[:2]]))
+    seen = torch.cat([batches.next_batch() for _ in range(2)])  # one epoch: the 10 training images
+    assert _sorted_rows(seen) == _sorted_rows(torch.stack([_as_expected(image) for image in images[2:]]))
+
+
+def test_stream_from_image_folder_skips_and_counts_corrupt_images(tmp_path, caplog):
+    images = _digit_images(6)
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"{index}.png")
+    (tmp_path / "3_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    truncated = io.BytesIO()
+    images[0].save(truncated, format="PNG")
+    (tmp_path / "9_truncated.png").write_bytes(truncated.getvalue()[:40])
+
+    batches, _ = build_image_data(
+        transform=ImageTransform(8, channels=1), batch_size=1, train_data_dir=str(tmp_path), num_validation_images=1
+    )
+    seen = []
+    while batches.epoch == 0:
+        seen.append(batches.next_batch())
+    assert batches.corrupt_images == 2  # both broken files, each once in the epoch
+    assert "skipping corrupt image" in caplog.text
+    expected = torch.stack([_as_expected(image) for image in images])
+    assert set(_sorted_rows(torch.cat(seen[:-1]))) <= set(_sorted_rows(expected))
+    assert len(seen) - 1 == 5  # the 6 readable images minus the held-out validation image
+
+
+def test_stream_from_webdataset_shards(tmp_path):
+    images = _digit_images(6)
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as archive:
+            for index in range(3 * shard, 3 * shard + 3):
+                data = io.BytesIO()
+                images[index].save(data, format="PNG")
+                for name, payload in ((f"{index:04d}.png", data.getvalue()), (f"{index:04d}.cls", b"1")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    archive.addfile(info, io.BytesIO(payload))
+    batches, validation = build_image_data(
+        transform=ImageTransform(8, channels=1), batch_size=5, train_data_dir=str(tmp_path), num_validation_images=1
+    )
+    everything = torch.cat([validation, batches.next_batch()])
+    assert _sorted_rows(everything) == _sorted_rows(torch.stack([_as_expected(image) for image in images]))
+
+
+def test_each_process_reads_its_own_part():
+    def first_epoch(rank: int) -> list[tuple]:
+        batches, _ = build_image_data(
+            transform=ImageTransform(8, channels=1),
+            batch_size=1,
+            dataset_name="builtin:digits",
+            num_validation_images=4,
+            rank=rank,
+            world_size=2,
+        )
+        rows = []
+        while batches.epoch == 0:
+            rows.append(tuple(batches.next_batch().flatten().tolist()))
+        return rows[:-1]  # the last one already belongs to epoch 1
+
+    rank0, rank1 = first_epoch(0), first_epoch(1)
+    assert len(rank0) + len(rank1) == 1797 - 4
+    assert len(set(rank0) & set(rank1)) < 50  # only digits that happen to be pixel-identical are shared
+
+
+def test_resumed_stream_continues_exactly():
+    def make() -> ImageBatches:
+        batches, _ = build_image_data(
+            transform=ImageTransform(12, channels=1, center_crop=False, random_flip=True),
+            batch_size=7,
+            dataset_name="builtin:digits",
+            num_validation_images=0,
+            shuffle_buffer_size=50,
+            seed=3,
+        )
+        return batches
+
+    original = make()
+    for _ in range(300):  # past the end of the first epoch (1797 / 7 = 256.7 batches)
+        original.next_batch()
+    state = original.state_dict()
+    assert state["epoch"] == 1
+    expected = [original.next_batch() for _ in range(3)]
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    for batch in expected:
+        torch.testing.assert_close(resumed.next_batch(), batch, rtol=0, atol=0)
+
+
+def test_bad_data_fails_clearly(tmp_path):
+    stream = load_image_stream("builtin:digits")
+    with pytest.raises(
+        ValueError, match=r"image_column='pixels' is not a column of the dataset; its columns are \['image'\]"
+    ):
+        resolve_image_column(stream, "pixels")
+    no_images = datasets.Dataset.from_dict({"text": ["a", "b"]}).to_iterable_dataset()
+    with pytest.raises(ValueError, match="found no image column"):
+        resolve_image_column(no_images)
+    with pytest.raises(ValueError, match="unknown embedded dataset"):
+        load_image_stream("builtin:cifar")
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="holds no images"):
+        load_image_stream(train_data_dir=str(tmp_path))
+
+    def nothing():
+        yield from ()
+
+    empty = datasets.IterableDataset.from_generator(nothing, features=datasets.Features({"image": datasets.Image()}))
+    batches = ImageBatches(image_only(empty, "image"), ImageTransform(8, 1), batch_size=2)
+    with pytest.raises(ValueError, match="holds no readable images"):
+        batches.next_batch()

@@ -1,0 +1,99 @@
+"""VQGAN losses: GAN objectives, adaptive weight, KL warm-up, LPIPS wrapper, PatchGAN."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentcode.losses import (
+    PatchDiscriminator,
+    PerceptualLoss,
+    adaptive_generator_weight,
+    discriminator_loss,
+    generator_adversarial_loss,
+    kl_warmup_factor,
+)
+
+
+def test_gan_losses_match_their_definitions():
+    real = torch.tensor([[2.0, 0.5], [-1.0, 0.0]])
+    fake = torch.tensor([[-3.0, 0.2], [1.5, -0.5]])
+    # hinge: mean(relu(1 - real)) = (0 + .5 + 2 + 1) / 4; mean(relu(1 + fake)) = (0 + 1.2 + 2.5 + .5) / 4
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(0.5 * (3.5 / 4 + 4.2 / 4))
+    bce = F.binary_cross_entropy_with_logits
+    expected = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
+    torch.testing.assert_close(discriminator_loss(real, fake, "non_saturating"), expected)
+    assert generator_adversarial_loss(fake, "hinge").item() == pytest.approx(-fake.mean().item())
+    torch.testing.assert_close(generator_adversarial_loss(fake, "non_saturating"), bce(fake, torch.ones_like(fake)))
+    with pytest.raises(ValueError, match="GAN loss must be one of"):
+        discriminator_loss(real, fake, "wasserstein")
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
+    torch.manual_seed(0)
+    last_layer = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(5, 3)
+    out = x @ last_layer.T  # [5, 4]
+    nll = out.pow(2).mean()
+    adversarial = -out.mean() * 0.01
+    grad_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    grad_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    weight = adaptive_generator_weight(nll, adversarial, last_layer)
+    torch.testing.assert_close(weight, grad_nll.norm() / (grad_adv.norm() + 1e-4))
+    assert not weight.requires_grad
+    (nll + weight * adversarial).backward()  # graphs are kept for the real backward pass
+    out = x @ last_layer.T
+    assert adaptive_generator_weight(out.sum() * 1e6, out.sum() * 1e-9, last_layer).item() == 1e4  # clamped
+
+
+def test_kl_warmup_factor():
+    assert [kl_warmup_factor(step, 4) for step in (0, 1, 4, 10)] == [0.0, 0.25, 1.0, 1.0]
+    assert kl_warmup_factor(0, 0) == 1.0
+
+
+def test_patch_discriminator_shapes_and_minimum_size():
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(in_channels=3, channels=8, num_layers=3)
+    # taming's NLayerDiscriminator: three stride-2 convolutions (the last of them stride 1) -> H/8 - 2
+    assert disc(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
+    assert disc.minimum_size == 32 and disc(torch.randn(1, 3, 32, 32)).shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match="needs images of at least 32x32 pixels"):
+        disc(torch.randn(1, 3, 16, 16))
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert abs(torch.cat([c.weight.flatten() for c in convs]).std().item() - 0.02) < 0.002  # N(0, 0.02) init
+
+
+def test_lpips_gradients_reach_the_decoder(digits):
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    perceptual = PerceptualLoss("vgg", pretrained=False)  # random backbone: no download in tests
+    model = tiny_model("vqvae", in_channels=1).train()
+    pixels = digits[:4]
+    distance = perceptual(model(pixels).sample, pixels)
+    assert distance.shape == (4,) and (distance > 0).all()
+    gradient = torch.autograd.grad(distance.mean(), model.decoder.last_layer)[0]
+    assert gradient.abs().sum() > 0
+    assert all(p.grad is None for p in perceptual.parameters())  # LPIPS itself stays fixed
+    torch.testing.assert_close(perceptual(pixels, pixels), torch.zeros(4), atol=1e-6, rtol=0)
+    # grey is compared as RGB: the wrapper equals the package on repeated channels
+    rgb = pixels.expand(-1, 3, -1, -1)
+    torch.testing.assert_close(perceptual(pixels, pixels.flip(0)), perceptual.lpips(rgb, rgb.flip(0)).flatten())
+    perceptual.train()
+    assert not perceptual.lpips.training  # dropout never switches on
+
+
+def test_lpips_without_backbone_weights_fails_clearly(monkeypatch):
+    import lpips.pretrained_networks
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "vgg16", offline)
+    with pytest.raises(
+        RuntimeError, match=r"could not load the ImageNet weights of LPIPS' 'vgg' backbone.*perceptual_weight: 0"
+    ):
+        PerceptualLoss("vgg", pretrained=True)

@@ -1,0 +1,374 @@
+"""Training loop: config and CLI, bad input, GAN and LPIPS wiring, NaN steps, exact resume,
+crash during a checkpoint write, bf16, the Quickstart command, push_to_hub without network.
+
+Multi-process DDP is in test_training_ddp.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from latentcode import VQVAEModel
+from latentcode.data import ImageTransform, build_image_data
+from latentcode.presets import CONFIG_CLASSES
+from latentcode.training import NonFiniteLossError, Trainer, load_config, parse_args, train
+from latentcode.training.checkpointing import list_checkpoints
+from latentcode.training.config import TrainingConfig, build_parser
+from latentcode.training.validation import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
+TINY_MODEL = dict(
+    in_channels=1,
+    block_out_channels=[16, 32],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    mid_block_add_attention=False,
+)
+
+
+def tiny_config(tmp_path: Path, name: str = "run", family: str = "vqvae", **overrides) -> TrainingConfig:
+    """A 16x16 grey model on the embedded digits; seconds per run."""
+    model = dict(TINY_MODEL, **({"codebook_size": 32} if family == "vqvae" else {}))
+    values = dict(
+        output_dir=str(tmp_path / name),
+        model_family=family,
+        model=model,
+        dataset_name="builtin:digits",
+        resolution=16,
+        train_batch_size=8,
+        max_train_steps=6,
+        learning_rate=1e-3,
+        lr_warmup_steps=1,
+        num_validation_images=8,
+        checkpointing_steps=0,
+        validation_steps=0,
+        report_to="none",
+    )
+    values.update(overrides)
+    return load_config(**values)
+
+
+# Every state a resume must restore: discriminator (+ its optimiser), EMA, random crops and
+# flips, the scheduler. (LPIPS is stateless and costs seconds to build; it has its own test.)
+VQGAN_OPTIONS = dict(
+    disc_weight=0.5,
+    disc_start=2,
+    disc_num_layers=2,
+    disc_channels=8,
+    use_ema=True,
+    ema_decay=0.9,
+    center_crop=False,
+    random_flip=True,
+    checkpointing_steps=2,
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons; each in-process run starts from scratch."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _weights(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(folder / name)
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_cli_overrides_yaml_overrides_defaults():
+    config = parse_args(
+        [
+            "--config",
+            str(REPO / "training/configs/quickstart.yaml"),
+            "--learning_rate",
+            "0.5",
+            "--model.codebook_size",
+            "64",
+            "--model.block_out_channels=[8, 16]",
+            "--no-center_crop",
+            "--checkpoints_total_limit",
+            "none",
+        ]
+    )
+    quickstart = yaml.safe_load((REPO / "training/configs/quickstart.yaml").read_text())
+    assert config.learning_rate == 0.5 and config.center_crop is False and config.checkpoints_total_limit is None
+    assert config.model["codebook_size"] == 64 and config.model["block_out_channels"] == [8, 16]
+    assert config.model["latent_channels"] == quickstart["model"]["latent_channels"]  # kept from the file
+    assert config.train_batch_size == quickstart["train_batch_size"]
+    assert config.adam_beta1 == TrainingConfig.__dataclass_fields__["adam_beta1"].default
+
+    help_text = build_parser().format_help()
+    for name in TrainingConfig.__dataclass_fields__:
+        assert name == "model" or f"--{name}" in help_text
+    assert "--model.KEY" in help_text
+
+
+def test_unknown_keys_fail_with_a_suggestion(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown training config key 'learning_rat'; did you mean learning_rate"):
+        load_config(path)
+    with pytest.raises(
+        ValueError, match=r"unknown model \(VQVAEConfig\) key 'codebook_sise'; did you mean codebook_size"
+    ):
+        load_config(model={"codebook_sise": 8})
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        load_config(mixed_precision="fp8")
+    with pytest.raises(SystemExit):
+        parse_args(["--not_an_option", "1"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    config = load_config(path)
+    model_config = CONFIG_CLASSES[config.model_family](**{"sample_size": config.resolution, **config.model})
+    assert config.resolution % model_config.downsampling_factor == 0
+    if config.disc_weight > 0:
+        assert config.resolution >= 2 ** (config.disc_num_layers + 2)
+
+
+def test_bad_input_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="resolution=17 is not divisible by the model's downsampling factor 2"):
+        Trainer(tiny_config(tmp_path, resolution=17))
+    with pytest.raises(
+        ValueError, match=r"image_column='pixels' is not a column of the dataset; its columns are \['image'\]"
+    ):
+        Trainer(tiny_config(tmp_path, image_column="pixels"))
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "only.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        Trainer(tiny_config(tmp_path, dataset_name=None, train_data_dir=str(folder)))
+    assert not (tmp_path / "run").exists() or not list_checkpoints(tmp_path / "run")
+
+
+# -- what one step does ---------------------------------------------------------------------------
+
+
+def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path):
+    lpips = dict(perceptual_weight=0.1, perceptual_pretrained=False)  # random VGG backbone
+    trainer = Trainer(tiny_config(tmp_path, **VQGAN_OPTIONS, **lpips))
+    discriminator = trainer.accelerator.unwrap_model(trainer.discriminator)
+    initial = [p.detach().clone() for p in discriminator.parameters()]
+
+    pixels = trainer.validation_images[:4]
+    loss, _, logs = trainer.generator_loss(pixels, gan_active=False)
+    last_layer = trainer.unwrapped.decoder.last_layer
+    perceptual_grad = torch.autograd.grad(logs["perceptual_loss"], last_layer, retain_graph=True)[0]
+    assert perceptual_grad.abs().sum() > 0  # LPIPS is computed with gradients, into the decoder
+    total_grad = torch.autograd.grad(loss, last_layer)[0]
+    reconstruction_grad = torch.autograd.grad(
+        trainer.generator_loss(pixels, False)[2]["reconstruction_loss"], last_layer
+    )[0]
+    expected = reconstruction_grad + 0.1 * perceptual_grad  # the VQ terms do not reach the decoder
+    torch.testing.assert_close(total_grad, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+
+    for _ in range(2):  # steps 1 and 2: before disc_start
+        logs = trainer.training_step()
+        trainer.global_step += 1
+        assert "discriminator_loss" not in logs
+        assert all(torch.equal(a, b) for a, b in zip(initial, discriminator.parameters()))
+    logs = trainer.training_step()
+    assert {"discriminator_loss", "generator_adversarial_loss", "adversarial_weight"} <= logs.keys()
+    assert logs["adversarial_weight"] > 0
+    changed = [not torch.equal(a, b) for a, b in zip(initial, discriminator.parameters())]
+    assert all(changed)  # its own optimiser step moved every weight
+    assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen after the generator pass
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    real_next_batch, calls = trainer.batches.next_batch, []
+
+    def two_bad_batches():
+        calls.append(1)
+        batch = real_next_batch()
+        return batch * float("nan") if len(calls) in (3, 4) else batch
+
+    trainer.batches.next_batch = two_bad_batches
+    result = trainer.run()
+    assert result.metrics["nonfinite_steps"] == 2
+    assert [torch.isnan(torch.tensor(x)).item() for x in result.losses] == [False, False, True, True, False, False]
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_many_nonfinite_steps_stop_with_last_checkpoint_intact(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, checkpointing_steps=2, max_consecutive_nonfinite_steps=3))
+    real_next_batch, calls = trainer.batches.next_batch, []
+
+    def broken_after_two():
+        calls.append(1)
+        batch = real_next_batch()
+        return batch * float("inf") if len(calls) > 2 else batch
+
+    trainer.batches.next_batch = broken_after_two
+    with pytest.raises(NonFiniteLossError, match=r"3 steps in a row .*Last good checkpoint: .*checkpoint-4"):
+        trainer.run()
+    good, during = _weights(tmp_path / "run" / "checkpoint-2"), _weights(tmp_path / "run" / "checkpoint-4")
+    assert all(torch.isfinite(w).all() for w in good.values())
+    _assert_identical(good, during)  # skipped steps left the weights alone
+    assert not (tmp_path / "run" / "model.safetensors").exists()  # no final model from a failed run
+
+
+# -- checkpoints and exact resume -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """A 6-step VQGAN-style run with checkpoints at steps 2, 4 and 6."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    train(tiny_config(folder, **VQGAN_OPTIONS))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return folder / "run"
+
+
+def test_resume_is_bit_identical(uninterrupted, tmp_path):
+    assert [p.name for p in list_checkpoints(uninterrupted)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    config = tiny_config(tmp_path, **VQGAN_OPTIONS, resume_from_checkpoint=str(uninterrupted / "checkpoint-2"))
+    train(config)
+    resumed = tmp_path / "run"
+    _assert_identical(_weights(uninterrupted), _weights(resumed))  # the final (EMA) model
+    for name in ("model.safetensors", "model_1.safetensors"):  # live autoencoder and discriminator
+        _assert_identical(_weights(uninterrupted / "checkpoint-6", name), _weights(resumed / "checkpoint-6", name))
+    reference = json.loads((uninterrupted / "metrics.json").read_text())["validation"]
+    assert json.loads((resumed / "metrics.json").read_text())["validation"] == reference
+
+
+KILL_DURING_WRITE = """
+import json, os, signal, sys
+from accelerate import Accelerator
+
+save_state = Accelerator.save_state
+
+def save_state_then_die(self, output_dir, **kwargs):
+    result = save_state(self, output_dir, **kwargs)
+    if "checkpoint-4" in str(output_dir):  # the files are written, the rename has not happened
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+Accelerator.save_state = save_state_then_die
+from latentcode.training import load_config, train
+train(load_config(**json.loads(sys.argv[1])))
+"""
+
+
+def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninterrupted, tmp_path):
+    config = tiny_config(tmp_path, **VQGAN_OPTIONS)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_WRITE, json.dumps(config.to_dict())], capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = tmp_path / "run"
+    assert (run / ".checkpoint-4.tmp" / "model.safetensors").exists()  # the half-written checkpoint
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+
+    train(tiny_config(tmp_path, **VQGAN_OPTIONS, resume_from_checkpoint="latest"))
+    assert not (run / ".checkpoint-4.tmp").exists()  # cleaned up by the next save
+    _assert_identical(_weights(uninterrupted), _weights(run))
+
+
+# -- precision, end products ----------------------------------------------------------------------
+
+
+def test_bf16_autocast_run(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=8, learning_rate=3e-3))
+    pixels = trainer.validation_images[:4]
+    output = trainer.model(pixels)
+    # accelerate hands outputs back as fp32; values computed in bf16 are exactly representable in it
+    sample, quantized = output.sample.detach(), output.quantized.detach()
+    assert torch.equal(sample, sample.bfloat16().float())  # the backbone runs under autocast ...
+    assert quantized.dtype == torch.float32 and not torch.equal(
+        quantized, quantized.bfloat16().float()
+    )  # ... the quantizer in fp32
+    initial = {k: v.clone() for k, v in trainer.unwrapped.state_dict().items()}
+    result = trainer.run()
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # fp32 master weights
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(not torch.equal(initial[k], v) for k, v in result.model.state_dict().items())
+    assert result.metrics["nonfinite_steps"] == 0
+
+
+def test_quickstart_command_writes_model_grid_metrics(tmp_path):
+    output = tmp_path / "quickstart"
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        str(REPO / "training/train.py"),
+        *("--config", str(REPO / "training/configs/quickstart.yaml"), "--output_dir", str(output)),
+        *("--max_train_steps", "4", "--train_batch_size", "8", "--checkpointing_steps", "2", "--validation_steps", "2"),
+        *("--model.block_out_channels", "[16, 32]"),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    for name in ("model.safetensors", "config.json", "reconstructions.png", "metrics.json", "README.md"):
+        assert (output / name).is_file(), name
+    assert (output / "preprocessor_config.json").is_file()
+    assert list((output / "logs").rglob("events.out.tfevents.*"))  # tensorboard by default
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and metrics["images_seen"] == 32
+
+    model = VQVAEModel.from_pretrained(output)
+    quickstart = load_config(REPO / "training/configs/quickstart.yaml")
+    _, validation = build_image_data(
+        transform=ImageTransform(quickstart.resolution, channels=1),
+        batch_size=1,
+        dataset_name=quickstart.dataset_name,
+        num_validation_images=quickstart.num_validation_images,
+    )
+    reloaded, _ = evaluate(model, validation)
+    assert reloaded["psnr"] == pytest.approx(
+        metrics["validation"]["psnr"], rel=1e-5
+    )  # the saved model is the one measured
+    import PIL.Image
+
+    grid = PIL.Image.open(output / "reconstructions.png")
+    assert grid.mode == "L" and grid.size == (
+        8 * 34 + 2,
+        8 * 34 + 2,
+    )  # 32 images: 4 rows of originals + 4 of reconstructions
+    card = (output / "README.md").read_text()
+    assert "VQVAEModel.from_pretrained" in card and "psnr" in card and "$" not in card.replace("$$", "")
+
+
+def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    config = tiny_config(
+        tmp_path, max_train_steps=2, push_to_hub=True, hub_model_id="someone/tiny", hub_token="hf_test"
+    )
+    with pytest.raises(
+        RuntimeError, match=r"the model is saved in .*run, but uploading it to the Hub as someone/tiny failed"
+    ):
+        train(config)
+    assert VQVAEModel.from_pretrained(tmp_path / "run").config.codebook_size == 32
