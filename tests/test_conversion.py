@@ -18,7 +18,14 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 from safetensors.torch import load_file, save_file
 
-from latentcode import AutoencoderConfig, AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
+from latentcode import (
+    AutoencoderConfig,
+    AutoencoderModel,
+    LatentCodePreTrainedModel,
+    VAEModel,
+    VQVAEConfig,
+    VQVAEModel,
+)
 from latentcode.conversion import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,15 +298,12 @@ def test_unsupported_diffusers_architectures_are_named():
 def test_unexportable_models_are_refused():
     with pytest.raises(ValueError, match="AutoencoderModel has no diffusers counterpart"):
         AutoencoderModel(AutoencoderConfig(block_out_channels=(8,), norm_num_groups=4)).to_diffusers()
-    model = VQVAEModel.from_diffusers(make_diffusers("vq", "1level-rgb"))
-    model.config.quantizer = "fsq"  # as an FSQ model's config says; VQModel has only a plain codebook
+    fsq = VQVAEModel(VQVAEConfig(block_out_channels=(8,), norm_num_groups=4, quantizer="fsq", fsq_levels=(5, 5, 5)))
     with pytest.raises(ValueError, match="cannot express quantizer='fsq'"):
-        model.to_diffusers()
+        fsq.to_diffusers()
 
 
-def test_native_vqvae_exports():
-    from latentcode import VQVAEConfig
-
+def test_native_vqvae_exports_and_inexpressible_quantizers_are_refused():
     sizes = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=3, codebook_size=16)
     model = randomize(VQVAEModel(VQVAEConfig(**sizes)), seed=4)  # the default training recipe
     with torch.no_grad():
@@ -311,6 +315,12 @@ def test_native_vqvae_exports():
         _, _, (_, _, indices) = exported.quantize(exported.encode(pixels).latents)
         assert torch.equal(model.encode(pixels).indices.flatten(), indices.flatten())
         assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
+    cosine = VQVAEModel(VQVAEConfig(codebook_l2_norm=True, **sizes))
+    with pytest.raises(ValueError, match="cannot express {'codebook_l2_norm': True}"):
+        cosine.to_diffusers()
+    residual = VQVAEModel(VQVAEConfig(quantizer="residual_vq", num_quantizers=2, **sizes))
+    with pytest.raises(ValueError, match="cannot express quantizer='residual_vq'"):
+        residual.to_diffusers()
 
 
 def test_diffusers_folder_with_wrong_keys_names_them(tmp_path):
