@@ -28,7 +28,6 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # Modules whose objects Lightning checkpoints carry outside the weights. Their names are
 # replaced by an inert placeholder class during weights_only loading; any other unknown name
@@ -42,6 +41,9 @@ class CheckpointError(ValueError):
 
 class _Placeholder:
     """Stands for a trainer object in a checkpoint: accepts any arguments and state, keeps none."""
+
+    def __new__(cls, *args, **kwargs):  # pickle's NEWOBJ passes the original constructor's args
+        return super().__new__(cls)
 
     def __init__(self, *args, **kwargs):
         pass
