@@ -13,13 +13,14 @@ tensors are `[C, H, W]`; 2-D inputs are grey-scale, and 4-D inputs are batches.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import PILImageResampling
-from transformers.processing_utils import ImagesKwargs
 
 # PIL mode of an image with this many channels, and back.
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -37,10 +38,15 @@ INTERPOLATION_MODES = {
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
-class LatentCodeImagesKwargs(ImagesKwargs, total=False):
-    """The processor's options, also accepted as overrides by `from_pretrained`."""
+class LatentCodeImagesKwargs(TypedDict, total=False):
+    """The processor's options, which `from_pretrained(..., **overrides)` accepts."""
 
-    num_channels: int | None
+    do_resize: bool
+    size: int
+    resample: int
+    do_center_crop: bool
+    crop_size: int
+    num_channels: int
 
 
 class LatentCodeImageProcessor(BaseImageProcessor):
