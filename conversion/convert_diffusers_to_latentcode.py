@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from latentcode import LatentCodePreTrainedModel
+from latentcode import LatentCodeImageProcessor, LatentCodePreTrainedModel
 from latentcode.conversion.scaling import add_scaling_factor_arguments, apply_scaling_factor_arguments
 
 
@@ -31,6 +31,7 @@ def main(argv=None) -> None:
     )
     apply_scaling_factor_arguments(model, args)
     model.save_pretrained(args.output_dir)
+    LatentCodeImageProcessor.from_model_config(model.config).save_pretrained(args.output_dir)
     print(f"wrote {type(model).__name__} (scaling_factor={model.config.scaling_factor}) to {args.output_dir}")
 
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from latentcode import (
     AutoencoderConfig,
     AutoencoderModel,
+    LatentCodeImageProcessor,
     LatentCodePreTrainedModel,
     VAEModel,
     VQVAEConfig,
@@ -620,6 +621,7 @@ def test_compute_scaling_factor_is_inverse_std_of_latents(tmp_path):
     from sklearn.datasets import load_digits
 
     from latentcode.conversion import compute_scaling_factor
+    from latentcode.conversion.scaling import image_folder_batches
 
     digits = load_digits().images[:12]  # 8x8 grey images, values 0..16
     for i, image in enumerate(digits):
@@ -627,9 +629,8 @@ def test_compute_scaling_factor_is_inverse_std_of_latents(tmp_path):
 
     vq = VQVAEModel.from_diffusers(make_diffusers("vq", "2levels-gray-attn0"))
     vae = VAEModel.from_diffusers(make_diffusers("kl", "1level-gray-noquant"))
-    from latentcode.conversion.scaling import image_folder_batches
-
-    batches = list(image_folder_batches(tmp_path, resolution=16, channels=1, batch_size=5))
+    processor = LatentCodeImageProcessor(size=16, num_channels=1)
+    batches = list(image_folder_batches(tmp_path, processor, batch_size=5))
     assert [len(batch) for batch in batches] == [5, 5, 2]
     pixels = torch.cat(batches)
     assert pixels.min() >= -1 and pixels.max() <= 1 and pixels.std() > 0.3
@@ -652,3 +653,4 @@ def test_compute_scaling_factor_is_inverse_std_of_latents(tmp_path):
     )  # fmt: skip
     converted = VQVAEModel.from_pretrained(tmp_path / "out")
     assert converted.config.scaling_factor == pytest.approx(expected_vq, rel=1e-6)
+    assert LatentCodeImageProcessor.from_pretrained(tmp_path / "out").num_channels == 1

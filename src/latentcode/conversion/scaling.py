@@ -13,12 +13,10 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 @torch.no_grad()
@@ -57,14 +55,12 @@ def compute_scaling_factor(
 
 
 def image_folder_batches(
-    folder: str | os.PathLike, resolution: int, channels: int, batch_size: int = 8, max_images: int | None = None
+    folder: str | os.PathLike, processor, batch_size: int = 8, max_images: int | None = None
 ) -> Iterator[torch.Tensor]:
-    """Images found under `folder` (recursively, sorted), resized so the shorter side is
-    `resolution`, centre-cropped to `resolution x resolution`, as `[B, channels, R, R]` in [-1, 1]."""
+    """Images found under `folder` (recursively, sorted) as pixel batches `[B, C, R, R]` in
+    [-1, 1], prepared by `processor` (a [`LatentCodeImageProcessor`])."""
     from PIL import Image
 
-    if channels not in _PIL_MODES:
-        raise ValueError(f"channels must be one of {sorted(_PIL_MODES)}, got {channels}")
     paths = sorted(
         os.path.join(root, name)
         for root, _, names in os.walk(folder)
@@ -74,21 +70,12 @@ def image_folder_batches(
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {os.fspath(folder)!r}")
     for start in range(0, len(paths), batch_size):
-        pixels = []
+        images = []
         for path in paths[start : start + batch_size]:
             with Image.open(path) as image:
-                image = image.convert(_PIL_MODES[channels])
-                scale = resolution / min(image.size)
-                width, height = (
-                    max(resolution, round(image.width * scale)),
-                    max(resolution, round(image.height * scale)),
-                )
-                image = image.resize((width, height), Image.Resampling.BICUBIC)
-                left, top = (width - resolution) // 2, (height - resolution) // 2
-                image = image.crop((left, top, left + resolution, top + resolution))
-                array = np.asarray(image, dtype=np.float32).reshape(resolution, resolution, channels)
-            pixels.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
-        yield torch.stack(pixels)
+                image.load()
+                images.append(image)
+        yield processor(images, return_tensors="pt").pixel_values
 
 
 def add_scaling_factor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,8 +101,9 @@ def apply_scaling_factor_arguments(model: nn.Module, args: argparse.Namespace) -
     if args.scaling_factor is not None:
         model.config.scaling_factor = args.scaling_factor
     elif args.compute_scaling_factor is not None:
-        batches = image_folder_batches(
-            args.compute_scaling_factor, args.resolution, model.config.in_channels, args.batch_size, args.max_images
-        )
+        from ..image_processing import LatentCodeImageProcessor
+
+        processor = LatentCodeImageProcessor.from_model_config(model.config, size=args.resolution)
+        batches = image_folder_batches(args.compute_scaling_factor, processor, args.batch_size, args.max_images)
         generator = torch.Generator(model.device).manual_seed(args.seed)
         model.config.scaling_factor = compute_scaling_factor(model, batches, generator=generator)
