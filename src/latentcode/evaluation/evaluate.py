@@ -40,6 +40,9 @@ from .metrics import (
 
 logger = logging.getLogger(__name__)
 
+# The LPIPS networks downsample 16-32x; below this size their feature maps vanish.
+LPIPS_MIN_SIZE = 32
+
 
 @dataclass
 class EvaluationResult:
@@ -140,7 +143,7 @@ def evaluate(
         add("mse", (reconstruction.double() - target.double()).pow(2).flatten(1).mean(dim=1))
         if min(target.shape[-2:]) >= 11:
             add("ssim", ssim(reconstruction, target))
-        if lpips is not None:
+        if lpips is not None and min(target.shape[-2:]) >= LPIPS_MIN_SIZE:
             add("lpips", lpips(reconstruction, target))
         if inception is not None:
             real_features.update(inception(target))
@@ -172,6 +175,8 @@ def evaluate(
     notes = []
     if "ssim" not in metrics:
         notes.append("SSIM skipped: images smaller than its 11x11 window")
+    if lpips is not None and "lpips" not in metrics:
+        notes.append(f"LPIPS skipped: images smaller than {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, too small for its network")
     if inception is not None:
         if num_images < 2:
             notes.append("rFID skipped: needs at least 2 images")

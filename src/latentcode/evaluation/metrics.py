@@ -140,7 +140,7 @@ def resolve_inception_weights(weights_path: str | os.PathLike | None = None) -> 
             return Path(candidate)
         if candidate is not None and explicit:
             break  # a path the user named must exist; do not fall back silently
-    named = f"{weights_path or os.environ.get(INCEPTION_WEIGHTS_ENV)!r} does not exist" if explicit else "none given"
+    named = f"'{weights_path or os.environ.get(INCEPTION_WEIGHTS_ENV)}' does not exist" if explicit else "none given"
     raise MissingInceptionWeightsError(
         f"rFID needs Inception-v3 weights ({named}). Download one of\n"
         f"  {PYTORCH_FID_WEIGHTS[1]}  (pytorch-fid's FID network: the numbers papers report; "
@@ -187,23 +187,17 @@ class InceptionFeatures(nn.Module):
         weights_path: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (1008 classes: the
             FID network, needs the `pytorch-fid` package) or torchvision's
             `inception_v3_google-0cc3c7bd.pth`; see [`resolve_inception_weights`].
-        random_weights: build the torchvision network with random weights and load nothing
-            (for tests of shapes and plumbing only; such features mean nothing).
     """
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, random_weights: bool = False):
+    def __init__(self, weights_path: str | os.PathLike | None = None):
         super().__init__()
         from torchvision.models.inception import Inception3
 
-        if random_weights:
-            self.network = Inception3(aux_logits=False, init_weights=True)
-            self.weights_path = None
-        else:
-            self.weights_path = resolve_inception_weights(weights_path)
-            state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-            fid_network = state["fc.weight"].shape[0] == 1008
-            self.network = _pytorch_fid_inception() if fid_network else Inception3(aux_logits=True, init_weights=False)
-            self.network.load_state_dict(state)
+        self.weights_path = resolve_inception_weights(weights_path)
+        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        fid_network = state["fc.weight"].shape[0] == 1008
+        self.network = _pytorch_fid_inception() if fid_network else Inception3(aux_logits=True, init_weights=False)
+        self.network.load_state_dict(state)
         # `transform_input` would re-normalise ImageNet-standardised input; ours is already [-1, 1].
         self.network.transform_input = False
         self.network.fc = nn.Identity()

@@ -1,0 +1,318 @@
+"""Evaluation metrics against references (scikit-image, scipy, pytorch-fid, hand-computed values),
+the evaluation runner, its report and the `latentcode-eval` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+from conftest import tiny_model
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from latentcode.evaluation import (
+    CodebookUsage,
+    FeatureStatistics,
+    InceptionFeatures,
+    MissingInceptionWeightsError,
+    build_lpips,
+    evaluate,
+    frechet_distance,
+    gaussian_bits_per_dim,
+    markdown_table,
+    psnr,
+    ssim,
+    write_report,
+)
+from latentcode.evaluation.cli import main as eval_main
+from latentcode.evaluation.evaluate import EvaluationResult
+from latentcode.evaluation.metrics import INCEPTION_WEIGHTS_ENV, _pytorch_fid_inception
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    """Four real 32x32 RGB crops of scikit-image's astronaut photograph, `[4, 3, 32, 32]` in [-1, 1]."""
+    import skimage.data
+
+    photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.stack([photo[:, 100 + 40 * i : 132 + 40 * i, 180:212] for i in range(4)])
+
+
+def noisy(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (images + std * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+
+
+# -- PSNR / SSIM --------------------------------------------------------------------------------
+
+
+def test_psnr_matches_scikit_image_per_image(photos):
+    reconstruction = noisy(photos, 0.1)
+    ours = psnr(reconstruction, photos)
+    reference = [
+        peak_signal_noise_ratio(t.numpy().astype(np.float64), r.numpy().astype(np.float64), data_range=2.0)
+        for t, r in zip(photos, reconstruction)
+    ]
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-10)
+
+
+def test_psnr_of_known_noise_and_identical_images():
+    target = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
+    shifted = target + torch.tensor([0.02, 0.2, 0.0], dtype=torch.float64).view(3, 1, 1, 1)
+    values = psnr(shifted, target)
+    # MSE = offset^2, so PSNR = 10 log10(2^2 / offset^2): 40 dB and 20 dB exactly; identical: inf.
+    np.testing.assert_allclose(values[:2].numpy(), [40.0, 20.0], rtol=1e-12)
+    assert values[2] == math.inf
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ssim_matches_scikit_image(photos, channels):
+    target = photos[:, :channels]
+    reconstruction = noisy(target, 0.15, seed=1)
+    ours = ssim(reconstruction, target)
+    reference = [
+        structural_similarity(
+            t.numpy().astype(np.float64),
+            r.numpy().astype(np.float64),
+            data_range=2.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            channel_axis=0,
+        )
+        for t, r in zip(target, reconstruction)
+    ]
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-8)
+    assert 0.0 < min(reference) < 0.99
+    torch.testing.assert_close(ssim(target, target), torch.ones(4, dtype=torch.float64))
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+
+
+# -- Frechet distance and Inception features ----------------------------------------------------
+
+
+def scipy_frechet_distance(features_1: np.ndarray, features_2: np.ndarray) -> float:
+    """The textbook formula with scipy's matrix square root, as pytorch-fid computes it."""
+    mean_1, mean_2 = features_1.mean(axis=0), features_2.mean(axis=0)
+    cov_1, cov_2 = np.cov(features_1, rowvar=False), np.cov(features_2, rowvar=False)
+    sqrt_product = scipy.linalg.sqrtm(cov_1 @ cov_2).real
+    return float(((mean_1 - mean_2) ** 2).sum() + np.trace(cov_1 + cov_2 - 2 * sqrt_product))
+
+
+def statistics_of(features: torch.Tensor, batch_size: int = 70) -> FeatureStatistics:
+    stats = FeatureStatistics()
+    for chunk in features.split(batch_size):
+        stats.update(chunk)
+    return stats
+
+
+def test_frechet_distance_matches_scipy_and_is_zero_for_identical_sets():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 24, generator=generator, dtype=torch.float64)
+    mixing = torch.eye(24, dtype=torch.float64) + 0.3 * torch.randn(24, 24, generator=generator, dtype=torch.float64)
+    fake = real @ mixing + 0.5
+    stats_real, stats_fake = statistics_of(real), statistics_of(fake)
+    np.testing.assert_allclose(stats_real.covariance().numpy(), np.cov(real.numpy(), rowvar=False), rtol=1e-10)
+    np.testing.assert_allclose(stats_fake.mean().numpy(), fake.numpy().mean(axis=0), rtol=1e-12)
+
+    ours = frechet_distance(stats_real.mean(), stats_real.covariance(), stats_fake.mean(), stats_fake.covariance())
+    reference = scipy_frechet_distance(real.numpy(), fake.numpy())
+    assert reference > 1.0
+    assert ours == pytest.approx(reference, rel=1e-8)
+    same = frechet_distance(stats_real.mean(), stats_real.covariance(), stats_real.mean(), stats_real.covariance())
+    assert abs(same) < 1e-8
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions_stays_real():
+    # 2048-d features from a few hundred images give singular covariances.
+    generator = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(20, 64, generator=generator), torch.randn(20, 64, generator=generator) + 0.1
+    ours = frechet_distance(*_moments(real), *_moments(fake))
+    assert math.isfinite(ours)
+    assert ours == pytest.approx(scipy_frechet_distance(real.double().numpy(), fake.double().numpy()), rel=1e-4)
+
+
+def _moments(features: torch.Tensor):
+    stats = statistics_of(features)
+    return stats.mean(), stats.covariance()
+
+
+def test_fid_network_features_equal_pytorch_fid(tmp_path, monkeypatch):
+    """Random weights stored as pytorch-fid's weight file: our loader picks the FID architecture and
+    its pool features equal pytorch-fid's InceptionV3 with the same weights."""
+    from pytorch_fid import inception as pytorch_fid_inception
+
+    torch.manual_seed(0)
+    state = _pytorch_fid_inception().state_dict()
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(state, weights)
+    ours = InceptionFeatures(weights)
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *args, **kwargs: state)
+    reference = pytorch_fid_inception.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+
+    images = torch.rand(2, 3, 40, 40) * 2 - 1
+    features = ours(images)
+    assert features.shape == (2, 2048)
+    with torch.no_grad():
+        expected = reference((images + 1) / 2)[0].flatten(1)  # pytorch-fid takes [0, 1]
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_inception_features_torchvision_weights_and_grey_input(tmp_path):
+    from torchvision.models.inception import Inception3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception_v3_google-0cc3c7bd.pth"
+    torch.save(Inception3(aux_logits=True, init_weights=False).state_dict(), weights)
+    network = InceptionFeatures(weights)
+    grey = torch.rand(1, 1, 16, 16) * 2 - 1
+    features = network(grey)
+    assert features.shape == (1, 2048) and torch.isfinite(features).all()
+    torch.testing.assert_close(features, network(grey.expand(-1, 3, -1, -1)))  # grey is repeated to RGB
+
+
+def test_missing_inception_weights_error_says_how_to_supply_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(INCEPTION_WEIGHTS_ENV, raising=False)
+    with pytest.raises(MissingInceptionWeightsError) as error:
+        InceptionFeatures()
+    message = str(error.value)
+    for needle in ("pt_inception-2015-12-05-6726825d.pth", "inception_v3_google-0cc3c7bd.pth", "--inception_weights"):
+        assert needle in message
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in message
+    with pytest.raises(MissingInceptionWeightsError, match="nope.pth' does not exist"):
+        InceptionFeatures(tmp_path / "nope.pth")
+
+
+# -- codebook usage and bits per dimension ------------------------------------------------------
+
+
+def test_codebook_usage_and_perplexity_hand_computed():
+    usage = CodebookUsage(codebook_size=4)
+    usage.update(torch.tensor([[[0, 0], [1, 1]]]))  # codes 0 and 1 twice each
+    assert usage.usage() == 0.5 and usage.perplexity() == pytest.approx(2.0)
+    usage.update(torch.tensor([[[2, 3], [2, 3]]]))  # now all four equally often
+    assert usage.usage() == 1.0 and usage.perplexity() == pytest.approx(4.0)
+
+    levels = CodebookUsage(codebook_size=4)  # [B, h, w, L]: one histogram per level
+    levels.update(torch.tensor([[[[0, 1], [0, 2]], [[0, 3], [0, 1]]]]))
+    # level 0 uses one code (perplexity 1), level 1 three codes with counts 2, 1, 1
+    level_1 = math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+    assert levels.usage() == pytest.approx((1 / 4 + 3 / 4) / 2)
+    assert levels.perplexity() == pytest.approx((1.0 + level_1) / 2)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 4\)"):
+        usage.update(torch.tensor([[[4]]]))
+
+
+def test_bits_per_dim_hand_computed():
+    # Two pixel values on the 8-bit grid of [-1, 1]: one at the top edge (bin reaches +inf), one inside.
+    target = torch.tensor([1.0, -1 + 2 * 100 / 255], dtype=torch.float64).view(1, 2, 1, 1)
+    mean = torch.tensor([0.98, -0.2], dtype=torch.float64).view(1, 2, 1, 1)
+    std, half_bin, kl = 0.05, 1 / 255, torch.tensor([3.0])
+    normal = scipy.stats.norm
+    top = 1 - normal.cdf(1 - half_bin, loc=0.98, scale=std)
+    inner_value = -1 + 2 * 100 / 255
+    inner = normal.cdf(inner_value + half_bin, -0.2, std) - normal.cdf(inner_value - half_bin, -0.2, std)
+    expected_nll = -(math.log(top) + math.log(inner)) + 3.0
+    negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, mean, kl, std)
+    assert float(negative_elbo) == pytest.approx(expected_nll, rel=1e-9)
+    assert float(bits_per_dim) == pytest.approx(expected_nll / (2 * math.log(2)), rel=1e-9)
+
+
+# -- the runner, its report and the CLI ---------------------------------------------------------
+
+
+def digit_batches(digits: torch.Tensor, count: int = 48, batch_size: int = 16):
+    return list(digits[:count].split(batch_size))
+
+
+def test_evaluate_vqvae_metrics_equal_direct_computation(digits, tmp_path):
+    model = tiny_model("vqvae", in_channels=1, codebook_size=32)
+    lpips = build_lpips(pretrained=False)  # random backbone: checks the plumbing, not LPIPS values
+    pixels = torch.nn.functional.interpolate(digits[:48], scale_factor=2)  # LPIPS needs >= 32x32
+    result = evaluate(model, list(pixels.split(16)), lpips=lpips, num_grid_images=5)
+
+    with torch.no_grad():
+        indices = model.encode(pixels).indices
+        reconstruction = model.decode_indices(indices).sample
+        expected_lpips = lpips(reconstruction, pixels).mean()
+    metrics = result.metrics
+    assert metrics["num_images"] == 48
+    assert metrics["psnr"] == pytest.approx(float(psnr(reconstruction, pixels).mean()), rel=1e-6)
+    assert metrics["ssim"] == pytest.approx(float(ssim(reconstruction, pixels).mean()), rel=1e-6)
+    assert metrics["lpips"] == pytest.approx(float(expected_lpips), rel=1e-5)
+    counts = torch.bincount(indices.flatten(), minlength=32)
+    assert metrics["codebook_usage"] == pytest.approx(float((counts > 0).float().mean()))
+    probabilities = counts.double() / counts.sum()
+    entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+    assert metrics["perplexity"] == pytest.approx(float(entropy.exp()))
+    assert metrics["encode_images_per_s"] > 0 and metrics["decode_images_per_s"] > 0
+    assert result.originals.shape == result.reconstructions.shape == (5, 1, 32, 32)
+
+    paths = write_report(result, tmp_path, extra={"model": "tiny"})
+    saved = json.loads(paths["metrics.json"].read_text())
+    assert saved["model"] == "tiny" and saved["metrics"]["num_images"] == 48 and len(saved["per_image_psnr"]) == 48
+    assert "| codebook perplexity |" in paths["metrics.md"].read_text()
+    grid = PIL.Image.open(paths["reconstructions.png"])
+    assert grid.height < grid.width  # two rows (originals, reconstructions) of five
+    assert PIL.Image.open(paths["codebook_usage.png"]).size == PIL.Image.open(paths["psnr_histogram.png"]).size
+
+
+def test_evaluate_vae_kl_and_bits_per_dim(digits):
+    model = tiny_model("vae", in_channels=1)
+    batches = digit_batches(digits, count=32)
+    result = evaluate(model, batches, decoder_std=0.1, seed=3)
+
+    # The same computation by hand: posterior samples drawn in order from one seeded generator.
+    generator = torch.Generator().manual_seed(3)
+    kl, bits = [], []
+    with torch.no_grad():
+        for pixels in batches:
+            posterior = model.encode(pixels).latent_dist
+            sample = model.decode(posterior.sample(generator=generator)).sample
+            kl.append(posterior.kl())
+            bits.append(gaussian_bits_per_dim(pixels, sample, posterior.kl(), 0.1)[1])
+    assert result.metrics["kl"] == pytest.approx(float(torch.cat(kl).double().mean()), rel=1e-6)
+    assert result.metrics["bits_per_dim"] == pytest.approx(float(torch.cat(bits).mean()), rel=1e-6)
+    assert result.metrics["decoder_std"] == 0.1 and result.metrics["bits_per_dim"] > 0
+    assert "codebook_usage" not in result.metrics
+
+
+def test_perfect_reconstructions_give_infinite_psnr_in_the_report(tmp_path):
+    images = torch.zeros(2, 1, 16, 16)
+    result = EvaluationResult(
+        metrics={"num_images": 2, "psnr": math.inf, "perfect_reconstructions": 2},
+        per_image_psnr=[math.inf, math.inf],
+        originals=images,
+        reconstructions=images,
+    )
+    paths = write_report(result, tmp_path)
+    saved = json.loads(paths["metrics.json"].read_text())  # strict JSON: no Infinity token
+    assert saved["metrics"]["psnr"] == "inf" and saved["per_image_psnr"] == ["inf", "inf"]
+    assert "| PSNR (dB, mean per image) | inf |" in markdown_table(result.metrics)
+
+
+def test_cli_writes_report_for_a_saved_model(tmp_path):
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    output = tmp_path / "eval"
+    argv = [str(tmp_path / "model"), "--dataset_name", "builtin:digits", "--max_images", "40", "--batch_size", "16"]
+    assert eval_main(argv + ["--no_fid", "--no_lpips", "--output_dir", str(output)]) == 0
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["metrics"]["num_images"] == 40 and saved["resolution"] == 16
+    assert {"metrics.md", "reconstructions.png", "psnr_histogram.png", "codebook_usage.png"} <= {
+        path.name for path in output.iterdir()
+    }
+    with pytest.raises(MissingInceptionWeightsError):
+        eval_main(argv + ["--no_lpips", "--inception_weights", str(tmp_path / "missing.pth")])
