@@ -23,10 +23,12 @@ for _config_class, _model_class in (
 ):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModel.register(_config_class, _model_class, exist_ok=True)
-    # One torch implementation serves both of transformers' backend names, so neither choice warns.
+    # One torch implementation serves both of transformers' backends ("pil" and "torchvision" in
+    # transformers 5, "slow" and "fast" in 4.x), so neither choice warns; these keywords exist in both.
     AutoImageProcessor.register(
         _config_class,
-        image_processor_classes={"torchvision": LatentCodeImageProcessor, "pil": LatentCodeImageProcessor},
+        slow_image_processor_class=LatentCodeImageProcessor,
+        fast_image_processor_class=LatentCodeImageProcessor,
         exist_ok=True,
     )
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import PILImageResampling
 
-# PIL mode of an image with this many channels, and back.
+# PIL mode of an image with this many channels.
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 # ITU-R 601-2 luma, the weights PIL's RGB -> L conversion uses.
