@@ -298,7 +298,7 @@ def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninter
 
 
 def test_bf16_autocast_run(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=8, learning_rate=3e-3))
+    trainer = Trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=6, learning_rate=3e-3))
     pixels = trainer.validation_images[:4]
     output = trainer.model(pixels)
     # accelerate hands outputs back as fp32; values computed in bf16 are exactly representable in it
@@ -367,8 +367,11 @@ def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkey
     config = tiny_config(
         tmp_path, max_train_steps=2, push_to_hub=True, hub_model_id="someone/tiny", hub_token="hf_test"
     )
+    config.gradient_checkpointing, config.gradient_accumulation_steps = True, 2  # these code paths run too
     with pytest.raises(
         RuntimeError, match=r"the model is saved in .*run, but uploading it to the Hub as someone/tiny failed"
     ):
         train(config)
-    assert VQVAEModel.from_pretrained(tmp_path / "run").config.codebook_size == 32
+    saved = VQVAEModel.from_pretrained(tmp_path / "run")
+    assert saved.config.codebook_size == 32
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["images_seen"] == 2 * 2 * 8

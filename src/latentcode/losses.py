@@ -100,7 +100,10 @@ class PatchDiscriminator(nn.Module):
         def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
             layers = [nn.Conv2d(c_in, c_out, 4, stride, 1, bias=norm == "none")]
             if norm == "batch":
-                layers.append(nn.BatchNorm2d(c_out))
+                # Batch statistics only: the discriminator never runs in eval mode, and running
+                # statistics would be buffers that its frozen generator-side calls update on each
+                # process differently.
+                layers.append(nn.BatchNorm2d(c_out, track_running_stats=False))
             return [*layers, nn.LeakyReLU(0.2, inplace=True)]
 
         layers = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]

@@ -1,0 +1,98 @@
+"""Two-process DDP training on CPU (gloo), launched the way users launch it: `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import TINY_MODEL
+
+REPLICA = """
+import json, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from latentcode.training import Trainer, load_config
+
+trainer = Trainer(load_config(**json.loads(sys.argv[1])))
+rank, out = trainer.accelerator.process_index, Path(sys.argv[2])
+forward_calls = []
+trainer.model.register_forward_pre_hook(lambda module, args: forward_calls.append(type(module).__name__))
+start = trainer.batches.state_dict()
+first_batch = trainer.batches.next_batch()
+trainer.batches.load_state_dict(start)
+
+result = trainer.run()
+discriminator = trainer.accelerator.unwrap_model(trainer.discriminator)
+tensors = {f"model.{k}": v for k, v in result.model.state_dict().items()}
+tensors.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
+save_file({k: v.contiguous() for k, v in tensors.items()}, out / f"rank{rank}.safetensors")
+(out / f"rank{rank}.json").write_text(json.dumps({
+    "losses": result.losses,
+    "forward_calls": forward_calls,
+    "first_batch": first_batch.flatten().tolist(),
+}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_replicas_stay_identical_and_loss_falls(tmp_path):
+    steps, disc_start = 24, 16
+    config = dict(
+        output_dir=str(tmp_path / "run"),
+        model_family="vqvae",
+        model=dict(TINY_MODEL, codebook_size=32),
+        dataset_name="builtin:digits",
+        resolution=16,
+        train_batch_size=8,
+        max_train_steps=steps,
+        learning_rate=2e-3,
+        lr_warmup_steps=2,
+        num_validation_images=8,
+        checkpointing_steps=0,
+        validation_steps=0,
+        report_to="none",
+        disc_weight=0.5,
+        disc_start=disc_start,
+        disc_num_layers=2,
+        disc_channels=8,
+    )
+    launch = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
+        *("--main_process_port", str(_free_port())),
+    ]
+    script = tmp_path / "replica.py"
+    script.write_text(REPLICA)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launch, str(script), json.dumps(config), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    replicas = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    # Each process reads its own images ...
+    assert reports[0]["first_batch"] != reports[1]["first_batch"]
+    # ... and every generator forward goes through DDP (the unwrapped model would skip gradient sync) ...
+    for report in reports:
+        assert report["forward_calls"] == ["DistributedDataParallel"] * steps
+    # ... so both replicas end with the same weights, autoencoder and discriminator alike.
+    assert replicas[0].keys() == replicas[1].keys()
+    assert any(key.startswith("discriminator.") for key in replicas[0])
+    for key in replicas[0]:
+        torch.testing.assert_close(replicas[0][key], replicas[1][key], rtol=0, atol=0, msg=key)
+    # The loss falls on real images (compared before the adversarial term joins at disc_start).
+    losses = reports[0]["losses"]
+    assert sum(losses[disc_start - 4 : disc_start]) < 0.6 * sum(losses[:4]), losses
