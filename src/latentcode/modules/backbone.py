@@ -26,6 +26,22 @@ def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups, channels, eps=GROUP_NORM_EPS, affine=True)
 
 
+def _inference() -> bool:
+    """True when no autograd graph is recorded, so fresh intermediates may be overwritten in
+    place instead of allocating a new tensor per elementwise op (fewer copies, less memory)."""
+    return not torch.is_grad_enabled()
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a fresh intermediate; in place under no_grad / inference_mode."""
+    return F.silu(x, inplace=_inference())
+
+
+def add_residual(h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`h + residual` for a fresh `h`; in place under no_grad / inference_mode."""
+    return h.add_(residual) if _inference() else h + residual
+
+
 class ResnetBlock(nn.Module):
     """GroupNorm -> SiLU -> conv -> GroupNorm -> SiLU -> dropout -> conv, plus a shortcut.
 
@@ -45,9 +61,9 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.shortcut(x) + h
+        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv2(self.dropout(silu(self.norm2(h))))
+        return add_residual(h, self.shortcut(x))
 
 
 class SelfAttention(nn.Module):
@@ -72,7 +88,7 @@ class SelfAttention(nn.Module):
         q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [B, 1, H*W, C]
         h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
         h = self.to_out(h).transpose(1, 2).reshape(batch, channels, height, width)
-        return x + h
+        return add_residual(h, x)
 
 
 class Downsample(nn.Module):
@@ -210,7 +226,7 @@ class Encoder(_CheckpointedStages):
         for level in self.down:
             x = self._run(level, x)
         x = self._run(self.mid, x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(silu(self.norm_out(x)))
 
 
 class Decoder(_CheckpointedStages):
@@ -263,4 +279,4 @@ class Decoder(_CheckpointedStages):
         x = self._run(self.mid, x)
         for level in self.up:
             x = self._run(level, x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(silu(self.norm_out(x)))
