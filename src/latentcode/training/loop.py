@@ -495,7 +495,7 @@ class Trainer:
         if self.family == "vae":
             parts.append(f"KL (weight {self.unwrapped.config.kl_weight}, warm-up {config.kl_warmup_steps} steps)")
         if self.family == "vqvae":
-            parts.append("codebook and commitment losses")
+            parts.append(f"the {self.unwrapped.config.quantizer!r} quantizer's own terms as configured")
         if config.perceptual_weight > 0:
             parts.append(f"LPIPS-{config.perceptual_net} (weight {config.perceptual_weight})")
         if self.use_gan:
