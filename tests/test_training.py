@@ -74,16 +74,24 @@ VQGAN_OPTIONS = dict(
 )
 
 
+# Tiny models gain nothing from intra-op threads, and on a busy machine spinning OpenMP threads
+# make them an order of magnitude slower; subprocesses get the same setting.
+SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """accelerate keeps process-wide singletons; each in-process run starts from scratch."""
     from accelerate.state import AcceleratorState, GradientState
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+    torch.set_num_threads(threads)
 
 
 def _weights(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
@@ -243,7 +251,10 @@ def uninterrupted(tmp_path_factory) -> Path:
     from accelerate.state import AcceleratorState, GradientState
 
     folder = tmp_path_factory.mktemp("uninterrupted")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     train(tiny_config(folder, **VQGAN_OPTIONS))
+    torch.set_num_threads(threads)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     return folder / "run"
@@ -282,7 +293,10 @@ train(load_config(**json.loads(sys.argv[1])))
 def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninterrupted, tmp_path):
     config = tiny_config(tmp_path, **VQGAN_OPTIONS)
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_DURING_WRITE, json.dumps(config.to_dict())], capture_output=True, text=True
+        [sys.executable, "-c", KILL_DURING_WRITE, json.dumps(config.to_dict())],
+        capture_output=True,
+        text=True,
+        env=SINGLE_THREAD_ENV,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = tmp_path / "run"
@@ -325,9 +339,7 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
         *("--max_train_steps", "4", "--train_batch_size", "8", "--checkpointing_steps", "2", "--validation_steps", "2"),
         *("--model.block_out_channels", "[16, 32]"),
     ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    )
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=SINGLE_THREAD_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
     for name in ("model.safetensors", "config.json", "reconstructions.png", "metrics.json", "README.md"):
