@@ -203,6 +203,7 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     logs = trainer.training_step()
     assert {"discriminator_loss", "generator_adversarial_loss", "adversarial_weight"} <= logs.keys()
     assert logs["adversarial_weight"] > 0
+    assert 0 < logs["codebook_usage"] <= 1 and logs["perplexity"] > 1
     changed = [not torch.equal(a, b) for a, b in zip(initial, discriminator.parameters())]
     assert all(changed)  # its own optimiser step moved every weight
     assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen after the generator pass

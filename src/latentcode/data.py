@@ -266,14 +266,16 @@ class ImageBatches:
         self.position = 0  # examples read in this epoch, corrupt ones included
         self.corrupt_images = 0
         self._iterator = None
-        self._valid_in_epoch = 0
+        self._readable_in_epoch = 0
 
     def _start_epoch(self, skip: int) -> None:
         self.stream.set_epoch(self.epoch)
         self._iterator = iter(self.stream)
         for _ in range(skip):  # replay up to the saved position; undecoded, so cheap
             next(self._iterator)
-        self._valid_in_epoch = skip  # only used to tell an empty stream from a finished epoch
+        # Tells an unreadable stream from a finished epoch. Replayed examples count as readable
+        # (they are not decoded); a stream with none would fail in its next full epoch.
+        self._readable_in_epoch = skip
 
     def _next_example(self):
         if self._iterator is None:
@@ -281,7 +283,7 @@ class ImageBatches:
         for example in self._iterator:
             self.position += 1
             return example, self.position - 1
-        if self._valid_in_epoch == 0:
+        if self._readable_in_epoch == 0:
             raise ValueError(
                 "the training stream holds no readable images for this process "
                 f"(rank {self.rank}; {self.corrupt_images} corrupt images skipped)"
@@ -302,7 +304,7 @@ class ImageBatches:
                     "skipping corrupt image (%d so far on rank %d): %s", self.corrupt_images, self.rank, error
                 )
                 continue
-            self._valid_in_epoch += 1
+            self._readable_in_epoch += 1
             rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
             images.append(self.transform(image, rng))
         return torch.stack(images)

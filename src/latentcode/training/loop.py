@@ -357,6 +357,9 @@ class Trainer:
                 f"{self.consecutive_nonfinite} steps in a row had a NaN/inf loss or gradient (up to step "
                 f"{self.global_step + 1}); stopping. Last good checkpoint: {last[-1] if last else 'none'}"
             )
+        windows = _usage_windows(self.unwrapped)
+        if windows:  # fraction of codes hit over the quantizers' recent-token windows
+            sums["codebook_usage"] = sum(float(window.fraction_used()) for window in windows) / len(windows)
         sums["nonfinite_steps"] = self.nonfinite_steps
         sums["corrupt_images"] = self.batches.corrupt_images
         return dict(sums)
