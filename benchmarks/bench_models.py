@@ -15,12 +15,14 @@ Operations:
             --mixed_precision bf16` runs it. fp32 / bf16 inference runs the model in that dtype.
 
 Ours runs in channels_last memory format (`model.to(memory_format=torch.channels_last)`, an
-opt-in any user has) unless `--no-channels_last`; `--peer_channels_last` gives diffusers the
-same format, to separate the layout's gain from the implementation's.
+opt-in any user has), except in bf16 training where it is slower on CPU (`--channels_last
+auto|always|never`); `--peer_channels_last` gives diffusers channels_last too, to separate the
+layout's gain from the implementation's.
 
     python benchmarks/bench_models.py --quick          # a few minutes on 2 CPU cores
     python benchmarks/bench_models.py                  # the README table
     python benchmarks/bench_models.py --compile        # both sides under torch.compile
+    python benchmarks/bench_models.py --threads 1 --clock cpu   # on a machine others are using
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the rise of the process's peak
 resident memory (Linux VmHWM, reset before the call) over its resident memory before it.
@@ -157,6 +159,12 @@ def prepare(model, family, is_ours, op, dtype, x, latents, channels_last, compil
     return inference_step
 
 
+def use_channels_last(mode: str, op: str, dtype: torch.dtype) -> bool:
+    if mode == "auto":
+        return not (op == "train" and dtype == torch.bfloat16)
+    return mode == "always"
+
+
 # -- measurement -------------------------------------------------------------------------------
 
 
@@ -165,7 +173,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(steps: dict[str, object], repeats: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved_times(
+    steps: dict[str, object], repeats: int, device: torch.device, clock=time.perf_counter
+) -> dict[str, list[float]]:
     """Seconds per call of each step, run in alternating order after one warm-up call each."""
     for step in steps.values():
         step()
@@ -174,12 +184,16 @@ def interleaved_times(steps: dict[str, object], repeats: int, device: torch.devi
     names = list(steps)
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
-            start = time.perf_counter()
+            start = clock()
             steps[name]()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
+
+# "cpu" (this process's CPU time) is for a shared machine: other processes' load does not count,
+# but it is only a fair clock with --threads 1 (threads waiting on each other burn CPU time).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 _LIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
 
@@ -257,10 +271,18 @@ def run(args) -> list[Row]:
                             args.compile,
                         ),
                         "ours": prepare(
-                            copy.deepcopy(ours), family, True, op, dtype, x, latents, args.channels_last, args.compile
+                            copy.deepcopy(ours),
+                            family,
+                            True,
+                            op,
+                            dtype,
+                            x,
+                            latents,
+                            use_channels_last(args.channels_last, op, dtype),
+                            args.compile,
                         ),
                     }
-                    times = interleaved_times(steps, repeats, device)
+                    times = interleaved_times(steps, repeats, device, CLOCKS[args.clock])
                     memory = {name: peak_memory_mib(step, device) for name, step in steps.items()}
                     diffusers_s, ours_s = (statistics.median(times[name]) for name in ("diffusers", "ours"))
                     row = Row(
@@ -325,16 +347,29 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per side (default 5, quick 3)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--channels_last", action=argparse.BooleanOptionalAction, default=True, help="run ours in channels_last"
+        "--channels_last",
+        default="auto",
+        choices=["auto", "always", "never"],
+        help="memory format of ours; auto: channels_last except in bf16 training, where CPU autocast's fp32 "
+        "GroupNorm round trips make it slower",
     )
     parser.add_argument("--peer_channels_last", action="store_true", help="run diffusers in channels_last too")
     parser.add_argument("--compile", action="store_true", help="torch.compile both sides (slow to compile on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--clock", default="wall", choices=sorted(CLOCKS), help="wall time, or process CPU time for a shared machine"
+    )
     parser.add_argument("--output_json", default=None, help="also write the rows and the machine here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     diffusers_logging.set_verbosity_error()  # bf16 casts warn once per model copy
     device = torch.device(args.device)
-    print(f"# machine: {machine_description(device)}; torch {torch.__version__}; load {os.getloadavg()}")
+    print(
+        f"# machine: {machine_description(device)}; torch {torch.__version__}; {args.clock} clock; "
+        f"load {os.getloadavg()}"
+    )
     print(HEADER, flush=True)
     start = time.perf_counter()
     rows = run(args)
