@@ -28,16 +28,6 @@ CODEBOOK_SIZE = 32
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny transformers spend their time synchronising threads, not computing: one thread is
-    several times faster on a busy CPU (and never slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digit_codes(digits):
     """A tiny VQ-VAE and the code sequences `[320, 64]` of 320 real digits (256 train, 64 held out).

@@ -84,14 +84,11 @@ def fresh_accelerate_state():
     """accelerate keeps process-wide singletons; each in-process run starts from scratch."""
     from accelerate.state import AcceleratorState, GradientState
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    torch.set_num_threads(threads)
 
 
 def _weights(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
@@ -252,10 +249,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     from accelerate.state import AcceleratorState, GradientState
 
     folder = tmp_path_factory.mktemp("uninterrupted")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     train(tiny_config(folder, **VQGAN_OPTIONS))
-    torch.set_num_threads(threads)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     return folder / "run"
