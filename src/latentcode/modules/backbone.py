@@ -88,7 +88,9 @@ class SelfAttention(nn.Module):
         q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [B, 1, H*W, C]
         h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
         h = self.to_out(h).transpose(1, 2).reshape(batch, channels, height, width)
-        return add_residual(h, x)
+        # `h` is a transposed view; `x` first makes the sum take x's memory format, so an NCHW
+        # model stays NCHW after attention (channels_last GroupNorm backward is slow on CPU).
+        return x + h
 
 
 class Downsample(nn.Module):
