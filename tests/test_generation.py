@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from latentcode.generation import image_grid, interpolate, main, slerp
+from latentcode.generation import image_grid, interpolate, main, reconstruction_grid, slerp
 
 
 def test_image_grid_layout():
@@ -59,3 +59,16 @@ def test_command_line_writes_sample_and_interpolation_grids(tmp_path, digits):
     ])  # fmt: skip
     assert PIL.Image.open(tmp_path / "out" / "samples.png").size == (3 * 20, 3 * 20)
     assert PIL.Image.open(tmp_path / "out" / "interpolation.png").size == (6 * 20, 20)
+
+
+def test_reconstruction_grid_puts_each_row_of_originals_above_its_reconstructions():
+    originals = -torch.ones(5, 1, 4, 4)  # black
+    reconstructions = torch.ones(5, 1, 4, 4) * 0.0  # grey 127.5 -> 128
+    grid = np.asarray(reconstruction_grid(originals, reconstructions, num_columns=3))
+    cell = 4 + 2 * 2  # image plus padding on both sides
+    assert grid.shape == (4 * cell, 3 * cell)
+    centre = lambda row, column: grid[row * cell + 4, column * cell + 4]  # noqa: E731
+    assert [centre(0, c) for c in range(3)] == [0, 0, 0]
+    assert [centre(1, c) for c in range(3)] == [128, 128, 128]
+    assert [centre(2, c) for c in range(3)] == [0, 0, 255]  # the sixth cell is blank (white)
+    assert [centre(3, c) for c in range(3)] == [128, 128, 255]

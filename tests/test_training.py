@@ -359,10 +359,8 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     import PIL.Image
 
     grid = PIL.Image.open(output / "reconstructions.png")
-    assert grid.mode == "L" and grid.size == (
-        8 * 34 + 2,
-        8 * 34 + 2,
-    )  # 32 images: 4 rows of originals + 4 of reconstructions
+    # 32 images of 32x32, each padded by 2 pixels on every side: 4 rows of originals + 4 of reconstructions
+    assert grid.mode == "L" and grid.size == (8 * 36, 8 * 36)
     card = (output / "README.md").read_text()
     assert "VQVAEModel.from_pretrained" in card and "psnr" in card and "$" not in card.replace("$$", "")
 

@@ -52,6 +52,28 @@ def image_grid(pixels: torch.Tensor, num_columns: int | None = None, padding: in
     return PIL.Image.fromarray(grid[..., 0] if channels == 1 else grid)
 
 
+def reconstruction_grid(
+    originals: torch.Tensor, reconstructions: torch.Tensor, num_columns: int | None = None
+) -> PIL.Image.Image:
+    """Rows of `num_columns` originals (default: all in one row), each row followed by the row of
+    their reconstructions. Both `[N, C, H, W]` in [-1, 1] of one shape."""
+    if originals.shape != reconstructions.shape or originals.shape[0] == 0:
+        raise ValueError(
+            f"expected two non-empty image batches of one shape, got {tuple(originals.shape)} "
+            f"and {tuple(reconstructions.shape)}"
+        )
+    count = originals.shape[0]
+    columns = min(num_columns or count, count)
+    blank_cells = (-count) % columns
+    blank = originals.new_ones((blank_cells, *originals.shape[1:]))  # white in [-1, 1]
+    rows = []
+    for start in range(0, count, columns):
+        rows += [originals[start : start + columns], reconstructions[start : start + columns]]
+        if start + columns > count:
+            rows[-2:] = [torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])]
+    return image_grid(torch.cat(rows), num_columns=columns)
+
+
 def save_image_grid(pixels: torch.Tensor, path: str | Path, num_columns: int | None = None) -> Path:
     """Write `image_grid(pixels, num_columns)` as a PNG at `path` (parents created); returns the path."""
     path = Path(path)

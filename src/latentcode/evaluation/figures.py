@@ -13,19 +13,15 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
-from ..generation import image_grid
+from .. import generation
 
 MIN_CELL_SIZE = 64  # grid cells are upscaled (nearest) to at least this many pixels
 
 
 def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> PIL.Image.Image:
-    """Two rows: `originals` `[N, C, H, W]` above `reconstructions` (same shape), in [-1, 1]."""
-    if originals.shape != reconstructions.shape:
-        raise ValueError(
-            f"originals and reconstructions must have the same shape, got {tuple(originals.shape)} "
-            f"and {tuple(reconstructions.shape)}"
-        )
-    grid = image_grid(torch.cat([originals, reconstructions]), num_columns=originals.shape[0])
+    """Two rows: `originals` `[N, C, H, W]` above `reconstructions` (same shape), in [-1, 1],
+    cells upscaled (nearest) to at least `MIN_CELL_SIZE` pixels."""
+    grid = generation.reconstruction_grid(originals, reconstructions)
     scale = max(1, math.ceil(MIN_CELL_SIZE / originals.shape[-1]))
     return grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..data import ImageBatches, ImageTransform, build_image_data
+from ..generation import reconstruction_grid
 from ..losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -50,7 +51,7 @@ from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint
 from .config import TrainingConfig
 from .ema import EMAModel
 from .model_card import metrics_table, render_model_card
-from .validation import evaluate, reconstruction_grid
+from .validation import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ class Trainer:
         metrics, reconstructions = evaluate(
             self.unwrapped, self.validation_images, self.config.train_batch_size, self.accelerator.autocast
         )
-        grid = reconstruction_grid(self.validation_images, reconstructions)
+        grid = reconstruction_grid(self.validation_images, reconstructions, num_columns=8)
         grid_path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(grid_path)
         self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=self.global_step)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 
-import numpy as np
-import PIL.Image
 import torch
 
 from ..modeling import LatentCodePreTrainedModel
@@ -56,27 +54,3 @@ def evaluate(
     if kl:
         metrics["kl"] = torch.stack(kl).sum().item() / len(images)
     return metrics, torch.cat(reconstructions)
-
-
-def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, columns: int = 8) -> PIL.Image.Image:
-    """A PNG-ready grid: rows of `columns` originals, each followed by the row of their reconstructions.
-
-    Args:
-        originals, reconstructions: `[V, C, H, W]` in [-1, 1], C in (1, 3, 4).
-    """
-    if originals.shape != reconstructions.shape or len(originals) == 0:
-        raise ValueError(
-            f"expected two non-empty image batches of one shape, got {tuple(originals.shape)} and {tuple(reconstructions.shape)}"
-        )
-    count, channels, height, width = originals.shape
-    columns = min(columns, count)
-    rows = math.ceil(count / columns)
-    pad = 2
-    canvas = np.full((2 * rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255, np.uint8)
-    for which, batch in enumerate((originals, reconstructions)):
-        pixels = ((batch.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        for i, image in enumerate(pixels):
-            row, column = 2 * (i // columns) + which, i % columns
-            top, left = pad + row * (height + pad), pad + column * (width + pad)
-            canvas[top : top + height, left : left + width] = image
-    return PIL.Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
