@@ -37,11 +37,11 @@ import PIL.Image
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from .image_processing import PIL_MODES
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-# PIL modes for the number of image channels the model expects.
-CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,11 +210,11 @@ class ImageTransform:
     """
 
     def __init__(self, resolution: int, channels: int, center_crop: bool = True, random_flip: bool = False):
-        if channels not in CHANNEL_MODES:
-            raise ValueError(f"channels must be one of {sorted(CHANNEL_MODES)}, got {channels}")
+        if channels not in PIL_MODES:
+            raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels}")
         self.resolution = resolution
         self.channels = channels
-        self.mode = CHANNEL_MODES[channels]
+        self.mode = PIL_MODES[channels]
         self.center_crop = center_crop
         self.random_flip = random_flip
 
