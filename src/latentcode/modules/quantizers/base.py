@@ -108,7 +108,7 @@ class CodebookUsage:
         self.counts: torch.Tensor | None = None  # [K] int64 hits in the window, all processes
         self.position = 0
         self.tokens_seen = 0  # this process's tokens since the last reset
-        self.tokens_since_check = 0  # tokens since `window_elapsed` last returned True
+        self.tokens_since_check = 0  # tokens of all processes since `window_elapsed` last said True
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor) -> None:
@@ -121,20 +121,24 @@ class CodebookUsage:
         indices = indices[-self.window :]
         n = indices.numel()
         slots = (self.position + torch.arange(n, device=indices.device)) % self.window
-        delta = torch.bincount(indices, minlength=self.codebook_size)
+        # Histogram change, and in the last entry the token count, summed over processes in one call.
+        delta = torch.bincount(indices, minlength=self.codebook_size + 1)
+        delta[-1] = n
         # Slots that were written before hold tokens leaving the window.
         filled = min(self.tokens_seen, self.window)
         leaving = slots[(slots < filled) if filled < self.window else slice(None)]
-        delta -= torch.bincount(self.recent[leaving], minlength=self.codebook_size)
+        delta[:-1] -= torch.bincount(self.recent[leaving], minlength=self.codebook_size)
         self.recent[slots] = indices
-        self.counts += all_reduce_sum(delta)
+        all_reduce_sum(delta)
+        self.counts += delta[:-1]
         self.position = (self.position + n) % self.window
         self.tokens_seen += n
-        self.tokens_since_check += n
+        self.tokens_since_check += int(delta[-1])
 
     def window_elapsed(self) -> bool:
-        """True once every `window` tokens: time to act on a window of fresh statistics."""
-        if self.tokens_since_check >= self.window:
+        """True once every `window` tokens per process: time to act on a window of fresh
+        statistics. Counted over all processes, so that all replicas decide alike."""
+        if self.tokens_since_check >= self.window * (dist.get_world_size() if is_distributed() else 1):
             self.tokens_since_check = 0
             return True
         return False

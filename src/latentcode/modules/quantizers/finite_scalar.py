@@ -36,22 +36,26 @@ class FiniteScalarQuantizer(Quantizer):
         self.codebook_dim = len(levels)
         self.codebook_size = prod(levels)
         # Mixed radix: channel 0 is the least significant digit.
-        basis = [prod(levels[:i]) for i in range(len(levels))]
-        self.register_buffer("_levels", torch.tensor(levels), persistent=False)
-        self.register_buffer("_basis", torch.tensor(basis), persistent=False)
+        self.basis = [prod(levels[:i]) for i in range(len(levels))]
         self.usage = CodebookUsage(self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size)
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """levels and mixed-radix basis as int64 tensors `[D]`. Built on demand rather than kept as
+        buffers, which from_pretrained would leave uninitialised since they are not saved."""
+        return torch.tensor(self.levels, device=device), torch.tensor(self.basis, device=device)
 
     def _bound(self, rows: torch.Tensor) -> torch.Tensor:
         """`[N, D]` -> values in `(-levels/2, levels/2)` that round to the `levels` integers
         `[-(L // 2), (L - 1) // 2]`. Even L need the half-step offset to get L values."""
-        levels = self._levels.float()
+        levels, _ = self._constants(rows.device)
         half = (levels - 1) * (1 + 1e-3) / 2
-        offset = (self._levels % 2 == 0).float() * 0.5
+        offset = (levels % 2 == 0).float() * 0.5
         shift = torch.atanh(offset / half)
         return torch.tanh(rows + shift) * half - offset
 
     def _digits_to_index(self, rounded: torch.Tensor) -> torch.Tensor:
-        return ((rounded.round().long() + self._levels // 2) * self._basis).sum(dim=-1)
+        levels, basis = self._constants(rounded.device)
+        return ((rounded.round().long() + levels // 2) * basis).sum(dim=-1)
 
     def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents `[B, D, h, w]` -> `[B, h, w]` indices in `[0, prod(levels))`, no gradients."""
@@ -60,12 +64,22 @@ class FiniteScalarQuantizer(Quantizer):
         rounded = self._bound(flatten_latents(latents.detach())).round()
         return self._digits_to_index(rounded).view(batch, height, width)
 
+    def grid_codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Inverse of [`indices_to_codes`]: codes `[B, D, h, w]` on the grid -> `[B, h, w]`.
+
+        (`codes_to_indices` takes latents, which pass through the tanh bound first.)
+        """
+        self._check_latents(codes)
+        batch, _, height, width = codes.shape
+        levels, _ = self._constants(codes.device)
+        return self._digits_to_index(flatten_latents(codes) * (levels // 2)).view(batch, height, width)
+
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices `[B, h, w]` -> codes `[B, D, h, w]` (fp32, in [-1, 1])."""
         self._check_indices(indices, None, self.codebook_size)
-        digits = (indices.long().unsqueeze(-1) // self._basis) % self._levels
-        half_width = (self._levels // 2).float()
-        return ((digits - self._levels // 2).float() / half_width).permute(0, 3, 1, 2).contiguous()
+        levels, basis = self._constants(indices.device)
+        digits = (indices.long().unsqueeze(-1) // basis) % levels
+        return ((digits - levels // 2).float() / (levels // 2).float()).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, latents: torch.Tensor) -> QuantizerOutput:
         """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`] (all losses are zero)."""
@@ -73,7 +87,7 @@ class FiniteScalarQuantizer(Quantizer):
         with torch.autocast(device_type=latents.device.type, enabled=False):
             bounded = self._bound(flatten_latents(latents))
             rounded = bounded + (bounded.round() - bounded).detach()
-            quantized = rounded / (self._levels // 2).float()
+            quantized = rounded / (self._constants(rounded.device)[0] // 2).float()
             indices = self._digits_to_index(rounded.detach())
             if self.training:
                 self.usage.update(indices)

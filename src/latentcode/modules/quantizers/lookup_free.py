@@ -57,20 +57,24 @@ class LookupFreeQuantizer(Quantizer):
         self.entropy_weight = entropy_weight
         self.diversity_weight = diversity_weight
         self.temperature = temperature
-        # Channel 0 is the most significant bit.
-        self.register_buffer("_bits", 2 ** torch.arange(codebook_dim - 1, -1, -1), persistent=False)
         self.usage = CodebookUsage(self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size)
+
+    def _bit_values(self, device: torch.device) -> torch.Tensor:
+        """`[D]` int64 place values, channel 0 the most significant bit (not a buffer: from_pretrained
+        leaves unsaved buffers uninitialised)."""
+        return 2 ** torch.arange(self.codebook_dim - 1, -1, -1, device=device)
 
     def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents `[B, D, h, w]` -> `[B, h, w]` indices in `[0, 2^D)`, no gradients."""
         self._check_latents(latents)
         batch, _, height, width = latents.shape
-        return ((flatten_latents(latents.detach()) > 0).long() * self._bits).sum(1).view(batch, height, width)
+        rows = flatten_latents(latents.detach())
+        return ((rows > 0).long() * self._bit_values(rows.device)).sum(1).view(batch, height, width)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices `[B, h, w]` -> codes `[B, D, h, w]` in `{-1, +1}` (fp32)."""
         self._check_indices(indices, None, self.codebook_size)
-        bits = (indices.long().unsqueeze(-1) // self._bits) % 2
+        bits = (indices.long().unsqueeze(-1) // self._bit_values(indices.device)) % 2
         return (bits.float() * 2 - 1).permute(0, 3, 1, 2).contiguous()
 
     def entropy_loss(self, rows: torch.Tensor) -> torch.Tensor:
@@ -91,7 +95,7 @@ class LookupFreeQuantizer(Quantizer):
             rows = flatten_latents(latents)
             codes = torch.where(rows > 0, 1.0, -1.0)
             quantized = rows + (codes - rows).detach()
-            indices = ((rows.detach() > 0).long() * self._bits).sum(1)
+            indices = ((rows.detach() > 0).long() * self._bit_values(rows.device)).sum(1)
             commitment_loss = F.mse_loss(rows, codes)
             entropy_loss = self.entropy_loss(rows) if self.entropy_weight > 0 else rows.new_zeros(())
             if self.training:

@@ -19,7 +19,10 @@ class ResidualVectorQuantizer(Quantizer):
 
     Indices are `[B, h, w, num_quantizers]`; in training with quantiser dropout, the levels a
     batch did not use have index -1 (and `indices_to_codes` reads -1 as "no contribution").
-    Losses are summed over the levels used, perplexity is averaged.
+    Losses are summed over the levels used, perplexity is averaged. Every level's round trip
+    (indices -> codes -> indices) is exact; re-encoding the summed code gives the same tuple
+    when each level's codes are further apart than what the later levels add, as in a trained
+    quantizer whose levels fit ever smaller residuals.
 
     Args:
         num_quantizers: depth.
