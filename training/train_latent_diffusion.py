@@ -26,7 +26,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel, get_scheduler
 
 import latentcode
-from latentcode.data import ImageTransform, build_image_data
+from latentcode.data import add_data_arguments, image_data_from_args
 from latentcode.generation import (
     continuous_latents,
     diffusion_loss,
@@ -41,15 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae_model_name_or_path", required=True, help="a trained latentcode VAE or VQ-VAE")
     parser.add_argument("--output_dir", required=True)
-    data = parser.add_argument_group("data (as in training/train.py)")
-    data.add_argument("--dataset_name", default=None, help="Hub id or builtin:digits / builtin:photos")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None)
-    data.add_argument("--image_column", default=None)
-    data.add_argument("--resolution", type=int, default=None, help="default: the autoencoder's sample_size")
-    data.add_argument("--random_flip", action="store_true")
-    data.add_argument("--num_validation_images", type=int, default=64, help="held out for the validation loss")
-    data.add_argument("--shuffle_buffer_size", type=int, default=1000)
+    add_data_arguments(parser, resolution_default="the autoencoder's sample_size")
     unet = parser.add_argument_group("UNet and noise schedule")
     unet.add_argument("--block_out_channels", type=int, nargs="+", default=[64, 128])
     unet.add_argument("--layers_per_block", type=int, default=1)
@@ -87,22 +79,7 @@ def main(args: argparse.Namespace) -> dict:
     autoencoder = autoencoder.eval().requires_grad_(False).to(device)
     resolution = args.resolution or autoencoder.config.sample_size
 
-    transform = ImageTransform(
-        resolution, autoencoder.config.in_channels, center_crop=True, random_flip=args.random_flip
-    )
-    batches, validation_images = build_image_data(
-        transform=transform,
-        batch_size=args.train_batch_size,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        image_column=args.image_column,
-        num_validation_images=args.num_validation_images,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        seed=args.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
+    batches, validation_images = image_data_from_args(args, autoencoder.config.in_channels, resolution, accelerator)
     # Each process has its own noise; the validation noise is the same everywhere and every time.
     generator = torch.Generator(device).manual_seed(args.seed + accelerator.process_index)
 

@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModel, get_scheduler
 
 import latentcode
-from latentcode.data import ImageTransform, build_image_data
+from latentcode.data import add_data_arguments, image_data_from_args
 from latentcode.generation import save_image_grid
 from latentcode.prior import (
     PRIOR_ARCHITECTURES,
@@ -43,15 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqvae_model_name_or_path", required=True, help="a trained latentcode VQ-VAE")
     parser.add_argument("--output_dir", required=True)
-    data = parser.add_argument_group("data (as in training/train.py)")
-    data.add_argument("--dataset_name", default=None, help="Hub id or builtin:digits / builtin:photos")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None, help="image folder, parquet files or webdataset shards")
-    data.add_argument("--image_column", default=None)
-    data.add_argument("--resolution", type=int, default=None, help="default: the VQ-VAE's sample_size")
-    data.add_argument("--random_flip", action="store_true")
-    data.add_argument("--num_validation_images", type=int, default=64, help="held out for the validation NLL")
-    data.add_argument("--shuffle_buffer_size", type=int, default=1000)
+    add_data_arguments(parser, resolution_default="the VQ-VAE's sample_size")
     model = parser.add_argument_group("prior")
     model.add_argument("--architecture", choices=PRIOR_ARCHITECTURES, default="gpt2")
     model.add_argument("--hidden_size", type=int, default=256)
@@ -104,20 +96,7 @@ def main(args: argparse.Namespace) -> dict:
     resolution = args.resolution or vqvae.config.sample_size
     latent_shape = vqvae.latent_shape(resolution)
 
-    transform = ImageTransform(resolution, vqvae.config.in_channels, center_crop=True, random_flip=args.random_flip)
-    batches, validation_images = build_image_data(
-        transform=transform,
-        batch_size=args.train_batch_size,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        image_column=args.image_column,
-        num_validation_images=args.num_validation_images,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        seed=args.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
+    batches, validation_images = image_data_from_args(args, vqvae.config.in_channels, resolution, accelerator)
     validation_codes = torch.cat(list(encode_to_sequences(vqvae, validation_images.split(64))))
 
     prior = build_prior(
