@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, VQModel
@@ -572,7 +573,7 @@ def test_corrupt_and_truncated_files_fail_clearly(tmp_path, compvis_weights):
     torch.save({"state_dict": compvis_weights}, tmp_path / "good.ckpt")
     data = (tmp_path / "good.ckpt").read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
-    (tmp_path / "garbage.ckpt").write_bytes(os.urandom(4096))
+    (tmp_path / "garbage.ckpt").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
     save_file(compvis_weights, tmp_path / "good.safetensors")
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])

@@ -74,19 +74,32 @@ def test_search_breaks_ties_towards_the_lowest_index_across_blocks():
 
 
 def _peak_memory_growth(operation: str) -> int:
-    """Growth of a fresh process's peak resident memory (ru_maxrss) during `operation`, over a
-    baseline that already holds N = 16384 vectors and K = 2^18 codes (D = 8)."""
+    """Largest growth of a fresh process's resident memory while `operation` runs, over a
+    baseline that already holds N = 16384 vectors and K = 2^18 codes (D = 8).
+
+    A thread samples the current resident size (/proc/self/statm) every half millisecond; the
+    process's high-water mark (ru_maxrss) would hide the operation behind any earlier peak, such
+    as the one of importing torch."""
     script = textwrap.dedent(
         f"""
-        import resource, torch
+        import os, threading, time, torch
         from latentcode.modules.quantizers import nearest_codebook_indices
         torch.manual_seed(0)
         rows, codebook = torch.randn(16384, 8), torch.randn(2**18, 8)
         nearest_codebook_indices(rows[:16], codebook[:16])  # warm up libraries
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        before = peak()
+        page = os.sysconf("SC_PAGE_SIZE")
+        resident = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+        baseline, peak, done = resident(), [0], threading.Event()
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], resident())
+                time.sleep(0.0005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         {operation}
-        print(peak() - before)
+        done.set()
+        sampler.join()
+        print(max(peak[0], resident()) - baseline)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
