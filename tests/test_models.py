@@ -387,3 +387,22 @@ def test_push_to_hub_uploads_a_loadable_model(tmp_path, monkeypatch):
     loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
     assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
     assert torch.equal(loaded.decoder.conv_out.weight, model.decoder.conv_out.weight)
+
+
+def test_readme_api_section_runs(tmp_path, monkeypatch):
+    """The README's API block, run as written (push_to_hub recorded instead of uploaded)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## API")[1].split("\n## ")[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    pushed = []
+    monkeypatch.setattr(latentcode.VQVAEModel, "push_to_hub", lambda self, repo_id, **kwargs: pushed.append(repo_id))
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert pushed == ["org/my-vqvae"]
+    assert (tmp_path / "my-vqvae" / "model.safetensors").is_file()
+    assert namespace["encoded"].indices.shape == (2, 16, 16)
+    assert namespace["new_images"].shape == (4, 3, 256, 256)
