@@ -406,3 +406,19 @@ def test_readme_api_section_runs(tmp_path, monkeypatch):
     assert (tmp_path / "my-vqvae" / "model.safetensors").is_file()
     assert namespace["encoded"].indices.shape == (2, 16, 16)
     assert namespace["new_images"].shape == (4, 3, 256, 256)
+
+
+def test_encode_and_decode_never_update_the_codebook_only_forward_does():
+    model = tiny_model("vqvae").train()  # the default recipe: k-means init, EMA, dead-code restart
+    pixels = torch.randn(2, 3, 16, 16)
+    before = {name: value.clone() for name, value in model.quantizer.state_dict().items()}
+    with torch.no_grad():
+        first = model.encode(pixels)
+        model.decode(first.latents)
+        second = model.encode(pixels)
+    assert model.quantizer.training
+    for name, value in model.quantizer.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert torch.equal(first.indices, second.indices)
+    model(pixels)  # the training step initialises and updates the codebook
+    assert not torch.equal(model.quantizer.codebook, before["codebook"])

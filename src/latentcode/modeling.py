@@ -471,7 +471,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
         """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`
         (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`)."""
         latents = self._encode_moments(pixel_values)
-        quantized = self.quantizer(latents)
+        quantized = self._quantize_without_codebook_updates(latents)
         output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
         return output if return_dict else output.to_tuple()
 
@@ -482,9 +482,21 @@ class VQVAEModel(LatentCodePreTrainedModel):
         codebook vectors already).
         """
         self._check_code(latents, self.config.codebook_dim)
-        code = latents if force_not_quantize else self.quantizer(latents).quantized.to(latents.dtype)
-        sample = self._decode_code(code)
+        code = latents if force_not_quantize else self._quantize_without_codebook_updates(latents).quantized
+        sample = self._decode_code(code.to(latents.dtype))
         return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def _quantize_without_codebook_updates(self, latents: torch.Tensor):
+        """The quantizer as a pure function: `encode` / `decode` are tokenizer calls, so they never
+        run the training-mode codebook maintenance (k-means init, EMA, dead-code restart, usage
+        window, residual dropout); only `forward`, the training step, does."""
+        if not self.quantizer.training:
+            return self.quantizer(latents)
+        self.quantizer.eval()
+        try:
+            return self.quantizer(latents)
+        finally:
+            self.quantizer.train()
 
     def decode_indices(self, indices: torch.Tensor, return_dict: bool = True):
         """Token indices `[B, h, w]` in `[0, codebook_size)` (`[B, h, w, num_quantizers]` for
