@@ -63,10 +63,10 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """`[B, C, H, W]` x2 in [-1, 1] -> `[B]` LPIPS distances."""
-        return self.lpips(_as_rgb(reconstruction), _as_rgb(target)).flatten()
+        return self.lpips(as_rgb(reconstruction), as_rgb(target)).flatten()
 
 
-def _as_rgb(images: torch.Tensor) -> torch.Tensor:
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
     channels = images.shape[1]
     if channels == 1:
         return images.expand(-1, 3, -1, -1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import PerceptualLoss, _as_rgb
+from ..losses import PerceptualLoss, as_rgb
 
 # ----------------------------------------------------------------------------------------------
 # PSNR and SSIM
@@ -209,7 +209,7 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        images = _as_rgb(pixels.float())
+        images = as_rgb(pixels.float())
         images = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
         return self.network(images)
 
