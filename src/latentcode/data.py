@@ -37,7 +37,7 @@ import PIL.Image
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .image_processing import PIL_MODES
+from .image_processing import PIL_MODES, image_to_float_chw, resize_shorter_side
 
 logger = logging.getLogger(__name__)
 
@@ -214,26 +214,22 @@ class ImageTransform:
             raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels}")
         self.resolution = resolution
         self.channels = channels
-        self.mode = PIL_MODES[channels]
         self.center_crop = center_crop
         self.random_flip = random_flip
 
     def __call__(self, image: PIL.Image.Image, rng: random.Random) -> torch.Tensor:
-        image = image.convert(self.mode)
-        width, height = image.size
-        scale = self.resolution / min(width, height)
-        size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
-        if size != image.size:
-            image = image.resize(size, PIL.Image.Resampling.BICUBIC)
-        extra_x, extra_y = size[0] - self.resolution, size[1] - self.resolution
+        # The same conversion and resize as LatentCodeImageProcessor, so a model sees at
+        # inference exactly the preprocessing it was trained with.
+        pixels = resize_shorter_side(image_to_float_chw(image, self.channels), self.resolution, "bicubic")
+        height, width = pixels.shape[1:]
+        extra_x, extra_y = width - self.resolution, height - self.resolution
         left, top = (
             (extra_x // 2, extra_y // 2) if self.center_crop else (rng.randint(0, extra_x), rng.randint(0, extra_y))
         )
-        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        pixels = pixels[:, top : top + self.resolution, left : left + self.resolution]
         if self.random_flip and rng.random() < 0.5:
-            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
+            pixels = pixels.flip(-1)
+        return pixels * 2 - 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -140,9 +140,9 @@ class LatentCodeImageProcessor(BaseImageProcessor):
 
         processed = []
         for image in _as_image_list(images):
-            pixels = _to_float_chw(image, num_channels)
+            pixels = image_to_float_chw(image, num_channels)
             if do_resize:
-                pixels = _resize_shorter_side(pixels, size, INTERPOLATION_MODES[resample])
+                pixels = resize_shorter_side(pixels, size, INTERPOLATION_MODES[resample])
             if do_center_crop:
                 pixels = _center_crop(pixels, crop_size)
             processed.append(pixels * 2 - 1)
@@ -196,7 +196,7 @@ def _as_image_list(images) -> list:
     return [images]
 
 
-def _to_float_chw(image, num_channels: int) -> torch.Tensor:
+def image_to_float_chw(image, num_channels: int) -> torch.Tensor:
     """A PIL image, `[H, W(, C)]` array or `[(C,) H, W]` tensor -> `[num_channels, H, W]` float32 in [0, 1]."""
     if isinstance(image, PIL.Image.Image):
         # PIL knows how to convert its own modes (palette, LA, CMYK, ...) to L / RGB / RGBA.
@@ -248,7 +248,7 @@ def _convert_channels(pixels: torch.Tensor, num_channels: int) -> torch.Tensor:
     return torch.cat([color, opaque])
 
 
-def _resize_shorter_side(pixels: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+def resize_shorter_side(pixels: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """`[C, H, W]` -> `[C, H', W']` with `min(H', W') == size` and the aspect ratio kept."""
     height, width = pixels.shape[1:]
     scale = size / min(height, width)
