@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from latentcode import LatentCodeImageProcessor
 from latentcode.conversion.compvis import from_compvis
-from latentcode.conversion.scaling import add_scaling_factor_arguments, apply_scaling_factor_arguments
+from latentcode.conversion.scaling import add_scaling_factor_arguments, save_converted_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,10 +35,7 @@ def main(argv=None) -> None:
         name: getattr(args, name) for name in ("sample_size", "norm_num_groups") if getattr(args, name) is not None
     }
     model = from_compvis(args.checkpoint_path, args.original_config_file, **overrides)
-    apply_scaling_factor_arguments(model, args)
-    model.save_pretrained(args.output_dir)
-    LatentCodeImageProcessor.from_model_config(model.config).save_pretrained(args.output_dir)
-    print(f"wrote {type(model).__name__} (scaling_factor={model.config.scaling_factor}) to {args.output_dir}")
+    save_converted_model(model, args)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from latentcode import LatentCodeImageProcessor, LatentCodePreTrainedModel
-from latentcode.conversion.scaling import add_scaling_factor_arguments, apply_scaling_factor_arguments
+from latentcode import LatentCodePreTrainedModel
+from latentcode.conversion.scaling import add_scaling_factor_arguments, save_converted_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,10 +29,7 @@ def main(argv=None) -> None:
     model = LatentCodePreTrainedModel.from_diffusers(
         args.model_name_or_path, subfolder=args.subfolder, revision=args.revision
     )
-    apply_scaling_factor_arguments(model, args)
-    model.save_pretrained(args.output_dir)
-    LatentCodeImageProcessor.from_model_config(model.config).save_pretrained(args.output_dir)
-    print(f"wrote {type(model).__name__} (scaling_factor={model.config.scaling_factor}) to {args.output_dir}")
+    save_converted_model(model, args)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,14 @@ def apply_scaling_factor_arguments(model: nn.Module, args: argparse.Namespace) -
         batches = image_folder_batches(args.compute_scaling_factor, processor, args.batch_size, args.max_images)
         generator = torch.Generator(model.device).manual_seed(args.seed)
         model.config.scaling_factor = compute_scaling_factor(model, batches, generator=generator)
+
+
+def save_converted_model(model: nn.Module, args: argparse.Namespace) -> None:
+    """The import scripts' last step: set the scaling factor as the flags say, then write the model
+    and its `LatentCodeImageProcessor` to `args.output_dir`."""
+    from ..image_processing import LatentCodeImageProcessor
+
+    apply_scaling_factor_arguments(model, args)
+    model.save_pretrained(args.output_dir)
+    LatentCodeImageProcessor.from_model_config(model.config).save_pretrained(args.output_dir)
+    print(f"wrote {type(model).__name__} (scaling_factor={model.config.scaling_factor}) to {args.output_dir}")
