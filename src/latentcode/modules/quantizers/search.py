@@ -136,11 +136,19 @@ def nearest_codebook_indices(
         return indices
     # Contiguous shares of whole row blocks, one per worker thread.
     share = -(-row_blocks // workers) * rows
+    caller_in_inference_mode = torch.is_inference_mode_enabled()
+
+    def search_share(start: int) -> None:
+        # Inference mode is thread-local and `indices` is an inference tensor when the caller is in
+        # it: workers must be in it too to write into it.
+        with torch.inference_mode(caller_in_inference_mode):
+            _search_rows(
+                vectors[start : start + share], codebook_t, codebook_sq_norms, rows, codes,
+                indices[start : start + share],
+            )  # fmt: skip
+
     futures = [
-        _worker_pool(workers).submit(
-            _search_rows, vectors[start : start + share], codebook_t, codebook_sq_norms, rows, codes,
-            indices[start : start + share],
-        )
+        _worker_pool(workers).submit(search_share, start)
         for start in range(0, num_vectors, share)
     ]  # fmt: skip
     for future in futures:
