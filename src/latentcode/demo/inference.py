@@ -1,0 +1,421 @@
+"""What the demo's tabs compute, without Gradio: a thin layer over the library.
+
+- [`load_model`] / [`load_prior`]: models by folder or Hub id, with their image processors.
+- [`open_image`] / [`to_pixels`]: an upload -> model pixels, with a readable [`DemoInputError`]
+  for every mistake a user can make (not an image, too large, a size the model cannot take).
+- [`reconstruct`]: reconstruction, PSNR / SSIM (`latentcode.evaluation`), the latent grid and
+  what the code costs in bits; large images go through the model's tiled encode / decode.
+- [`token_grid_image`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens.
+- [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.prior`).
+
+Pixels are `[B, C, H, W]` floats in [-1, 1], as everywhere in latentcode.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+from ..evaluation import psnr, ssim
+from ..evaluation.figures import bar_chart
+from ..evaluation.metrics import SSIM_WINDOW
+from ..generation import image_grid, interpolate
+from ..image_processing import PIL_MODES, LatentCodeImageProcessor
+from ..modeling import LatentCodePreTrainedModel, VAEModel, VQVAEModel
+from ..prior import sample_images, token_mapping
+
+FAMILY_NAMES = {"AutoencoderModel": "AutoEncoder", "VAEModel": "VAE", "VQVAEModel": "VQ-VAE"}
+MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
+DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
+MIN_GRID_SIDE = 256  # token grids are drawn at least this many pixels wide or high
+
+
+class DemoInputError(ValueError):
+    """A mistake the user can fix (wrong file, wrong size, wrong choice); its message is shown in the page."""
+
+
+@dataclass
+class DemoModel:
+    """A loaded model, the name it was loaded by and the processor that turns images into its pixels."""
+
+    name: str
+    model: LatentCodePreTrainedModel
+    processor: LatentCodeImageProcessor
+
+    @property
+    def family(self) -> str:
+        return FAMILY_NAMES[type(self.model).__name__]
+
+    @property
+    def is_vq(self) -> bool:
+        return isinstance(self.model, VQVAEModel)
+
+    def describe(self) -> str:
+        config = self.model.config
+        text = (
+            f"{self.family}, {config.in_channels} channels, downsampling x{self.model.downsampling_factor}, "
+            f"{config.latent_channels} latent channels"
+        )
+        if self.is_vq:
+            text += f", {self.model.codebook_size} codes ({config.quantizer})"
+        return text
+
+
+def load_model(name_or_path: str, device: str | torch.device = "cpu") -> DemoModel:
+    """A latentcode model (folder or Hub id; offline from the Hugging Face cache with
+    `HF_HUB_OFFLINE=1`) in eval mode with tiling on, so images larger than `config.sample_size`
+    are encoded and decoded in tiles. Its saved image processor is used when it has one."""
+    import latentcode  # noqa: F401  (registers the model classes with AutoModel)
+
+    model = AutoModel.from_pretrained(name_or_path)
+    if not isinstance(model, LatentCodePreTrainedModel):
+        raise ValueError(
+            f"{name_or_path} is a {type(model).__name__}; the demo shows latentcode AutoencoderModel, VAEModel "
+            "or VQVAEModel checkpoints"
+        )
+    model = model.to(device).eval()
+    model.enable_tiling()
+    try:
+        processor = LatentCodeImageProcessor.from_pretrained(name_or_path)
+    except OSError:  # no preprocessor_config.json: the model config says what the processor needs
+        processor = LatentCodeImageProcessor.from_model_config(model.config)
+    return DemoModel(name_or_path, model, processor)
+
+
+def load_prior(name_or_path: str, models: list[DemoModel]) -> tuple[torch.nn.Module, DemoModel]:
+    """A prior saved by `training/train_prior.py` and the loaded VQ-VAE whose codes it models: the
+    one it was trained on (`config.vqvae_name_or_path`) if loaded, else the only VQ-VAE with the
+    prior's codebook size and code grid."""
+    prior = AutoModelForCausalLM.from_pretrained(name_or_path).eval()
+    mapping = token_mapping(prior.config)
+    grid = tuple(prior.config.latent_shape)
+    matching = [
+        loaded
+        for loaded in models
+        if loaded.is_vq and loaded.model.codebook_size == mapping.codebook_size and loaded.model.latent_shape() == grid
+    ]
+    trained_on = [loaded for loaded in matching if loaded.name == prior.config.vqvae_name_or_path]
+    if trained_on or len(matching) == 1:
+        return prior.to(matching[0].model.device), (trained_on or matching)[0]
+    found = "none of the models given" if not matching else f"several: {[loaded.name for loaded in matching]}"
+    raise ValueError(
+        f"the prior {name_or_path} models {mapping.codebook_size} codes on a {grid} grid (trained on "
+        f"{prior.config.vqvae_name_or_path}); expected one loaded VQ-VAE with that codebook size and grid, found {found}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Images in
+# ----------------------------------------------------------------------------------------------
+
+
+def open_image(path: str | Path | None, max_pixels: int) -> PIL.Image.Image:
+    """Open an uploaded file as an image (EXIF orientation applied), refusing files that are not
+    images and images of more than `max_pixels` pixels before their pixels are decoded."""
+    if path is None:
+        raise DemoInputError("No image: upload one or pick an example.")
+    name = Path(path).name
+    try:
+        image = PIL.Image.open(path)
+    except PIL.Image.DecompressionBombError as error:
+        raise DemoInputError(f"{name} is too large to open ({error}).") from error
+    except (PIL.UnidentifiedImageError, OSError) as error:
+        raise DemoInputError(f"{name} is not an image file (expected PNG, JPEG, WebP, BMP, GIF or TIFF).") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DemoInputError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.1f} megapixels); this demo encodes at most "
+            f"{max_pixels / 1e6:.1f} megapixels (latentcode-demo --max_megapixels). Downscale the image first."
+        )
+    try:
+        image.load()
+    except OSError as error:
+        raise DemoInputError(f"{name} could not be decoded: {error}.") from error
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def to_pixels(loaded: DemoModel, image: PIL.Image.Image) -> tuple[torch.Tensor, list[str]]:
+    """An image at its own size -> pixels `[1, C, H, W]` for `loaded.model`, and notes on what was
+    converted (a grey-scale image for an RGB model is repeated over the channels, as PIL converts).
+
+    Raises [`DemoInputError`] when the sides are not multiples of the model's downsampling factor.
+    """
+    width, height = image.size
+    factor = loaded.model.downsampling_factor
+    if width % factor or height % factor:
+        fitting = f"{width // factor * factor}x{height // factor * factor}" if min(width, height) >= factor else None
+        raise DemoInputError(
+            f"The image is {width}x{height}; {loaded.name} needs width and height divisible by its downsampling "
+            f"factor {factor}"
+            + (f" (e.g. {fitting}): crop or resize it." if fitting else f", at least {factor}x{factor}.")
+        )
+    expected_mode = PIL_MODES[loaded.model.config.in_channels]
+    notes = []
+    if image.mode != expected_mode:
+        notes.append(
+            f"{MODE_NAMES.get(image.mode, image.mode)} image converted to {MODE_NAMES[expected_mode]} for this "
+            f"{loaded.model.config.in_channels}-channel model."
+        )
+    pixels = loaded.processor(image, do_resize=False, do_center_crop=False).pixel_values
+    return pixels.to(loaded.model.device, loaded.model.dtype), notes
+
+
+def to_model_size(loaded: DemoModel, image: PIL.Image.Image) -> torch.Tensor:
+    """An image resized and centre-cropped by the model's processor to `config.sample_size`: `[1, C, S, S]`."""
+    pixels = loaded.processor(image).pixel_values
+    return pixels.to(loaded.model.device, loaded.model.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconstruction
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reconstruction:
+    """One image through one model.
+
+    Attributes:
+        original / reconstruction: `[1, C, H, W]` in [-1, 1].
+        psnr: dB; ssim: `None` for images smaller than SSIM's 11x11 window.
+        latent_shape: the code grid: `(h, w)` / `(h, w, depth)` tokens, or `(D, h, w)` floats.
+        bits: what the code costs: `tokens * log2(K)` for a VQ-VAE; the KL to the prior in bits
+            (its bits-back coding cost) for a VAE; the float32 values for an AutoEncoder.
+        indices: `[1, h, w]` (or `[1, h, w, depth]`) tokens of a VQ-VAE, else `None`.
+    """
+
+    original: torch.Tensor
+    reconstruction: torch.Tensor
+    psnr: float
+    ssim: float | None
+    latent_shape: tuple[int, ...]
+    bits: float
+    bits_meaning: str
+    indices: torch.Tensor | None = None
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return self.bits / (self.original.shape[-2] * self.original.shape[-1])
+
+    def summary(self) -> str:
+        """One Markdown line: PSNR, SSIM, grid, bits per image and per pixel."""
+        height, width = self.original.shape[-2:]
+        ssim_text = f"{self.ssim:.4f}" if self.ssim is not None else f"n/a (under {SSIM_WINDOW}x{SSIM_WINDOW})"
+        grid = "x".join(str(size) for size in self.latent_shape)
+        return (
+            f"**PSNR {self.psnr:.2f} dB** · SSIM {ssim_text} · image {width}x{height} · latent grid {grid} · "
+            f"{self.bits:,.0f} bits per image, {self.bits_per_pixel:.4f} bits per pixel ({self.bits_meaning})"
+        )
+
+
+@torch.inference_mode()
+def reconstruct(loaded: DemoModel, pixels: torch.Tensor) -> Reconstruction:
+    """What a user of each family gets back, as `latentcode-eval` computes it: the VQ-VAE decodes its
+    tokens, the VAE its posterior mean, the AutoEncoder its code. `pixels`: `[1, C, H, W]`."""
+    model = loaded.model
+    encoded = model.encode(pixels)
+    indices = None
+    if isinstance(model, VQVAEModel):
+        indices = encoded.indices
+        reconstruction = model.decode_indices(indices).sample
+        latent_shape = tuple(indices.shape[1:])
+        bits = indices.numel() * math.log2(model.codebook_size)
+        meaning = f"{indices.numel()} tokens x log2({model.codebook_size})"
+    elif isinstance(model, VAEModel):
+        posterior = encoded.latent_dist
+        reconstruction = model.decode(posterior.mode()).sample
+        latent_shape = tuple(posterior.mean.shape[1:])
+        bits = float(posterior.kl().sum()) / math.log(2)
+        meaning = "KL to the prior N(0, I)"
+    else:
+        reconstruction = model.decode(encoded.latents).sample
+        latent_shape = tuple(encoded.latents.shape[1:])
+        bits = encoded.latents.numel() * 32
+        meaning = f"{encoded.latents.numel()} float32 values, uncompressed"
+    reconstruction, original = reconstruction.float(), pixels.float()
+    fits_ssim = min(original.shape[-2:]) >= SSIM_WINDOW
+    return Reconstruction(
+        original=original,
+        reconstruction=reconstruction,
+        psnr=float(psnr(reconstruction, original)[0]),
+        ssim=float(ssim(reconstruction, original)[0]) if fits_ssim else None,
+        latent_shape=latent_shape,
+        bits=bits,
+        bits_meaning=meaning,
+        indices=indices,
+    )
+
+
+def difference_image(original: torch.Tensor, reconstruction: torch.Tensor) -> PIL.Image.Image:
+    """`|original - reconstruction|` averaged over channels, times `DIFFERENCE_GAIN`, as a grey
+    image (black: equal; white: an error of half the pixel range or more). Inputs `[1, C, H, W]`."""
+    error = (original - reconstruction).abs().mean(dim=1)[0]  # [H, W] in [0, 2]
+    brightness = (error * DIFFERENCE_GAIN / 2).clamp(0, 1)
+    return PIL.Image.fromarray((brightness * 255).round().to(torch.uint8).cpu().numpy())
+
+
+def to_image(loaded: DemoModel, pixels: torch.Tensor) -> PIL.Image.Image:
+    """Pixels `[1, C, H, W]` -> one PIL image, by the model's processor."""
+    return loaded.processor.postprocess(pixels)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokens
+# ----------------------------------------------------------------------------------------------
+
+
+def code_colors(codes: torch.Tensor) -> torch.Tensor:
+    """A fixed, distinct colour per code: `[...]` integer codes -> `[..., 3]` uint8 RGB.
+
+    Hues step by the golden ratio, so codes with nearby numbers get far-apart colours; saturation
+    and brightness cycle with other periods to tell apart codes of similar hue.
+    """
+    codes = codes.long().cpu()
+    golden = (math.sqrt(5) - 1) / 2
+    hue = (codes.double() * golden) % 1.0
+    saturation = 0.55 + 0.45 * ((codes % 3).double() / 2)
+    value = 0.7 + 0.3 * ((codes % 5).double() / 4)
+    channels = [(channel * 255).round().to(torch.uint8) for channel in (hue, saturation, value)]
+    hsv = [PIL.Image.fromarray(channel.reshape(-1, 1).numpy()) for channel in channels]
+    rgb = torch.from_numpy(np.asarray(PIL.Image.merge("HSV", hsv).convert("RGB")).copy())
+    return rgb.reshape(*codes.shape, 3)
+
+
+def grid_cell_size(indices: torch.Tensor) -> int:
+    """Pixels per token in [`token_grid_image`]: the grid is drawn at least `MIN_GRID_SIDE` pixels on its longer side."""
+    return max(1, math.ceil(MIN_GRID_SIDE / max(indices.shape[1], indices.shape[2])))
+
+
+def token_grid_image(indices: torch.Tensor, marked: tuple[int, int] | None = None) -> PIL.Image.Image:
+    """The tokens `[1, h, w]` (first level of `[1, h, w, depth]`) as an image, each code a colour
+    (`code_colors`) in a square of `grid_cell_size(indices)` pixels; `marked = (row, col)` is
+    outlined in white."""
+    level = indices[0] if indices.dim() == 3 else indices[0, ..., 0]
+    cell = grid_cell_size(indices)
+    colors = code_colors(level).repeat_interleave(cell, 0).repeat_interleave(cell, 1)  # [h * cell, w * cell, 3]
+    if marked is not None:
+        row, col = marked
+        border = max(1, cell // 8)
+        box = colors[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
+        box[:border], box[-border:], box[:, :border], box[:, -border:] = 255, 255, 255, 255
+    return PIL.Image.fromarray(colors.numpy())
+
+
+def code_histogram(indices: torch.Tensor, codebook_size: int) -> PIL.Image.Image:
+    """How often the image uses each code it uses (bars in code order; all levels of a residual VQ)."""
+    counts = torch.bincount(indices.flatten().long().cpu(), minlength=codebook_size)
+    used = counts.nonzero().flatten()
+    title = f"{len(used)} of {codebook_size} codes used by {indices.numel()} tokens"
+    labels = (f"code {int(used[0])}", f"code {int(used[-1])}")
+    return bar_chart(counts[used].tolist(), title, labels, "tokens")
+
+
+@torch.inference_mode()
+def change_token(
+    loaded: DemoModel, indices: torch.Tensor, row: int, col: int, code: int, level: int = 0
+) -> torch.Tensor:
+    """Decode `indices` `[1, h, w]` (or `[1, h, w, depth]`) with the token at `(row, col)` (and
+    `level`) replaced by `code`. Returns pixels `[1, C, H, W]`."""
+    height, width = indices.shape[1:3]
+    depth = indices.shape[3] if indices.dim() == 4 else 1
+    size = loaded.model.codebook_size
+    if not (0 <= row < height and 0 <= col < width):
+        raise DemoInputError(f"Token ({row}, {col}) is outside the {height}x{width} grid: click a cell of the grid.")
+    if not 0 <= code < size:
+        raise DemoInputError(f"The code must be in [0, {size - 1}] for this {size}-code model, got {code}.")
+    if not 0 <= level < depth:
+        raise DemoInputError(f"The level must be in [0, {depth - 1}] for this model, got {level}.")
+    edited = indices.clone()
+    if indices.dim() == 4:
+        edited[0, row, col, level] = code
+    else:
+        edited[0, row, col] = code
+    return loaded.model.decode_indices(edited).sample.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def prior_samples(
+    loaded: DemoModel, num_samples: int, seed: int, prior=None, temperature: float = 1.0, top_k: int | None = None
+) -> torch.Tensor:
+    """`num_samples` new images `[N, C, H, W]`: draws from a VAE's N(0, I) prior, or codes sampled by
+    `prior` (a VQ-VAE's autoregressive prior, `latentcode.prior`) and decoded."""
+    if isinstance(loaded.model, VAEModel):
+        generator = torch.Generator(loaded.model.device).manual_seed(seed)
+        return loaded.model.sample(num_samples, generator=generator).float()
+    if prior is not None and loaded.is_vq:
+        return sample_images(prior, loaded.model, num_samples, seed=seed, temperature=temperature, top_k=top_k).float()
+    reason = (
+        "a VQ-VAE samples only with a prior: start the demo with --prior PATH"
+        if loaded.is_vq
+        else "an AutoEncoder has no prior to sample from"
+    )
+    raise DemoInputError(f"{loaded.name} cannot sample: {reason}.")
+
+
+@torch.inference_mode()
+def interpolation_frames(
+    loaded: DemoModel, start: PIL.Image.Image, end: PIL.Image.Image, num_steps: int
+) -> tuple[list[PIL.Image.Image], PIL.Image.Image]:
+    """Decode `num_steps` points between the latents of two images (resized and cropped to the
+    model's `sample_size`; slerp for a VAE, see `latentcode.generation.interpolate`). Returns the
+    frames and the strip of all frames in one row."""
+    frames = interpolate(loaded.model, to_model_size(loaded, start), to_model_size(loaded, end), num_steps).float()
+    return loaded.processor.postprocess(frames), image_grid(frames, num_columns=num_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Example images
+# ----------------------------------------------------------------------------------------------
+
+KODAK_EXAMPLES = ("kodim23.png", "kodim05.png", "kodim15.png")
+CIFAR10_EXAMPLES = 2
+SKIMAGE_EXAMPLES = ("astronaut", "coffee", "camera")
+
+
+def example_images(datasets_dir: str | Path | None, output_dir: str | Path, multiple_of: int = 16) -> list[Path]:
+    """Example files for the page, written to `output_dir`: a few Kodak photos and CIFAR-10 test images
+    from `datasets_dir` (laid out as this project's `../shared/datasets`) when present, else photos
+    shipped with scikit-image. Photos are cropped to sides divisible by `multiple_of`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datasets_dir = Path(datasets_dir) if datasets_dir is not None else None
+    images: dict[str, PIL.Image.Image] = {}
+    if datasets_dir is not None and (datasets_dir / "kodak").is_dir():
+        for name in KODAK_EXAMPLES:
+            if (datasets_dir / "kodak" / name).is_file():
+                shutil.copy(datasets_dir / "kodak" / name, output_dir / name)
+        shards = sorted((datasets_dir / "cifar10" / "test").glob("*.parquet"))
+        if shards:
+            import io
+
+            import pyarrow.parquet
+
+            table = pyarrow.parquet.read_table(shards[0], columns=["img"]).slice(0, CIFAR10_EXAMPLES)
+            for number, cell in enumerate(table.column("img").to_pylist()):
+                images[f"cifar10-test-{number}.png"] = PIL.Image.open(io.BytesIO(cell["bytes"]))
+    paths = [output_dir / name for name in KODAK_EXAMPLES if (output_dir / name).is_file()]
+    if not paths and not images:
+        try:
+            from skimage import data
+        except ImportError:
+            return []
+        images = {f"{name}.png": PIL.Image.fromarray(getattr(data, name)()) for name in SKIMAGE_EXAMPLES}
+    for name, image in images.items():
+        width, height = image.width // multiple_of * multiple_of, image.height // multiple_of * multiple_of
+        if width and height:
+            image.crop((0, 0, width, height)).save(output_dir / name)
+            paths.append(output_dir / name)
+    return paths
