@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -18,21 +15,11 @@ from conftest import tiny_config
 
 import latentcode
 from latentcode.demo import inference
+from latentcode.demo.browser import find_chromium
 from latentcode.demo.inference import DemoInputError
 from latentcode.evaluation import psnr
 from latentcode.prior import build_prior, sample_images
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 
 
@@ -214,24 +201,17 @@ def test_command_without_gradio_says_how_to_install_it(monkeypatch):
 
 def _browser_or_skip():
     for package in ("gradio", "playwright"):
-        pytest.importorskip(package, reason=f"the browser test needs `{package}` (pip install -e '.[demo,dev]')")
-    if not os.access(CHROMIUM, os.X_OK) and shutil.which("chromium") is None:
-        pytest.skip(f"the browser test needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        pytest.importorskip(package, reason=f"the browser test needs `{package}` (pip install -e '.[dev]')")
+    if find_chromium() is None:
+        pytest.skip("the browser test needs Debian's chromium on the PATH (apt-get install -y chromium)")
 
 
 def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
     """Upload an image, press Reconstruct, read the PSNR and the reconstruction's size; click a
     token and decode it changed; upload a broken file and read the error."""
     _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
     from latentcode.demo.app import build_demo
+    from latentcode.demo.browser import headless_chromium, serve
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     threads = torch.get_num_threads()
@@ -242,16 +222,9 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
     loaded = demo_models["vqvae"]
     expected = inference.reconstruct(loaded, inference.to_pixels(loaded, image)[0])
 
-    demo = build_demo(list(demo_models.values()))
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=shutil.which("chromium") or CHROMIUM, args=CHROMIUM_FLAGS
-            )
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+        with serve(build_demo(list(demo_models.values()))) as url, headless_chromium() as page:
+            page.goto(url)
             page.set_input_files("#reconstruct-input input[type=file]", str(tmp_path / "photo.png"))
             page.click("#reconstruct-button")
             summary = page.locator("#reconstruct-summary", has_text="PSNR")
@@ -276,13 +249,13 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             page.get_by_text(f"Token (row 2, col 5): code {code}.").wait_for(timeout=20_000)
             page.get_by_label("new code").fill(str((code + 1) % 64))
             page.get_by_role("button", name="Decode with this token changed").click()
-            page.locator("#codes-edited img").wait_for(timeout=20_000)
+            edited = page.locator("#codes-edited img")
+            edited.wait_for(timeout=20_000)
+            assert edited.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [48, 32]
 
             page.get_by_role("tab", name="Reconstruct").click()
             page.set_input_files("#reconstruct-input input[type=file]", str(tmp_path / "broken.png"))
             page.click("#reconstruct-button")
             page.get_by_text("broken.png is not an image file").wait_for(timeout=20_000)
-            browser.close()
     finally:
-        demo.close()
         torch.set_num_threads(threads)

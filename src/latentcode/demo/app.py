@@ -23,9 +23,10 @@ import tempfile
 
 import torch
 
-from ..generation import image_grid
-from . import inference
-from .inference import DemoInputError, DemoModel
+# Absolute imports: a Space runs a copy of this file as a script, outside the package.
+from latentcode.demo import inference
+from latentcode.demo.inference import DemoInputError, DemoModel
+from latentcode.generation import image_grid
 
 logger = logging.getLogger(__name__)
 

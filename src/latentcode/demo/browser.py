@@ -1,0 +1,57 @@
+"""The demo served on a free local port and a headless chromium to drive it (tests, screenshots).
+
+Chromium is Debian's (`apt-get install -y chromium`), driven by playwright (`pip install
+playwright`, no `playwright install`); the flags keep it off the network and the GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+from collections.abc import Iterator
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def find_chromium() -> str | None:
+    """The chromium executable on the PATH (Debian installs `/usr/bin/chromium`), or `None`."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def serve(demo) -> Iterator[str]:
+    """Launch a Gradio `demo` on a free localhost port; yields its URL and closes it afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def headless_chromium(viewport: tuple[int, int] = (1280, 900)):
+    """A playwright page in headless chromium; raises `FileNotFoundError` when chromium is missing."""
+    from playwright.sync_api import sync_playwright
+
+    executable = find_chromium()
+    if executable is None:
+        raise FileNotFoundError("no chromium on the PATH: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_FLAGS))
+        try:
+            yield browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        finally:
+            browser.close()
