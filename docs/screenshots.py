@@ -30,6 +30,7 @@ def main() -> None:
     examples = inference.example_images(DATASETS, tempfile.mkdtemp(), multiple_of=16)
     kodak, cifar = examples[0], examples[-1]
     output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
 
     with serve(build_demo(models, prior, prior_model, examples)) as url, headless_chromium((1280, 1000)) as page:
         page.goto(url)

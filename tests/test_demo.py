@@ -25,7 +25,8 @@ DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 
 @pytest.fixture(scope="module")
 def demo_models(tmp_path_factory) -> dict[str, inference.DemoModel]:
-    """Tiny random models of each family (downsampling x2, sample_size 16), saved and loaded by path."""
+    """Tiny random models of each family (downsampling x2, sample_size 16, tiles of 16 pixels),
+    saved and loaded by path."""
     root = tmp_path_factory.mktemp("demo-models")
     classes = {"vqvae": latentcode.VQVAEModel, "vae": latentcode.VAEModel, "autoencoder": latentcode.AutoencoderModel}
     loaded = {}
@@ -33,7 +34,7 @@ def demo_models(tmp_path_factory) -> dict[str, inference.DemoModel]:
         torch.manual_seed(0)
         overrides = {"codebook_size": 64} if family == "vqvae" else {}
         model_class(tiny_config(family, **overrides)).save_pretrained(root / family)
-        loaded[family] = inference.load_model(str(root / family))
+        loaded[family] = inference.load_model(str(root / family), tile_size=16)
     return loaded
 
 

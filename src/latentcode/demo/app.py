@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = 'The demo needs Gradio: pip install "latentcode[demo]"  (or: pip install gradio)'
 INTERPOLATION_STEPS = 9
 MAX_SAMPLES = 16
+# Outputs fill their box, so that 32x32 reconstructions are as visible as 768x512 ones.
+PAGE_CSS = ".fill-box img { width: 100%; height: 100%; object-fit: contain; }"
+OUTPUT_HEIGHT = 300
 
 
 def import_gradio():
@@ -70,6 +73,7 @@ def build_demo(
     by_name = {loaded.name: loaded for loaded in models}
     names = list(by_name)
     vq_names = [loaded.name for loaded in models if loaded.is_vq]
+    residual_vq = any(loaded.is_vq and (loaded.model.config.num_quantizers or 1) > 1 for loaded in models)
     sampling_names = [loaded.name for loaded in models if loaded.family == "VAE" or loaded is prior_model]
     examples = [[str(path)] for path in examples]
 
@@ -101,7 +105,10 @@ def build_demo(
         return gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], elem_id=elem_id)
 
     def image_output(label: str, elem_id: str):
-        return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id)
+        return gr.Image(
+            label=label, type="pil", format="png", interactive=False, elem_id=elem_id, height=OUTPUT_HEIGHT,
+            elem_classes=["fill-box"],
+        )  # fmt: skip
 
     def model_table() -> str:
         rows = "\n".join(f"| `{loaded.name}` | {loaded.describe()} |" for loaded in models)
@@ -226,9 +233,7 @@ def build_demo(
             with gr.Row():
                 with gr.Column(scale=1):
                     model = gr.Dropdown(names, value=names[0], label="model")
-                    image = image_input(
-                        "image (larger than the model's tile size: encoded in tiles)", "reconstruct-input"
-                    )
+                    image = image_input("image (at its own size)", "reconstruct-input")
                     button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
                     if examples:
                         gr.Examples(examples, inputs=[image], label="examples")
@@ -273,7 +278,7 @@ def build_demo(
                         selected = gr.Markdown()
                         with gr.Row():
                             code = gr.Number(label="new code", value=0, precision=0)
-                            level = gr.Number(label="level (residual VQ)", value=0, precision=0)
+                            level = gr.Number(label="level (residual VQ)", value=0, precision=0, visible=residual_vq)
                             change_button = gr.Button("Decode with this token changed")
                 encode_button.click(
                     on_encode_tokens,
@@ -294,8 +299,9 @@ def build_demo(
                         gr.Examples(examples, inputs=[compare_image], label="examples")
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(
-                        label="side by side", columns=len(names) + 1, format="png", elem_id="compare-gallery"
-                    )
+                        label="side by side", columns=len(names) + 1, format="png", elem_id="compare-gallery",
+                        object_fit="contain", height=OUTPUT_HEIGHT + 60,
+                    )  # fmt: skip
                     table = gr.Markdown()
             compare_button.click(on_compare, [chosen, compare_image], [gallery, table], preprocess=False)
 
@@ -324,7 +330,7 @@ def build_demo(
                         end = image_input("to", "interpolate-end")
                     interpolate_button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
                     if examples:
-                        gr.Examples([[a[0], b[0]] for a, b in zip(examples, examples[1:])], inputs=[start, end])
+                        gr.Examples([[a[0], b[0]] for a, b in zip(examples[:2], examples[1:3])], inputs=[start, end])
                 with gr.Column(scale=3):
                     strip = image_output("the path", "interpolate-strip")
                     weight = gr.Slider(0, 1, value=0.5, step=1 / (INTERPOLATION_STEPS - 1), label="position")
@@ -334,6 +340,11 @@ def build_demo(
             )
             weight.change(on_slide, [frames_state, weight], [frame])
     return demo
+
+
+def launch(demo, **options) -> None:
+    """`demo.launch(**options)` with the page's style sheet."""
+    demo.launch(css=PAGE_CSS, **options)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -350,6 +361,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="address to serve on (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--tile_size", type=int, default=None, help="larger images are encoded and decoded in tiles of this size "
+        f"(default: the model's sample_size, at least {inference.MIN_TILE_SIZE})",
+    )  # fmt: skip
     parser.add_argument("--max_megapixels", type=float, default=4.0, help="larger uploads are refused")
     parser.add_argument(
         "--datasets_dir", default="../shared/datasets", help="Kodak / CIFAR-10 examples; else scikit-image's photos"
@@ -369,13 +384,13 @@ def main(argv: list[str] | None = None) -> None:
     import_gradio()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO)
-    models = [inference.load_model(name, args.device) for name in args.models]
+    models = [inference.load_model(name, args.device, args.tile_size) for name in args.models]
     prior, prior_model = inference.load_prior(args.prior, models) if args.prior else (None, None)
     examples_dir = tempfile.mkdtemp(prefix="latentcode-demo-examples-")
     largest_factor = max(loaded.model.downsampling_factor for loaded in models)
     examples = inference.example_images(args.datasets_dir, examples_dir, multiple_of=max(16, largest_factor))
     demo = build_demo(models, prior, prior_model, examples, max_pixels=int(args.max_megapixels * 1e6))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[examples_dir])
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[examples_dir])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,10 @@ from ..prior import sample_images, token_mapping
 FAMILY_NAMES = {"AutoencoderModel": "AutoEncoder", "VAEModel": "VAE", "VQVAEModel": "VQ-VAE"}
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
-MIN_GRID_SIDE = 256  # token grids are drawn at least this many pixels wide or high
+MIN_GRID_SIDE = 256
+# Tiles bound memory; tiles much smaller than this only add per-call overhead (a 768x512 photo in
+# 32-pixel tiles is 700 model calls).
+MIN_TILE_SIZE = 256  # token grids are drawn at least this many pixels wide or high
 
 
 class DemoInputError(ValueError):
@@ -62,17 +65,18 @@ class DemoModel:
         config = self.model.config
         text = (
             f"{self.family}, {config.in_channels} channels, downsampling x{self.model.downsampling_factor}, "
-            f"{config.latent_channels} latent channels"
+            f"{config.latent_channels} latent channels, larger images in tiles of {self.model.tile_sample_size} pixels"
         )
         if self.is_vq:
             text += f", {self.model.codebook_size} codes ({config.quantizer})"
         return text
 
 
-def load_model(name_or_path: str, device: str | torch.device = "cpu") -> DemoModel:
+def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size: int | None = None) -> DemoModel:
     """A latentcode model (folder or Hub id; offline from the Hugging Face cache with
-    `HF_HUB_OFFLINE=1`) in eval mode with tiling on, so images larger than `config.sample_size`
-    are encoded and decoded in tiles. Its saved image processor is used when it has one."""
+    `HF_HUB_OFFLINE=1`) in eval mode, with tiling on for images larger than `tile_size` pixels
+    (default: `config.sample_size`, at least `MIN_TILE_SIZE`). Its saved image processor is used
+    when it has one."""
     import latentcode  # noqa: F401  (registers the model classes with AutoModel)
 
     model = AutoModel.from_pretrained(name_or_path)
@@ -82,7 +86,7 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> DemoMod
             "or VQVAEModel checkpoints"
         )
     model = model.to(device).eval()
-    model.enable_tiling()
+    model.enable_tiling(tile_size or max(model.config.sample_size, MIN_TILE_SIZE))
     try:
         processor = LatentCodeImageProcessor.from_pretrained(name_or_path)
     except OSError:  # no preprocessor_config.json: the model config says what the processor needs
