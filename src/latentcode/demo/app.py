@@ -150,6 +150,8 @@ def build_demo(
         indices = state["indices"]
         cell = inference.grid_cell_size(indices)
         col, row = (int(coordinate) // cell for coordinate in event.index)
+        if not (0 <= row < indices.shape[1] and 0 <= col < indices.shape[2]):
+            raise DemoInputError("Click inside the token grid.")
         state = {**state, "cell": (row, col)}
         code = int(indices[0, row, col] if indices.dim() == 3 else indices[0, row, col, 0])
         return (
@@ -191,10 +193,9 @@ def build_demo(
             if not gallery:
                 gallery.append((inference.to_image(loaded, result.original), "original"))
             gallery.append((inference.to_image(loaded, result.reconstruction), f"{name}: {result.psnr:.2f} dB"))
-            ssim_text = f"{result.ssim:.4f}" if result.ssim is not None else "n/a"
-            grid = "x".join(str(size) for size in result.latent_shape)
             rows.append(
-                f"| `{name}` | {result.psnr:.2f} | {ssim_text} | {grid} | {result.bits:,.0f} ({result.bits_per_pixel:.4f} bpp) |"
+                f"| `{name}` | {result.psnr:.2f} | {result.ssim_text} | {result.grid_text} | {result.bits:,.0f} "
+                f"({result.bits_per_pixel:.4f} bpp) |"
             )
         table = "| model | PSNR (dB) | SSIM | latent grid | bits per image |\n|---|---|---|---|---|\n" + "\n".join(rows)
         return gallery, table
@@ -205,7 +206,7 @@ def build_demo(
         samples = inference.prior_samples(
             loaded,
             int(count),
-            int(seed),
+            int(seed or 0),
             prior=prior if loaded is prior_model else None,
             temperature=float(temperature),
         )

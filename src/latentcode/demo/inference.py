@@ -209,14 +209,21 @@ class Reconstruction:
     def bits_per_pixel(self) -> float:
         return self.bits / (self.original.shape[-2] * self.original.shape[-1])
 
+    @property
+    def ssim_text(self) -> str:
+        return f"{self.ssim:.4f}" if self.ssim is not None else f"n/a (under {SSIM_WINDOW}x{SSIM_WINDOW})"
+
+    @property
+    def grid_text(self) -> str:
+        return "x".join(str(size) for size in self.latent_shape)
+
     def summary(self) -> str:
         """One Markdown line: PSNR, SSIM, grid, bits per image and per pixel."""
         height, width = self.original.shape[-2:]
-        ssim_text = f"{self.ssim:.4f}" if self.ssim is not None else f"n/a (under {SSIM_WINDOW}x{SSIM_WINDOW})"
-        grid = "x".join(str(size) for size in self.latent_shape)
         return (
-            f"**PSNR {self.psnr:.2f} dB** · SSIM {ssim_text} · image {width}x{height} · latent grid {grid} · "
-            f"{self.bits:,.0f} bits per image, {self.bits_per_pixel:.4f} bits per pixel ({self.bits_meaning})"
+            f"**PSNR {self.psnr:.2f} dB** · SSIM {self.ssim_text} · image {width}x{height} · latent grid "
+            f"{self.grid_text} · {self.bits:,.0f} bits per image, {self.bits_per_pixel:.4f} bits per pixel "
+            f"({self.bits_meaning})"
         )
 
 
