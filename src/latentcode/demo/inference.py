@@ -76,9 +76,7 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size:
     """A latentcode model (folder or Hub id; offline from the Hugging Face cache with
     `HF_HUB_OFFLINE=1`) in eval mode, with tiling on for images larger than `tile_size` pixels
     (default: `config.sample_size`, at least `MIN_TILE_SIZE`). Its saved image processor is used
-    when it has one."""
-    import latentcode  # noqa: F401  (registers the model classes with AutoModel)
-
+    when it has one. (Importing `latentcode` registered its classes with `AutoModel`.)"""
     model = AutoModel.from_pretrained(name_or_path)
     if not isinstance(model, LatentCodePreTrainedModel):
         raise ValueError(
@@ -108,7 +106,8 @@ def load_prior(name_or_path: str, models: list[DemoModel]) -> tuple[torch.nn.Mod
     ]
     trained_on = [loaded for loaded in matching if loaded.name == prior.config.vqvae_name_or_path]
     if trained_on or len(matching) == 1:
-        return prior.to(matching[0].model.device), (trained_on or matching)[0]
+        vqvae = (trained_on or matching)[0]
+        return prior.to(vqvae.model.device), vqvae
     found = "none of the models given" if not matching else f"several: {[loaded.name for loaded in matching]}"
     raise ValueError(
         f"the prior {name_or_path} models {mapping.codebook_size} codes on a {grid} grid (trained on "
