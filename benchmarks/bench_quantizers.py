@@ -18,7 +18,7 @@ repeats (the minimum is the least disturbed by other processes on a shared machi
 memory is the growth of the process's peak resident set (VmHWM, reset through
 /proc/self/clear_refs before each measurement) over the resident set at the start of it, with
 glibc told to return large blocks to the system so that freed memory is not reused unseen.
-A peer is not run where its N x K intermediates would not fit in `--memory-limit-gib`; the
+A peer is not run where its N x K intermediates would not fit in `--memory_limit_gib`; the
 table says so.
 """
 
@@ -204,9 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 4096, three shapes, fewer repeats")
     parser.add_argument("--tune", action="store_true", help="time block shapes of our search instead")
-    parser.add_argument("--num-vectors", type=int, default=None, help="N (default 16384, 4096 with --quick)")
+    parser.add_argument("--num_vectors", type=int, default=None, help="N (default 16384, 4096 with --quick)")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--memory-limit-gib", type=float, default=6.0, help="skip runs needing more")
+    parser.add_argument("--memory_limit_gib", type=float, default=6.0, help="skip runs needing more")
     parser.add_argument("--peers", nargs="*", default=["diffusers", "vq-pytorch"])
     args = parser.parse_args()
     num_vectors = args.num_vectors or (4096 if args.quick else 16384)

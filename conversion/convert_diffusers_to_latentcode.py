@@ -1,6 +1,6 @@
 """Convert a diffusers `VQModel` / `AutoencoderKL` (local folder or Hub id) to a latentcode model.
 
-    python conversion/convert_diffusers_to_latentcode.py --model_name_or_path CompVis/ldm-celebahq-256 \
+    python conversion/convert_diffusers_to_latentcode.py --pretrained_model_name_or_path CompVis/ldm-celebahq-256 \
         --subfolder vqvae --output_dir ldm-celebahq-vq
 
 Hub ids load from the Hugging Face cache when the network is absent (set HF_HUB_OFFLINE=1).
@@ -16,7 +16,7 @@ from latentcode.conversion.scaling import add_scaling_factor_arguments, save_con
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="diffusers model folder or Hub id")
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="diffusers model folder or Hub id")
     parser.add_argument("--subfolder", default=None, help="e.g. 'vae' or 'vqvae' inside a pipeline repo")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--output_dir", required=True, help="where save_pretrained writes the latentcode model")
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     model = LatentCodePreTrainedModel.from_diffusers(
-        args.model_name_or_path, subfolder=args.subfolder, revision=args.revision
+        args.pretrained_model_name_or_path, subfolder=args.subfolder, revision=args.revision
     )
     save_converted_model(model, args)
 

@@ -1,6 +1,6 @@
 """Export a latentcode `VQVAEModel` / `VAEModel` to a diffusers `VQModel` / `AutoencoderKL` folder.
 
-    python conversion/convert_latentcode_to_diffusers.py --model_name_or_path my-vqvae --output_dir my-vqvae-diffusers
+    python conversion/convert_latentcode_to_diffusers.py --pretrained_model_name_or_path my-vqvae --output_dir my-vqvae-diffusers
 
 The folder loads with `VQModel.from_pretrained` / `AutoencoderKL.from_pretrained` (weights are
 bit-identical). Models that diffusers cannot express (e.g. an FSQ quantizer) stop with an error.
@@ -17,7 +17,7 @@ import latentcode  # noqa: F401  (registers the latentcode model types with Auto
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="latentcode model folder or Hub id")
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="latentcode model folder or Hub id")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--output_dir", required=True, help="where the diffusers model is saved")
     parser.add_argument("--safe_serialization", action=argparse.BooleanOptionalAction, default=True)
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model = AutoModel.from_pretrained(args.model_name_or_path, revision=args.revision)
+    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
     exported = model.to_diffusers()
     exported.save_pretrained(args.output_dir, safe_serialization=args.safe_serialization)
     print(f"wrote diffusers {type(exported).__name__} to {args.output_dir}")

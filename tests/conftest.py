@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import latentcode
+from latentcode.families import FAMILIES
 
 
 def tiny_config(family: str, **overrides):
@@ -20,12 +20,7 @@ def tiny_config(family: str, **overrides):
         sample_size=16,
     )
     fields.update(overrides)
-    config_class = {
-        "autoencoder": latentcode.AutoencoderConfig,
-        "vae": latentcode.VAEConfig,
-        "vqvae": latentcode.VQVAEConfig,
-    }[family]
-    return config_class(**fields)
+    return FAMILIES[family].config_class(**fields)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,19 +35,12 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-MODEL_CLASSES = {
-    "autoencoder": latentcode.AutoencoderModel,
-    "vae": latentcode.VAEModel,
-    "vqvae": latentcode.VQVAEModel,
-}
-
-
 def tiny_model(family: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return MODEL_CLASSES[family](tiny_config(family, **overrides)).eval()
+    return FAMILIES[family].model_class(tiny_config(family, **overrides)).eval()
 
 
-@pytest.fixture(params=sorted(MODEL_CLASSES))
+@pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> str:
     return request.param
 

@@ -207,7 +207,12 @@ def test_exported_folders_load_with_diffusers_from_pretrained(tmp_path):
         assert isinstance(converted, VQVAEModel if kind == "vq" else VAEModel)
         converted.save_pretrained(tmp_path / kind / "ours")
         load_script("convert_latentcode_to_diffusers").main(
-            ["--model_name_or_path", str(tmp_path / kind / "ours"), "--output_dir", str(tmp_path / kind / "diffusers")]
+            [
+                "--pretrained_model_name_or_path",
+                str(tmp_path / kind / "ours"),
+                "--output_dir",
+                str(tmp_path / kind / "diffusers"),
+            ]
         )
         loaded = cls.from_pretrained(tmp_path / kind / "diffusers")
         assert_same_weights(reference, loaded)
@@ -265,7 +270,7 @@ def test_hub_id_converts_offline_from_the_cache(tmp_path):
     (repo / "refs" / "main").write_text(commit)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     script = REPO / "conversion" / "convert_diffusers_to_latentcode.py"
-    command = [sys.executable, str(script), "--model_name_or_path", "someorg/tiny-vae", "--subfolder", "vae"]
+    command = [sys.executable, str(script), "--pretrained_model_name_or_path", "someorg/tiny-vae", "--subfolder", "vae"]
     result = subprocess.run(
         command + ["--output_dir", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
     )
@@ -323,6 +328,36 @@ def test_native_vqvae_exports_and_inexpressible_quantizers_are_refused():
     residual = VQVAEModel(VQVAEConfig(quantizer="residual_vq", num_quantizers=2, **sizes))
     with pytest.raises(ValueError, match="cannot express quantizer='residual_vq'"):
         residual.to_diffusers()
+
+
+class WarmupVQVAEConfig(VQVAEConfig):
+    """A config subclass adding one training setting and one field that changes the model."""
+
+    training_only_fields = ("commitment_warmup_steps",)
+
+    def __init__(self, commitment_warmup_steps: int = 0, extra_mid_blocks: int = 0, **kwargs):
+        self.commitment_warmup_steps = commitment_warmup_steps
+        self.extra_mid_blocks = extra_mid_blocks
+        super().__init__(**kwargs)
+
+
+class WarmupVQVAEModel(VQVAEModel):
+    config_class = WarmupVQVAEConfig
+
+
+def test_training_fields_declared_by_a_config_subclass_do_not_block_export():
+    sizes = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=3, codebook_size=16)
+    assert {"commitment_warmup_steps", "kl_weight"}.isdisjoint(VQVAEConfig.training_fields())
+    assert {"commitment_warmup_steps", "commitment_weight", "dropout"} <= WarmupVQVAEConfig.training_fields()
+    model = randomize(WarmupVQVAEModel(WarmupVQVAEConfig(commitment_warmup_steps=500, **sizes)), seed=5)
+    exported = model.to_diffusers()
+    assert isinstance(exported, VQModel)
+    pixels = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
+    # A new field not declared as training-only may change the model: export names it and stops.
+    with pytest.raises(ValueError, match="cannot express {'extra_mid_blocks': 2}"):
+        WarmupVQVAEModel(WarmupVQVAEConfig(extra_mid_blocks=2, **sizes)).to_diffusers()
 
 
 def test_diffusers_folder_with_wrong_keys_names_them(tmp_path):

@@ -17,14 +17,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import MODEL_CLASSES, tiny_model
-from diffusers import AutoencoderKL, DiffusionPipeline, LDMPipeline, VQModel
+from conftest import tiny_model
+from diffusers import DiffusionPipeline, LDMPipeline
 
+from latentcode.families import FAMILIES, get_family
 from latentcode.generation import diffusion_loss, latent_diffusion_pipeline, latent_unet
 
 REPO = Path(__file__).resolve().parent.parent
-FAMILIES = ("vqvae", "vae")
-DIFFUSERS_CLASSES = {"vqvae": VQModel, "vae": AutoencoderKL}
+# The families with a diffusers counterpart.
+CONVERTIBLE = tuple(name for name, family in FAMILIES.items() if family.diffusers_class_name is not None)
 
 
 def generate(pipeline) -> np.ndarray:
@@ -45,7 +46,7 @@ def tiny_pipeline(family: str) -> LDMPipeline:
 def saved_pipelines(tmp_path_factory):
     """For each family: the folder of a saved pipeline and the images it generated before saving."""
     saved = {}
-    for family in FAMILIES:
+    for family in CONVERTIBLE:
         pipeline = tiny_pipeline(family)
         pipeline.set_progress_bar_config(disable=True)
         folder = tmp_path_factory.mktemp(f"ldm_{family}")
@@ -55,13 +56,13 @@ def saved_pipelines(tmp_path_factory):
     return saved
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CONVERTIBLE)
 def test_our_model_gives_the_images_of_the_native_diffusers_model(family):
     """The same pipeline with `model.to_diffusers()` as `vqvae` generates the same images, so
     our model behaves in LDMPipeline exactly as diffusers' own VQModel / AutoencoderKL."""
     ours = tiny_pipeline(family)
     native_model = ours.vqvae.to_diffusers().eval()
-    assert isinstance(native_model, DIFFUSERS_CLASSES[family])
+    assert isinstance(native_model, get_family(family).diffusers_class)
     native = LDMPipeline(vqvae=native_model, unet=ours.unet, scheduler=ours.scheduler)
     for pipeline in (ours, native):
         pipeline.set_progress_bar_config(disable=True)
@@ -70,16 +71,16 @@ def test_our_model_gives_the_images_of_the_native_diffusers_model(family):
     np.testing.assert_allclose(images, generate(native), atol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CONVERTIBLE)
 def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
     folder, images = saved_pipelines[family]
     model_index = json.loads((folder / "model_index.json").read_text())
     # diffusers records components from outside its own libraries by their module path.
-    assert model_index["vqvae"] == ["latentcode.modeling", MODEL_CLASSES[family].__name__]
+    assert model_index["vqvae"] == ["latentcode.modeling", get_family(family).model_class.__name__]
     assert model_index["unet"] == ["diffusers", "UNet2DModel"]
     loaded = DiffusionPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
-    assert type(loaded) is LDMPipeline and type(loaded.vqvae) is MODEL_CLASSES[family]
+    assert type(loaded) is LDMPipeline and type(loaded.vqvae) is get_family(family).model_class
     assert loaded.vqvae.config.scaling_factor == 0.7
     assert np.array_equal(generate(loaded), images)
 
@@ -144,7 +145,7 @@ def test_train_latent_diffusion_script(tmp_path):
     tiny_model("vae", in_channels=1).save_pretrained(vae_dir)
     command = [
         sys.executable, str(REPO / "training" / "train_latent_diffusion.py"),
-        "--vae_model_name_or_path", str(vae_dir), "--output_dir", str(output_dir),
+        "--pretrained_model_name_or_path", str(vae_dir), "--output_dir", str(output_dir),
         "--dataset_name", "builtin:digits", "--max_train_steps", "4", "--train_batch_size", "8",
         "--validation_steps", "0", "--num_validation_images", "16", "--num_samples", "4",
         "--num_inference_steps", "2", "--block_out_channels", "16", "32", "--norm_num_groups", "8",

@@ -16,7 +16,7 @@ from conftest import tiny_model
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from latentcode.evaluation import (
-    CodebookUsage,
+    CodebookHistogram,
     FeatureStatistics,
     InceptionFeatures,
     MissingInceptionWeightsError,
@@ -199,13 +199,13 @@ def test_missing_inception_weights_error_says_how_to_supply_them(tmp_path, monke
 
 
 def test_codebook_usage_and_perplexity_hand_computed():
-    usage = CodebookUsage(codebook_size=4)
+    usage = CodebookHistogram(codebook_size=4)
     usage.update(torch.tensor([[[0, 0], [1, 1]]]))  # codes 0 and 1 twice each
     assert usage.usage() == 0.5 and usage.perplexity() == pytest.approx(2.0)
     usage.update(torch.tensor([[[2, 3], [2, 3]]]))  # now all four equally often
     assert usage.usage() == 1.0 and usage.perplexity() == pytest.approx(4.0)
 
-    levels = CodebookUsage(codebook_size=4)  # [B, h, w, L]: one histogram per level
+    levels = CodebookHistogram(codebook_size=4)  # [B, h, w, L]: one histogram per level
     levels.update(torch.tensor([[[[0, 1], [0, 2]], [[0, 3], [0, 1]]]]))
     # level 0 uses one code (perplexity 1), level 1 three codes with counts 2, 1, 1
     level_1 = math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
@@ -307,7 +307,16 @@ def test_cli_writes_report_for_a_saved_model(tmp_path):
     model = tiny_model("vqvae", in_channels=1, codebook_size=16)
     model.save_pretrained(tmp_path / "model")
     output = tmp_path / "eval"
-    argv = [str(tmp_path / "model"), "--dataset_name", "builtin:digits", "--max_images", "40", "--batch_size", "16"]
+    argv = [
+        "--pretrained_model_name_or_path",
+        str(tmp_path / "model"),
+        "--dataset_name",
+        "builtin:digits",
+        "--max_images",
+        "40",
+        "--batch_size",
+        "16",
+    ]
     assert eval_main(argv + ["--no_fid", "--no_lpips", "--output_dir", str(output)]) == 0
     saved = json.loads((output / "metrics.json").read_text())
     assert saved["metrics"]["num_images"] == 40 and saved["resolution"] == 16

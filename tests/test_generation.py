@@ -54,7 +54,7 @@ def test_command_line_writes_sample_and_interpolation_grids(tmp_path, digits):
     for name, pixels in (("a.png", digits[0]), ("b.png", digits[1])):
         PIL.Image.fromarray(((pixels[0] + 1) * 127.5).round().byte().numpy()).save(tmp_path / name)
     main([
-        "--model_name_or_path", str(tmp_path / "vae"), "--output_dir", str(tmp_path / "out"), "--num_samples", "9",
+        "--pretrained_model_name_or_path", str(tmp_path / "vae"), "--output_dir", str(tmp_path / "out"), "--num_samples", "9",
         "--interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--num_steps", "6",
     ])  # fmt: skip
     assert PIL.Image.open(tmp_path / "out" / "samples.png").size == (3 * 20, 3 * 20)

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import MODEL_CLASSES, tiny_config, tiny_model
+from conftest import tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel
 
 import latentcode
+from latentcode.families import FAMILIES
 from latentcode.modules.distributions import DiagonalGaussianDistribution
 from latentcode.modules.quantizers import nearest_codebook_indices
 from latentcode.modules.tiling import tiled_map
@@ -37,7 +38,7 @@ def test_forward_reconstructs_input_shape_and_reports_family_losses(family):
         # The default codebook is an EMA of the encoder outputs: only the commitment term is a loss.
         torch.testing.assert_close(output.loss, output.reconstruction_loss + 0.25 * output.commitment_loss)
         assert output.indices.shape == (2, 8, 8) and output.indices.dtype == torch.long
-        learned = tiny_model(family, use_ema=False)(pixels)
+        learned = tiny_model(family, codebook_ema=False)(pixels)
         expected = learned.reconstruction_loss + learned.codebook_loss + 0.25 * learned.commitment_loss
         torch.testing.assert_close(learned.loss, expected)
 
@@ -75,7 +76,7 @@ def test_save_and_load_is_bit_identical(family, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == model.config.model_type and config["scaling_factor"] == 0.5
 
-    loaded = MODEL_CLASSES[family].from_pretrained(tmp_path).eval()
+    loaded = FAMILIES[family].model_class.from_pretrained(tmp_path).eval()
     for (name, value), (loaded_name, loaded_value) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert name == loaded_name and torch.equal(value, loaded_value), name
     pixels = torch.randn(2, 3, 16, 16)
@@ -87,7 +88,7 @@ def test_auto_classes_return_the_right_family(family, tmp_path):
     model = tiny_model(family)
     model.save_pretrained(tmp_path)
     assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
-    assert type(AutoModel.from_pretrained(tmp_path)) is MODEL_CLASSES[family]
+    assert type(AutoModel.from_pretrained(tmp_path)) is FAMILIES[family].model_class
 
 
 def test_hub_id_loads_offline_from_the_cache(tmp_path):
@@ -128,7 +129,7 @@ def test_straight_through_gradient_reaches_the_encoder():
 
 
 def test_codebook_and_commitment_losses_move_the_right_parameters():
-    quantizer = tiny_model("vqvae", use_ema=False).quantizer
+    quantizer = tiny_model("vqvae", codebook_ema=False).quantizer
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
     output = quantizer(latents)
     output.codebook_loss.backward(retain_graph=True)
@@ -276,7 +277,7 @@ def test_tiled_encode_decode_matches_shapes_and_blending_hides_seams():
 
 def test_overfits_real_digits(family, digits):
     torch.manual_seed(0)
-    model = MODEL_CLASSES[family](tiny_config(family, in_channels=1, codebook_size=32)).train()
+    model = FAMILIES[family].model_class(tiny_config(family, in_channels=1, codebook_size=32)).train()
     batch = digits[:32]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     with torch.no_grad():
@@ -422,3 +423,21 @@ def test_encode_and_decode_never_update_the_codebook_only_forward_does():
     assert torch.equal(first.indices, second.indices)
     model(pixels)  # the training step initialises and updates the codebook
     assert not torch.equal(model.quantizer.codebook, before["codebook"])
+
+
+def test_config_json_with_the_former_codebook_ema_names_loads(tmp_path):
+    """`use_ema` / `ema_decay` / `ema_epsilon` were the codebook EMA's names before they got names
+    of their own (`use_ema` is the training option for an EMA of the weights)."""
+    model = tiny_model("vqvae", codebook_size=16)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for name in ("codebook_ema", "codebook_ema_decay", "codebook_ema_epsilon"):
+        saved.pop(name)
+    saved.update(use_ema=False, ema_decay=0.5, ema_epsilon=0.1)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
+    config = loaded.config
+    assert (config.codebook_ema, config.codebook_ema_decay, config.codebook_ema_epsilon) == (False, 0.5, 0.1)
+    assert not loaded.quantizer.use_ema and loaded.quantizer.codebook.requires_grad
+    assert "use_ema" not in config.to_dict() and "ema_decay" not in config.to_dict()
+    assert latentcode.VQVAEConfig(ema_decay=0.7).codebook_ema_decay == 0.7

@@ -117,7 +117,7 @@ def test_train_prior_script(tmp_path):
     tiny_model("vqvae", in_channels=1, codebook_size=CODEBOOK_SIZE).save_pretrained(vqvae_dir)
     command = [
         sys.executable, str(REPO / "training" / "train_prior.py"),
-        "--vqvae_model_name_or_path", str(vqvae_dir), "--output_dir", str(output_dir),
+        "--pretrained_model_name_or_path", str(vqvae_dir), "--output_dir", str(output_dir),
         "--dataset_name", "builtin:digits", "--max_train_steps", "6", "--train_batch_size", "8",
         "--validation_steps", "3", "--num_validation_images", "16", "--num_samples", "4",
         "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--lr_warmup_steps", "1",

@@ -20,7 +20,7 @@ from conftest import tiny_config
 
 import latentcode
 from latentcode.modules.quantizers import (
-    CodebookUsage,
+    CodebookUsageWindow,
     FiniteScalarQuantizer,
     LookupFreeQuantizer,
     ResidualVectorQuantizer,
@@ -172,6 +172,29 @@ def test_straight_through_gradient_reaches_the_encoder(name):
         torch.testing.assert_close(latents.grad, upstream)
 
 
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_update_codebook_false_is_pure_in_training_mode(name):
+    """The pure path changes no parameter, buffer or usage statistic and leaves the module in
+    training mode; it quantises as the codebook stands (what eval mode does)."""
+    torch.manual_seed(0)
+    quantizer = QUANTIZERS[name]().train()
+    quantizer(torch.randn(2, 4, 6, 6))  # a training step: k-means init, EMA, usage window
+    state = {key: value.clone() for key, value in quantizer.state_dict().items()}
+    usage = [module.usage.counts.clone() for module in quantizer.modules() if hasattr(module, "usage")]
+    latents = torch.randn(2, 4, 6, 6) * 2
+    pure = [quantizer(latents, update_codebook=False) for _ in range(3)]
+    assert quantizer.training
+    assert all(torch.equal(value, state[key]) for key, value in quantizer.state_dict().items())
+    assert all(
+        torch.equal(module.usage.counts, counts)
+        for module, counts in zip([m for m in quantizer.modules() if hasattr(m, "usage")], usage)
+    )
+    expected = quantizer.eval()(latents)
+    for output in pure:
+        assert torch.equal(output.indices, expected.indices)
+        assert torch.equal(output.quantized, expected.quantized)
+
+
 def test_ema_update_equals_hand_computation():
     quantizer = VectorQuantizer(3, 2, ema_decay=0.5, ema_epsilon=0.1).train()
     with torch.no_grad():
@@ -275,7 +298,7 @@ def test_cosine_codes_are_unit_vectors_and_indices_maximise_cosine_similarity():
     codes = quantizer.indices_to_codes(torch.arange(32).view(1, 1, 32)).view(4, 32).T
     torch.testing.assert_close(codes.norm(dim=1), torch.ones(32))
     expected = (F.normalize(rows, dim=1) @ codes.T).argmax(dim=1)
-    assert torch.equal(quantizer.codes_to_indices(latents).flatten(), expected)
+    assert torch.equal(quantizer(latents, update_codebook=False).indices.flatten(), expected)
 
 
 def test_quantisation_runs_in_fp32_under_autocast():
@@ -285,11 +308,11 @@ def test_quantisation_runs_in_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = quantizer(latents.bfloat16())
     assert output.quantized.dtype == torch.float32
-    assert torch.equal(output.indices, quantizer.codes_to_indices(latents.bfloat16().float()))
+    assert torch.equal(output.indices, quantizer(latents.bfloat16().float(), update_codebook=False).indices)
 
 
 def test_usage_window_equals_brute_force_over_the_last_tokens():
-    usage = CodebookUsage(codebook_size=10, window=50)
+    usage = CodebookUsageWindow(codebook_size=10, window=50)
     generator = torch.Generator().manual_seed(0)
     history = []
     for size in (7, 30, 13, 1, 49, 64, 3):
@@ -320,7 +343,7 @@ def test_fsq_round_trip_brute_force_and_vector_quantize_pytorch():
     latents = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0)) * 2
     output = quantizer(latents)
     assert torch.equal(quantizer.indices_to_codes(output.indices), output.quantized)
-    assert torch.equal(quantizer.codes_to_indices(latents), output.indices)
+    assert torch.equal(quantizer(latents, update_codebook=False).indices, output.indices)
     bounded = quantizer._bound(latents.permute(0, 2, 3, 1).reshape(-1, 4)) / torch.tensor([4.0, 2, 2, 2])
     assert_nearest(bounded, implicit, output.indices.flatten())
 
@@ -337,7 +360,7 @@ def test_lfq_round_trip_indices_and_entropy_loss_match_vector_quantize_pytorch()
     all_indices = torch.arange(32).view(1, 1, 32)
     codes = quantizer.indices_to_codes(all_indices)
     assert set(codes.unique().tolist()) == {-1.0, 1.0}
-    assert torch.equal(quantizer.codes_to_indices(codes), all_indices)
+    assert torch.equal(quantizer(codes, update_codebook=False).indices, all_indices)
     latents = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.05
     output = quantizer(latents)
     rows = latents.permute(0, 2, 3, 1).reshape(-1, 5)
@@ -371,14 +394,14 @@ def test_residual_vq_levels_quantise_residuals_greedily_and_round_trip():
     assert errors == sorted(errors, reverse=True)
     for depth, level in enumerate(quantizer.levels):  # every level's own round trip is exact
         level_indices = output.indices[..., depth]
-        assert torch.equal(level.codes_to_indices(level.indices_to_codes(level_indices)), level_indices)
+        assert torch.equal(level(level.indices_to_codes(level_indices), update_codebook=False).indices, level_indices)
     # The summed code re-encodes to the same tuple when later levels are finer than the gaps
     # between earlier codes, as training makes them (each level fits a smaller residual).
     with torch.no_grad():
         for depth, level in enumerate(quantizer.levels):
             level.codebook.mul_(0.02**depth)
     tokens = torch.randint(0, 32, (2, 5, 5, 3))
-    assert torch.equal(quantizer.codes_to_indices(quantizer.indices_to_codes(tokens)), tokens)
+    assert torch.equal(quantizer(quantizer.indices_to_codes(tokens), update_codebook=False).indices, tokens)
 
 
 def test_residual_vq_dropout_uses_a_prefix_of_the_levels():
@@ -400,7 +423,7 @@ def test_residual_vq_dropout_uses_a_prefix_of_the_levels():
 def test_default_config_uses_the_recipe_that_keeps_codes_alive():
     config = latentcode.VQVAEConfig()
     assert (config.quantizer, config.codebook_size, config.codebook_dim) == ("vq", 1024, 4)
-    assert config.use_ema and config.kmeans_init and config.dead_code_restart
+    assert config.codebook_ema and config.kmeans_init and config.dead_code_restart
     quantizer = latentcode.VQVAEModel(tiny_config("vqvae", codebook_size=64)).quantizer
     assert quantizer.use_ema and quantizer.kmeans_init and quantizer.dead_code_restart
 
@@ -425,7 +448,7 @@ def test_config_derives_sizes_of_fsq_lfq_and_residual_vq_and_rejects_contradicti
     "overrides, index_shape",
     [
         (dict(codebook_size=32), (2, 8, 8)),
-        (dict(codebook_size=32, use_ema=False, kmeans_init=False, dead_code_restart=False), (2, 8, 8)),
+        (dict(codebook_size=32, codebook_ema=False, kmeans_init=False, dead_code_restart=False), (2, 8, 8)),
         (dict(codebook_size=32, latent_channels=8, codebook_dim=2, codebook_l2_norm=True), (2, 8, 8)),  # factorised
         (dict(quantizer="fsq", fsq_levels=(5, 5, 3, 3)), (2, 8, 8)),
         (dict(quantizer="lfq", codebook_size=64), (2, 8, 8)),
@@ -454,7 +477,7 @@ def test_every_quantizer_trains_saves_loads_and_decodes_indices(tmp_path, overri
     assert encoded.indices.shape == index_shape and encoded.indices.dtype == torch.long
     assert torch.equal(encoded.indices, model.encode(pixels).indices)
     torch.testing.assert_close(loaded.decode_indices(encoded.indices).sample, loaded.decode(encoded.latents).sample)
-    if overrides.get("quantizer", "vq") == "vq" and overrides.get("use_ema", True):
+    if overrides.get("quantizer", "vq") == "vq" and overrides.get("codebook_ema", True):
         assert {"quantizer.ema_cluster_size", "quantizer.ema_codebook_sum", "quantizer.initialized"} <= set(saved)
         assert bool(loaded.quantizer.initialized)
 

@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 
 from latentcode import VQVAEModel
 from latentcode.data import ImageTransform, build_image_data
-from latentcode.presets import CONFIG_CLASSES
+from latentcode.evaluation import evaluate
+from latentcode.families import get_family
 from latentcode.training import NonFiniteLossError, Trainer, load_config, parse_args, train
 from latentcode.training.checkpointing import list_checkpoints
 from latentcode.training.config import TrainingConfig, build_parser
-from latentcode.training.validation import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
@@ -101,6 +101,36 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_weight_ema_equals_diffusers_in_fp32_and_keeps_moving_for_bf16_weights():
+    from diffusers.training_utils import EMAModel as DiffusersEMAModel
+
+    from latentcode.training.ema import EMAModel
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    ours, theirs = EMAModel(weights, decay=0.95), DiffusersEMAModel(weights, decay=0.95)
+    for _ in range(30):
+        with torch.no_grad():
+            for weight in weights:
+                weight.add_(torch.randn_like(weight))
+        ours.step(weights)
+        theirs.step(weights)
+        for mine, reference in zip(ours.shadow, theirs.shadow_params):
+            torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-6)
+
+    # Past the warm-up (decay 0.999), bf16 weights move by one bf16 step (1/128 at 1.0).
+    bf16 = [torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))]
+    ours, theirs = EMAModel(bf16, decay=0.999), DiffusersEMAModel(bf16, decay=0.999)
+    ours.num_updates = theirs.optimization_step = 100_000
+    with torch.no_grad():
+        bf16[0].fill_(1 + 1 / 128)
+    for _ in range(2000):
+        ours.step(bf16)
+        theirs.step(bf16)
+    assert torch.all(theirs.shadow_params[0] == 1.0)  # every update (1e-3 of 1/128) rounds away in bf16
+    assert torch.all(ours.shadow[0] > 1 + 0.8 / 128)  # 1 - 0.999**2000 = 86% of the way in fp32
+
+
 # -- configuration --------------------------------------------------------------------------------
 
 
@@ -150,7 +180,7 @@ def test_unknown_keys_fail_with_a_suggestion(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
-    model_config = CONFIG_CLASSES[config.model_family](**{"sample_size": config.resolution, **config.model})
+    model_config = get_family(config.model_family).config_class(**{"sample_size": config.resolution, **config.model})
     assert config.resolution % model_config.downsampling_factor == 0
     if config.disc_weight > 0:
         assert config.resolution >= 2 ** (config.disc_num_layers + 2)
@@ -352,7 +382,7 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
         dataset_name=quickstart.dataset_name,
         num_validation_images=quickstart.num_validation_images,
     )
-    reloaded, _ = evaluate(model, validation)
+    reloaded = evaluate(model, validation.split(8)).metrics
     assert reloaded["psnr"] == pytest.approx(
         metrics["validation"]["psnr"], rel=1e-5
     )  # the saved model is the one measured
@@ -362,7 +392,44 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     # 32 images of 32x32, each padded by 2 pixels on every side: 4 rows of originals + 4 of reconstructions
     assert grid.mode == "L" and grid.size == (8 * 36, 8 * 36)
     card = (output / "README.md").read_text()
-    assert "VQVAEModel.from_pretrained" in card and "psnr" in card and "$" not in card.replace("$$", "")
+    assert "VQVAEModel.from_pretrained" in card and "| PSNR (dB, mean per image) |" in card
+    assert "$" not in card.replace("$$", "")
+
+
+def test_training_validation_and_latentcode_eval_agree_on_the_same_model_and_images(tmp_path):
+    import PIL.Image
+
+    from latentcode.evaluation.cli import main as latentcode_eval
+    from latentcode.image_processing import pixels_to_uint8
+
+    trainer = Trainer(tiny_config(tmp_path))
+    # The images as 8-bit files hold them (resizing leaves values between the 8-bit levels).
+    images = pixels_to_uint8(trainer.validation_images)
+    trainer.validation_images = images.float() / 127.5 - 1
+    trainer.unwrapped.train()
+    trainer.unwrapped(trainer.validation_images)  # one training forward: k-means, a codebook worth measuring
+    validation = trainer.validate(tmp_path / "grid.png")
+    assert trainer.unwrapped.training  # validation leaves the model as it found it
+    trainer.unwrapped.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        PIL.Image.fromarray(image[0].numpy()).save(folder / f"{i:03d}.png")
+    arguments = [
+        "--pretrained_model_name_or_path",
+        str(tmp_path / "model"),
+        "--train_data_dir",
+        str(folder),
+        "--resolution",
+        "16",
+    ]
+    arguments += ["--no_fid", "--no_lpips", "--device", "cpu", "--output_dir", str(tmp_path / "eval")]
+    assert latentcode_eval(arguments) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert evaluated["num_images"] == validation["num_images"] == 8
+    for name in ("psnr", "mse", "l1", "ssim", "codebook_usage", "perplexity"):
+        assert evaluated[name] == pytest.approx(validation[name], rel=1e-5), name
+    assert validation["perplexity"] > 2  # a codebook in use: the comparison is not vacuous
 
 
 def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Latent diffusion in miniature: train a small diffusers `UNet2DModel` on the latents of a
 trained latentcode VAE (or VQ-VAE) and save the result as a diffusers `LDMPipeline`.
 
-    accelerate launch training/train_latent_diffusion.py --vae_model_name_or_path runs/vae-digits \\
+    accelerate launch training/train_latent_diffusion.py --pretrained_model_name_or_path runs/vae-digits \\
         --dataset_name builtin:digits --output_dir runs/ldm-digits --max_train_steps 5000
 
 Images are streamed (`latentcode.data`) and encoded on the fly by the frozen autoencoder: VAE
@@ -39,7 +39,7 @@ from latentcode.generation import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vae_model_name_or_path", required=True, help="a trained latentcode VAE or VQ-VAE")
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="a trained latentcode VAE or VQ-VAE")
     parser.add_argument("--output_dir", required=True)
     add_data_arguments(parser, resolution_default="the autoencoder's sample_size")
     unet = parser.add_argument_group("UNet and noise schedule")
@@ -71,10 +71,10 @@ def main(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     device = accelerator.device
 
-    autoencoder = AutoModel.from_pretrained(args.vae_model_name_or_path)
+    autoencoder = AutoModel.from_pretrained(args.pretrained_model_name_or_path)
     if not isinstance(autoencoder, (latentcode.VAEModel, latentcode.VQVAEModel)):
         raise ValueError(
-            f"--vae_model_name_or_path must hold a VAEModel or VQVAEModel, got {type(autoencoder).__name__}"
+            f"--pretrained_model_name_or_path must hold a VAEModel or VQVAEModel, got {type(autoencoder).__name__}"
         )
     autoencoder = autoencoder.eval().requires_grad_(False).to(device)
     resolution = args.resolution or autoencoder.config.sample_size

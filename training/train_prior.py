@@ -1,6 +1,6 @@
 """Train an autoregressive prior over the codes of a trained VQ-VAE, then sample new images.
 
-    accelerate launch training/train_prior.py --vqvae_model_name_or_path runs/vqvae-digits \\
+    accelerate launch training/train_prior.py --pretrained_model_name_or_path runs/vqvae-digits \\
         --dataset_name builtin:digits --output_dir runs/prior-digits --max_train_steps 2000
 
 Images are streamed (`latentcode.data`), encoded to code sequences by the frozen VQ-VAE on the
@@ -36,12 +36,10 @@ from latentcode.prior import (
 )
 from latentcode.training.model_card import render_model_card
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "prior.md"
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vqvae_model_name_or_path", required=True, help="a trained latentcode VQ-VAE")
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="a trained latentcode VQ-VAE")
     parser.add_argument("--output_dir", required=True)
     add_data_arguments(parser, resolution_default="the VQ-VAE's sample_size")
     model = parser.add_argument_group("prior")
@@ -89,9 +87,9 @@ def main(args: argparse.Namespace) -> dict:
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
 
-    vqvae = AutoModel.from_pretrained(args.vqvae_model_name_or_path)
+    vqvae = AutoModel.from_pretrained(args.pretrained_model_name_or_path)
     if not isinstance(vqvae, latentcode.VQVAEModel):
-        raise ValueError(f"--vqvae_model_name_or_path must hold a VQVAEModel, got {type(vqvae).__name__}")
+        raise ValueError(f"--pretrained_model_name_or_path must hold a VQVAEModel, got {type(vqvae).__name__}")
     vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
     resolution = args.resolution or vqvae.config.sample_size
     latent_shape = vqvae.latent_shape(resolution)
@@ -107,7 +105,7 @@ def main(args: argparse.Namespace) -> dict:
         num_layers=args.num_layers,
         num_heads=args.num_heads,
         dropout=args.dropout,
-        vqvae_name_or_path=args.vqvae_model_name_or_path,
+        vqvae_name_or_path=args.pretrained_model_name_or_path,
     )
     mapping = token_mapping(prior.config)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
@@ -164,12 +162,12 @@ def main(args: argparse.Namespace) -> dict:
         metrics.update(first_train_loss=history[0], last_train_loss=history[-1])
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
-            MODEL_CARD_TEMPLATE,
+            "prior",
             dict(
                 architecture=args.architecture,
                 model_class=type(unwrapped).__name__,
                 num_parameters=f"{sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M",
-                vqvae=args.vqvae_model_name_or_path,
+                vqvae=args.pretrained_model_name_or_path,
                 codebook_size=vqvae.config.codebook_size,
                 latent_shape=" x ".join(str(size) for size in latent_shape),
                 sequence_length=math.prod(latent_shape),

@@ -7,6 +7,7 @@ fields.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from transformers import PretrainedConfig
@@ -45,6 +46,11 @@ class LatentCodeConfig(PretrainedConfig):
         reconstruction_loss (`str`, defaults to `"mse"`): `"mse"` or `"l1"`, used by `model(x).loss`.
     """
 
+    # Fields that set how a model trains, not what it computes (dropout is inactive in eval).
+    # Each class lists its own; `training_fields()` collects them over the class hierarchy.
+    # Export to diffusers drops them, and conversion lets them be overridden.
+    training_only_fields = ("dropout", "reconstruction_loss")
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -79,6 +85,21 @@ class LatentCodeConfig(PretrainedConfig):
         self.reconstruction_loss = reconstruction_loss
         super().__init__(**kwargs)
         self._validate_backbone()
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The fields this config class accepts: the keyword arguments of its and its bases' `__init__`."""
+        names = set()
+        for klass in cls.__mro__:
+            if issubclass(klass, LatentCodeConfig):
+                parameters = inspect.signature(klass.__init__).parameters.values()
+                names |= {p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD and p.name != "self"}
+        return sorted(names)
+
+    @classmethod
+    def training_fields(cls) -> set[str]:
+        """The training-only fields of this class and its bases (see `training_only_fields`)."""
+        return {name for klass in cls.__mro__ for name in vars(klass).get("training_only_fields", ())}
 
     @property
     def downsampling_factor(self) -> int:
@@ -131,6 +152,7 @@ class VAEConfig(LatentCodeConfig):
     """
 
     model_type = "latentcode_vae"
+    training_only_fields = ("kl_weight",)
 
     def __init__(self, kl_weight: float = 1e-3, **kwargs):
         self.kl_weight = kl_weight
@@ -161,11 +183,12 @@ class VQVAEConfig(LatentCodeConfig):
             commitment term `||z_e - sg(e)||^2` that pulls the encoder towards its code.
         codebook_weight (`float`, defaults to 1.0): weight of the codebook term
             `||sg(z_e) - e||^2` that pulls codes towards the encoder outputs (without EMA only).
-        use_ema (`bool`, defaults to `True`): codes are exponential moving averages of the encoder
-            outputs assigned to them instead of being learned by the codebook loss ("vq" and
-            "residual_vq").
-        ema_decay (`float`, defaults to 0.99) / ema_epsilon (`float`, defaults to 1e-5): decay of
-            the averages and the Laplace smoothing of the cluster sizes.
+        codebook_ema (`bool`, defaults to `True`): codes are exponential moving averages of the
+            encoder outputs assigned to them instead of being learned by the codebook loss ("vq"
+            and "residual_vq"). (Not the training option `use_ema`, an EMA of the weights.)
+        codebook_ema_decay (`float`, defaults to 0.99) / codebook_ema_epsilon (`float`, defaults
+            to 1e-5): decay of the averages and the Laplace smoothing of the cluster sizes.
+            Configs saved with the former names `use_ema` / `ema_decay` / `ema_epsilon` load.
         kmeans_init (`bool`, defaults to `True`): initialise codes by k-means on the first
             training batch.
         kmeans_iterations (`int`, defaults to 10): Lloyd steps of that k-means.
@@ -185,6 +208,23 @@ class VQVAEConfig(LatentCodeConfig):
     """
 
     model_type = "latentcode_vqvae"
+    training_only_fields = (
+        "commitment_weight",
+        "codebook_weight",
+        "codebook_ema",
+        "codebook_ema_decay",
+        "codebook_ema_epsilon",
+        "kmeans_init",
+        "kmeans_iterations",
+        "dead_code_restart",
+        "codebook_usage_window",
+    )
+    # Former name -> current name; the former names still load.
+    renamed_fields = {
+        "use_ema": "codebook_ema",
+        "ema_decay": "codebook_ema_decay",
+        "ema_epsilon": "codebook_ema_epsilon",
+    }
 
     def __init__(
         self,
@@ -193,9 +233,9 @@ class VQVAEConfig(LatentCodeConfig):
         quantizer: str = "vq",
         commitment_weight: float = 0.25,
         codebook_weight: float = 1.0,
-        use_ema: bool = True,
-        ema_decay: float = 0.99,
-        ema_epsilon: float = 1e-5,
+        codebook_ema: bool = True,
+        codebook_ema_decay: float = 0.99,
+        codebook_ema_epsilon: float = 1e-5,
         kmeans_init: bool = True,
         kmeans_iterations: int = 10,
         dead_code_restart: bool = True,
@@ -209,12 +249,17 @@ class VQVAEConfig(LatentCodeConfig):
         quantizer_dropout: float = 0.0,
         **kwargs,
     ):
+        # Configs written before the codebook's EMA fields had names of their own.
+        renamed = {name: kwargs.pop(old) for old, name in self.renamed_fields.items() if old in kwargs}
+        codebook_ema = renamed.get("codebook_ema", codebook_ema)
+        codebook_ema_decay = renamed.get("codebook_ema_decay", codebook_ema_decay)
+        codebook_ema_epsilon = renamed.get("codebook_ema_epsilon", codebook_ema_epsilon)
         self.quantizer = quantizer
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
-        self.use_ema = use_ema
-        self.ema_decay = ema_decay
-        self.ema_epsilon = ema_epsilon
+        self.codebook_ema = codebook_ema
+        self.codebook_ema_decay = codebook_ema_decay
+        self.codebook_ema_epsilon = codebook_ema_epsilon
         self.kmeans_init = kmeans_init
         self.kmeans_iterations = kmeans_iterations
         self.dead_code_restart = dead_code_restart
@@ -235,7 +280,7 @@ class VQVAEConfig(LatentCodeConfig):
             isinstance(self.codebook_dim, int) and self.codebook_dim >= 1,
             f"codebook_dim must be a positive int, got {self.codebook_dim!r}",
         )
-        _check(0.0 <= ema_decay < 1.0, f"ema_decay must be in [0, 1), got {ema_decay}")
+        _check(0.0 <= codebook_ema_decay < 1.0, f"codebook_ema_decay must be in [0, 1), got {codebook_ema_decay}")
         _check(0.0 <= quantizer_dropout <= 1.0, f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
         _check(
             codebook_usage_window is None or codebook_usage_window >= 1,

@@ -8,7 +8,7 @@
   latents, `diffusion_loss` is the epsilon-prediction objective, `latent_diffusion_pipeline`
   wraps everything in diffusers' `LDMPipeline` with our model as its `vqvae`.
 
-`python -m latentcode.generation --model_name_or_path PATH --output_dir DIR` writes
+`python -m latentcode.generation --pretrained_model_name_or_path PATH --output_dir DIR` writes
 `samples.png` (VAE prior samples) and, with `--interpolate A.png B.png`, `interpolation.png`.
 """
 
@@ -34,6 +34,8 @@ def image_grid(pixels: torch.Tensor, num_columns: int | None = None, padding: in
     """Pixels `[N, C, H, W]` in [-1, 1] (C in 1, 3, 4) -> one image of `ceil(N / num_columns)` rows.
 
     `num_columns` defaults to `ceil(sqrt(N))`; `padding` pixels of white separate the cells.
+    (Not `torchvision.utils.make_grid`: it turns grey-scale grids into RGB, and torchvision is no
+    dependency of the core package; this keeps the images' mode, `"L"`, `"RGB"` or `"RGBA"`.)
     """
     if pixels.dim() != 4 or pixels.shape[1] not in PIL_MODES or pixels.shape[0] == 0:
         raise ValueError(
@@ -216,7 +218,7 @@ def latent_diffusion_pipeline(model, unet, scheduler=None):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="VAE prior samples and latent interpolation grids as PNG.")
-    parser.add_argument("--model_name_or_path", required=True, help="a latentcode model folder or Hub id")
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="a latentcode model folder or Hub id")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--num_samples", type=int, default=16, help="prior samples (VAE only); 0 for none")
     parser.add_argument("--interpolate", nargs=2, metavar=("START", "END"), help="two image files")
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import latentcode  # noqa: F401  (registers the model classes with AutoModel)
 
-    model = AutoModel.from_pretrained(args.model_name_or_path).eval()
+    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).eval()
     output_dir = Path(args.output_dir)
     if args.num_samples and hasattr(model, "sample"):
         samples = model.sample(args.num_samples, generator=torch.Generator(model.device).manual_seed(args.seed))

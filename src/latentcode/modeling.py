@@ -19,6 +19,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
+from .conversion import diffusers as diffusers_conversion
+from .families import register_family
 from .modules.backbone import Decoder, Encoder
 from .modules.distributions import DiagonalGaussianDistribution
 from .modules.quantizers import (
@@ -28,6 +30,7 @@ from .modules.quantizers import (
     VectorQuantizer,
 )
 from .modules.tiling import tiled_map
+from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
 
 # ----------------------------------------------------------------------------------------------
 # Outputs
@@ -112,17 +115,15 @@ class VQVAEOutput(ModelOutput):
 class LatentCodePreTrainedModel(PreTrainedModel):
     """Backbone, projections and plumbing shared by the three families.
 
-    Subclasses set `encoder_out_channels` (what the encoder predicts), `moment_channels`
-    (what `quant_conv` hands to the bottleneck) and `code_channels` (what the bottleneck hands
-    to `post_quant_conv`) through [`bottleneck_channels`], and implement `encode`, `decode`
-    and `forward`.
+    A family subclass states its channel counts in [`bottleneck_channels`] (encoder output,
+    bottleneck input after `quant_conv`, bottleneck output before `post_quant_conv`), builds its
+    bottleneck's modules in `_build_bottleneck` (the VQ-VAE's `quantizer`), and implements
+    `encode`, `decode` and `forward` on top of `_encode_moments` / `_decode_code`.
     """
 
     config_class = LatentCodeConfig
-    base_model_prefix = "latentcode"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
-    _supports_sdpa = True
 
     def __init__(self, config: LatentCodeConfig):
         super().__init__(config)
@@ -271,21 +272,17 @@ class LatentCodePreTrainedModel(PreTrainedModel):
         overlap = round(self.tile_sample_size * self.tile_overlap_factor / factor) * factor
         return self.tile_sample_size - overlap
 
-    # -- conversion (implemented in latentcode.conversion) --------------------------------------
+    # -- conversion (implemented in latentcode.conversion.diffusers) -----------------------------
 
     @classmethod
     def from_diffusers(cls, model_or_path, **kwargs):
         """Build this model from a diffusers `VQModel` / `AutoencoderKL` (instance, folder or Hub id),
-        with identical outputs."""
-        from .conversion.diffusers import from_diffusers
-
-        return from_diffusers(cls, model_or_path, **kwargs)
+        with identical outputs; on `LatentCodePreTrainedModel` the family follows the diffusers class."""
+        return diffusers_conversion.from_diffusers(cls, model_or_path, **kwargs)
 
     def to_diffusers(self):
         """The equivalent diffusers `VQModel` / `AutoencoderKL`, with bit-identical weights."""
-        from .conversion.diffusers import to_diffusers
-
-        return to_diffusers(self)
+        return diffusers_conversion.to_diffusers(self)
 
     def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean per-element MSE or L1, as `config.reconstruction_loss` says."""
@@ -305,6 +302,7 @@ class LatentCodePreTrainedModel(PreTrainedModel):
 # ----------------------------------------------------------------------------------------------
 
 
+@register_family("autoencoder")
 class AutoencoderModel(LatentCodePreTrainedModel):
     """Deterministic autoencoder: the code is the encoder's output.
 
@@ -342,6 +340,7 @@ class AutoencoderModel(LatentCodePreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@register_family("vae", diffusers_class_name="AutoencoderKL")
 class VAEModel(LatentCodePreTrainedModel):
     """Variational autoencoder with a diagonal Gaussian posterior, like diffusers' `AutoencoderKL`.
 
@@ -410,6 +409,7 @@ class VAEModel(LatentCodePreTrainedModel):
         return self.decode(z).sample
 
 
+@register_family("vqvae", diffusers_class_name="VQModel")
 class VQVAEModel(LatentCodePreTrainedModel):
     """VQ-VAE: the code is the nearest of `codebook_size` learned vectors (or an FSQ / LFQ /
     residual-VQ code, as `config.quantizer` says; see `latentcode.modules.quantizers`).
@@ -440,8 +440,8 @@ class VQVAEModel(LatentCodePreTrainedModel):
         vector_quantizer_options = dict(
             commitment_weight=config.commitment_weight,
             codebook_weight=config.codebook_weight,
-            ema_decay=config.ema_decay if config.use_ema else None,
-            ema_epsilon=config.ema_epsilon,
+            ema_decay=config.codebook_ema_decay if config.codebook_ema else None,
+            ema_epsilon=config.codebook_ema_epsilon,
             kmeans_init=config.kmeans_init,
             kmeans_iterations=config.kmeans_iterations,
             dead_code_restart=config.dead_code_restart,
@@ -471,7 +471,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
         """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`
         (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`)."""
         latents = self._encode_moments(pixel_values)
-        quantized = self._quantize_without_codebook_updates(latents)
+        quantized = self.quantizer(latents, update_codebook=False)
         output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
         return output if return_dict else output.to_tuple()
 
@@ -482,21 +482,9 @@ class VQVAEModel(LatentCodePreTrainedModel):
         codebook vectors already).
         """
         self._check_code(latents, self.config.codebook_dim)
-        code = latents if force_not_quantize else self._quantize_without_codebook_updates(latents).quantized
+        code = latents if force_not_quantize else self.quantizer(latents, update_codebook=False).quantized
         sample = self._decode_code(code.to(latents.dtype))
         return DecoderOutput(sample=sample) if return_dict else (sample,)
-
-    def _quantize_without_codebook_updates(self, latents: torch.Tensor):
-        """The quantizer as a pure function: `encode` / `decode` are tokenizer calls, so they never
-        run the training-mode codebook maintenance (k-means init, EMA, dead-code restart, usage
-        window, residual dropout); only `forward`, the training step, does."""
-        if not self.quantizer.training:
-            return self.quantizer(latents)
-        self.quantizer.eval()
-        try:
-            return self.quantizer(latents)
-        finally:
-            self.quantizer.train()
 
     def decode_indices(self, indices: torch.Tensor, return_dict: bool = True):
         """Token indices `[B, h, w]` in `[0, codebook_size)` (`[B, h, w, num_quantizers]` for
@@ -528,16 +516,12 @@ class VQVAEModel(LatentCodePreTrainedModel):
     def latent_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
         """Code grid of one image of `image_size` (`H` or `(H, W)`, default `config.sample_size`):
         `(h, w)`, or `(h, w, depth)` for a quantiser with `config.num_quantizers > 1` levels."""
-        from .tokens import latent_shape
-
         size = self.config.sample_size if image_size is None else image_size
         return latent_shape(self.config, size, depth=getattr(self.config, "num_quantizers", None) or 1)
 
     @torch.no_grad()
     def encode_to_sequence(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[B, C, H, W]` pixels -> code sequence `[B, L]` int64 in raster order, `L = h * w (* depth)`."""
-        from .tokens import indices_to_sequence
-
         return indices_to_sequence(self.encode(pixel_values).indices)
 
     def decode_sequence(
@@ -545,6 +529,4 @@ class VQVAEModel(LatentCodePreTrainedModel):
     ):
         """Code sequence `[B, L]` of images of `image_size` (default `config.sample_size`) ->
         `.sample` `[B, out_channels, H, W]`."""
-        from .tokens import sequence_to_indices
-
         return self.decode_indices(sequence_to_indices(sequence, self.latent_shape(image_size)), return_dict)

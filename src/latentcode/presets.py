@@ -11,9 +11,8 @@ any keyword overrides a field.
 
 from __future__ import annotations
 
-from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
-
-CONFIG_CLASSES = {"autoencoder": AutoencoderConfig, "vae": VAEConfig, "vqvae": VQVAEConfig}
+from .configuration import LatentCodeConfig
+from .families import get_family
 
 PRESETS: dict[str, dict] = {
     "vqvae_paper_32": dict(
@@ -46,11 +45,10 @@ def preset_config(name: str, family: str = "vqvae", **overrides) -> LatentCodeCo
     """Config of `family` ("autoencoder", "vae", "vqvae") from preset `name`, with overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-    if family not in CONFIG_CLASSES:
-        raise ValueError(f"unknown family {family!r}; expected one of {sorted(CONFIG_CLASSES)}")
+    config_class = get_family(family).config_class
     fields = dict(PRESETS[name])
     if family != "vqvae":
         for key in _VQ_ONLY_FIELDS:
             fields.pop(key, None)
     fields.update(overrides)
-    return CONFIG_CLASSES[family](**fields)
+    return config_class(**fields)

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 
 import torch
 
-from ..configuration import VAEConfig, VQVAEConfig
+from ..families import get_family
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
-from .diffusers import DIFFUSERS_VQ_BETA, IMPORTED_VQ_TRAINING
+from .legacy_vq import DIFFUSERS_VQ_BETA, IMPORTED_VQ_TRAINING
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _levels(state_dict: Mapping, pattern: str) -> list[int]:
 
 def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     """Our config fields inferred from a CompVis autoencoder's weight shapes, plus `"family"`
-    (`"vq"` or `"kl"`). `norm_num_groups` is CompVis' fixed 32; `sample_size` stays default."""
+    (`"vqvae"` or `"vae"`, a name of `latentcode.families`). `norm_num_groups` is CompVis' fixed 32; `sample_size` stays default."""
     required = (
         "encoder.conv_in.weight",
         "encoder.conv_out.weight",
@@ -114,7 +114,7 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     is_vq = "quantize.embedding.weight" in state_dict
     latent_channels = state_dict["decoder.conv_in.weight"].shape[1]
     config = dict(
-        family="vq" if is_vq else "kl",
+        family="vqvae" if is_vq else "vae",
         in_channels=state_dict["encoder.conv_in.weight"].shape[1],
         out_channels=state_dict["decoder.conv_out.weight"].shape[0],
         block_out_channels=block_out_channels,
@@ -129,7 +129,7 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     )
     if is_vq:
         codebook_size, codebook_dim = state_dict["quantize.embedding.weight"].shape
-        # The recipe taming / latent-diffusion trained with (see latentcode.conversion.diffusers).
+        # The recipe taming / latent-diffusion trained with (see latentcode.conversion.legacy_vq).
         config.update(codebook_size=codebook_size, codebook_dim=codebook_dim, **IMPORTED_VQ_TRAINING)
     return config
 
@@ -187,7 +187,7 @@ def config_from_yaml(original_config) -> dict:
         level for level in range(num_levels) if dd["resolution"] // 2**level in dd.get("attn_resolutions", [])
     ]
     config = dict(
-        family="vq" if is_vq else "kl",
+        family="vqvae" if is_vq else "vae",
         in_channels=dd["in_channels"],
         out_channels=dd["out_ch"],
         block_out_channels=[dd["ch"] * multiplier for multiplier in dd["ch_mult"]],
@@ -204,7 +204,7 @@ def config_from_yaml(original_config) -> dict:
     )
     loss = params.get("lossconfig", {}).get("params", {})
     if is_vq:
-        # taming's loss multiplies the quantiser's legacy loss (see latentcode.conversion.diffusers).
+        # taming's loss multiplies the quantiser's legacy loss (see latentcode.conversion.legacy_vq).
         scale = loss.get("codebook_weight", 1.0)
         config.update(
             IMPORTED_VQ_TRAINING,
@@ -239,16 +239,13 @@ def from_compvis(checkpoint, original_config=None, **config_overrides):
         CheckpointError: unreadable file, or missing / unexpected / mis-shaped keys (all named).
         ValueError: an architecture our models cannot express.
     """
-    from ..modeling import VAEModel, VQVAEModel
-
     source = repr(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else "the given state dict"
     loaded = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state_dict = autoencoder_state_dict(loaded)
     config = config_from_yaml(original_config) if original_config is not None else config_from_state_dict(state_dict)
-    family = config.pop("family")
+    family = get_family(config.pop("family"))
     config.update(config_overrides)
-    model_class, config_class = (VQVAEModel, VQVAEConfig) if family == "vq" else (VAEModel, VAEConfig)
-    model = model_class(config_class(**config))
+    model = family.model_class(family.config_class(**config))
 
     num_levels = len(config["block_out_channels"])
     renamed = {}

@@ -15,15 +15,9 @@ Config fields that only diffusers pipelines read (`force_upcast`, `shift_factor`
 `latents_mean`, `latents_std`, `lookup_from_codebook`) are carried on our config under the
 same names, so an exported model has the config it was imported with.
 
-VQ training settings: diffusers' `VectorQuantizer` (like taming-transformers' and latent-
-diffusion's, with `legacy=True`) computes `||sg(e) - z||^2 + beta * ||e - sg(z)||^2`, i.e. beta
-sits on the *codebook* term and the commitment term has weight 1, and `VQModel` fixes
-beta = 0.25. Imported models keep that objective (`commitment_weight=1.0`,
-`codebook_weight=0.25`) and the plain gradient-learned codebook (no EMA, k-means or dead-code
-restarts; see `IMPORTED_VQ_TRAINING`), so fine-tuning continues the way the checkpoint was
-trained; pass e.g. `commitment_weight=0.25, codebook_weight=1.0` for the VQ-VAE paper's
-weighting. These are training settings only: export ignores them, and the quantizer's
-training state (EMA statistics) has no place in a `VQModel` and is not exported.
+VQ models keep the recipe their codebooks were trained with (see
+`latentcode.conversion.legacy_vq`); it is training settings only: export ignores it, and the
+quantizer's training state (EMA statistics) has no place in a `VQModel` and is not exported.
 """
 
 from __future__ import annotations
@@ -36,20 +30,9 @@ import torch
 from torch import nn
 
 from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig
+from ..families import FAMILIES, family_for_diffusers, family_of
 from .checkpoints import CheckpointError, load_state_dict_exactly
-
-# Beta of diffusers' VQModel quantiser (module docstring).
-DIFFUSERS_VQ_BETA = 0.25
-# How diffusers / taming / latent-diffusion codebooks were trained: by gradient, under the
-# legacy loss weights, without EMA codes, k-means initialisation or dead-code restarts.
-# Imported VQ models keep that recipe; override any of these fields to fine-tune differently.
-IMPORTED_VQ_TRAINING = {
-    "commitment_weight": 1.0,
-    "codebook_weight": DIFFUSERS_VQ_BETA,
-    "use_ema": False,
-    "kmeans_init": False,
-    "dead_code_restart": False,
-}
+from .legacy_vq import IMPORTED_VQ_TRAINING
 
 # diffusers -> latentcode key renaming, applied in order. One table serves both directions:
 # export renames the keys of a freshly built diffusers model with it to find their sources.
@@ -92,21 +75,6 @@ _TRANSLATED_FIELDS = {
     "use_quant_conv",
     "use_post_quant_conv",
 }
-# Our config fields that set how a model trains, not what it computes; export drops them.
-TRAINING_ONLY_FIELDS = {
-    "dropout",
-    "reconstruction_loss",
-    "kl_weight",
-    "commitment_weight",
-    "codebook_weight",
-    "use_ema",
-    "ema_decay",
-    "ema_epsilon",
-    "kmeans_init",
-    "kmeans_iterations",
-    "dead_code_restart",
-    "codebook_usage_window",
-}
 # Our config fields that the diffusers config expresses (translated above).
 _EXPRESSED_FIELDS = {
     "in_channels",
@@ -133,40 +101,6 @@ def diffusers_key_to_latentcode(key: str) -> str:
     for pattern, replacement in _KEY_RULES:
         key = re.sub(pattern, replacement, key)
     return key
-
-
-# ----------------------------------------------------------------------------------------------
-# Families
-# ----------------------------------------------------------------------------------------------
-
-
-def _families():
-    """Pairs (our model class, diffusers class); imported lazily to keep `import latentcode` light."""
-    from diffusers import AutoencoderKL, VQModel
-
-    from ..modeling import VAEModel, VQVAEModel
-
-    return ((VQVAEModel, VQModel), (VAEModel, AutoencoderKL))
-
-
-def _diffusers_class_for(model_class: type) -> type:
-    for ours, theirs in _families():
-        if issubclass(model_class, ours):
-            return theirs
-    raise ValueError(
-        f"{model_class.__name__} has no diffusers counterpart: diffusers has VQModel (<-> VQVAEModel) and "
-        "AutoencoderKL (<-> VAEModel), and no deterministic autoencoder with this backbone"
-    )
-
-
-def _our_class_for(diffusers_class_name: str) -> type:
-    for ours, theirs in _families():
-        if theirs.__name__ == diffusers_class_name:
-            return ours
-    raise ValueError(
-        f"cannot convert a diffusers {diffusers_class_name}: supported are VQModel (-> VQVAEModel) and "
-        "AutoencoderKL (-> VAEModel)"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +204,7 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
     else:
         translated.update(use_quant_conv=fields["use_quant_conv"], use_post_quant_conv=fields["use_post_quant_conv"])
     translated.update({name: fields[name] for name in _PIPELINE_FIELDS[class_name] if name in fields})
-    fixed = sorted(set(overrides) & (set(translated) - TRAINING_ONLY_FIELDS))
+    fixed = sorted(set(overrides) & (set(translated) - config_class.training_fields()))
     if fixed:
         raise ValueError(f"cannot override {fixed}: they are fixed by the diffusers model's architecture")
     return config_class(**{**translated, **overrides})
@@ -294,11 +228,11 @@ def diffusers_config_from(config: LatentCodeConfig) -> dict:
             f"diffusers VQModel has a plain nearest-neighbour codebook and cannot express quantizer="
             f"{config.quantizer!r}; only quantizer='vq' models export to diffusers"
         )
-    known = _EXPRESSED_FIELDS | TRAINING_ONLY_FIELDS
+    known = _EXPRESSED_FIELDS | type(config).training_fields()
     defaults = type(config)()
     inexpressible = {
         name: getattr(config, name)
-        for name in sorted(_settings(type(config)) - known)
+        for name in sorted(set(type(config).field_names()) - known)
         if getattr(config, name) != getattr(defaults, name)
     }
     if inexpressible:
@@ -332,15 +266,6 @@ def diffusers_config_from(config: LatentCodeConfig) -> dict:
         arguments.update(use_quant_conv=config.use_quant_conv, use_post_quant_conv=config.use_post_quant_conv)
     arguments.update({name: getattr(config, name) for name in _PIPELINE_FIELDS[class_name] if hasattr(config, name)})
     return arguments
-
-
-def _settings(config_class: type[LatentCodeConfig]) -> set[str]:
-    """Names of the constructor arguments of `config_class` and its latentcode bases."""
-    names = set()
-    for klass in config_class.__mro__:
-        if issubclass(klass, LatentCodeConfig):
-            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs"}
-    return names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,10 +330,13 @@ def from_diffusers(
         class_name = _read_diffusers_class_name(path, **load_kwargs)
         source_name = repr(path if subfolder is None else f"{path}/{subfolder}")
         source = None
-    from ..modeling import LatentCodePreTrainedModel
-
-    target = _our_class_for(class_name) if cls is LatentCodePreTrainedModel else cls
-    diffusers_class = _diffusers_class_for(target)
+    # A family's class converts from its own counterpart only; the shared base class (in no family)
+    # takes the family of the diffusers class.
+    if any(issubclass(cls, family.model_class) for family in FAMILIES.values()):
+        target, diffusers_class = cls, family_of(cls).diffusers_class
+    else:
+        family = family_for_diffusers(class_name)
+        target, diffusers_class = family.model_class, family.diffusers_class
     if class_name != diffusers_class.__name__:
         raise ValueError(f"{target.__name__} converts from a diffusers {diffusers_class.__name__}, got a {class_name}")
     if source is None:
@@ -429,7 +357,7 @@ def to_diffusers(model: nn.Module):
     Raises `ValueError` when the diffusers class cannot express the model (see
     [`diffusers_config_from`]). The result is in eval mode, on the model's device and dtype.
     """
-    diffusers_class = _diffusers_class_for(type(model))
+    diffusers_class = family_of(model).diffusers_class
     exported = diffusers_class(**diffusers_config_from(model.config))
     ours = model.state_dict()
     for name in ("quant_conv", "post_quant_conv"):
@@ -454,9 +382,6 @@ def to_diffusers(model: nn.Module):
 
 
 __all__ = [
-    "DIFFUSERS_VQ_BETA",
-    "IMPORTED_VQ_TRAINING",
-    "TRAINING_ONLY_FIELDS",
     "config_from_diffusers",
     "diffusers_config_from",
     "diffusers_key_to_latentcode",

@@ -3,7 +3,7 @@
 
 from .evaluate import EvaluationImages, EvaluationResult, evaluate, markdown_table, write_report
 from .metrics import (
-    CodebookUsage,
+    CodebookHistogram,
     FeatureStatistics,
     InceptionFeatures,
     MissingInceptionWeightsError,
@@ -15,7 +15,7 @@ from .metrics import (
 )
 
 __all__ = [
-    "CodebookUsage",
+    "CodebookHistogram",
     "EvaluationImages",
     "EvaluationResult",
     "FeatureStatistics",

@@ -1,9 +1,9 @@
-"""`latentcode-eval MODEL`: evaluate a saved model on a streamed dataset.
+"""`latentcode-eval --pretrained_model_name_or_path MODEL`: evaluate a saved model on a streamed dataset.
 
-    latentcode-eval ./my-vqvae --dataset_name builtin:digits --max_images 500
-    latentcode-eval org/vqvae-celeba --dataset_name nielsr/CelebA-faces --split train \\
-        --resolution 64 --inception_weights ~/pt_inception-2015-12-05-6726825d.pth
-    latentcode-eval ./my-vae --train_data_dir ./val_images --no_fid --no_lpips
+    latentcode-eval --pretrained_model_name_or_path ./my-vqvae --dataset_name builtin:digits --max_images 500
+    latentcode-eval --pretrained_model_name_or_path org/vqvae-celeba --dataset_name nielsr/CelebA-faces \\
+        --split train --resolution 64 --inception_weights ~/pt_inception-2015-12-05-6726825d.pth
+    latentcode-eval --pretrained_model_name_or_path ./my-vae --train_data_dir ./val_images --no_fid --no_lpips
 
 The data options are those of `training/train.py`. Writes `metrics.json`, `metrics.md`,
 `reconstructions.png`, `psnr_histogram.png` (and `codebook_usage.png` for a VQ-VAE) into
@@ -23,14 +23,25 @@ from .evaluate import EvaluationImages, evaluate, markdown_table, write_report
 from .metrics import InceptionFeatures, build_lpips
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" except where the help text already explains its default."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentcode-eval",
         description="Reconstruction PSNR/SSIM/LPIPS/rFID, codebook usage and perplexity (VQ-VAE), KL and "
         "bits per dimension (VAE) and throughput of a latentcode model over a streamed dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
-    parser.add_argument("model", help="saved model: a folder written by save_pretrained or a Hub id")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        required=True,
+        help="saved model: a folder written by save_pretrained or a Hub id",
+    )
     data = parser.add_argument_group("data (as in training/train.py)")
     data.add_argument(
         "--dataset_name",
@@ -77,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model = AutoModel.from_pretrained(args.model).to(args.device).eval()
+    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).to(args.device).eval()
     resolution = args.resolution or model.config.sample_size
 
     # Metric networks are loaded before any data is read, so a missing weight file fails fast.
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if images.corrupt_images:
         result.notes.append(f"{images.corrupt_images} unreadable images skipped")
     extra = {
-        "model": args.model,
+        "model": args.pretrained_model_name_or_path,
         "model_type": model.config.model_type,
         "data": {
             key: getattr(args, key)

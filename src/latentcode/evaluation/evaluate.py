@@ -8,7 +8,8 @@ write_report(result, "eval/")   # metrics.json, metrics.md, reconstructions.png,
 
 Reconstructions are what a user of each family gets back: the VQ-VAE decodes its token
 indices, the VAE decodes the posterior mean, the autoencoder its code. The VAE's ELBO uses one
-posterior sample per image (a second decode).
+posterior sample per image (a second decode). Training validation runs this same evaluation,
+so its numbers and `latentcode-eval`'s agree on the same model and images.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from ..data import CorruptImageError, ImageTransform, decode_image
 from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
 from .figures import codebook_usage_chart, psnr_histogram, reconstruction_grid
 from .metrics import (
-    CodebookUsage,
+    CodebookHistogram,
     FeatureStatistics,
     decoder_std_from_kl_weight,
     frechet_distance,
@@ -93,20 +95,35 @@ def evaluate(
     decoder_std: float | None = None,
     num_grid_images: int = 8,
     seed: int = 0,
+    autocast=nullcontext,
+    throughput: bool = True,
 ) -> EvaluationResult:
     """Evaluate `model` on `batches` of pixels `[B, C, H, W]` in [-1, 1].
 
     Metrics (keys of `result.metrics`): `num_images`; `psnr` (mean of per-image dB; `inf`
     only if every image is reconstructed perfectly - perfect images are left out of the mean
-    otherwise and counted in `perfect_reconstructions`), `psnr_of_mean_mse`, `ssim`, `mse`;
+    otherwise and counted in `perfect_reconstructions`), `psnr_of_mean_mse`, `ssim`, `mse`, `l1`;
     `lpips` if `lpips` is given; `rfid` if `inception` is given (Frechet distance between the
     Inception features of originals and reconstructions); VQ-VAE: `codebook_usage` (fraction of
     codes used), `perplexity`; VAE: `kl` (nats per image), `negative_elbo` (nats per image),
     `bits_per_dim` with a discretised Gaussian decoder of std `decoder_std` (default
-    `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]); and throughput:
-    `encode_images_per_s`, `decode_images_per_s`.
+    `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]); and, if `throughput`,
+    `encode_images_per_s`, `decode_images_per_s` (timings: the only values that vary between runs). The model runs in eval mode under `autocast()`
+    (e.g. `accelerator.autocast`) and is returned to the mode it was in.
     """
+    was_training = model.training
     model.eval()
+    try:
+        result = _evaluate(model, batches, lpips, inception, decoder_std, num_grid_images, seed, autocast)
+    finally:
+        model.train(was_training)
+    if not throughput:
+        for name in ("encode_images_per_s", "decode_images_per_s"):
+            del result.metrics[name]
+    return result
+
+
+def _evaluate(model, batches, lpips, inception, decoder_std, num_grid_images, seed, autocast) -> EvaluationResult:
     device = model.device
     is_vq, is_vae = isinstance(model, VQVAEModel), isinstance(model, VAEModel)
     if not (is_vq or is_vae or isinstance(model, AutoencoderModel)):
@@ -115,7 +132,7 @@ def evaluate(
         decoder_std = decoder_std_from_kl_weight(model.config.kl_weight)
     generator = torch.Generator(device=device).manual_seed(seed)
     encode_timer, decode_timer = _Timer(device), _Timer(device)
-    usage = CodebookUsage(model.codebook_size) if is_vq else None
+    usage = CodebookHistogram(model.codebook_size) if is_vq else None
     real_features, fake_features = FeatureStatistics(), FeatureStatistics()
     sums: dict[str, float] = {}
     per_image_psnr: list[float] = []
@@ -127,9 +144,9 @@ def evaluate(
 
     for pixels in batches:
         pixels = pixels.to(device=device, dtype=model.dtype)
-        with encode_timer:
+        with encode_timer, autocast():
             encoded = model.encode(pixels)
-        with decode_timer:
+        with decode_timer, autocast():
             if is_vq:
                 reconstruction = model.decode_indices(encoded.indices).sample
             elif is_vae:
@@ -140,7 +157,9 @@ def evaluate(
 
         batch_psnr = psnr(reconstruction, target)
         per_image_psnr += batch_psnr.tolist()
-        add("mse", (reconstruction.double() - target.double()).pow(2).flatten(1).mean(dim=1))
+        error = (reconstruction.double() - target.double()).flatten(1)
+        add("mse", error.pow(2).mean(dim=1))
+        add("l1", error.abs().mean(dim=1))
         if min(target.shape[-2:]) >= 11:
             add("ssim", ssim(reconstruction, target))
         if lpips is not None and min(target.shape[-2:]) >= LPIPS_MIN_SIZE:
@@ -152,7 +171,8 @@ def evaluate(
             usage.update(encoded.indices)
         if is_vae:
             posterior = encoded.latent_dist
-            sample_mean = model.decode(posterior.sample(generator=generator)).sample.float()
+            with autocast():
+                sample_mean = model.decode(posterior.sample(generator=generator)).sample.float()
             kl = posterior.kl().double()
             negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, decoder_std)
             add("kl", kl)
@@ -261,6 +281,7 @@ METRIC_LABELS = {
     "psnr_of_mean_mse": "PSNR of the mean MSE (dB)",
     "ssim": "SSIM",
     "mse": "MSE ([-1, 1] pixels)",
+    "l1": "L1 ([-1, 1] pixels)",
     "lpips": "LPIPS",
     "rfid": "rFID",
     "codebook_usage": "codebook usage",

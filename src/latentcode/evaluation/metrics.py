@@ -8,7 +8,7 @@ Pixels are `[B, C, H, W]` floats in [-1, 1] throughout (the range is `data_range
 - LPIPS comes from [`latentcode.losses.PerceptualLoss`] (built by [`build_lpips`]).
 - rFID: [`InceptionFeatures`] (2048-d pool features of Inception-v3), [`FeatureStatistics`]
   (running mean and covariance) and [`frechet_distance`].
-- [`CodebookUsage`]: how often each code is used over a whole evaluation, its usage fraction
+- [`CodebookHistogram`]: how often each code is used over a whole evaluation, its usage fraction
   and perplexity.
 - [`gaussian_bits_per_dim`]: the VAE's negative ELBO in bits per dimension, with a
   discretised Gaussian decoder.
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import PerceptualLoss, as_rgb
+from ..modules.quantizers.base import perplexity_of
 
 # ----------------------------------------------------------------------------------------------
 # PSNR and SSIM
@@ -180,6 +181,9 @@ def _pytorch_fid_inception() -> nn.Module:
 class InceptionFeatures(nn.Module):
     """Inception-v3 pool features for FID: `[B, C, H, W]` in [-1, 1] -> `[B, 2048]` float32.
 
+    Built from pytorch-fid's blocks (features equal to its `InceptionV3`, tested), but loading a
+    local weight file: pytorch-fid's class downloads its weights, which fails offline.
+
     Images are made RGB (grey repeated, alpha dropped) and resized to 299x299 bilinearly, as
     pytorch-fid does; [-1, 1] is the input range both weight sets were trained with.
 
@@ -259,6 +263,9 @@ def frechet_distance(mean_1: torch.Tensor, cov_1: torch.Tensor, mean_2: torch.Te
     symmetric PSD matrix `C1^(1/2) C2 C1^(1/2)`, which has the same spectrum as `C1 C2`;
     this stays real and stable where a general matrix square root (`scipy.linalg.sqrtm`)
     returns complex parts for near-singular covariances. Inputs `[D]`, `[D, D]`; float64.
+    (Ours, not pytorch-fid's `calculate_frechet_distance`: that one is the scipy `sqrtm` form and
+    needs an epsilon offset when there are fewer images than feature dimensions; tests compare
+    both to scipy.)
     """
     mean_1, mean_2, cov_1, cov_2 = (t.double() for t in (mean_1, mean_2, cov_1, cov_2))
     eigenvalues, eigenvectors = torch.linalg.eigh(cov_1)
@@ -274,8 +281,9 @@ def frechet_distance(mean_1: torch.Tensor, cov_1: torch.Tensor, mean_2: torch.Te
 # ----------------------------------------------------------------------------------------------
 
 
-class CodebookUsage:
-    """How often each of `codebook_size` codes is used, accumulated over batches.
+class CodebookHistogram:
+    """How often each of `codebook_size` codes is used, accumulated over a whole evaluation
+    (the quantizers' `CodebookUsageWindow` is the training-time sliding window).
 
     `update(indices)` takes `[B, h, w]` (one code per position) or `[B, h, w, L]` (L codes
     per position, e.g. residual levels, each counted in its own histogram).
@@ -307,9 +315,7 @@ class CodebookUsage:
     def perplexity(self) -> float:
         """exp(entropy) of the code distribution in nats (mean over levels): the effective
         number of codes; `codebook_size` when all are used equally."""
-        probabilities = self.counts.double() / self.counts.sum(dim=1, keepdim=True)
-        entropy = -(probabilities * probabilities.clamp_min(1e-300).log()).sum(dim=1)
-        return float(entropy.exp().mean())
+        return float(perplexity_of(self.counts).mean())
 
 
 # ----------------------------------------------------------------------------------------------

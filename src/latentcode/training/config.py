@@ -10,7 +10,6 @@ block_out_channels "[32, 64]"`).
 import argparse
 import dataclasses
 import difflib
-import inspect
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..configuration import LatentCodeConfig
-from ..presets import CONFIG_CLASSES
+from ..families import FAMILIES, get_family
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -126,7 +124,7 @@ class TrainingConfig:
     def validate(self) -> None:
         """Check values that can be checked without data or model; raise ValueError naming the key."""
         choices = {
-            "model_family": tuple(CONFIG_CLASSES),
+            "model_family": tuple(FAMILIES),
             "mixed_precision": MIXED_PRECISION,
             "lr_scheduler": LR_SCHEDULERS,
             "disc_loss": ("hinge", "non_saturating"),
@@ -157,15 +155,7 @@ class TrainingConfig:
 
 def model_config_keys(family: str) -> list[str]:
     """The keyword arguments the family's config class accepts (its own and its bases')."""
-    keys = []
-    for cls in CONFIG_CLASSES[family].__mro__:
-        if issubclass(cls, LatentCodeConfig):
-            keys += [
-                name
-                for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.kind == p.POSITIONAL_OR_KEYWORD
-            ]
-    return sorted(set(keys) - {"self"})
+    return get_family(family).config_class.field_names()
 
 
 def _unknown_key_error(kind: str, key: str, known: list[str]) -> ValueError:
@@ -175,10 +165,11 @@ def _unknown_key_error(kind: str, key: str, known: list[str]) -> ValueError:
 
 
 def check_model_keys(family: str, model: dict) -> None:
-    known = model_config_keys(family)
+    # Former names of renamed fields load too (the config class maps them).
+    known = model_config_keys(family) + list(getattr(get_family(family).config_class, "renamed_fields", {}))
     for key in model:
         if key not in known:
-            raise _unknown_key_error(f"model ({CONFIG_CLASSES[family].__name__})", key, known)
+            raise _unknown_key_error(f"model ({get_family(family).config_class.__name__})", key, known)
 
 
 def _fields() -> dict[str, tuple[dataclasses.Field, object]]:
@@ -228,9 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs = dict(type=_optional(base))
         else:
             kwargs = dict(type=base)
-        parser.add_argument(
-            f"--{name}", default=argparse.SUPPRESS, help=f"{spec.metadata['help']} (default: {default})", **kwargs
-        )
+        text = spec.metadata["help"]
+        # A help text that explains its own default (e.g. "default: learning_rate") keeps it alone.
+        text = text if "default:" in text else f"{text} (default: {default})"
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text, **kwargs)
     return parser
 
 

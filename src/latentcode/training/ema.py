@@ -11,8 +11,11 @@ from torch import nn
 class EMAModel:
     """fp32 shadow copies of a model's parameters, `shadow = d * shadow + (1 - d) * param` per step.
 
-    The decay warms up as `min(decay, (1 + n) / (10 + n))` after `n` updates (as in diffusers'
-    `EMAModel` and TensorFlow's), so the average does not stay stuck at the random init early on.
+    The decay warms up exactly as in diffusers' `EMAModel`: the first update copies the weights,
+    the n-th uses `min(decay, (1 + n) / (10 + n))`, so the average does not stay stuck at the
+    random init. Ours rather than diffusers' because its shadows are fp32 whatever the weights'
+    dtype: diffusers averages in the weights' dtype, where bf16 drops every update smaller than
+    its resolution and a 0.999 average of bf16 weights never moves (tests/test_training.py).
     It is a checkpointable object (`state_dict` / `load_state_dict`) for
     `accelerator.register_for_checkpointing`.
     """
@@ -25,7 +28,8 @@ class EMAModel:
         self.shadow = [p.detach().float().clone() for p in parameters]
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        n = self.num_updates
+        return 0.0 if n == 0 else min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def step(self, parameters: Iterable[nn.Parameter]) -> None:

@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..data import ImageBatches, ImageTransform, build_image_data
+from ..evaluation.evaluate import evaluate, markdown_table
+from ..families import get_family
 from ..generation import reconstruction_grid
 from ..losses import (
     PatchDiscriminator,
@@ -44,18 +46,15 @@ from ..losses import (
     generator_adversarial_loss,
     kl_warmup_factor,
 )
-from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
-from ..modules.quantizers.base import CodebookUsage
-from ..presets import CONFIG_CLASSES
+from ..modeling import LatentCodePreTrainedModel
+from ..modules.quantizers.base import CodebookUsageWindow
 from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .ema import EMAModel
-from .model_card import metrics_table, render_model_card
-from .validation import evaluate
+from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
 
-MODEL_CLASSES = {"autoencoder": AutoencoderModel, "vae": VAEModel, "vqvae": VQVAEModel}
 # Values of the model output logged each step when the family has them.
 FAMILY_TERMS = ("kl", "codebook_loss", "commitment_loss", "perplexity")
 
@@ -77,11 +76,11 @@ class TrainingResult:
 def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
     """A new model of `config.model_family` from `config.model`, or a pretrained one; checks that
     `resolution` suits its downsampling factor."""
-    model_class = MODEL_CLASSES[config.model_family]
+    family = get_family(config.model_family)
     if config.pretrained_model_name_or_path is not None:
-        model = model_class.from_pretrained(config.pretrained_model_name_or_path)
+        model = family.model_class.from_pretrained(config.pretrained_model_name_or_path)
     else:
-        model = model_class(CONFIG_CLASSES[config.model_family](**{"sample_size": config.resolution, **config.model}))
+        model = family.model_class(family.config_class(**{"sample_size": config.resolution, **config.model}))
     factor = model.config.downsampling_factor
     if config.resolution % factor:
         raise ValueError(
@@ -91,9 +90,11 @@ def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
     return model
 
 
-def _usage_windows(model: nn.Module) -> list[CodebookUsage]:
+def _usage_windows(model: nn.Module) -> list[CodebookUsageWindow]:
     """The quantizers' usage windows: per-process state that lives outside the state dict."""
-    return [module.usage for module in model.modules() if isinstance(getattr(module, "usage", None), CodebookUsage)]
+    return [
+        module.usage for module in model.modules() if isinstance(getattr(module, "usage", None), CodebookUsageWindow)
+    ]
 
 
 def _cloned(state: dict) -> dict:
@@ -379,11 +380,18 @@ class Trainer:
         )
 
     def validate(self, grid_path: Path) -> dict[str, float]:
-        """Main process: metrics on the validation images, grid PNG written and logged."""
-        metrics, reconstructions = evaluate(
-            self.unwrapped, self.validation_images, self.config.train_batch_size, self.accelerator.autocast
+        """Main process: metrics on the validation images (the evaluation `latentcode-eval` runs), grid
+        PNG written and logged."""
+        images = self.validation_images
+        result = evaluate(
+            self.unwrapped,
+            images.split(self.config.train_batch_size),
+            num_grid_images=len(images),
+            autocast=self.accelerator.autocast,
+            throughput=False,  # timings would make a resumed run's metrics differ
         )
-        grid = reconstruction_grid(self.validation_images, reconstructions, num_columns=8)
+        metrics = result.metrics
+        grid = reconstruction_grid(images, result.reconstructions.clamp(-1, 1), num_columns=8)
         grid_path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(grid_path)
         self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=self.global_step)
@@ -472,10 +480,6 @@ class Trainer:
 
     def _write_model_card(self, model: LatentCodePreTrainedModel, validation: dict) -> None:
         config = self.config
-        template = Path(__file__).resolve().parents[3] / "model_cards" / "training.md"
-        if not template.is_file():
-            logger.warning("model card template %s not found (installed without the repository); no card", template)
-            return
         data = config.dataset_name or config.train_data_dir or "builtin:digits"
         values = {
             "model_class": type(model).__name__,
@@ -488,10 +492,10 @@ class Trainer:
             "batch_size": config.train_batch_size * config.gradient_accumulation_steps * self.accelerator.num_processes,
             "learning_rate": config.learning_rate,
             "losses": self._loss_summary(),
-            "metrics": metrics_table(validation),
+            "metrics": markdown_table(validation).strip(),
             "config": yaml.safe_dump(config.to_dict(), sort_keys=False).strip(),
         }
-        (self.output_dir / "README.md").write_text(render_model_card(template, values))
+        (self.output_dir / "README.md").write_text(render_model_card("training", values))
 
     def _loss_summary(self) -> str:
         config = self.config

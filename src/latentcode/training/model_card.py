@@ -1,18 +1,17 @@
-"""Model cards: templates in the repository's `model_cards/` folder, filled with `string.Template`."""
+"""Model cards: templates shipped in the package (`latentcode/model_cards/`, copies of the
+repository's top-level `model_cards/`), filled with `string.Template`."""
 
 from __future__ import annotations
 
 import string
-from pathlib import Path
+from importlib.resources import files
 
 
-def render_model_card(template: str | Path, values: dict) -> str:
-    """Fill `$name` placeholders of the template file with `values`; a placeholder without a value
-    raises KeyError (a template and its caller must agree), `$$` is a literal dollar."""
-    return string.Template(Path(template).read_text()).substitute(values)
-
-
-def metrics_table(metrics: dict[str, float]) -> str:
-    """A Markdown table of metric names and values."""
-    rows = [f"| {name} | {value:.4g} |" for name, value in metrics.items()]
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
+def render_model_card(template: str, values: dict) -> str:
+    """Fill the `$name` placeholders of the shipped template `template` (`"training"`, `"prior"`) with
+    `values`; a placeholder without a value raises KeyError (a template and its caller must agree),
+    `$$` is a literal dollar."""
+    path = files("latentcode").joinpath("model_cards", f"{template}.md")
+    if not path.is_file():
+        raise FileNotFoundError(f"no model card template {template!r} in the latentcode package ({path})")
+    return string.Template(path.read_text()).substitute(values)

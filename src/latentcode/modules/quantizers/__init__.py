@@ -1,6 +1,6 @@
 """Quantizers of the VQ-VAE bottleneck, one per file, all with the same interface:
-`forward(latents [B, D, h, w]) -> QuantizerOutput`, `codes_to_indices`, `indices_to_codes`, and
-the usage metrics `codebook_usage` / `usage_perplexity` for training logs.
+`forward(latents [B, D, h, w], update_codebook=None) -> QuantizerOutput` (`update_codebook=False`
+is the pure path, no codebook or usage update), `indices_to_codes`, and the usage metrics `codebook_usage` / `usage_perplexity` for training logs.
 
 - [`VectorQuantizer`]: a learned K x D codebook (EMA, k-means init, dead-code restart, cosine).
 - [`FiniteScalarQuantizer`]: FSQ, a fixed grid of `prod(levels)` codes.
@@ -8,7 +8,7 @@ the usage metrics `codebook_usage` / `usage_perplexity` for training logs.
 - [`ResidualVectorQuantizer`]: a stack of VectorQuantizers on successive residuals.
 """
 
-from .base import CodebookUsage, Quantizer, QuantizerOutput
+from .base import CodebookUsageWindow, Quantizer, QuantizerOutput
 from .finite_scalar import FiniteScalarQuantizer
 from .lookup_free import LookupFreeQuantizer
 from .residual import ResidualVectorQuantizer
@@ -16,7 +16,7 @@ from .search import nearest_codebook_indices
 from .vector import VectorQuantizer, kmeans
 
 __all__ = [
-    "CodebookUsage",
+    "CodebookUsageWindow",
     "FiniteScalarQuantizer",
     "LookupFreeQuantizer",
     "Quantizer",

@@ -78,12 +78,14 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 def perplexity_of(counts: torch.Tensor) -> torch.Tensor:
-    """exp(entropy) of the histogram `counts` `[K]`: K for uniform use, 1 for a single code."""
-    probabilities = counts.float() / counts.sum().clamp_min(1)
-    return torch.exp(-torch.sum(probabilities * torch.log(probabilities.clamp_min(1e-10))))
+    """exp(entropy) of histograms `counts` `[..., K]` -> `[...]` float32 (summed in float64): K for
+    uniform use, 1 for a single code (the effective number of codes)."""
+    probabilities = counts.double() / counts.sum(dim=-1, keepdim=True).clamp_min(1)
+    entropy = -torch.sum(probabilities * torch.log(probabilities.clamp_min(1e-300)), dim=-1)
+    return torch.exp(entropy).float()
 
 
-class CodebookUsage:
+class CodebookUsageWindow:
     """How often each code was hit among the last `window` tokens (of all processes).
 
     A ring buffer keeps this process's last `window` indices; the hit counts `[K]` are updated
@@ -166,12 +168,15 @@ class Quantizer(nn.Module):
     """Base of the quantizers: the shared interface and the usage metrics for training logs.
 
     Subclasses set `codebook_size` (K, per level), `codebook_dim` (D) and `self.usage` (a
-    [`CodebookUsage`]), and implement `forward`, `codes_to_indices` and `indices_to_codes`.
+    [`CodebookUsageWindow`]), and implement `forward(latents, update_codebook=None)` and
+    `indices_to_codes`. `update_codebook` defaults to `self.training`: the training path
+    maintains the codebook and usage statistics; `update_codebook=False` is a pure function of
+    the latents, whatever the module's mode.
     """
 
     codebook_size: int
     codebook_dim: int
-    usage: CodebookUsage
+    usage: CodebookUsageWindow
 
     @property
     def codebook_usage(self) -> torch.Tensor:

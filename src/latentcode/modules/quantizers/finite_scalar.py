@@ -11,7 +11,7 @@ from math import prod
 
 import torch
 
-from .base import CodebookUsage, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
+from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
 from .vector import DEFAULT_WINDOW_PER_CODE
 
 
@@ -37,7 +37,9 @@ class FiniteScalarQuantizer(Quantizer):
         self.codebook_size = prod(levels)
         # Mixed radix: channel 0 is the least significant digit.
         self.basis = [prod(levels[:i]) for i in range(len(levels))]
-        self.usage = CodebookUsage(self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size)
+        self.usage = CodebookUsageWindow(
+            self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size
+        )
 
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """levels and mixed-radix basis as int64 tensors `[D]`. Built on demand rather than kept as
@@ -57,18 +59,9 @@ class FiniteScalarQuantizer(Quantizer):
         levels, basis = self._constants(rounded.device)
         return ((rounded.round().long() + levels // 2) * basis).sum(dim=-1)
 
-    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents `[B, D, h, w]` -> `[B, h, w]` indices in `[0, prod(levels))`, no gradients."""
-        self._check_latents(latents)
-        batch, _, height, width = latents.shape
-        rounded = self._bound(flatten_latents(latents.detach())).round()
-        return self._digits_to_index(rounded).view(batch, height, width)
-
     def grid_codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """Inverse of [`indices_to_codes`]: codes `[B, D, h, w]` on the grid -> `[B, h, w]`.
-
-        (`codes_to_indices` takes latents, which pass through the tanh bound first.)
-        """
+        (Latents pass through the tanh bound first: quantise them with `forward`.)"""
         self._check_latents(codes)
         batch, _, height, width = codes.shape
         levels, _ = self._constants(codes.device)
@@ -81,15 +74,17 @@ class FiniteScalarQuantizer(Quantizer):
         digits = (indices.long().unsqueeze(-1) // basis) % levels
         return ((digits - levels // 2).float() / (levels // 2).float()).permute(0, 3, 1, 2).contiguous()
 
-    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
-        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`] (all losses are zero)."""
+    def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`] (all losses are zero).
+        `update_codebook` (default: in training mode) updates the usage window; the grid is fixed."""
         self._check_latents(latents)
+        update_codebook = self.training if update_codebook is None else update_codebook
         with torch.autocast(device_type=latents.device.type, enabled=False):
             bounded = self._bound(flatten_latents(latents))
             rounded = bounded + (bounded.round() - bounded).detach()
             quantized = rounded / (self._constants(rounded.device)[0] // 2).float()
             indices = self._digits_to_index(rounded.detach())
-            if self.training:
+            if update_codebook:
                 self.usage.update(indices)
         zero = quantized.new_zeros(())
         return QuantizerOutput(

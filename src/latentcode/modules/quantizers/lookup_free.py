@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import CodebookUsage, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
+from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
 from .vector import DEFAULT_WINDOW_PER_CODE
 
 
@@ -57,19 +57,14 @@ class LookupFreeQuantizer(Quantizer):
         self.entropy_weight = entropy_weight
         self.diversity_weight = diversity_weight
         self.temperature = temperature
-        self.usage = CodebookUsage(self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size)
+        self.usage = CodebookUsageWindow(
+            self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size
+        )
 
     def _bit_values(self, device: torch.device) -> torch.Tensor:
         """`[D]` int64 place values, channel 0 the most significant bit (not a buffer: from_pretrained
         leaves unsaved buffers uninitialised)."""
         return 2 ** torch.arange(self.codebook_dim - 1, -1, -1, device=device)
-
-    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents `[B, D, h, w]` -> `[B, h, w]` indices in `[0, 2^D)`, no gradients."""
-        self._check_latents(latents)
-        batch, _, height, width = latents.shape
-        rows = flatten_latents(latents.detach())
-        return ((rows > 0).long() * self._bit_values(rows.device)).sum(1).view(batch, height, width)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices `[B, h, w]` -> codes `[B, D, h, w]` in `{-1, +1}` (fp32)."""
@@ -88,9 +83,11 @@ class LookupFreeQuantizer(Quantizer):
         codebook_entropy = -(average * average.clamp_min(1e-12).log()).sum()
         return per_token_entropy - self.diversity_weight * codebook_entropy
 
-    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
-        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]."""
+    def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]. `update_codebook` (default: in
+        training mode) updates the usage window; LFQ has no codebook to maintain."""
         self._check_latents(latents)
+        update_codebook = self.training if update_codebook is None else update_codebook
         with torch.autocast(device_type=latents.device.type, enabled=False):
             rows = flatten_latents(latents)
             codes = torch.where(rows > 0, 1.0, -1.0)
@@ -98,7 +95,7 @@ class LookupFreeQuantizer(Quantizer):
             indices = ((rows.detach() > 0).long() * self._bit_values(rows.device)).sum(1)
             commitment_loss = F.mse_loss(rows, codes)
             entropy_loss = self.entropy_loss(rows) if self.entropy_weight > 0 else rows.new_zeros(())
-            if self.training:
+            if update_codebook:
                 self.usage.update(indices)
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),

@@ -70,17 +70,6 @@ class ResidualVectorQuantizer(Quantizer):
             depth.fill_(int(torch.randint(1, self.num_quantizers + 1, ())))
         return int(broadcast_from_rank0(depth).item())
 
-    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents `[B, D, h, w]` -> `[B, h, w, num_quantizers]` indices, no gradients."""
-        self._check_latents(latents)
-        residual = latents.detach().float()
-        indices = []
-        for level in self.levels:
-            level_indices = level.codes_to_indices(residual)
-            residual = residual - level.indices_to_codes(level_indices)
-            indices.append(level_indices)
-        return torch.stack(indices, dim=-1)
-
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices `[B, h, w, num_quantizers]` (-1: level unused) -> summed codes `[B, D, h, w]`."""
         self._check_indices(indices, self.num_quantizers, self.codebook_size, low=-1)
@@ -91,10 +80,13 @@ class ResidualVectorQuantizer(Quantizer):
             codes = codes + level.indices_to_codes(level_indices.clamp_min(0)) * used
         return codes
 
-    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
-        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]."""
+    def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]. `update_codebook` (default: in
+        training mode) maintains every level's codebook and applies quantizer dropout; with
+        `update_codebook=False` all levels are used and nothing changes."""
         self._check_latents(latents)
-        depth = self._training_depth(latents.device) if self.training and self.quantizer_dropout > 0 else None
+        update_codebook = self.training if update_codebook is None else update_codebook
+        depth = self._training_depth(latents.device) if update_codebook and self.quantizer_dropout > 0 else None
         with torch.autocast(device_type=latents.device.type, enabled=False):
             latents = latents.float()
             residual, total = latents, torch.zeros_like(latents)
@@ -106,7 +98,7 @@ class ResidualVectorQuantizer(Quantizer):
             )
             outputs = []
             for i, level in enumerate(self.levels[:depth]):
-                output = level(residual)
+                output = level(residual, update_codebook=update_codebook)
                 codes = output.quantized.detach()
                 # Later levels see the residual with the gradient path to the encoder intact.
                 residual = residual - codes

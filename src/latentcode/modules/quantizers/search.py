@@ -14,20 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 # Rows and codes of one block of distances on CPU: 256 x 4096 fp32 = 4 MiB, written by the
-# addmm and read back by the reductions while it is still in cache (the fastest of the shapes
-# tried by `benchmarks/bench_quantizers.py --tune` on this machine). On GPUs a block is worth
+# addmm and read back by the reductions while it is still in cache (`benchmarks/bench_quantizers.py
+# --tune` compares block shapes). On GPUs a block is worth
 # launching only if it fills the device, so blocks hold up to 2**26 distances there.
 DEFAULT_BLOCK_ROWS, DEFAULT_BLOCK_CODES = 256, 4096
 CUDA_BLOCK_ELEMENTS = 2**26
 # The minimum of a block is found in two steps: `amin` over groups of GROUP contiguous codes
-# (a vectorised reduction, ~10x faster on CPU than `min` with indices), then the index inside
+# (a vectorised reduction, much faster on CPU than `min` with indices), then the index inside
 # the winning group. Both take the first minimum, so ties still go to the lowest index.
 GROUP = 64
 
 # On CPU the rows are split over `torch.get_num_threads()` worker threads that each run
-# single-threaded ops, instead of running every small block op multi-threaded: a block op lasts
-# ~0.1 ms, and with intra-op threads each one ends in a barrier that, on a loaded machine, waits
-# for a descheduled thread (measured here: 1.7 s against 30 s for 4096 x 2**18 with 2 threads).
+# single-threaded ops, instead of running every small block op multi-threaded: a block op is
+# short, and with intra-op threads each one ends in a barrier that, on a loaded machine, waits
+# for a descheduled thread (`benchmarks/bench_quantizers.py` measures both).
 _WORKER_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 

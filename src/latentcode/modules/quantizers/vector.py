@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import (
-    CodebookUsage,
+    CodebookUsageWindow,
     Quantizer,
     QuantizerOutput,
     all_reduce_sum,
@@ -122,7 +122,7 @@ class VectorQuantizer(Quantizer):
         self.dead_code_restart = dead_code_restart
         self.l2_normalize = l2_normalize
         self.max_block_elements = max_block_elements
-        self.usage = CodebookUsage(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
+        self.usage = CodebookUsageWindow(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
         # The same parameter name in every mode (diffusers' `quantize.embedding.weight` maps to
         # it); with EMA updates it takes no gradient.
         self.codebook = torch.nn.Parameter(torch.empty(codebook_size, codebook_dim), requires_grad=ema_decay is None)
@@ -178,12 +178,6 @@ class VectorQuantizer(Quantizer):
     def search(self, rows: torch.Tensor) -> torch.Tensor:
         """Nearest-code indices `[N]` of fp32 rows `[N, D]` (already normalised in cosine mode)."""
         return nearest_codebook_indices(rows.detach(), self._codes().detach(), self.max_block_elements)
-
-    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
-        """Nearest-code indices of latents `[B, D, h, w]` -> `[B, h, w]`, without gradients."""
-        self._check_latents(latents)
-        batch, _, height, width = latents.shape
-        return self.search(self._prepare(flatten_latents(latents.detach()))).view(batch, height, width)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes of indices `[B, h, w]` -> `[B, D, h, w]` (fp32)."""
@@ -244,16 +238,18 @@ class VectorQuantizer(Quantizer):
 
     # -- forward ----------------------------------------------------------------------------------
 
-    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
+    def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
         """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`].
 
-        In training mode this also maintains the codebook (k-means init and dead-code restarts
-        from this batch before the lookup, the EMA update after it) and the usage window.
+        With `update_codebook` (default: in training mode) this also maintains the codebook
+        (k-means init and dead-code restarts from this batch before the lookup, the EMA update
+        after it) and the usage window; with `update_codebook=False` it is a pure function.
         """
         self._check_latents(latents)
+        update_codebook = self.training if update_codebook is None else update_codebook
         with torch.autocast(device_type=latents.device.type, enabled=False):
             rows = self._prepare(flatten_latents(latents))
-            if self.training:
+            if update_codebook:
                 # Codebook surgery before the lookup, so no tensor autograd saved is changed.
                 if self.kmeans_init and not bool(self.initialized):
                     self._kmeans_initialize(rows.detach())
@@ -265,7 +261,7 @@ class VectorQuantizer(Quantizer):
             commitment_loss = F.mse_loss(rows, codes.detach())
             quantized = rows + (codes - rows).detach()
             perplexity = perplexity_of(torch.bincount(indices, minlength=self.codebook_size))
-            if self.training:
+            if update_codebook:
                 if self.use_ema:
                     self._ema_update(rows.detach(), indices)
                 self.usage.update(indices)

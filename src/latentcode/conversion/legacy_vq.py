@@ -1,0 +1,24 @@
+"""How the public VQ checkpoints were trained, so that imported models fine-tune the same way.
+
+diffusers' `VectorQuantizer` (like taming-transformers' and latent-diffusion's, with
+`legacy=True`) computes `||sg(e) - z||^2 + beta * ||e - sg(z)||^2`: beta sits on the *codebook*
+term and the commitment term has weight 1, and `VQModel` fixes beta = 0.25. Imported models
+keep that objective (`commitment_weight=1.0`, `codebook_weight=0.25`) and the plain
+gradient-learned codebook (no EMA codes, k-means or dead-code restarts); pass e.g.
+`commitment_weight=0.25, codebook_weight=1.0` for the VQ-VAE paper's weighting.
+"""
+
+from __future__ import annotations
+
+# Beta of diffusers' VQModel quantiser.
+DIFFUSERS_VQ_BETA = 0.25
+# The config fields of that recipe; override any of them to fine-tune differently.
+IMPORTED_VQ_TRAINING = {
+    "commitment_weight": 1.0,
+    "codebook_weight": DIFFUSERS_VQ_BETA,
+    "codebook_ema": False,
+    "kmeans_init": False,
+    "dead_code_restart": False,
+}
+
+__all__ = ["DIFFUSERS_VQ_BETA", "IMPORTED_VQ_TRAINING"]
