@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from latentcode.conversion.cli import add_scaling_factor_arguments, save_converted_model
 from latentcode.conversion.compvis import from_compvis
-from latentcode.conversion.scaling import add_scaling_factor_arguments, save_converted_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from latentcode import LatentCodePreTrainedModel
-from latentcode.conversion.scaling import add_scaling_factor_arguments, save_converted_model
+from latentcode.conversion.cli import add_scaling_factor_arguments, save_converted_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -657,7 +657,7 @@ def test_compute_scaling_factor_is_inverse_std_of_latents(tmp_path):
     from sklearn.datasets import load_digits
 
     from latentcode.conversion import compute_scaling_factor
-    from latentcode.conversion.scaling import image_folder_batches
+    from latentcode.conversion.cli import image_folder_batches
 
     digits = load_digits().images[:12]  # 8x8 grey images, values 0..16
     for i, image in enumerate(digits):

@@ -21,7 +21,7 @@ from conftest import tiny_model
 from diffusers import DiffusionPipeline, LDMPipeline
 
 from latentcode.families import FAMILIES, get_family
-from latentcode.generation import diffusion_loss, latent_diffusion_pipeline, latent_unet
+from latentcode.latent_diffusion import diffusion_loss, latent_diffusion_pipeline, latent_unet
 
 REPO = Path(__file__).resolve().parent.parent
 # The families with a diffusers counterpart.

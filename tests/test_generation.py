@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from latentcode.generation import image_grid, interpolate, main, reconstruction_grid, slerp
+from latentcode.generation import interpolate, main, slerp
+from latentcode.grids import image_grid, reconstruction_grid
 
 
 def test_image_grid_layout():

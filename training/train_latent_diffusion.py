@@ -9,7 +9,7 @@ posterior samples, or VQ-VAE latents before quantisation (the pipeline's `decode
 latent-diffusion does. Latents are multiplied by `scaling_factor` (measured as 1 / std on the
 first batch unless given, and stored in the autoencoder's config) so the UNet sees unit variance.
 `--output_dir` then holds a pipeline that `DiffusionPipeline.from_pretrained` loads after
-`import latentcode`, plus `samples.png`. The pieces are in `latentcode.generation`.
+`import latentcode`, plus `samples.png`. The pieces are in `latentcode.latent_diffusion`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from transformers import AutoModel, get_scheduler
 
 import latentcode
 from latentcode.data import add_data_arguments, image_data_from_args
-from latentcode.generation import (
+from latentcode.grids import save_image_grid
+from latentcode.latent_diffusion import (
+    compute_scaling_factor,
     continuous_latents,
     diffusion_loss,
     latent_diffusion_pipeline,
-    latent_scaling_factor,
     latent_unet,
-    save_image_grid,
 )
 
 
@@ -90,12 +90,9 @@ def main(args: argparse.Namespace) -> dict:
 
     first_batch = batches.next_batch()
     if args.scaling_factor is None:
-        with torch.no_grad():
-            unscaled = continuous_latents(
-                autoencoder, first_batch.to(device), sample_posterior=True, generator=generator
-            )
         # Every process must scale alike: use the mean of their measurements.
-        measured = accelerator.reduce(torch.tensor(latent_scaling_factor(unscaled), device=device), "mean")
+        local = compute_scaling_factor(autoencoder, [first_batch], generator=generator)
+        measured = accelerator.reduce(torch.tensor(local, device=device), "mean")
         autoencoder.config.scaling_factor = measured.item()
     else:
         autoencoder.config.scaling_factor = args.scaling_factor

@@ -25,7 +25,7 @@ from transformers import AutoModel, get_scheduler
 
 import latentcode
 from latentcode.data import add_data_arguments, image_data_from_args
-from latentcode.generation import save_image_grid
+from latentcode.grids import save_image_grid
 from latentcode.prior import (
     PRIOR_ARCHITECTURES,
     build_prior,

@@ -37,11 +37,9 @@ import PIL.Image
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .image_processing import PIL_MODES, image_to_float_chw, resize_shorter_side
+from .image_processing import IMAGE_EXTENSIONS, PIL_MODES, image_to_float_chw, resize_shorter_side
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def _local_builder(path: Path) -> tuple[str, dict]:
         return "parquet", {"data_files": [str(p) for p in files if p.suffix.lower() == ".parquet"]}
     if ".tar" in suffixes:
         return "webdataset", {"data_files": [str(p) for p in files if p.suffix.lower() == ".tar"]}
-    if suffixes & IMAGE_EXTENSIONS:
+    if suffixes & set(IMAGE_EXTENSIONS):
         return "imagefolder", {"data_dir": str(path)}
     raise ValueError(
         f"train_data_dir={str(path)!r} holds no images ({sorted(IMAGE_EXTENSIONS)}), parquet files or "

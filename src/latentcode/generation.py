@@ -1,12 +1,8 @@
-"""New images from latentcode models: VAE prior samples, latent interpolation, latent diffusion.
+"""New images from latentcode models: VAE prior samples and latent interpolation (grids are in
+`latentcode.grids`, latent diffusion in `latentcode.latent_diffusion`).
 
-- `image_grid` / `save_image_grid`: `[N, C, H, W]` pixels -> one PNG grid (used by every
-  sampler here, by `latentcode.prior` and by the training scripts).
 - `interpolate`: decode points on the path between the latents of two images (spherical for
   Gaussian codes), for any of the three families.
-- Latent diffusion in miniature: `latent_unet` sizes a diffusers `UNet2DModel` for a model's
-  latents, `diffusion_loss` is the epsilon-prediction objective, `latent_diffusion_pipeline`
-  wraps everything in diffusers' `LDMPipeline` with our model as its `vqvae`.
 
 `python -m latentcode.generation --pretrained_model_name_or_path PATH --output_dir DIR` writes
 `samples.png` (VAE prior samples) and, with `--interpolate A.png B.png`, `interpolation.png`.
@@ -15,90 +11,20 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .image_processing import PIL_MODES, LatentCodeImageProcessor, pixels_to_uint8
+from .grids import save_image_grid
+from .image_processing import LatentCodeImageProcessor
+from .latent_diffusion import continuous_latents
 from .modeling import VAEModel
-
-# ----------------------------------------------------------------------------------------------
-# Grids
-# ----------------------------------------------------------------------------------------------
-
-
-def image_grid(pixels: torch.Tensor, num_columns: int | None = None, padding: int = 2) -> PIL.Image.Image:
-    """Pixels `[N, C, H, W]` in [-1, 1] (C in 1, 3, 4) -> one image of `ceil(N / num_columns)` rows.
-
-    `num_columns` defaults to `ceil(sqrt(N))`; `padding` pixels of white separate the cells.
-    (Not `torchvision.utils.make_grid`: it turns grey-scale grids into RGB, and torchvision is no
-    dependency of the core package; this keeps the images' mode, `"L"`, `"RGB"` or `"RGBA"`.)
-    """
-    if pixels.dim() != 4 or pixels.shape[1] not in PIL_MODES or pixels.shape[0] == 0:
-        raise ValueError(
-            f"expected pixels [N, C, H, W] with N >= 1 and C in {sorted(PIL_MODES)}, got shape {tuple(pixels.shape)}"
-        )
-    count, channels, height, width = pixels.shape
-    columns = num_columns or math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    images = pixels_to_uint8(pixels)
-    cells = F.pad(images, (padding, padding, padding, padding), value=255)
-    blank = cells.new_full((rows * columns - count, *cells.shape[1:]), 255)
-    cells = torch.cat([cells, blank])
-    cell_height, cell_width = cells.shape[2:]
-    grid = cells.view(rows, columns, channels, cell_height, cell_width).permute(0, 3, 1, 4, 2)
-    grid = grid.reshape(rows * cell_height, columns * cell_width, channels).numpy()
-    return PIL.Image.fromarray(grid[..., 0] if channels == 1 else grid)
-
-
-def reconstruction_grid(
-    originals: torch.Tensor, reconstructions: torch.Tensor, num_columns: int | None = None
-) -> PIL.Image.Image:
-    """Rows of `num_columns` originals (default: all in one row), each row followed by the row of
-    their reconstructions. Both `[N, C, H, W]` in [-1, 1] of one shape."""
-    if originals.shape != reconstructions.shape or originals.shape[0] == 0:
-        raise ValueError(
-            f"expected two non-empty image batches of one shape, got {tuple(originals.shape)} "
-            f"and {tuple(reconstructions.shape)}"
-        )
-    count = originals.shape[0]
-    columns = min(num_columns or count, count)
-    blank_cells = (-count) % columns
-    blank = originals.new_ones((blank_cells, *originals.shape[1:]))  # white in [-1, 1]
-    rows = []
-    for start in range(0, count, columns):
-        rows += [originals[start : start + columns], reconstructions[start : start + columns]]
-        if start + columns > count:
-            rows[-2:] = [torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])]
-    return image_grid(torch.cat(rows), num_columns=columns)
-
-
-def save_image_grid(pixels: torch.Tensor, path: str | Path, num_columns: int | None = None) -> Path:
-    """Write `image_grid(pixels, num_columns)` as a PNG at `path` (parents created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(pixels, num_columns).save(path)
-    return path
-
 
 # ----------------------------------------------------------------------------------------------
 # Interpolation
 # ----------------------------------------------------------------------------------------------
-
-
-def continuous_latents(
-    model, pixel_values: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """The continuous code that `model.decode` takes back, `[B, D, h, w]`: the AutoEncoder's
-    latents, the VAE posterior's mean (or a sample of it with `sample_posterior`, as latent
-    diffusion trains on), the VQ-VAE's latents before quantisation (`decode` quantises them)."""
-    encoded = model.encode(pixel_values)
-    if hasattr(encoded, "latent_dist"):
-        return encoded.latent_dist.sample(generator=generator) if sample_posterior else encoded.latent_dist.mode()
-    return encoded.latents
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, weight: float) -> torch.Tensor:
@@ -151,64 +77,6 @@ def interpolate(
             frames.append(torch.lerp(latent_start, latent_end, weight))
     path = torch.stack(frames, dim=1).flatten(0, 1)  # [B * num_steps, D, h, w], pair-major
     return model.decode(path).sample
-
-
-# ----------------------------------------------------------------------------------------------
-# Latent diffusion
-# ----------------------------------------------------------------------------------------------
-
-
-def latent_unet(
-    model_config,
-    image_size: int | None = None,
-    block_out_channels=(64, 128),
-    layers_per_block: int = 1,
-    norm_num_groups: int = 32,
-):
-    """A diffusers `UNet2DModel` on the latents of a model with `model_config`: `latent_channels`
-    in and out, `image_size / downsampling_factor` square (`image_size` defaults to
-    `config.sample_size`), self-attention on the lowest of the `block_out_channels` levels."""
-    from diffusers import UNet2DModel
-
-    levels = len(block_out_channels)
-    return UNet2DModel(
-        sample_size=(image_size or model_config.sample_size) // model_config.downsampling_factor,
-        in_channels=model_config.latent_channels,
-        out_channels=model_config.latent_channels,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        norm_num_groups=norm_num_groups,
-        down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
-        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
-    )
-
-
-def diffusion_loss(unet, scheduler, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Epsilon-prediction MSE of `unet` on scaled latents `[B, D, h, w]` at uniform random timesteps."""
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device
-    )
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps).sample.float(), noise.float())
-
-
-@torch.no_grad()
-def latent_scaling_factor(latents: torch.Tensor) -> float:
-    """`1 / std` of a sample of latents, so that scaled latents have unit variance, as the
-    Stable Diffusion VAE's 0.18215 was chosen."""
-    return 1.0 / latents.float().std().item()
-
-
-def latent_diffusion_pipeline(model, unet, scheduler=None):
-    """diffusers' `LDMPipeline` with `model` (ours, VAE or VQ-VAE) as `vqvae` and a DDIM scheduler.
-
-    The pipeline divides the denoised latents by `model.config.scaling_factor` and calls
-    `model.decode(latents).sample`, which both of our families provide.
-    """
-    from diffusers import DDIMScheduler, LDMPipeline
-
-    return LDMPipeline(vqvae=model, unet=unet, scheduler=scheduler or DDIMScheduler())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from transformers.image_utils import PILImageResampling
 
 # PIL mode of an image with this many channels.
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# File suffixes read as images (image folders for training, evaluation and the scaling factor).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # ITU-R 601-2 luma, the weights PIL's RGB -> L conversion uses.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)

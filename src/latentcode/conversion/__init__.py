@@ -5,10 +5,10 @@ Every conversion is exact (same outputs up to floating-point kernel differences)
 files are read without unpickling code, and every missing or unexpected weight stops it.
 """
 
+from ..latent_diffusion import compute_scaling_factor
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
 from .compvis import from_compvis
 from .diffusers import config_from_diffusers, diffusers_config_from, from_diffusers, to_diffusers
-from .scaling import compute_scaling_factor
 
 __all__ = [
     "CheckpointError",

@@ -26,7 +26,7 @@ import torch
 # Absolute imports: a Space runs a copy of this file as a script, outside the package.
 from latentcode.demo import inference
 from latentcode.demo.inference import DemoInputError, DemoModel
-from latentcode.generation import image_grid
+from latentcode.grids import image_grid
 
 logger = logging.getLogger(__name__)
 

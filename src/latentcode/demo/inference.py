@@ -6,7 +6,7 @@
 - [`reconstruct`]: reconstruction, PSNR / SSIM (`latentcode.evaluation`), the latent grid and
   what the code costs in bits; large images go through the model's tiled encode / decode.
 - [`token_grid_image`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens.
-- [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.prior`).
+- [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.grids`, `latentcode.prior`).
 
 Pixels are `[B, C, H, W]` floats in [-1, 1], as everywhere in latentcode.
 """
@@ -27,7 +27,8 @@ from transformers import AutoModel, AutoModelForCausalLM
 from ..evaluation import psnr, ssim
 from ..evaluation.figures import bar_chart
 from ..evaluation.metrics import SSIM_WINDOW
-from ..generation import image_grid, interpolate
+from ..generation import interpolate
+from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
 from ..modeling import LatentCodePreTrainedModel, VAEModel, VQVAEModel
 from ..prior import sample_images, token_mapping

@@ -13,7 +13,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
-from .. import generation
+from .. import grids
 
 MIN_CELL_SIZE = 64  # grid cells are upscaled (nearest) to at least this many pixels
 
@@ -21,7 +21,7 @@ MIN_CELL_SIZE = 64  # grid cells are upscaled (nearest) to at least this many pi
 def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> PIL.Image.Image:
     """Two rows: `originals` `[N, C, H, W]` above `reconstructions` (same shape), in [-1, 1],
     cells upscaled (nearest) to at least `MIN_CELL_SIZE` pixels."""
-    grid = generation.reconstruction_grid(originals, reconstructions)
+    grid = grids.reconstruction_grid(originals, reconstructions)
     scale = max(1, math.ceil(MIN_CELL_SIZE / originals.shape[-1]))
     return grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
 

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs = dict(type=base)
         text = spec.metadata["help"]
         # A help text that explains its own default (e.g. "default: learning_rate") keeps it alone.
-        text = text if "default:" in text else f"{text} (default: {default})"
+        text = text if "default" in text else f"{text} (default: {default})"
         parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text, **kwargs)
     return parser
 

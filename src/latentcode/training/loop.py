@@ -37,7 +37,7 @@ from transformers import get_scheduler
 from ..data import ImageBatches, ImageTransform, build_image_data
 from ..evaluation.evaluate import evaluate, markdown_table
 from ..families import get_family
-from ..generation import reconstruction_grid
+from ..grids import reconstruction_grid
 from ..losses import (
     PatchDiscriminator,
     PerceptualLoss,

@@ -1,57 +1,18 @@
-"""The latent scaling factor: latent-diffusion multiplies latents by `scaling_factor` so that
-the diffusion model sees roughly unit variance, and divides by it before decoding.
-
-Converted models carry the factor over (diffusers' `scaling_factor`, or the latent-diffusion
-YAML's `scale_factor`). For a newly trained autoencoder, [`compute_scaling_factor`] estimates
-it as `1 / std` of the latents over a dataset, as latent-diffusion does on its first batch.
-"""
+"""What the conversion scripts share: `--scaling_factor` / `--compute_scaling_factor DATA`
+(the estimate is [`latentcode.latent_diffusion.compute_scaling_factor`]), the image-folder batches
+that estimate reads, and the final save step."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-@torch.no_grad()
-def compute_scaling_factor(
-    model: nn.Module, batches: Iterable[torch.Tensor], generator: torch.Generator | None = None
-) -> float:
-    """`1 / std` of the latents the model gives a diffusion model, pooled over every element of
-    every batch.
-
-    The latents are what latent-diffusion diffuses: a posterior sample for a `VAEModel`
-    (reproducible with `generator`), the pre-quantisation `.latents` for a `VQVAEModel`, and
-    `.latents` for an `AutoencoderModel`.
-
-    Args:
-        model: a latentcode model.
-        batches: pixel batches `[B, C, H, W]` in [-1, 1].
-        generator: for the VAE's posterior samples.
-    """
-    count, total, total_sq = 0, 0.0, 0.0
-    for pixels in batches:
-        encoded = model.encode(pixels.to(model.device, model.dtype))
-        if hasattr(encoded, "latent_dist"):
-            latents = encoded.latent_dist.sample(generator=generator)
-        else:
-            latents = encoded.latents
-        latents = latents.double()
-        count += latents.numel()
-        total += latents.sum().item()
-        total_sq += latents.pow(2).sum().item()
-    if count < 2:
-        raise ValueError(f"need at least 2 latent values to estimate a standard deviation, got {count}")
-    variance = (total_sq - total * total / count) / (count - 1)
-    if not variance > 0:
-        raise ValueError(f"latents have zero variance over the dataset ({count} values); cannot scale them")
-    return 1.0 / math.sqrt(variance)
+from ..image_processing import IMAGE_EXTENSIONS, LatentCodeImageProcessor
+from ..latent_diffusion import compute_scaling_factor
 
 
 def image_folder_batches(
@@ -65,10 +26,10 @@ def image_folder_batches(
         os.path.join(root, name)
         for root, _, names in os.walk(folder)
         for name in names
-        if name.lower().endswith(IMAGE_SUFFIXES)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
     )[:max_images]
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {os.fspath(folder)!r}")
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {os.fspath(folder)!r}")
     for start in range(0, len(paths), batch_size):
         images = []
         for path in paths[start : start + batch_size]:
@@ -101,8 +62,6 @@ def apply_scaling_factor_arguments(model: nn.Module, args: argparse.Namespace) -
     if args.scaling_factor is not None:
         model.config.scaling_factor = args.scaling_factor
     elif args.compute_scaling_factor is not None:
-        from ..image_processing import LatentCodeImageProcessor
-
         processor = LatentCodeImageProcessor.from_model_config(model.config, size=args.resolution)
         batches = image_folder_batches(args.compute_scaling_factor, processor, args.batch_size, args.max_images)
         generator = torch.Generator(model.device).manual_seed(args.seed)
@@ -112,8 +71,6 @@ def apply_scaling_factor_arguments(model: nn.Module, args: argparse.Namespace) -
 def save_converted_model(model: nn.Module, args: argparse.Namespace) -> None:
     """The import scripts' last step: set the scaling factor as the flags say, then write the model
     and its `LatentCodeImageProcessor` to `args.output_dir`."""
-    from ..image_processing import LatentCodeImageProcessor
-
     apply_scaling_factor_arguments(model, args)
     model.save_pretrained(args.output_dir)
     LatentCodeImageProcessor.from_model_config(model.config).save_pretrained(args.output_dir)

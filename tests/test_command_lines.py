@@ -1,0 +1,84 @@
+"""Every command line speaks the same dialect: diffusers' flag names with underscores, one name for
+the input model, each default stated once in `--help`."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted(
+    path
+    for folder in ("src/latentcode", "training", "conversion", "benchmarks")
+    for path in (REPO / folder).rglob("*.py")
+)
+
+
+def option_strings() -> list[tuple[str, str]]:
+    """(file, option) for every `add_argument("--...")` in the sources."""
+    found = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+                for argument in node.args:
+                    if isinstance(argument, ast.Constant) and str(argument.value).startswith("--"):
+                        found.append((str(path.relative_to(REPO)), argument.value))
+    return found
+
+
+def test_flags_use_underscores_and_one_name_for_the_input_model():
+    options = option_strings()
+    assert len(options) > 100  # the scan sees the scripts' flags
+    dashed = [(path, option) for path, option in options if "-" in option[2:]]
+    assert not dashed, f"flags with dashes: {dashed}"
+    model_flags = {option for _, option in options if "model_name_or_path" in option}
+    assert model_flags == {"--pretrained_model_name_or_path"}
+
+
+def load_script(relative: str):
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def help_of_train():
+    from latentcode.training.config import build_parser
+
+    return build_parser().format_help()
+
+
+def help_of_eval():
+    from latentcode.evaluation.cli import build_parser
+
+    return build_parser().format_help()
+
+
+SCRIPTS = [
+    "training/train_prior.py",
+    "training/train_latent_diffusion.py",
+    "conversion/convert_diffusers_to_latentcode.py",
+    "conversion/convert_latentcode_to_diffusers.py",
+    "conversion/convert_compvis_to_latentcode.py",
+]
+
+
+@pytest.mark.parametrize("name", ["train", "eval", *SCRIPTS])
+def test_help_states_each_default_once(name, capsys):
+    if name == "train":
+        text = help_of_train()
+    elif name == "eval":
+        text = help_of_eval()
+    else:
+        with pytest.raises(SystemExit):
+            load_script(name).parse_args(["--help"])
+        text = capsys.readouterr().out
+    # One option's help runs from its flag to the next flag line.
+    entries = re.split(r"\n  (?=-)", text)
+    doubled = [entry.split()[0] for entry in entries if entry.count("default") > 1]
+    assert not doubled, f"options stating their default twice: {doubled}"
+    assert "--help" in text
