@@ -20,7 +20,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="latentcode model folder or Hub id")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--output_dir", required=True, help="where the diffusers model is saved")
-    parser.add_argument("--safe_serialization", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--no_safe_serialization",
+        dest="safe_serialization",
+        action="store_false",
+        help="write pickled .bin weights instead of safetensors",
+    )
     return parser.parse_args(argv)
 
 

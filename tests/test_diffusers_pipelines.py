@@ -148,7 +148,7 @@ def test_train_latent_diffusion_script(tmp_path):
         "--pretrained_model_name_or_path", str(vae_dir), "--output_dir", str(output_dir),
         "--dataset_name", "builtin:digits", "--max_train_steps", "4", "--train_batch_size", "8",
         "--validation_steps", "0", "--num_validation_images", "16", "--num_samples", "4",
-        "--num_inference_steps", "2", "--block_out_channels", "16", "32", "--norm_num_groups", "8",
+        "--num_inference_steps", "2", "--block_out_channels", "[16, 32]", "--norm_num_groups", "8",
         "--lr_warmup_steps", "1",
     ]  # fmt: skip
     environment = dict(os.environ, OMP_NUM_THREADS="1")
@@ -165,6 +165,48 @@ def test_train_latent_diffusion_script(tmp_path):
     images = pipeline(batch_size=2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 16, 16, 1)
     assert PIL.Image.open(output_dir / "samples.png").size == (2 * (16 + 4),) * 2
+
+
+def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_path):
+    """The latent-diffusion script shares train.py's machinery: --config YAML, checkpoints, exact
+    resume (the noise generator and the measured scaling factor come back with the checkpoint)."""
+    import importlib.util
+    import shutil
+    import sys
+
+    import yaml
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("train_latent_diffusion", REPO / "training/train_latent_diffusion.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    vae_dir = tmp_path / "vae"
+    tiny_model("vae", in_channels=1).save_pretrained(vae_dir)
+    options = dict(
+        pretrained_model_name_or_path=str(vae_dir), dataset_name="builtin:digits", max_train_steps=4,
+        train_batch_size=4, num_validation_images=4, num_samples=2, num_inference_steps=2,
+        block_out_channels=[16, 32], norm_num_groups=8, lr_warmup_steps=1, validation_steps=0,
+        checkpointing_steps=2, report_to="none",
+    )  # fmt: skip
+    (tmp_path / "ldm.yaml").write_text(yaml.safe_dump(options))
+
+    def run(output_dir, *flags):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        return script.main(
+            script.parse_args(["--config", str(tmp_path / "ldm.yaml"), "--output_dir", str(output_dir), *flags])
+        )
+
+    first = run(tmp_path / "uninterrupted")
+    shutil.copytree(tmp_path / "uninterrupted" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = run(tmp_path / "resumed", "--resume_from_checkpoint", "latest")
+    assert resumed["scaling_factor"] == first["scaling_factor"] != 1.0
+    expected = load_file(tmp_path / "uninterrupted" / "unet" / "diffusion_pytorch_model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
 def test_readme_tokenizer_and_diffusers_sections_run(tmp_path, monkeypatch):

@@ -134,3 +134,47 @@ def test_train_prior_script(tmp_path):
     assert sorted(p.name for p in (output_dir / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
     card = (output_dir / "README.md").read_text()
     assert "$" not in card.split("## Usage")[0] and f"{metrics['validation_nll']:.4f}" in card
+
+
+def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_path):
+    """The prior script shares train.py's machinery: --config YAML (flags override it),
+    --checkpointing_steps, --resume_from_checkpoint, --validation_split, --report_to."""
+    import importlib.util
+    import shutil
+
+    import yaml
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("train_prior", REPO / "training" / "train_prior.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["train_prior"] = script  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    vqvae_dir = tmp_path / "vqvae"
+    tiny_model("vqvae", in_channels=1, codebook_size=CODEBOOK_SIZE).save_pretrained(vqvae_dir)
+    options = dict(
+        pretrained_model_name_or_path=str(vqvae_dir), dataset_name="builtin:digits", validation_split="train",
+        max_train_steps=99, train_batch_size=4, num_validation_images=4, num_samples=2, hidden_size=16,
+        num_layers=1, num_heads=2, lr_warmup_steps=1, validation_steps=0, checkpointing_steps=2, report_to="none",
+    )  # fmt: skip
+    (tmp_path / "prior.yaml").write_text(yaml.safe_dump(options))
+
+    def run(output_dir, *flags):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        argv = ["--config", str(tmp_path / "prior.yaml"), "--output_dir", str(output_dir), "--max_train_steps", "4"]
+        config = script.parse_args([*argv, *flags])
+        assert config.max_train_steps == 4 and config.train_batch_size == 4  # flags over the YAML
+        return script.main(config)
+
+    environment_threads = torch.get_num_threads()
+    run(tmp_path / "uninterrupted")
+    assert sorted(p.name for p in (tmp_path / "uninterrupted").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    shutil.copytree(tmp_path / "uninterrupted" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    run(tmp_path / "resumed", "--resume_from_checkpoint", "latest")
+    assert torch.get_num_threads() == environment_threads
+    expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key

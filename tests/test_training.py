@@ -144,7 +144,7 @@ def test_cli_overrides_yaml_overrides_defaults():
             "--model.codebook_size",
             "64",
             "--model.block_out_channels=[8, 16]",
-            "--no-center_crop",
+            "--no_center_crop",
             "--checkpoints_total_limit",
             "none",
         ]

@@ -12,19 +12,18 @@ card (`model_cards/prior.md`) and `samples.png`. The library side is `latentcode
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoModel, get_scheduler
 
 import latentcode
-from latentcode.data import add_data_arguments, image_data_from_args
+from latentcode.data import image_data_from_config
 from latentcode.grids import save_image_grid
 from latentcode.prior import (
     PRIOR_ARCHITECTURES,
@@ -34,38 +33,48 @@ from latentcode.prior import (
     sample_images,
     token_mapping,
 )
+from latentcode.training.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from latentcode.training.config import RunConfig, option
+from latentcode.training.config import parse_args as parse_config
+from latentcode.training.loop import run_accelerator, tracker_config
 from latentcode.training.model_card import render_model_card
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained_model_name_or_path", required=True, help="a trained latentcode VQ-VAE")
-    parser.add_argument("--output_dir", required=True)
-    add_data_arguments(parser, resolution_default="the VQ-VAE's sample_size")
-    model = parser.add_argument_group("prior")
-    model.add_argument("--architecture", choices=PRIOR_ARCHITECTURES, default="gpt2")
-    model.add_argument("--hidden_size", type=int, default=256)
-    model.add_argument("--num_layers", type=int, default=4)
-    model.add_argument("--num_heads", type=int, default=4)
-    model.add_argument("--dropout", type=float, default=0.0)
-    train = parser.add_argument_group("training")
-    train.add_argument("--max_train_steps", type=int, default=2000)
-    train.add_argument("--train_batch_size", type=int, default=32, help="per process")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=3e-4)
-    train.add_argument("--adam_weight_decay", type=float, default=0.01)
-    train.add_argument("--lr_scheduler", default="cosine")
-    train.add_argument("--lr_warmup_steps", type=int, default=100)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--logging_steps", type=int, default=50)
-    sampling = parser.add_argument_group("validation and sampling")
-    sampling.add_argument("--validation_steps", type=int, default=500, help="0: only at the end")
-    sampling.add_argument("--num_samples", type=int, default=16)
-    sampling.add_argument("--temperature", type=float, default=1.0)
-    sampling.add_argument("--top_k", type=int, default=None)
-    return parser.parse_args(argv)
+@dataclass
+class PriorConfig(RunConfig):
+    """The options of train.py's runs (data, optimiser, checkpoints, trackers) and the prior's."""
+
+    pretrained_model_name_or_path: str | None = option("the trained latentcode VQ-VAE (required)", default=None)
+    output_dir: str = option("where checkpoints, logs and the prior (save_pretrained) go", default="latentcode-prior")
+    resolution: int | None = option(
+        "images are resized and cropped to this (default: the VQ-VAE's sample_size)", default=None
+    )
+    num_validation_images: int = option("held-out images for the validation NLL", default=64)
+    architecture: str = option(f"one of {PRIOR_ARCHITECTURES}", default="gpt2")
+    hidden_size: int = option("width of the prior", default=256)
+    num_layers: int = option("transformer layers", default=4)
+    num_heads: int = option("attention heads", default=4)
+    dropout: float = option("dropout of the prior", default=0.0)
+    max_train_steps: int = option("optimiser steps", default=2000)
+    train_batch_size: int = option("images per process per micro-batch", default=32)
+    learning_rate: float = option("peak learning rate", default=3e-4)
+    adam_weight_decay: float = option("AdamW weight decay", default=0.01)
+    lr_warmup_steps: int = option("linear learning-rate warm-up steps", default=100)
+    logging_steps: int = option("print the training loss every N steps", default=50)
+    num_samples: int = option("images sampled at each validation and at the end", default=16)
+    temperature: float = option("sampling temperature", default=1.0)
+    top_k: int | None = option("sample from the k most likely codes only", default=None)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pretrained_model_name_or_path is None:
+            raise ValueError("pretrained_model_name_or_path (the trained VQ-VAE) is required")
+        if self.architecture not in PRIOR_ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {PRIOR_ARCHITECTURES}, got {self.architecture!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> PriorConfig:
+    return parse_config(argv, PriorConfig, description=__doc__)
 
 
 @torch.no_grad()
@@ -78,12 +87,8 @@ def validation_nll(prior, mapping, sequences: torch.Tensor, batch_size: int) -> 
     return (torch.stack(losses).sum() / len(sequences)).item()
 
 
-def main(args: argparse.Namespace) -> dict:
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        cpu=not torch.cuda.is_available(),
-    )
+def main(args: PriorConfig) -> dict:
+    accelerator = run_accelerator(args, gradient_accumulation_steps=args.gradient_accumulation_steps)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
 
@@ -94,7 +99,9 @@ def main(args: argparse.Namespace) -> dict:
     resolution = args.resolution or vqvae.config.sample_size
     latent_shape = vqvae.latent_shape(resolution)
 
-    batches, validation_images = image_data_from_args(args, vqvae.config.in_channels, resolution, accelerator)
+    batches, validation_images = image_data_from_config(
+        args, vqvae.config.in_channels, resolution, accelerator.process_index, accelerator.num_processes
+    )
     validation_codes = torch.cat(list(encode_to_sequences(vqvae, validation_images.split(64))))
 
     prior = build_prior(
@@ -108,11 +115,26 @@ def main(args: argparse.Namespace) -> dict:
         vqvae_name_or_path=args.pretrained_model_name_or_path,
     )
     mapping = token_mapping(prior.config)
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    optimizer = torch.optim.AdamW(
+        prior.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
     scheduler = get_scheduler(
         args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
     )
     prior, optimizer = accelerator.prepare(prior, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    first_step = 1
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        trainer_state, process_state = load_checkpoint(accelerator, checkpoint)
+        first_step = trainer_state["global_step"] + 1
+        batches.load_state_dict(process_state["data"])
+        accelerator.print(f"resumed from {checkpoint} at step {first_step - 1}")
+    accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
     accelerator.print(
         f"prior: {args.architecture}, {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
         f"{math.prod(latent_shape)} codes per image {tuple(latent_shape)}, vocabulary {mapping.vocab_size}"
@@ -126,11 +148,12 @@ def main(args: argparse.Namespace) -> dict:
         )
         save_image_grid(samples, output_dir / "samples" / f"step_{step:06d}.png")
         accelerator.print(json.dumps(metrics))
+        accelerator.log({"validation/nll": metrics["validation_nll"]}, step=step)
         return metrics
 
     history, metrics = [], {}
     prior.train()
-    for step in range(1, args.max_train_steps + 1):
+    for step in range(first_step, args.max_train_steps + 1):
         for _ in range(args.gradient_accumulation_steps):
             with accelerator.accumulate(prior):
                 (sequences,) = encode_to_sequences(vqvae, [batches.next_batch()])
@@ -142,7 +165,12 @@ def main(args: argparse.Namespace) -> dict:
                 optimizer.zero_grad()
         scheduler.step()
         history.append(accelerator.gather(loss.detach()[None]).mean().item())
-        if step % args.logging_steps == 0 or step == 1:
+        accelerator.log({"train/loss": history[-1], "train/lr": scheduler.get_last_lr()[0]}, step=step)
+        if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+            trainer_state = {"global_step": step}
+            process_state = {"data": batches.state_dict()}
+            save_checkpoint(accelerator, output_dir, step, trainer_state, process_state, args.checkpoints_total_limit)
+        if step % args.logging_steps == 0 or step == first_step:
             accelerator.print(
                 f"step {step}: train loss {history[-1]:.4f} nats/code, lr {scheduler.get_last_lr()[0]:.2e}"
             )
@@ -159,7 +187,8 @@ def main(args: argparse.Namespace) -> dict:
             unwrapped, vqvae, args.num_samples, temperature=args.temperature, top_k=args.top_k, seed=args.seed
         )
         save_image_grid(samples, output_dir / "samples.png")
-        metrics.update(first_train_loss=history[0], last_train_loss=history[-1])
+        if history:  # empty when resumed at the last step
+            metrics.update(first_train_loss=history[0], last_train_loss=history[-1])
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
             "prior",

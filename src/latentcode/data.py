@@ -369,39 +369,25 @@ def build_image_data(
     return batches, torch.stack(validation) if validation else empty
 
 
-# ----------------------------------------------------------------------------------------------
-# Command-line scripts over a trained autoencoder (prior, latent diffusion)
-# ----------------------------------------------------------------------------------------------
-
-
-def add_data_arguments(parser, resolution_default: str) -> None:
-    """The data options of training/train.py, for scripts that stream images the same way.
-
-    `resolution_default` says in `--help` what `--resolution` falls back to."""
-    data = parser.add_argument_group("data (as in training/train.py)")
-    data.add_argument("--dataset_name", default=None, help="Hub id or builtin:digits / builtin:photos")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None, help="image folder, parquet files or webdataset shards")
-    data.add_argument("--image_column", default=None)
-    data.add_argument("--resolution", type=int, default=None, help=f"default: {resolution_default}")
-    data.add_argument("--random_flip", action="store_true")
-    data.add_argument("--num_validation_images", type=int, default=64, help="held out for validation")
-    data.add_argument("--shuffle_buffer_size", type=int, default=1000)
-
-
-def image_data_from_args(args, channels: int, resolution: int, accelerator) -> tuple[ImageBatches, torch.Tensor]:
-    """[`build_image_data`] from the options of [`add_data_arguments`], one shard per process."""
-    transform = ImageTransform(resolution, channels, center_crop=True, random_flip=args.random_flip)
+def image_data_from_config(
+    config, channels: int, resolution: int, rank: int = 0, world_size: int = 1
+) -> tuple[ImageBatches, torch.Tensor]:
+    """[`build_image_data`] from the data options of a training script's config (the fields of
+    `latentcode.training.config.RunConfig`), for process `rank` of `world_size`."""
+    transform = ImageTransform(resolution, channels, config.center_crop, config.random_flip)
     return build_image_data(
         transform=transform,
-        batch_size=args.train_batch_size,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        image_column=args.image_column,
-        num_validation_images=args.num_validation_images,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        seed=args.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
+        batch_size=config.train_batch_size,
+        dataset_name=config.dataset_name,
+        dataset_config_name=config.dataset_config_name,
+        split=config.split,
+        validation_split=config.validation_split,
+        train_data_dir=config.train_data_dir,
+        image_column=config.image_column,
+        num_validation_images=config.num_validation_images,
+        shuffle_buffer_size=config.shuffle_buffer_size,
+        seed=config.seed,
+        rank=rank,
+        world_size=world_size,
+        cache_dir=config.cache_dir,
     )

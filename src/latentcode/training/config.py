@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,120 +24,141 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
-def _help(text: str, **kwargs):
+def option(text: str, **kwargs):
+    """A config field with its `--help` text."""
     return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
-class TrainingConfig:
-    """Every option of `training/train.py`; see `--help` or each field's help text."""
+class RunConfig:
+    """The options every training script shares (`training/train.py`, `train_prior.py`,
+    `train_latent_diffusion.py`): output, trackers, data, optimiser, checkpoints, validation.
+    Each script's config subclasses it with its own options and defaults."""
 
     # -- output and bookkeeping ------------------------------------------------------------------
-    output_dir: str = _help(
+    output_dir: str = option(
         "where checkpoints, logs and the final model (save_pretrained) go", default="latentcode-model"
     )
-    seed: int = _help("seed of model initialisation, shuffling, augmentation and sampling", default=0)
-    report_to: str = _help("accelerate tracker: tensorboard, wandb, all or none", default="tensorboard")
-    logging_dir: str = _help("tracker logs, relative to output_dir", default="logs")
-    tracker_project_name: str = _help("project name given to the trackers", default="latentcode")
+    seed: int = option("seed of model initialisation, shuffling, augmentation and sampling", default=0)
+    report_to: str = option("accelerate tracker: tensorboard, wandb, all or none", default="tensorboard")
+    logging_dir: str = option("tracker logs, relative to output_dir", default="logs")
+    tracker_project_name: str = option("project name given to the trackers", default="latentcode")
 
-    # -- model -----------------------------------------------------------------------------------
-    model_family: str = _help("autoencoder, vae or vqvae", default="vqvae")
-    model: dict = _help(
-        "keyword arguments of the family's config class (AutoencoderConfig / VAEConfig / VQVAEConfig); "
-        "sample_size defaults to resolution",
-        default_factory=dict,
-    )
-    pretrained_model_name_or_path: str | None = _help(
-        "start from a saved model (folder or Hub id) instead of a new one; `model` must then be empty", default=None
-    )
+    pretrained_model_name_or_path: str | None = option("the saved model (folder or Hub id) to start from", default=None)
 
     # -- data ------------------------------------------------------------------------------------
-    dataset_name: str | None = _help(
+    dataset_name: str | None = option(
         "Hub dataset id, or builtin:digits / builtin:photos (real images shipped with scikit-learn / "
         "scikit-image, no network); default builtin:digits when train_data_dir is not set either",
         default=None,
     )
-    dataset_config_name: str | None = _help("configuration of the Hub dataset", default=None)
-    split: str = _help("training split", default="train")
-    validation_split: str | None = _help(
+    dataset_config_name: str | None = option("configuration of the Hub dataset", default=None)
+    split: str = option("training split", default="train")
+    validation_split: str | None = option(
         "split for validation; without one, the first num_validation_images of the training split are held out",
         default=None,
     )
-    train_data_dir: str | None = _help("local image folder, parquet files or webdataset .tar shards", default=None)
-    image_column: str | None = _help("image column; found automatically when unset", default=None)
-    cache_dir: str | None = _help("datasets cache directory", default=None)
-    resolution: int = _help("training images are resized and cropped to resolution x resolution", default=32)
-    center_crop: bool = _help("centre crop (else random crop)", default=True)
-    random_flip: bool = _help("random horizontal flips", default=False)
-    shuffle_buffer_size: int = _help("size of the streaming shuffle buffer", default=1000)
-    num_validation_images: int = _help("validation images for metrics and the reconstruction grid", default=16)
+    train_data_dir: str | None = option("local image folder, parquet files or webdataset .tar shards", default=None)
+    image_column: str | None = option("image column; found automatically when unset", default=None)
+    cache_dir: str | None = option("datasets cache directory", default=None)
+    resolution: int = option("training images are resized and cropped to resolution x resolution", default=32)
+    center_crop: bool = option("centre crop (else random crop)", default=True)
+    random_flip: bool = option("random horizontal flips", default=False)
+    shuffle_buffer_size: int = option("size of the streaming shuffle buffer", default=1000)
+    num_validation_images: int = option("validation images for metrics and the reconstruction grid", default=16)
 
     # -- optimisation ----------------------------------------------------------------------------
-    train_batch_size: int = _help("images per process per micro-batch", default=16)
-    max_train_steps: int = _help("optimiser steps", default=1000)
-    gradient_accumulation_steps: int = _help("micro-batches per optimiser step", default=1)
-    learning_rate: float = _help("peak learning rate of the autoencoder", default=1e-4)
-    lr_scheduler: str = _help(f"one of {LR_SCHEDULERS}", default="cosine")
-    lr_warmup_steps: int = _help("linear learning-rate warm-up steps", default=0)
-    adam_beta1: float = _help("AdamW beta1", default=0.9)
-    adam_beta2: float = _help("AdamW beta2", default=0.999)
-    adam_weight_decay: float = _help("AdamW weight decay", default=0.0)
-    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
-    max_grad_norm: float = _help("gradient clipping norm (inf: no clipping, norm still logged)", default=1.0)
-    mixed_precision: str = _help(f"one of {MIXED_PRECISION}; quantizers always run in fp32", default="no")
-    gradient_checkpointing: bool = _help("recompute activations in the backward pass to save memory", default=False)
-    torch_compile: bool = _help("compile the models with torch.compile (inductor)", default=False)
-    use_ema: bool = _help("keep an EMA of the weights; the saved model is the EMA", default=False)
-    ema_decay: float = _help("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
-    max_consecutive_nonfinite_steps: int = _help(
-        "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
-    )
+    train_batch_size: int = option("images per process per micro-batch", default=16)
+    max_train_steps: int = option("optimiser steps", default=1000)
+    gradient_accumulation_steps: int = option("micro-batches per optimiser step", default=1)
+    learning_rate: float = option("peak learning rate", default=1e-4)
+    lr_scheduler: str = option(f"one of {LR_SCHEDULERS}", default="cosine")
+    lr_warmup_steps: int = option("linear learning-rate warm-up steps", default=0)
+    adam_beta1: float = option("AdamW beta1", default=0.9)
+    adam_beta2: float = option("AdamW beta2", default=0.999)
+    adam_weight_decay: float = option("AdamW weight decay", default=0.0)
+    adam_epsilon: float = option("AdamW epsilon", default=1e-8)
+    max_grad_norm: float = option("gradient clipping norm (inf: no clipping, norm still logged)", default=1.0)
+    mixed_precision: str = option(f"one of {MIXED_PRECISION}; quantizers always run in fp32", default="no")
 
-    # -- losses ----------------------------------------------------------------------------------
-    kl_warmup_steps: int = _help("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
-    perceptual_weight: float = _help("weight of the LPIPS loss (0: off)", default=0.0)
-    perceptual_net: str = _help("LPIPS backbone: vgg, alex or squeeze", default="vgg")
-    perceptual_pretrained: bool = _help("ImageNet LPIPS backbone; false = random weights, for tests only", default=True)
-    disc_weight: float = _help("weight of the adversarial loss (0: no discriminator)", default=0.0)
-    disc_start: int = _help("optimiser step at which the discriminator starts", default=0)
-    disc_loss: str = _help("hinge or non_saturating", default="hinge")
-    disc_adaptive_weight: bool = _help("scale the adversarial loss by VQGAN's gradient-norm ratio", default=True)
-    disc_learning_rate: float | None = _help("discriminator learning rate (default: learning_rate)", default=None)
-    disc_channels: int = _help("width of the PatchGAN's first layer", default=64)
-    disc_num_layers: int = _help("stride-2 layers of the PatchGAN", default=3)
-    disc_norm: str = _help("PatchGAN normalisation: batch or none", default="batch")
-
-    # -- checkpoints, validation, hub ------------------------------------------------------------
-    checkpointing_steps: int = _help("save a resumable checkpoint every N steps (0: never)", default=500)
-    checkpoints_total_limit: int | None = _help("keep only the last M checkpoints", default=None)
-    resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder", default=None)
-    validation_steps: int = _help(
-        "validate (metrics, reconstruction grid) every N steps (0: only at the end)", default=500
-    )
-    push_to_hub: bool = _help("upload output_dir to the Hub after the local save", default=False)
-    hub_model_id: str | None = _help("Hub repository, org/name", default=None)
-    hub_token: str | None = _help("Hub token (default: the logged-in one)", default=None)
+    # -- checkpoints and validation ------------------------------------------------------------
+    checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
+    checkpoints_total_limit: int | None = option("keep only the last M checkpoints", default=None)
+    resume_from_checkpoint: str | None = option("'latest' or a checkpoint folder", default=None)
+    validation_steps: int = option("validate (metrics, images) every N steps (0: only at the end)", default=500)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Check values that can be checked without data or model; raise ValueError naming the key."""
+        choices = {"mixed_precision": MIXED_PRECISION, "lr_scheduler": LR_SCHEDULERS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        positive = ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
+        for key in positive:
+            value = getattr(self, key)
+            if value is not None and value < 1:  # a None resolution means the model's sample_size
+                raise ValueError(f"{key} must be >= 1, got {value}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainingConfig(RunConfig):
+    """Every option of `training/train.py`; see `--help` or each field's help text."""
+
+    # -- model -----------------------------------------------------------------------------------
+    pretrained_model_name_or_path: str | None = option(
+        "start from a saved model (folder or Hub id) instead of a new one; `model` must then be empty", default=None
+    )
+    model_family: str = option("autoencoder, vae or vqvae", default="vqvae")
+    model: dict = option(
+        "keyword arguments of the family's config class (AutoencoderConfig / VAEConfig / VQVAEConfig); "
+        "sample_size defaults to resolution",
+        default_factory=dict,
+    )
+    gradient_checkpointing: bool = option("recompute activations in the backward pass to save memory", default=False)
+    torch_compile: bool = option("compile the models with torch.compile (inductor)", default=False)
+    use_ema: bool = option("keep an EMA of the weights; the saved model is the EMA", default=False)
+    ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
+    max_consecutive_nonfinite_steps: int = option(
+        "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
+    )
+
+    # -- losses ----------------------------------------------------------------------------------
+    kl_warmup_steps: int = option("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
+    perceptual_weight: float = option("weight of the LPIPS loss (0: off)", default=0.0)
+    perceptual_net: str = option("LPIPS backbone: vgg, alex or squeeze", default="vgg")
+    perceptual_pretrained: bool = option(
+        "ImageNet LPIPS backbone; false = random weights, for tests only", default=True
+    )
+    disc_weight: float = option("weight of the adversarial loss (0: no discriminator)", default=0.0)
+    disc_start: int = option("optimiser step at which the discriminator starts", default=0)
+    disc_loss: str = option("hinge or non_saturating", default="hinge")
+    disc_adaptive_weight: bool = option("scale the adversarial loss by VQGAN's gradient-norm ratio", default=True)
+    disc_learning_rate: float | None = option("discriminator learning rate (default: learning_rate)", default=None)
+    disc_channels: int = option("width of the PatchGAN's first layer", default=64)
+    disc_num_layers: int = option("stride-2 layers of the PatchGAN", default=3)
+    disc_norm: str = option("PatchGAN normalisation: batch or none", default="batch")
+
+    # -- hub -------------------------------------------------------------------------------------
+    push_to_hub: bool = option("upload output_dir to the Hub after the local save", default=False)
+    hub_model_id: str | None = option("Hub repository, org/name", default=None)
+    hub_token: str | None = option("Hub token (default: the logged-in one)", default=None)
+
+    def validate(self) -> None:
+        super().validate()
         choices = {
             "model_family": tuple(FAMILIES),
-            "mixed_precision": MIXED_PRECISION,
-            "lr_scheduler": LR_SCHEDULERS,
             "disc_loss": ("hinge", "non_saturating"),
             "disc_norm": ("batch", "none"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        positive = ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a mapping of config fields, got {type(self.model).__name__}")
         if self.pretrained_model_name_or_path is None:
@@ -148,9 +170,6 @@ class TrainingConfig:
             )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def model_config_keys(family: str) -> list[str]:
@@ -172,25 +191,27 @@ def check_model_keys(family: str, model: dict) -> None:
             raise _unknown_key_error(f"model ({get_family(family).config_class.__name__})", key, known)
 
 
-def _fields() -> dict[str, tuple[dataclasses.Field, object]]:
-    hints = typing.get_type_hints(TrainingConfig)
-    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(TrainingConfig)}
+def _fields(config_class: type[RunConfig] = TrainingConfig) -> dict[str, tuple[dataclasses.Field, object]]:
+    hints = typing.get_type_hints(config_class)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(config_class)}
 
 
-def load_config(path: str | Path | None = None, **overrides) -> TrainingConfig:
-    """A config from a YAML file (optional) with `overrides` on top; `model` overrides are merged
-    key by key into the file's `model` section. Unknown keys raise a ValueError."""
+def load_config(path: str | Path | None = None, config_class: type[RunConfig] = TrainingConfig, **overrides):
+    """A `config_class` (default [`TrainingConfig`]) from a YAML file (optional) with `overrides`
+    on top; `model` overrides are merged key by key into the file's `model` section. Unknown keys
+    raise a ValueError."""
     values = {}
     if path is not None:
         values = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of options, got {type(values).__name__}")
-    known = list(_fields())
+    known = list(_fields(config_class))
     for key in [*values, *overrides]:
         if key not in known:
             raise _unknown_key_error("training config", key, known)
-    model = {**(values.get("model") or {}), **overrides.pop("model", {})}
-    return TrainingConfig(**{**values, **overrides, "model": model})
+    if "model" in known:
+        overrides["model"] = {**(values.get("model") or {}), **overrides.pop("model", {})}
+    return config_class(**{**values, **overrides})
 
 
 def _optional(convert):
@@ -200,34 +221,51 @@ def _optional(convert):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train an AutoEncoder, VAE or VQ-VAE (latentcode). Options come from the dataclass defaults, "
-        "then --config YAML, then these flags. Model options: --model.KEY VALUE for any field of the family's "
-        "config class (e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]').",
-    )
+TRAIN_DESCRIPTION = (
+    "Train an AutoEncoder, VAE or VQ-VAE (latentcode). Options come from the dataclass defaults, then --config "
+    "YAML, then these flags. Model options: --model.KEY VALUE for any field of the family's config class "
+    "(e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]')."
+)
+
+
+def build_parser(
+    config_class: type[RunConfig] = TrainingConfig, description: str = TRAIN_DESCRIPTION
+) -> argparse.ArgumentParser:
+    """One flag per field of `config_class`, plus `--config YAML`; flags left out keep the YAML's
+    value or the field's default."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with any of the options below", default=None)
-    for name, (spec, hint) in _fields().items():
+    for name, (spec, hint) in _fields(config_class).items():
         if name == "model":
             continue
-        default = spec.default
-        args = typing.get_args(hint)
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = typing.get_args(hint) if is_union else ()
         base = next((a for a in args if a is not type(None)), hint) if args else hint
-        if base is bool:
-            kwargs = dict(action=argparse.BooleanOptionalAction)
+        text = spec.metadata["help"]
+        # A help text that explains its own default (e.g. "default: learning_rate") keeps it alone.
+        text = text if "default" in text else f"{text} (default: {default})"
+        if base is bool:  # --name / --no_name (underscores, as every other flag)
+            parser.add_argument(f"--{name}", action="store_const", const=True, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(
+                f"--no_{name}", dest=name, action="store_const", const=False, default=argparse.SUPPRESS, help="off"
+            )
+            continue
+        if typing.get_origin(base) in (list, tuple, dict):
+            kwargs = dict(type=yaml.safe_load, metavar="YAML")  # e.g. --block_out_channels "[64, 128]"
         elif type(None) in args:
             kwargs = dict(type=_optional(base))
         else:
             kwargs = dict(type=base)
-        text = spec.metadata["help"]
-        # A help text that explains its own default (e.g. "default: learning_rate") keeps it alone.
-        text = text if "default" in text else f"{text} (default: {default})"
         parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text, **kwargs)
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> TrainingConfig:
-    """Command line -> [`TrainingConfig`]. `--model.KEY VALUE` pairs set model config fields."""
+def parse_args(
+    argv: list[str] | None = None, config_class: type[RunConfig] = TrainingConfig, description: str = TRAIN_DESCRIPTION
+):
+    """Command line -> `config_class` (default [`TrainingConfig`]). `--model.KEY VALUE` pairs set
+    model config fields."""
     argv = list(sys.argv[1:] if argv is None else argv)
     model, rest = {}, []
     while argv:
@@ -241,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> TrainingConfig:
             model[key] = yaml.safe_load(value)
         else:
             rest.append(token)
-    namespace = vars(build_parser().parse_args(rest))
+    namespace = vars(build_parser(config_class, description).parse_args(rest))
     path = namespace.pop("config")
-    return load_config(path, **namespace, model=model)
+    if model:
+        namespace["model"] = model
+    return load_config(path, config_class, **namespace)

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..data import ImageBatches, ImageTransform, build_image_data
+from ..data import ImageBatches, image_data_from_config
 from ..evaluation.evaluate import evaluate, markdown_table
 from ..families import get_family
 from ..grids import reconstruction_grid
@@ -49,7 +49,7 @@ from ..losses import (
 from ..modeling import LatentCodePreTrainedModel
 from ..modules.quantizers.base import CodebookUsageWindow
 from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import TrainingConfig
+from .config import RunConfig, TrainingConfig
 from .ema import EMAModel
 from .model_card import render_model_card
 
@@ -57,6 +57,21 @@ logger = logging.getLogger(__name__)
 
 # Values of the model output logged each step when the family has them.
 FAMILY_TERMS = ("kl", "codebook_loss", "commitment_loss", "perplexity")
+
+
+def run_accelerator(config: RunConfig, **kwargs) -> Accelerator:
+    """The `Accelerator` of a training script: mixed precision, trackers (`report_to`) logging to
+    `output_dir/logging_dir`, the CPU when there is no GPU; `kwargs` go to `Accelerator`."""
+    output_dir = Path(config.output_dir)
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
+        ),
+        cpu=not torch.cuda.is_available(),
+        **kwargs,
+    )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -129,10 +144,10 @@ def restore_forward_state(model: nn.Module, snapshot: dict) -> None:
     load_usage_state(model, snapshot["usage"])
 
 
-def _tracker_config(config: TrainingConfig) -> dict:
+def tracker_config(config: RunConfig) -> dict:
     """The config flattened to the scalar values trackers accept (`model.KEY` for the model)."""
     flat = {key: value for key, value in config.to_dict().items() if key != "model"}
-    flat.update({f"model.{key}": value for key, value in config.model.items()})
+    flat.update({f"model.{key}": value for key, value in getattr(config, "model", {}).items()})
     return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
 
 
@@ -152,35 +167,15 @@ class Trainer:
                 f"{config.disc_num_layers}: it needs at least {2 ** (config.disc_num_layers + 2)}"
             )
 
-        self.accelerator = accelerator = Accelerator(
-            mixed_precision=config.mixed_precision,
-            log_with=None if config.report_to == "none" else config.report_to,
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / config.logging_dir)
-            ),
-            cpu=not torch.cuda.is_available(),
-            dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None,
+        self.accelerator = accelerator = run_accelerator(
+            config, dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None
         )
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
 
-        transform = ImageTransform(config.resolution, model.config.in_channels, config.center_crop, config.random_flip)
         self.batches: ImageBatches
-        self.batches, self.validation_images = build_image_data(
-            transform=transform,
-            batch_size=config.train_batch_size,
-            dataset_name=config.dataset_name,
-            dataset_config_name=config.dataset_config_name,
-            split=config.split,
-            validation_split=config.validation_split,
-            train_data_dir=config.train_data_dir,
-            image_column=config.image_column,
-            num_validation_images=config.num_validation_images,
-            shuffle_buffer_size=config.shuffle_buffer_size,
-            seed=config.seed,
-            rank=accelerator.process_index,
-            world_size=accelerator.num_processes,
-            cache_dir=config.cache_dir,
+        self.batches, self.validation_images = image_data_from_config(
+            config, model.config.in_channels, config.resolution, accelerator.process_index, accelerator.num_processes
         )
 
         betas = (config.adam_beta1, config.adam_beta2)
@@ -228,7 +223,7 @@ class Trainer:
             self.batches.load_state_dict(process_state["data"])
             load_usage_state(self.unwrapped, process_state["quantizer_usage"])
             accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
-        accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
+        accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config))
 
     @property
     def unwrapped(self) -> LatentCodePreTrainedModel:
