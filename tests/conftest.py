@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +60,33 @@ def digits() -> torch.Tensor:
     images = load_digits().images.astype(np.float32) / 16.0  # [N, 8, 8] in [0, 1]
     pixels = torch.from_numpy(images).unsqueeze(1) * 2 - 1
     return torch.nn.functional.interpolate(pixels, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def peak_memory_growth(setup: str, operation: str) -> int:
+    """Largest growth (bytes) of a fresh process's resident memory while `operation` runs, over
+    the baseline after `setup` (both Python source, run at top level of the script).
+
+    A thread samples the current resident size (/proc/self/statm) every half millisecond; the
+    process's high-water mark (ru_maxrss) would hide the operation behind any earlier peak, such
+    as the one of importing torch."""
+    script = textwrap.dedent(
+        """
+        import os, threading, time, torch
+        {setup}
+        page = os.sysconf("SC_PAGE_SIZE")
+        resident = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+        baseline, peak, done = resident(), [0], threading.Event()
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], resident())
+                time.sleep(0.0005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        {operation}
+        done.set()
+        sampler.join()
+        print(max(peak[0], resident()) - baseline)
+        """
+    ).format(setup=textwrap.dedent(setup).strip(), operation=operation)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    return int(result.stdout.split()[-1])

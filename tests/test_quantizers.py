@@ -8,15 +8,12 @@ short training run on patches of skimage.data photos.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import peak_memory_growth, tiny_config
 
 import latentcode
 from latentcode.modules.quantizers import (
@@ -89,36 +86,15 @@ def test_search_breaks_ties_towards_the_lowest_index_across_blocks():
 
 
 def _peak_memory_growth(operation: str) -> int:
-    """Largest growth of a fresh process's resident memory while `operation` runs, over a
-    baseline that already holds N = 16384 vectors and K = 2^18 codes (D = 8).
-
-    A thread samples the current resident size (/proc/self/statm) every half millisecond; the
-    process's high-water mark (ru_maxrss) would hide the operation behind any earlier peak, such
-    as the one of importing torch."""
-    script = textwrap.dedent(
-        f"""
-        import os, threading, time, torch
-        from latentcode.modules.quantizers import nearest_codebook_indices
-        torch.manual_seed(0)
-        rows, codebook = torch.randn(16384, 8), torch.randn(2**18, 8)
-        nearest_codebook_indices(rows[:16], codebook[:16])  # warm up libraries
-        page = os.sysconf("SC_PAGE_SIZE")
-        resident = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-        baseline, peak, done = resident(), [0], threading.Event()
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], resident())
-                time.sleep(0.0005)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        {operation}
-        done.set()
-        sampler.join()
-        print(max(peak[0], resident()) - baseline)
-        """
+    """Peak memory growth of `operation` over a baseline that already holds N = 16384 vectors
+    and K = 2^18 codes (D = 8)."""
+    setup = (
+        "from latentcode.modules.quantizers import nearest_codebook_indices\n"
+        "torch.manual_seed(0)\n"
+        "rows, codebook = torch.randn(16384, 8), torch.randn(2**18, 8)\n"
+        "nearest_codebook_indices(rows[:16], codebook[:16])  # warm up libraries"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
-    return int(result.stdout.split()[-1])
+    return peak_memory_growth(setup, operation)
 
 
 def test_search_peak_memory_is_bounded_by_the_block_not_n_times_k():

@@ -12,7 +12,11 @@ from collections.abc import Sequence
 
 from transformers import PretrainedConfig
 
-QUANTIZER_TYPES = ("vq", "fsq", "lfq", "residual_vq")
+from .modules.quantizers.gradients import GRADIENT_ESTIMATORS
+
+QUANTIZER_TYPES = ("vq", "fsq", "lfq", "bsq", "residual_vq", "simvq")
+# Quantizers with a learned codebook, whose gradient estimator is a choice.
+CODEBOOK_QUANTIZERS = ("vq", "residual_vq", "simvq")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -177,8 +181,14 @@ class VQVAEConfig(LatentCodeConfig):
             between the two. A small D with `codebook_l2_norm=True` is the factorised lookup of
             ViT-VQGAN / LlamaGen (e.g. `latent_channels=256, codebook_dim=8`).
         quantizer (`str`, defaults to `"vq"`): `"vq"` (learned codebook), `"fsq"` (finite scalar
-            quantisation), `"lfq"` (lookup-free, with its entropy loss) or `"residual_vq"`
-            (`num_quantizers` VQ levels on successive residuals; indices get a trailing depth axis).
+            quantisation), `"lfq"` (lookup-free, with its entropy loss), `"bsq"` (binary spherical:
+            LFQ on the unit sphere, with the same `lfq_*` options), `"residual_vq"`
+            (`num_quantizers` VQ levels on successive residuals; indices get a trailing depth axis)
+            or `"simvq"` (codes = learned linear map of a frozen random basis).
+        gradient_estimator (`str`, *optional*): how the decoder's gradient reaches the encoder
+            through a learned codebook (`"vq"`, `"residual_vq"`, `"simvq"`): `"straight_through"`
+            or `"rotation"` (the rotation trick of Fifty et al. 2024). Defaults to `"rotation"`
+            for `"simvq"`, `"straight_through"` otherwise.
         commitment_weight (`float`, defaults to 0.25): beta of the VQ-VAE paper, on the
             commitment term `||z_e - sg(e)||^2` that pulls the encoder towards its code.
         codebook_weight (`float`, defaults to 1.0): weight of the codebook term
@@ -200,7 +210,13 @@ class VQVAEConfig(LatentCodeConfig):
         fsq_levels (`Sequence[int]`, *optional*): FSQ's values per channel; defaults to
             `(8, 5, 5, 5)` (1000 codes) for `"fsq"`.
         lfq_entropy_weight (`float`, defaults to 0.1), lfq_diversity_weight (`float`, defaults to
-            1.0), lfq_temperature (`float`, defaults to 0.01): LFQ's entropy loss.
+            1.0), lfq_temperature (`float`, defaults to 0.01): LFQ's (and BSQ's) entropy loss.
+        lfq_entropy_max_group_bits (`int`, defaults to 12): the codebook entropy is exact up to
+            this many bits; above, the bits are split into near-equal groups of at most this many
+            and the groups' entropies summed (memory `tokens x 2^bits` per group).
+        lfq_entropy_annealing_steps (`int`, defaults to 0) / lfq_entropy_annealing_start_factor
+            (`float`, defaults to 1.0): the entropy weight starts at `start_factor *
+            lfq_entropy_weight` and falls linearly to `lfq_entropy_weight` over these training steps.
         num_quantizers (`int`, *optional*): depth of `"residual_vq"` (defaults to 4).
         quantizer_dropout (`float`, defaults to 0.0): probability that a residual-VQ training batch
             uses only a random prefix of the levels.
@@ -231,6 +247,7 @@ class VQVAEConfig(LatentCodeConfig):
         codebook_size: int | None = None,
         codebook_dim: int | None = None,
         quantizer: str = "vq",
+        gradient_estimator: str | None = None,
         commitment_weight: float = 0.25,
         codebook_weight: float = 1.0,
         codebook_ema: bool = True,
@@ -245,6 +262,9 @@ class VQVAEConfig(LatentCodeConfig):
         lfq_entropy_weight: float = 0.1,
         lfq_diversity_weight: float = 1.0,
         lfq_temperature: float = 0.01,
+        lfq_entropy_max_group_bits: int = 12,
+        lfq_entropy_annealing_steps: int = 0,
+        lfq_entropy_annealing_start_factor: float = 1.0,
         num_quantizers: int | None = None,
         quantizer_dropout: float = 0.0,
         **kwargs,
@@ -268,9 +288,32 @@ class VQVAEConfig(LatentCodeConfig):
         self.lfq_entropy_weight = lfq_entropy_weight
         self.lfq_diversity_weight = lfq_diversity_weight
         self.lfq_temperature = lfq_temperature
+        self.lfq_entropy_max_group_bits = lfq_entropy_max_group_bits
+        self.lfq_entropy_annealing_steps = lfq_entropy_annealing_steps
+        self.lfq_entropy_annealing_start_factor = lfq_entropy_annealing_start_factor
         self.quantizer_dropout = quantizer_dropout
         super().__init__(**kwargs)
         _check(quantizer in QUANTIZER_TYPES, f"quantizer must be one of {QUANTIZER_TYPES}, got {quantizer!r}")
+        if gradient_estimator is None:
+            gradient_estimator = "rotation" if quantizer == "simvq" else "straight_through"
+        _check(
+            gradient_estimator in GRADIENT_ESTIMATORS,
+            f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}",
+        )
+        _check(
+            gradient_estimator == "straight_through" or quantizer in CODEBOOK_QUANTIZERS,
+            f"gradient_estimator={gradient_estimator!r} needs a learned codebook (quantizer in "
+            f"{CODEBOOK_QUANTIZERS}), got quantizer={quantizer!r}",
+        )
+        self.gradient_estimator = gradient_estimator
+        _check(
+            isinstance(lfq_entropy_max_group_bits, int) and lfq_entropy_max_group_bits >= 1,
+            f"lfq_entropy_max_group_bits must be a positive int, got {lfq_entropy_max_group_bits!r}",
+        )
+        _check(
+            isinstance(lfq_entropy_annealing_steps, int) and lfq_entropy_annealing_steps >= 0,
+            f"lfq_entropy_annealing_steps must be an int >= 0, got {lfq_entropy_annealing_steps!r}",
+        )
         self._resolve_code_shape(codebook_size, codebook_dim, fsq_levels, num_quantizers)
         _check(
             isinstance(self.codebook_size, int) and self.codebook_size >= 2,
@@ -321,17 +364,17 @@ class VQVAEConfig(LatentCodeConfig):
                 f"for quantizer='fsq' codebook_dim is len(fsq_levels)={len(levels)}, got {codebook_dim}",
             )
             self.fsq_levels, self.codebook_size, self.codebook_dim = levels, size, len(levels)
-        elif quantizer == "lfq":
+        elif quantizer in ("lfq", "bsq"):
             if codebook_size is None:
                 codebook_size = 2 ** (codebook_dim if codebook_dim is not None else 10)
             _check(
                 isinstance(codebook_size, int) and codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0,
-                f"for quantizer='lfq' codebook_size must be a power of 2, got {codebook_size}",
+                f"for quantizer={quantizer!r} codebook_size must be a power of 2, got {codebook_size}",
             )
             bits = codebook_size.bit_length() - 1
             _check(
                 codebook_dim in (None, bits),
-                f"for quantizer='lfq' codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}",
+                f"for quantizer={quantizer!r} codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}",
             )
             self.codebook_size, self.codebook_dim = codebook_size, bits
         else:

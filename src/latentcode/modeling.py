@@ -24,9 +24,11 @@ from .families import register_family
 from .modules.backbone import Decoder, Encoder
 from .modules.distributions import DiagonalGaussianDistribution
 from .modules.quantizers import (
+    BinarySphericalQuantizer,
     FiniteScalarQuantizer,
     LookupFreeQuantizer,
     ResidualVectorQuantizer,
+    SimVectorQuantizer,
     VectorQuantizer,
 )
 from .modules.tiling import tiled_map
@@ -161,7 +163,7 @@ class LatentCodePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # PyTorch's own initialisation (Kaiming-uniform convolutions), which the
         # taming / latent-diffusion / diffusers autoencoders are trained from.
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, VectorQuantizer)):
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, VectorQuantizer, SimVectorQuantizer)):
             module.reset_parameters()
 
     # -- convenience ----------------------------------------------------------------------------
@@ -427,13 +429,27 @@ class VQVAEModel(LatentCodePreTrainedModel):
         if config.quantizer == "fsq":
             self.quantizer = FiniteScalarQuantizer(config.fsq_levels, usage_window=config.codebook_usage_window)
             return
-        if config.quantizer == "lfq":
-            self.quantizer = LookupFreeQuantizer(
+        if config.quantizer in ("lfq", "bsq"):
+            bit_quantizer = LookupFreeQuantizer if config.quantizer == "lfq" else BinarySphericalQuantizer
+            self.quantizer = bit_quantizer(
                 config.codebook_dim,
                 commitment_weight=config.commitment_weight,
                 entropy_weight=config.lfq_entropy_weight,
                 diversity_weight=config.lfq_diversity_weight,
                 temperature=config.lfq_temperature,
+                usage_window=config.codebook_usage_window,
+                entropy_max_group_bits=config.lfq_entropy_max_group_bits,
+                entropy_annealing_steps=config.lfq_entropy_annealing_steps,
+                entropy_annealing_start_factor=config.lfq_entropy_annealing_start_factor,
+            )
+            return
+        if config.quantizer == "simvq":
+            self.quantizer = SimVectorQuantizer(
+                config.codebook_size,
+                config.codebook_dim,
+                commitment_weight=config.commitment_weight,
+                codebook_weight=config.codebook_weight,
+                gradient_estimator=config.gradient_estimator,
                 usage_window=config.codebook_usage_window,
             )
             return
@@ -447,6 +463,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
             dead_code_restart=config.dead_code_restart,
             usage_window=config.codebook_usage_window,
             l2_normalize=config.codebook_l2_norm,
+            gradient_estimator=config.gradient_estimator,
         )
         if config.quantizer == "residual_vq":
             self.quantizer = ResidualVectorQuantizer(

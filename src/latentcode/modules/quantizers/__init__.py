@@ -5,23 +5,32 @@ is the pure path, no codebook or usage update), `indices_to_codes`, and the usag
 - [`VectorQuantizer`]: a learned K x D codebook (EMA, k-means init, dead-code restart, cosine).
 - [`FiniteScalarQuantizer`]: FSQ, a fixed grid of `prod(levels)` codes.
 - [`LookupFreeQuantizer`]: LFQ, `2^D` sign codes with an entropy loss.
+- [`BinarySphericalQuantizer`]: BSQ, LFQ on the unit sphere.
+- [`SimVectorQuantizer`]: SimVQ, a codebook that is a learned linear map of a frozen basis.
 - [`ResidualVectorQuantizer`]: a stack of VectorQuantizers on successive residuals.
+
+Shared pieces: `gradients` (straight-through and rotation-trick estimators), `entropy` (the
+memory-bounded entropy regulariser of LFQ / BSQ), `search` (the chunked nearest-code search).
 """
 
 from .base import CodebookUsageWindow, Quantizer, QuantizerOutput
+from .binary_spherical import BinarySphericalQuantizer
 from .finite_scalar import FiniteScalarQuantizer
 from .lookup_free import LookupFreeQuantizer
 from .residual import ResidualVectorQuantizer
 from .search import nearest_codebook_indices
+from .sim_vq import SimVectorQuantizer
 from .vector import VectorQuantizer, kmeans
 
 __all__ = [
+    "BinarySphericalQuantizer",
     "CodebookUsageWindow",
     "FiniteScalarQuantizer",
     "LookupFreeQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "ResidualVectorQuantizer",
+    "SimVectorQuantizer",
     "VectorQuantizer",
     "kmeans",
     "nearest_codebook_indices",

@@ -11,12 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
+from .entropy import DEFAULT_MAX_GROUP_BITS, annealed_weight, bit_entropy_terms
+from .gradients import straight_through
 from .vector import DEFAULT_WINDOW_PER_CODE
-
-
-def _binary_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    probability = torch.sigmoid(logits)
-    return -(probability * F.logsigmoid(logits) + (1 - probability) * F.logsigmoid(-logits))
 
 
 class LookupFreeQuantizer(Quantizer):
@@ -24,19 +21,26 @@ class LookupFreeQuantizer(Quantizer):
 
     The soft assignment of a latent z to code c is `softmax_c(-||z - c||^2 / temperature)`. Since
     `||z - c||^2` is a sum over channels, it factorises into independent bits with
-    `p(c_i = +1) = sigmoid(4 z_i / temperature)`, so the per-token entropy is the sum of the bits'
-    entropies. The batch-average distribution does not factorise: it is computed exactly over
-    all `2^D` codes, which costs `N x 2^D` memory (fine up to D of about 14 at N = 16k tokens).
+    `p(c_i = +1) = sigmoid(4 s z_i / temperature)` (s the code scale, 1 here), so the per-token
+    entropy is the sum of the bits' entropies. The entropy of the batch-average distribution is
+    exact for `D <= entropy_max_group_bits` and the memory-bounded grouped estimate of
+    Open-MAGVIT2 above (see `latentcode.modules.quantizers.entropy`).
 
-    `entropy_loss = mean_n H(p(. | z_n)) - diversity_weight * H(mean_n p(. | z_n))`.
+    `entropy_loss = mean_n H(p(. | z_n)) - diversity_weight * H(mean_n p(. | z_n))`, weighted by
+    `entropy_weight`, optionally annealed from `entropy_annealing_start_factor * entropy_weight`
+    down to `entropy_weight` over the first `entropy_annealing_steps` training steps (a step is
+    one training-mode forward; the count is saved with the model).
 
     Args:
         codebook_dim: D, the number of bits; K = 2^D.
-        commitment_weight: weight of `||z - sg(sign(z))||^2`.
+        commitment_weight: weight of `||z - sg(code)||^2`.
         entropy_weight: weight of the entropy loss.
         diversity_weight: gamma on the codebook-entropy term.
         temperature: of the soft assignment.
         usage_window: tokens in the sliding window of the usage metrics; defaults to 16 * K.
+        entropy_max_group_bits: largest bit group of the codebook-entropy estimate (memory
+            `N x 2^bits` per group).
+        entropy_annealing_steps / entropy_annealing_start_factor: the annealing schedule (off at 0).
     """
 
     def __init__(
@@ -47,19 +51,43 @@ class LookupFreeQuantizer(Quantizer):
         diversity_weight: float = 1.0,
         temperature: float = 0.01,
         usage_window: int | None = None,
+        entropy_max_group_bits: int = DEFAULT_MAX_GROUP_BITS,
+        entropy_annealing_steps: int = 0,
+        entropy_annealing_start_factor: float = 1.0,
     ):
         super().__init__()
         if codebook_dim < 1 or codebook_dim > 62:
             raise ValueError(f"codebook_dim (bits) must be in [1, 62], got {codebook_dim}")
+        if entropy_max_group_bits < 1:
+            raise ValueError(f"entropy_max_group_bits must be >= 1, got {entropy_max_group_bits}")
+        if entropy_annealing_steps < 0:
+            raise ValueError(f"entropy_annealing_steps must be >= 0, got {entropy_annealing_steps}")
         self.codebook_dim = codebook_dim
         self.codebook_size = 2**codebook_dim
         self.commitment_weight = commitment_weight
         self.entropy_weight = entropy_weight
         self.diversity_weight = diversity_weight
         self.temperature = temperature
+        self.entropy_max_group_bits = entropy_max_group_bits
+        self.entropy_annealing_steps = entropy_annealing_steps
+        self.entropy_annealing_start_factor = entropy_annealing_start_factor
         self.usage = CodebookUsageWindow(
             self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size
         )
+        if entropy_annealing_steps > 0:
+            # Saved, so a resumed run continues the schedule where it stopped.
+            self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
+
+    # -- the code: signs, at the scale of this quantizer's sphere or cube -------------------------
+
+    @property
+    def code_scale(self) -> float:
+        """The magnitude s of every code coordinate: codes are `{-s, +s}^D`."""
+        return 1.0
+
+    def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
+        """Latent rows `[N, D]` as they are compared with the codes."""
+        return rows
 
     def _bit_values(self, device: torch.device) -> torch.Tensor:
         """`[D]` int64 place values, channel 0 the most significant bit (not a buffer: from_pretrained
@@ -67,42 +95,55 @@ class LookupFreeQuantizer(Quantizer):
         return 2 ** torch.arange(self.codebook_dim - 1, -1, -1, device=device)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """Indices `[B, h, w]` -> codes `[B, D, h, w]` in `{-1, +1}` (fp32)."""
+        """Indices `[B, h, w]` -> codes `[B, D, h, w]` in `{-s, +s}` (fp32)."""
         self._check_indices(indices, None, self.codebook_size)
         bits = (indices.long().unsqueeze(-1) // self._bit_values(indices.device)) % 2
-        return (bits.float() * 2 - 1).permute(0, 3, 1, 2).contiguous()
+        return ((bits.float() * 2 - 1) * self.code_scale).permute(0, 3, 1, 2).contiguous()
+
+    # -- the entropy regulariser ------------------------------------------------------------------
+
+    @property
+    def current_entropy_weight(self) -> float:
+        """`entropy_weight` at this training step (after annealing)."""
+        if self.entropy_annealing_steps == 0:
+            return self.entropy_weight
+        return annealed_weight(
+            self.entropy_weight,
+            int(self.training_steps),
+            self.entropy_annealing_steps,
+            self.entropy_annealing_start_factor,
+        )
 
     def entropy_loss(self, rows: torch.Tensor) -> torch.Tensor:
-        """MAGVIT-v2's entropy loss of fp32 latents `[N, D]` (see the class docstring)."""
-        logits = 4 * rows / self.temperature  # [N, D], log-odds of each bit being +1
-        per_token_entropy = _binary_entropy_from_logits(logits).sum(dim=1).mean()
-        all_codes = self.indices_to_codes(torch.arange(self.codebook_size, device=rows.device).view(1, 1, -1))
-        code_bits = (all_codes.view(self.codebook_dim, -1) > 0).float()  # [D, K]
-        log_soft_assignment = F.logsigmoid(logits) @ code_bits + F.logsigmoid(-logits) @ (1 - code_bits)  # [N, K]
-        average = log_soft_assignment.exp().mean(dim=0)
-        codebook_entropy = -(average * average.clamp_min(1e-12).log()).sum()
+        """MAGVIT-v2's entropy loss (unweighted) of prepared fp32 latents `[N, D]`."""
+        bit_logits = 4 * self.code_scale * rows / self.temperature  # log-odds of each bit being +1
+        per_token_entropy, codebook_entropy = bit_entropy_terms(bit_logits, self.entropy_max_group_bits)
         return per_token_entropy - self.diversity_weight * codebook_entropy
 
     def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
         """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]. `update_codebook` (default: in
-        training mode) updates the usage window; LFQ has no codebook to maintain."""
+        training mode) updates the usage window and advances the annealing schedule; there is no
+        codebook to maintain."""
         self._check_latents(latents)
         update_codebook = self.training if update_codebook is None else update_codebook
+        entropy_weight = self.current_entropy_weight
         with torch.autocast(device_type=latents.device.type, enabled=False):
-            rows = flatten_latents(latents)
-            codes = torch.where(rows > 0, 1.0, -1.0)
-            quantized = rows + (codes - rows).detach()
+            rows = self._prepare(flatten_latents(latents))
+            codes = torch.where(rows > 0, self.code_scale, -self.code_scale)
+            quantized = straight_through(rows, codes)
             indices = ((rows.detach() > 0).long() * self._bit_values(rows.device)).sum(1)
             commitment_loss = F.mse_loss(rows, codes)
             entropy_loss = self.entropy_loss(rows) if self.entropy_weight > 0 else rows.new_zeros(())
             if update_codebook:
                 self.usage.update(indices)
+                if self.entropy_annealing_steps > 0:
+                    self.training_steps += 1
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
             codebook_loss=rows.new_zeros(()),
             commitment_loss=commitment_loss,
-            loss=self.commitment_weight * commitment_loss + self.entropy_weight * entropy_loss,
+            loss=self.commitment_weight * commitment_loss + entropy_weight * entropy_loss,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
             entropy_loss=entropy_loss,
         )

@@ -19,7 +19,10 @@ class ResidualVectorQuantizer(Quantizer):
 
     Indices are `[B, h, w, num_quantizers]`; in training with quantiser dropout, the levels a
     batch did not use have index -1 (and `indices_to_codes` reads -1 as "no contribution").
-    Losses are summed over the levels used, perplexity is averaged. Every level's round trip
+    Losses are summed over the levels used, perplexity is averaged. With the straight-through
+    estimator the gradient of the summed code is copied to the latents; with the rotation trick
+    each level rotates its residual onto its code and the levels' outputs are summed (as
+    vector-quantize-pytorch's `ResidualVQ(rotation_trick=True)` does). Every level's round trip
     (indices -> codes -> indices) is exact; re-encoding the summed code gives the same tuple
     when each level's codes are further apart than what the later levels add, as in a trained
     quantizer whose levels fit ever smaller residuals.
@@ -105,7 +108,10 @@ class ResidualVectorQuantizer(Quantizer):
                 total = total + codes
                 indices[..., i] = output.indices
                 outputs.append(output)
-            quantized = latents + (total - latents).detach()
+            if self.levels[0].gradient_estimator == "rotation":
+                quantized = sum(output.quantized for output in outputs)
+            else:
+                quantized = latents + (total - latents).detach()
         codebook_loss = sum(output.codebook_loss for output in outputs)
         commitment_loss = sum(output.commitment_loss for output in outputs)
         return QuantizerOutput(

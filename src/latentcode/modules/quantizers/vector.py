@@ -22,6 +22,7 @@ from .base import (
     perplexity_of,
     unflatten_codes,
 )
+from .gradients import GRADIENT_ESTIMATORS, estimate_gradient
 from .search import nearest_codebook_indices
 
 # Codes are hit 16 times on average over a window of 16 * K tokens when all are used evenly,
@@ -91,6 +92,8 @@ class VectorQuantizer(Quantizer):
             this is the factorised lookup of ViT-VQGAN / LlamaGen.
         max_block_elements: memory bound of the nearest-neighbour search (see
             [`nearest_codebook_indices`]).
+        gradient_estimator: `"straight_through"` or `"rotation"` (the rotation trick), see
+            `latentcode.modules.quantizers.gradients`.
     """
 
     def __init__(
@@ -107,8 +110,11 @@ class VectorQuantizer(Quantizer):
         usage_window: int | None = None,
         l2_normalize: bool = False,
         max_block_elements: int | None = None,
+        gradient_estimator: str = "straight_through",
     ):
         super().__init__()
+        if gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
         self.codebook_size = codebook_size
@@ -122,6 +128,7 @@ class VectorQuantizer(Quantizer):
         self.dead_code_restart = dead_code_restart
         self.l2_normalize = l2_normalize
         self.max_block_elements = max_block_elements
+        self.gradient_estimator = gradient_estimator
         self.usage = CodebookUsageWindow(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
         # The same parameter name in every mode (diffusers' `quantize.embedding.weight` maps to
         # it); with EMA updates it takes no gradient.
@@ -259,7 +266,7 @@ class VectorQuantizer(Quantizer):
             codes = F.embedding(indices, self._codes())
             codebook_loss = F.mse_loss(codes, rows.detach())
             commitment_loss = F.mse_loss(rows, codes.detach())
-            quantized = rows + (codes - rows).detach()
+            quantized = estimate_gradient(self.gradient_estimator, rows, codes.detach())
             perplexity = perplexity_of(torch.bincount(indices, minlength=self.codebook_size))
             if update_codebook:
                 if self.use_ema:
