@@ -13,7 +13,12 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from latentcode.modules.quantizers import ResidualVectorQuantizer, VectorQuantizer
+from latentcode.modules.quantizers import (
+    BinarySphericalQuantizer,
+    ResidualVectorQuantizer,
+    SimVectorQuantizer,
+    VectorQuantizer,
+)
 
 
 class EncoderAndQuantizer(torch.nn.Module):
@@ -49,12 +54,24 @@ def main(output_path: str) -> None:
     results = {"world_size": accelerator.num_processes}
 
     # 1. The recipe: k-means init, EMA, dead-code restarts (window of 64 tokens per process),
-    #    and a residual VQ with quantiser dropout, trained together with an encoder under DDP.
+    #    a residual VQ with quantiser dropout and the rotation trick, SimVQ (its frozen basis is
+    #    drawn differently on each rank before DDP broadcasts it) and BSQ with its annealing step
+    #    count, trained together with an encoder under DDP.
     for name, quantizer in {
         "vq": VectorQuantizer(32, 4, ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64),
         "residual": ResidualVectorQuantizer(
-            3, 16, 4, quantizer_dropout=0.5, ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64
+            3,
+            16,
+            4,
+            quantizer_dropout=0.5,
+            ema_decay=0.9,
+            kmeans_init=True,
+            dead_code_restart=True,
+            usage_window=64,
+            gradient_estimator="rotation",
         ),
+        "simvq": SimVectorQuantizer(32, 4, usage_window=64),
+        "bsq": BinarySphericalQuantizer(4, entropy_annealing_steps=5, entropy_annealing_start_factor=3.0),
     }.items():
         torch.manual_seed(rank)  # replicas start from different random states on purpose
         model = EncoderAndQuantizer(quantizer)
