@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,15 @@ def peak_memory_growth(setup: str, operation: str) -> int:
     ).format(setup=textwrap.dedent(setup).strip(), operation=operation)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     return int(result.stdout.split()[-1])
+
+
+# Real images for tests that need them: the repository's sibling `shared/datasets` (CIFAR-10
+# parquet shards, Kodak PNGs); such tests skip with this reason where it is absent.
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def require_shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not path.exists():
+        pytest.skip(f"needs the real-image data set {path} (../shared/datasets/{name} from the repository root)")
+    return path

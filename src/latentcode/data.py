@@ -230,6 +230,29 @@ class ImageTransform:
         return pixels * 2 - 1
 
 
+class FullResolutionTransform:
+    """PIL image -> `[C, H', W']` float tensor in [-1, 1] at the image's own size, centre-cropped
+    only to the nearest multiple of `multiple` (a model's downsampling factor) per side: for
+    evaluation on large images (e.g. Kodak's 768x512 photos) with tiled encode/decode."""
+
+    def __init__(self, channels: int, multiple: int):
+        if channels not in PIL_MODES:
+            raise ValueError(f"channels must be one of {sorted(PIL_MODES)}, got {channels}")
+        if multiple < 1:
+            raise ValueError(f"multiple must be >= 1, got {multiple}")
+        self.channels = channels
+        self.multiple = multiple
+
+    def __call__(self, image: PIL.Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        pixels = image_to_float_chw(image, self.channels)
+        height, width = pixels.shape[1:]
+        new_height, new_width = height - height % self.multiple, width - width % self.multiple
+        if new_height == 0 or new_width == 0:
+            raise CorruptImageError(f"a {width}x{height} image is smaller than the downsampling factor {self.multiple}")
+        top, left = (height - new_height) // 2, (width - new_width) // 2
+        return pixels[:, top : top + new_height, left : left + new_width] * 2 - 1
+
+
 # ----------------------------------------------------------------------------------------------
 # Training batches
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
     latentcode-eval --pretrained_model_name_or_path org/vqvae-celeba --dataset_name nielsr/CelebA-faces \\
         --split train --resolution 64 --inception_weights ~/pt_inception-2015-12-05-6726825d.pth
     latentcode-eval --pretrained_model_name_or_path ./my-vae --train_data_dir ./val_images --no_fid --no_lpips
+    latentcode-eval --pretrained_model_name_or_path ./my-vqvae --train_data_dir ../shared/datasets/kodak \
+        --full_resolution --tile_sample_size 256 --no_fid   # large images at their own size, tiled
 
 The data options are those of `training/train.py`. Writes `metrics.json`, `metrics.md`,
 `reconstructions.png`, `psnr_histogram.png` (and `codebook_usage.png` for a VQ-VAE) into
@@ -18,7 +20,7 @@ import sys
 import torch
 from transformers import AutoModel
 
-from ..data import ImageTransform, image_only, load_image_stream, resolve_image_column
+from ..data import FullResolutionTransform, ImageTransform, image_only, load_image_stream, resolve_image_column
 from .evaluate import EvaluationImages, evaluate, markdown_table, write_report
 from .metrics import InceptionFeatures, build_lpips
 
@@ -60,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="images are resized and centre-cropped to this (default: the model's sample_size)",
     )
+    data.add_argument(
+        "--full_resolution",
+        action="store_true",
+        help="evaluate every image at its own size (cropped to a multiple of the downsampling factor), one "
+        "image per batch, with tiled encode/decode where it exceeds --tile_sample_size",
+    )
+    data.add_argument(
+        "--tile_sample_size",
+        type=int,
+        default=None,
+        help="with --full_resolution: tile size in pixels (default: the model's sample_size)",
+    )
     data.add_argument("--max_images", type=int, default=1000, help="evaluate on the first N readable images")
     data.add_argument("--batch_size", type=int, default=32)
     metrics = parser.add_argument_group("metrics")
@@ -89,7 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).to(args.device).eval()
-    resolution = args.resolution or model.config.sample_size
+    if args.full_resolution and args.resolution is not None:
+        raise ValueError(
+            f"--full_resolution evaluates images at their own size; got --resolution {args.resolution} too"
+        )
+    if args.tile_sample_size is not None and not args.full_resolution:
+        raise ValueError("--tile_sample_size applies with --full_resolution only")
+    resolution = None if args.full_resolution else args.resolution or model.config.sample_size
+    if args.full_resolution:
+        # Tiles only where an image (or its latent grid) exceeds the tile: smaller images run whole.
+        model.enable_tiling(args.tile_sample_size)
+        transform, batch_size = FullResolutionTransform(model.config.in_channels, model.downsampling_factor), 1
+    else:
+        transform, batch_size = ImageTransform(resolution, model.config.in_channels), args.batch_size
 
     # Metric networks are loaded before any data is read, so a missing weight file fails fast.
     inception = None if args.no_fid else InceptionFeatures(args.inception_weights).to(args.device)
@@ -108,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir,
     )
     stream = image_only(stream, resolve_image_column(stream, args.image_column))
-    images = EvaluationImages(
-        stream, ImageTransform(resolution, model.config.in_channels), args.batch_size, args.max_images
-    )
+    images = EvaluationImages(stream, transform, batch_size, args.max_images)
     result = evaluate(
         model,
         images,
@@ -131,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             key: getattr(args, key)
             for key in ("dataset_name", "dataset_config_name", "split", "train_data_dir", "max_images")
         },
-        "resolution": resolution,
+        "resolution": resolution or "full",
+        "tile_sample_size": model.tile_sample_size if args.full_resolution else None,
         "inception_weights": None if inception is None else str(inception.weights_path),
         "device": args.device,
     }

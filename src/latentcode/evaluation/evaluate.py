@@ -178,7 +178,8 @@ def _evaluate(model, batches, lpips, inception, decoder_std, num_grid_images, se
             add("kl", kl)
             add("negative_elbo", negative_elbo)
             add("bits_per_dim", bits_per_dim)
-        if len(originals) < num_grid_images:
+        # The grid holds images of the first image's size (full-resolution sets mix orientations).
+        if len(originals) < num_grid_images and (not originals or originals[0].shape == target.shape[1:]):
             originals += list(target[: num_grid_images - len(originals)].cpu())
             reconstructions += list(reconstruction[: len(originals) - len(reconstructions)].cpu())
         num_images += pixels.shape[0]

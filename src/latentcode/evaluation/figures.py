@@ -2,6 +2,7 @@
 
 - [`reconstruction_grid`]: originals in the top row, their reconstructions below.
 - [`bar_chart`]: a labelled bar chart; [`psnr_histogram`] and [`codebook_usage_chart`] use it.
+- [`line_chart`]: labelled curves y(x), e.g. test PSNR against training steps.
 """
 
 from __future__ import annotations
@@ -78,3 +79,56 @@ def codebook_usage_chart(counts: torch.Tensor) -> PIL.Image.Image:
     ordered = counts.sort(descending=True).values.tolist()
     title = f"codebook usage: {used} of {len(ordered)} codes used ({100 * used / len(ordered):.1f}%), by frequency"
     return bar_chart(ordered, title, ("most used", "least used"), "tokens")
+
+
+LINE_COLORS = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (255, 215, 0),
+]  # fmt: skip
+
+
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 900,
+    height: int = 520,
+) -> PIL.Image.Image:
+    """One polyline per entry of `series` (name -> points `(x, y)`), with a legend on the right
+    and the x / y ranges on the axes. Returns an RGB image of `width` x `height`."""
+    points = [point for curve in series.values() for point in curve]
+    if not points:
+        raise ValueError("line_chart needs at least one point, got none")
+    font = PIL.ImageFont.load_default()
+    image = PIL.Image.new("RGB", (width, height), "white")
+    draw = PIL.ImageDraw.Draw(image)
+    legend_width = 260
+    left, right, top, bottom = 60, width - legend_width, 30, height - 40
+    draw.text((left, 8), title, fill="black", font=font)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+    x_low, x_high = min(x for x, _ in points), max(x for x, _ in points)
+    y_low, y_high = min(y for _, y in points), max(y for _, y in points)
+    x_span, y_span = (x_high - x_low) or 1.0, (y_high - y_low) or 1.0
+
+    def position(x: float, y: float) -> tuple[float, float]:
+        return left + (right - left) * (x - x_low) / x_span, bottom - (bottom - top) * (y - y_low) / y_span
+
+    for i, (name, curve) in enumerate(series.items()):
+        color = LINE_COLORS[i % len(LINE_COLORS)]
+        pixels = [position(x, y) for x, y in sorted(curve)]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=color, width=2)
+        for x, y in pixels:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+        legend_y = top + 14 * i
+        draw.line([(right + 10, legend_y + 6), (right + 30, legend_y + 6)], fill=color, width=3)
+        draw.text((right + 36, legend_y), name, fill="black", font=font)
+    draw.text((4, top - 4), f"{y_high:.4g}", fill="black", font=font)
+    draw.text((4, bottom - 10), f"{y_low:.4g}", fill="black", font=font)
+    draw.text((4, (top + bottom) // 2), y_label, fill="black", font=font)
+    draw.text((left, bottom + 6), f"{x_low:.4g}", fill="black", font=font)
+    draw.text(((left + right) // 2 - 20, bottom + 20), x_label, fill="black", font=font)
+    last = f"{x_high:.4g}"
+    draw.text((right - draw.textlength(last, font=font), bottom + 6), last, fill="black", font=font)
+    return image

@@ -1,0 +1,59 @@
+"""Real images from ../shared/datasets (skipped where absent): high-resolution evaluation on
+Kodak, the CIFAR-10 training preset, and the default recipe's quality on CIFAR-10."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import PIL.Image
+import pytest
+import torch
+from conftest import require_shared_dataset, tiny_model
+
+from latentcode.data import FullResolutionTransform
+from latentcode.evaluation import psnr
+from latentcode.evaluation.cli import main as eval_main
+
+
+def test_kodak_full_resolution_evaluation_tiles_large_images(tmp_path):
+    kodak = require_shared_dataset("kodak")
+    folder = tmp_path / "kodak"
+    folder.mkdir()
+    names = ["kodim01.png", "kodim04.png"]  # 768x512 landscape and 512x768 portrait
+    for name in names:
+        shutil.copy(kodak / name, folder / name)
+    # 16x16 sample size, downsampling 2; no attention, whose cost grows with the square of the
+    # latent grid (the untiled reference below runs the whole 768x512 image).
+    model = tiny_model(
+        "vqvae", codebook_size=16, block_out_channels=(8, 16), attention_levels=(), mid_block_add_attention=False
+    )
+    model.save_pretrained(tmp_path / "model")
+    output = tmp_path / "eval"
+    argv = [
+        "--pretrained_model_name_or_path",
+        str(tmp_path / "model"),
+        "--train_data_dir",
+        str(folder),
+        "--full_resolution",
+        "--tile_sample_size",
+        "128",
+    ]
+    assert eval_main(argv + ["--no_fid", "--no_lpips", "--output_dir", str(output)]) == 0
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["metrics"]["num_images"] == 2 and saved["resolution"] == "full" and saved["tile_sample_size"] == 128
+
+    # The same numbers from the model API, image by image at full size with 128-pixel tiles.
+    transform = FullResolutionTransform(3, model.downsampling_factor)
+    model.enable_tiling(128)
+    tiled = []
+    for name in sorted(names):  # the image folder is read in file-name order
+        pixels = transform(PIL.Image.open(folder / name))[None]
+        assert pixels.shape[2:] in {(512, 768), (768, 512)}
+        with torch.no_grad():
+            tiled.append(float(psnr(model.decode_indices(model.encode(pixels).indices).sample.float(), pixels)))
+    assert saved["per_image_psnr"] == pytest.approx(tiled, abs=1e-4)
+    model.disable_tiling()
+    with torch.no_grad():  # tiles were used: the whole (last) image at once gives another PSNR
+        whole = float(psnr(model.decode_indices(model.encode(pixels).indices).sample.float(), pixels))
+    assert abs(whole - tiled[-1]) > 1e-3
