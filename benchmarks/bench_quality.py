@@ -149,18 +149,21 @@ class Row:
             self.model.train()
 
 
-def latentcode_row(level_size: int, depth: int = 1, seed: int = 0, **config_options) -> Row:
-    """`VQVAEModel(VQVAEConfig(**BACKBONE, **config_options))`, codes of `level_size` per level."""
+def latentcode_row(level_size: int, depth: int = 1, seed: int = 0, backbone: dict = BACKBONE, **config_options) -> Row:
+    """`VQVAEModel(VQVAEConfig(**backbone, **config_options))`, codes of `level_size` per level."""
     torch.manual_seed(seed)
-    config = latentcode.VQVAEConfig(**BACKBONE, **config_options)
+    config = latentcode.VQVAEConfig(**backbone, **config_options)
     return Row("", level_size, depth, latentcode.VQVAEModel(config).train(), is_latentcode=True)
 
 
-def diffusers_row(codebook_size: int, quantizer: nn.Module | None = None, seed: int = 0) -> Row:
+def diffusers_row(
+    codebook_size: int, quantizer: nn.Module | None = None, seed: int = 0, backbone: dict = BACKBONE
+) -> Row:
     """diffusers' `VQModel` with the backbone weights of the `latentcode default` row (the exact
     export), and its own quantizer or `quantizer` (a vector-quantize-pytorch module)."""
     torch.manual_seed(seed)
-    model = latentcode.VQVAEModel(latentcode.VQVAEConfig(**BACKBONE, codebook_size=codebook_size)).to_diffusers()
+    config = latentcode.VQVAEConfig(**backbone, codebook_size=codebook_size)
+    model = latentcode.VQVAEModel(config).to_diffusers()
     if quantizer is not None:
         model.quantize = VQPytorchInDiffusers(quantizer)
     return Row("", codebook_size, 1, model.train(), is_latentcode=False)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import PIL.Image
 import pytest
 import torch
+import yaml
 from conftest import require_shared_dataset, tiny_model
 
+from latentcode import VQVAEConfig, VQVAEModel
 from latentcode.data import FullResolutionTransform
 from latentcode.evaluation import psnr
 from latentcode.evaluation.cli import main as eval_main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_kodak_full_resolution_evaluation_tiles_large_images(tmp_path):
@@ -57,3 +62,41 @@ def test_kodak_full_resolution_evaluation_tiles_large_images(tmp_path):
     with torch.no_grad():  # tiles were used: the whole (last) image at once gives another PSNR
         whole = float(psnr(model.decode_indices(model.encode(pixels).indices).sample.float(), pixels))
     assert abs(whole - tiled[-1]) > 1e-3
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons; an in-process training run starts from scratch."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_cifar10_preset_trains_offline_from_the_parquet_shards(tmp_path, fresh_accelerate_state):
+    """The preset as a user runs it with a local copy: only the data source, the budget and the
+    width change; the quantizer recipe, the image column and everything else come from the file."""
+    from latentcode.training import parse_args, train
+
+    cifar10 = require_shared_dataset("cifar10")
+    preset = REPO / "training" / "configs" / "vqvae_cifar10.yaml"
+    values = yaml.safe_load(preset.read_text())
+    assert values["dataset_name"] == "uoft-cs/cifar10" and values["image_column"] == "img"
+    config = parse_args(
+        ["--config", str(preset), "--dataset_name", "none", "--train_data_dir", str(cifar10 / "train")]
+        + ["--validation_split", "none", "--output_dir", str(tmp_path / "run"), "--max_train_steps", "3"]
+        + ["--train_batch_size", "4", "--num_validation_images", "4", "--mixed_precision", "no"]
+        + ["--report_to", "none", "--checkpointing_steps", "0", "--validation_steps", "0", "--lr_warmup_steps", "1"]
+        + ["--shuffle_buffer_size", "16", "--model.block_out_channels=[16, 32, 32]", "--model.norm_num_groups=8"]
+    )
+    assert config.image_column == "img" and config.train_data_dir == str(cifar10 / "train")
+    train(config)
+    model = VQVAEModel.from_pretrained(tmp_path / "run")
+    expected = VQVAEConfig(**{**values["model"], "block_out_channels": [16, 32, 32], "norm_num_groups": 8})
+    for key in ("quantizer", "gradient_estimator", "codebook_size", "latent_channels", "use_ema", "kmeans_init"):
+        assert getattr(model.config, key) == getattr(expected, key), key
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and metrics["images_seen"] == 12 and metrics["corrupt_images"] == 0

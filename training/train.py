@@ -1,7 +1,7 @@
 """Train an AutoEncoder, VAE or VQ-VAE.
 
     accelerate launch training/train.py --config training/configs/quickstart.yaml
-    python training/train.py --config training/configs/vqvae_cifar.yaml --train_batch_size 64
+    python training/train.py --config training/configs/vqvae_cifar10.yaml --train_batch_size 64
 
 Every option (see --help) can be set in the YAML file and overridden on the command line;
 model options as --model.KEY VALUE. The work happens in `latentcode.training`.
