@@ -294,7 +294,7 @@ def run(
     curve_images: int,
     log=print,
 ) -> None:
-    """Train every row in lockstep and fill `row.curve` and `row.final`."""
+    """Train every row in lockstep and fill `row.curve` (none for `curve_images=0`) and `row.final`."""
     for row in rows:
         row.optimizer = torch.optim.Adam([p for p in row.model.parameters() if p.requires_grad], lr=learning_rate)
     curve_set = test_images[:curve_images]
@@ -302,8 +302,9 @@ def run(
         chunk = min(eval_steps, max_train_steps - rows[0].steps)
         for row in rows:
             train_steps(row, train_images, batch_size, chunk)
-            row.curve.append((row.steps, evaluate(row, curve_set)["psnr"]))
-            log(f"step {row.steps:5d}  {row.name:40s} curve PSNR {row.curve[-1][1]:6.2f} dB")
+            if curve_images > 0:
+                row.curve.append((row.steps, evaluate(row, curve_set)["psnr"]))
+                log(f"step {row.steps:5d}  {row.name:40s} curve PSNR {row.curve[-1][1]:6.2f} dB")
     for row in rows:
         row.final = evaluate(row, test_images)
         row.final["images_per_second"] = row.steps * batch_size / max(row.train_seconds, 1e-9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import PIL.Image
@@ -100,3 +101,33 @@ def test_cifar10_preset_trains_offline_from_the_parquet_shards(tmp_path, fresh_a
         assert getattr(model.config, key) == getattr(expected, key), key
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["images_seen"] == 12 and metrics["corrupt_images"] == 0
+
+
+def load_benchmark():
+    """benchmarks/bench_quality.py as a module: the test trains its rows the benchmark's way."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_recipe_beats_diffusers_quantizer_on_cifar10():
+    """`VQVAEConfig()` with only sizes set against diffusers' `VQModel` (its own quantizer) with
+    the same initial backbone weights, data order, batch, optimiser and steps; test split."""
+    cifar10 = require_shared_dataset("cifar10")
+    bench = load_benchmark()
+    steps, batch_size, codebook_size = 150, 8, 512
+    train_images = bench.load_images(None, str(cifar10 / "train"), "train", "img", steps * batch_size)
+    test_images = bench.load_images(None, str(cifar10 / "test"), "test", "img", 256)
+    rows = [
+        bench.diffusers_row(codebook_size),
+        bench.latentcode_row(codebook_size, codebook_size=codebook_size),  # the default recipe
+    ]
+    bench.run(rows, train_images, test_images, steps, batch_size, 1e-3, steps, 0, log=lambda message: None)
+    diffusers, ours = (row.final for row in rows)
+    assert ours["psnr"] > diffusers["psnr"] + 1.0, (ours, diffusers)
+    assert ours["usage"] >= 0.95, ours
+    assert rows[1].model.quantizer.codebook_usage >= 0.95  # the training window agrees
