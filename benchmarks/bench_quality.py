@@ -42,7 +42,7 @@ from torch import nn
 import latentcode
 from latentcode.data import decode_image, image_only, load_image_stream, resolve_image_column
 from latentcode.evaluation.figures import line_chart
-from latentcode.evaluation.metrics import CodebookUsage, psnr, ssim
+from latentcode.evaluation.metrics import CodebookHistogram, psnr, ssim
 
 # The shared backbone: the diffusers / taming blocks, narrow enough for a 2-core CPU.
 BACKBONE = dict(
@@ -266,7 +266,7 @@ def train_steps(row: Row, train_images: torch.Tensor, batch_size: int, num_steps
 @torch.no_grad()
 def evaluate(row: Row, test_images: torch.Tensor, batch_size: int = 250) -> dict:
     """Test PSNR / SSIM (dB / [0, 1], means over images) and code usage / perplexity."""
-    usage = CodebookUsage(row.codebook_size)
+    usage = CodebookHistogram(row.codebook_size)
     psnrs, ssims = [], []
     for start in range(0, test_images.shape[0], batch_size):
         pixels = to_pixels(test_images[start : start + batch_size])

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CodebookUsage, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
+from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
 from .gradients import GRADIENT_ESTIMATORS, estimate_gradient
 from .search import nearest_codebook_indices
 from .vector import DEFAULT_WINDOW_PER_CODE
@@ -55,7 +55,7 @@ class SimVectorQuantizer(Quantizer):
         self.codebook_weight = codebook_weight
         self.gradient_estimator = gradient_estimator
         self.max_block_elements = max_block_elements
-        self.usage = CodebookUsage(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
+        self.usage = CodebookUsageWindow(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
         # Saved with the model: the codes are meaningless without the basis W was trained on.
         self.register_buffer("frozen_basis", torch.empty(codebook_size, codebook_dim))
         self.codebook_transform = nn.Linear(codebook_dim, codebook_dim, bias=False)
@@ -73,24 +73,17 @@ class SimVectorQuantizer(Quantizer):
         """`[K, D]` fp32 codes (differentiable in W)."""
         return F.linear(self.frozen_basis.float(), self.codebook_transform.weight.float())
 
-    def codes_to_indices(self, latents: torch.Tensor) -> torch.Tensor:
-        """Nearest-code indices of latents `[B, D, h, w]` -> `[B, h, w]`, without gradients."""
-        self._check_latents(latents)
-        batch, _, height, width = latents.shape
-        with torch.no_grad():
-            codebook = self.codebook
-        rows = flatten_latents(latents.detach())
-        return nearest_codebook_indices(rows, codebook, self.max_block_elements).view(batch, height, width)
-
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes of indices `[B, h, w]` -> `[B, D, h, w]` (fp32)."""
         self._check_indices(indices, None, self.codebook_size)
         basis_rows = F.embedding(indices.long(), self.frozen_basis.float())
         return F.linear(basis_rows, self.codebook_transform.weight.float()).permute(0, 3, 1, 2).contiguous()
 
-    def forward(self, latents: torch.Tensor) -> QuantizerOutput:
-        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]."""
+    def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]. `update_codebook` (default: in
+        training mode) updates the usage window; the codes change only by the optimiser's steps on W."""
         self._check_latents(latents)
+        update_codebook = self.training if update_codebook is None else update_codebook
         with torch.autocast(device_type=latents.device.type, enabled=False):
             rows = flatten_latents(latents)
             codebook = self.codebook
@@ -99,7 +92,7 @@ class SimVectorQuantizer(Quantizer):
             codebook_loss = F.mse_loss(codes, rows.detach())
             commitment_loss = F.mse_loss(rows, codes.detach())
             quantized = estimate_gradient(self.gradient_estimator, rows, codes.detach())
-            if self.training:
+            if update_codebook:
                 self.usage.update(indices)
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
