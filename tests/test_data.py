@@ -40,13 +40,43 @@ def _sorted_rows(images: torch.Tensor) -> list[tuple]:
     return sorted(tuple(row.tolist()) for row in images.flatten(1))
 
 
-def test_builtin_digits_are_sklearn_digits():
-    stream = load_image_stream("builtin:digits")
-    images = [decode_image(example["image"]) for example in stream]
-    expected = _digit_images(1797)
-    assert len(images) == 1797
-    for index in (0, 500, 1796):
-        np.testing.assert_array_equal(np.asarray(images[index]), np.asarray(expected[index]))
+def test_builtin_digits_are_sklearn_digits_split_in_train_and_test():
+    splits = {
+        split: [
+            np.asarray(decode_image(example["image"])) for example in load_image_stream("builtin:digits", split=split)
+        ]
+        for split in ("train", "test")
+    }
+    expected = [np.asarray(image) for image in _digit_images(1797)]
+    # Every tenth image is the test split: the two partition sklearn's 1797 digits.
+    assert len(splits["test"]) == 179 and len(splits["train"]) == 1797 - 179
+    for index in (0, 500, 1617):
+        np.testing.assert_array_equal(splits["train"][index], expected[index + index // 9])
+    for index in (0, 100, 178):
+        np.testing.assert_array_equal(splits["test"][index], expected[10 * index + 9])
+    with pytest.raises(ValueError, match=r"splits \('train', 'test'\), got split='validation'"):
+        load_image_stream("builtin:digits", split="validation")
+
+
+def test_validation_split_test_holds_out_the_test_split():
+    transform = ImageTransform(8, channels=1)
+    batches, validation = build_image_data(
+        transform=transform,
+        batch_size=100,
+        dataset_name="builtin:digits",
+        validation_split="test",
+        num_validation_images=20,
+        shuffle_buffer_size=1,
+    )
+    test_images = [
+        _as_expected(decode_image(example["image"])) for example in load_image_stream("builtin:digits", split="test")
+    ]
+    torch.testing.assert_close(validation, torch.stack(test_images[:20]))
+    trained_on = set()
+    while batches.epoch == 0:
+        trained_on |= set(_sorted_rows(batches.next_batch()))
+    assert not trained_on & set(_sorted_rows(torch.stack(test_images)))  # no test image is trained on
+    assert len(trained_on) > 1000  # the whole train split is (distinct digit images: some repeat)
 
 
 def test_builtin_photos_are_rgb_patches_of_skimage_photos():
@@ -110,8 +140,11 @@ def test_stream_from_image_folder_skips_and_counts_corrupt_images(tmp_path, capl
     seen = []
     while batches.epoch == 0:
         seen.append(batches.next_batch())
-    assert batches.corrupt_images == 2  # both broken files, each once in the epoch
-    assert "skipping corrupt image" in caplog.text
+    while batches.epoch < 3:  # two more epochs meet the same broken files again
+        batches.next_batch()
+    assert batches.corrupt_images == 2  # files, not occurrences
+    for name in ("3_broken.png", "9_truncated.png"):  # each named once in the log, not once per epoch
+        assert sum(name in record.getMessage() for record in caplog.records) == 1, caplog.text
     expected = torch.stack([_as_expected(image) for image in images])
     assert set(_sorted_rows(torch.cat(seen[:-1]))) <= set(_sorted_rows(expected))
     assert len(seen) - 1 == 5  # the 6 readable images minus the held-out validation image
@@ -151,7 +184,7 @@ def test_each_process_reads_its_own_part():
         return rows[:-1]  # the last one already belongs to epoch 1
 
     rank0, rank1 = first_epoch(0), first_epoch(1)
-    assert len(rank0) + len(rank1) == 1797 - 4
+    assert len(rank0) + len(rank1) == 1618 - 4  # the train split of the digits, minus the held-out 4
     assert len(set(rank0) & set(rank1)) < 50  # only digits that happen to be pixel-identical are shared
 
 
@@ -168,7 +201,7 @@ def test_resumed_stream_continues_exactly():
         return batches
 
     original = make()
-    for _ in range(300):  # past the end of the first epoch (1797 / 7 = 256.7 batches)
+    for _ in range(300):  # past the end of the first epoch (1618 / 7 = 231.1 batches)
         original.next_batch()
     state = original.state_dict()
     assert state["epoch"] == 1
@@ -202,3 +235,24 @@ def test_bad_data_fails_clearly(tmp_path):
     batches = ImageBatches(image_only(empty, "image"), ImageTransform(8, 1), batch_size=2)
     with pytest.raises(ValueError, match="holds no readable images"):
         batches.next_batch()
+
+
+def test_validation_hold_out_is_filled_from_readable_images_and_counts_bad_ones(tmp_path, caplog):
+    images = _digit_images(8)
+    for index in range(3):  # the first files of the stream are unreadable
+        (tmp_path / f"0{index}_bad.png").write_bytes(b"not an image")
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"1{index}.png")
+    batches, validation = build_image_data(
+        transform=ImageTransform(8, channels=1), batch_size=1, train_data_dir=str(tmp_path), num_validation_images=2
+    )
+    # The hold-out is the first two *readable* images; the bad ones are counted there, once ...
+    torch.testing.assert_close(validation, torch.stack([_as_expected(image) for image in images[:2]]))
+    assert len(batches.held_out_corrupt) == 3
+    assert all(f"0{index}_bad.png" in caplog.text for index in range(3))
+    # ... and training gets the other six, none of the held-out ones, no bad file met again.
+    seen = []
+    while batches.epoch == 0:
+        seen.append(batches.next_batch())
+    assert _sorted_rows(torch.cat(seen[:-1])) == _sorted_rows(torch.stack([_as_expected(i) for i in images[2:]]))
+    assert batches.corrupt_images == 0

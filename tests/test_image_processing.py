@@ -122,3 +122,46 @@ def test_saved_beside_the_model_and_loaded_with_auto_classes(tmp_path, digits):
         reconstruction = reloaded(loaded(list(images)).pixel_values).sample
     outputs = loaded.postprocess(reconstruction)
     assert [image.size for image in outputs] == [(16, 16)] * 4 and outputs[0].mode == "L"
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_16_bit_and_float_images_are_scaled_by_bit_depth_in_processor_and_training():
+    """PIL's convert clips 16-bit values to 255 and truncates floats to 0; both paths must scale
+    by the bit depth instead, through the one shared conversion."""
+    import io
+    import random
+
+    from latentcode.data import ImageTransform
+
+    ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    half = np.full((64, 64), 0.5, np.float32)
+    expected_ramp = torch.from_numpy(ramp.astype(np.float32) / 65535)[None] * 2 - 1
+    processor = LatentCodeImageProcessor(size=64, num_channels=1)
+    transform = ImageTransform(64, channels=1)
+    for array, fmt, expected in ((ramp, "PNG", expected_ramp), (half, "TIFF", torch.zeros(1, 64, 64))):
+        data = _encoded(array, fmt)
+        for pixels in (
+            processor(PIL.Image.open(io.BytesIO(data)))["pixel_values"][0],  # inference
+            transform.load({"bytes": data, "path": f"x.{fmt.lower()}"}, random.Random(0)),  # training
+            processor(array)["pixel_values"][0],  # the raw array
+        ):
+            torch.testing.assert_close(pixels, expected, atol=1e-6, rtol=0)
+    rgb = LatentCodeImageProcessor(size=64, num_channels=3)(PIL.Image.open(io.BytesIO(_encoded(ramp, "PNG"))))
+    torch.testing.assert_close(rgb["pixel_values"][0], expected_ramp.expand(3, -1, -1), atol=1e-6, rtol=0)
+
+    # What cannot be converted is refused, naming what came.
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\], got values in \[2, 2\]"):
+        processor(PIL.Image.fromarray(np.full((8, 8), 2.0, np.float32)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        processor(np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"mode I\) with values in \[-5, 70000\]"):
+        processor(PIL.Image.fromarray(np.array([[-5, 70000]], np.int32)))
+    with pytest.raises(ValueError, match="got dtype torch.int64"):
+        processor(np.zeros((8, 8), np.int64))

@@ -162,6 +162,17 @@ def test_cli_overrides_yaml_overrides_defaults():
     assert "--model.KEY" in help_text
 
 
+def test_command_line_data_source_overrides_the_presets(tmp_path):
+    preset = REPO / "training" / "configs" / "vqvae_cifar.yaml"
+    assert yaml.safe_load(preset.read_text())["dataset_name"]  # a preset with a Hub dataset
+    config = parse_args(["--config", str(preset), "--train_data_dir", str(tmp_path)])
+    assert (config.train_data_dir, config.dataset_name, config.dataset_config_name) == (str(tmp_path), None, None)
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump({"train_data_dir": str(tmp_path)}))
+    config = parse_args(["--config", str(local), "--dataset_name", "builtin:photos"])
+    assert (config.dataset_name, config.train_data_dir) == ("builtin:photos", None)
+
+
 def test_unknown_keys_fail_with_a_suggestion(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("learning_rat: 0.1\n")

@@ -24,10 +24,12 @@ position reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import random
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +78,18 @@ BUILTIN_DATASETS: dict[str, Callable[[], list[PIL.Image.Image]]] = {
     "builtin:photos": _photo_patches,
 }
 
+# The embedded datasets have no published split: every tenth image (index 9, 19, ...) is the
+# "test" split, the others "train", so a validation_split of "test" holds out images training
+# never sees. (Every tenth rather than the last tenth: the photo patches come photo by photo.)
+BUILTIN_SPLITS = ("train", "test")
+
+
+def builtin_split(images: list, split: str) -> list:
+    """The `split` ("train" or "test") of an embedded dataset's images, in order."""
+    if split not in BUILTIN_SPLITS:
+        raise ValueError(f"the embedded datasets have the splits {BUILTIN_SPLITS}, got split={split!r}")
+    return [image for index, image in enumerate(images) if (index % 10 == 9) == (split == "test")]
+
 
 # ----------------------------------------------------------------------------------------------
 # Sources
@@ -108,8 +122,8 @@ def load_image_stream(
 ) -> datasets.IterableDataset:
     """Open one split of an image dataset as a stream.
 
-    `dataset_name` is a Hub id or a name from `BUILTIN_DATASETS`; `train_data_dir` a local folder
-    or file. With neither, `"builtin:digits"` is used. `num_shards` applies to the embedded
+    `dataset_name` is a Hub id or a name from `BUILTIN_DATASETS` (splits "train" and "test", see
+    [`builtin_split`]); `train_data_dir` a local folder or file. With neither, `"builtin:digits"` is used. `num_shards` applies to the embedded
     datasets only (shards are what `split_dataset_by_node` distributes between processes).
     """
     if dataset_name is not None and train_data_dir is not None:
@@ -117,7 +131,7 @@ def load_image_stream(
     if dataset_name is None and train_data_dir is None:
         dataset_name = "builtin:digits"
     if dataset_name in BUILTIN_DATASETS:
-        images = BUILTIN_DATASETS[dataset_name]()
+        images = builtin_split(BUILTIN_DATASETS[dataset_name](), split)
         table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
         return table.to_iterable_dataset(num_shards=num_shards)
     if dataset_name is not None and dataset_name.startswith("builtin:"):
@@ -175,12 +189,40 @@ def image_only(stream: datasets.IterableDataset, image_column: str) -> datasets.
 
 
 class CorruptImageError(ValueError):
-    """An image that cannot be decoded."""
+    """An image that cannot be decoded, or whose values cannot be converted to pixels.
+
+    `source` names the image: its path, or for images stored as bytes without a path (parquet
+    rows, webdataset members) a digest of the bytes, so that each bad file is counted once.
+    """
+
+    def __init__(self, message: str, source: str):
+        super().__init__(message)
+        self.source = source
 
 
-def decode_image(value) -> PIL.Image.Image:
+# What PIL raises on damaged files besides OSError (its truncated-data error) and ValueError:
+# broken headers surface as SyntaxError, EOFError or struct.error from its format parsers.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, PIL.Image.DecompressionBombError)
+
+
+def image_source(value) -> str:
+    """A stable name for the image in `value` (path, or byte count and digest of its bytes)."""
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, (str, os.PathLike)) else None
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if isinstance(data, (bytes, bytearray)):
+        digest = hashlib.sha1(data).hexdigest()[:16]
+        return f"{path} (bytes sha1 {digest})" if path else f"<{len(data)} bytes, sha1 {digest}>"
+    return str(path) if path else f"<{type(value).__name__}>"
+
+
+def decode_image(value, min_size: int | None = None) -> PIL.Image.Image:
     """A fully decoded PIL image from what a dataset holds: a PIL image, `{"bytes", "path"}`,
-    raw bytes or a path. Raises [`CorruptImageError`] when the data is not a readable image."""
+    raw bytes or a path. Raises [`CorruptImageError`] when the data is not a readable image.
+
+    `min_size`: the smallest side the caller needs. Formats that can decode at a reduced scale
+    (JPEG's 1/2, 1/4, 1/8 DCT scaling, PIL's `draft`) then do so, keeping both sides at least
+    `min_size`: a huge photo is never decoded at full size only to be shrunk.
+    """
     if isinstance(value, PIL.Image.Image):
         return value
     source = value
@@ -189,17 +231,65 @@ def decode_image(value) -> PIL.Image.Image:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif not isinstance(source, (str, os.PathLike)):
-        raise CorruptImageError(f"expected an image (PIL image, bytes or path), got {type(value).__name__}")
+        raise CorruptImageError(
+            f"expected an image (PIL image, bytes or path), got {type(value).__name__}", image_source(value)
+        )
     try:
         image = PIL.Image.open(source)
+        if min_size is not None:
+            image.draft(image.mode, (min_size, min_size))
         image.load()  # PIL decodes lazily; truncated files only fail here
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-        name = value.get("path") if isinstance(value, dict) else None
-        raise CorruptImageError(f"cannot decode image {name or ''}: {error}") from error
+    except _DECODE_ERRORS as error:
+        name = image_source(value)
+        raise CorruptImageError(f"cannot decode image {name}: {type(error).__name__}: {error}", name) from error
     return image
 
 
-class ImageTransform:
+class CorruptImages:
+    """The unreadable images met in a stream: each counted and logged (with its name) once,
+    however many epochs meet it again. `len()` is the number of distinct bad files."""
+
+    def __init__(self, what: str = "image", log: bool = True):
+        self.what, self.log = what, log
+        self.sources: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def add(self, error: CorruptImageError) -> None:
+        if error.source in self.sources:
+            return
+        self.sources.add(error.source)
+        if self.log:
+            logger.warning("skipping unreadable %s (%d so far): %s", self.what, len(self.sources), error)
+
+    def state_dict(self) -> list[str]:
+        return sorted(self.sources)
+
+    def load_state_dict(self, sources: list[str]) -> None:
+        self.sources = set(sources)
+
+
+class DecodingTransform:
+    """A transform of PIL images that can also take what a dataset holds ([`load`])."""
+
+    # The smallest side the transform needs; huge images are decoded / reduced towards it.
+    decode_min_size: int | None = None
+
+    def load(self, value, rng: random.Random) -> torch.Tensor:
+        """Decode the image a dataset holds (see [`decode_image`]) and transform it. Raises
+        [`CorruptImageError`] for an unreadable image and for one whose values cannot be
+        converted (a float image outside [0, 1], ...), so callers skip and count both alike."""
+        min_size = self.decode_min_size
+        image = decode_image(value, min_size=min_size)
+        try:
+            return self(image if min_size is None else _reduce_large(image, min_size), rng)
+        except ValueError as error:
+            name = image_source(value)
+            raise CorruptImageError(f"cannot convert image {name}: {error}", name) from error
+
+
+class ImageTransform(DecodingTransform):
     """PIL image -> `[C, resolution, resolution]` float tensor in [-1, 1].
 
     Resize the shorter side to `resolution` (bicubic, antialiased), crop a square (centre or
@@ -214,6 +304,10 @@ class ImageTransform:
         self.channels = channels
         self.center_crop = center_crop
         self.random_flip = random_flip
+
+    @property
+    def decode_min_size(self) -> int:
+        return DECODE_OVERSAMPLING * self.resolution
 
     def __call__(self, image: PIL.Image.Image, rng: random.Random) -> torch.Tensor:
         # The same conversion and resize as LatentCodeImageProcessor, so a model sees at
@@ -230,7 +324,7 @@ class ImageTransform:
         return pixels * 2 - 1
 
 
-class FullResolutionTransform:
+class FullResolutionTransform(DecodingTransform):
     """PIL image -> `[C, H', W']` float tensor in [-1, 1] at the image's own size, centre-cropped
     only to the nearest multiple of `multiple` (a model's downsampling factor) per side: for
     evaluation on large images (e.g. Kodak's 768x512 photos) with tiled encode/decode."""
@@ -248,9 +342,28 @@ class FullResolutionTransform:
         height, width = pixels.shape[1:]
         new_height, new_width = height - height % self.multiple, width - width % self.multiple
         if new_height == 0 or new_width == 0:
-            raise CorruptImageError(f"a {width}x{height} image is smaller than the downsampling factor {self.multiple}")
+            raise ValueError(f"a {width}x{height} image is smaller than the downsampling factor {self.multiple}")
         top, left = (height - new_height) // 2, (width - new_width) // 2
         return pixels[:, top : top + new_height, left : left + new_width] * 2 - 1
+
+
+# Huge images are decoded / box-reduced only down to this many times the training resolution:
+# the final antialiased resize still does the filtering, so images up to this size are
+# preprocessed exactly as LatentCodeImageProcessor does at inference.
+DECODE_OVERSAMPLING = 4
+
+
+def _reduce_large(image: PIL.Image.Image, min_size: int) -> PIL.Image.Image:
+    """Box-downscale (PIL's `reduce`) an image at least twice as large as needed to a shorter
+    side of at least `min_size`, so the float conversion and the resize do not work on tens of
+    millions of pixels. Modes `reduce` does not support are returned unchanged."""
+    factor = min(image.size) // min_size
+    if factor < 2:
+        return image
+    try:
+        return image.reduce(factor)
+    except ValueError:  # e.g. a palette or 16-bit mode
+        return image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,9 +374,11 @@ class FullResolutionTransform:
 class ImageBatches:
     """An endless, resumable stream of `[batch_size, C, R, R]` batches for one process.
 
-    When the stream ends, the next epoch starts (`set_epoch` reseeds the shuffle). Corrupt
-    images are skipped, logged and counted in `corrupt_images`. `state_dict()` records the
-    position; `load_state_dict()` makes the next batch the one an uninterrupted run would get.
+    When the stream ends, the next epoch starts (`set_epoch` reseeds the shuffle). Unreadable
+    images are skipped and recorded in `corrupt` (each file counted and logged once, see
+    [`CorruptImages`]); `corrupt_images` is their number. `held_out_corrupt` holds those met
+    while filling the validation set. `state_dict()` records the position; `load_state_dict()`
+    makes the next batch the one an uninterrupted run would get.
     """
 
     def __init__(
@@ -281,9 +396,15 @@ class ImageBatches:
         self.rank = rank
         self.epoch = 0
         self.position = 0  # examples read in this epoch, corrupt ones included
-        self.corrupt_images = 0
+        self.corrupt = CorruptImages(f"training image on rank {rank}")
+        self.held_out_corrupt = CorruptImages("validation image", log=False)
         self._iterator = None
         self._readable_in_epoch = 0
+
+    @property
+    def corrupt_images(self) -> int:
+        """Distinct unreadable training files this process has met."""
+        return len(self.corrupt)
 
     def _start_epoch(self, skip: int) -> None:
         self.stream.set_epoch(self.epoch)
@@ -303,7 +424,7 @@ class ImageBatches:
         if self._readable_in_epoch == 0:
             raise ValueError(
                 "the training stream holds no readable images for this process "
-                f"(rank {self.rank}; {self.corrupt_images} corrupt images skipped)"
+                f"(rank {self.rank}; {self.corrupt_images} unreadable images skipped)"
             )
         self.epoch, self.position = self.epoch + 1, 0
         self._start_epoch(0)
@@ -313,24 +434,21 @@ class ImageBatches:
         images = []
         while len(images) < self.batch_size:
             example, index = self._next_example()
+            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
             try:
-                image = decode_image(example["image"])
+                images.append(self.transform.load(example["image"], rng))
             except CorruptImageError as error:
-                self.corrupt_images += 1
-                logger.warning(
-                    "skipping corrupt image (%d so far on rank %d): %s", self.corrupt_images, self.rank, error
-                )
+                self.corrupt.add(error)
                 continue
             self._readable_in_epoch += 1
-            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
-            images.append(self.transform(image, rng))
         return torch.stack(images)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "corrupt_images": self.corrupt_images}
+        return {"epoch": self.epoch, "position": self.position, "corrupt_images": self.corrupt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position, self.corrupt_images = state["epoch"], state["position"], state["corrupt_images"]
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.corrupt.load_state_dict(state["corrupt_images"])
         self._iterator = None
 
 
@@ -353,9 +471,11 @@ def build_image_data(
 ) -> tuple[ImageBatches, torch.Tensor]:
     """Training batches for process `rank` of `world_size`, and the validation images.
 
-    The validation images are `validation_split`'s first `num_validation_images`, or, without a
-    validation split, the first `num_validation_images` of the training split, which are then
-    held out of training. Every process gets the same validation images.
+    The validation images are the first `num_validation_images` readable images of
+    `validation_split`, or, without a validation split, of the training split, which are then
+    held out of training (together with the unreadable ones met on the way). Unreadable
+    validation images are skipped and recorded in `batches.held_out_corrupt`. Every process
+    gets the same validation images.
 
     Returns:
         `(batches, validation)` with `validation` `[V, C, R, R]` in [-1, 1] (centre-cropped,
@@ -370,24 +490,32 @@ def build_image_data(
         held_out = image_only(held_out, resolve_image_column(held_out, column))
     else:
         held_out = train
-        train = train.skip(num_validation_images)
 
     evaluation = ImageTransform(transform.resolution, transform.channels, center_crop=True, random_flip=False)
-    validation = []
-    for example in held_out.take(num_validation_images):
-        try:
-            validation.append(evaluation(decode_image(example["image"]), random.Random(0)))
-        except CorruptImageError as error:
-            logger.warning("skipping corrupt validation image: %s", error)
+    held_out_corrupt = CorruptImages("validation image", log=rank == 0)  # the same on every process
+    validation, consumed = [], 0
+    if num_validation_images > 0:
+        for example in held_out:
+            consumed += 1
+            try:
+                validation.append(evaluation.load(example["image"], random.Random(0)))
+            except CorruptImageError as error:
+                held_out_corrupt.add(error)
+                continue
+            if len(validation) == num_validation_images:
+                break
     if num_validation_images > 0 and not validation:
         raise ValueError(
-            f"the dataset is empty: no readable image in the first {num_validation_images} examples of "
-            f"split {validation_split or split!r}"
+            f"the dataset has no readable image: split {validation_split or split!r} gave {consumed} examples, "
+            f"all unreadable, while filling {num_validation_images} validation images"
         )
+    if validation_split is None:
+        train = train.skip(consumed)
 
     train = train.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
     train = split_dataset_by_node(train, rank=rank, world_size=world_size)
     batches = ImageBatches(train, transform, batch_size, seed=seed, rank=rank)
+    batches.held_out_corrupt = held_out_corrupt
     empty = torch.empty(0, transform.channels, transform.resolution, transform.resolution)
     return batches, torch.stack(validation) if validation else empty
 

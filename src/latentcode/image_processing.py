@@ -6,9 +6,10 @@ crop, normalisation) and `postprocess` turns model outputs back into uint8 image
 transformers image processor: `save_pretrained` writes `preprocessor_config.json` beside the
 model and `AutoImageProcessor.from_pretrained` loads it (`import latentcode` registers it).
 
-Value ranges follow the dtype, as in torchvision: uint8 inputs are in [0, 255], float inputs in
-[0, 1]. Layouts follow the library: numpy arrays are `[H, W, C]` (PIL, skimage, imageio), torch
-tensors are `[C, H, W]`; 2-D inputs are grey-scale, and 4-D inputs are batches.
+Value ranges follow the dtype, as in torchvision: uint8 inputs are in [0, 255], uint16 inputs
+(16-bit PNG / TIFF) in [0, 65535], float inputs in [0, 1]. Layouts follow the library: numpy
+arrays are `[H, W, C]` (PIL, skimage, imageio), torch tensors are `[C, H, W]`; 2-D inputs are
+grey-scale, and 4-D inputs are batches.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ class LatentCodeImageProcessor(BaseImageProcessor):
         Args:
             images: a PIL image, numpy array (`[H, W]`, `[H, W, C]` or a batch `[B, H, W, C]`),
                 torch tensor (`[H, W]`, `[C, H, W]` or `[B, C, H, W]`), or a list of them.
-                uint8 values are in [0, 255], float values in [0, 1].
+                uint8 values are in [0, 255], uint16 values (16-bit PNG / TIFF) in [0, 65535],
+                float values in [0, 1]; anything else raises a ValueError.
             return_tensors: `"pt"` (default) or `"np"`.
             The other arguments override the processor's settings for this call.
         """
@@ -198,14 +200,39 @@ def _as_image_list(images) -> list:
     return [images]
 
 
+# PIL modes holding more than 8 bits per value. PIL's `convert` to L / RGB clips them to 0..255
+# instead of scaling (a 16-bit ramp would become almost all white), so they are read as arrays
+# and scaled by their bit depth below. Mode "I" (32-bit int) is how PIL opens some 16-bit PNG
+# and TIFF files: it is read as 16-bit and refused when its values do not fit.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def image_to_float_chw(image, num_channels: int) -> torch.Tensor:
-    """A PIL image, `[H, W(, C)]` array or `[(C,) H, W]` tensor -> `[num_channels, H, W]` float32 in [0, 1]."""
+    """A PIL image, `[H, W(, C)]` array or `[(C,) H, W]` tensor -> `[num_channels, H, W]` float32 in [0, 1].
+
+    Values are scaled by their bit depth: uint8 by 255, uint16 (16-bit PNG / TIFF, PIL modes
+    `I;16` and `I`) by 65535; float values (PIL mode `F`, float arrays) must already be in
+    [0, 1]. Anything else (other integer types, NaN/inf, out-of-range values) raises a ValueError.
+    """
     if isinstance(image, PIL.Image.Image):
-        # PIL knows how to convert its own modes (palette, LA, CMYK, ...) to L / RGB / RGBA.
-        array = np.asarray(image.convert(PIL_MODES[num_channels]))
+        if image.mode in HIGH_BIT_DEPTH_MODES:
+            array = np.asarray(image)
+            array = array.astype(array.dtype.newbyteorder("="))  # I;16B is big-endian
+            if image.mode == "I":
+                low, high = int(array.min()), int(array.max())
+                if low < 0 or high > 65535:
+                    raise ValueError(
+                        f"cannot convert a 32-bit integer image (PIL mode I) with values in [{low}, {high}]: "
+                        "expected 16-bit values in [0, 65535]"
+                    )
+                array = array.astype(np.uint16)
+        else:
+            # PIL knows how to convert its own modes (palette, LA, CMYK, ...) to L / RGB / RGBA.
+            array = np.asarray(image.convert(PIL_MODES[num_channels]))
         pixels = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
     elif isinstance(image, np.ndarray):
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
+        array = image.astype(image.dtype.newbyteorder("=")) if image.dtype.byteorder == ">" else image
+        pixels = torch.from_numpy(np.ascontiguousarray(array))
         pixels = pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1) if pixels.dim() == 3 else None
     elif isinstance(image, torch.Tensor):
         pixels = image.detach().cpu()
@@ -222,8 +249,12 @@ def image_to_float_chw(image, num_channels: int) -> torch.Tensor:
         )
     if pixels.dtype == torch.uint8:
         pixels = pixels.float() / 255
+    elif pixels.dtype == torch.uint16:
+        pixels = pixels.float() / 65535
     elif pixels.is_floating_point():
         pixels = pixels.float()
+        if not torch.isfinite(pixels).all():
+            raise ValueError("float images must be finite, got NaN or inf values")
         low, high = float(pixels.min()), float(pixels.max())
         if low < 0 or high > 1:
             raise ValueError(
@@ -231,7 +262,10 @@ def image_to_float_chw(image, num_channels: int) -> torch.Tensor:
                 "for model pixels in [-1, 1] pass (x + 1) / 2"
             )
     else:
-        raise ValueError(f"expected uint8 images in [0, 255] or float images in [0, 1], got dtype {pixels.dtype}")
+        raise ValueError(
+            f"expected uint8 images in [0, 255], uint16 images in [0, 65535] or float images in [0, 1], "
+            f"got dtype {pixels.dtype}"
+        )
     return _convert_channels(pixels, num_channels)
 
 

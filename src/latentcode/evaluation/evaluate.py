@@ -27,7 +27,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data import CorruptImageError, ImageTransform, decode_image
+from ..data import CorruptImageError, CorruptImages, ImageTransform
 from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
 from .figures import codebook_usage_chart, psnr_histogram, reconstruction_grid
 from .metrics import (
@@ -237,7 +237,8 @@ class EvaluationImages:
     """In-order batches `[B, C, R, R]` of the `"image"` column of `stream`, at most `max_images`
     images in all, through `transform` (use a centre crop: evaluation must be deterministic).
 
-    Unreadable images are skipped and counted in `corrupt_images`.
+    Unreadable images are skipped and recorded in `corrupt` (each file once); `corrupt_images`
+    is their number.
     """
 
     def __init__(
@@ -250,7 +251,11 @@ class EvaluationImages:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.stream, self.transform, self.batch_size, self.max_images = stream, transform, batch_size, max_images
-        self.corrupt_images = 0
+        self.corrupt = CorruptImages()
+
+    @property
+    def corrupt_images(self) -> int:
+        return len(self.corrupt)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         images, seen = [], 0
@@ -259,10 +264,9 @@ class EvaluationImages:
             if self.max_images is not None and seen >= self.max_images:
                 break
             try:
-                images.append(self.transform(decode_image(example["image"]), rng))
+                images.append(self.transform.load(example["image"], rng))
             except CorruptImageError as error:
-                self.corrupt_images += 1
-                logger.warning("skipping corrupt image (%d so far): %s", self.corrupt_images, error)
+                self.corrupt.add(error)
                 continue
             seen += 1
             if len(images) == self.batch_size:

@@ -191,6 +191,11 @@ def check_model_keys(family: str, model: dict) -> None:
             raise _unknown_key_error(f"model ({get_family(family).config_class.__name__})", key, known)
 
 
+# Where the images come from is one choice: a dataset (Hub or embedded) or a local folder.
+# Setting one source as an override drops the YAML file's keys of the other.
+DATA_SOURCES = {"dataset_name": ("train_data_dir",), "train_data_dir": ("dataset_name", "dataset_config_name")}
+
+
 def _fields(config_class: type[RunConfig] = TrainingConfig) -> dict[str, tuple[dataclasses.Field, object]]:
     hints = typing.get_type_hints(config_class)
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(config_class)}
@@ -211,6 +216,13 @@ def load_config(path: str | Path | None = None, config_class: type[RunConfig] = 
             raise _unknown_key_error("training config", key, known)
     if "model" in known:
         overrides["model"] = {**(values.get("model") or {}), **overrides.pop("model", {})}
+    # The data source is one choice: an override of one source replaces the file's other one
+    # (a preset's dataset_name must not clash with --train_data_dir, and vice versa).
+    for chosen, replaced in DATA_SOURCES.items():
+        if overrides.get(chosen) is not None:
+            for key in replaced:
+                if key not in overrides:
+                    values.pop(key, None)
     return config_class(**{**values, **overrides})
 
 

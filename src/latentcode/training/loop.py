@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -433,7 +433,8 @@ class Trainer:
         """Save the final model (EMA weights if used), processor, grid, metrics and card; push."""
         config, accelerator = self.config, self.accelerator
         accelerator.wait_for_everyone()
-        corrupt = accelerator.gather(torch.tensor([self.batches.corrupt_images], device=accelerator.device))
+        # Processes may meet the same bad file in different epochs: count the union of their files.
+        corrupt = set().union(*gather_object([self.batches.corrupt.state_dict()]))
         model = self.unwrapped
         if self.ema is not None:
             self.ema.copy_to(self._trainable_parameters())
@@ -452,7 +453,8 @@ class Trainer:
                 "train_seconds_this_session": round(train_seconds, 2),
                 "final_train_loss": self.losses[-1] if self.losses else None,
                 "nonfinite_steps": self.nonfinite_steps,
-                "corrupt_images": int(corrupt.sum()),
+                "corrupt_images": len(corrupt),
+                "corrupt_validation_images": len(self.batches.held_out_corrupt),
                 "num_processes": accelerator.num_processes,
             }
             (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
