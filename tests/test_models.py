@@ -319,6 +319,27 @@ def test_integer_pixels_are_rejected(family):
         tiny_model(family)(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
 
 
+def test_empty_batches_other_dtypes_255_range_and_nan_pixels_are_rejected(family):
+    model = tiny_model(family)
+    for call in (model.encode, model):
+        with pytest.raises(ValueError, match=r"empty batch \(B = 0\)"):
+            call(torch.zeros(0, 3, 16, 16))
+        for dtype in (torch.float16, torch.float64):  # as diffusers' autoencoders: the model's dtype
+            with pytest.raises(
+                ValueError, match=rf"pixel_values are {dtype} but the model's weights are torch.float32"
+            ):
+                call(torch.zeros(1, 3, 16, 16, dtype=dtype))
+        with pytest.raises(ValueError, match=r"in \[-1, 1\], got values in \[0, 255\]"):
+            call(torch.linspace(0, 255, 768).view(1, 3, 16, 16))
+        with pytest.raises(ValueError, match="NaN or inf"):
+            call(torch.full((1, 3, 16, 16), float("nan")))
+    with pytest.raises(ValueError, match=r"empty batch \(B = 0\)"):
+        model.decode(torch.zeros(0, 4, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision keeps working
+        model.encode(torch.zeros(1, 3, 16, 16, dtype=torch.bfloat16))
+    model.encode(torch.randn(1, 3, 16, 16))  # Gaussian noise (diffusers' model tests) is accepted
+
+
 def test_decode_rejects_latents_with_the_wrong_channels(family):
     with pytest.raises(ValueError, match=r"\[B, 4, h, w\].*\(1, 3, 8, 8\)"):
         tiny_model(family).decode(torch.randn(1, 3, 8, 8))
@@ -441,3 +462,26 @@ def test_config_json_with_the_former_codebook_ema_names_loads(tmp_path):
     assert not loaded.quantizer.use_ema and loaded.quantizer.codebook.requires_grad
     assert "use_ema" not in config.to_dict() and "ema_decay" not in config.to_dict()
     assert latentcode.VQVAEConfig(ema_decay=0.7).codebook_ema_decay == 0.7
+
+
+def test_from_pretrained_refuses_missing_weights_unless_allowed(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    model = tiny_model("vqvae")
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    # A codebook without its EMA statistics is complete: loading derives them.
+    derived = {k: v for k, v in weights.items() if k.rpartition(".")[2] not in model.quantizer.derived_on_load}
+    save_file(derived, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    torch.testing.assert_close(type(model).from_pretrained(tmp_path).quantizer.codebook, model.quantizer.codebook)
+
+    for gone in (["decoder.conv_out.weight"], [k for k in weights if k.startswith("quantizer.")]):
+        save_file({k: v for k, v in weights.items() if k not in gone}, tmp_path / "model.safetensors")
+        for loader in (type(model), AutoModel):
+            with pytest.raises(
+                ValueError, match=rf"every weight of VQVAEModel; missing or of another shape \(1\): {gone[0]}"
+            ):
+                loader.from_pretrained(tmp_path)
+        lenient = type(model).from_pretrained(tmp_path, allow_missing_weights=True)  # the explicit opt-in
+        assert isinstance(lenient, type(model))

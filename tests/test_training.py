@@ -247,16 +247,23 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen after the generator pass
 
 
+def poison_forward(trainer, bad_calls, value: float = float("nan")) -> None:
+    """Make the model's loss `value` (NaN / inf) on the forward calls (1-based) in `bad_calls`,
+    as a diverging run would (the model itself refuses NaN pixels)."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if bad_calls(len(calls)):
+            output.loss = output.loss * value
+        return output
+
+    trainer.unwrapped.register_forward_hook(hook)
+
+
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     trainer = Trainer(tiny_config(tmp_path))
-    real_next_batch, calls = trainer.batches.next_batch, []
-
-    def two_bad_batches():
-        calls.append(1)
-        batch = real_next_batch()
-        return batch * float("nan") if len(calls) in (3, 4) else batch
-
-    trainer.batches.next_batch = two_bad_batches
+    poison_forward(trainer, lambda call: call in (3, 4))
     result = trainer.run()
     assert result.metrics["nonfinite_steps"] == 2
     assert [torch.isnan(torch.tensor(x)).item() for x in result.losses] == [False, False, True, True, False, False]
@@ -265,14 +272,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
 
 def test_many_nonfinite_steps_stop_with_last_checkpoint_intact(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, checkpointing_steps=2, max_consecutive_nonfinite_steps=3))
-    real_next_batch, calls = trainer.batches.next_batch, []
-
-    def broken_after_two():
-        calls.append(1)
-        batch = real_next_batch()
-        return batch * float("inf") if len(calls) > 2 else batch
-
-    trainer.batches.next_batch = broken_after_two
+    poison_forward(trainer, lambda call: call > 2, float("inf"))
     with pytest.raises(NonFiniteLossError, match=r"3 steps in a row .*Last good checkpoint: .*checkpoint-4"):
         trainer.run()
     good, during = _weights(tmp_path / "run" / "checkpoint-2"), _weights(tmp_path / "run" / "checkpoint-4")

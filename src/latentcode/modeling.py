@@ -10,6 +10,7 @@ bottleneck: how the encoder's output becomes a code, and which regulariser the l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,11 @@ from .modules.quantizers import (
 )
 from .modules.tiling import tiled_map
 from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
+
+# Pixels are nominally in [-1, 1], but reconstructions overshoot and tests, robustness studies
+# and diffusers' own model tests feed Gaussian noise. Values beyond this bound say the input is
+# in another range ([0, 255] images), where encoding would be silently wrong.
+PIXEL_VALUE_LIMIT = 10.0
 
 # ----------------------------------------------------------------------------------------------
 # Outputs
@@ -107,6 +113,16 @@ class VQVAEOutput(ModelOutput):
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
+
+
+def _derived_on_load(model: nn.Module, key: str) -> bool:
+    """Whether the module owning state key `key` derives it on load from its other keys."""
+    prefix, _, name = key.rpartition(".")
+    try:
+        module = model.get_submodule(prefix)
+    except AttributeError:
+        return False
+    return name in getattr(module, "derived_on_load", ())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,6 +216,9 @@ class LatentCodePreTrainedModel(PreTrainedModel):
     # -- input checks ---------------------------------------------------------------------------
 
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
+        """Raise a ValueError naming what was expected and what came: a float tensor
+        `[B >= 1, in_channels, H, W]` of the model's dtype, H and W divisible by the downsampling
+        factor, finite values nominally in [-1, 1] (refused beyond +-`PIXEL_VALUE_LIMIT`)."""
         expected = f"[B, {self.config.in_channels}, H, W] float pixels"
         if not isinstance(pixel_values, torch.Tensor):
             raise ValueError(f"expected {expected} as a torch.Tensor, got {type(pixel_values).__name__}")
@@ -212,12 +231,33 @@ class LatentCodePreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"expected {expected} (in_channels={self.config.in_channels}), got shape {tuple(pixel_values.shape)}"
             )
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"expected {expected} with at least one image, got an empty batch (B = 0)")
         factor = self.downsampling_factor
         height, width = pixel_values.shape[2:]
         if height % factor or width % factor:
             raise ValueError(
                 f"image height and width must be divisible by the downsampling factor {factor} "
                 f"(2 ** (len(block_out_channels) - 1)), got {height}x{width}"
+            )
+        self._check_dtype(pixel_values, "pixel_values")
+        if pixel_values.device.type == "meta" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return  # no values to look at (or a traced graph, which must not branch on them)
+        low, high = (float(v) for v in torch.aminmax(pixel_values.detach()))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"expected finite {expected}, got NaN or inf values")
+        if low < -PIXEL_VALUE_LIMIT or high > PIXEL_VALUE_LIMIT:
+            raise ValueError(
+                f"expected {expected} in [-1, 1], got values in [{low:.4g}, {high:.4g}]; images in [0, 255] "
+                "or [0, 1] go through LatentCodeImageProcessor (or `x / 127.5 - 1` for [0, 255])"
+            )
+
+    def _check_dtype(self, tensor: torch.Tensor, name: str) -> None:
+        # Under autocast the weights stay float32 and inputs may be half precision; that is fine.
+        if tensor.dtype != self.dtype and not torch.is_autocast_enabled(tensor.device.type):
+            raise ValueError(
+                f"{name} are {tensor.dtype} but the model's weights are {self.dtype}; pass "
+                f"{name}.to(model.dtype), or convert the model with model.to({tensor.dtype})"
             )
 
     def _check_code(self, code: torch.Tensor, channels: int, name: str = "latents") -> None:
@@ -226,6 +266,9 @@ class LatentCodePreTrainedModel(PreTrainedModel):
             raise ValueError(f"expected {name} as a float tensor [B, {channels}, h, w], got {kind}")
         if code.dim() != 4 or code.shape[1] != channels:
             raise ValueError(f"expected {name} of shape [B, {channels}, h, w], got shape {tuple(code.shape)}")
+        if code.shape[0] == 0:
+            raise ValueError(f"expected {name} [B, {channels}, h, w] with B >= 1, got an empty batch (B = 0)")
+        self._check_dtype(code, name)
 
     # -- shared encode / decode paths -----------------------------------------------------------
 
@@ -273,6 +316,29 @@ class LatentCodePreTrainedModel(PreTrainedModel):
         factor = self.downsampling_factor
         overlap = round(self.tile_sample_size * self.tile_overlap_factor / factor) * factor
         return self.tile_sample_size - overlap
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, *args, allow_missing_weights: bool = False, **kwargs):
+        """transformers' `from_pretrained`, except that weights missing from the checkpoint (or of
+        the wrong shape with `ignore_mismatched_sizes=True`) are an error: an autoencoder with a
+        freshly initialised layer gives garbage. `allow_missing_weights=True` keeps transformers'
+        lenient behaviour (random weights, reported in the load report). Keys a module derives on
+        load (a VQ codebook's EMA statistics, see `derived_on_load`) do not count as missing."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = {key for key in info["missing_keys"] if not _derived_on_load(model, key)}
+        absent = sorted(missing | {str(key) for key in info["mismatched_keys"]})
+        if absent and not allow_missing_weights:
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"{source} does not hold every weight of {cls.__name__}; missing or of another shape "
+                f"({len(absent)}): "
+                f"{', '.join(absent[:12])}{' ...' if len(absent) > 12 else ''}. They would be random. Pass "
+                "allow_missing_weights=True to load anyway, e.g. to fine-tune a changed architecture."
+            )
+        return (model, info) if wants_info else model
 
     # -- conversion (implemented in latentcode.conversion.diffusers) -----------------------------
 
