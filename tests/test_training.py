@@ -207,7 +207,7 @@ def test_bad_input_fails_before_training(tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "only.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="the dataset is empty"):
+    with pytest.raises(ValueError, match="the dataset has no readable image"):
         Trainer(tiny_config(tmp_path, dataset_name=None, train_data_dir=str(folder)))
     assert not (tmp_path / "run").exists() or not list_checkpoints(tmp_path / "run")
 
@@ -243,7 +243,10 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     assert logs["adversarial_weight"] > 0
     assert 0 < logs["codebook_usage"] <= 1 and logs["perplexity"] > 1
     changed = [not torch.equal(a, b) for a, b in zip(initial, discriminator.parameters())]
-    assert all(changed)  # its own optimiser step moved every weight
+    # Its own optimiser step moved every weight. (Not the last layer's bias: with the hinge loss
+    # its gradient is exactly 0 while every logit of the equal-sized real and fake halves is
+    # inside the margin, as at initialisation.)
+    assert all(changed[:-1])
     assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen after the generator pass
 
 
@@ -270,14 +273,19 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
-def test_many_nonfinite_steps_stop_with_last_checkpoint_intact(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, checkpointing_steps=2, max_consecutive_nonfinite_steps=3))
-    poison_forward(trainer, lambda call: call > 2, float("inf"))
-    with pytest.raises(NonFiniteLossError, match=r"3 steps in a row .*Last good checkpoint: .*checkpoint-4"):
+def test_no_checkpoint_is_written_or_rotated_away_during_a_nan_streak(tmp_path):
+    config = tiny_config(
+        tmp_path, checkpointing_steps=2, checkpoints_total_limit=1, max_consecutive_nonfinite_steps=3, max_train_steps=8
+    )
+    trainer = Trainer(config)
+    poison_forward(trainer, lambda call: call > 2, float("inf"))  # steps 3, 4, 5 diverge
+    with pytest.raises(NonFiniteLossError, match=r"3 steps in a row .*Last good checkpoint: .*checkpoint-2"):
         trainer.run()
-    good, during = _weights(tmp_path / "run" / "checkpoint-2"), _weights(tmp_path / "run" / "checkpoint-4")
+    # Step 4 fell in the streak: no checkpoint of it, so the keep-1 rotation kept the good one.
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+    good = _weights(tmp_path / "run" / "checkpoint-2")
     assert all(torch.isfinite(w).all() for w in good.values())
-    _assert_identical(good, during)  # skipped steps left the weights alone
+    assert json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())["nonfinite_steps"] == 0
     assert not (tmp_path / "run" / "model.safetensors").exists()  # no final model from a failed run
 
 

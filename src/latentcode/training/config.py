@@ -84,7 +84,17 @@ class RunConfig:
     # -- checkpoints and validation ------------------------------------------------------------
     checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
     checkpoints_total_limit: int | None = option("keep only the last M checkpoints", default=None)
-    resume_from_checkpoint: str | None = option("'latest' or a checkpoint folder", default=None)
+    resume_from_checkpoint: str | None = option(
+        "'latest' or a checkpoint folder. Settings that shape the run's trajectory (RESUME_FIXED_SETTINGS: "
+        "seed, data, batch size, model, ...) must not change; the others (learning rate, schedule, loss "
+        "weights, max_train_steps, ...) take their new values, logged",
+        default=None,
+    )
+    ddp_timeout: int = option(
+        "seconds a process waits in a collective (gradient sync, barrier) for the others before the run "
+        "stops with an error naming them (a killed or frozen process); as transformers' Trainer",
+        default=1800,
+    )
     validation_steps: int = option("validate (metrics, images) every N steps (0: only at the end)", default=500)
 
     def __post_init__(self):
@@ -96,7 +106,7 @@ class RunConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        positive = ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
+        positive = ("resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps", "ddp_timeout")
         for key in positive:
             value = getattr(self, key)
             if value is not None and value < 1:  # a None resolution means the model's sample_size
@@ -170,6 +180,36 @@ class TrainingConfig(RunConfig):
             )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
+
+
+# Settings that decide which images each step sees, in which order, through which model: changing
+# one on resume would silently break the run (the saved data position, RNG streams and weights
+# belong to the old values), so a resume refuses it. Every other setting may change on resume
+# and takes its new value (learning rate, schedule, loss weights, max_train_steps, logging, ...).
+RESUME_FIXED_SETTINGS = (
+    "seed",
+    "model_family",
+    "model",
+    "pretrained_model_name_or_path",
+    "dataset_name",
+    "dataset_config_name",
+    "split",
+    "validation_split",
+    "train_data_dir",
+    "image_column",
+    "resolution",
+    "center_crop",
+    "random_flip",
+    "shuffle_buffer_size",
+    "num_validation_images",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "mixed_precision",
+    "use_ema",
+    "disc_channels",
+    "disc_num_layers",
+    "disc_norm",
+)
 
 
 def model_config_keys(family: str) -> list[str]:

@@ -23,13 +23,20 @@ import time
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, gather_object, set_seed
+from accelerate.utils import (
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    TorchDynamoPlugin,
+    gather_object,
+    set_seed,
+)
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -48,8 +55,15 @@ from ..losses import (
 )
 from ..modeling import LatentCodePreTrainedModel
 from ..modules.quantizers.base import CodebookUsageWindow
-from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import RunConfig, TrainingConfig
+from .checkpointing import (
+    check_output_dir,
+    list_checkpoints,
+    load_checkpoint,
+    lock_output_dir,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .config import RESUME_FIXED_SETTINGS, RunConfig, TrainingConfig
 from .ema import EMAModel
 from .model_card import render_model_card
 
@@ -61,21 +75,59 @@ FAMILY_TERMS = ("kl", "codebook_loss", "commitment_loss", "perplexity")
 
 def run_accelerator(config: RunConfig, **kwargs) -> Accelerator:
     """The `Accelerator` of a training script: mixed precision, trackers (`report_to`) logging to
-    `output_dir/logging_dir`, the CPU when there is no GPU; `kwargs` go to `Accelerator`."""
+    `output_dir/logging_dir`, the CPU when there is no GPU, collectives that give up after
+    `ddp_timeout`; `kwargs` go to `Accelerator`. fp16 without a GPU is refused."""
     output_dir = Path(config.output_dir)
+    use_cuda = torch.cuda.is_available()
+    if config.mixed_precision == "fp16" and not use_cuda:
+        raise ValueError(
+            "mixed_precision='fp16' needs a CUDA GPU (fp16 autocast with loss scaling); this run is on the "
+            "CPU: use 'bf16' (CPU autocast) or 'no'"
+        )
     return Accelerator(
         mixed_precision=config.mixed_precision,
+        # Collectives wait at most ddp_timeout for a lost process (see lost_process_errors).
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))],
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
         ),
-        cpu=not torch.cuda.is_available(),
+        cpu=not use_cuda,
         **kwargs,
     )
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many NaN/inf steps in a row."""
+
+
+class ProcessLostError(RuntimeError):
+    """Another process of a multi-process run died or stopped answering (`ddp_timeout`)."""
+
+
+class ResumeMismatchError(ValueError):
+    """A resume with settings that would break the run's trajectory."""
+
+
+def resume_settings(config: TrainingConfig) -> dict:
+    """The settings a resume must keep (see `RESUME_FIXED_SETTINGS`), as saved in a checkpoint."""
+    settings = {key: getattr(config, key) for key in RESUME_FIXED_SETTINGS}
+    settings["discriminator"] = config.disc_weight > 0  # whether the run has one at all
+    return json.loads(json.dumps(settings))  # as read back from JSON (tuples become lists)
+
+
+def check_resume_settings(saved: dict, config: TrainingConfig, checkpoint: Path) -> None:
+    """Raise [`ResumeMismatchError`] naming every trajectory setting that differs from `saved`."""
+    current = resume_settings(config)
+    changed = [
+        f"{key}: {saved[key]!r} -> {current[key]!r}" for key in current if key in saved and saved[key] != current[key]
+    ]
+    if changed:
+        raise ResumeMismatchError(
+            f"cannot resume from {checkpoint}: these settings differ from the run that wrote it, and changing "
+            f"them would silently break the run (data position, random streams, weights): {'; '.join(changed)}. "
+            "Resume with the checkpoint's values, or start a new run in another output_dir."
+        )
 
 
 @dataclass
@@ -170,6 +222,9 @@ class Trainer:
         self.accelerator = accelerator = run_accelerator(
             config, dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None
         )
+        # Before any work: an unwritable or full disk, or another run in the folder, stops us now.
+        check_output_dir(self.output_dir)
+        self._lock = lock_output_dir(self.output_dir) if accelerator.is_main_process else None
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
 
@@ -217,13 +272,45 @@ class Trainer:
         self.losses: list[float] = []
         checkpoint = resolve_checkpoint(self.output_dir, config.resume_from_checkpoint)
         if checkpoint is not None:
-            trainer_state, process_state = load_checkpoint(accelerator, checkpoint)
-            self.global_step = trainer_state["global_step"]
-            self.nonfinite_steps = trainer_state["nonfinite_steps"]
-            self.batches.load_state_dict(process_state["data"])
-            load_usage_state(self.unwrapped, process_state["quantizer_usage"])
-            accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
+            self._resume(checkpoint)
         accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config))
+
+    def _resume(self, checkpoint: Path) -> None:
+        config, accelerator = self.config, self.accelerator
+        trainer_state, process_state = load_checkpoint(
+            accelerator,
+            checkpoint,
+            check=lambda state: check_resume_settings(state.get("settings", {}), config, checkpoint),
+        )
+        self.global_step = trainer_state["global_step"]
+        self.nonfinite_steps = trainer_state["nonfinite_steps"]
+        self.batches.load_state_dict(process_state["data"])
+        load_usage_state(self.unwrapped, process_state["quantizer_usage"])
+        # The optimisers and the scheduler come back with the old run's learning rates; the
+        # schedule's shape (warm-up, max_train_steps) is this run's already (its lambdas are
+        # rebuilt, not saved). A new learning rate is safe to apply: it is this run's choice.
+        saved_lr = self.scheduler.base_lrs[0]
+        self.scheduler.base_lrs = [config.learning_rate for _ in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+            group["initial_lr"], group["lr"] = config.learning_rate, lr
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        if saved_lr != config.learning_rate:
+            logger.warning(
+                "resume: learning_rate %g -> %g (applied from step %d)",
+                saved_lr,
+                config.learning_rate,
+                self.global_step + 1,
+            )
+        if self.disc_optimizer is not None:
+            for group in self.disc_optimizer.param_groups:
+                group["lr"] = config.disc_learning_rate or config.learning_rate
+        accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
+
+    def release_output_dir(self) -> None:
+        """Let another run use the output folder (the lock also goes when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def unwrapped(self) -> LatentCodePreTrainedModel:
@@ -364,7 +451,11 @@ class Trainer:
     # -- checkpoints, validation, the end --------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        trainer_state = {"global_step": self.global_step, "nonfinite_steps": self.nonfinite_steps}
+        trainer_state = {
+            "global_step": self.global_step,
+            "nonfinite_steps": self.nonfinite_steps,
+            "settings": resume_settings(self.config),
+        }
         return save_checkpoint(
             self.accelerator,
             self.output_dir,
@@ -399,6 +490,24 @@ class Trainer:
         return metrics
 
     def run(self) -> TrainingResult:
+        """Train to `max_train_steps`, then [`finish`]. In a multi-process run, a process that dies
+        or stops answering for `ddp_timeout` seconds ends it on the others with a [`ProcessLostError`]."""
+        try:
+            return self._run()
+        except (RuntimeError, torch.distributed.DistError) as error:
+            if self.accelerator.num_processes > 1 and _is_lost_process(error):
+                me, world = self.accelerator.process_index, self.accelerator.num_processes
+                others = [rank for rank in range(world) if rank != me]
+                raise ProcessLostError(
+                    f"rank {me} of {world} at step {self.global_step + 1}: a collective operation with the other "
+                    f"processes (ranks {others}) failed: one of them died or did not answer within ddp_timeout="
+                    f"{self.config.ddp_timeout} s ({_first_line(error)}). Resume with --resume_from_checkpoint latest."
+                ) from error
+            raise
+        finally:
+            self.release_output_dir()
+
+    def _run(self) -> TrainingResult:
         config, accelerator = self.config, self.accelerator
         if self.validation_images.numel() == 0:
             raise ValueError("num_validation_images must be >= 1: validation metrics and the grid need images")
@@ -417,7 +526,15 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
             if config.checkpointing_steps and self.global_step % config.checkpointing_steps == 0:
-                self.save_checkpoint()
+                if self.consecutive_nonfinite:  # the same on every process (all skip a step together)
+                    logger.warning(
+                        "not saving a checkpoint at step %d: the last %d steps were NaN/inf; the last good "
+                        "checkpoint stays the newest",
+                        self.global_step,
+                        self.consecutive_nonfinite,
+                    )
+                else:
+                    self.save_checkpoint()
             if (
                 config.validation_steps
                 and self.global_step % config.validation_steps == 0
@@ -511,6 +628,21 @@ class Trainer:
         return ", ".join(parts)
 
 
+# What gloo / NCCL say when a peer process is gone (killed: the connection closes) or frozen
+# (the collective times out after ddp_timeout).
+_LOST_PROCESS_MESSAGES = ("connection closed by peer", "connection reset by peer", "timed out", "broken pipe")
+
+
+def _is_lost_process(error: BaseException) -> bool:
+    return isinstance(error, torch.distributed.DistError) or any(
+        text in str(error).lower() for text in _LOST_PROCESS_MESSAGES
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+
+
 def push_to_hub(folder: Path, repo_id: str, token: str | None = None) -> None:
     """Upload the saved model folder (without checkpoints and logs); on failure raise a
     RuntimeError that says the local save is complete."""
@@ -522,7 +654,7 @@ def push_to_hub(folder: Path, repo_id: str, token: str | None = None) -> None:
         api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
-            ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*", "validation/*"],
+            ignore_patterns=["checkpoint-*", ".checkpoint-*", ".latentcode.lock", "logs/*", "validation/*"],
         )
     except Exception as error:  # network, auth and Hub errors come in many types; all mean the same here
         raise RuntimeError(
