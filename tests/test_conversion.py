@@ -619,6 +619,26 @@ def test_corrupt_and_truncated_files_fail_clearly(tmp_path, compvis_weights):
         from_compvis(tmp_path / "missing.ckpt")
 
 
+def test_a_flipped_byte_or_nan_weights_stop_the_conversion(tmp_path, compvis_weights):
+    from latentcode.conversion import from_compvis
+
+    torch.save({"state_dict": compvis_weights}, tmp_path / "good.ckpt")
+    data = bytearray((tmp_path / "good.ckpt").read_bytes())
+    name = next(key for key in compvis_weights if key.endswith("conv_out.weight"))
+    offset = data.index(compvis_weights[name].numpy().tobytes()[:64])  # inside that tensor's stored bytes
+    data[offset + 5] ^= 0x01
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"flipped.ckpt.*corrupt or truncated \(member .* fails its CRC check\)"):
+        from_compvis(tmp_path / "flipped.ckpt")
+
+    broken = dict(compvis_weights)
+    broken[name] = broken[name].clone()
+    broken[name][0, 0, 0, 0] = float("nan")
+    torch.save({"state_dict": broken}, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=rf"NaN or inf values in {name}; conversion stopped"):
+        from_compvis(tmp_path / "nan.ckpt")
+
+
 class RunsCode:
     """A pickle payload that runs a shell command when unpickled with plain pickle."""
 

@@ -325,3 +325,18 @@ def test_cli_writes_report_for_a_saved_model(tmp_path):
     }
     with pytest.raises(MissingInceptionWeightsError):
         eval_main(argv + ["--no_lpips", "--inception_weights", str(tmp_path / "missing.pth")])
+
+
+def test_cli_without_lpips_weights_suggests_its_own_flag(tmp_path, monkeypatch, capsys):
+    import lpips
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(lpips, "LPIPS", offline)
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    argv = [str(tmp_path / "model"), "--dataset_name", "builtin:digits", "--max_images", "8", "--no_fid"]
+    assert eval_main(argv + ["--output_dir", str(tmp_path / "eval")]) == 0
+    message = capsys.readouterr().err
+    assert "LPIPS skipped" in message and "pass --no_lpips" in message and "perceptual_weight" not in message

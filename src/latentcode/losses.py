@@ -40,9 +40,10 @@ class PerceptualLoss(nn.Module):
         pretrained: load the backbone's ImageNet weights (from torchvision's cache or
             download.pytorch.org). `False` gives a random backbone: only for tests, where the
             loss's plumbing matters and its values do not.
+        how_to_disable: how the caller's user turns LPIPS off, for the error message.
     """
 
-    def __init__(self, net: str = "vgg", pretrained: bool = True):
+    def __init__(self, net: str = "vgg", pretrained: bool = True, how_to_disable: str = "set perceptual_weight: 0"):
         super().__init__()
         import lpips
 
@@ -52,7 +53,7 @@ class PerceptualLoss(nn.Module):
             raise RuntimeError(
                 f"could not load the ImageNet weights of LPIPS' {net!r} backbone ({error}). torchvision downloads "
                 "them from download.pytorch.org into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch); "
-                "on an offline machine copy the file there first, or set perceptual_weight: 0"
+                f"on an offline machine copy the file there first, or {how_to_disable}"
             ) from error
         self.lpips.requires_grad_(False)
         self.lpips.eval()

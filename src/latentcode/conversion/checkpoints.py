@@ -10,7 +10,8 @@ Two rules hold for every conversion in this package:
   `omegaconf` config); those few names stand for inert placeholders, so they are never
   imported and nothing of theirs runs.
 - A state dict is loaded only when it fits the model exactly: every missing, unexpected or
-  mis-shaped key is named in the error and the conversion stops.
+  mis-shaped key, and every tensor holding NaN or inf, is named in the error and the conversion
+  stops. Zip-format torch files have their CRCs checked first (`torch.load` does not).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import pickle
 import pickletools
+import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -78,6 +80,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"could not read safetensors file {path!r}: corrupt or truncated ({error})") from None
+    _verify_zip(path)
     try:
         with torch.serialization.safe_globals(_bookkeeping_globals(path)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -96,6 +99,24 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
         raise CheckpointError(
             f"could not read checkpoint {path!r}: corrupt or truncated torch file ({type(error).__name__}: {error})"
         ) from None
+
+
+def _verify_zip(path: str) -> None:
+    """Check the CRC of every member of a zip-format torch file (`torch.load` does not: a flipped
+    byte in a tensor would load as a silently wrong weight). Legacy non-zip files pass through."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(
+            f"could not read checkpoint {path!r}: corrupt or truncated zip archive ({error})"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"could not read checkpoint {path!r}: corrupt or truncated (member {bad!r} fails its CRC check)"
+        )
 
 
 def _pickled_globals(path: str) -> list[str]:
@@ -138,6 +159,16 @@ def load_state_dict_exactly(model: nn.Module, state_dict: Mapping[str, torch.Ten
     EMA statistics from its codebook). Values keep their bits; a tensor is cast only when the
     model's dtype differs.
     """
+    nonfinite = {
+        key
+        for key, value in state_dict.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
+    }
+    if nonfinite:
+        raise CheckpointError(
+            f"the weights from {source} hold NaN or inf values in {_describe(nonfinite)}; conversion stopped "
+            "(the source model is broken, e.g. saved from a diverged run)"
+        )
     expected = model.state_dict()
     unexpected = set(state_dict) - set(expected)
     mismatched = {

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     lpips = None
     if not args.no_lpips:
         try:
-            lpips = build_lpips(args.lpips_net).to(args.device)
+            lpips = build_lpips(args.lpips_net, how_to_disable="pass --no_lpips").to(args.device)
         except RuntimeError as error:
             print(f"LPIPS skipped: {error}", file=sys.stderr)
 

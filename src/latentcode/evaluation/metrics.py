@@ -96,13 +96,13 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float =
 # ----------------------------------------------------------------------------------------------
 
 
-def build_lpips(net: str = "alex", pretrained: bool = True) -> PerceptualLoss:
+def build_lpips(net: str = "alex", pretrained: bool = True, how_to_disable: str = "pass lpips=None") -> PerceptualLoss:
     """LPIPS as a metric: `module(reconstruction, target)` -> `[B]` distances.
 
     AlexNet is the backbone the LPIPS paper recommends for evaluation. Raises `RuntimeError`
     saying where to put the backbone's ImageNet weights when they cannot be loaded.
     """
-    return PerceptualLoss(net=net, pretrained=pretrained)
+    return PerceptualLoss(net=net, pretrained=pretrained, how_to_disable=how_to_disable)
 
 
 # ----------------------------------------------------------------------------------------------
