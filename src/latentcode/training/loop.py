@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import (
     InitProcessGroupKwargs,
     ProjectConfiguration,
@@ -219,6 +219,10 @@ class Trainer:
                 f"{config.disc_num_layers}: it needs at least {2 ** (config.disc_num_layers + 2)}"
             )
 
+        with lost_process_errors(config, "start-up"):
+            self._setup(config, model)
+
+    def _setup(self, config: TrainingConfig, model: LatentCodePreTrainedModel) -> None:
         self.accelerator = accelerator = run_accelerator(
             config, dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None
         )
@@ -291,8 +295,9 @@ class Trainer:
         # rebuilt, not saved). A new learning rate is safe to apply: it is this run's choice.
         saved_lr = self.scheduler.base_lrs[0]
         self.scheduler.base_lrs = [config.learning_rate for _ in self.scheduler.base_lrs]
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
-            group["initial_lr"], group["lr"] = config.learning_rate, lr
+        step = self.scheduler.last_epoch
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):  # a LambdaLR
+            group["initial_lr"], group["lr"] = config.learning_rate, config.learning_rate * factor(step)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if saved_lr != config.learning_rate:
             logger.warning(
@@ -493,17 +498,8 @@ class Trainer:
         """Train to `max_train_steps`, then [`finish`]. In a multi-process run, a process that dies
         or stops answering for `ddp_timeout` seconds ends it on the others with a [`ProcessLostError`]."""
         try:
-            return self._run()
-        except (RuntimeError, torch.distributed.DistError) as error:
-            if self.accelerator.num_processes > 1 and _is_lost_process(error):
-                me, world = self.accelerator.process_index, self.accelerator.num_processes
-                others = [rank for rank in range(world) if rank != me]
-                raise ProcessLostError(
-                    f"rank {me} of {world} at step {self.global_step + 1}: a collective operation with the other "
-                    f"processes (ranks {others}) failed: one of them died or did not answer within ddp_timeout="
-                    f"{self.config.ddp_timeout} s ({_first_line(error)}). Resume with --resume_from_checkpoint latest."
-                ) from error
-            raise
+            with lost_process_errors(self.config, f"step {self.global_step + 1}"):
+                return self._run()
         finally:
             self.release_output_dir()
 
@@ -631,6 +627,25 @@ class Trainer:
 # What gloo / NCCL say when a peer process is gone (killed: the connection closes) or frozen
 # (the collective times out after ddp_timeout).
 _LOST_PROCESS_MESSAGES = ("connection closed by peer", "connection reset by peer", "timed out", "broken pipe")
+
+
+@contextmanager
+def lost_process_errors(config: TrainingConfig, where: str):
+    """Turn the backend's error for a dead or frozen peer into a [`ProcessLostError`] naming the
+    ranks this process was waiting for and `ddp_timeout`."""
+    try:
+        yield
+    except (RuntimeError, torch.distributed.DistError) as error:
+        state = PartialState()
+        if state.num_processes > 1 and _is_lost_process(error):
+            me, world = state.process_index, state.num_processes
+            others = [rank for rank in range(world) if rank != me]
+            raise ProcessLostError(
+                f"rank {me} of {world} at {where}: a collective operation with the other processes (ranks "
+                f"{others}) failed: one of them died or did not answer within ddp_timeout={config.ddp_timeout} s "
+                f"({_first_line(error)}). Resume with --resume_from_checkpoint latest."
+            ) from error
+        raise
 
 
 def _is_lost_process(error: BaseException) -> bool:
