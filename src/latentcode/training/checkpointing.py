@@ -229,6 +229,20 @@ def _agree_or_raise(
     ) from failure
 
 
+def _refuse_code_in_pickles(path: Path) -> None:
+    """accelerate unpickles registered objects (`custom_checkpoint_*.pkl`: our scheduler and EMA)
+    with `weights_only=False`, which runs any code a tampered file names. Load each with the
+    weights-only unpickler first: the same bytes then hold only tensors and plain containers."""
+    for pickled in sorted(path.glob("custom_checkpoint_*.pkl")):
+        try:
+            torch.load(pickled, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - UnpicklingError and whatever a damaged file raises
+            raise ValueError(
+                f"refused to resume from {path}: {pickled.name} is not a plain state (it references Python code "
+                f"or is damaged: {type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            ) from None
+
+
 def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, check=None) -> tuple[dict, dict]:
     """Restore what `accelerator` tracks from `path`; return `(trainer_state, process_state)` for
     this process. `check(trainer_state)`, if given, runs first and may refuse the checkpoint."""
@@ -236,6 +250,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, check=Non
     trainer_state = json.loads((path / TRAINER_STATE).read_text())
     if check is not None:
         check(trainer_state)
+    _refuse_code_in_pickles(path)
     if trainer_state["num_processes"] != accelerator.num_processes:
         raise ValueError(
             f"{path} was written by {trainer_state['num_processes']} processes, this run has "
