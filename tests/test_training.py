@@ -355,6 +355,12 @@ def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninter
 # -- precision, end products ----------------------------------------------------------------------
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
+def test_fp16_on_cpu_says_what_to_use_instead(tmp_path):
+    with pytest.raises(ValueError, match=r"mixed_precision='fp16' needs a CUDA GPU.*use 'bf16'"):
+        Trainer(tiny_config(tmp_path, mixed_precision="fp16"))
+
+
 def test_bf16_autocast_run(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=6, learning_rate=3e-3))
     pixels = trainer.validation_images[:4]

@@ -79,7 +79,10 @@ class RunConfig:
     adam_weight_decay: float = option("AdamW weight decay", default=0.0)
     adam_epsilon: float = option("AdamW epsilon", default=1e-8)
     max_grad_norm: float = option("gradient clipping norm (inf: no clipping, norm still logged)", default=1.0)
-    mixed_precision: str = option(f"one of {MIXED_PRECISION}; quantizers always run in fp32", default="no")
+    mixed_precision: str = option(
+        f"one of {MIXED_PRECISION}; fp16 needs a CUDA GPU (bf16 runs on CPU); quantizers always run in fp32",
+        default="no",
+    )
 
     # -- checkpoints and validation ------------------------------------------------------------
     checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
