@@ -10,7 +10,8 @@ import signal
 import time
 
 import pytest
-from conftest import (
+
+from faults.helpers import (
     assert_identical,
     kill_group,
     run,
@@ -21,7 +22,6 @@ from conftest import (
     weights,
     workers,
 )
-
 from latentcode.training.checkpointing import list_checkpoints
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, run_config, train_here
+
+from faults.helpers import TINY_MODEL, run_config, train_here
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import assert_identical, run_config, train_here, weights
 
+from faults.helpers import assert_identical, run_config, train_here, weights
 from latentcode.training.checkpointing import CheckpointWriteError, OutputDirError, list_checkpoints
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY_MODEL, run_config, train_here
 
+from faults.helpers import TINY_MODEL, run_config, train_here
 from latentcode.training import Trainer, load_config
 from latentcode.training.loop import ResumeMismatchError
 
