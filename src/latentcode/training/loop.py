@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -219,7 +220,7 @@ class Trainer:
                 f"{config.disc_num_layers}: it needs at least {2 ** (config.disc_num_layers + 2)}"
             )
 
-        with lost_process_errors(config, "start-up"):
+        with lost_process_errors(config, lambda: "start-up"):
             self._setup(config, model)
 
     def _setup(self, config: TrainingConfig, model: LatentCodePreTrainedModel) -> None:
@@ -498,7 +499,7 @@ class Trainer:
         """Train to `max_train_steps`, then [`finish`]. In a multi-process run, a process that dies
         or stops answering for `ddp_timeout` seconds ends it on the others with a [`ProcessLostError`]."""
         try:
-            with lost_process_errors(self.config, f"step {self.global_step + 1}"):
+            with lost_process_errors(self.config, lambda: f"step {self.global_step + 1}"):
                 return self._run()
         finally:
             self.release_output_dir()
@@ -630,9 +631,9 @@ _LOST_PROCESS_MESSAGES = ("connection closed by peer", "connection reset by peer
 
 
 @contextmanager
-def lost_process_errors(config: TrainingConfig, where: str):
+def lost_process_errors(config: TrainingConfig, where: Callable[[], str]):
     """Turn the backend's error for a dead or frozen peer into a [`ProcessLostError`] naming the
-    ranks this process was waiting for and `ddp_timeout`."""
+    ranks this process was waiting for, `ddp_timeout` and `where()` it happened."""
     try:
         yield
     except (RuntimeError, torch.distributed.DistError) as error:
@@ -641,7 +642,7 @@ def lost_process_errors(config: TrainingConfig, where: str):
             me, world = state.process_index, state.num_processes
             others = [rank for rank in range(world) if rank != me]
             raise ProcessLostError(
-                f"rank {me} of {world} at {where}: a collective operation with the other processes (ranks "
+                f"rank {me} of {world} at {where()}: a collective operation with the other processes (ranks "
                 f"{others}) failed: one of them died or did not answer within ddp_timeout={config.ddp_timeout} s "
                 f"({_first_line(error)}). Resume with --resume_from_checkpoint latest."
             ) from error
