@@ -78,6 +78,17 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_names_th
     assert_identical(weights(reference_1p), weights(resumed))
 
 
+def test_full_disk_at_the_final_save_names_the_disk_and_the_checkpoint_to_resume(tmp_path, monkeypatch):
+    from latentcode.modeling import LatentCodePreTrainedModel
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LatentCodePreTrainedModel, "save_pretrained", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"final model .*No space left.*MiB free.*checkpoint-2 is intact"):
+        train_here(run_config(tmp_path / "run", max_train_steps=2))
+
+
 def test_unwritable_output_folder_fails_at_start(tmp_path):
     from latentcode.training import Trainer, load_config
 

@@ -57,7 +57,9 @@ from ..losses import (
 from ..modeling import LatentCodePreTrainedModel
 from ..modules.quantizers.base import CodebookUsageWindow
 from .checkpointing import (
+    CheckpointWriteError,
     check_output_dir,
+    describe_disk,
     list_checkpoints,
     load_checkpoint,
     lock_output_dir,
@@ -555,8 +557,7 @@ class Trainer:
         metrics = {}
         if accelerator.is_main_process:
             validation = self.validate(self.output_dir / "reconstructions.png")
-            model.save_pretrained(self.output_dir)
-            self._save_image_processor(model)
+            self._save_final_model(model)
             metrics = {
                 "validation": validation,
                 "global_step": self.global_step,
@@ -578,6 +579,20 @@ class Trainer:
         if config.push_to_hub and accelerator.is_main_process:
             push_to_hub(self.output_dir, config.hub_model_id, config.hub_token)
         return TrainingResult(model=model, metrics=metrics, losses=self.losses)
+
+    def _save_final_model(self, model: LatentCodePreTrainedModel) -> None:
+        from safetensors import SafetensorError
+
+        try:
+            model.save_pretrained(self.output_dir)
+            self._save_image_processor(model)
+        except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, in whichever writer meets it
+            last = list_checkpoints(self.output_dir)
+            raise CheckpointWriteError(
+                f"could not write the final model to {self.output_dir} ({type(error).__name__}: {error}); "
+                f"{describe_disk(self.output_dir)}. The last checkpoint {last[-1] if last else '(none)'} is intact: "
+                "free space and rerun with --resume_from_checkpoint latest to write the model again."
+            ) from error
 
     def _save_image_processor(self, model: LatentCodePreTrainedModel) -> None:
         try:
