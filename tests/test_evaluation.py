@@ -336,7 +336,8 @@ def test_cli_without_lpips_weights_suggests_its_own_flag(tmp_path, monkeypatch, 
     monkeypatch.setattr(lpips, "LPIPS", offline)
     model = tiny_model("vqvae", in_channels=1, codebook_size=16)
     model.save_pretrained(tmp_path / "model")
-    argv = [str(tmp_path / "model"), "--dataset_name", "builtin:digits", "--max_images", "8", "--no_fid"]
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--dataset_name", "builtin:digits"]
+    argv += ["--max_images", "8", "--no_fid"]
     assert eval_main(argv + ["--output_dir", str(tmp_path / "eval")]) == 0
     message = capsys.readouterr().err
     assert "LPIPS skipped" in message and "pass --no_lpips" in message and "perceptual_weight" not in message
