@@ -163,7 +163,7 @@ def test_cli_overrides_yaml_overrides_defaults():
 
 
 def test_command_line_data_source_overrides_the_presets(tmp_path):
-    preset = REPO / "training" / "configs" / "vqvae_cifar.yaml"
+    preset = REPO / "training" / "configs" / "vqvae_mnist.yaml"
     assert yaml.safe_load(preset.read_text())["dataset_name"]  # a preset with a Hub dataset
     config = parse_args(["--config", str(preset), "--train_data_dir", str(tmp_path)])
     assert (config.train_data_dir, config.dataset_name, config.dataset_config_name) == (str(tmp_path), None, None)
