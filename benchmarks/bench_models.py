@@ -2,65 +2,69 @@
 
 Both models of a pair have the same architecture and the same weights: the diffusers model is
 built first and ours is converted from it with `VQVAEModel.from_diffusers` /
-`VAEModel.from_diffusers`. For every row (family, dtype, image size, operation) the two are
-timed interleaved in one process, alternating which goes first, so that a busy machine slows
-both alike; the table reports medians and ours / diffusers speedups, plus the peak memory of
-one call.
+`VAEModel.from_diffusers`. Both run with default settings: NCHW input tensors, fp32 weights, no
+`.to(memory_format=...)`, no compile. Each row (threads, family, image size, operation) times
+the two interleaved in one process, alternating which goes first, so that a busy machine slows
+both alike; cells are medians, and `spread` is the interquartile range over the median of the
+noisier side, to show how far a cell can be trusted.
 
 Operations:
-    encode  pixels -> code (VQ: quantised, with token indices; VAE: the posterior)
+    encode  pixels -> code (VQ: quantised, with token indices; VAE: the posterior mean)
     decode  code -> pixels (VQ: diffusers' `decode` quantises its input, so ours does too)
     train   forward + backward + AdamW step on the default objective (MSE + the family's
-            regulariser); bf16 training is autocast with fp32 weights, as `accelerate
-            --mixed_precision bf16` runs it. fp32 / bf16 inference runs the model in that dtype.
+            regulariser)
 
-Ours runs in channels_last memory format (`model.to(memory_format=torch.channels_last)`, an
-opt-in any user has), except in bf16 training where it is slower on CPU (`--channels_last
-auto|always|never`); `--peer_channels_last` gives diffusers channels_last too, to separate the
-layout's gain from the implementation's.
+Extra rows (default run, at 32x32, batch 32, with the most threads measured):
+    compile  both sides' backbone under `torch.compile` (ours: `model.compile()`; diffusers:
+             its encoder and decoder compiled the same way); `vs eager` is ours compiled
+             against ours eager.
+    bf16     encode / decode under `torch.autocast("cpu", torch.bfloat16)` (ours keeps the
+             quantizer in fp32); `vs eager` is against ours in fp32, and `PSNR` is the bf16
+             reconstruction's against the fp32 one.
 
-    python benchmarks/bench_models.py --quick          # a few minutes on 2 CPU cores
-    python benchmarks/bench_models.py                  # the README table
-    python benchmarks/bench_models.py --compile        # both sides under torch.compile
-    python benchmarks/bench_models.py --threads 1 --clock cpu   # on a machine others are using
+Distance to the machine's limit: the sustained fp32 throughput of a large matmul and of the
+model's own 3x3 convolutions is measured first (same threads); every row reports ours'
+achieved GFLOP/s, with FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`, and its
+fraction of that conv peak.
 
-Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the rise of the process's peak
-resident memory (Linux VmHWM, reset before the call) over its resident memory before it.
+    python benchmarks/bench_models.py                  # the table of benchmarks/README.md
+    python benchmarks/bench_models.py --quick          # narrower model, fewer repeats
+    python benchmarks/bench_models.py --threads 2 --sizes 256 --ops encode decode
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import gc
-import json
 import os
 import platform
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, VQModel
 from diffusers.utils import logging as diffusers_logging
+from torch.utils.flop_counter import FlopCounterMode
 
 from latentcode import VAEModel, VQVAEModel
 
-# (block_out_channels, layers_per_block, batch size per image size)
+# The backbone of issue 11's measurement: three levels, one ResNet block per level, mid-block
+# attention; batch per image size.
 ARCHITECTURES = {
-    # LDM's f4 layout (three levels, two ResNet blocks per level, mid-block attention) at half
-    # the width of CompVis' (128, 256, 512), so that the whole table takes minutes on 2 cores.
-    "full": dict(block_out_channels=(64, 128, 256), layers_per_block=2, batch={32: 8, 64: 4, 256: 1}),
-    "quick": dict(block_out_channels=(32, 64, 128), layers_per_block=1, batch={32: 8, 64: 4, 256: 1}),
+    "default": dict(block_out_channels=(64, 128, 128), layers_per_block=1),
+    "quick": dict(block_out_channels=(32, 64, 64), layers_per_block=1),
 }
-CODEBOOK_SIZE = 8192
+BATCH = {32: 32, 64: 8, 256: 1}
+CODEBOOK_SIZE = 1024
+EXTRA_ROWS_SIZE = 32
 
 
 def build_pair(family: str, block_out_channels, layers_per_block: int):
-    """A diffusers model with random weights and ours converted from it, both in train mode."""
+    """A diffusers model with random weights and ours converted from it."""
     levels = len(block_out_channels)
     common = dict(
         in_channels=3,
@@ -73,24 +77,23 @@ def build_pair(family: str, block_out_channels, layers_per_block: int):
     )
     if family == "vqvae":
         peer = VQModel(latent_channels=3, num_vq_embeddings=CODEBOOK_SIZE, **common)
-        ours = VQVAEModel.from_diffusers(peer)
-    else:
-        peer = AutoencoderKL(latent_channels=4, **common)
-        ours = VAEModel.from_diffusers(peer)
-    return peer, ours
+        return peer, VQVAEModel.from_diffusers(peer)
+    peer = AutoencoderKL(latent_channels=4, **common)
+    return peer, VAEModel.from_diffusers(peer)
 
 
-# -- the three operations, for each side -----------------------------------------------------
+# -- the operations, for each side -------------------------------------------------------------
 
 
-def encode_fn(model, family: str, is_ours: bool):
-    if is_ours:
-        if family == "vqvae":
-            return lambda x: model.encode(x).indices
+def inference_fn(model, family: str, is_ours: bool, op: str):
+    """`fn(input) -> tensor` for encode / decode."""
+    if op == "decode":
+        return lambda z: model.decode(z).sample
+    if family == "vae":
         return lambda x: model.encode(x).latent_dist.mean
-    if family == "vqvae":
-        return lambda x: model.quantize(model.encode(x).latents)[2][2]
-    return lambda x: model.encode(x).latent_dist.mean
+    if is_ours:
+        return lambda x: model.encode(x).indices
+    return lambda x: model.quantize(model.encode(x).latents)[2][2]
 
 
 def train_loss_fn(model, family: str, is_ours: bool):
@@ -98,289 +101,260 @@ def train_loss_fn(model, family: str, is_ours: bool):
     if is_ours:
         return lambda x: model(x).loss
     if family == "vqvae":
-
-        def vq_loss(x):
-            out = model(x)
-            return F.mse_loss(out.sample.float(), x.float()) + out.commit_loss.mean()
-
-        return vq_loss
+        return lambda x: (lambda out: F.mse_loss(out.sample, x) + out.commit_loss.mean())(model(x))
 
     def kl_loss(x):
         posterior = model.encode(x).latent_dist
         sample = model.decode(posterior.sample()).sample
-        kl = posterior.kl().float().mean()
-        return F.mse_loss(sample.float(), x.float()) + 1e-3 * kl / x[0].numel()
+        return F.mse_loss(sample, x) + 1e-3 * posterior.kl().mean() / x[0].numel()
 
     return kl_loss
 
 
-@dataclass
-class Side:
-    """One implementation prepared for one row: `step()` runs the operation once."""
+def compile_backbone(model, is_ours: bool) -> None:
+    if is_ours:
+        model.compile()
+    else:
+        model.encoder.compile()
+        model.decoder.compile()
 
-    step: object
-    name: str
 
-
-def prepare(model, family, is_ours, op, dtype, x, latents, channels_last, compile_model):
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-        latents = latents.contiguous(memory_format=torch.channels_last)
+def prepare(model, family, is_ours, op, x, latents, variant):
+    """A function that runs the operation once (and returns its output for inference)."""
+    if variant == "compile":
+        compile_backbone(model, is_ours)
     if op == "train":
-        model = model.train()
+        model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         loss_fn = train_loss_fn(model, family, is_ours)
-        if compile_model:
-            loss_fn = torch.compile(loss_fn)
-        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
-        def train_step():
+        def step():
             optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_fn(x)
-            loss.backward()
+            loss_fn(x).backward()
             optimizer.step()
 
-        return train_step
-    model = model.eval().to(dtype)
-    x, latents = x.to(dtype), latents.to(dtype)
-    if op == "encode":
-        fn, arg = encode_fn(model, family, is_ours), x
-    else:
-        fn, arg = (lambda z: model.decode(z).sample), latents
-    if compile_model:
-        fn = torch.compile(fn)
+        return step
+    model.eval()
+    fn = inference_fn(model, family, is_ours, op)
+    arg = x if op == "encode" else latents
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16")
 
-    def inference_step():
-        with torch.inference_mode():
-            fn(arg)
+    def step():
+        with torch.inference_mode(), autocast:
+            return fn(arg)
 
-    return inference_step
-
-
-def use_channels_last(mode: str, op: str, dtype: torch.dtype) -> bool:
-    if mode == "auto":
-        return not (op == "train" and dtype == torch.bfloat16)
-    return mode == "always"
+    return step
 
 
 # -- measurement -------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_times(
-    steps: dict[str, object], repeats: int, device: torch.device, clock=time.perf_counter
-) -> dict[str, list[float]]:
-    """Seconds per call of each step, run in alternating order after one warm-up call each."""
+def interleaved_times(steps: dict[str, object], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each step, in alternating order after two warm-up calls each."""
     for step in steps.values():
         step()
-    synchronize(device)
+        step()
     times = {name: [] for name in steps}
     names = list(steps)
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
-            start = clock()
+            start = time.perf_counter()
             steps[name]()
-            synchronize(device)
-            times[name].append(clock() - start)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
-# "cpu" (this process's CPU time) is for a shared machine: other processes' load does not count,
-# but it is only a fair clock with --threads 1 (threads waiting on each other burn CPU time).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-_LIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
+def spread(times: list[float]) -> float:
+    quartiles = statistics.quantiles(times, n=4)
+    return (quartiles[2] - quartiles[0]) / statistics.median(times)
 
 
-def _resident_kib(field: str) -> int:
-    status = open("/proc/self/status").read()
-    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
-def peak_memory_mib(step, device: torch.device) -> float | None:
-    """Peak extra memory of one call in MiB, or None where it cannot be measured."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    if _LIBC is None:
-        return None
-    _LIBC.malloc_trim(0)  # hand freed heap memory back so the baseline is what is really live
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # resets VmHWM to the current resident size
-    before = _resident_kib("VmRSS")
-    step()
-    return (_resident_kib("VmHWM") - before) / 1024
+def best_gflops(fn, flops: int, repeats: int) -> float:
+    fn()
+    best = min(_timed(fn) for _ in range(repeats))
+    return flops / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine_peaks(channels: int, repeats: int) -> dict[str, float]:
+    """Sustained fp32 GFLOP/s of a 2048^3 matmul and of the backbone's widest 3x3 convolution
+    (channels -> channels, 64x64, batch 8, channels_last and NCHW, the faster), best of repeats."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matmul = best_gflops(lambda: a @ b, 2 * 2048**3, repeats)
+    weight = torch.randn(channels, channels, 3, 3)
+    conv = 0.0
+    for memory_format in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(8, channels, 64, 64).contiguous(memory_format=memory_format)
+        w = weight.contiguous(memory_format=memory_format)
+        with torch.inference_mode():
+            flops = count_flops(lambda x=x, w=w: F.conv2d(x, w, padding=1))
+            conv = max(conv, best_gflops(lambda x=x, w=w: F.conv2d(x, w, padding=1), flops, repeats))
+    return {"matmul": matmul, "conv": conv}
+
+
+def psnr(reference: torch.Tensor, test: torch.Tensor, peak_to_peak: float = 2.0) -> float:
+    mse = (reference.float() - test.float()).square().mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(peak_to_peak**2 / mse)).item()
+
+
+@torch.inference_mode()
+def bf16_reconstruction_psnr(model, pixels: torch.Tensor) -> float:
+    """PSNR (dB, pixels in [-1, 1]) of the reconstruction under bf16 autocast against fp32's."""
+    model = copy.deepcopy(model).eval()
+    reference = model(pixels).sample
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return psnr(reference, model(pixels).sample)
 
 
 @dataclass
 class Row:
+    threads: int
     family: str
-    dtype: str
     size: int
     batch: int
     op: str
+    variant: str  # "eager", "compile" or "bf16"
     diffusers_ms: float
     ours_ms: float
-    speedup: float
-    diffusers_peak_mib: float | None
-    ours_peak_mib: float | None
+    spread: float
+    ours_gflops: float
+    conv_peak_fraction: float
+    ours_eager_ms: float | None = None  # compile / bf16 rows: ours in fp32 eager
+    bf16_psnr: float | None = None
 
 
-def run(args) -> list[Row]:
-    device = torch.device(args.device)
-    architecture = ARCHITECTURES["quick" if args.quick else "full"]
-    repeats = args.repeats or (3 if args.quick else 5)
-    rows = []
-    for family in args.families:
-        torch.manual_seed(0)
-        peer, ours = build_pair(family, architecture["block_out_channels"], architecture["layers_per_block"])
-        peer, ours = peer.to(device), ours.to(device)
-        latent_channels = ours.config.codebook_dim if family == "vqvae" else ours.config.latent_channels
-        factor = ours.downsampling_factor
-        for dtype_name in args.dtypes:
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-            for size in args.sizes:
-                batch = architecture["batch"].get(size, 1)
-                generator = torch.Generator().manual_seed(size)
-                x = (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1).to(device)
-                latents = torch.randn(batch, latent_channels, size // factor, size // factor, generator=generator)
-                latents = latents.to(device)
-                for op in args.ops:
-                    # Fresh copies: a training step changes the weights, bf16 inference casts them.
-                    steps = {
-                        "diffusers": prepare(
-                            copy.deepcopy(peer),
-                            family,
-                            False,
-                            op,
-                            dtype,
-                            x,
-                            latents,
-                            args.peer_channels_last,
-                            args.compile,
-                        ),
-                        "ours": prepare(
-                            copy.deepcopy(ours),
-                            family,
-                            True,
-                            op,
-                            dtype,
-                            x,
-                            latents,
-                            use_channels_last(args.channels_last, op, dtype),
-                            args.compile,
-                        ),
-                    }
-                    times = interleaved_times(steps, repeats, device, CLOCKS[args.clock])
-                    memory = {name: peak_memory_mib(step, device) for name, step in steps.items()}
-                    diffusers_s, ours_s = (statistics.median(times[name]) for name in ("diffusers", "ours"))
-                    row = Row(
-                        family,
-                        dtype_name,
-                        size,
-                        batch,
-                        op,
-                        1e3 * diffusers_s,
-                        1e3 * ours_s,
-                        diffusers_s / ours_s,
-                        memory["diffusers"],
-                        memory["ours"],
-                    )
-                    rows.append(row)
-                    print(format_row(row), flush=True)
-                    del steps
-                    gc.collect()
-    return rows
+def run_row(pair, family, threads, size, op, variant, repeats, peaks, eager_ms=None) -> Row:
+    peer, ours = pair
+    batch = BATCH[size]
+    factor = ours.downsampling_factor
+    generator = torch.Generator().manual_seed(size)
+    x = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    latent_channels = ours.config.codebook_dim if family == "vqvae" else ours.config.latent_channels
+    latents = torch.randn(batch, latent_channels, size // factor, size // factor, generator=generator)
+    # Fresh copies: a training step changes the weights, compile wraps the modules.
+    sides = {
+        "diffusers": prepare(copy.deepcopy(peer), family, False, op, x, latents, variant),
+        "ours": prepare(copy.deepcopy(ours), family, True, op, x, latents, variant),
+    }
+    times = interleaved_times(sides, repeats)
+    diffusers_s, ours_s = (statistics.median(times[name]) for name in ("diffusers", "ours"))
+    # Counted in eager fp32 (the same arithmetic in every variant). The codebook search runs in
+    # worker threads that the counter does not see; it is < 1% of these models' FLOPs.
+    flops = count_flops(prepare(copy.deepcopy(ours), family, True, op, x, latents, "eager"))
+    gflops = flops / ours_s / 1e9
+    row = Row(
+        threads,
+        family,
+        size,
+        batch,
+        op,
+        variant,
+        1e3 * diffusers_s,
+        1e3 * ours_s,
+        max(spread(times["diffusers"]), spread(times["ours"])),
+        gflops,
+        gflops / peaks["conv"],
+        eager_ms,
+    )
+    if variant == "bf16" and op == "decode":
+        row.bf16_psnr = bf16_reconstruction_psnr(ours, x)
+    del sides
+    gc.collect()
+    return row
 
 
 # -- output ------------------------------------------------------------------------------------
 
 HEADER = (
-    "| model | dtype | size | batch | op | diffusers ms | ours ms | speedup | diffusers peak MiB | ours peak MiB |\n"
-    "|---|---|---|---|---|---:|---:|---:|---:|---:|"
+    "| threads | model | size | batch | op | variant | diffusers ms | ours ms | speedup | spread "
+    "| ours vs eager | ours GFLOP/s | of conv peak | bf16 PSNR dB |\n"
+    "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
-
-
-def _mib(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"
+NAMES = {"vqvae": "VQVAEModel vs VQModel", "vae": "VAEModel vs AutoencoderKL"}
 
 
 def format_row(row: Row) -> str:
-    name = {"vqvae": "VQVAEModel vs VQModel", "vae": "VAEModel vs AutoencoderKL"}[row.family]
+    vs_eager = f"{row.ours_eager_ms / row.ours_ms:.2f}x" if row.ours_eager_ms else ""
+    psnr_cell = f"{row.bf16_psnr:.1f}" if row.bf16_psnr is not None else ""
     return (
-        f"| {name} | {row.dtype} | {row.size} | {row.batch} | {row.op} | {row.diffusers_ms:.1f} | {row.ours_ms:.1f} "
-        f"| {row.speedup:.2f}x | {_mib(row.diffusers_peak_mib)} | {_mib(row.ours_peak_mib)} |"
+        f"| {row.threads} | {NAMES[row.family]} | {row.size} | {row.batch} | {row.op} | {row.variant} "
+        f"| {row.diffusers_ms:.1f} | {row.ours_ms:.1f} | {row.diffusers_ms / row.ours_ms:.2f}x "
+        f"| {100 * row.spread:.0f}% | {vs_eager} | {row.ours_gflops:.1f} | {100 * row.conv_peak_fraction:.0f}% "
+        f"| {psnr_cell} |"
     )
 
 
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
     except (OSError, AttributeError):
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    bf16 = [name for name in ("avx512_bf16", "amx_bf16") if name in flags]
+    return f"{cpu} ({', '.join(bf16) or 'no bf16 instructions'}), {os.cpu_count()} cores"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="narrow models and 3 repeats: minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="narrower model and 3 repeats")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--families", nargs="+", default=["vqvae", "vae"], choices=["vqvae", "vae"])
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 256])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 256], choices=sorted(BATCH))
     parser.add_argument(
         "--ops", nargs="+", default=["encode", "decode", "train"], choices=["encode", "decode", "train"]
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per side (default 5, quick 3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--channels_last",
-        default="auto",
-        choices=["auto", "always", "never"],
-        help="memory format of ours; auto: channels_last except in bf16 training, where CPU autocast's fp32 "
-        "GroupNorm round trips make it slower",
+        "--extra", nargs="*", default=["compile", "bf16"], choices=["compile", "bf16"], help="extra rows"
     )
-    parser.add_argument("--peer_channels_last", action="store_true", help="run diffusers in channels_last too")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both sides (slow to compile on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument(
-        "--clock", default="wall", choices=sorted(CLOCKS), help="wall time, or process CPU time for a shared machine"
-    )
-    parser.add_argument("--output_json", default=None, help="also write the rows and the machine here")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per side (default 9, quick 3)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    architecture = ARCHITECTURES["quick" if args.quick else "default"]
+    repeats = args.repeats or (3 if args.quick else 9)
 
-    diffusers_logging.set_verbosity_error()  # bf16 casts warn once per model copy
-    device = torch.device(args.device)
-    print(
-        f"# machine: {machine_description(device)}; torch {torch.__version__}; {args.clock} clock; "
-        f"load {os.getloadavg()}"
-    )
-    print(HEADER, flush=True)
+    diffusers_logging.set_verbosity_error()
+    print(f"# machine: {machine_description()}; torch {torch.__version__}; load {os.getloadavg()}")
+    print(f"# architecture: {architecture}; wall clock, median of {repeats} interleaved calls per side")
     start = time.perf_counter()
-    rows = run(args)
+    pairs = {}
+    for family in args.families:
+        torch.manual_seed(0)
+        pairs[family] = build_pair(family, architecture["block_out_channels"], architecture["layers_per_block"])
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        peaks = machine_peaks(max(architecture["block_out_channels"]), repeats)
+        print(
+            f"# {threads} threads: matmul peak {peaks['matmul']:.0f} GFLOP/s, "
+            f"conv peak {peaks['conv']:.0f} GFLOP/s (fp32)"
+        )
+        print(HEADER, flush=True)
+        for family in args.families:
+            eager = {}
+            for size in args.sizes:
+                for op in args.ops:
+                    row = run_row(pairs[family], family, threads, size, op, "eager", repeats, peaks)
+                    eager[(size, op)] = row.ours_ms
+                    print(format_row(row), flush=True)
+            if threads != max(args.threads):
+                continue
+            for variant in args.extra:
+                ops = ["encode", "decode"] if variant == "bf16" else args.ops
+                for op in ops:
+                    base = eager.get((EXTRA_ROWS_SIZE, op))
+                    row = run_row(pairs[family], family, threads, EXTRA_ROWS_SIZE, op, variant, repeats, peaks, base)
+                    print(format_row(row), flush=True)
     print(f"# {time.perf_counter() - start:.0f} s; load {os.getloadavg()}")
-    if args.output_json:
-        with open(args.output_json, "w") as file:
-            json.dump(
-                {"machine": machine_description(device), "args": vars(args), "rows": [asdict(r) for r in rows]},
-                file,
-                indent=2,
-            )
 
 
 if __name__ == "__main__":

@@ -213,6 +213,19 @@ class LatentCodePreTrainedModel(PreTrainedModel):
     def disable_tiling(self) -> None:
         self.use_tiling = False
 
+    def compile(self, *args, **kwargs) -> None:
+        """`torch.compile` the encoder and the decoder in place; arguments as `torch.compile`'s.
+
+        Like `nn.Module.compile` (which would compile `forward` only), but `encode`, `decode`,
+        `decode_indices` and `forward` all run the compiled backbone, where inductor fuses each
+        GroupNorm with its SiLU and the residual adds into the convolutions' neighbours. The
+        bottleneck stays eager: the codebook search and its training-time maintenance are
+        data-dependent Python that would only break the graph. State-dict keys do not change,
+        so checkpoints load into compiled and eager models alike.
+        """
+        for module in (self.encoder, self.decoder):
+            module.compile(*args, **kwargs)
+
     # -- input checks ---------------------------------------------------------------------------
 
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:

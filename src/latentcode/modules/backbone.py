@@ -32,6 +32,26 @@ def _inference() -> bool:
     return not torch.is_grad_enabled()
 
 
+def activation_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the backbone runs its activations in, chosen once per call at its entry.
+
+    channels_last (NHWC strides; the tensor is still indexed `[B, C, H, W]`) on CPU, where
+    oneDNN's convolutions and GroupNorm are faster in it (`benchmarks/bench_models.py`
+    measures both layouts), and for half precision on CUDA, where cuDNN's tensor-core
+    convolutions want it. fp32 CUDA tensors keep the layout they come in.
+    """
+    if x.device.type == "cpu":
+        return torch.channels_last
+    half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
+    return torch.channels_last if half else torch.preserve_format
+
+
+def to_activation_layout(x: torch.Tensor) -> torch.Tensor:
+    """`x` `[B, C, H, W]` in [`activation_memory_format`]: one copy at most, none when it already is."""
+    memory_format = activation_memory_format(x)
+    return x if memory_format is torch.preserve_format else x.contiguous(memory_format=memory_format)
+
+
 def silu(x: torch.Tensor) -> torch.Tensor:
     """SiLU of a fresh intermediate; in place under no_grad / inference_mode."""
     return F.silu(x, inplace=_inference())
@@ -88,8 +108,8 @@ class SelfAttention(nn.Module):
         q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # [B, 1, H*W, C]
         h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
         h = self.to_out(h).transpose(1, 2).reshape(batch, channels, height, width)
-        # `h` is a transposed view; `x` first makes the sum take x's memory format, so an NCHW
-        # model stays NCHW after attention (channels_last GroupNorm backward is slow on CPU).
+        # `h` is a transposed (channels_last) view; `x` first makes the sum take x's memory
+        # format, so the layout chosen at the backbone's entry holds after attention.
         return x + h
 
 
@@ -224,7 +244,7 @@ class Encoder(_CheckpointedStages):
         self.conv_out = nn.Conv2d(level_in, out_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(x)
+        x = self.conv_in(to_activation_layout(x))
         for level in self.down:
             x = self._run(level, x)
         x = self._run(self.mid, x)
@@ -277,7 +297,7 @@ class Decoder(_CheckpointedStages):
         return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(z)
+        x = self.conv_in(to_activation_layout(z))
         x = self._run(self.mid, x)
         for level in self.up:
             x = self._run(level, x)

@@ -134,7 +134,10 @@ class TrainingConfig(RunConfig):
         default_factory=dict,
     )
     gradient_checkpointing: bool = option("recompute activations in the backward pass to save memory", default=False)
-    torch_compile: bool = option("compile the models with torch.compile (inductor)", default=False)
+    torch_compile: bool = option(
+        "torch.compile the encoder and decoder (model.compile(); the quantizer stays eager)", default=False
+    )
+    torch_compile_backend: str = option("torch.compile backend of --torch_compile", default="inductor")
     use_ema: bool = option("keep an EMA of the weights; the saved model is the EMA", default=False)
     ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
     max_consecutive_nonfinite_steps: int = option(

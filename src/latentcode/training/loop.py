@@ -34,7 +34,6 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import (
     InitProcessGroupKwargs,
     ProjectConfiguration,
-    TorchDynamoPlugin,
     gather_object,
     set_seed,
 )
@@ -226,14 +225,14 @@ class Trainer:
             self._setup(config, model)
 
     def _setup(self, config: TrainingConfig, model: LatentCodePreTrainedModel) -> None:
-        self.accelerator = accelerator = run_accelerator(
-            config, dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.torch_compile else None
-        )
+        self.accelerator = accelerator = run_accelerator(config)
         # Before any work: an unwritable or full disk, or another run in the folder, stops us now.
         check_output_dir(self.output_dir)
         self._lock = lock_output_dir(self.output_dir) if accelerator.is_main_process else None
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if config.torch_compile:
+            model.compile(backend=config.torch_compile_backend)  # in place: checkpoints keep their keys
 
         self.batches: ImageBatches
         self.batches, self.validation_images = image_data_from_config(

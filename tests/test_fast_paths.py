@@ -1,0 +1,171 @@
+"""The default fast paths give the reference's answers: the channels_last backbone against
+diffusers at identical weights, `model.compile()` against eager, a compiled training run that
+resumes, and bf16 autocast inference against fp32. Speed itself is measured in benchmarks/."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, VQModel
+
+from latentcode import VAEModel, VQVAEModel
+
+TOLERANCE = 1e-5
+BACKBONE = dict(
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    norm_num_groups=8,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+)
+
+
+def diffusers_pair(family: str):
+    torch.manual_seed(0)
+    if family == "vqvae":
+        peer = VQModel(latent_channels=4, num_vq_embeddings=64, **BACKBONE)
+        return peer.eval(), VQVAEModel.from_diffusers(peer).eval()
+    peer = AutoencoderKL(latent_channels=4, **BACKBONE)
+    return peer.eval(), VAEModel.from_diffusers(peer).eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("family", ["vqvae", "vae"])
+def test_default_settings_match_diffusers_under_inference_mode_and_in_training(family, two_threads):
+    peer, ours = diffusers_pair(family)
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.inference_mode():
+        if family == "vqvae":
+            latents = peer.encode(pixels).latents
+            encoded = ours.encode(pixels)
+            assert max_diff(encoded.latents, latents) <= TOLERANCE
+            assert torch.equal(encoded.indices.flatten(), peer.quantize(latents)[2][2].flatten())
+            decoded, reference = ours.decode(latents).sample, peer.decode(latents).sample
+        else:
+            latents = peer.encode(pixels).latent_dist.mean
+            assert max_diff(ours.encode(pixels).latent_dist.mean, latents) <= TOLERANCE
+            decoded, reference = ours.decode(latents).sample, peer.decode(latents).sample
+        assert max_diff(decoded, reference) <= TOLERANCE
+    # Whatever the backbone's internal layout, the user gets an ordinary [B, C, H, W] tensor.
+    assert decoded.shape == pixels.shape
+    assert torch.equal(decoded.contiguous(), decoded) and torch.equal(
+        decoded.reshape(3, -1), decoded.contiguous().view(3, -1)
+    )
+
+    # Training mode (autograd recording, no in-place shortcuts): same outputs and gradients.
+    pixels = pixels.clone().requires_grad_()
+    reference_pixels = pixels.detach().clone().requires_grad_()
+    ours.train(), peer.train()
+    if family == "vqvae":
+        sample, reference = ours(pixels).sample, peer(reference_pixels).sample
+    else:
+        sample = ours(pixels, sample_posterior=False).sample
+        reference = peer(reference_pixels, sample_posterior=False).sample
+    assert max_diff(sample, reference) <= TOLERANCE
+    sample.square().sum().backward()
+    reference.square().sum().backward()
+    assert max_diff(pixels.grad, reference_pixels.grad) <= 1e-4 * reference_pixels.grad.abs().max().item()
+    decoder_weight = ours.decoder.up[0].blocks[0].conv1.weight.grad
+    reference_weight = peer.decoder.up_blocks[0].resnets[0].conv1.weight.grad
+    assert max_diff(decoder_weight, reference_weight) <= 1e-4 * reference_weight.abs().max().item()
+
+
+def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """dB, against the reference's own peak-to-peak range (a random-weight model's outputs span
+    less than [-1, 1], and the bound should not depend on that)."""
+    value_range = (reference.max() - reference.min()).item()
+    return 10 * torch.log10(torch.tensor(value_range**2 / (reference - test).square().mean().item())).item()
+
+
+# bf16 keeps 8 significant bits (~2.4 decimal digits); through ~20 layers the reconstruction
+# stays above this bound (measured ~40 dB here); a silently fp32 or broken path fails it.
+BF16_PSNR_BOUND_DB = 30.0
+
+
+def test_bf16_autocast_inference_keeps_the_quantizer_in_fp32():
+    _, model = diffusers_pair("vqvae")
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.inference_mode():
+        reference = model(pixels).sample
+        reference_latents = model.encode(pixels).latents
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoded = model.encode(pixels)
+            sample = model.decode_indices(encoded.indices).sample
+        fp32_indices = model.encode(pixels).indices
+        codes = model.quantizer.indices_to_codes(encoded.indices)
+    assert encoded.latents.dtype == torch.bfloat16  # the backbone ran in bf16 ...
+    assert encoded.quantized.dtype == torch.float32  # ... the quantizer in fp32
+    assert torch.equal(encoded.quantized, codes)
+    assert sample.dtype == torch.bfloat16
+    # Latents rounded to bf16 pick mostly the same codes as fp32 latents.
+    agree = (encoded.indices == fp32_indices).float().mean().item()
+    assert agree > 0.9, agree
+    assert max_diff(encoded.latents, reference_latents) > 0  # not vacuous: bf16 did round
+    value = psnr(reference, sample.float())
+    assert BF16_PSNR_BOUND_DB < value < 80, value
+
+
+# -- torch.compile -------------------------------------------------------------------------------
+
+# One level, no attention: the fewest inductor kernels (compiling costs about a minute on 2 cores).
+COMPILE_BACKBONE = dict(block_out_channels=[16], layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False)
+
+
+def test_compiled_model_equals_eager():
+    from latentcode import VQVAEConfig
+
+    torch.manual_seed(0)
+    model = VQVAEModel(VQVAEConfig(codebook_size=32, latent_channels=4, **COMPILE_BACKBONE)).eval()
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.inference_mode():
+        eager = model.encode(pixels)
+        eager_sample = model.decode_indices(eager.indices).sample
+    model.compile()
+    assert model.encoder._compiled_call_impl is not None and model.decoder._compiled_call_impl is not None
+    assert set(model.state_dict()) == set(VQVAEModel(model.config).state_dict())  # keys unchanged
+    with torch.inference_mode():
+        compiled = model.encode(pixels)
+        compiled_sample = model.decode_indices(compiled.indices).sample
+    assert max_diff(compiled.latents, eager.latents) <= TOLERANCE
+    assert torch.equal(compiled.indices, eager.indices)
+    assert max_diff(compiled_sample, eager_sample) <= TOLERANCE
+
+
+def test_compiled_training_run_resumes_from_a_checkpoint(tmp_path):
+    from test_training import _assert_identical, _weights, tiny_config
+
+    from latentcode.training import train
+
+    options = dict(
+        torch_compile=True,
+        max_train_steps=4,
+        checkpointing_steps=2,
+        model=dict(in_channels=1, latent_channels=4, codebook_size=32, **COMPILE_BACKBONE),
+    )
+    train(tiny_config(tmp_path, "uninterrupted", **options))
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    checkpoint = tmp_path / "uninterrupted" / "checkpoint-2"
+    train(tiny_config(tmp_path, "resumed", resume_from_checkpoint=str(checkpoint), **options))
+    reference = _weights(tmp_path / "uninterrupted")
+    resumed = _weights(tmp_path / "resumed")
+    _assert_identical(reference, resumed)
+    # The compiled run trained: its weights moved away from the checkpoint it resumed from.
+    start = _weights(checkpoint)
+    assert any(not torch.equal(start[key], reference[key]) for key in reference)
