@@ -36,12 +36,13 @@ def activation_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The layout the backbone runs its activations in, chosen once per call at its entry.
 
     channels_last (NHWC strides; the tensor is still indexed `[B, C, H, W]`) on CPU, where
-    oneDNN's convolutions and GroupNorm are faster in it (`benchmarks/bench_models.py`
-    measures both layouts), and for half precision on CUDA, where cuDNN's tensor-core
-    convolutions want it. fp32 CUDA tensors keep the layout they come in.
+    oneDNN's convolutions and GroupNorm are faster in it, except under CPU autocast, where
+    GroupNorm's round trip through fp32 is ~4x slower in channels_last than in NCHW (profiled
+    with `benchmarks/bench_models.py`'s models). On CUDA, channels_last for half precision,
+    where cuDNN's tensor-core convolutions want it; fp32 CUDA tensors keep their layout.
     """
     if x.device.type == "cpu":
-        return torch.channels_last
+        return torch.preserve_format if torch.is_autocast_enabled("cpu") else torch.channels_last
     half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
     return torch.channels_last if half else torch.preserve_format
 
