@@ -224,16 +224,13 @@ class VectorQuantizer(Quantizer):
         statistics[:, 0] = torch.bincount(indices, minlength=self.codebook_size)
         statistics[:, 1:].index_add_(0, indices, rows)
         all_reduce_sum(statistics)
-        # `decay * ema + (1 - decay) * new` as one fused pass over each K x D state (lerp).
-        weight = 1 - self.ema_decay
-        self.ema_cluster_size.lerp_(statistics[:, 0].to(self.ema_cluster_size.dtype), weight)
-        self.ema_codebook_sum.lerp_(statistics[:, 1:].to(self.ema_codebook_sum.dtype), weight)
+        decay = self.ema_decay
+        self.ema_cluster_size.mul_(decay).add_(statistics[:, 0].to(self.ema_cluster_size.dtype), alpha=1 - decay)
+        self.ema_codebook_sum.mul_(decay).add_(statistics[:, 1:].to(self.ema_codebook_sum.dtype), alpha=1 - decay)
         total = self.ema_cluster_size.sum()
         smoothed = (self.ema_cluster_size + self.ema_epsilon) / (total + self.codebook_size * self.ema_epsilon) * total
-        if self.l2_normalize:
-            self.codebook.copy_(F.normalize(self.ema_codebook_sum / smoothed[:, None], dim=1))
-        else:
-            torch.div(self.ema_codebook_sum, smoothed[:, None], out=self.codebook.data)
+        codebook = self.ema_codebook_sum / smoothed[:, None]
+        self.codebook.copy_(F.normalize(codebook, dim=1) if self.l2_normalize else codebook)
 
     @torch.no_grad()
     def _restart_dead_codes(self, rows: torch.Tensor) -> None:
