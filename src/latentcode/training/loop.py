@@ -233,7 +233,7 @@ class Trainer:
         check_output_dir(self.output_dir)
         self._lock = lock_output_dir(self.output_dir) if accelerator.is_main_process else None
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
 
         self.batches: ImageBatches
         self.batches, self.validation_images = image_data_from_config(
@@ -340,7 +340,7 @@ class Trainer:
         """Total autoencoder loss of one micro-batch `[B, C, H, W]`; returns `(loss,
         reconstruction, logs)` with the graph kept for the backward pass."""
         config = self.config
-        output = self.model(pixels)  # the prepared (DDP) module: gradients are synchronised
+        output = self.model(pixels, return_dict=True)  # the prepared (DDP) module: gradients are synchronised
         reconstruction = output.sample
         regularizer = output.loss - output.reconstruction_loss  # the family's own: KL, VQ terms, ...
         logs = {"reconstruction_loss": output.reconstruction_loss}
