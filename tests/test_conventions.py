@@ -15,6 +15,7 @@ from transformers import AutoConfig
 
 import latentcode
 from latentcode import VQVAEConfig, VQVAEModel
+from latentcode.configuration import QUANTIZER_TYPES
 from latentcode.families import FAMILIES
 
 QUANTIZER_OVERRIDES = {
@@ -22,6 +23,8 @@ QUANTIZER_OVERRIDES = {
     "fsq": dict(quantizer="fsq", fsq_levels=(5, 4, 3)),
     "lfq": dict(quantizer="lfq", codebook_size=16),
     "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
+    "bsq": dict(quantizer="bsq", codebook_size=16),
+    "simvq": dict(quantizer="simvq", codebook_size=64),
 }
 
 
@@ -37,6 +40,7 @@ def pixels(batch: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
 def test_inference_mode_with_two_threads_equals_one_thread(quantizer, threads):
     """Under torch.inference_mode with 2 threads and more latent vectors than one search block
     (6 * 8 * 8 = 384 > 256 rows), encode / decode / forward give the one-thread results."""
+    assert set(QUANTIZER_OVERRIDES) == set(QUANTIZER_TYPES)  # every quantizer is covered
     model = tiny_model("vqvae", **QUANTIZER_OVERRIDES[quantizer])
     x = pixels()
     with torch.inference_mode():
@@ -149,7 +153,7 @@ def test_config_return_dict_false_gives_tuples_everywhere(family):
 # -- meta-device construction ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quantizer", sorted(QUANTIZER_OVERRIDES))
+@pytest.mark.parametrize("quantizer", QUANTIZER_TYPES)
 def test_default_vqvae_builds_under_init_empty_weights(quantizer):
     """accelerate's init_empty_weights (big-model loading, diffusers' loader) puts parameters on
     the meta device: every quantizer must build there, at its default sizes."""
