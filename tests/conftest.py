@@ -28,16 +28,52 @@ def tiny_config(family: str, **overrides):
     return FAMILIES[family].config_class(**fields)
 
 
+# Modules whose tests run with 1 and with 2 intra-op threads: users run inference multi-threaded,
+# and the quantizer search splits its work over threads, so thread-dependent bugs show up here.
+MULTI_THREAD_MODULES = {"test_models", "test_quantizers", "test_diffusers_pipelines"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "single_thread: run only with one thread (subprocesses, or slow tests whose threading the "
+        "multi-thread variants of the others already cover)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    already = any(
+        marker.name == "parametrize" and "threads" in marker.args[0] for marker in metafunc.definition.iter_markers()
+    )
+    if (
+        metafunc.module.__name__ in MULTI_THREAD_MODULES
+        and "threads" in metafunc.fixturenames
+        and not already
+        and metafunc.definition.get_closest_marker("single_thread") is None
+    ):
+        metafunc.parametrize("threads", [1, 2], indirect=True, ids=["threads1", "threads2"])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def single_thread():
-    """Run the suite on one intra-op thread. Tiny models spend their time synchronising
-    threads, not computing: one thread is several times faster, far more on a busy CPU, and
-    every test sees the same float reduction order as the subprocesses started with
-    OMP_NUM_THREADS=1."""
+    """One intra-op thread unless a test asks for more (session- and module-scoped fixtures
+    included). Tiny models spend their time synchronising threads, not computing: one thread is
+    several times faster, and every test sees the same float reduction order as the
+    subprocesses started with OMP_NUM_THREADS=1."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def threads(request, single_thread):
+    """Intra-op threads of the test: 1 unless parametrised (see MULTI_THREAD_MODULES)."""
+    count = getattr(request, "param", 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield count
+    torch.set_num_threads(previous)
 
 
 def tiny_model(family: str, seed: int = 0, **overrides):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -18,8 +17,16 @@ import PIL.Image
 import pytest
 import torch
 from conftest import tiny_model
-from diffusers import DiffusionPipeline, LDMPipeline
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    LDMPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+import latentcode
 from latentcode.families import FAMILIES, get_family
 from latentcode.latent_diffusion import diffusion_loss, latent_diffusion_pipeline, latent_unet
 
@@ -71,6 +78,7 @@ def test_our_model_gives_the_images_of_the_native_diffusers_model(family):
     np.testing.assert_allclose(images, generate(native), atol=1e-5)
 
 
+@pytest.mark.single_thread  # compares with images the module fixture made on one thread
 @pytest.mark.parametrize("family", CONVERTIBLE)
 def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
     folder, images = saved_pipelines[family]
@@ -85,6 +93,7 @@ def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
     assert np.array_equal(generate(loaded), images)
 
 
+@pytest.mark.single_thread
 def test_pipelines_load_in_a_fresh_process(saved_pipelines, tmp_path):
     """A new interpreter: loading fails with diffusers' explanation until `import latentcode`,
     then gives the same images as before saving."""
@@ -138,6 +147,7 @@ def test_diffusion_loss_is_epsilon_prediction_mse():
     assert torch.allclose(loss, expected, rtol=1e-5)
 
 
+@pytest.mark.single_thread
 def test_train_latent_diffusion_script(tmp_path):
     """training/train_latent_diffusion.py on streamed real digits, with our VAE: the saved
     pipeline loads with DiffusionPipeline and generates images of the autoencoder's size."""
@@ -167,6 +177,7 @@ def test_train_latent_diffusion_script(tmp_path):
     assert PIL.Image.open(output_dir / "samples.png").size == (2 * (16 + 4),) * 2
 
 
+@pytest.mark.single_thread
 def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_path):
     """The latent-diffusion script shares train.py's machinery: --config YAML, checkpoints, exact
     resume (the noise generator and the measured scaling factor come back with the checkpoint)."""
@@ -209,14 +220,101 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
-def test_readme_tokenizer_and_diffusers_sections_run(tmp_path, monkeypatch):
-    """The Python blocks of "Use as a tokenizer" and "Use in diffusers", run as written."""
-    readme = (REPO / "README.md").read_text()
-    sections = readme.split("## Use as a tokenizer")[1].split("## Conversion")[0]
-    code = "\n".join(re.findall(r"```python\n(.*?)```", sections, re.S))
-    assert "LDMPipeline" in code and "ImageTokenMapping" in code and "sample_images" in code
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    for name in ("prior-samples.png", "vae-samples.png", "interpolation.png", "my-ldm/model_index.json"):
-        assert (tmp_path / name).is_file(), name
-    assert PIL.Image.open(tmp_path / "interpolation.png").size == (8 * (32 + 4), 32 + 4)
+def tiny_stable_diffusion(vae, folder: Path) -> StableDiffusionPipeline:
+    """A Stable Diffusion pipeline of tiny random components made here (no Hub): a CLIP text model
+    with a CLIP tokenizer over the letters, a cross-attention UNet and `vae`."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        vocab[letter], vocab[letter + "</w>"] = len(vocab), len(vocab) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+    torch.manual_seed(0)
+    text_config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+        max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=2,
+    )  # fmt: skip
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config).eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def text_to_image(pipeline) -> np.ndarray:
+    """`[2, 16, 16, 3]` images in [0, 1] for two prompts, 2 DDIM steps with classifier-free guidance."""
+    return pipeline(
+        ["a red cat", "a boat"], height=16, width=16, num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).images  # fmt: skip
+
+
+def test_stable_diffusion_with_our_vae_gives_the_images_of_autoencoder_kl(tmp_path):
+    """StableDiffusionPipeline calls `vae.decode(latents, return_dict=False, generator=...)`:
+    ours gives the images of the equivalent AutoencoderKL, saves, and loads back exactly."""
+    ours = tiny_stable_diffusion(tiny_model("vae", scaling_factor=0.5), tmp_path / "tokenizer")
+    native = StableDiffusionPipeline(**{**ours.components, "vae": ours.vae.to_diffusers().eval()})
+    native.set_progress_bar_config(disable=True)
+    images = text_to_image(ours)
+    assert images.shape == (2, 16, 16, 3) and images.std() > 0.01
+    np.testing.assert_allclose(images, text_to_image(native), atol=1e-5)
+
+    ours.save_pretrained(tmp_path / "sd")
+    model_index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
+    assert model_index["vae"] == ["latentcode.modeling", "VAEModel"]
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.vae) is latentcode.VAEModel
+    assert np.array_equal(text_to_image(loaded), images)
+
+
+def test_our_vae_replaces_the_vae_of_a_saved_diffusers_pipeline(tmp_path):
+    """`from_pretrained(path, vae=ours)` on a pipeline saved with diffusers' AutoencoderKL: diffusers
+    accepts ours as a ModelMixin, records its class when saving, and loads it back."""
+    vae = tiny_model("vae", scaling_factor=0.5)
+    reference = tiny_stable_diffusion(vae, tmp_path / "tokenizer")
+    native = StableDiffusionPipeline(**{**reference.components, "vae": vae.to_diffusers().eval()})
+    native.save_pretrained(tmp_path / "native")
+    assert json.loads((tmp_path / "native" / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+
+    swapped = StableDiffusionPipeline.from_pretrained(tmp_path / "native", vae=vae)
+    swapped.set_progress_bar_config(disable=True)
+    assert swapped.vae is vae
+    images = text_to_image(swapped)
+    np.testing.assert_allclose(images, text_to_image(reference), atol=1e-6)
+    swapped.save_pretrained(tmp_path / "swapped")
+    assert json.loads((tmp_path / "swapped" / "model_index.json").read_text())["vae"] == [
+        "latentcode.modeling",
+        "VAEModel",
+    ]
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "swapped")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.vae) is latentcode.VAEModel and np.array_equal(text_to_image(loaded), images)
+
+
+def test_a_quantizer_diffusers_lacks_replaces_the_vqvae_of_a_saved_ldm_pipeline(tmp_path):
+    """An FSQ tokenizer, which has no diffusers equivalent (`to_diffusers` cannot export it), as
+    the `vqvae` of an LDMPipeline saved with diffusers' VQModel."""
+    native = tiny_pipeline("vqvae")
+    native = LDMPipeline(vqvae=native.vqvae.to_diffusers().eval(), unet=native.unet, scheduler=native.scheduler)
+    native.save_pretrained(tmp_path / "native")
+    fsq = tiny_model("vqvae", quantizer="fsq", fsq_levels=(5, 4, 3, 3))
+    pipeline = LDMPipeline.from_pretrained(tmp_path / "native", vqvae=fsq)
+    pipeline.set_progress_bar_config(disable=True)
+    images = generate(pipeline)
+    assert images.shape == (2, 16, 16, 3) and images.std() > 0.01
+    direct = LDMPipeline(vqvae=fsq, unet=native.unet, scheduler=native.scheduler)
+    direct.set_progress_bar_config(disable=True)
+    assert np.array_equal(generate(direct), images)
+    pipeline.save_pretrained(tmp_path / "fsq")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "fsq")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.vqvae.config.quantizer == "fsq" and np.array_equal(generate(loaded), images)

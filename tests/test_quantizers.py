@@ -97,6 +97,7 @@ def _peak_memory_growth(operation: str) -> int:
     return peak_memory_growth(setup, operation)
 
 
+@pytest.mark.single_thread
 def test_search_peak_memory_is_bounded_by_the_block_not_n_times_k():
     """N = 16384 vectors against K = 2^18 codes: the distance matrix would be 16 GiB. The same
     measure sees a materialised 16384 x 4096 block (256 MiB), so it is able to fail."""
@@ -518,6 +519,7 @@ def train_patch_vqvae(quantizer, photo_crops, steps: int = 250):
     return float(quantizer.codebook_usage), float(mse)
 
 
+@pytest.mark.single_thread
 def test_recipe_uses_most_of_512_codes_on_photo_patches_where_plain_vq_collapses(photo_crops):
     config = tiny_config("vqvae", codebook_size=512, latent_channels=16)  # only sizes set: the defaults
     recipe = latentcode.VQVAEModel(config).quantizer

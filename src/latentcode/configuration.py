@@ -7,6 +7,8 @@ fields.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
 from collections.abc import Sequence
 
@@ -17,6 +19,36 @@ from .modules.quantizers.gradients import GRADIENT_ESTIMATORS
 QUANTIZER_TYPES = ("vq", "fsq", "lfq", "bsq", "residual_vq", "simvq")
 # Quantizers with a learned codebook, whose gradient estimator is a choice.
 CODEBOOK_QUANTIZERS = ("vq", "residual_vq", "simvq")
+
+
+# Keys that PretrainedConfig (transformers 5) takes besides its dataclass fields: what its
+# __post_init__ consumes, `model_type` (in every config.json) and `tie_word_embeddings` (which
+# PreTrainedModel.tie_weights reads from every config).
+TRANSFORMERS_CONFIG_KEYS = frozenset(
+    {
+        "model_type",
+        "torch_dtype",
+        "num_labels",
+        "name_or_path",
+        "_name_or_path",
+        "_commit_hash",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "per_layer_config",
+        "tie_word_embeddings",
+        "_attn_implementation_internal",
+        "_experts_implementation_internal",
+    }
+    | {field.name for field in dataclasses.fields(PretrainedConfig)}
+)
+
+# Fields that only diffusers pipelines read (`force_upcast`, `latents_mean` / `latents_std` in
+# SDXL, `shift_factor` in SD3 / Flux, `lookup_from_codebook` in aMUSEd): a model converted from
+# diffusers keeps them on its config for those pipelines; the model itself does not use them.
+DIFFUSERS_PIPELINE_FIELDS = frozenset(
+    {"force_upcast", "latents_mean", "latents_std", "shift_factor", "lookup_from_codebook"}
+)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -73,6 +105,7 @@ class LatentCodeConfig(PretrainedConfig):
         reconstruction_loss: str = "mse",
         **kwargs,
     ):
+        self._reject_unknown_keys(kwargs)
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
         self.block_out_channels = list(block_out_channels)
@@ -104,6 +137,18 @@ class LatentCodeConfig(PretrainedConfig):
     def training_fields(cls) -> set[str]:
         """The training-only fields of this class and its bases (see `training_only_fields`)."""
         return {name for klass in cls.__mro__ for name in vars(klass).get("training_only_fields", ())}
+
+    def _reject_unknown_keys(self, kwargs: dict) -> None:
+        """A misspelt field would otherwise be stored as an attribute nobody reads, and the model
+        built with the default: raise naming the key and the closest valid names."""
+        unknown = [key for key in kwargs if key not in TRANSFORMERS_CONFIG_KEYS | DIFFUSERS_PIPELINE_FIELDS]
+        if not unknown:
+            return
+        known = self.field_names()
+        valid = known + sorted(TRANSFORMERS_CONFIG_KEYS | DIFFUSERS_PIPELINE_FIELDS)
+        close = difflib.get_close_matches(unknown[0], valid, n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"its fields are: {', '.join(known)}"
+        raise ValueError(f"{type(self).__name__} has no field {unknown[0]!r}; {hint}")
 
     @property
     def downsampling_factor(self) -> int:

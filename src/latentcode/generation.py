@@ -76,7 +76,7 @@ def interpolate(
         else:
             frames.append(torch.lerp(latent_start, latent_end, weight))
     path = torch.stack(frames, dim=1).flatten(0, 1)  # [B * num_steps, D, h, w], pair-major
-    return model.decode(path).sample
+    return model.decode(path, return_dict=True).sample
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def continuous_latents(
     """The continuous code that `model.decode` takes back, `[B, D, h, w]`: the AutoEncoder's
     latents, the VAE posterior's mean (or a sample of it with `sample_posterior`, as latent
     diffusion trains on), the VQ-VAE's latents before quantisation (`decode` quantises them)."""
-    encoded = model.encode(pixel_values)
+    encoded = model.encode(pixel_values, return_dict=True)
     if hasattr(encoded, "latent_dist"):
         return encoded.latent_dist.sample(generator=generator) if sample_posterior else encoded.latent_dist.mode()
     return encoded.latents

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -22,6 +23,7 @@ from transformers.utils import ModelOutput
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
 from .conversion import diffusers as diffusers_conversion
 from .families import register_family
+from .hub import check_pretrained_source
 from .modules.backbone import Decoder, Encoder
 from .modules.distributions import DiagonalGaussianDistribution
 from .modules.quantizers import (
@@ -39,6 +41,10 @@ from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
 # and diffusers' own model tests feed Gaussian noise. Values beyond this bound say the input is
 # in another range ([0, 255] images), where encoding would be silently wrong.
 PIXEL_VALUE_LIMIT = 10.0
+
+# Options that diffusers' pipeline loader passes to `ModelMixin.from_pretrained` only (flashpack
+# weight files; reading weights without memory-mapping); off by default.
+DIFFUSERS_ONLY_LOADING_OPTIONS = ("use_flashpack", "disable_mmap")
 
 # ----------------------------------------------------------------------------------------------
 # Outputs
@@ -90,11 +96,16 @@ class AutoencoderOutput(ModelOutput):
 @dataclass
 class VAEOutput(ModelOutput):
     """`loss` = `reconstruction_loss + kl_weight * kl / (C*H*W)`; `kl`: KL(q(z|x) || N(0, I))
-    summed over latent elements, averaged over the batch (nats per image)."""
+    summed over latent elements, averaged over the batch (nats per image). `latents`: the code
+    that was decoded (a posterior sample or its mean), `latent_mean` / `latent_logvar`: the
+    posterior's parameters, each `[B, latent_channels, H/f, W/f]`. Plain tensors, not the
+    distribution object `encode` returns, so that the forward pass can be traced and exported."""
 
     loss: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
-    latent_dist: DiagonalGaussianDistribution | None = None
+    latents: torch.FloatTensor | None = None
+    latent_mean: torch.FloatTensor | None = None
+    latent_logvar: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     kl: torch.FloatTensor | None = None
 
@@ -130,8 +141,13 @@ def _derived_on_load(model: nn.Module, key: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-class LatentCodePreTrainedModel(PreTrainedModel):
+class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
     """Backbone, projections and plumbing shared by the three families.
+
+    A transformers `PreTrainedModel` (its save / load, Auto classes and Hub I/O are the ones
+    used) that is also a diffusers `ModelMixin`, so that diffusers accepts it wherever it takes
+    its own autoencoders: as a component passed to `DiffusionPipeline.from_pretrained(path,
+    vae=model)`, and in the pipeline utilities that look for `ModelMixin` components.
 
     A family subclass states its channel counts in [`bottleneck_channels`] (encoder output,
     bottleneck input after `quant_conv`, bottleneck output before `post_quant_conv`), builds its
@@ -142,6 +158,7 @@ class LatentCodePreTrainedModel(PreTrainedModel):
     config_class = LatentCodeConfig
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
+    _supports_gradient_checkpointing = True  # diffusers' name: enable_gradient_checkpointing() works too
 
     def __init__(self, config: LatentCodeConfig):
         super().__init__(config)
@@ -179,7 +196,9 @@ class LatentCodePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # PyTorch's own initialisation (Kaiming-uniform convolutions), which the
         # taming / latent-diffusion / diffusers autoencoders are trained from.
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, VectorQuantizer, SimVectorQuantizer)):
+        if isinstance(module, VectorQuantizer):
+            module.initialize_unloaded_state()
+        elif isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, SimVectorQuantizer)):
             module.reset_parameters()
 
     # -- convenience ----------------------------------------------------------------------------
@@ -225,6 +244,13 @@ class LatentCodePreTrainedModel(PreTrainedModel):
         """
         for module in (self.encoder, self.decoder):
             module.compile(*args, **kwargs)
+
+    def _return(self, output: ModelOutput, return_dict: bool | None):
+        """`output`, or its tuple of set fields when `return_dict` is False; `None` follows
+        `config.return_dict`, as transformers' models do."""
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
     # -- input checks ---------------------------------------------------------------------------
 
@@ -338,7 +364,21 @@ class LatentCodePreTrainedModel(PreTrainedModel):
         the wrong shape with `ignore_mismatched_sizes=True`) are an error: an autoencoder with a
         freshly initialised layer gives garbage. `allow_missing_weights=True` keeps transformers'
         lenient behaviour (random weights, reported in the load report). Keys a module derives on
-        load (a VQ codebook's EMA statistics, see `derived_on_load`) do not count as missing."""
+        load (a VQ codebook's EMA statistics, see `derived_on_load`) do not count as missing.
+
+        It also fails at once, naming the path, when there is no such folder and no Hub repo to
+        look for, and takes the loading options diffusers' pipeline loader passes to every
+        `ModelMixin` component."""
+        for option in DIFFUSERS_ONLY_LOADING_OPTIONS:
+            if kwargs.pop(option, False):
+                raise ValueError(f"{option}=True is a diffusers loading option that {cls.__name__} does not support")
+        check_pretrained_source(
+            args[0] if args else kwargs.get("pretrained_model_name_or_path"),
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+            local_files_only=kwargs.get("local_files_only", False),
+            token=kwargs.get("token"),
+        )
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing = {key for key in info["missing_keys"] if not _derived_on_load(model, key)}
@@ -400,25 +440,28 @@ class AutoencoderModel(LatentCodePreTrainedModel):
     def bottleneck_channels(config):
         return config.latent_channels, config.latent_channels, config.latent_channels
 
-    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` pixels in [-1, 1] -> `.latents` `[B, latent_channels, H/f, W/f]`."""
         latents = self._encode_moments(pixel_values)
-        return AutoencoderEncoderOutput(latents=latents) if return_dict else (latents,)
+        return self._return(AutoencoderEncoderOutput(latents=latents), return_dict)
 
-    def decode(self, latents: torch.Tensor, return_dict: bool = True):
-        """`[B, latent_channels, h, w]` -> `.sample` `[B, out_channels, h*f, w*f]`."""
+    def decode(self, latents: torch.Tensor, return_dict: bool | None = None, generator=None):
+        """`[B, latent_channels, h, w]` -> `.sample` `[B, out_channels, h*f, w*f]`.
+
+        The signature is diffusers' `AutoencoderKL.decode`: pipelines pass their `generator`,
+        which a deterministic decoder does not use.
+        """
         self._check_code(latents, self.config.latent_channels)
-        sample = self._decode_code(latents)
-        return DecoderOutput(sample=sample) if return_dict else (sample,)
+        return self._return(DecoderOutput(sample=self._decode_code(latents)), return_dict)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True):
-        latents = self.encode(pixel_values).latents
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
+        latents = self._encode_moments(pixel_values)
         sample = self._decode_code(latents)
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
         output = AutoencoderOutput(
             loss=reconstruction_loss, sample=sample, latents=latents, reconstruction_loss=reconstruction_loss
         )
-        return output if return_dict else output.to_tuple()
+        return self._return(output, return_dict)
 
 
 @register_family("vae", diffusers_class_name="AutoencoderKL")
@@ -439,28 +482,34 @@ class VAEModel(LatentCodePreTrainedModel):
     def bottleneck_channels(config):
         return 2 * config.latent_channels, 2 * config.latent_channels, config.latent_channels
 
-    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` -> `.latent_dist`, a Gaussian over `[B, latent_channels, H/f, W/f]`."""
         posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values))
-        return VAEEncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
+        return self._return(VAEEncoderOutput(latent_dist=posterior), return_dict)
 
-    def decode(self, latents: torch.Tensor, return_dict: bool = True):
-        """`[B, latent_channels, h, w]` -> `.sample` `[B, out_channels, h*f, w*f]`."""
+    def decode(self, latents: torch.Tensor, return_dict: bool | None = None, generator=None):
+        """`[B, latent_channels, h, w]` -> `.sample` `[B, out_channels, h*f, w*f]`.
+
+        The signature is diffusers' `AutoencoderKL.decode`: pipelines pass their `generator`,
+        which the deterministic decoder does not use.
+        """
         self._check_code(latents, self.config.latent_channels)
-        sample = self._decode_code(latents)
-        return DecoderOutput(sample=sample) if return_dict else (sample,)
+        return self._return(DecoderOutput(sample=self._decode_code(latents)), return_dict)
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         sample_posterior: bool | None = None,
+        return_dict: bool | None = None,
         generator: torch.Generator | None = None,
-        return_dict: bool = True,
     ):
-        """Reconstruct through a posterior sample (default in training) or its mean (in eval)."""
+        """Reconstruct through a posterior sample (default in training) or its mean (in eval).
+
+        Arguments are in the order of diffusers' `AutoencoderKL.forward`.
+        """
         if sample_posterior is None:
             sample_posterior = self.training
-        posterior = self.encode(pixel_values).latent_dist
+        posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values))
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         sample = self._decode_code(z)
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
@@ -468,9 +517,15 @@ class VAEModel(LatentCodePreTrainedModel):
         values_per_image = sample[0].numel()
         loss = reconstruction_loss + self.config.kl_weight * kl / values_per_image
         output = VAEOutput(
-            loss=loss, sample=sample, latent_dist=posterior, reconstruction_loss=reconstruction_loss, kl=kl
+            loss=loss,
+            sample=sample,
+            latents=z,
+            latent_mean=posterior.mean,
+            latent_logvar=posterior.logvar,
+            reconstruction_loss=reconstruction_loss,
+            kl=kl,
         )
-        return output if return_dict else output.to_tuple()
+        return self._return(output, return_dict)
 
     @torch.no_grad()
     def sample(
@@ -487,7 +542,7 @@ class VAEModel(LatentCodePreTrainedModel):
         shape = (num_samples, self.config.latent_channels, size, size)
         device = generator.device if generator is not None else self.device
         z = torch.randn(shape, generator=generator, device=device).to(self.device, self.dtype)
-        return self.decode(z).sample
+        return self.decode(z, return_dict=True).sample
 
 
 @register_family("vqvae", diffusers_class_name="VQModel")
@@ -503,6 +558,9 @@ class VQVAEModel(LatentCodePreTrainedModel):
     """
 
     config_class = VQVAEConfig
+    # The codebook's training state is derived from the codebook when a checkpoint lacks it
+    # (VectorQuantizer.initialize_unloaded_state): not worth a "missing keys" report.
+    _keys_to_ignore_on_load_missing = [r"quantizer\.(.+\.)?(initialized|ema_cluster_size|ema_codebook_sum)$"]
 
     def _build_bottleneck(self, config: VQVAEConfig) -> None:
         if config.quantizer == "fsq":
@@ -563,33 +621,58 @@ class VQVAEModel(LatentCodePreTrainedModel):
     def codebook_size(self) -> int:
         return self.config.codebook_size
 
-    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`
         (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`)."""
         latents = self._encode_moments(pixel_values)
         quantized = self.quantizer(latents, update_codebook=False)
         output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
-        return output if return_dict else output.to_tuple()
+        return self._return(output, return_dict)
 
-    def decode(self, latents: torch.Tensor, force_not_quantize: bool = False, return_dict: bool = True):
+    def decode(
+        self,
+        latents: torch.Tensor,
+        force_not_quantize: bool = False,
+        return_dict: bool | None = None,
+        shape: tuple[int, ...] | None = None,
+    ):
         """`[B, D, h, w]` continuous latents -> quantise -> `.sample` `[B, out_channels, h*f, w*f]`.
 
-        `force_not_quantize=True` decodes the latents as they are (they are then taken to be
-        codebook vectors already).
+        The signature is diffusers' `VQModel.decode`. `force_not_quantize=True` decodes the
+        latents as they are (they are then taken to be codebook vectors already). With `shape`
+        `(B, h, w, D)` as well, `latents` are token indices (any shape with `B * h * w` entries,
+        e.g. aMUSEd's `[B, h*w]`) that are looked up in the codebook, as `VQModel` does with
+        `lookup_from_codebook`.
         """
+        if shape is not None:
+            return self._decode_looked_up_indices(latents, force_not_quantize, shape, return_dict)
         self._check_code(latents, self.config.codebook_dim)
         code = latents if force_not_quantize else self.quantizer(latents, update_codebook=False).quantized
         sample = self._decode_code(code.to(latents.dtype))
-        return DecoderOutput(sample=sample) if return_dict else (sample,)
+        return self._return(DecoderOutput(sample=sample), return_dict)
 
-    def decode_indices(self, indices: torch.Tensor, return_dict: bool = True):
+    def _decode_looked_up_indices(self, indices, force_not_quantize, shape, return_dict):
+        """diffusers' `decode(indices, force_not_quantize=True, shape=(B, h, w, D))`."""
+        if not force_not_quantize:
+            raise ValueError(
+                "decode(..., shape=...) looks token indices up in the codebook and needs force_not_quantize=True, "
+                "as diffusers' VQModel.decode does; without shape, decode quantises continuous latents"
+            )
+        if len(shape) != 4 or shape[3] != self.config.codebook_dim:
+            raise ValueError(f"expected shape (B, h, w, codebook_dim={self.config.codebook_dim}), got {tuple(shape)}")
+        grid = tuple(shape[:3]) + ((self.config.num_quantizers,) if self.config.num_quantizers else ())
+        if not isinstance(indices, torch.Tensor) or indices.numel() != math.prod(grid):
+            got = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+            raise ValueError(f"expected {math.prod(grid)} token indices for shape {tuple(shape)}, got {got}")
+        return self.decode_indices(indices.reshape(grid), return_dict)
+
+    def decode_indices(self, indices: torch.Tensor, return_dict: bool | None = None):
         """Token indices `[B, h, w]` in `[0, codebook_size)` (`[B, h, w, num_quantizers]` for
         `"residual_vq"`) -> `.sample` `[B, out_channels, h*f, w*f]`."""
         code = self.quantizer.indices_to_codes(indices.to(self.device)).to(self.dtype)
-        sample = self._decode_code(code)
-        return DecoderOutput(sample=sample) if return_dict else (sample,)
+        return self._return(DecoderOutput(sample=self._decode_code(code)), return_dict)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True):
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         latents = self._encode_moments(pixel_values)
         quantized = self.quantizer(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
@@ -605,7 +688,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
             commitment_loss=quantized.commitment_loss,
             perplexity=quantized.perplexity,
         )
-        return output if return_dict else output.to_tuple()
+        return self._return(output, return_dict)
 
     # -- token API for sequence models (latentcode.tokens) --------------------------------------
 
@@ -618,10 +701,13 @@ class VQVAEModel(LatentCodePreTrainedModel):
     @torch.no_grad()
     def encode_to_sequence(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[B, C, H, W]` pixels -> code sequence `[B, L]` int64 in raster order, `L = h * w (* depth)`."""
-        return indices_to_sequence(self.encode(pixel_values).indices)
+        return indices_to_sequence(self.encode(pixel_values, return_dict=True).indices)
 
     def decode_sequence(
-        self, sequence: torch.Tensor, image_size: int | tuple[int, int] | None = None, return_dict: bool = True
+        self,
+        sequence: torch.Tensor,
+        image_size: int | tuple[int, int] | None = None,
+        return_dict: bool | None = None,
     ):
         """Code sequence `[B, L]` of images of `image_size` (default `config.sample_size`) ->
         `.sample` `[B, out_channels, H, W]`."""

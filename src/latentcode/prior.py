@@ -162,4 +162,4 @@ def sample_images(prior: PreTrainedModel, vqvae, num_samples: int, **sampling) -
     `vqvae`. Returns pixels `[num_samples, C, H, W]` in [-1, 1]."""
     sequences = sample_sequences(prior, num_samples, **sampling)
     indices = sequence_to_indices(sequences, prior.config.latent_shape)
-    return vqvae.decode_indices(indices).sample
+    return vqvae.decode_indices(indices, return_dict=True).sample

@@ -232,22 +232,22 @@ def reconstruct(loaded: DemoModel, pixels: torch.Tensor) -> Reconstruction:
     """What a user of each family gets back, as `latentcode-eval` computes it: the VQ-VAE decodes its
     tokens, the VAE its posterior mean, the AutoEncoder its code. `pixels`: `[1, C, H, W]`."""
     model = loaded.model
-    encoded = model.encode(pixels)
+    encoded = model.encode(pixels, return_dict=True)
     indices = None
     if isinstance(model, VQVAEModel):
         indices = encoded.indices
-        reconstruction = model.decode_indices(indices).sample
+        reconstruction = model.decode_indices(indices, return_dict=True).sample
         latent_shape = tuple(indices.shape[1:])
         bits = indices.numel() * math.log2(model.codebook_size)
         meaning = f"{indices.numel()} tokens x log2({model.codebook_size})"
     elif isinstance(model, VAEModel):
         posterior = encoded.latent_dist
-        reconstruction = model.decode(posterior.mode()).sample
+        reconstruction = model.decode(posterior.mode(), return_dict=True).sample
         latent_shape = tuple(posterior.mean.shape[1:])
         bits = float(posterior.kl().sum()) / math.log(2)
         meaning = "KL to the prior N(0, I)"
     else:
-        reconstruction = model.decode(encoded.latents).sample
+        reconstruction = model.decode(encoded.latents, return_dict=True).sample
         latent_shape = tuple(encoded.latents.shape[1:])
         bits = encoded.latents.numel() * 32
         meaning = f"{encoded.latents.numel()} float32 values, uncompressed"
@@ -349,7 +349,7 @@ def change_token(
         edited[0, row, col, level] = code
     else:
         edited[0, row, col] = code
-    return loaded.model.decode_indices(edited).sample.float()
+    return loaded.model.decode_indices(edited, return_dict=True).sample.float()
 
 
 # ----------------------------------------------------------------------------------------------

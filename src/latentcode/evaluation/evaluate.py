@@ -145,14 +145,14 @@ def _evaluate(model, batches, lpips, inception, decoder_std, num_grid_images, se
     for pixels in batches:
         pixels = pixels.to(device=device, dtype=model.dtype)
         with encode_timer, autocast():
-            encoded = model.encode(pixels)
+            encoded = model.encode(pixels, return_dict=True)
         with decode_timer, autocast():
             if is_vq:
-                reconstruction = model.decode_indices(encoded.indices).sample
+                reconstruction = model.decode_indices(encoded.indices, return_dict=True).sample
             elif is_vae:
-                reconstruction = model.decode(encoded.latent_dist.mode()).sample
+                reconstruction = model.decode(encoded.latent_dist.mode(), return_dict=True).sample
             else:
-                reconstruction = model.decode(encoded.latents).sample
+                reconstruction = model.decode(encoded.latents, return_dict=True).sample
         reconstruction, target = reconstruction.float(), pixels.float()
 
         batch_psnr = psnr(reconstruction, target)
@@ -172,7 +172,7 @@ def _evaluate(model, batches, lpips, inception, decoder_std, num_grid_images, se
         if is_vae:
             posterior = encoded.latent_dist
             with autocast():
-                sample_mean = model.decode(posterior.sample(generator=generator)).sample.float()
+                sample_mean = model.decode(posterior.sample(generator=generator), return_dict=True).sample.float()
             kl = posterior.kl().double()
             negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, decoder_std)
             add("kl", kl)

@@ -8,7 +8,9 @@ convert with exact outputs. Module names follow the resolution levels:
     Decoder: conv_in -> mid -> up[0..L-1] -> norm_out -> SiLU -> conv_out
 
 ``down[i]`` works at 1/2**i of the input resolution; ``up`` is stored in the order it runs,
-so ``up[0]`` works at the lowest resolution.
+so ``up[0]`` works at the lowest resolution. Each resolution level and the middle block is a
+transformers ``GradientCheckpointingLayer``: ``model.activation_checkpointing_enable()``
+recomputes their activations in the backward pass of training.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 GROUP_NORM_EPS = 1e-6
 
@@ -140,7 +143,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class ResolutionLevel(nn.Module):
+class ResolutionLevel(GradientCheckpointingLayer):
     """ResNet blocks at one resolution, each optionally followed by self-attention, then an
     optional resampling (Downsample in the encoder, Upsample in the decoder)."""
 
@@ -174,7 +177,7 @@ class ResolutionLevel(nn.Module):
         return x
 
 
-class MidBlock(nn.Module):
+class MidBlock(GradientCheckpointingLayer):
     """ResNet block -> optional self-attention -> ResNet block, at the lowest resolution."""
 
     def __init__(self, channels: int, num_groups: int, dropout: float, attention: bool):
@@ -190,22 +193,7 @@ class MidBlock(nn.Module):
         return self.block_2(x)
 
 
-class _CheckpointedStages(nn.Module):
-    """Runs a list of stages, each under activation checkpointing when it is enabled.
-
-    `transformers.PreTrainedModel.gradient_checkpointing_enable()` finds every module with a
-    `gradient_checkpointing` attribute and sets it together with `_gradient_checkpointing_func`.
-    """
-
-    gradient_checkpointing = False
-
-    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(stage.__call__, x)
-        return stage(x)
-
-
-class Encoder(_CheckpointedStages):
+class Encoder(nn.Module):
     """Image to latent features. `[B, in_channels, H, W] -> [B, out_channels, H/f, W/f]` with
     `f = 2 ** (len(block_out_channels) - 1)`. For a VAE `out_channels` is twice the latent
     channels (mean and log-variance)."""
@@ -247,12 +235,12 @@ class Encoder(_CheckpointedStages):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(to_activation_layout(x))
         for level in self.down:
-            x = self._run(level, x)
-        x = self._run(self.mid, x)
+            x = level(x)
+        x = self.mid(x)
         return self.conv_out(silu(self.norm_out(x)))
 
 
-class Decoder(_CheckpointedStages):
+class Decoder(nn.Module):
     """Latent to image. `[B, in_channels, h, w] -> [B, out_channels, h*f, w*f]`.
 
     Each level has `layers_per_block + 1` ResNet blocks, as in latent-diffusion.
@@ -299,7 +287,7 @@ class Decoder(_CheckpointedStages):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(to_activation_layout(z))
-        x = self._run(self.mid, x)
+        x = self.mid(x)
         for level in self.up:
-            x = self._run(level, x)
+            x = level(x)
         return self.conv_out(silu(self.norm_out(x)))

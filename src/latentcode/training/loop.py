@@ -230,7 +230,7 @@ class Trainer:
         check_output_dir(self.output_dir)
         self._lock = lock_output_dir(self.output_dir) if accelerator.is_main_process else None
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         if config.torch_compile:
             model.compile(backend=config.torch_compile_backend)  # in place: checkpoints keep their keys
 
@@ -339,7 +339,7 @@ class Trainer:
         """Total autoencoder loss of one micro-batch `[B, C, H, W]`; returns `(loss,
         reconstruction, logs)` with the graph kept for the backward pass."""
         config = self.config
-        output = self.model(pixels)  # the prepared (DDP) module: gradients are synchronised
+        output = self.model(pixels, return_dict=True)  # the prepared (DDP) module: gradients are synchronised
         reconstruction = output.sample
         regularizer = output.loss - output.reconstruction_loss  # the family's own: KL, VQ terms, ...
         logs = {"reconstruction_loss": output.reconstruction_loss}

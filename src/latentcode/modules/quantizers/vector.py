@@ -151,12 +151,44 @@ class VectorQuantizer(Quantizer):
         torch.nn.init.uniform_(self.codebook, -1.0 / self.codebook_size, 1.0 / self.codebook_size)
         if self.l2_normalize:
             self.codebook.copy_(F.normalize(self.codebook, dim=1))
+        self._derive_training_state(initialized=False)
+        self.usage.reset()
+
+    @torch.no_grad()
+    def _derive_training_state(self, initialized: bool) -> None:
+        """Set the EMA state to the one that reproduces the codebook (unit cluster sizes, sums equal
+        to the codes) and the k-means flag to `initialized`."""
         if self.use_ema:
-            # Unit sizes and sums equal to the codes: the EMA state that reproduces the codebook.
+            self.ema_cluster_size.fill_(1.0)
+            # accelerate's init_empty_weights() puts parameters on the meta device but not buffers:
+            # there is no codebook to copy yet; loading the weights sets both.
+            if not self.codebook.is_meta:
+                self.ema_codebook_sum.copy_(self.codebook)
+        if self.kmeans_init:
+            self.initialized.fill_(initialized)
+
+    @torch.no_grad()
+    def initialize_unloaded_state(self) -> None:
+        """Initialise what a checkpoint did not hold, after transformers' `from_pretrained`.
+
+        transformers (>= 5) loads weights without `_load_from_state_dict`, marks every loaded
+        tensor `_is_hf_initialized` and then asks the model to initialise the rest. The rule is
+        the one of `_load_from_state_dict`: a loaded codebook without its training state is a
+        trained codebook, so its EMA state is derived from it and it is marked initialised
+        (k-means must not overwrite it, even when `kmeans_init=True` is asked for at load time).
+        """
+
+        def loaded(tensor: torch.Tensor) -> bool:
+            return getattr(tensor, "_is_hf_initialized", False)
+
+        if not loaded(self.codebook):
+            self.reset_parameters()
+            return
+        if self.use_ema and not (loaded(self.ema_cluster_size) and loaded(self.ema_codebook_sum)):
             self.ema_cluster_size.fill_(1.0)
             self.ema_codebook_sum.copy_(self.codebook)
-        if self.kmeans_init:
-            self.initialized.fill_(False)
+        if self.kmeans_init and not loaded(self.initialized):
+            self.initialized.fill_(True)
         self.usage.reset()
 
     # Training state that loading derives from the codebook when a state dict lacks it (see
