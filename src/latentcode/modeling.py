@@ -126,16 +126,6 @@ class VQVAEOutput(ModelOutput):
     perplexity: torch.FloatTensor | None = None
 
 
-def _derived_on_load(model: nn.Module, key: str) -> bool:
-    """Whether the module owning state key `key` derives it on load from its other keys."""
-    prefix, _, name = key.rpartition(".")
-    try:
-        module = model.get_submodule(prefix)
-    except AttributeError:
-        return False
-    return name in getattr(module, "derived_on_load", ())
-
-
 # ----------------------------------------------------------------------------------------------
 # Shared base
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +354,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         the wrong shape with `ignore_mismatched_sizes=True`) are an error: an autoencoder with a
         freshly initialised layer gives garbage. `allow_missing_weights=True` keeps transformers'
         lenient behaviour (random weights, reported in the load report). Keys a module derives on
-        load (a VQ codebook's EMA statistics, see `derived_on_load`) do not count as missing.
+        load (a VQ codebook's EMA statistics: `_keys_to_ignore_on_load_missing`) do not count as missing.
 
         It also fails at once, naming the path, when there is no such folder and no Hub repo to
         look for, and takes the loading options diffusers' pipeline loader passes to every
@@ -381,8 +371,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         )
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = {key for key in info["missing_keys"] if not _derived_on_load(model, key)}
-        absent = sorted(missing | {str(key) for key in info["mismatched_keys"]})
+        absent = sorted(set(info["missing_keys"]) | {str(key) for key in info["mismatched_keys"]})
         if absent and not allow_missing_weights:
             source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(

@@ -191,10 +191,6 @@ class VectorQuantizer(Quantizer):
             self.initialized.fill_(True)
         self.usage.reset()
 
-    # Training state that loading derives from the codebook when a state dict lacks it (see
-    # below); `from_pretrained` does not count these keys as missing weights.
-    derived_on_load = ("ema_cluster_size", "ema_codebook_sum", "initialized")
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A state dict with a codebook but without this module's training state (a converted
         # diffusers / taming checkpoint) holds a trained codebook: derive the EMA state that
