@@ -85,3 +85,21 @@ def test_help_states_each_default_once(name, capsys):
     doubled = [entry.split()[0] for entry in entries if entry.count("default") > 1]
     assert not doubled, f"options stating their default twice: {doubled}"
     assert "--help" in text
+
+
+def test_eval_data_flags_are_the_training_scripts_flags():
+    from latentcode.evaluation.cli import build_parser as eval_parser
+    from latentcode.training.config import DATA_SOURCE_FIELDS, RunConfig
+    from latentcode.training.config import build_parser as train_parser
+
+    def actions(parser):
+        return {action.dest: action for action in parser._actions}
+
+    train, evaluation = actions(train_parser(RunConfig)), actions(eval_parser())
+    for name in DATA_SOURCE_FIELDS:
+        assert evaluation[name].option_strings == train[name].option_strings == [f"--{name}"]
+        assert evaluation[name].help == train[name].help
+    defaults = eval_parser().parse_args(["--pretrained_model_name_or_path", "m", "--cache_dir", "none"])
+    assert {name: getattr(defaults, name) for name in DATA_SOURCE_FIELDS} == {
+        name: getattr(RunConfig(), name) for name in DATA_SOURCE_FIELDS
+    }

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import os
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import datasets
@@ -289,6 +290,21 @@ class DecodingTransform:
             raise CorruptImageError(f"cannot convert image {name}: {error}", name) from error
 
 
+def readable_images(
+    examples: Iterable[tuple[object, random.Random]], transform: DecodingTransform, corrupt: CorruptImages
+) -> Iterator[torch.Tensor]:
+    """The images of `examples` (pairs of what a dataset holds and the `rng` of its random
+    crop / flip) through `transform.load`, in order. Unreadable ones are recorded in `corrupt`
+    and skipped. Examples are read one at a time, as the images are asked for."""
+    for value, rng in examples:
+        try:
+            image = transform.load(value, rng)
+        except CorruptImageError as error:
+            corrupt.add(error)
+            continue
+        yield image
+
+
 class ImageTransform(DecodingTransform):
     """PIL image -> `[C, resolution, resolution]` float tensor in [-1, 1].
 
@@ -430,17 +446,19 @@ class ImageBatches:
         self._start_epoch(0)
         return self._next_example()
 
+    def _examples(self) -> Iterator[tuple[object, random.Random]]:
+        while True:
+            example, index = self._next_example()
+            yield example["image"], random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
+
     def next_batch(self) -> torch.Tensor:
         images = []
-        while len(images) < self.batch_size:
-            example, index = self._next_example()
-            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
-            try:
-                images.append(self.transform.load(example["image"], rng))
-            except CorruptImageError as error:
-                self.corrupt.add(error)
-                continue
+        for image in readable_images(self._examples(), self.transform, self.corrupt):
+            # Counted before the next example is read: an epoch that ends now had readable images.
             self._readable_in_epoch += 1
+            images.append(image)
+            if len(images) == self.batch_size:
+                break
         return torch.stack(images)
 
     def state_dict(self) -> dict:
@@ -493,17 +511,16 @@ def build_image_data(
 
     evaluation = ImageTransform(transform.resolution, transform.channels, center_crop=True, random_flip=False)
     held_out_corrupt = CorruptImages("validation image", log=rank == 0)  # the same on every process
-    validation, consumed = [], 0
-    if num_validation_images > 0:
+    consumed = 0
+
+    def held_out_examples():
+        nonlocal consumed
         for example in held_out:
             consumed += 1
-            try:
-                validation.append(evaluation.load(example["image"], random.Random(0)))
-            except CorruptImageError as error:
-                held_out_corrupt.add(error)
-                continue
-            if len(validation) == num_validation_images:
-                break
+            yield example["image"], random.Random(0)
+
+    readable = readable_images(held_out_examples(), evaluation, held_out_corrupt)
+    validation = list(itertools.islice(readable, max(num_validation_images, 0)))  # reads none past the last
     if num_validation_images > 0 and not validation:
         raise ValueError(
             f"the dataset has no readable image: split {validation_split or split!r} gave {consumed} examples, "

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModel
 
 from ..data import FullResolutionTransform, ImageTransform, image_only, load_image_stream, resolve_image_column
+from ..training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
 from .evaluate import EvaluationImages, evaluate, markdown_table, write_report
 from .metrics import InceptionFeatures, build_lpips
 
@@ -45,17 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="saved model: a folder written by save_pretrained or a Hub id",
     )
     data = parser.add_argument_group("data (as in training/train.py)")
-    data.add_argument(
-        "--dataset_name",
-        default=None,
-        help="Hub dataset id, or builtin:digits / builtin:photos; default builtin:digits when --train_data_dir "
-        "is not set either",
-    )
-    data.add_argument("--dataset_config_name", default=None, help="configuration of the Hub dataset")
-    data.add_argument("--split", default="train", help="split to evaluate on")
-    data.add_argument("--train_data_dir", default=None, help="local image folder, parquet files or .tar shards")
-    data.add_argument("--image_column", default=None, help="image column; found automatically when unset")
-    data.add_argument("--cache_dir", default=None, help="datasets cache directory")
+    add_config_arguments(data, RunConfig, DATA_SOURCE_FIELDS, keep_defaults=True)
     data.add_argument(
         "--resolution",
         type=int,

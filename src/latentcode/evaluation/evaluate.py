@@ -14,6 +14,7 @@ so its numbers and `latentcode-eval`'s agree on the same model and images.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data import CorruptImageError, CorruptImages, ImageTransform
+from ..data import CorruptImages, ImageTransform, readable_images
 from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
 from .figures import codebook_usage_chart, psnr_histogram, reconstruction_grid
 from .metrics import (
@@ -258,17 +259,13 @@ class EvaluationImages:
         return len(self.corrupt)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        images, seen = [], 0
         rng = random.Random(0)  # the transform takes one; with a centre crop and no flip it is unused
-        for example in self.stream:
-            if self.max_images is not None and seen >= self.max_images:
-                break
-            try:
-                images.append(self.transform.load(example["image"], rng))
-            except CorruptImageError as error:
-                self.corrupt.add(error)
-                continue
-            seen += 1
+        examples = ((example["image"], rng) for example in self.stream)
+        # islice stops before reading the example after the last one wanted.
+        readable = itertools.islice(readable_images(examples, self.transform, self.corrupt), self.max_images)
+        images = []
+        for image in readable:
+            images.append(image)
             if len(images) == self.batch_size:
                 yield torch.stack(images)
                 images = []

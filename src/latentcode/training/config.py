@@ -46,14 +46,14 @@ class RunConfig:
 
     pretrained_model_name_or_path: str | None = option("the saved model (folder or Hub id) to start from", default=None)
 
-    # -- data ------------------------------------------------------------------------------------
+    # -- data (latentcode-eval shares DATA_SOURCE_FIELDS) ----------------------------------------
     dataset_name: str | None = option(
         "Hub dataset id, or builtin:digits / builtin:photos (real images shipped with scikit-learn / "
         "scikit-image, no network); default builtin:digits when train_data_dir is not set either",
         default=None,
     )
     dataset_config_name: str | None = option("configuration of the Hub dataset", default=None)
-    split: str = option("training split", default="train")
+    split: str = option("dataset split to train on (latentcode-eval: to evaluate on)", default="train")
     validation_split: str | None = option(
         "split for validation; without one, the first num_validation_images of the training split are held out",
         default=None,
@@ -240,6 +240,8 @@ def check_model_keys(family: str, model: dict) -> None:
 # Where the images come from is one choice: a dataset (Hub or embedded) or a local folder.
 # Setting one source as an override drops the YAML file's keys of the other.
 DATA_SOURCES = {"dataset_name": ("train_data_dir",), "train_data_dir": ("dataset_name", "dataset_config_name")}
+# The fields that name the images to read: latentcode-eval's data flags are these.
+DATA_SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "split", "train_data_dir", "image_column", "cache_dir")
 
 
 def _fields(config_class: type[RunConfig] = TrainingConfig) -> dict[str, tuple[dataclasses.Field, object]]:
@@ -286,17 +288,20 @@ TRAIN_DESCRIPTION = (
 )
 
 
-def build_parser(
-    config_class: type[RunConfig] = TrainingConfig, description: str = TRAIN_DESCRIPTION
-) -> argparse.ArgumentParser:
-    """One flag per field of `config_class`, plus `--config YAML`; flags left out keep the YAML's
-    value or the field's default."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any of the options below", default=None)
-    for name, (spec, hint) in _fields(config_class).items():
-        if name == "model":
-            continue
+def add_config_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    config_class: type[RunConfig],
+    names: typing.Iterable[str] | None = None,
+    keep_defaults: bool = False,
+) -> None:
+    """One flag per field of `config_class` (the fields in `names`, default all but `model`), with
+    the field's help text and its default stated. Flags left out are absent from the parsed
+    namespace (so a YAML file's value stays), or with `keep_defaults` take the field's default."""
+    fields = _fields(config_class)
+    for name in [n for n in fields if n != "model"] if names is None else names:
+        spec, hint = fields[name]
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        unset = default if keep_defaults else argparse.SUPPRESS
         is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         args = typing.get_args(hint) if is_union else ()
         base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -304,10 +309,8 @@ def build_parser(
         # A help text that explains its own default (e.g. "default: learning_rate") keeps it alone.
         text = text if "default" in text else f"{text} (default: {default})"
         if base is bool:  # --name / --no_name (underscores, as every other flag)
-            parser.add_argument(f"--{name}", action="store_const", const=True, default=argparse.SUPPRESS, help=text)
-            parser.add_argument(
-                f"--no_{name}", dest=name, action="store_const", const=False, default=argparse.SUPPRESS, help="off"
-            )
+            parser.add_argument(f"--{name}", action="store_const", const=True, default=unset, help=text)
+            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False, default=unset, help="off")
             continue
         if typing.get_origin(base) in (list, tuple, dict):
             kwargs = dict(type=yaml.safe_load, metavar="YAML")  # e.g. --block_out_channels "[64, 128]"
@@ -315,7 +318,17 @@ def build_parser(
             kwargs = dict(type=_optional(base))
         else:
             kwargs = dict(type=base)
-        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text, **kwargs)
+        parser.add_argument(f"--{name}", default=unset, help=text, **kwargs)
+
+
+def build_parser(
+    config_class: type[RunConfig] = TrainingConfig, description: str = TRAIN_DESCRIPTION
+) -> argparse.ArgumentParser:
+    """One flag per field of `config_class`, plus `--config YAML`; flags left out keep the YAML's
+    value or the field's default."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with any of the options below", default=None)
+    add_config_arguments(parser, config_class)
     return parser
 
 

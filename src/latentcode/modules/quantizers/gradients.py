@@ -59,3 +59,24 @@ def estimate_gradient(estimator: str, latents: torch.Tensor, codes: torch.Tensor
     if estimator == "straight_through":
         return straight_through(latents, codes)
     raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {estimator!r}")
+
+
+def snap_to_codes(
+    estimator: str, rows: torch.Tensor, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A codebook lookup's training terms, for latent rows `[N, D]` and their chosen codes `[N, D]`
+    (differentiable in the codebook).
+
+    Returns:
+        `(quantized, codebook_loss, commitment_loss)`: `quantized` `[N, D]` equals `codes` with the
+        gradient reaching `rows` through `estimator`; the codebook loss moves the codes towards the
+        (detached) latents, the commitment loss the latents towards the (detached) codes.
+    """
+    if not (torch.is_grad_enabled() and (rows.requires_grad or codes.requires_grad)):
+        # Nothing to differentiate: both terms are the same number, and a gradient
+        # estimator's forward value would only be the codes, rounded.
+        loss = F.mse_loss(codes, rows)
+        return codes, loss, loss
+    codebook_loss = F.mse_loss(codes, rows.detach())
+    commitment_loss = F.mse_loss(rows, codes.detach())
+    return estimate_gradient(estimator, rows, codes.detach()), codebook_loss, commitment_loss

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
-from .gradients import GRADIENT_ESTIMATORS, estimate_gradient
+from .gradients import GRADIENT_ESTIMATORS, snap_to_codes
 from .search import nearest_codebook_indices
 from .vector import DEFAULT_WINDOW_PER_CODE
 
@@ -89,9 +89,7 @@ class SimVectorQuantizer(Quantizer):
             codebook = self.codebook
             indices = nearest_codebook_indices(rows.detach(), codebook.detach(), self.max_block_elements)
             codes = F.embedding(indices, codebook)
-            codebook_loss = F.mse_loss(codes, rows.detach())
-            commitment_loss = F.mse_loss(rows, codes.detach())
-            quantized = estimate_gradient(self.gradient_estimator, rows, codes.detach())
+            quantized, codebook_loss, commitment_loss = snap_to_codes(self.gradient_estimator, rows, codes)
             if update_codebook:
                 self.usage.update(indices)
         return QuantizerOutput(

@@ -22,7 +22,7 @@ from .base import (
     perplexity_of,
     unflatten_codes,
 )
-from .gradients import GRADIENT_ESTIMATORS, estimate_gradient
+from .gradients import GRADIENT_ESTIMATORS, snap_to_codes
 from .search import nearest_codebook_indices
 
 # Codes are hit 16 times on average over a window of 16 * K tokens when all are used evenly,
@@ -296,15 +296,7 @@ class VectorQuantizer(Quantizer):
                     self._restart_dead_codes(rows.detach())
             indices = self.search(rows)
             codes = F.embedding(indices, self._codes())
-            if torch.is_grad_enabled() and (rows.requires_grad or codes.requires_grad):
-                codebook_loss = F.mse_loss(codes, rows.detach())
-                commitment_loss = F.mse_loss(rows, codes.detach())
-                quantized = estimate_gradient(self.gradient_estimator, rows, codes.detach())
-            else:
-                # Nothing to differentiate: both terms are the same number, and a gradient
-                # estimator's forward value would only be the codes, rounded.
-                codebook_loss = commitment_loss = F.mse_loss(codes, rows)
-                quantized = codes
+            quantized, codebook_loss, commitment_loss = snap_to_codes(self.gradient_estimator, rows, codes)
             perplexity = perplexity_of(torch.bincount(indices, minlength=self.codebook_size))
             if update_codebook:
                 if self.use_ema:
