@@ -139,3 +139,19 @@ def require_shared_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the real-image data set {path} (../shared/datasets/{name} from the repository root)")
     return path
+
+
+def reset_accelerate_state() -> None:
+    """accelerate keeps process-wide singletons; an in-process training run starts from scratch."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's singletons reset before and after the test (see `reset_accelerate_state`)."""
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()

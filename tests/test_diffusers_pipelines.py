@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import reset_accelerate_state, tiny_model
 from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
@@ -186,7 +186,6 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
     import sys
 
     import yaml
-    from accelerate.state import AcceleratorState, GradientState
     from safetensors.torch import load_file
 
     spec = importlib.util.spec_from_file_location("train_latent_diffusion", REPO / "training/train_latent_diffusion.py")
@@ -204,8 +203,7 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
     (tmp_path / "ldm.yaml").write_text(yaml.safe_dump(options))
 
     def run(output_dir, *flags):
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate_state()
         return script.main(
             script.parse_args(["--config", str(tmp_path / "ldm.yaml"), "--output_dir", str(output_dir), *flags])
         )

@@ -36,16 +36,9 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-@pytest.fixture
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
+@pytest.mark.parametrize("threads", [2], indirect=True)
 @pytest.mark.parametrize("family", ["vqvae", "vae"])
-def test_default_settings_match_diffusers_under_inference_mode_and_in_training(family, two_threads):
+def test_default_settings_match_diffusers_under_inference_mode_and_in_training(family, threads):
     peer, ours = diffusers_pair(family)
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.inference_mode():
@@ -146,6 +139,7 @@ def test_compiled_model_equals_eager():
 
 
 def test_compiled_training_run_resumes_from_a_checkpoint(tmp_path):
+    from conftest import reset_accelerate_state
     from test_training import _assert_identical, _weights, tiny_config
 
     from latentcode.training import train
@@ -162,10 +156,7 @@ def test_compiled_training_run_resumes_from_a_checkpoint(tmp_path):
         model=dict(in_channels=1, latent_channels=4, codebook_size=32, **COMPILE_BACKBONE),
     )
     train(tiny_config(tmp_path, "uninterrupted", **options))
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     checkpoint = tmp_path / "uninterrupted" / "checkpoint-2"
     train(tiny_config(tmp_path, "resumed", resume_from_checkpoint=str(checkpoint), **options))
     reference = _weights(tmp_path / "uninterrupted")

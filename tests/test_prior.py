@@ -12,7 +12,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import reset_accelerate_state, tiny_model
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
 
 from latentcode.prior import (
@@ -143,7 +143,6 @@ def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_pat
     import shutil
 
     import yaml
-    from accelerate.state import AcceleratorState, GradientState
     from safetensors.torch import load_file
 
     spec = importlib.util.spec_from_file_location("train_prior", REPO / "training" / "train_prior.py")
@@ -160,8 +159,7 @@ def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_pat
     (tmp_path / "prior.yaml").write_text(yaml.safe_dump(options))
 
     def run(output_dir, *flags):
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate_state()
         argv = ["--config", str(tmp_path / "prior.yaml"), "--output_dir", str(output_dir), "--max_train_steps", "4"]
         config = script.parse_args([*argv, *flags])
         assert config.max_train_steps == 4 and config.train_batch_size == 4  # flags over the YAML

@@ -63,21 +63,6 @@ def test_search_matches_brute_force(num_vectors, num_codes, dim, max_block_eleme
     assert_nearest(rows, codebook, indices)
 
 
-def test_search_in_worker_threads_under_inference_mode():
-    """Users run models under torch.inference_mode with several threads; the worker threads must
-    be able to write into the caller's (inference) output tensor."""
-    generator = torch.Generator().manual_seed(0)
-    rows, codebook = torch.randn(2048, 8, generator=generator), torch.randn(300, 8, generator=generator)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.inference_mode():
-            indices = nearest_codebook_indices(rows, codebook)
-    finally:
-        torch.set_num_threads(threads)
-    assert_nearest(rows, codebook, indices)
-
-
 def test_search_breaks_ties_towards_the_lowest_index_across_blocks():
     codebook = torch.tensor([[1.0], [5.0], [1.0], [1.0]])  # codes 0, 2, 3 are the same point
     rows = torch.tensor([[0.9], [1.2], [4.0]])

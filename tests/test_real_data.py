@@ -65,18 +65,6 @@ def test_kodak_full_resolution_evaluation_tiles_large_images(tmp_path):
     assert abs(whole - tiled[-1]) > 1e-3
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; an in-process training run starts from scratch."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_cifar10_preset_trains_offline_from_the_parquet_shards(tmp_path, fresh_accelerate_state):
     """The preset as a user runs it with a local copy: only the data source, the budget and the
     width change; the quantizer recipe, the image column and everything else come from the file."""

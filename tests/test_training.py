@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import reset_accelerate_state
 from safetensors.torch import load_file
 
 from latentcode import VQVAEModel
@@ -79,16 +80,7 @@ VQGAN_OPTIONS = dict(
 SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; each in-process run starts from scratch."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _weights(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
@@ -295,12 +287,9 @@ def test_no_checkpoint_is_written_or_rotated_away_during_a_nan_streak(tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     """A 6-step VQGAN-style run with checkpoints at steps 2, 4 and 6."""
-    from accelerate.state import AcceleratorState, GradientState
-
     folder = tmp_path_factory.mktemp("uninterrupted")
     train(tiny_config(folder, **VQGAN_OPTIONS))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     return folder / "run"
 
 
