@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, VQModel
 from transformers import AutoConfig
 
 import latentcode
-from latentcode import VQVAEConfig, VQVAEModel
+from latentcode import AutoencoderConfig, VAEConfig, VQVAEConfig, VQVAEModel
 from latentcode.configuration import QUANTIZER_TYPES
 from latentcode.families import FAMILIES
 
@@ -313,6 +313,16 @@ def test_a_missing_folder_that_cannot_be_a_repo_id_is_named_at_once(path, no_dow
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match=f"no folder '{path}' here .*not a Hub repo id"):
         VQVAEModel.from_pretrained(path)
+
+
+@pytest.mark.parametrize("config_class", [AutoencoderConfig, VAEConfig, VQVAEConfig])
+def test_a_config_from_a_missing_folder_is_named_at_once(config_class, no_download, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="no folder './my-vqvae' here .*not a Hub repo id"):
+        config_class.from_pretrained("./my-vqvae")
+    config_class(block_out_channels=(8,), norm_num_groups=4).save_pretrained("saved")
+    monkeypatch.undo()  # the saved folder loads through transformers' own file lookup
+    assert config_class.from_pretrained(tmp_path / "saved").block_out_channels == [8]
 
 
 def test_a_repo_id_without_hub_access_is_named_at_once(no_download, monkeypatch):

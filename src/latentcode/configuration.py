@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from transformers import PretrainedConfig
 
+from .hub import check_pretrained_source
 from .modules.quantizers.gradients import GRADIENT_ESTIMATORS
 
 QUANTIZER_TYPES = ("vq", "fsq", "lfq", "bsq", "residual_vq", "simvq")
@@ -122,6 +123,19 @@ class LatentCodeConfig(PretrainedConfig):
         self.reconstruction_loss = reconstruction_loss
         super().__init__(**kwargs)
         self._validate_backbone()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' `from_pretrained`, failing at once, naming the path, when there is no such
+        folder and no Hub repo to look for (as the models' `from_pretrained` does)."""
+        check_pretrained_source(
+            pretrained_model_name_or_path,
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+            local_files_only=kwargs.get("local_files_only", False),
+            token=kwargs.get("token"),
+        )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def field_names(cls) -> list[str]:
