@@ -85,12 +85,22 @@ def run(config: dict, processes: int = 1, timeout: float = 300, **env) -> subpro
     )
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the whole run (launcher and workers, also stopped ones)."""
+def kill_group(process: subprocess.Popen, *ranks) -> None:
+    """SIGKILL the whole run: the launcher's process group and the `ranks` (psutil processes),
+    also stopped ones. torch's elastic agent starts each rank in a session of its own, so the
+    launcher's group does not hold them, and a rank that was stopped (SIGSTOP) when the agent
+    shut down would be left behind, holding its memory, with the agent's SIGTERM pending."""
     try:
         os.killpg(process.pid, 9)
     except ProcessLookupError:
         pass
+    import psutil
+
+    for rank in ranks:
+        try:
+            rank.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait(timeout=60)
 
 

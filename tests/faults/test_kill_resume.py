@@ -54,6 +54,16 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical_1_process(referen
     assert_identical(weights(reference_1p / "checkpoint-8"), weights(folder / "checkpoint-8"))
 
 
+def alive(process) -> bool:
+    """Whether a psutil process still runs (a zombie, dead but not yet reaped, does not)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_kills_and_a_frozen_rank_in_a_2_process_run_end_cleanly_and_resume_bit_identical(reference_2p, tmp_path):
     rng = random.Random(KILL_SEED)
     folder = tmp_path / "run"
@@ -81,7 +91,8 @@ def test_kills_and_a_frozen_rank_in_a_2_process_run_end_cleanly_and_resume_bit_i
         log = tmp_path / "frozen.log"
         reported = wait_for(lambda: "ProcessLostError" in log.read_text(), timeout + 60, poll=0.5)
         waited = time.monotonic() - frozen
-        kill_group(process)
+        kill_group(process, *ranks)
+        assert wait_for(lambda: not any(alive(rank) for rank in ranks), 30), "a rank outlived the test"
         text = log.read_text()
         finished = list_checkpoints(folder) and list_checkpoints(folder)[-1].name == "checkpoint-8"
         if not finished:  # (it may have finished its last step before the freeze took effect)
@@ -89,7 +100,7 @@ def test_kills_and_a_frozen_rank_in_a_2_process_run_end_cleanly_and_resume_bit_i
             assert "rank 0 of 2" in text and "ranks [1]" in text and f"ddp_timeout={timeout} s" in text
             assert waited < timeout + 60
     else:
-        kill_group(process)
+        kill_group(process, *ranks)
 
     finished = run(config, processes=2, timeout=300)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
