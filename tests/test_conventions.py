@@ -92,8 +92,10 @@ def parameters(function) -> list[tuple[str, object]]:
 )
 def test_positional_arguments_after_the_input_are_diffusers(ours, theirs):
     """Same names in the same positions after the input, so a pipeline's positional or keyword
-    call means the same thing (`return_dict` defaults to `config.return_dict`, i.e. True)."""
-    assert [name for name, _ in parameters(ours)] == [name for name, _ in parameters(theirs)]
+    call means the same thing (`return_dict` defaults to `config.return_dict`, i.e. True); what
+    ours adds (transformers' `output_hidden_states`) is keyword-only."""
+    positional = [p.name for p in list(inspect.signature(ours).parameters.values())[2:] if p.kind != p.KEYWORD_ONLY]
+    assert positional == [name for name, _ in parameters(theirs)]
 
 
 def test_decode_accepts_the_arguments_pipelines_pass(family):
@@ -281,6 +283,41 @@ def test_transformers_generic_config_keys_still_work(tmp_path):
 
 
 # -- transformers 5 conventions ------------------------------------------------------------------
+
+
+def test_output_hidden_states_are_the_encoders_feature_maps(family):
+    """`output_hidden_states=True` (or `config.output_hidden_states`, as in transformers' models)
+    returns the encoder's feature maps, equal to what its modules output (captured by hooks,
+    also under inference mode, whose in-place ops must not touch them), for sliced batches
+    too; tiled encoding, which never holds a whole image's maps, refuses with the way out."""
+    model = tiny_model(family).eval()
+    encoder = model.encoder
+    captured = []
+    for module in (encoder.conv_in, *encoder.down, encoder.mid):
+        module.register_forward_hook(lambda module, args, output: captured.append(output.clone()))
+    x = pixels(3)
+    with torch.inference_mode():
+        hidden_states = model(x, output_hidden_states=True).hidden_states
+    channels = model.config.block_out_channels
+    expected_shapes = [(3, channels[0], 16, 16)] + [
+        (3, c, 16 >> min(level + 1, len(channels) - 1), 16 >> min(level + 1, len(channels) - 1))
+        for level, c in enumerate(channels)
+    ]
+    assert [tuple(h.shape) for h in hidden_states] == expected_shapes + [expected_shapes[-1]]
+    for ours, hooked in zip(hidden_states, captured, strict=True):
+        assert torch.equal(ours, hooked)
+
+    assert model(x).hidden_states is None
+    model.config.output_hidden_states = True
+    output = model(x)
+    assert output.to_tuple()[-1] is not None and len(output.hidden_states) == len(hidden_states)
+    model.enable_slicing(2)
+    for sliced, whole in zip(model(x).hidden_states, hidden_states, strict=True):
+        torch.testing.assert_close(sliced, whole)
+    model.disable_slicing()
+    model.enable_tiling()
+    with pytest.raises(ValueError, match=r"tiled encoding .* model\.disable_tiling\(\)"):
+        model(pixels(1, size=32))
 
 
 def test_vae_forward_is_torch_exportable():

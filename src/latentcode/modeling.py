@@ -85,12 +85,14 @@ class VQVAEEncoderOutput(ModelOutput):
 
 @dataclass
 class AutoencoderOutput(ModelOutput):
-    """`loss` = `reconstruction_loss`; `sample`: reconstruction; `latents`: the code."""
+    """`loss` = `reconstruction_loss`; `sample`: reconstruction; `latents`: the code.
+    `hidden_states` (with `output_hidden_states`): the encoder's feature maps, see `forward`."""
 
     loss: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
     latents: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -99,7 +101,8 @@ class VAEOutput(ModelOutput):
     summed over latent elements, averaged over the batch (nats per image). `latents`: the code
     that was decoded (a posterior sample or its mean), `latent_mean` / `latent_logvar`: the
     posterior's parameters, each `[B, latent_channels, H/f, W/f]`. Plain tensors, not the
-    distribution object `encode` returns, so that the forward pass can be traced and exported."""
+    distribution object `encode` returns, so that the forward pass can be traced and exported.
+    `hidden_states` (with `output_hidden_states`): the encoder's feature maps, see `forward`."""
 
     loss: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
@@ -108,12 +111,14 @@ class VAEOutput(ModelOutput):
     latent_logvar: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     kl: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
 class VQVAEOutput(ModelOutput):
     """`loss` = `reconstruction_loss + codebook_weight * codebook_loss + commitment_weight *
-    commitment_loss`; `perplexity`: exp(entropy) of the batch's code histogram."""
+    commitment_loss`; `perplexity`: exp(entropy) of the batch's code histogram. `hidden_states`
+    (with `output_hidden_states`): the encoder's feature maps, see `forward`."""
 
     loss: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
@@ -124,6 +129,11 @@ class VQVAEOutput(ModelOutput):
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _as_tuple(hidden_states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+    return None if hidden_states is None else tuple(hidden_states)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,12 +316,30 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
             return torch.cat([fn(chunk) for chunk in x.split(self.slice_size)])
         return fn(x)
 
-    def _encode_moments(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels `[B, C, H, W]` -> bottleneck input `[B, moment_channels, H/f, W/f]`."""
+    def _hidden_states_list(self, output_hidden_states: bool | None) -> list[torch.Tensor] | None:
+        """An empty list for `_encode_moments` to fill when hidden states are asked for (the
+        argument, else `config.output_hidden_states`, as in transformers' models), else None."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return [] if output_hidden_states else None
+
+    def _encode_moments(
+        self, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Pixels `[B, C, H, W]` -> bottleneck input `[B, moment_channels, H/f, W/f]`. With a
+        `hidden_states` list, fills it with the encoder's feature maps of the whole batch."""
         self._check_pixels(pixel_values)
+        tiled = self.use_tiling and max(pixel_values.shape[2:]) > self.tile_sample_size
+        if hidden_states is not None and tiled:
+            raise ValueError(
+                "output_hidden_states needs the whole image in one pass, but tiled encoding would split this "
+                f"{tuple(pixel_values.shape[2:])} image into {self.tile_sample_size}-pixel tiles; call "
+                "model.disable_tiling() first"
+            )
+        per_slice = [] if hidden_states is not None else None
 
         def encode_tile(x: torch.Tensor) -> torch.Tensor:
-            h = self.encoder(x)
+            h = self.encoder(x, per_slice)
             return self.quant_conv(h) if self.quant_conv is not None else h
 
         def encode_batch(x: torch.Tensor) -> torch.Tensor:
@@ -321,7 +349,14 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
                 )
             return encode_tile(x)
 
-        return self._split_batch(encode_batch, pixel_values)
+        moments = self._split_batch(encode_batch, pixel_values)
+        if hidden_states is not None:
+            maps = len(self.encoder.down) + 2  # after conv_in, each level and the mid block
+            if len(per_slice) == maps:
+                hidden_states.extend(per_slice)
+            else:  # sliced: each slice appended its maps in turn; join each map over the batch
+                hidden_states.extend(torch.cat(per_slice[i::maps]) for i in range(maps))
+        return moments
 
     def _decode_code(self, code: torch.Tensor) -> torch.Tensor:
         """Bottleneck output `[B, code_channels, h, w]` -> pixels `[B, out_channels, h*f, w*f]`."""
@@ -443,12 +478,24 @@ class AutoencoderModel(LatentCodePreTrainedModel):
         self._check_code(latents, self.config.latent_channels)
         return self._return(DecoderOutput(sample=self._decode_code(latents)), return_dict)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
-        latents = self._encode_moments(pixel_values)
+    def forward(
+        self, pixel_values: torch.Tensor, return_dict: bool | None = None, *, output_hidden_states: bool | None = None
+    ):
+        """Reconstruct `[B, C, H, W]` pixels; `output_hidden_states` (default
+        `config.output_hidden_states`) adds the encoder's feature maps as `.hidden_states`: after
+        `conv_in` (`[B, block_out_channels[0], H, W]`), after each resolution level `l` (`[B,
+        block_out_channels[l], H/2^(l+1), W/2^(l+1)]`; the last level does not downsample: `H/f`)
+        and after the mid block (`[B, block_out_channels[-1], H/f, W/f]`)."""
+        hidden_states = self._hidden_states_list(output_hidden_states)
+        latents = self._encode_moments(pixel_values, hidden_states)
         sample = self._decode_code(latents)
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
         output = AutoencoderOutput(
-            loss=reconstruction_loss, sample=sample, latents=latents, reconstruction_loss=reconstruction_loss
+            loss=reconstruction_loss,
+            sample=sample,
+            latents=latents,
+            reconstruction_loss=reconstruction_loss,
+            hidden_states=_as_tuple(hidden_states),
         )
         return self._return(output, return_dict)
 
@@ -491,14 +538,18 @@ class VAEModel(LatentCodePreTrainedModel):
         sample_posterior: bool | None = None,
         return_dict: bool | None = None,
         generator: torch.Generator | None = None,
+        *,
+        output_hidden_states: bool | None = None,
     ):
         """Reconstruct through a posterior sample (default in training) or its mean (in eval).
 
-        Arguments are in the order of diffusers' `AutoencoderKL.forward`.
+        Arguments are in the order of diffusers' `AutoencoderKL.forward`; `output_hidden_states`
+        adds the encoder's feature maps, as [`AutoencoderModel.forward`] describes.
         """
         if sample_posterior is None:
             sample_posterior = self.training
-        posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values))
+        hidden_states = self._hidden_states_list(output_hidden_states)
+        posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values, hidden_states))
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         sample = self._decode_code(z)
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
@@ -513,6 +564,7 @@ class VAEModel(LatentCodePreTrainedModel):
             latent_logvar=posterior.logvar,
             reconstruction_loss=reconstruction_loss,
             kl=kl,
+            hidden_states=_as_tuple(hidden_states),
         )
         return self._return(output, return_dict)
 
@@ -661,8 +713,14 @@ class VQVAEModel(LatentCodePreTrainedModel):
         code = self.quantizer.indices_to_codes(indices.to(self.device)).to(self.dtype)
         return self._return(DecoderOutput(sample=self._decode_code(code)), return_dict)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
-        latents = self._encode_moments(pixel_values)
+    def forward(
+        self, pixel_values: torch.Tensor, return_dict: bool | None = None, *, output_hidden_states: bool | None = None
+    ):
+        """Reconstruct through the quantiser (which, in training, also updates an EMA codebook);
+        `output_hidden_states` adds the encoder's feature maps, as [`AutoencoderModel.forward`]
+        describes."""
+        hidden_states = self._hidden_states_list(output_hidden_states)
+        latents = self._encode_moments(pixel_values, hidden_states)
         quantized = self.quantizer(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
@@ -676,6 +734,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
             codebook_loss=quantized.codebook_loss,
             commitment_loss=quantized.commitment_loss,
             perplexity=quantized.perplexity,
+            hidden_states=_as_tuple(hidden_states),
         )
         return self._return(output, return_dict)
 

@@ -232,11 +232,18 @@ class Encoder(nn.Module):
         self.norm_out = group_norm(level_in, norm_num_groups)
         self.conv_out = nn.Conv2d(level_in, out_channels, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hidden_states: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`[B, in_channels, H, W] -> [B, out_channels, H/f, W/f]`. With a `hidden_states` list,
+        appends the feature maps after `conv_in`, after each level `l` (`[B, block_out_channels[l],
+        H/2^(l+1), W/2^(l+1)]`, the last level at `H/f`) and after the mid block."""
         x = self.conv_in(to_activation_layout(x))
+        features = [x]
         for level in self.down:
             x = level(x)
+            features.append(x)
         x = self.mid(x)
+        if hidden_states is not None:
+            hidden_states.extend([*features, x])
         return self.conv_out(silu(self.norm_out(x)))
 
 
