@@ -22,10 +22,12 @@ Extra rows (default run, at 32x32, batch 32, with the most threads measured):
              quantizer in fp32); `vs eager` is against ours in fp32, and `PSNR` is the bf16
              reconstruction's against the fp32 one.
 
-Distance to the machine's limit: the sustained fp32 throughput of a large matmul and of the
-model's own 3x3 convolutions is measured first (same threads); every row reports ours'
+Distance to the machine's limit: the hardware's fp32 FMA peak (a small C program of
+independent FMA chains, compiled with the system's `cc -O3 -march=native`; skipped with a
+message when there is no compiler) and the sustained fp32 throughput of a large matmul and of
+the model's own 3x3 convolutions are measured first (same threads); every row reports ours'
 achieved GFLOP/s, with FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`, and its
-fraction of that conv peak.
+fraction of the conv peak and of the FMA peak.
 
     python benchmarks/bench_models.py                  # the table of benchmarks/README.md
     python benchmarks/bench_models.py --quick          # narrower model, fewer repeats
@@ -40,7 +42,10 @@ import gc
 import os
 import platform
 import re
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -209,6 +214,71 @@ def machine_peaks(channels: int, repeats: int) -> dict[str, float]:
     return {"matmul": matmul, "conv": conv}
 
 
+# The hardware's limit: each process runs 12 independent chains of fp32 vector FMAs on registers
+# (no memory traffic), so its FLOP/s is what the core's FMA units can issue at their clock.
+FMA_PEAK_SOURCE = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#ifdef __AVX512F__
+typedef __m512 vec;
+#define LANES 16
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define ADD _mm512_add_ps
+#else
+typedef __m256 vec;
+#define LANES 8
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define ADD _mm256_add_ps
+#endif
+#define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define DECLARE(i) vec a##i = SET1(seed * i);
+#define STEP(i) a##i = FMA(a##i, b, c);
+#define SUM(i) s = ADD(s, a##i);
+int main(int argc, char **argv) {
+    long iters = atol(argv[1]);
+    float seed = (float)argc * 0.5f, lanes[LANES];
+    vec b = SET1(0.999999f), c = SET1(1e-7f), s = SET1(0.0f);
+    CHAINS(DECLARE)
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long k = 0; k < iters; k++) { CHAINS(STEP) }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHAINS(SUM)
+    __builtin_memcpy(lanes, &s, sizeof(s)); /* uses the result, so the loop is not removed */
+    double seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    printf("%.3f %g\n", 2.0 * LANES * 12 * iters / seconds / 1e9, lanes[0]);
+    return 0;
+}
+"""
+
+
+def fma_peak_gflops(threads: int, repeats: int = 3) -> float | None:
+    """The CPU's fp32 FMA peak over `threads` cores (GFLOP/s): `FMA_PEAK_SOURCE` compiled with
+    `-O3 -march=native`, one process per core run at once, their sum, best of `repeats`. None
+    (with a message) when no C compiler is found or the build fails."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("# FMA peak: skipped, no C compiler (cc / gcc) on PATH")
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        source, binary = os.path.join(folder, "fma_peak.c"), os.path.join(folder, "fma_peak")
+        with open(source, "w") as file:
+            file.write(FMA_PEAK_SOURCE)
+        build = subprocess.run([compiler, "-O3", "-march=native", source, "-o", binary], capture_output=True, text=True)
+        if build.returncode != 0:
+            print(f"# FMA peak: skipped, {compiler} failed: {build.stderr.strip()[:200]}")
+            return None
+        best = 0.0
+        for _ in range(repeats):
+            runs = [subprocess.Popen([binary, "50000000"], stdout=subprocess.PIPE, text=True) for _ in range(threads)]
+            best = max(best, sum(float(run.communicate()[0].split()[0]) for run in runs))
+        return best
+
+
 def psnr(reference: torch.Tensor, test: torch.Tensor, peak_to_peak: float = 2.0) -> float:
     mse = (reference.float() - test.float()).square().mean().item()
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(peak_to_peak**2 / mse)).item()
@@ -236,6 +306,7 @@ class Row:
     spread: float
     ours_gflops: float
     conv_peak_fraction: float
+    fma_peak_fraction: float | None
     ours_eager_ms: float | None = None  # compile / bf16 rows: ours in fp32 eager
     bf16_psnr: float | None = None
 
@@ -271,6 +342,7 @@ def run_row(pair, family, threads, size, op, variant, repeats, peaks, eager_ms=N
         max(spread(times["diffusers"]), spread(times["ours"])),
         gflops,
         gflops / peaks["conv"],
+        gflops / peaks["fma"] if peaks["fma"] else None,
         eager_ms,
     )
     if variant == "bf16" and op == "decode":
@@ -284,8 +356,8 @@ def run_row(pair, family, threads, size, op, variant, repeats, peaks, eager_ms=N
 
 HEADER = (
     "| threads | model | size | batch | op | variant | diffusers ms | ours ms | speedup | spread "
-    "| ours vs eager | ours GFLOP/s | of conv peak | bf16 PSNR dB |\n"
-    "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| ours vs eager | ours GFLOP/s | of conv peak | of FMA peak | bf16 PSNR dB |\n"
+    "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 NAMES = {"vqvae": "VQVAEModel vs VQModel", "vae": "VAEModel vs AutoencoderKL"}
 
@@ -293,11 +365,12 @@ NAMES = {"vqvae": "VQVAEModel vs VQModel", "vae": "VAEModel vs AutoencoderKL"}
 def format_row(row: Row) -> str:
     vs_eager = f"{row.ours_eager_ms / row.ours_ms:.2f}x" if row.ours_eager_ms else ""
     psnr_cell = f"{row.bf16_psnr:.1f}" if row.bf16_psnr is not None else ""
+    fma_cell = f"{100 * row.fma_peak_fraction:.0f}%" if row.fma_peak_fraction is not None else ""
     return (
         f"| {row.threads} | {NAMES[row.family]} | {row.size} | {row.batch} | {row.op} | {row.variant} "
         f"| {row.diffusers_ms:.1f} | {row.ours_ms:.1f} | {row.diffusers_ms / row.ours_ms:.2f}x "
         f"| {100 * row.spread:.0f}% | {vs_eager} | {row.ours_gflops:.1f} | {100 * row.conv_peak_fraction:.0f}% "
-        f"| {psnr_cell} |"
+        f"| {fma_cell} | {psnr_cell} |"
     )
 
 
@@ -345,9 +418,11 @@ def main(argv=None) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         peaks = machine_peaks(max(architecture["block_out_channels"]), repeats)
+        peaks["fma"] = fma_peak_gflops(threads)
+        fma = f"{peaks['fma']:.0f}" if peaks["fma"] else "not measured"
         print(
-            f"# {threads} threads: matmul peak {peaks['matmul']:.0f} GFLOP/s, "
-            f"conv peak {peaks['conv']:.0f} GFLOP/s (fp32)"
+            f"# {threads} threads: FMA peak {fma} GFLOP/s (the hardware's), matmul peak {peaks['matmul']:.0f} "
+            f"GFLOP/s, conv peak {peaks['conv']:.0f} GFLOP/s (fp32)"
         )
         print(HEADER, flush=True)
         for family in args.families:
