@@ -165,3 +165,118 @@ def test_compiled_training_run_resumes_from_a_checkpoint(tmp_path):
     # The compiled run trained: its weights moved away from the checkpoint it resumed from.
     start = _weights(checkpoint)
     assert any(not torch.equal(start[key], reference[key]) for key in reference)
+
+
+# -- Winograd convolution (CPU fp32 inference) ---------------------------------------------------
+
+# Winograd F(4x4, 3x3) in float32 against a float64 direct convolution: max abs error over the
+# output's max abs value. Measured 4e-6 to 9e-6 (oneDNN's direct convolution: ~3e-7), growing
+# with the input channels; a wrong transform or tile index is off by O(1).
+WINOGRAD_RELATIVE_BOUND = 3e-5
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize(
+    "batch, in_channels, out_channels, height, width, bias, channels_last",
+    [
+        (2, 64, 64, 16, 16, True, True),  # whole images per chunk
+        (1, 64, 96, 13, 7, True, False),  # sizes not multiples of 4, NCHW input
+        (1, 64, 64, 70, 70, False, True),  # rows of tiles per chunk, cropped, no bias
+        (3, 128, 64, 8, 12, True, True),
+    ],
+)
+def test_winograd_convolution_matches_a_float64_direct_convolution(
+    batch, in_channels, out_channels, height, width, bias, channels_last, threads
+):
+    from latentcode.modules.winograd import winograd_conv2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+    x = torch.randn(batch, in_channels, height, width)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        result = winograd_conv2d(conv, x)
+        reference = torch.nn.functional.conv2d(
+            x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), padding=1
+        )
+    assert result.shape == reference.shape and result.dtype == torch.float32
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    scale = reference.abs().max().item()
+    assert max_diff(result, reference) <= WINOGRAD_RELATIVE_BOUND * scale
+
+
+def test_winograd_follows_weight_changes_and_applies_only_to_cpu_fp32_inference():
+    from latentcode.modules import winograd
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(2, 64, 16, 16)
+    with torch.inference_mode():
+        assert winograd.applies(conv, x)
+        before = winograd.winograd_conv2d(conv, x)
+        conv.weight.data.mul_(2)  # bypasses the version counter: nothing may be cached
+        after = winograd.winograd_conv2d(conv, x)
+        bias = conv.bias.view(1, -1, 1, 1)
+        assert max_diff(after - bias, 2 * (before - bias)) <= WINOGRAD_RELATIVE_BOUND * before.abs().max().item()
+        assert not winograd.applies(conv, x.double())
+        assert not winograd.applies(conv, x[:, :, :8, :8])  # 8 tiles: too little work
+        for other in (
+            torch.nn.Conv2d(64, 64, 3, padding=1, stride=2),
+            torch.nn.Conv2d(64, 64, 1),
+            torch.nn.Conv2d(64, 64, 3, padding=0),
+            torch.nn.Conv2d(64, 64, 3, padding=1, groups=2),
+            torch.nn.Conv2d(64, 32, 3, padding=1),  # too thin
+            torch.nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect"),
+            type("LoRAConv", (torch.nn.Conv2d,), {})(64, 64, 3, padding=1),  # a subclass's forward differs
+        ):
+            assert not winograd.applies(other, x), other
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not winograd.applies(conv, x)
+        hook = conv.register_forward_hook(lambda *args: None)
+        assert not winograd.applies(conv, x)
+        hook.remove()
+        winograd.enabled = False
+        try:
+            assert not winograd.applies(conv, x)
+        finally:
+            winograd.enabled = True
+    assert not winograd.applies(conv, x)  # autograd records: training runs nn.Conv2d
+
+
+# A backbone whose 128-channel convolutions run Winograd's algorithm (the 32-channel ones do not).
+WIDE_BACKBONE = dict(BACKBONE, block_out_channels=(64, 128), norm_num_groups=32)
+# Model outputs with Winograd convolutions against diffusers' direct ones, over the reference's
+# max abs value: ~20 layers of WINOGRAD_RELATIVE_BOUND-sized roundings (measured ~1e-5).
+WINOGRAD_MODEL_RELATIVE_BOUND = 1e-4
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+@pytest.mark.parametrize("family", ["vqvae", "vae"])
+def test_winograd_models_match_diffusers_within_the_stated_bound(family, threads, monkeypatch):
+    from latentcode.modules import winograd
+
+    torch.manual_seed(0)
+    if family == "vqvae":
+        peer = VQModel(latent_channels=4, num_vq_embeddings=64, **WIDE_BACKBONE).eval()
+        ours = VQVAEModel.from_diffusers(peer).eval()
+    else:
+        peer = AutoencoderKL(latent_channels=4, **WIDE_BACKBONE).eval()
+        ours = VAEModel.from_diffusers(peer).eval()
+    calls = []
+    convolve = winograd.winograd_conv2d
+    monkeypatch.setattr(winograd, "winograd_conv2d", lambda conv, x: calls.append(conv) or convolve(conv, x))
+    pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.inference_mode():
+        if family == "vqvae":
+            latents = peer.encode(pixels).latents
+            encoded = ours.encode(pixels)
+            ours_latents = encoded.latents
+            agree = (encoded.indices.flatten() == peer.quantize(latents)[2][2].flatten()).float().mean().item()
+            assert agree >= 0.99, agree
+        else:
+            latents = peer.encode(pixels).latent_dist.mean
+            ours_latents = ours.encode(pixels).latent_dist.mean
+        decoded, reference = ours.decode(latents).sample, peer.decode(latents).sample
+    assert len(calls) >= 10  # the encoder's and the decoder's 128-channel convolutions
+    assert max_diff(ours_latents, latents) <= WINOGRAD_MODEL_RELATIVE_BOUND * latents.abs().max().item()
+    assert max_diff(decoded, reference) <= WINOGRAD_MODEL_RELATIVE_BOUND * reference.abs().max().item()

@@ -1,0 +1,164 @@
+"""Winograd F(4x4, 3x3) convolution for CPU inference: the same 3x3 convolution in fewer FLOPs.
+
+A stride-1, padding-1 3x3 convolution computes each 4x4 block of outputs from a 6x6 block of
+inputs (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): the input
+tile `d` and the kernel `g` are transformed (`V = B^T d B`, `U = G g G^T`, both 6x6), multiplied
+elementwise and summed over input channels, which for all tiles at once is 36 independent
+GEMMs `[tiles, C_in] @ [C_in, C_out]`, and transformed back (`Y = A^T M A`, 4x4). That is
+36 multiplies per 16 outputs instead of 144 (4x fewer FLOPs in the GEMMs), at the cost of
+the transforms, which are memory-bound. Tiles are processed in chunks whose transformed
+inputs and GEMM outputs stay in a core's L2 cache between the three steps; without the
+chunking the transforms stream hundreds of MB through memory and the whole is slower than
+oneDNN's direct convolution.
+
+Accuracy: the transforms mix values of different magnitude (entries up to 8 in `A^T`, 1/24
+in `G`), so the float32 result is off a float64 convolution by ~1e-5 of the output's max abs
+value (measured 4e-6 to 9e-6 for 64-128 input channels), where oneDNN's direct convolution is
+off by ~3e-7. Through a whole model this stays ~1e-5 relative (tests/test_fast_paths.py bounds
+it at 1e-4 against diffusers); set `winograd.enabled = False` for direct convolutions.
+
+Used by the backbone only where it was measured to be faster (benchmarks/README.md): CPU,
+float32, no autograd, no autocast, not while `torch.compile` traces, at least `MIN_CHANNELS`
+in and out and `MIN_TILES` tiles of work. Training and every other case run `nn.Conv2d`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Input, kernel and output transforms of F(4x4, 3x3) (Lavin & Gray, 2016).
+_BT = torch.tensor(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=torch.float64,
+)
+_G = torch.tensor(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=torch.float64,
+)
+_AT = torch.tensor(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    dtype=torch.float64,
+)
+_BT32, _AT32 = _BT.float(), _AT.float()
+_KRON_G = torch.kron(_G, _G).float()  # [36, 9]: vec(G g G^T) = (G (x) G) vec(g)
+
+# Set to False to run every convolution as `nn.Conv2d` (direct convolutions, e.g. to compare
+# with another implementation at float32 rounding level).
+enabled = True
+
+# Below this many input or output channels the GEMMs are too thin to pay for the transforms
+# (measured: 64 -> 64 channels ~1.1x, 3 -> 64 and 64 -> 3 channels slower than oneDNN).
+MIN_CHANNELS = 64
+# Below this many 4x4 output tiles (all images together) the per-call overhead of the chunks
+# outweighs the saved multiplications (measured: 16 tiles slower, 32 tiles ~1.1x faster).
+MIN_TILES = 32
+# Bytes of transformed input tiles per chunk: sized so that they, the GEMM outputs and the
+# inverse-transformed outputs of a chunk fit a core's L2 cache together.
+CHUNK_BYTES = 1 << 20
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `winograd_conv2d` should replace `conv(x)`: [`enabled`], a plain `nn.Conv2d`
+    (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, with at least
+    `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU, without
+    autograd, autocast or `torch.compile` tracing."""
+    return (
+        enabled
+        and type(conv) is nn.Conv2d
+        and not conv._forward_hooks
+        and not conv._forward_pre_hooks
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+        and x.dim() == 4
+        and x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def transformed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`U = G g G^T` of every 3x3 kernel `g` of `weight` `[C_out, C_in, 3, 3]`: `[36, C_in, C_out]`,
+    as one GEMM with `G (x) G` `[36, 9]`.
+
+    Recomputed on every call instead of cached: it costs one small GEMM (~1% of a convolution
+    of the backbone's sizes), needs no memory (a cache would hold 4x each weight) and can never
+    be stale, however the weight was changed (`.data` writes bypass the version counter).
+    """
+    out_channels, in_channels = weight.shape[:2]
+    kernels = weight.detach().transpose(0, 1).reshape(in_channels * out_channels, 9)  # a copy, 1/4 of the result
+    return (_KRON_G @ kernels.T).view(36, in_channels, out_channels)
+
+
+def winograd_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for `x` `[B, C_in, H, W]` by Winograd F(4x4, 3x3); `[B, C_out, H, W]` with
+    channels_last strides. Only valid where `applies(conv, x)`."""
+    batch, channels, height, width = x.shape
+    weight = transformed_weight(conv.weight)
+    out_channels = weight.shape[2]
+    tile_rows, tile_cols = -(-height // 4), -(-width // 4)
+    # [B, 4 * tile_rows + 2, 4 * tile_cols + 2, C_in]: zero padding of 1, plus up to 3 more on
+    # the bottom / right so that the tiles cover the image.
+    padded = F.pad(x, (1, 1 + 4 * tile_cols - width, 1, 1 + 4 * tile_rows - height)).permute(0, 2, 3, 1)
+    out = torch.empty(batch, 4 * tile_rows, 4 * tile_cols, out_channels, dtype=x.dtype)
+    bias = conv.bias
+    # Each op of a chunk splits its work over the threads, each in its own core's L2 cache.
+    chunk_bytes = CHUNK_BYTES * torch.get_num_threads()
+    image_bytes = 36 * tile_rows * tile_cols * channels * x.element_size()
+    if image_bytes <= chunk_bytes:  # whole images per chunk
+        images = chunk_bytes // image_bytes
+        for start in range(0, batch, images):
+            _chunk(padded[start : start + images], weight, bias, out[start : start + images])
+    else:  # rows of tiles of one image per chunk
+        rows = max(1, chunk_bytes // (image_bytes // tile_rows))
+        for image in range(batch):
+            for row in range(0, tile_rows, rows):
+                end = min(tile_rows, row + rows)
+                _chunk(
+                    padded[image : image + 1, 4 * row : 4 * end + 2],
+                    weight,
+                    bias,
+                    out[image : image + 1, 4 * row : 4 * end],
+                )
+    if out.shape[1] != height or out.shape[2] != width:
+        out = out[:, :height, :width].contiguous()
+    return out.permute(0, 3, 1, 2)
+
+
+def _chunk(padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Convolve `padded` `[k, 4n + 2, 4m + 2, C_in]` into `out` `[k, 4n, 4m, C_out]` (views)."""
+    images, rows, cols = padded.shape[0], (padded.shape[1] - 2) // 4, (padded.shape[2] - 2) // 4
+    channels, out_channels = weight.shape[1], weight.shape[2]
+    tiles = padded.unfold(1, 6, 4).unfold(2, 6, 4)  # [k, n, m, C_in, 6, 6], overlapping views
+    d = tiles.permute(4, 5, 0, 1, 2, 3).reshape(6, -1)  # [6 (i), 6 (j) * k * n * m * C_in], a copy
+    v = torch.matmul(_BT32, (_BT32 @ d).view(6, 6, -1))  # B^T d B: [6 (a), 6 (b), tiles * C_in]
+    m = torch.bmm(v.view(36, -1, channels), weight)  # [36, tiles, C_out]
+    y = torch.matmul(_AT32, (_AT32 @ m.view(6, -1)).view(4, 6, -1))  # A^T m A: [4, 4, tiles * C_out]
+    y = y.view(4, 4, images, rows, cols, out_channels).permute(2, 3, 0, 4, 1, 5)
+    out.view(images, rows, 4, cols, 4, out_channels).copy_(y)
+    if bias is not None:
+        out.add_(bias)
