@@ -15,6 +15,9 @@ Operations:
             regulariser)
 
 Extra rows (default run, at 32x32, batch 32, with the most threads measured):
+    direct   encode / decode with ours' Winograd convolutions switched off
+             (`latentcode.modules.winograd.enabled = False`): every convolution is oneDNN's
+             direct one, as in diffusers; `vs eager` is against ours by default.
     compile  encode / decode with both sides' backbone under `torch.compile` (ours: `model.compile()`; diffusers:
              its encoder and decoder compiled the same way); `vs eager` is ours compiled
              against ours eager.
@@ -144,10 +147,16 @@ def prepare(model, family, is_ours, op, x, latents, variant):
     fn = inference_fn(model, family, is_ours, op)
     arg = x if op == "encode" else latents
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16")
+    # "direct": ours with every convolution as nn.Conv2d (no Winograd), to show what it gains.
+    use_winograd = variant != "direct"
 
     def step():
-        with torch.inference_mode(), autocast:
-            return fn(arg)
+        enabled, winograd.enabled = winograd.enabled, use_winograd
+        try:
+            with torch.inference_mode(), autocast:
+                return fn(arg)
+        finally:
+            winograd.enabled = enabled
 
     return step
 
@@ -307,7 +316,7 @@ class Row:
     size: int
     batch: int
     op: str
-    variant: str  # "eager", "compile" or "bf16"
+    variant: str  # "eager", "direct", "compile" or "bf16"
     diffusers_ms: float
     ours_ms: float
     spread: float
@@ -402,7 +411,11 @@ def main(argv=None) -> None:
         "--ops", nargs="+", default=["encode", "decode", "train"], choices=["encode", "decode", "train"]
     )
     parser.add_argument(
-        "--extra", nargs="*", default=["compile", "bf16"], choices=["compile", "bf16"], help="extra rows"
+        "--extra",
+        nargs="*",
+        default=["direct", "compile", "bf16"],
+        choices=["direct", "compile", "bf16"],
+        help="extra rows",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per side (default 9, quick 3)")
     parser.add_argument(

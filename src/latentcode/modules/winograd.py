@@ -18,8 +18,8 @@ off by ~3e-7. Through a whole model this stays ~1e-5 relative (tests/test_fast_p
 it at 1e-4 against diffusers); set `winograd.enabled = False` for direct convolutions.
 
 Used by the backbone only where it was measured to be faster (benchmarks/README.md): CPU,
-float32, no autograd, no autocast, not while `torch.compile` traces, at least `MIN_CHANNELS`
-in and out and `MIN_TILES` tiles of work. Training and every other case run `nn.Conv2d`.
+float32, no autograd, no autocast, at least `MIN_CHANNELS` in and out and `MIN_TILES` tiles
+of work. Training and every other case run `nn.Conv2d`.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `winograd_conv2d` should replace `conv(x)`: [`enabled`], a plain `nn.Conv2d`
     (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, with at least
     `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU, without
-    autograd, autocast or `torch.compile` tracing."""
+    autograd or autocast."""
     return (
         enabled
         and type(conv) is nn.Conv2d
@@ -97,7 +97,6 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     )
 
 
@@ -114,6 +113,10 @@ def transformed_weight(weight: torch.Tensor) -> torch.Tensor:
     return (_KRON_G @ kernels.T).view(36, in_channels, out_channels)
 
 
+# Under `torch.compile` this runs eagerly between the compiled graphs: traced, the chunk loop
+# would unroll, and inductor's version of the whole tensor at once measured 1.4x slower than
+# this one (it streams the transformed tiles through memory).
+@torch.compiler.disable
 def winograd_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`conv(x)` for `x` `[B, C_in, H, W]` by Winograd F(4x4, 3x3); `[B, C_out, H, W]` with
     channels_last strides. Only valid where `applies(conv, x)`."""
