@@ -137,24 +137,28 @@ def prepare(model, family, is_ours, op, x, latents, variant):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         loss_fn = train_loss_fn(model, family, is_ours)
 
-        def step():
+        def run():
             optimizer.zero_grad(set_to_none=True)
             loss_fn(x).backward()
             optimizer.step()
 
-        return step
-    model.eval()
-    fn = inference_fn(model, family, is_ours, op)
-    arg = x if op == "encode" else latents
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16")
+    else:
+        model.eval()
+        fn = inference_fn(model, family, is_ours, op)
+        arg = x if op == "encode" else latents
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16")
+
+        def run():
+            with torch.inference_mode(), autocast:
+                return fn(arg)
+
     # "direct": ours with every convolution as nn.Conv2d (no Winograd), to show what it gains.
     use_winograd = variant != "direct"
 
     def step():
         enabled, winograd.enabled = winograd.enabled, use_winograd
         try:
-            with torch.inference_mode(), autocast:
-                return fn(arg)
+            return run()
         finally:
             winograd.enabled = enabled
 

@@ -59,8 +59,8 @@ def to_activation_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)`, by Winograd F(4x4, 3x3) where that is faster and applies (CPU float32 inference
-    of a wide enough 3x3 convolution, `winograd.applies`)."""
+    """`conv(x)`, by Winograd F(4x4, 3x3) where that is faster and applies (a wide enough 3x3
+    convolution in CPU float32, `winograd.applies`)."""
     return winograd.winograd_conv2d(conv, x) if winograd.applies(conv, x) else conv(x)
 
 

@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolution for CPU inference: the same 3x3 convolution in fewer FLOPs.
+"""Winograd F(4x4, 3x3) convolution on CPU: the same 3x3 convolution in fewer FLOPs.
 
 A stride-1, padding-1 3x3 convolution computes each 4x4 block of outputs from a 6x6 block of
 inputs (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): the input
@@ -18,8 +18,9 @@ off by ~3e-7. Through a whole model this stays ~1e-5 relative (tests/test_fast_p
 it at 1e-4 against diffusers); set `winograd.enabled = False` for direct convolutions.
 
 Used by the backbone only where it was measured to be faster (benchmarks/README.md): CPU,
-float32, no autograd, no autocast, at least `MIN_CHANNELS` in and out and `MIN_TILES` tiles
-of work. Training and every other case run `nn.Conv2d`.
+float32, no autocast, at least `MIN_CHANNELS` in and out and `MIN_TILES` tiles of work. In
+training the forward pass and the input's gradient run it, the weight's gradient is oneDNN's;
+compiled training and every other case run `nn.Conv2d`.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `winograd_conv2d` should replace `conv(x)`: [`enabled`], a plain `nn.Conv2d`
     (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, with at least
     `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU, without
-    autograd or autocast."""
+    autocast, and not while `torch.compile` traces a training step."""
     return (
         enabled
         and type(conv) is nn.Conv2d
@@ -95,8 +96,9 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
         and x.dim() == 4
         and x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+        # Compiled training keeps nn.Conv2d: AOTAutograd traces its backward as one graph.
+        and not (torch.is_grad_enabled() and torch.compiler.is_compiling())
     )
 
 
@@ -119,23 +121,66 @@ def transformed_weight(weight: torch.Tensor) -> torch.Tensor:
 @torch.compiler.disable
 def winograd_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`conv(x)` for `x` `[B, C_in, H, W]` by Winograd F(4x4, 3x3); `[B, C_out, H, W]` with
-    channels_last strides. Only valid where `applies(conv, x)`."""
+    channels_last strides. Only valid where `applies(conv, x)`. Differentiable: the input's
+    gradient is the same kind of convolution (with the flipped, transposed kernels) and runs
+    Winograd's algorithm too; the weight's gradient is oneDNN's."""
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+        return _WinogradConv2d.apply(x, conv.weight, conv.bias)
+    return _convolve(x, conv.weight, conv.bias)
+
+
+class _WinogradConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _convolve(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # The transposed convolution of a stride-1, padding-1 3x3 one is a padding-1 3x3
+            # convolution with the kernels flipped and input / output channels swapped.
+            grad_x = _convolve(grad_output, weight.flip(2, 3).transpose(0, 1), None)
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad_output,
+                x,
+                weight,
+                [weight.shape[0]] if ctx.has_bias else None,
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]],
+            )
+        return grad_x, grad_weight, grad_bias
+
+
+def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, padding=1)` by Winograd F(4x4, 3x3), without autograd."""
     batch, channels, height, width = x.shape
-    weight = transformed_weight(conv.weight)
-    out_channels = weight.shape[2]
+    with torch.no_grad():
+        transformed = transformed_weight(weight)
+    out_channels = transformed.shape[2]
     tile_rows, tile_cols = -(-height // 4), -(-width // 4)
     # [B, 4 * tile_rows + 2, 4 * tile_cols + 2, C_in]: zero padding of 1, plus up to 3 more on
     # the bottom / right so that the tiles cover the image.
-    padded = F.pad(x, (1, 1 + 4 * tile_cols - width, 1, 1 + 4 * tile_rows - height)).permute(0, 2, 3, 1)
+    padded = F.pad(x.detach(), (1, 1 + 4 * tile_cols - width, 1, 1 + 4 * tile_rows - height)).permute(0, 2, 3, 1)
     out = torch.empty(batch, 4 * tile_rows, 4 * tile_cols, out_channels, dtype=x.dtype)
-    bias = conv.bias
+    bias = None if bias is None else bias.detach()
     # Each op of a chunk splits its work over the threads, each in its own core's L2 cache.
     chunk_bytes = CHUNK_BYTES * torch.get_num_threads()
     image_bytes = 36 * tile_rows * tile_cols * channels * x.element_size()
     if image_bytes <= chunk_bytes:  # whole images per chunk
         images = chunk_bytes // image_bytes
         for start in range(0, batch, images):
-            _chunk(padded[start : start + images], weight, bias, out[start : start + images])
+            _chunk(padded[start : start + images], transformed, bias, out[start : start + images])
     else:  # rows of tiles of one image per chunk
         rows = max(1, chunk_bytes // (image_bytes // tile_rows))
         for image in range(batch):
@@ -143,7 +188,7 @@ def winograd_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
                 end = min(tile_rows, row + rows)
                 _chunk(
                     padded[image : image + 1, 4 * row : 4 * end + 2],
-                    weight,
+                    transformed,
                     bias,
                     out[image : image + 1, 4 * row : 4 * end],
                 )
