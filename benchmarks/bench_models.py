@@ -15,7 +15,7 @@ Operations:
             regulariser)
 
 Extra rows (default run, at 32x32, batch 32, with the most threads measured):
-    direct   encode / decode with ours' Winograd convolutions switched off
+    direct   encode / decode / train with ours' Winograd convolutions switched off
              (`latentcode.modules.winograd.enabled = False`): every convolution is oneDNN's
              direct one, as in diffusers; `vs eager` is against ours by default.
     compile  encode / decode with both sides' backbone under `torch.compile` (ours: `model.compile()`; diffusers:
@@ -459,8 +459,9 @@ def main(argv=None) -> None:
             if threads != max(args.threads):
                 continue
             for variant in args.extra:
-                # Inference only: compiling a training step of both sides takes tens of minutes on CPU.
-                ops = [op for op in args.ops if op != "train"]
+                # compile / bf16: inference only (compiling a training step of both sides takes
+                # tens of minutes on CPU).
+                ops = [op for op in args.ops if op != "train" or variant == "direct"]
                 for op in ops:
                     base = eager.get((EXTRA_ROWS_SIZE, op))
                     row = run_row(pairs[family], family, threads, EXTRA_ROWS_SIZE, op, variant, repeats, peaks, base)

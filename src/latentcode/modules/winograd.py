@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .workers import run_in_workers
+
 # Input, kernel and output transforms of F(4x4, 3x3) (Lavin & Gray, 2016).
 _BT = torch.tensor(
     [
@@ -69,9 +71,12 @@ MIN_CHANNELS = 64
 # Below this many 4x4 output tiles (all images together) the per-call overhead of the chunks
 # outweighs the saved multiplications (measured: 16 tiles slower, 32 tiles ~1.1x faster).
 MIN_TILES = 32
-# Bytes of transformed input tiles per chunk: sized so that they, the GEMM outputs and the
-# inverse-transformed outputs of a chunk fit a core's L2 cache together.
+# Bytes of transformed input tiles per chunk: sized so that a chunk's transformed tiles, GEMM
+# outputs and inverse-transformed outputs stay in cache between the three steps.
 CHUNK_BYTES = 1 << 20
+# With several threads, the chunks are spread over single-threaded workers (`workers.py`)
+# instead of every op of a chunk being split over the threads with a barrier at its end.
+SPLIT_OVER_WORKERS = True
 
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -174,27 +179,44 @@ def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     padded = F.pad(x.detach(), (1, 1 + 4 * tile_cols - width, 1, 1 + 4 * tile_rows - height)).permute(0, 2, 3, 1)
     out = torch.empty(batch, 4 * tile_rows, 4 * tile_cols, out_channels, dtype=x.dtype)
     bias = None if bias is None else bias.detach()
-    # Each op of a chunk splits its work over the threads, each in its own core's L2 cache.
-    chunk_bytes = CHUNK_BYTES * torch.get_num_threads()
-    image_bytes = 36 * tile_rows * tile_cols * channels * x.element_size()
-    if image_bytes <= chunk_bytes:  # whole images per chunk
-        images = chunk_bytes // image_bytes
-        for start in range(0, batch, images):
-            _chunk(padded[start : start + images], transformed, bias, out[start : start + images])
-    else:  # rows of tiles of one image per chunk
-        rows = max(1, chunk_bytes // (image_bytes // tile_rows))
-        for image in range(batch):
-            for row in range(0, tile_rows, rows):
-                end = min(tile_rows, row + rows)
-                _chunk(
-                    padded[image : image + 1, 4 * row : 4 * end + 2],
-                    transformed,
-                    bias,
-                    out[image : image + 1, 4 * row : 4 * end],
-                )
+    threads = torch.get_num_threads() if SPLIT_OVER_WORKERS else 1
+    chunks = _chunks(batch, tile_rows, 36 * tile_cols * channels * x.element_size(), threads)
+
+    def run(index: int) -> None:
+        images, rows = chunks[index]
+        _chunk(
+            padded[images, 4 * rows.start : 4 * rows.stop + 2],
+            transformed,
+            bias,
+            out[images, 4 * rows.start : 4 * rows.stop],
+        )
+
+    workers = min(threads, len(chunks))
+    if workers > 1:
+        run_in_workers(run, range(len(chunks)), workers)
+    else:
+        for index in range(len(chunks)):
+            run(index)
     if out.shape[1] != height or out.shape[2] != width:
         out = out[:, :height, :width].contiguous()
     return out.permute(0, 3, 1, 2)
+
+
+def _chunks(batch: int, tile_rows: int, row_bytes: int, threads: int) -> list[tuple[slice, range]]:
+    """(images, rows of tiles) of each chunk: whole images per chunk when one image's transformed
+    tiles (`row_bytes` per row of tiles) fit `CHUNK_BYTES`, rows of one image otherwise; at
+    least `threads` chunks when the work allows, so that every worker has one."""
+    budget = max(row_bytes, min(CHUNK_BYTES, batch * tile_rows * row_bytes // threads))
+    image_bytes = tile_rows * row_bytes
+    if image_bytes <= budget:
+        images = budget // image_bytes
+        return [(slice(start, start + images), range(tile_rows)) for start in range(0, batch, images)]
+    rows = budget // row_bytes
+    return [
+        (slice(image, image + 1), range(row, min(tile_rows, row + rows)))
+        for image in range(batch)
+        for row in range(0, tile_rows, rows)
+    ]
 
 
 def _chunk(padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:

@@ -9,9 +9,9 @@ running minimum is kept per row. Peak extra memory is one block per thread plus 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
+
+from ..workers import run_in_workers
 
 # Rows and codes of one block of distances on CPU: 256 x 4096 fp32 = 4 MiB, written by the
 # addmm and read back by the reductions while it is still in cache (`benchmarks/bench_quantizers.py
@@ -28,16 +28,6 @@ GROUP = 64
 # single-threaded ops, instead of running every small block op multi-threaded: a block op is
 # short, and with intra-op threads each one ends in a barrier that, on a loaded machine, waits
 # for a descheduled thread (`benchmarks/bench_quantizers.py` measures both).
-_WORKER_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    if workers not in _WORKER_POOLS:
-        # set_num_threads in a worker sets that thread's OpenMP / MKL thread count only.
-        _WORKER_POOLS[workers] = ThreadPoolExecutor(
-            workers, thread_name_prefix="latentcode-search", initializer=torch.set_num_threads, initargs=(1,)
-        )
-    return _WORKER_POOLS[workers]
 
 
 def _block_shape(num_vectors: int, num_codes: int, max_block_elements: int | None, on_cuda: bool):
@@ -141,21 +131,12 @@ def nearest_codebook_indices(
         return indices
     # Contiguous shares of whole row blocks, one per worker thread.
     share = -(-row_blocks // workers) * rows
-    caller_in_inference_mode = torch.is_inference_mode_enabled()
 
     def search_share(start: int) -> None:
-        # Inference mode is thread-local and `indices` is an inference tensor when the caller is in
-        # it: workers must be in it too to write into it.
-        with torch.inference_mode(caller_in_inference_mode):
-            _search_rows(
-                vectors[start : start + share], codebook_t, codebook_sq_norms, rows, codes,
-                indices[start : start + share],
-            )  # fmt: skip
+        _search_rows(
+            vectors[start : start + share], codebook_t, codebook_sq_norms, rows, codes,
+            indices[start : start + share],
+        )  # fmt: skip
 
-    futures = [
-        _worker_pool(workers).submit(search_share, start)
-        for start in range(0, num_vectors, share)
-    ]  # fmt: skip
-    for future in futures:
-        future.result()
+    run_in_workers(search_share, range(0, num_vectors, share), workers)
     return indices
