@@ -30,7 +30,9 @@ independent FMA chains, compiled with the system's `cc -O3 -march=native`; skipp
 message when there is no compiler) and the sustained fp32 throughput of a large matmul and of
 the model's own 3x3 convolutions are measured first (same threads); every row reports ours'
 achieved GFLOP/s, with FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`, and its
-fraction of the conv peak and of the FMA peak.
+fraction of the conv peak and of the FMA peak. Before the model rows, one table per thread
+count times single 3x3 convolutions of the backbone's shapes as oneDNN's direct convolution
+and as ours' Winograd F(4x4, 3x3), with each one's error against float64.
 
     python benchmarks/bench_models.py                  # the table of benchmarks/README.md
     python benchmarks/bench_models.py --quick          # narrower model, fewer repeats
@@ -195,14 +197,8 @@ def spread(times: list[float]) -> float:
 
 
 def count_flops(fn) -> int:
-    """FLOPs of `fn()` as the architecture defines them: with direct convolutions, also where
-    ours would run Winograd's (which does the same convolution in fewer multiplications)."""
-    enabled, winograd.enabled = winograd.enabled, False
-    try:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-    finally:
-        winograd.enabled = enabled
+    with FlopCounterMode(display=False) as counter:
+        fn()
     return counter.get_total_flops()
 
 
@@ -216,6 +212,53 @@ def _timed(fn) -> float:
     start = clock()
     fn()
     return clock() - start
+
+
+# (batch, in channels, out channels, height = width): 3x3 convolutions of the default backbone
+# at its three image sizes (32x32 batch 32, 64x64 batch 8, 256x256 batch 1).
+WINOGRAD_SHAPES = [
+    (32, 64, 64, 32),
+    (32, 128, 128, 16),
+    (32, 128, 128, 8),
+    (8, 64, 64, 64),
+    (8, 128, 128, 32),
+    (1, 64, 64, 256),
+    (1, 128, 128, 128),
+    (1, 128, 128, 64),
+]
+
+
+def winograd_rows(threads: int, repeats: int) -> list[str]:
+    """Markdown rows: one 3x3 convolution (channels_last input, inference) as oneDNN's direct
+    `nn.Conv2d` and as ours' Winograd F(4x4, 3x3), best of `repeats`, with the max abs error
+    of each against a float64 convolution over the output's max abs value."""
+    rows = []
+    for batch, in_channels, out_channels, size in WINOGRAD_SHAPES:
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        x = torch.randn(batch, in_channels, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            reference = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+            scale = reference.abs().max().item()
+            errors = [
+                (out.double() - reference).abs().max().item() / scale
+                for out in (conv(x), winograd.winograd_conv2d(conv, x))
+            ]
+            direct_s, winograd_s = (
+                min(_timed(fn) for _ in range(repeats))
+                for fn in (lambda conv=conv, x=x: conv(x), lambda conv=conv, x=x: winograd.winograd_conv2d(conv, x))
+            )
+        rows.append(
+            f"| {threads} | {batch} | {in_channels} -> {out_channels} | {size}x{size} | {1e3 * direct_s:.1f} "
+            f"| {1e3 * winograd_s:.1f} | {direct_s / winograd_s:.2f}x | {errors[0]:.1e} | {errors[1]:.1e} |"
+        )
+    return rows
+
+
+WINOGRAD_HEADER = (
+    "| threads | batch | channels | size | oneDNN direct ms | Winograd ms | speedup | direct rel. error "
+    "| Winograd rel. error |\n|---:|---:|---|---|---:|---:|---:|---:|---:|"
+)
 
 
 def machine_peaks(channels: int, repeats: int) -> dict[str, float]:
@@ -346,9 +389,10 @@ def run_row(pair, family, threads, size, op, variant, repeats, peaks, eager_ms=N
     }
     times = interleaved_times(sides, repeats)
     diffusers_s, ours_s = (statistics.median(times[name]) for name in ("diffusers", "ours"))
-    # Counted in eager fp32 (the same arithmetic in every variant). The codebook search runs in
-    # worker threads that the counter does not see; it is < 1% of these models' FLOPs.
-    flops = count_flops(prepare(copy.deepcopy(ours), family, True, op, x, latents, "eager"))
+    # Counted in fp32 with direct convolutions: the architecture's FLOPs, the same in every
+    # variant (Winograd's does the same convolutions in fewer multiplications). The codebook
+    # search runs in worker threads that the counter does not see; it is < 1% of these models' FLOPs.
+    flops = count_flops(prepare(copy.deepcopy(ours), family, True, op, x, latents, "direct"))
     gflops = flops / ours_s / 1e9
     row = Row(
         threads,
@@ -421,6 +465,12 @@ def main(argv=None) -> None:
         choices=["direct", "compile", "bf16"],
         help="extra rows",
     )
+    parser.add_argument(
+        "--no-winograd-table",
+        dest="winograd",
+        action="store_false",
+        help="skip the per-convolution table of oneDNN against Winograd",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per side (default 9, quick 3)")
     parser.add_argument(
         "--clock", default="wall", choices=sorted(CLOCKS), help="wall time, or process CPU time (1 thread only)"
@@ -448,6 +498,9 @@ def main(argv=None) -> None:
             f"# {threads} threads: FMA peak {fma} GFLOP/s (the hardware's), matmul peak {peaks['matmul']:.0f} "
             f"GFLOP/s, conv peak {peaks['conv']:.0f} GFLOP/s (fp32)"
         )
+        if args.winograd:
+            print("\n" + WINOGRAD_HEADER)
+            print("\n".join(winograd_rows(threads, repeats)) + "\n", flush=True)
         print(HEADER, flush=True)
         for family in args.families:
             eager = {}
