@@ -6,15 +6,14 @@ tile `d` and the kernel `g` are transformed (`V = B^T d B`, `U = G g G^T`, both 
 elementwise and summed over input channels, which for all tiles at once is 36 independent
 GEMMs `[tiles, C_in] @ [C_in, C_out]`, and transformed back (`Y = A^T M A`, 4x4). That is
 36 multiplies per 16 outputs instead of 144 (4x fewer FLOPs in the GEMMs), at the cost of
-the transforms, which are memory-bound. Tiles are processed in chunks whose transformed
-inputs and GEMM outputs stay in a core's L2 cache between the three steps; without the
-chunking the transforms stream hundreds of MB through memory and the whole is slower than
-oneDNN's direct convolution.
+the transforms, which are memory-bound. Tiles are processed in chunks (~1 MiB of transformed
+input tiles) that stay in cache between the three steps; without the chunking the transforms
+stream hundreds of MB through memory and the whole is slower than oneDNN's direct convolution.
 
 Accuracy: the transforms mix values of different magnitude (entries up to 8 in `A^T`, 1/24
 in `G`), so the float32 result is off a float64 convolution by ~1e-5 of the output's max abs
-value (measured 4e-6 to 9e-6 for 64-128 input channels), where oneDNN's direct convolution is
-off by ~3e-7. Through a whole model this stays ~1e-5 relative (tests/test_fast_paths.py bounds
+value (measured 4e-6 to 1.1e-5 for 64-128 input channels), where oneDNN's direct convolution
+is off by ~1e-6. Through a whole model this stays ~1e-5 relative (tests/test_fast_paths.py bounds
 it at 1e-4 against diffusers); set `winograd.enabled = False` for direct convolutions.
 
 Used by the backbone only where it was measured to be faster (benchmarks/README.md): CPU,
