@@ -306,5 +306,11 @@ def test_winograd_models_match_diffusers_within_the_stated_bound(family, monkeyp
             ours_latents = ours.encode(pixels).latent_dist.mean
         decoded, reference = ours.decode(latents).sample, peer.decode(latents).sample
     assert len(calls) >= 10  # the encoder's and the decoder's 128-channel convolutions
+    if family == "vae":  # an exported program has plain convolutions, for any runtime
+        with torch.no_grad():
+            exported = torch.export.export(ours.decoder, (latents,))
+        targets = {str(node.target) for node in exported.graph.nodes}
+        assert "aten.conv2d.default" in targets and "aten.bmm.default" not in targets, targets
+        assert max_diff(exported.module()(latents), ours.decoder(latents)) <= 1e-4 * reference.abs().max().item()
     assert max_diff(ours_latents, latents) <= WINOGRAD_MODEL_RELATIVE_BOUND * latents.abs().max().item()
     assert max_diff(decoded, reference) <= WINOGRAD_MODEL_RELATIVE_BOUND * reference.abs().max().item()

@@ -82,7 +82,8 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `winograd_conv2d` should replace `conv(x)`: [`enabled`], a plain `nn.Conv2d`
     (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, with at least
     `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU, without
-    autocast, and not while `torch.compile` traces a training step."""
+    autocast, and not while `torch.compile` traces a training step, `torch.export` exports or
+    `torch.jit.trace` traces."""
     return (
         enabled
         and type(conv) is nn.Conv2d
@@ -103,6 +104,9 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         # Compiled training keeps nn.Conv2d: AOTAutograd traces its backward as one graph.
         and not (torch.is_grad_enabled() and torch.compiler.is_compiling())
+        # An exported or traced graph is for other runtimes and other shapes: plain convolutions.
+        and not torch.compiler.is_exporting()
+        and not torch.jit.is_tracing()
     )
 
 
