@@ -466,7 +466,7 @@ def main(argv=None) -> None:
         help="extra rows",
     )
     parser.add_argument(
-        "--no-winograd-table",
+        "--no_winograd_table",
         dest="winograd",
         action="store_false",
         help="skip the per-convolution table of oneDNN against Winograd",
