@@ -239,6 +239,11 @@ def test_winograd_convolution_gradients_match_float64_ones(threads):
         (conv.bias.grad, reference_conv.bias.grad),
     ):
         assert max_diff(grad, reference) <= WINOGRAD_RELATIVE_BOUND * reference.abs().max().item()
+    # Only the bias trained (frozen weights and input): it still gets its gradient.
+    conv.weight.requires_grad_(False)
+    conv.bias.grad = None
+    winograd_conv2d(conv, x.detach()).backward(upstream)
+    assert max_diff(conv.bias.grad, reference_conv.bias.grad) <= 1e-5 * reference_conv.bias.grad.abs().max().item()
 
 
 def test_winograd_follows_weight_changes_and_applies_only_to_cpu_fp32_inference():

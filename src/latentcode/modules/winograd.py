@@ -128,7 +128,8 @@ def winograd_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     channels_last strides. Only valid where `applies(conv, x)`. Differentiable: the input's
     gradient is the same kind of convolution (with the flipped, transposed kernels) and runs
     Winograd's algorithm too; the weight's gradient is oneDNN's."""
-    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+    bias_requires_grad = conv.bias is not None and conv.bias.requires_grad
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or bias_requires_grad):
         return _WinogradConv2d.apply(x, conv.weight, conv.bias)
     return _convolve(x, conv.weight, conv.bias)
 
