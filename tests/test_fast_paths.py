@@ -239,11 +239,21 @@ def test_winograd_convolution_gradients_match_float64_ones(threads):
         (conv.bias.grad, reference_conv.bias.grad),
     ):
         assert max_diff(grad, reference) <= WINOGRAD_RELATIVE_BOUND * reference.abs().max().item()
+    reference_bias_grad = reference_conv.bias.grad.clone()
+    # Double backward (create_graph, e.g. a gradient penalty) is differentiable as nn.Conv2d's.
+    conv.weight.grad = None
+    (grad_x,) = torch.autograd.grad(winograd_conv2d(conv, x).square().sum(), x, create_graph=True)
+    grad_x.square().sum().backward()
+    reference_conv.weight.grad = None
+    (reference_grad_x,) = torch.autograd.grad(reference_conv(x64).square().sum(), x64, create_graph=True)
+    reference_grad_x.square().sum().backward()
+    scale = reference_conv.weight.grad.abs().max().item()
+    assert max_diff(conv.weight.grad, reference_conv.weight.grad) <= WINOGRAD_RELATIVE_BOUND * scale
     # Only the bias trained (frozen weights and input): it still gets its gradient.
     conv.weight.requires_grad_(False)
     conv.bias.grad = None
     winograd_conv2d(conv, x.detach()).backward(upstream)
-    assert max_diff(conv.bias.grad, reference_conv.bias.grad) <= 1e-5 * reference_conv.bias.grad.abs().max().item()
+    assert max_diff(conv.bias.grad, reference_bias_grad) <= 1e-5 * reference_bias_grad.abs().max().item()
 
 
 def test_winograd_follows_weight_changes_and_applies_only_to_cpu_fp32_inference():

@@ -142,28 +142,30 @@ class _WinogradConv2d(torch.autograd.Function):
         return _convolve(x, weight, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        needs_x, needs_weight = ctx.needs_input_grad[:2]
+        needs_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        # With create_graph (grad mode on here) every gradient comes from oneDNN's
+        # convolution_backward, which autograd can differentiate again.
+        winograd_x = needs_x and not torch.is_grad_enabled()
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_output,
+            x,
+            weight,
+            [weight.shape[0]] if ctx.has_bias else None,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [needs_x and not winograd_x, needs_weight, needs_bias],
+        )
+        if winograd_x:
             # The transposed convolution of a stride-1, padding-1 3x3 one is a padding-1 3x3
             # convolution with the kernels flipped and input / output channels swapped.
             grad_x = _convolve(grad_output, weight.flip(2, 3).transpose(0, 1), None)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad_output,
-                x,
-                weight,
-                [weight.shape[0]] if ctx.has_bias else None,
-                [1, 1],
-                [1, 1],
-                [1, 1],
-                False,
-                [0, 0],
-                1,
-                [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]],
-            )
         return grad_x, grad_weight, grad_bias
 
 
