@@ -81,8 +81,8 @@ SPLIT_OVER_WORKERS = True
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `winograd_conv2d` should replace `conv(x)`: [`enabled`], a plain `nn.Conv2d`
     (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, with at least
-    `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU, without
-    autocast, and not while `torch.compile` / `torch.export` or `torch.jit.trace` trace."""
+    `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU with one
+    intra-op thread, without autocast, and not while `torch.compile` / `torch.export` or `torch.jit.trace` trace."""
     return (
         enabled
         and type(conv) is nn.Conv2d
@@ -101,6 +101,9 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and x.dim() == 4
         and x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES
         and not torch.is_autocast_enabled("cpu")
+        # One intra-op thread only: with two, oneDNN's direct convolution ran 1.9x faster, while
+        # the memory-bound transforms did not scale (measured 0.6-1.0x of oneDNN on 2 cores).
+        and torch.get_num_threads() == 1
         # Compiled, exported and traced graphs keep nn.Conv2d: the chunk loop would be unrolled
         # for one shape, an exported graph is for other runtimes, and running it eagerly between
         # compiled graphs (measured 1.17x faster than a compiled direct convolution, but still
