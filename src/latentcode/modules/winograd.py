@@ -17,7 +17,7 @@ is off by ~1e-6. Through a whole model this stays ~1e-5 relative (tests/test_fas
 it at 1e-4 against diffusers); set `winograd.enabled = False` for direct convolutions.
 
 Used by the backbone only where it was measured to be faster (benchmarks/README.md): CPU,
-float32, no autocast, at least `MIN_CHANNELS` in and out and `MIN_TILES` tiles of work, not
+float32, one intra-op thread, no autocast, at least `MIN_CHANNELS` in and out and `MIN_TILES` tiles of work, not
 in compiled, exported or traced graphs. In training the forward pass and the input's gradient
 run it, the weight's gradient is oneDNN's; every other case runs `nn.Conv2d`.
 """
