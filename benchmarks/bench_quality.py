@@ -23,7 +23,9 @@ them alike; after each round every row's test PSNR is measured on the first `--c
 test images (the curve), and at the end PSNR, SSIM, codebook usage and perplexity on
 `--num_test_images` test images (the test split is never trained on). images/s counts
 training steps only. Results go to `--output_dir`: `quality_<steps>steps.json`, the markdown
-table `quality_<steps>steps.md` and one plot of test PSNR against steps per codebook size.
+table `quality_<steps>steps.md` and one plot of test PSNR against steps per codebook size,
+rewritten after every round (a run stopped early leaves the table of the steps each row
+reached, measured on the curve images).
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class Row:
     steps: int = 0
     train_seconds: float = 0.0
     curve: list[tuple[int, float]] = field(default_factory=list)
+    # The latest measurement: on the curve images after each round, on the whole test split at
+    # the end (`eval_images` and `steps` say which).
     final: dict = field(default_factory=dict)
 
     @property
@@ -280,6 +284,21 @@ def evaluate(row: Row, test_images: torch.Tensor, batch_size: int = 250) -> dict
         "ssim": float(torch.cat(ssims).mean()),
         "usage": usage.usage(),
         "perplexity": usage.perplexity(),
+        "eval_images": test_images.shape[0],
+    }
+
+
+def measurements(row: Row, metrics: dict, batch_size: int) -> dict:
+    """`metrics` of `evaluate` with the row's training figures: steps, images/s, bits per token and
+    (latentcode rows) the codebook usage over the quantizer's window of recent training tokens."""
+    quantizer = getattr(row.model, "quantizer", None) if row.is_latentcode else None
+    return {
+        **metrics,
+        "steps": row.steps,
+        "images_per_second": row.steps * batch_size / max(row.train_seconds, 1e-9),
+        "bits_per_token": row.bits_per_token,
+        "train_seconds": row.train_seconds,
+        "train_window_usage": float(quantizer.codebook_usage) if quantizer is not None else None,
     }
 
 
@@ -293,8 +312,12 @@ def run(
     eval_steps: int,
     curve_images: int,
     log=print,
+    after_round=None,
 ) -> None:
-    """Train every row in lockstep and fill `row.curve` (none for `curve_images=0`) and `row.final`."""
+    """Train every row in lockstep and fill `row.curve` (none for `curve_images=0`) and `row.final`.
+
+    `after_round()` is called after every round's curve measurement (e.g. to write the partial
+    results, so that a run stopped early still leaves a table of the steps each row reached)."""
     for row in rows:
         row.optimizer = torch.optim.Adam([p for p in row.model.parameters() if p.requires_grad], lr=learning_rate)
     curve_set = test_images[:curve_images]
@@ -303,13 +326,16 @@ def run(
         for row in rows:
             train_steps(row, train_images, batch_size, chunk)
             if curve_images > 0:
-                row.curve.append((row.steps, evaluate(row, curve_set)["psnr"]))
+                row.final = measurements(row, evaluate(row, curve_set), batch_size)
+                row.curve.append((row.steps, row.final["psnr"]))
                 log(f"step {row.steps:5d}  {row.name:40s} curve PSNR {row.curve[-1][1]:6.2f} dB")
+                if after_round is not None:
+                    after_round()
     for row in rows:
-        row.final = evaluate(row, test_images)
-        row.final["images_per_second"] = row.steps * batch_size / max(row.train_seconds, 1e-9)
-        row.final["bits_per_token"] = row.bits_per_token
-        row.final["train_seconds"] = row.train_seconds
+        row.final = measurements(row, evaluate(row, test_images), batch_size)
+        log(f"final {row.name:40s} test PSNR {row.final['psnr']:6.2f} dB on {test_images.shape[0]} images")
+        if after_round is not None:
+            after_round()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,30 +346,41 @@ def run(
 def markdown(rows: list[Row], steps: int, batch_size: int) -> str:
     reference = {row.codebook_size: row for row in rows if row.name.startswith("diffusers VQModel")}
     lines = [
-        f"{steps} steps of batch {batch_size}; test PSNR/SSIM/usage/perplexity on the test split; "
-        "speed = images/s of training steps relative to diffusers VQModel at the same K.",
+        f"Budget {steps} steps of batch {batch_size} (`steps`: what the row reached); PSNR / SSIM / usage / "
+        "perplexity on the first `test images` of the test split; train usage: codes hit in the quantizer's "
+        "window of recent training tokens; speed = images/s of training steps relative to diffusers VQModel "
+        "at the same K.",
         "",
-        "| row | bits/token | test PSNR (dB) | SSIM | usage | perplexity | images/s | speed vs diffusers |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | bits/token | steps | test images | test PSNR (dB) | SSIM | usage | perplexity | train usage "
+        "| images/s | speed vs diffusers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         final = row.final
+        if not final:
+            continue
         peer = reference.get(row.codebook_size) or reference.get(2 ** int(row.bits_per_token))
-        speed = f"{final['images_per_second'] / peer.final['images_per_second']:.2f}" if peer else "-"
+        speed = "-"
+        if peer is not None and peer.final:
+            speed = f"{final['images_per_second'] / peer.final['images_per_second']:.2f}"
+        window = final["train_window_usage"]
+        window = "-" if window is None else f"{100 * window:.1f}%"
         lines.append(
-            f"| {row.name} | {row.bits_per_token:.0f} | {final['psnr']:.2f} | {final['ssim']:.3f} | "
-            f"{100 * final['usage']:.1f}% | {final['perplexity']:.0f} | {final['images_per_second']:.0f} | {speed} |"
+            f"| {row.name} | {row.bits_per_token:.0f} | {final['steps']} | {final['eval_images']} | "
+            f"{final['psnr']:.2f} | {final['ssim']:.3f} | {100 * final['usage']:.1f}% | {final['perplexity']:.0f} | "
+            f"{window} | {final['images_per_second']:.0f} | {speed} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: list[Row], args, output_dir: Path) -> None:
+def write_outputs(rows: list[Row], args, output_dir: Path, echo: bool = True) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     sizes = "_".join(str(size) for size in args.codebook_sizes)
     stem = f"quality_{args.max_train_steps}steps_K{sizes}"
     results = {
         "settings": {
             "max_train_steps": args.max_train_steps,
+            "eval_steps": args.eval_steps,
             "train_batch_size": args.train_batch_size,
             "learning_rate": args.learning_rate,
             "num_test_images": args.num_test_images,
@@ -351,14 +388,19 @@ def write_outputs(rows: list[Row], args, output_dir: Path) -> None:
             "threads": args.threads,
             "backbone": BACKBONE,
         },
-        "rows": {row.name: {"curve": row.curve, **row.final, "bits_per_token": row.bits_per_token} for row in rows},
+        "rows": {row.name: {"curve": row.curve, **row.final} for row in rows if row.final},
     }
     (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     table = markdown(rows, args.max_train_steps, args.train_batch_size)
     (output_dir / f"{stem}.md").write_text(table)
-    print(table)
+    if echo:
+        print(table)
     for size in sorted({int(row.name.rsplit("K=", 1)[1]) for row in rows}):
-        series = {row.name.rsplit(" K=", 1)[0]: row.curve for row in rows if row.name.endswith(f"K={size}")}
+        series = {
+            row.name.rsplit(" K=", 1)[0]: row.curve for row in rows if row.name.endswith(f"K={size}") and row.curve
+        }
+        if not series:
+            continue
         chart = line_chart(series, f"CIFAR-10 test PSNR, K = {size}", "training steps", "PSNR (dB)")
         chart.save(output_dir / f"{stem}_psnr_K{size}.png")
 
@@ -407,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         args.learning_rate,
         args.eval_steps,
         args.curve_images,
+        after_round=lambda: write_outputs(rows, args, Path(args.output_dir), echo=False),
     )
     write_outputs(rows, args, Path(args.output_dir))
 

@@ -7,6 +7,7 @@ short training run on patches of skimage.data photos.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -214,6 +215,65 @@ def test_dead_codes_are_reseeded_from_the_current_batch_once_per_window():
     assert all((batch_rows == code).all(dim=1).any() for code in reseeded)
     # Used codes are left alone (no EMA, no optimiser step here).
     torch.testing.assert_close(quantizer.codebook.data[:2], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+
+
+def test_ema_expiry_reseeds_codes_below_the_threshold_every_step_from_distinct_rows():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(6, 2, ema_decay=0.5, dead_code_restart=True, dead_code_threshold=0.5).train()
+    codes = torch.tensor([[0.0, 0.0], [1.0, 1.0], [9.0, 9.0], [-9.0, 9.0], [9.0, -9.0], [-9.0, -9.0]])
+    sizes = torch.tensor([3.0, 2.0, 0.2, 0.1, 0.3, 0.4])  # mean 1: threshold 0.5 expires codes 2-5
+    with torch.no_grad():
+        quantizer.codebook.copy_(codes)
+        quantizer.ema_cluster_size.copy_(sizes)
+        quantizer.ema_codebook_sum.copy_(codes * sizes[:, None])
+    batch = torch.rand(3, 2)[:, :, None, None] * 0.1 + 3  # 3 rows for 4 dead codes
+    quantizer(batch)
+    rows = batch.flatten(1)
+    moved = [k for k in range(6) if not torch.allclose(quantizer.codebook.data[k], codes[k], atol=1e-3)]
+    assert len(moved) == 3 and set(moved) <= {2, 3, 4, 5}
+    # Each re-seeded code is a distinct batch row (then one EMA step that keeps it there: the
+    # rows are its nearest inputs), and starts at the mean cluster size.
+    reseeded = quantizer.codebook.data[moved]
+    assert len({tuple(code.tolist()) for code in reseeded}) == 3
+    for code in reseeded:
+        assert (rows - code).norm(dim=1).min() < 0.2
+    still_dead = ({2, 3, 4, 5} - set(moved)).pop()
+    assert quantizer.ema_cluster_size[still_dead] < 0.5 * quantizer.ema_cluster_size.mean()
+
+
+@pytest.mark.parametrize("threshold, least_usage", [(0.5, 0.99), (0.0, None)])
+def test_ema_expiry_keeps_a_large_codebook_in_use_within_a_fraction_of_the_window(threshold, least_usage):
+    """4,096 codes, 40 batches of 1,024 tokens (fewer than the 65,536-token usage window): k-means
+    on the first batch leaves 3,072 codes empty; EMA expiry revives them at once, the window
+    test (threshold 0) only after a whole window."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(
+        4096, 4, ema_decay=0.99, kmeans_init=True, dead_code_restart=True, dead_code_threshold=threshold
+    ).train()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        quantizer(torch.randn(16, 4, 8, 8, generator=generator))
+    held_out = quantizer(torch.randn(64, 4, 32, 32, generator=generator), update_codebook=False).indices
+    usage = torch.unique(held_out).numel() / 4096
+    if least_usage is None:
+        assert usage < 0.8, usage
+    else:
+        assert usage >= least_usage, usage
+
+
+def test_dead_code_threshold_is_validated_and_old_configs_get_the_default(tmp_path):
+    with pytest.raises(ValueError, match=r"dead_code_threshold must be a number in \[0, 1\), got 1.5"):
+        tiny_config("vqvae", dead_code_threshold=1.5)
+    with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got -0.1"):
+        VectorQuantizer(8, 2, ema_decay=0.9, dead_code_threshold=-0.1)
+    model = latentcode.VQVAEModel(tiny_config("vqvae", codebook_size=16))
+    assert model.quantizer.expires_by_ema and model.quantizer.dead_code_threshold == 0.5
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["dead_code_threshold"]  # a checkpoint written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
+    assert loaded.config.dead_code_threshold == 0.5 and loaded.quantizer.expires_by_ema
 
 
 def test_kmeans_init_runs_once_and_matches_sklearn_lloyd():

@@ -42,6 +42,7 @@ def ddp_results(tmp_path_factory):
 # The state each quantizer trains (a name suffix), and the state that never changes.
 TRAINED_STATE = {
     "vq": "codebook",
+    "vq_ema_expiry": "codebook",
     "residual": "codebook",
     "simvq": "codebook_transform.weight",
     "bsq": "training_steps",

@@ -261,8 +261,14 @@ class VQVAEConfig(LatentCodeConfig):
         kmeans_init (`bool`, defaults to `True`): initialise codes by k-means on the first
             training batch.
         kmeans_iterations (`int`, defaults to 10): Lloyd steps of that k-means.
-        dead_code_restart (`bool`, defaults to `True`): codes unused over the usage window are
-            re-seeded with encoder outputs of the current batch.
+        dead_code_restart (`bool`, defaults to `True`): dead codes are re-seeded with encoder
+            outputs of the current batch (at most one code per token of the batch).
+        dead_code_threshold (`float`, defaults to 0.5): with `codebook_ema`, a code is dead when
+            its EMA cluster size falls below this fraction of the mean cluster size, tested
+            every step (a code hit evenly has the mean size; a re-seeded code starts there and
+            lasts about `log(1 / threshold) / (1 - codebook_ema_decay)` steps without a hit).
+            In [0, 1); 0 (and `codebook_ema=False`) tests instead, every usage window, for
+            codes not hit in the window, which at a large K leaves most codes dead for long.
         codebook_usage_window (`int`, *optional*): tokens per process in the sliding window of the
             usage metrics and the dead-code test; defaults to 16 * codebook_size.
         codebook_l2_norm (`bool`, defaults to `False`): cosine-similarity (l2-normalised) codes.
@@ -292,6 +298,7 @@ class VQVAEConfig(LatentCodeConfig):
         "kmeans_init",
         "kmeans_iterations",
         "dead_code_restart",
+        "dead_code_threshold",
         "codebook_usage_window",
     )
     # Former name -> current name; the former names still load.
@@ -315,6 +322,7 @@ class VQVAEConfig(LatentCodeConfig):
         kmeans_init: bool = True,
         kmeans_iterations: int = 10,
         dead_code_restart: bool = True,
+        dead_code_threshold: float = 0.5,
         codebook_usage_window: int | None = None,
         codebook_l2_norm: bool = False,
         fsq_levels: Sequence[int] | None = None,
@@ -342,6 +350,7 @@ class VQVAEConfig(LatentCodeConfig):
         self.kmeans_init = kmeans_init
         self.kmeans_iterations = kmeans_iterations
         self.dead_code_restart = dead_code_restart
+        self.dead_code_threshold = dead_code_threshold
         self.codebook_usage_window = codebook_usage_window
         self.codebook_l2_norm = codebook_l2_norm
         self.lfq_entropy_weight = lfq_entropy_weight
@@ -383,6 +392,10 @@ class VQVAEConfig(LatentCodeConfig):
             f"codebook_dim must be a positive int, got {self.codebook_dim!r}",
         )
         _check(0.0 <= codebook_ema_decay < 1.0, f"codebook_ema_decay must be in [0, 1), got {codebook_ema_decay}")
+        _check(
+            isinstance(dead_code_threshold, (int, float)) and 0.0 <= dead_code_threshold < 1.0,
+            f"dead_code_threshold must be a number in [0, 1), got {dead_code_threshold!r}",
+        )
         _check(0.0 <= quantizer_dropout <= 1.0, f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
         _check(
             codebook_usage_window is None or codebook_usage_window >= 1,

@@ -639,6 +639,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
             kmeans_init=config.kmeans_init,
             kmeans_iterations=config.kmeans_iterations,
             dead_code_restart=config.dead_code_restart,
+            dead_code_threshold=config.dead_code_threshold,
             usage_window=config.codebook_usage_window,
             l2_normalize=config.codebook_l2_norm,
             gradient_estimator=config.gradient_estimator,

@@ -83,8 +83,14 @@ class VectorQuantizer(Quantizer):
         kmeans_init: initialise the codebook by k-means on the first training batch (gathered
             from all processes, computed on rank 0, broadcast).
         kmeans_iterations: Lloyd steps of that k-means.
-        dead_code_restart: every `usage_window` tokens, codes not hit in the window are re-seeded
-            with encoder outputs of the current batch (drawn on rank 0, broadcast).
+        dead_code_restart: re-seed dead codes with encoder outputs of the current batch (drawn
+            on rank 0, broadcast). With EMA updates and `dead_code_threshold > 0`, a code is dead
+            when its EMA cluster size falls below `dead_code_threshold` times the mean one, tested
+            every step; otherwise, every `usage_window` tokens, when it was not hit in the window.
+        dead_code_threshold: the EMA expiry threshold, relative to the mean cluster size (the
+            share of a code when all are used evenly), in [0, 1); 0 keeps the window test. A
+            re-seeded code starts at the mean size, so it has about
+            `log(1 / threshold) / (1 - ema_decay)` steps to be hit before it expires again.
         usage_window: tokens per process in the sliding window of the usage metrics and of
             dead-code detection; defaults to 16 * K.
         l2_normalize: cosine-similarity codes: latents and codes are l2-normalised before the
@@ -107,6 +113,7 @@ class VectorQuantizer(Quantizer):
         kmeans_init: bool = False,
         kmeans_iterations: int = 10,
         dead_code_restart: bool = False,
+        dead_code_threshold: float = 0.0,
         usage_window: int | None = None,
         l2_normalize: bool = False,
         max_block_elements: int | None = None,
@@ -117,6 +124,8 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        if not 0.0 <= dead_code_threshold < 1.0:
+            raise ValueError(f"dead_code_threshold must be in [0, 1), got {dead_code_threshold}")
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.commitment_weight = commitment_weight
@@ -126,6 +135,7 @@ class VectorQuantizer(Quantizer):
         self.kmeans_init = kmeans_init
         self.kmeans_iterations = kmeans_iterations
         self.dead_code_restart = dead_code_restart
+        self.dead_code_threshold = dead_code_threshold
         self.l2_normalize = l2_normalize
         self.max_block_elements = max_block_elements
         self.gradient_estimator = gradient_estimator
@@ -144,6 +154,11 @@ class VectorQuantizer(Quantizer):
     @property
     def use_ema(self) -> bool:
         return self.ema_decay is not None
+
+    @property
+    def expires_by_ema(self) -> bool:
+        """Dead codes are found by their EMA cluster size every step (not by the usage window)."""
+        return self.use_ema and self.dead_code_threshold > 0
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -240,7 +255,9 @@ class VectorQuantizer(Quantizer):
         broadcast_from_rank0(sizes)
         self.codebook.copy_(centroids)
         if self.use_ema:
-            sizes = sizes.clamp_min(1.0)
+            # Without EMA expiry an empty cluster (N < K samples) is kept as a cluster of one
+            # until the window test restarts it; with it, it starts empty and expires next step.
+            sizes = sizes if self.expires_by_ema else sizes.clamp_min(1.0)
             self.ema_cluster_size.copy_(sizes)
             self.ema_codebook_sum.copy_(centroids * sizes[:, None])
         self.initialized.fill_(True)
@@ -261,19 +278,36 @@ class VectorQuantizer(Quantizer):
         self.codebook.copy_(F.normalize(codebook, dim=1) if self.l2_normalize else codebook)
 
     @torch.no_grad()
+    def _dead_codes(self) -> torch.Tensor:
+        """Indices `[n]` of the dead codes, identical on every process (all-reduced statistics)."""
+        if self.expires_by_ema:
+            mean_size = self.ema_cluster_size.sum() / self.codebook_size
+            return (self.ema_cluster_size < self.dead_code_threshold * mean_size).nonzero().squeeze(1)
+        return self.usage.unused_codes().nonzero().squeeze(1)
+
+    @torch.no_grad()
     def _restart_dead_codes(self, rows: torch.Tensor) -> None:
-        dead = self.usage.unused_codes().nonzero().squeeze(1)
+        dead = self._dead_codes().to(rows.device)
+        # At most one code per batch row, each from a distinct row (no duplicate codes); the dead
+        # codes left over are still dead at the next step.
         if dead.numel() == 0:
             return
-        replacements = rows.new_empty(dead.numel(), self.codebook_dim)
+        # Rank 0's batch size decides (the last batches of processes may differ).
+        count = int(broadcast_from_rank0(torch.tensor([min(dead.numel(), rows.shape[0])], device=rows.device)))
+        chosen = dead.new_empty(count)
+        replacements = rows.new_empty(count, self.codebook_dim)
         if is_rank0():
-            replacements = rows[torch.randint(rows.shape[0], (dead.numel(),), device=rows.device)]
+            chosen = dead[torch.randperm(dead.numel(), device=dead.device)[:count]]
+            replacements = rows[torch.randperm(rows.shape[0], device=rows.device)[:count]]
+        broadcast_from_rank0(chosen)
         broadcast_from_rank0(replacements)
-        self.codebook[dead] = replacements.to(self.codebook.dtype)
+        self.codebook[chosen] = replacements.to(self.codebook.dtype)
         if self.use_ema:
-            # A fresh code starts as a cluster of one, at the average size its sum is scaled by.
-            self.ema_cluster_size[dead] = 1.0
-            self.ema_codebook_sum[dead] = replacements.to(self.ema_codebook_sum.dtype)
+            # A fresh code starts as a cluster of the mean size (of one before EMA expiry, as
+            # the window test gives it a whole window), its sum scaled alike.
+            size = self.ema_cluster_size.sum() / self.codebook_size if self.expires_by_ema else 1.0
+            self.ema_cluster_size[chosen] = size
+            self.ema_codebook_sum[chosen] = replacements.to(self.ema_codebook_sum.dtype) * size
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -292,7 +326,7 @@ class VectorQuantizer(Quantizer):
                 # Codebook surgery before the lookup, so no tensor autograd saved is changed.
                 if self.kmeans_init and not bool(self.initialized):
                     self._kmeans_initialize(rows.detach())
-                if self.dead_code_restart and self.usage.window_elapsed():
+                if self.dead_code_restart and (self.expires_by_ema or self.usage.window_elapsed()):
                     self._restart_dead_codes(rows.detach())
             indices = self.search(rows)
             codes = F.embedding(indices, self._codes())
