@@ -214,6 +214,8 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     initial = [p.detach().clone() for p in discriminator.parameters()]
 
     pixels = trainer.validation_images[:4]
+    # Both loss calls below see the same codebook: no EMA step or dead-code expiry in between.
+    trainer.unwrapped.quantizer.eval()
     loss, _, logs = trainer.generator_loss(pixels, gan_active=False)
     last_layer = trainer.unwrapped.decoder.last_layer
     perceptual_grad = torch.autograd.grad(logs["perceptual_loss"], last_layer, retain_graph=True)[0]
@@ -224,6 +226,7 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     )[0]
     expected = reconstruction_grad + 0.1 * perceptual_grad  # the VQ terms do not reach the decoder
     torch.testing.assert_close(total_grad, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+    trainer.unwrapped.quantizer.train()
 
     for _ in range(2):  # steps 1 and 2: before disc_start
         logs = trainer.training_step()
