@@ -54,9 +54,10 @@ def main(output_path: str) -> None:
     results = {"world_size": accelerator.num_processes}
 
     # 1. The recipe: k-means init, EMA, dead-code restarts (window of 64 tokens per process),
-    #    the same with EMA expiry (every step), a residual VQ with quantiser dropout and the rotation trick, SimVQ (its frozen basis is
-    #    drawn differently on each rank before DDP broadcasts it) and BSQ with its annealing step
-    #    count, trained together with an encoder under DDP.
+    #    the same with EMA expiry (every step, uneven batches), a residual VQ with quantiser
+    #    dropout and the rotation trick, SimVQ (its frozen basis is drawn differently on each
+    #    rank before DDP broadcasts it) and BSQ with its annealing step count, trained together
+    #    with an encoder under DDP.
     for name, quantizer in {
         "vq": VectorQuantizer(32, 4, ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64),
         "vq_ema_expiry": VectorQuantizer(

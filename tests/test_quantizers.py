@@ -221,7 +221,7 @@ def test_ema_expiry_reseeds_codes_below_the_threshold_every_step_from_distinct_r
     torch.manual_seed(0)
     quantizer = VectorQuantizer(6, 2, ema_decay=0.5, dead_code_restart=True, dead_code_threshold=0.5).train()
     codes = torch.tensor([[0.0, 0.0], [1.0, 1.0], [9.0, 9.0], [-9.0, 9.0], [9.0, -9.0], [-9.0, -9.0]])
-    sizes = torch.tensor([3.0, 2.0, 0.2, 0.1, 0.3, 0.4])  # mean 1: threshold 0.5 expires codes 2-5
+    sizes = torch.tensor([6.0, 5.0, 0.2, 0.1, 0.3, 0.4])  # mean 2: threshold 0.5 expires codes 2-5
     with torch.no_grad():
         quantizer.codebook.copy_(codes)
         quantizer.ema_cluster_size.copy_(sizes)
@@ -231,12 +231,14 @@ def test_ema_expiry_reseeds_codes_below_the_threshold_every_step_from_distinct_r
     rows = batch.flatten(1)
     moved = [k for k in range(6) if not torch.allclose(quantizer.codebook.data[k], codes[k], atol=1e-3)]
     assert len(moved) == 3 and set(moved) <= {2, 3, 4, 5}
-    # Each re-seeded code is a distinct batch row (then one EMA step that keeps it there: the
-    # rows are its nearest inputs), and starts at the mean cluster size.
+    # Each re-seeded code is a distinct batch row (then one EMA step that keeps it there: each
+    # row is its own code's only input), and starts at the mean cluster size (2).
     reseeded = quantizer.codebook.data[moved]
     assert len({tuple(code.tolist()) for code in reseeded}) == 3
     for code in reseeded:
-        assert (rows - code).norm(dim=1).min() < 0.2
+        assert (rows - code).norm(dim=1).min() < 1e-3  # (up to the Laplace smoothing)
+    expected_sizes = torch.full((3,), 0.5 * 2.0 + 0.5 * 1)  # one EMA step with one hit each
+    torch.testing.assert_close(quantizer.ema_cluster_size[moved], expected_sizes)
     still_dead = ({2, 3, 4, 5} - set(moved)).pop()
     assert quantizer.ema_cluster_size[still_dead] < 0.5 * quantizer.ema_cluster_size.mean()
 
