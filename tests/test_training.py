@@ -38,11 +38,12 @@ TINY_MODEL = dict(
 )
 
 
-def tiny_config(tmp_path: Path, name: str = "run", family: str = "vqvae", **overrides) -> TrainingConfig:
-    """A 16x16 grey model on the embedded digits; seconds per run."""
+def tiny_run_values(output_dir: Path, family: str = "vqvae", **overrides) -> dict:
+    """Training settings of a 16x16 grey model on the embedded digits (seconds per run), as the
+    keyword arguments of `load_config`; the DDP and fault tests run them in subprocesses."""
     model = dict(TINY_MODEL, **({"codebook_size": 32} if family == "vqvae" else {}))
     values = dict(
-        output_dir=str(tmp_path / name),
+        output_dir=str(output_dir),
         model_family=family,
         model=model,
         dataset_name="builtin:digits",
@@ -57,7 +58,12 @@ def tiny_config(tmp_path: Path, name: str = "run", family: str = "vqvae", **over
         report_to="none",
     )
     values.update(overrides)
-    return load_config(**values)
+    return values
+
+
+def tiny_config(tmp_path: Path, name: str = "run", family: str = "vqvae", **overrides) -> TrainingConfig:
+    """`tiny_run_values` loaded as a `TrainingConfig`."""
+    return load_config(**tiny_run_values(tmp_path / name, family, **overrides))
 
 
 # Every state a resume must restore: discriminator (+ its optimiser), EMA, random crops and

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import TINY_MODEL
+from test_training import tiny_run_values
 
 REPLICA = """
 import json, sys
@@ -49,20 +49,11 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_process_ddp_replicas_stay_identical_and_loss_falls(tmp_path):
     steps, disc_start = 24, 16
-    config = dict(
-        output_dir=str(tmp_path / "run"),
-        model_family="vqvae",
-        model=dict(TINY_MODEL, codebook_size=32),
-        dataset_name="builtin:digits",
-        resolution=16,
-        train_batch_size=8,
+    config = tiny_run_values(
+        tmp_path / "run",
         max_train_steps=steps,
         learning_rate=2e-3,
         lr_warmup_steps=2,
-        num_validation_images=8,
-        checkpointing_steps=0,
-        validation_steps=0,
-        report_to="none",
         disc_weight=0.5,
         disc_start=disc_start,
         disc_num_layers=2,

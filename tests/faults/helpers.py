@@ -13,42 +13,19 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from test_training import TINY_MODEL as TINY_TRAINING_MODEL
+from test_training import tiny_run_values
 
 WORKER = Path(__file__).with_name("train_worker.py")
-TINY_MODEL = dict(
-    in_channels=1,
-    block_out_channels=[16, 32],
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    mid_block_add_attention=False,
-    codebook_size=32,
-)
+TINY_MODEL = dict(TINY_TRAINING_MODEL, codebook_size=32)
 # Tiny models gain nothing from intra-op threads; one thread also fixes the float reduction order.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "1"}
 
 
 def run_config(output_dir: Path, **overrides) -> dict:
     """An 8-step VQ-VAE run on the embedded digits with a checkpoint every 2 steps."""
-    config = dict(
-        output_dir=str(output_dir),
-        model_family="vqvae",
-        model=TINY_MODEL,
-        dataset_name="builtin:digits",
-        resolution=16,
-        train_batch_size=8,
-        max_train_steps=8,
-        learning_rate=1e-3,
-        lr_warmup_steps=1,
-        num_validation_images=8,
-        checkpointing_steps=2,
-        validation_steps=0,
-        report_to="none",
-        random_flip=True,
-        center_crop=False,
-    )
-    config.update(overrides)
-    return config
+    settings = dict(max_train_steps=8, checkpointing_steps=2, random_flip=True, center_crop=False)
+    return tiny_run_values(output_dir, **{**settings, **overrides})
 
 
 def _free_port() -> int:
