@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
 from .conversion import diffusers as diffusers_conversion
-from .families import register_family
+from .families import CodeSize, FamilyBehaviour, register_family
 from .hub import check_pretrained_source
 from .modules.backbone import Decoder, Encoder
 from .modules.distributions import DiagonalGaussianDistribution
@@ -448,7 +448,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
 
 
 @register_family("autoencoder")
-class AutoencoderModel(LatentCodePreTrainedModel):
+class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
     """Deterministic autoencoder: the code is the encoder's output.
 
     ```python
@@ -499,9 +499,31 @@ class AutoencoderModel(LatentCodePreTrainedModel):
         )
         return self._return(output, return_dict)
 
+    # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
+
+    display_name = "AutoEncoder"
+
+    def reconstruct_encoded(self, encoded: AutoencoderEncoderOutput) -> torch.Tensor:
+        """The decoded code `[B, out_channels, H, W]`."""
+        return self.decode(encoded.latents, return_dict=True).sample
+
+    def continuous_code_encoded(self, encoded: AutoencoderEncoderOutput, sample_posterior=False, generator=None):
+        """The code itself, `[B, latent_channels, h, w]` (deterministic: no posterior to sample)."""
+        return encoded.latents
+
+    def code_size(self, encoded: AutoencoderEncoderOutput) -> CodeSize:
+        """The code as it is stored: 32 bits per latent value (no entropy model bounds it)."""
+        latents = encoded.latents
+        values = latents[0].numel()
+        bits = torch.full((latents.shape[0],), 32.0 * values, dtype=torch.float64, device=latents.device)
+        return CodeSize(tuple(latents.shape[1:]), bits, f"{values} float32 values, uncompressed")
+
+    def regularizer_description(self) -> None:
+        return None
+
 
 @register_family("vae", diffusers_class_name="AutoencoderKL")
-class VAEModel(LatentCodePreTrainedModel):
+class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     """Variational autoencoder with a diagonal Gaussian posterior, like diffusers' `AutoencoderKL`.
 
     ```python
@@ -585,9 +607,35 @@ class VAEModel(LatentCodePreTrainedModel):
         z = torch.randn(shape, generator=generator, device=device).to(self.device, self.dtype)
         return self.decode(z, return_dict=True).sample
 
+    # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
+
+    display_name = "VAE"
+    can_sample_prior = True
+
+    def reconstruct_encoded(self, encoded: VAEEncoderOutput) -> torch.Tensor:
+        """The decoded posterior mean `[B, out_channels, H, W]`."""
+        return self.decode(encoded.latent_dist.mode(), return_dict=True).sample
+
+    def continuous_code_encoded(
+        self, encoded: VAEEncoderOutput, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The posterior mean `[B, latent_channels, h, w]`, or a sample of the posterior (drawn with
+        `generator`) with `sample_posterior`, as latent diffusion trains on."""
+        posterior = encoded.latent_dist
+        return posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+
+    def code_size(self, encoded: VAEEncoderOutput) -> CodeSize:
+        """KL(q(z|x) || N(0, I)) in bits per image: the cost of the code with bits-back coding."""
+        posterior = encoded.latent_dist
+        bits = posterior.kl().double() / math.log(2)
+        return CodeSize(tuple(posterior.mean.shape[1:]), bits, "KL to the prior N(0, I)")
+
+    def regularizer_description(self) -> str:
+        return f"KL to N(0, I) (weight {self.config.kl_weight})"
+
 
 @register_family("vqvae", diffusers_class_name="VQModel")
-class VQVAEModel(LatentCodePreTrainedModel):
+class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     """VQ-VAE: the code is the nearest of `codebook_size` learned vectors (or an FSQ / LFQ /
     residual-VQ code, as `config.quantizer` says; see `latentcode.modules.quantizers`).
 
@@ -761,3 +809,28 @@ class VQVAEModel(LatentCodePreTrainedModel):
         """Code sequence `[B, L]` of images of `image_size` (default `config.sample_size`) ->
         `.sample` `[B, out_channels, H, W]`."""
         return self.decode_indices(sequence_to_indices(sequence, self.latent_shape(image_size)), return_dict)
+
+    # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
+
+    display_name = "VQ-VAE"
+    has_tokens = True
+
+    def reconstruct_encoded(self, encoded: VQVAEEncoderOutput) -> torch.Tensor:
+        """The decoded tokens `[B, out_channels, H, W]`."""
+        return self.decode_indices(encoded.indices, return_dict=True).sample
+
+    def continuous_code_encoded(self, encoded: VQVAEEncoderOutput, sample_posterior=False, generator=None):
+        """The latents before quantisation `[B, codebook_dim, h, w]` (`decode` quantises them)."""
+        return encoded.latents
+
+    def code_size(self, encoded: VQVAEEncoderOutput) -> CodeSize:
+        """`log2(codebook_size)` bits per token, every level of a residual quantiser included."""
+        indices = encoded.indices
+        tokens = indices[0].numel()
+        bits = torch.full(
+            (indices.shape[0],), tokens * math.log2(self.codebook_size), dtype=torch.float64, device=indices.device
+        )
+        return CodeSize(tuple(indices.shape[1:]), bits, f"{tokens} tokens x log2({self.codebook_size})")
+
+    def regularizer_description(self) -> str:
+        return f"the {self.config.quantizer!r} quantizer's own terms as configured"
