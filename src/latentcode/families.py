@@ -77,8 +77,8 @@ class FamilyBehaviour:
         has_tokens: the code is discrete tokens: `encode(...).indices`, `decode_indices`,
             `codebook_size` and `latent_shape()` exist (what priors and token editing use).
         can_sample_prior: `sample(num_samples, generator=)` decodes draws from the prior N(0, I);
-            the model then defines an ELBO (evaluation reports it) and its latents are
-            Gaussian (interpolation follows a sphere by default).
+            the model then defines an ELBO whose rate term is `code_size(...).bits` (evaluation
+            reports it) and its latents are Gaussian (interpolation follows a sphere by default).
     """
 
     display_name: str

@@ -15,7 +15,6 @@ so its numbers and `latentcode-eval`'s agree on the same model and images.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import random
@@ -29,8 +28,10 @@ import datasets
 import torch
 
 from ..data import CorruptImages, ImageTransform, readable_images
+from ..grids import reconstruction_grid
 from ..modeling import LatentCodePreTrainedModel
-from .figures import codebook_usage_chart, psnr_histogram, reconstruction_grid
+from ..reporting import markdown_table, metrics_report, write_metrics_json
+from .figures import codebook_usage_chart, psnr_histogram
 from .metrics import (
     SSIM_WINDOW,
     CodebookHistogram,
@@ -306,71 +307,41 @@ class EvaluationImages:
 # Report
 # ----------------------------------------------------------------------------------------------
 
-METRIC_LABELS = {
-    "num_images": "images",
-    "psnr": "PSNR (dB, mean per image)",
-    "psnr_of_mean_mse": "PSNR of the mean MSE (dB)",
-    "ssim": "SSIM",
-    "mse": "MSE ([-1, 1] pixels)",
-    "l1": "L1 ([-1, 1] pixels)",
-    "lpips": "LPIPS",
-    "rfid": "rFID",
-    "codebook_usage": "codebook usage",
-    "perplexity": "codebook perplexity",
-    "codebook_size": "codebook size",
-    "kl": "KL (nats / image)",
-    "negative_elbo": "negative ELBO (nats / image)",
-    "bits_per_dim": "bits / dim",
-    "decoder_std": "decoder std used for bits / dim",
-    "perfect_reconstructions": "perfect reconstructions",
-    "encode_images_per_s": "encode (images / s)",
-    "decode_images_per_s": "decode (images / s)",
-}
+# Cells of the report's reconstruction grid are upscaled (nearest) to at least this many pixels.
+REPORT_GRID_MIN_CELL = 64
 
 
-def _format(value) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-    return str(value)
-
-
-def markdown_table(metrics: dict) -> str:
-    """The metrics as a two-column markdown table (the model card includes it)."""
-    lines = ["| metric | value |", "|---|---:|"]
-    lines += [f"| {METRIC_LABELS.get(name, name)} | {_format(value)} |" for name, value in metrics.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _json_safe(value):
-    # JSON has no infinity; a perfect reconstruction's PSNR is written as the string "inf".
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+def evaluation_report(result: EvaluationResult, extra: dict | None = None) -> dict:
+    """`result` as a `metrics.json` document (`latentcode.reporting`, `kind="evaluation"`): `extra`'s
+    `"model"` and `"data"` go to those keys, its other values to `details`."""
+    details = dict(extra or {})
+    model = details.pop("model", "(not given)")
+    data = {**details.pop("data", {}), "num_images": result.metrics["num_images"]}
+    return metrics_report(
+        kind="evaluation",
+        model=model,
+        data=data,
+        metrics=result.metrics,
+        per_image={"psnr": result.per_image_psnr},
+        notes=result.notes,
+        details=details,
+    )
 
 
 def write_report(result: EvaluationResult, output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
-    """Write `metrics.json` (metrics, per-image PSNR, notes and `extra`), `metrics.md`,
-    `reconstructions.png`, `psnr_histogram.png` and, for a VQ-VAE, `codebook_usage.png`.
-    Returns name -> path of what was written."""
+    """Write `metrics.json` ([`evaluation_report`]: metrics, per-image PSNR, notes and `extra`),
+    `metrics.md`, `reconstructions.png`, `psnr_histogram.png` and, for a model with tokens,
+    `codebook_usage.png`. Returns name -> path of what was written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         name: output_dir / name for name in ("metrics.json", "metrics.md", "reconstructions.png", "psnr_histogram.png")
     }
-    payload = {
-        **(extra or {}),
-        "metrics": {name: _json_safe(value) for name, value in result.metrics.items()},
-        "per_image_psnr": [_json_safe(value) for value in result.per_image_psnr],
-        "notes": result.notes,
-    }
-    paths["metrics.json"].write_text(json.dumps(payload, indent=2) + "\n")
+    write_metrics_json(evaluation_report(result, extra), paths["metrics.json"])
     notes = "".join(f"\n- {note}" for note in result.notes)
     paths["metrics.md"].write_text(markdown_table(result.metrics) + (f"\nNotes:{notes}\n" if notes else ""))
-    reconstruction_grid(result.originals, result.reconstructions).save(paths["reconstructions.png"])
+    grid = reconstruction_grid(result.originals, result.reconstructions, min_cell_size=REPORT_GRID_MIN_CELL)
+    grid.save(paths["reconstructions.png"])
     psnr_histogram(result.per_image_psnr).save(paths["psnr_histogram.png"])
     if result.codebook_counts is not None:
         paths["codebook_usage.png"] = output_dir / "codebook_usage.png"
