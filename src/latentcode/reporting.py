@@ -15,6 +15,14 @@ scripts name their own kind). Schema version 1:
       "details": {...}                      # the producer's own: options, steps, timings
     }
 
+Training validation, for example, writes its validation metrics with its run counters as details:
+
+```python
+report = metrics_report(kind="training", model=str(output_dir), metrics=validation, details=summary,
+                        data={"source": "builtin:digits", "split": "validation", "num_images": 64})
+write_metrics_json(report, output_dir / "metrics.json")
+```
+
 [`read_metrics_json`] reads one back and refuses files of another schema with a clear message.
 Reconstruction grids are `latentcode.grids.reconstruction_grid`; figures are in
 `latentcode.evaluation.figures`.
