@@ -348,7 +348,7 @@ class Engine:
             self.release_output_dir()
 
     def _run(self) -> TrainingResult:
-        config, accelerator = self.config, self.accelerator
+        accelerator = self.accelerator
         progress = tqdm(
             total=self.schedule.total_steps, initial=self.global_step, disable=not accelerator.is_main_process
         )
