@@ -188,6 +188,7 @@ class Engine:
         prepared = accelerator.prepare(*[item for part in parts for item in (part.module, part.optimizer)])
         for index, part in enumerate(parts):
             part.module, part.optimizer = prepared[2 * index], prepared[2 * index + 1]
+            part.module.train()  # a pretrained model loads in eval mode
         self.parts = parts
         total = None if config.max_train_time else config.max_train_steps
         self.schedule = RunSchedule(config.lr_scheduler, config.learning_rate, config.lr_warmup_steps, total)
