@@ -305,7 +305,9 @@ def add_config_arguments(
         text = text if "default" in text else f"{text} (default: {default})"
         if base is bool:  # --name / --no_name (underscores, as every other flag)
             parser.add_argument(f"--{name}", action="store_const", const=True, default=unset, help=text)
-            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False, default=unset, help="off")
+            parser.add_argument(
+                f"--no_{name}", dest=name, action="store_const", const=False, default=unset, help=f"--{name} off"
+            )
             continue
         if typing.get_origin(base) in (list, tuple, dict):
             kwargs = dict(type=yaml.safe_load, metavar="YAML")  # e.g. --block_out_channels "[64, 128]"
@@ -322,7 +324,9 @@ def build_parser(
     """One flag per field of `config_class`, plus `--config YAML`; flags left out keep the YAML's
     value or the field's default."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any of the options below", default=None)
+    parser.add_argument(
+        "--config", help="YAML file with any of the options below (default: none, the defaults stated here)"
+    )
     add_config_arguments(parser, config_class)
     return parser
 
