@@ -473,3 +473,61 @@ def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkey
     saved = VQVAEModel.from_pretrained(tmp_path / "run")
     assert saved.config.codebook_size == 32
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["images_seen"] == 2 * 2 * 8
+
+
+# -- a wall-clock budget (--max_train_time) -------------------------------------------------------
+
+
+def test_durations_parse_with_units_and_bad_ones_say_how():
+    from latentcode.training.schedule import parse_duration
+
+    assert [parse_duration(t) for t in ("900", "90s", "15m", "2h", "1.5h", 30, None)] == [
+        900,
+        90,
+        900,
+        7200,
+        5400,
+        30,
+        None,
+    ]
+    with pytest.raises(ValueError, match=r"max_train_time='15 minutes' is not a duration: .*\(90s, 15m, 2h\)"):
+        parse_duration("15 minutes")
+    with pytest.raises(ValueError, match="must be > 0 seconds"):
+        tiny_config(Path("unused"), max_train_time="0")
+
+
+def test_schedule_factors_follow_transformers_schedulers():
+    from transformers import get_scheduler
+
+    from latentcode.training.schedule import RunSchedule
+
+    for kind in ("constant", "constant_with_warmup", "linear", "cosine"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        reference = get_scheduler(kind, optimizer, num_warmup_steps=3, num_training_steps=10)
+        ours = RunSchedule(kind, 1.0, 3, 10)
+        assert [ours.factor(step) for step in range(11)] == pytest.approx(
+            [reference.lr_lambdas[0](step) for step in range(11)], abs=1e-15
+        ), kind
+
+
+def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_budget(tmp_path):
+    budget = 8.0
+    engine = trainer(tiny_config(tmp_path, max_train_time=f"{budget}s", lr_scheduler="cosine"))
+    result = engine.run()
+    assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps > 12
+    assert engine.schedule.lr() == 0.0  # the cosine schedule's end value: it reached its end
+    assert result.metrics["max_train_time"] == budget
+    assert abs(result.metrics["train_seconds"] - budget) < 0.15 * budget, result.metrics["train_seconds"]
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
+    values = dict(max_train_time=6, checkpointing_steps=3, random_flip=True, center_crop=False)
+    reference = train(tiny_config(tmp_path, "reference", **values))
+    reset_accelerate_state()
+    total = reference.metrics["global_step"]
+    checkpoint = [c for c in list_checkpoints(tmp_path / "reference") if int(c.name.split("-")[1]) < total][-1]
+    assert torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)["fitted"]  # the count is saved
+    resumed = train(tiny_config(tmp_path, "resumed", **values, resume_from_checkpoint=str(checkpoint)))
+    assert resumed.metrics["global_step"] == total
+    _assert_identical(_weights(tmp_path / "reference"), _weights(tmp_path / "resumed"))

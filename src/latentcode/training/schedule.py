@@ -96,8 +96,8 @@ class TimeBudget:
     Args:
         seconds: the training time of the whole run (all sessions together).
         ignored_steps: first steps of a session not measured (start-up costs).
-        measured_steps: steps measured before the count is fixed (fewer when they already take
-            `measure_fraction` of the budget).
+        measured_steps: steps measured before the count is fixed (fewer, at least 3, when they
+            already take `measure_fraction` of the budget).
     """
 
     def __init__(
@@ -115,8 +115,9 @@ class TimeBudget:
         if schedule.fitted or self.session_steps <= self.ignored_steps:
             return
         self.step_times.append(step_seconds)
-        enough = len(self.step_times) >= self.measured_steps
-        if not enough and sum(self.step_times) < self.measure_fraction * self.seconds and elapsed < self.seconds:
+        measured = len(self.step_times)
+        long_enough = measured >= 3 and sum(self.step_times) >= self.measure_fraction * self.seconds
+        if measured < self.measured_steps and not long_enough and elapsed < self.seconds:
             return
         mean = sum(self.step_times) / len(self.step_times)
         remaining = max(0, math.floor((self.seconds - elapsed) / mean))
