@@ -325,7 +325,7 @@ def build_parser(
     value or the field's default."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--config", help="YAML file with any of the options below (default: none, the defaults stated here)"
+        "--config", help="YAML file with any of the options below (default: none; each option's own value stated below)"
     )
     add_config_arguments(parser, config_class)
     return parser
