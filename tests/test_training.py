@@ -393,8 +393,15 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=SINGLE_THREAD_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    for name in ("model.safetensors", "config.json", "reconstructions.png", "metrics.json", "README.md"):
+    for name in ("model.safetensors", "config.json", "reconstructions.png", "loss.png", "metrics.json", "README.md"):
         assert (output / name).is_file(), name
+    assert not (output / ".latentcode.lock").exists()  # a clean finish removes the lock file (issue 20)
+    import PIL.Image
+
+    assert PIL.Image.open(output / "loss.png").size == (640, 360)  # the loss curve beside the reconstructions
+    summary = [line for line in done.stdout.splitlines() if line.startswith("done: 4 steps")]
+    assert len(summary) == 1 and "s/step" in summary[0] and str(output) in summary[0]  # the one-line summary
+    assert "it/s" in done.stderr or "s/it" in done.stderr  # tqdm's rate (and ETA) on the progress bar
     assert (output / "preprocessor_config.json").is_file()
     assert list((output / "logs").rglob("events.out.tfevents.*"))  # tensorboard by default
     metrics = json.loads((output / "metrics.json").read_text())

@@ -240,11 +240,6 @@ class Engine:
 
     # -- one optimiser step ----------------------------------------------------------------------
 
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        """True when `value` is finite on every process (all must skip a step together)."""
-        finite = torch.tensor([float(torch.isfinite(value).all())], device=self.device)
-        return bool(self.accelerator.gather(finite).min() > 0)
-
     def _accumulate(self, sums: dict) -> bool:
         """Forward and backward passes of the step's micro-batches; False at a NaN/inf loss."""
         accumulation = self.config.gradient_accumulation_steps
@@ -255,7 +250,7 @@ class Engine:
                     for part in self.parts:
                         stack.enter_context(self.accelerator.no_sync(part.module))
                 loss, logs = self.task.loss(self, pixels)
-                if not self._all_finite(loss.detach()):
+                if not all_finite(self.accelerator, loss.detach()):
                     return False
                 self.accelerator.backward(loss / accumulation)
             for name, value in logs.items():
@@ -376,11 +371,9 @@ class Engine:
         config, step = self.config, self.global_step
         if config.checkpointing_steps and step % config.checkpointing_steps == 0:
             if self.consecutive_nonfinite:  # the same on every process (all skip a step together)
+                streak = self.consecutive_nonfinite
                 logger.warning(
-                    "not saving a checkpoint at step %d: the last %d steps were NaN/inf; the last good "
-                    "checkpoint stays the newest",
-                    step,
-                    self.consecutive_nonfinite,
+                    "no checkpoint at step %d: its last %d steps were NaN/inf (the last good one stays)", step, streak
                 )
             else:
                 self.save_checkpoint(session_seconds)
@@ -390,31 +383,10 @@ class Engine:
                 self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
             self.accelerator.wait_for_everyone()
 
-    def summary(self, session_seconds: float) -> dict:
-        """Collective: the run's counters for metrics.json."""
-        config, accelerator = self.config, self.accelerator
-        # Processes may meet the same bad file in different epochs: count the union of their files.
-        corrupt = set().union(*gather_object([self.batches.corrupt.state_dict()]))
-        return {
-            "global_step": self.global_step,
-            "images_seen": self.global_step
-            * config.train_batch_size
-            * config.gradient_accumulation_steps
-            * accelerator.num_processes,
-            "train_seconds_this_session": round(session_seconds, 2),
-            "train_seconds": round(self.train_seconds + session_seconds, 2),
-            "max_train_time": config.max_train_time,
-            "final_train_loss": self.losses[-1] if self.losses else None,
-            "nonfinite_steps": self.nonfinite_steps,
-            "corrupt_images": len(corrupt),
-            "corrupt_validation_images": len(self.batches.held_out_corrupt),
-            "num_processes": accelerator.num_processes,
-        }
-
     def _finish(self, session_seconds: float) -> TrainingResult:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
-        summary = self.summary(session_seconds)
+        summary = run_summary(self, session_seconds)
         model = self.task.final_model(self)
         metrics = {}
         if accelerator.is_main_process:
@@ -440,3 +412,29 @@ class Engine:
                 (self.output_dir / LOCK_FILE).unlink(missing_ok=True)  # while still held: no other run has it
             self._lock.close()
             self._lock = None
+
+
+def run_summary(engine: Engine, session_seconds: float) -> dict:
+    """Collective: the run's counters for metrics.json."""
+    config, accelerator = engine.config, engine.accelerator
+    # Processes may meet the same bad file in different epochs: count the union of their files.
+    corrupt = set().union(*gather_object([engine.batches.corrupt.state_dict()]))
+    images_per_step = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    return {
+        "global_step": engine.global_step,
+        "images_seen": engine.global_step * images_per_step,
+        "train_seconds_this_session": round(session_seconds, 2),
+        "train_seconds": round(engine.train_seconds + session_seconds, 2),
+        "max_train_time": config.max_train_time,
+        "final_train_loss": engine.losses[-1] if engine.losses else None,
+        "nonfinite_steps": engine.nonfinite_steps,
+        "corrupt_images": len(corrupt),
+        "corrupt_validation_images": len(engine.batches.held_out_corrupt),
+        "num_processes": accelerator.num_processes,
+    }
+
+
+def all_finite(accelerator: Accelerator, value: torch.Tensor) -> bool:
+    """True when `value` is finite on every process (all must skip a step together)."""
+    finite = torch.tensor([float(torch.isfinite(value).all())], device=accelerator.device)
+    return bool(accelerator.gather(finite).min() > 0)
