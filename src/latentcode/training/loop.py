@@ -154,6 +154,9 @@ class AutoencoderTask(TrainingTask):
 
     def load_state(self, engine: Engine, trainer_state: dict, process_state: dict) -> None:
         load_usage_state(self.unwrapped, process_state["quantizer_usage"])
+        for part in engine.parts[1:]:  # the discriminator's (constant) learning rate is this run's
+            for group in part.optimizer.param_groups:
+                group["lr"] = self.config.disc_learning_rate or self.config.learning_rate
 
     def validate(self, engine: Engine, grid_path: Path | None = None) -> dict[str, float]:
         """Main process: metrics on the validation images (the evaluation `latentcode-eval` runs),
