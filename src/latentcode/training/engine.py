@@ -16,6 +16,19 @@ does everything else, the same for every script:
 - a step budget (`max_train_steps`) or a wall-clock budget (`max_train_time`, the schedule
   fitted to it, see `schedule.TimeBudget`);
 - a progress bar with rate and ETA, a one-line summary at the end, `loss.png`.
+
+A new training script is a `RunConfig` subclass with its options, a task and one call:
+
+    class MyTask(TrainingTask):
+        def build(self, engine):              # what is trained, and the training batches
+            return [Part("model", model, torch.optim.AdamW(model.parameters()))], batches
+        def loss(self, engine, pixels):       # the objective of one micro-batch
+            loss = ...
+            return loss, {"loss": loss}
+        def finish(self, engine, summary):    # save the model; the return value is metrics.json
+            return {**summary}
+
+    Engine(config, MyTask(config)).run()
 """
 
 from __future__ import annotations
