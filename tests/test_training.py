@@ -521,7 +521,8 @@ def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_bud
     budget = 8.0
     engine = trainer(tiny_config(tmp_path, max_train_time=f"{budget}s", lr_scheduler="cosine"))
     result = engine.run()
-    assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps > 12
+    # fitted after 5 ignored and at least 3 measured steps, to more steps than that
+    assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps > 8
     assert engine.schedule.lr() == 0.0  # the cosine schedule's end value: it reached its end
     assert result.metrics["max_train_time"] == budget
     assert abs(result.metrics["train_seconds"] - budget) < 0.15 * budget, result.metrics["train_seconds"]
@@ -529,7 +530,7 @@ def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_bud
 
 
 def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
-    values = dict(max_train_time=6, checkpointing_steps=3, random_flip=True, center_crop=False)
+    values = dict(max_train_time=12, checkpointing_steps=3, random_flip=True, center_crop=False)
     reference = train(tiny_config(tmp_path, "reference", **values))
     reset_accelerate_state()
     total = reference.metrics["global_step"]

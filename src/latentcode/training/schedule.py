@@ -101,7 +101,7 @@ class TimeBudget:
     """
 
     def __init__(
-        self, seconds: float, ignored_steps: int = 2, measured_steps: int = 10, measure_fraction: float = 0.05
+        self, seconds: float, ignored_steps: int = 5, measured_steps: int = 20, measure_fraction: float = 0.05
     ):
         self.seconds = seconds
         self.ignored_steps, self.measured_steps, self.measure_fraction = ignored_steps, measured_steps, measure_fraction
