@@ -103,3 +103,38 @@ def test_eval_data_flags_are_the_training_scripts_flags():
     assert {name: getattr(defaults, name) for name in DATA_SOURCE_FIELDS} == {
         name: getattr(RunConfig(), name) for name in DATA_SOURCE_FIELDS
     }
+
+
+TRAINING_SCRIPTS = ["training/train.py", "training/train_prior.py", "training/train_latent_diffusion.py"]
+
+
+@pytest.mark.parametrize("script", TRAINING_SCRIPTS)
+def test_every_training_option_has_help_with_its_default(script, capsys):
+    with pytest.raises(SystemExit):
+        if script == "training/train.py":
+            from latentcode.training import parse_args
+
+            parse_args(["--help"])
+        else:
+            load_script(script).parse_args(["--help"])
+    entries = re.split(r"\n  (?=-)", capsys.readouterr().out)[1:]
+    # The --no_NAME switches turn off an option whose default its own entry states.
+    silent = [e.split()[0] for e in entries if "default" not in e and not e.startswith(("-h", "--no_"))]
+    assert not silent, f"options without their default: {silent}"
+    assert all(len(e.split(None, 2)) > 2 or e.startswith("-h") for e in entries)  # a help text, not just a flag
+    assert any(e.startswith("--max_train_time") for e in entries)
+
+
+def test_accelerate_launch_with_the_shipped_config_states_no_warning(tmp_path):
+    import os
+    import subprocess
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    script = [str(REPO / "training/train_prior.py"), "--help"]
+    env = {**os.environ, "HF_HOME": str(tmp_path)}  # no user-level accelerate config
+    plain = subprocess.run([*launch, *script], capture_output=True, text=True, env=env, timeout=300)
+    assert "were not passed to `accelerate launch`" in plain.stderr  # what the shipped file removes
+    shipped = ["--config_file", str(REPO / "training/accelerate_config.yaml")]
+    done = subprocess.run([*launch, *shipped, *script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "--max_train_time" in done.stdout
+    assert "were not passed" not in done.stderr and "warn" not in done.stderr.lower(), done.stderr

@@ -97,3 +97,82 @@ def test_lpips_without_backbone_weights_fails_clearly(monkeypatch):
         RuntimeError, match=r"could not load the ImageNet weights of LPIPS' 'vgg' backbone.*perceptual_weight: 0"
     ):
         PerceptualLoss("vgg", pretrained=True)
+
+
+# -- the objective: every term, weight and schedule in one object ---------------------------------
+
+
+def _training_output(family: str, **overrides):
+    from conftest import tiny_model
+
+    model = tiny_model(family, **overrides).train()
+    pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return model, pixels, model(pixels)
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [("autoencoder", {}), ("vae", {}), ("vae", {"kl_weight": 0.3, "reconstruction_loss": "l1"})]
+    + [("vqvae", overrides) for overrides in __import__("test_conventions").QUANTIZER_OVERRIDES.values()],
+    ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.values())) or "defaults",
+)
+def test_the_default_objective_is_the_models_own_loss_exactly(family, overrides):
+    from latentcode.objectives import AutoencoderObjective
+
+    model, pixels, output = _training_output(family, **overrides)
+    loss, parts = AutoencoderObjective.for_model(model)(output, pixels, step=0)
+    assert torch.equal(loss, output.loss)
+    assert torch.equal(parts["reconstruction_loss"], output.reconstruction_loss) and parts["loss"] is loss
+
+
+def test_each_objective_term_follows_its_formula():
+    from latentcode.objectives import AdversarialTerms, AutoencoderObjective
+
+    model, pixels, output = _training_output("vae", kl_weight=0.5)
+    values = output.sample[0].numel()
+    l1 = F.l1_loss(output.sample, pixels)
+    objective = AutoencoderObjective(reconstruction_loss="l1", kl_weight=0.5, kl_warmup_steps=10)
+    for step, factor in [(0, 0.0), (5, 0.5), (10, 1.0), (20, 1.0)]:  # the KL warm-up schedule
+        loss, parts = objective(output, pixels, step)
+        assert parts["kl_warmup_factor"] == factor
+        torch.testing.assert_close(loss, l1 + 0.5 * factor * output.kl / values, rtol=1e-6, atol=0)
+
+    class MeanAbs(torch.nn.Module):  # a stand-in perceptual distance, [B] per image
+        def forward(self, reconstruction, target):
+            return (reconstruction - target).abs().flatten(1).mean(1) * 3
+
+    objective.perceptual, objective.perceptual_weight = MeanAbs(), 0.2
+    loss, parts = objective(output, pixels, step=10)
+    torch.testing.assert_close(parts["perceptual_loss"], 3 * l1)
+    torch.testing.assert_close(loss, l1 + 0.2 * 3 * l1 + 0.5 * output.kl / values)
+
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(3, channels=8, num_layers=1)
+    objective.adversarial = AdversarialTerms(discriminator, weight=0.7, start=5, kind="hinge", adaptive=True)
+    objective.kl_warmup_steps = 0  # steps 4 and 5 then differ by the adversarial term only
+    last_layer = model.decoder.last_layer
+    before, parts = objective(output, pixels, step=4, last_layer=last_layer)
+    assert "generator_adversarial_loss" not in parts  # before disc_start
+    loss, parts = objective(output, pixels, step=5, last_layer=last_layer)
+    adversarial = generator_adversarial_loss(discriminator(output.sample), "hinge")
+    nll = l1 + 0.2 * 3 * l1
+    weight = 0.7 * adaptive_generator_weight(nll, adversarial, last_layer)
+    torch.testing.assert_close(parts["adversarial_weight"], weight)
+    torch.testing.assert_close(loss, before + weight * adversarial)
+    assert all(p.requires_grad for p in discriminator.parameters())  # frozen only during its pass
+    expected = discriminator_loss(*discriminator(torch.cat([pixels, output.sample.detach()])).chunk(2), "hinge")
+    torch.testing.assert_close(objective.adversarial.discriminator_loss(pixels, output.sample), expected)
+    with pytest.raises(ValueError, match="reconstruction_loss must be one of"):
+        AutoencoderObjective(reconstruction_loss="huber")
+
+
+def test_the_prior_objective_is_the_causal_lm_loss():
+    from latentcode.objectives import PriorObjective
+    from latentcode.prior import build_prior, prior_loss, token_mapping
+
+    torch.manual_seed(0)
+    prior = build_prior(16, (2, 3), hidden_size=16, num_layers=1, num_heads=2)
+    mapping = token_mapping(prior.config)
+    codes = torch.randint(0, 16, (3, 6))
+    expected = prior_loss(prior, codes, mapping)
+    torch.testing.assert_close(PriorObjective()(prior, mapping.codes_to_tokens(codes)), expected, rtol=1e-6, atol=0)

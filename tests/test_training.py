@@ -6,6 +6,7 @@ Multi-process DDP is in test_training_ddp.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ from latentcode import VQVAEModel
 from latentcode.data import ImageTransform, build_image_data
 from latentcode.evaluation import evaluate
 from latentcode.families import get_family
-from latentcode.training import NonFiniteLossError, Trainer, load_config, parse_args, train
+from latentcode.training import NonFiniteLossError, load_config, parse_args, train, trainer
 from latentcode.training.checkpointing import list_checkpoints
 from latentcode.training.config import TrainingConfig, build_parser
 
@@ -155,7 +156,7 @@ def test_cli_overrides_yaml_overrides_defaults():
     assert config.adam_beta1 == TrainingConfig.__dataclass_fields__["adam_beta1"].default
 
     help_text = build_parser().format_help()
-    for name in TrainingConfig.__dataclass_fields__:
+    for name in (f.name for f in dataclasses.fields(TrainingConfig)):
         assert name == "model" or f"--{name}" in help_text
     assert "--model.KEY" in help_text
 
@@ -197,16 +198,16 @@ def test_shipped_configs_are_valid(path):
 
 def test_bad_input_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="resolution=17 is not divisible by the model's downsampling factor 2"):
-        Trainer(tiny_config(tmp_path, resolution=17))
+        trainer(tiny_config(tmp_path, resolution=17))
     with pytest.raises(
         ValueError, match=r"image_column='pixels' is not a column of the dataset; its columns are \['image'\]"
     ):
-        Trainer(tiny_config(tmp_path, image_column="pixels"))
+        trainer(tiny_config(tmp_path, image_column="pixels"))
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "only.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="the dataset has no readable image"):
-        Trainer(tiny_config(tmp_path, dataset_name=None, train_data_dir=str(folder)))
+        trainer(tiny_config(tmp_path, dataset_name=None, train_data_dir=str(folder)))
     assert not (tmp_path / "run").exists() or not list_checkpoints(tmp_path / "run")
 
 
@@ -215,31 +216,33 @@ def test_bad_input_fails_before_training(tmp_path):
 
 def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path):
     lpips = dict(perceptual_weight=0.1, perceptual_pretrained=False)  # random VGG backbone
-    trainer = Trainer(tiny_config(tmp_path, **VQGAN_OPTIONS, **lpips))
-    discriminator = trainer.accelerator.unwrap_model(trainer.discriminator)
+    engine = trainer(tiny_config(tmp_path, **VQGAN_OPTIONS, **lpips))
+    discriminator = engine.unwrap(engine.parts[1].module)
     initial = [p.detach().clone() for p in discriminator.parameters()]
 
-    pixels = trainer.validation_images[:4]
+    pixels = engine.task.validation_images[:4]
     # Both loss calls below see the same codebook: no EMA step or dead-code expiry in between.
-    trainer.unwrapped.quantizer.eval()
-    loss, _, logs = trainer.generator_loss(pixels, gan_active=False)
-    last_layer = trainer.unwrapped.decoder.last_layer
+    engine.task.unwrapped.quantizer.eval()
+    last_layer = engine.task.unwrapped.decoder.last_layer
+
+    def objective():  # before disc_start: reconstruction, LPIPS and the VQ terms
+        return engine.task.objective(engine.task.model(pixels), pixels, step=0, last_layer=last_layer)
+
+    loss, logs = objective()
     perceptual_grad = torch.autograd.grad(logs["perceptual_loss"], last_layer, retain_graph=True)[0]
     assert perceptual_grad.abs().sum() > 0  # LPIPS is computed with gradients, into the decoder
     total_grad = torch.autograd.grad(loss, last_layer)[0]
-    reconstruction_grad = torch.autograd.grad(
-        trainer.generator_loss(pixels, False)[2]["reconstruction_loss"], last_layer
-    )[0]
+    reconstruction_grad = torch.autograd.grad(objective()[1]["reconstruction_loss"], last_layer)[0]
     expected = reconstruction_grad + 0.1 * perceptual_grad  # the VQ terms do not reach the decoder
     torch.testing.assert_close(total_grad, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
-    trainer.unwrapped.quantizer.train()
+    engine.task.unwrapped.quantizer.train()
 
     for _ in range(2):  # steps 1 and 2: before disc_start
-        logs = trainer.training_step()
-        trainer.global_step += 1
+        logs = engine.training_step()
+        engine.global_step += 1
         assert "discriminator_loss" not in logs
         assert all(torch.equal(a, b) for a, b in zip(initial, discriminator.parameters()))
-    logs = trainer.training_step()
+    logs = engine.training_step()
     assert {"discriminator_loss", "generator_adversarial_loss", "adversarial_weight"} <= logs.keys()
     assert logs["adversarial_weight"] > 0
     assert 0 < logs["codebook_usage"] <= 1 and logs["perplexity"] > 1
@@ -251,24 +254,24 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen after the generator pass
 
 
-def poison_forward(trainer, bad_calls, value: float = float("nan")) -> None:
-    """Make the model's loss `value` (NaN / inf) on the forward calls (1-based) in `bad_calls`,
-    as a diverging run would (the model itself refuses NaN pixels)."""
+def poison_forward(engine, bad_calls, value: float = float("nan")) -> None:
+    """Make the model's reconstruction `value` (NaN / inf) on the forward calls (1-based) in
+    `bad_calls`, as a diverging run would (the model itself refuses NaN pixels)."""
     calls = []
 
     def hook(module, args, output):
         calls.append(1)
         if bad_calls(len(calls)):
-            output.loss = output.loss * value
+            output.sample = output.sample * value
         return output
 
-    trainer.unwrapped.register_forward_hook(hook)
+    engine.task.unwrapped.register_forward_hook(hook)
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path))
-    poison_forward(trainer, lambda call: call in (3, 4))
-    result = trainer.run()
+    engine = trainer(tiny_config(tmp_path))
+    poison_forward(engine, lambda call: call in (3, 4))
+    result = engine.run()
     assert result.metrics["nonfinite_steps"] == 2
     assert [torch.isnan(torch.tensor(x)).item() for x in result.losses] == [False, False, True, True, False, False]
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
@@ -278,10 +281,10 @@ def test_no_checkpoint_is_written_or_rotated_away_during_a_nan_streak(tmp_path):
     config = tiny_config(
         tmp_path, checkpointing_steps=2, checkpoints_total_limit=1, max_consecutive_nonfinite_steps=3, max_train_steps=8
     )
-    trainer = Trainer(config)
-    poison_forward(trainer, lambda call: call > 2, float("inf"))  # steps 3, 4, 5 diverge
+    engine = trainer(config)
+    poison_forward(engine, lambda call: call > 2, float("inf"))  # steps 3, 4, 5 diverge
     with pytest.raises(NonFiniteLossError, match=r"3 steps in a row .*Last good checkpoint: .*checkpoint-2"):
-        trainer.run()
+        engine.run()
     # Step 4 fell in the streak: no checkpoint of it, so the keep-1 rotation kept the good one.
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
     good = _weights(tmp_path / "run" / "checkpoint-2")
@@ -356,21 +359,21 @@ def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninter
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
 def test_fp16_on_cpu_says_what_to_use_instead(tmp_path):
     with pytest.raises(ValueError, match=r"mixed_precision='fp16' needs a CUDA GPU.*use 'bf16'"):
-        Trainer(tiny_config(tmp_path, mixed_precision="fp16"))
+        trainer(tiny_config(tmp_path, mixed_precision="fp16"))
 
 
 def test_bf16_autocast_run(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=6, learning_rate=3e-3))
-    pixels = trainer.validation_images[:4]
-    output = trainer.model(pixels)
+    engine = trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=6, learning_rate=3e-3))
+    pixels = engine.task.validation_images[:4]
+    output = engine.task.model(pixels)
     # accelerate hands outputs back as fp32; values computed in bf16 are exactly representable in it
     sample, quantized = output.sample.detach(), output.quantized.detach()
     assert torch.equal(sample, sample.bfloat16().float())  # the backbone runs under autocast ...
     assert quantized.dtype == torch.float32 and not torch.equal(
         quantized, quantized.bfloat16().float()
     )  # ... the quantizer in fp32
-    initial = {k: v.clone() for k, v in trainer.unwrapped.state_dict().items()}
-    result = trainer.run()
+    initial = {k: v.clone() for k, v in engine.task.unwrapped.state_dict().items()}
+    result = engine.run()
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # fp32 master weights
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert any(not torch.equal(initial[k], v) for k, v in result.model.state_dict().items())
@@ -390,8 +393,15 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=SINGLE_THREAD_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    for name in ("model.safetensors", "config.json", "reconstructions.png", "metrics.json", "README.md"):
+    for name in ("model.safetensors", "config.json", "reconstructions.png", "loss.png", "metrics.json", "README.md"):
         assert (output / name).is_file(), name
+    assert not (output / ".latentcode.lock").exists()  # a clean finish removes the lock file (issue 20)
+    import PIL.Image
+
+    assert PIL.Image.open(output / "loss.png").size == (640, 360)  # the loss curve beside the reconstructions
+    summary = [line for line in done.stdout.splitlines() if line.startswith("done: 4 steps")]
+    assert len(summary) == 1 and "s/step" in summary[0] and str(output) in summary[0]  # the one-line summary
+    assert "it/s" in done.stderr or "s/it" in done.stderr  # tqdm's rate (and ETA) on the progress bar
     assert (output / "preprocessor_config.json").is_file()
     assert list((output / "logs").rglob("events.out.tfevents.*"))  # tensorboard by default
     metrics = json.loads((output / "metrics.json").read_text())
@@ -425,15 +435,15 @@ def test_training_validation_and_latentcode_eval_agree_on_the_same_model_and_ima
     from latentcode.evaluation.cli import main as latentcode_eval
     from latentcode.image_processing import pixels_to_uint8
 
-    trainer = Trainer(tiny_config(tmp_path))
+    engine = trainer(tiny_config(tmp_path))
     # The images as 8-bit files hold them (resizing leaves values between the 8-bit levels).
-    images = pixels_to_uint8(trainer.validation_images)
-    trainer.validation_images = images.float() / 127.5 - 1
-    trainer.unwrapped.train()
-    trainer.unwrapped(trainer.validation_images)  # one training forward: k-means, a codebook worth measuring
-    validation = trainer.validate(tmp_path / "grid.png")
-    assert trainer.unwrapped.training  # validation leaves the model as it found it
-    trainer.unwrapped.save_pretrained(tmp_path / "model")
+    images = pixels_to_uint8(engine.task.validation_images)
+    engine.task.validation_images = images.float() / 127.5 - 1
+    engine.task.unwrapped.train()
+    engine.task.unwrapped(engine.task.validation_images)  # one training forward: k-means, a codebook worth measuring
+    validation = engine.task.validate(engine, tmp_path / "grid.png")
+    assert engine.task.unwrapped.training  # validation leaves the model as it found it
+    engine.task.unwrapped.save_pretrained(tmp_path / "model")
     folder = tmp_path / "images"
     folder.mkdir()
     for i, image in enumerate(images):
@@ -470,3 +480,62 @@ def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkey
     saved = VQVAEModel.from_pretrained(tmp_path / "run")
     assert saved.config.codebook_size == 32
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["images_seen"] == 2 * 2 * 8
+
+
+# -- a wall-clock budget (--max_train_time) -------------------------------------------------------
+
+
+def test_durations_parse_with_units_and_bad_ones_say_how():
+    from latentcode.training.schedule import parse_duration
+
+    assert [parse_duration(t) for t in ("900", "90s", "15m", "2h", "1.5h", 30, None)] == [
+        900,
+        90,
+        900,
+        7200,
+        5400,
+        30,
+        None,
+    ]
+    with pytest.raises(ValueError, match=r"max_train_time='15 minutes' is not a duration: .*\(90s, 15m, 2h\)"):
+        parse_duration("15 minutes")
+    with pytest.raises(ValueError, match="must be > 0 seconds"):
+        tiny_config(Path("unused"), max_train_time="0")
+
+
+def test_schedule_factors_follow_transformers_schedulers():
+    from transformers import get_scheduler
+
+    from latentcode.training.schedule import RunSchedule
+
+    for kind in ("constant", "constant_with_warmup", "linear", "cosine"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        reference = get_scheduler(kind, optimizer, num_warmup_steps=3, num_training_steps=10)
+        ours = RunSchedule(kind, 1.0, 3, 10)
+        assert [ours.factor(step) for step in range(11)] == pytest.approx(
+            [reference.lr_lambdas[0](step) for step in range(11)], abs=1e-15
+        ), kind
+
+
+def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_budget(tmp_path):
+    budget = 8.0
+    engine = trainer(tiny_config(tmp_path, max_train_time=f"{budget}s", lr_scheduler="cosine"))
+    result = engine.run()
+    # fitted after 5 ignored and at least 3 measured steps, to more steps than that
+    assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps > 8
+    assert engine.schedule.lr() == 0.0  # the cosine schedule's end value: it reached its end
+    assert result.metrics["max_train_time"] == budget
+    assert abs(result.metrics["train_seconds"] - budget) < 0.15 * budget, result.metrics["train_seconds"]
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
+    values = dict(max_train_time=12, checkpointing_steps=3, random_flip=True, center_crop=False)
+    reference = train(tiny_config(tmp_path, "reference", **values))
+    reset_accelerate_state()
+    total = reference.metrics["global_step"]
+    checkpoint = [c for c in list_checkpoints(tmp_path / "reference") if int(c.name.split("-")[1]) < total][-1]
+    assert torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)["fitted"]  # the count is saved
+    resumed = train(tiny_config(tmp_path, "resumed", **values, resume_from_checkpoint=str(checkpoint)))
+    assert resumed.metrics["global_step"] == total
+    _assert_identical(_weights(tmp_path / "reference"), _weights(tmp_path / "resumed"))

@@ -17,18 +17,18 @@ REPLICA = """
 import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
-from latentcode.training import Trainer, load_config
+from latentcode.training import load_config, trainer
 
-trainer = Trainer(load_config(**json.loads(sys.argv[1])))
-rank, out = trainer.accelerator.process_index, Path(sys.argv[2])
+engine = trainer(load_config(**json.loads(sys.argv[1])))
+rank, out = engine.accelerator.process_index, Path(sys.argv[2])
 forward_calls = []
-trainer.model.register_forward_pre_hook(lambda module, args: forward_calls.append(type(module).__name__))
-start = trainer.batches.state_dict()
-first_batch = trainer.batches.next_batch()
-trainer.batches.load_state_dict(start)
+engine.task.model.register_forward_pre_hook(lambda module, args: forward_calls.append(type(module).__name__))
+start = engine.batches.state_dict()
+first_batch = engine.batches.next_batch()
+engine.batches.load_state_dict(start)
 
-result = trainer.run()
-discriminator = trainer.accelerator.unwrap_model(trainer.discriminator)
+result = engine.run()
+discriminator = engine.unwrap(engine.parts[1].module)
 tensors = {f"model.{k}": v for k, v in result.model.state_dict().items()}
 tensors.update({f"discriminator.{k}": v for k, v in discriminator.state_dict().items()})
 save_file({k: v.contiguous() for k, v in tensors.items()}, out / f"rank{rank}.safetensors")

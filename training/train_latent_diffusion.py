@@ -14,15 +14,13 @@ first batch unless given, and stored in the autoencoder's config) so the UNet se
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import torch
-from accelerate.utils import set_seed
 from diffusers import DDIMScheduler, DDPMScheduler
-from transformers import AutoModel, get_scheduler
+from transformers import AutoModel
 
 import latentcode
 from latentcode.data import image_data_from_config
@@ -34,10 +32,9 @@ from latentcode.latent_diffusion import (
     latent_diffusion_pipeline,
     latent_unet,
 )
-from latentcode.training.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.loop import run_accelerator, tracker_config
+from latentcode.training.engine import Engine, Part, TrainingTask
 
 
 @dataclass
@@ -55,14 +52,18 @@ class LatentDiffusionConfig(RunConfig):
     norm_num_groups: int = option("UNet GroupNorm groups", default=32)
     num_train_timesteps: int = option("DDPM noise-schedule steps", default=1000)
     scaling_factor: float | None = option("latent scale (default: 1 / std of the first batch)", default=None)
-    max_train_steps: int = option("optimiser steps", default=5000)
-    train_batch_size: int = option("images per process per step", default=64)
+    max_train_steps: int = option("optimiser steps (unused with max_train_time)", default=5000)
+    train_batch_size: int = option("images per process per micro-batch", default=64)
     learning_rate: float = option("peak learning rate", default=2e-4)
     lr_warmup_steps: int = option("linear learning-rate warm-up steps", default=200)
     validation_steps: int = option("validation loss and samples every N steps (0: only at the end)", default=1000)
-    logging_steps: int = option("print the training loss every N steps", default=50)
     num_samples: int = option("images sampled at each validation", default=16)
     num_inference_steps: int = option("DDIM steps when sampling", default=50)
+
+    resume_fixed: ClassVar[tuple[str, ...]] = (
+        *RunConfig.resume_fixed,
+        *("block_out_channels", "layers_per_block", "norm_num_groups", "num_train_timesteps", "scaling_factor"),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -74,134 +75,115 @@ def parse_args(argv: list[str] | None = None) -> LatentDiffusionConfig:
     return parse_config(argv, LatentDiffusionConfig, description=__doc__)
 
 
-def main(args: LatentDiffusionConfig) -> dict:
-    accelerator = run_accelerator(args)
-    set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    device = accelerator.device
+class LatentDiffusionTask(TrainingTask):
+    """The frozen autoencoder encodes each batch to scaled latents; the UNet learns to denoise them."""
 
-    autoencoder = AutoModel.from_pretrained(args.pretrained_model_name_or_path)
-    if not isinstance(autoencoder, (latentcode.VAEModel, latentcode.VQVAEModel)):
-        raise ValueError(
-            f"--pretrained_model_name_or_path must hold a VAEModel or VQVAEModel, got {type(autoencoder).__name__}"
+    def __init__(self, config: LatentDiffusionConfig):
+        self.config = config
+        self.validation_latents = None
+
+    def build(self, engine: Engine):
+        config, accelerator, device = self.config, engine.accelerator, engine.device
+        autoencoder = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
+        if not isinstance(autoencoder, (latentcode.VAEModel, latentcode.VQVAEModel)):
+            raise ValueError(
+                f"--pretrained_model_name_or_path must hold a VAEModel or VQVAEModel, got {type(autoencoder).__name__}"
+            )
+        self.autoencoder = autoencoder.eval().requires_grad_(False).to(device)
+        resolution = config.resolution or autoencoder.config.sample_size
+        batches, self.validation_images = image_data_from_config(
+            config, autoencoder.config.in_channels, resolution, accelerator.process_index, accelerator.num_processes
         )
-    autoencoder = autoencoder.eval().requires_grad_(False).to(device)
-    resolution = args.resolution or autoencoder.config.sample_size
+        # Each process has its own noise; the validation noise is the same everywhere and every time.
+        self.generator = torch.Generator(device).manual_seed(config.seed + accelerator.process_index)
+        if config.scaling_factor is not None:
+            autoencoder.config.scaling_factor = config.scaling_factor
+        else:  # measured on the first batch, which step 1 then reads again (a resume restores its own)
+            start = batches.state_dict()
+            local = compute_scaling_factor(autoencoder, [batches.next_batch()], generator=self.generator)
+            batches.load_state_dict(start)
+            # Every process must scale alike: use the mean of their measurements.
+            autoencoder.config.scaling_factor = accelerator.reduce(torch.tensor(local, device=device), "mean").item()
+        unet = latent_unet(
+            autoencoder.config, resolution, config.block_out_channels, config.layers_per_block, config.norm_num_groups
+        )
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
+        betas = (config.adam_beta1, config.adam_beta2)
+        adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, **adam)
+        accelerator.print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+        return [Part("unet", unet, optimizer)], batches
 
-    batches, validation_images = image_data_from_config(
-        args, autoencoder.config.in_channels, resolution, accelerator.process_index, accelerator.num_processes
-    )
-    # Each process has its own noise; the validation noise is the same everywhere and every time.
-    generator = torch.Generator(device).manual_seed(args.seed + accelerator.process_index)
+    def prepared(self, engine: Engine) -> None:
+        engine.accelerator.print(f"scaling_factor = {self.autoencoder.config.scaling_factor:.5f}")
 
     @torch.no_grad()
-    def encode(pixels: torch.Tensor, noise: torch.Generator = generator) -> torch.Tensor:
-        latents = continuous_latents(autoencoder, pixels.to(device), sample_posterior=True, generator=noise)
-        return latents * autoencoder.config.scaling_factor
+    def encode(self, pixels: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        latents = continuous_latents(self.autoencoder, pixels, sample_posterior=True, generator=noise)
+        return latents * self.autoencoder.config.scaling_factor
 
-    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
-    first_batch = batches.next_batch() if checkpoint is None else None
-    if args.scaling_factor is not None:
-        autoencoder.config.scaling_factor = args.scaling_factor
-    elif checkpoint is None:
-        # Every process must scale alike: use the mean of their measurements.
-        local = compute_scaling_factor(autoencoder, [first_batch], generator=generator)
-        measured = accelerator.reduce(torch.tensor(local, device=device), "mean")
-        autoencoder.config.scaling_factor = measured.item()
-    # (a resumed run takes the factor it measured back from its checkpoint, below)
+    def loss(self, engine: Engine, pixels: torch.Tensor):
+        latents = self.encode(pixels, self.generator)
+        loss = diffusion_loss(engine.parts[0].module, self.noise_scheduler, latents, self.generator)
+        return loss, {"loss": loss}
 
-    unet = latent_unet(
-        autoencoder.config, resolution, args.block_out_channels, args.layers_per_block, args.norm_num_groups
-    )
-    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-    )
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    first_step = 1
-    if checkpoint is not None:
-        trainer_state, process_state = load_checkpoint(accelerator, checkpoint)
-        first_step = trainer_state["global_step"] + 1
-        autoencoder.config.scaling_factor = trainer_state["scaling_factor"]
-        batches.load_state_dict(process_state["data"])
-        generator.set_state(process_state["noise_generator"])
-        accelerator.print(f"resumed from {checkpoint} at step {first_step - 1}")
-    accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
-    accelerator.print(f"scaling_factor = {autoencoder.config.scaling_factor:.5f}")
-    accelerator.print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+    def state(self, engine: Engine) -> tuple[dict, dict]:
+        return {"scaling_factor": self.autoencoder.config.scaling_factor}, {
+            "noise_generator": self.generator.get_state()
+        }
 
-    # Validation posterior samples from a fixed seed: the same in every run, resumed or not.
-    validation_noise = torch.Generator(device).manual_seed(args.seed)
-    validation_latents = encode(validation_images, validation_noise) if len(validation_images) else None
+    def load_state(self, engine: Engine, trainer_state: dict, process_state: dict) -> None:
+        self.autoencoder.config.scaling_factor = trainer_state["scaling_factor"]
+        self.generator.set_state(process_state["noise_generator"])
 
-    def pipeline():
-        scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-        return latent_diffusion_pipeline(autoencoder, accelerator.unwrap_model(unet), scheduler)
+    def pipeline(self, engine: Engine):
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        return latent_diffusion_pipeline(self.autoencoder, engine.unwrap(engine.parts[0].module), scheduler)
 
-    def validate(step: int) -> dict:
-        metrics = {"step": step}
-        model = accelerator.unwrap_model(unet).eval()
-        if validation_latents is not None:
-            fixed = torch.Generator(device).manual_seed(args.seed)
+    def validate(self, engine: Engine) -> dict:
+        config, device = self.config, engine.device
+        metrics = {}
+        unet = engine.unwrap(engine.parts[0].module).eval()
+        if len(self.validation_images):
+            if self.validation_latents is None:  # the same posterior samples in every run, resumed or not
+                noise = torch.Generator(device).manual_seed(config.seed)
+                self.validation_latents = self.encode(self.validation_images.to(device), noise)
+            fixed = torch.Generator(device).manual_seed(config.seed)
             with torch.no_grad():
-                metrics["validation_loss"] = diffusion_loss(model, noise_scheduler, validation_latents, fixed).item()
-        images = pipeline()(
-            batch_size=args.num_samples,
-            generator=torch.Generator().manual_seed(args.seed),
-            num_inference_steps=args.num_inference_steps,
+                loss = diffusion_loss(unet, self.noise_scheduler, self.validation_latents, fixed)
+            metrics["validation_loss"] = loss.item()
+        images = self.pipeline(engine)(
+            batch_size=config.num_samples,
+            generator=torch.Generator().manual_seed(config.seed),
+            num_inference_steps=config.num_inference_steps,
             output_type="np",
         ).images
         samples = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1  # [N, C, H, W] in [-1, 1]
-        save_image_grid(samples, output_dir / "samples" / f"step_{step:06d}.png")
-        model.train()
-        accelerator.print(json.dumps(metrics))
-        accelerator.log({f"validation/{k}": v for k, v in metrics.items() if k != "step"}, step=step)
+        save_image_grid(samples, engine.output_dir / "samples" / f"step_{engine.global_step:06d}.png")
+        unet.train()
+        engine.accelerator.print(f"step {engine.global_step}: {metrics}")
         return metrics
 
-    history, metrics = [], {}
-    unet.train()
-    for step in range(first_step, args.max_train_steps + 1):
-        pixels = first_batch if first_batch is not None and step == 1 else batches.next_batch()
-        loss = diffusion_loss(unet, noise_scheduler, encode(pixels), generator)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        lr_scheduler.step()
-        history.append(accelerator.gather(loss.detach()[None]).mean().item())
-        accelerator.log({"train/loss": history[-1], "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
-        if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-            trainer_state = {"global_step": step, "scaling_factor": autoencoder.config.scaling_factor}
-            process_state = {"data": batches.state_dict(), "noise_generator": generator.get_state()}
-            save_checkpoint(accelerator, output_dir, step, trainer_state, process_state, args.checkpoints_total_limit)
-        if step % args.logging_steps == 0 or step == first_step:
-            accelerator.print(f"step {step}: loss {history[-1]:.4f}")
-        if accelerator.is_main_process and args.validation_steps and step % args.validation_steps == 0:
-            metrics = validate(step)
-        accelerator.wait_for_everyone()
-
-    if accelerator.is_main_process:
-        if not metrics or metrics["step"] != args.max_train_steps:
-            metrics = validate(args.max_train_steps)
-        pipeline().save_pretrained(output_dir)
+    def finish(self, engine: Engine, summary: dict) -> dict:
+        output_dir = engine.output_dir
+        metrics = self.validate(engine)
+        self.pipeline(engine).save_pretrained(output_dir)
         (output_dir / "samples.png").write_bytes(
-            (output_dir / "samples" / f"step_{args.max_train_steps:06d}.png").read_bytes()
+            (output_dir / "samples" / f"step_{engine.global_step:06d}.png").read_bytes()
         )
-        metrics.update(scaling_factor=autoencoder.config.scaling_factor)
-        if history:  # empty when resumed at the last step
-            metrics.update(first_train_loss=history[0], last_train_loss=history[-1])
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return metrics
+        first = engine.history[0] if engine.history else None
+        return {
+            "step": engine.global_step,
+            **metrics,
+            "scaling_factor": self.autoencoder.config.scaling_factor,
+            "first_train_loss": first,
+            **summary,
+        }
+
+
+def main(config: LatentDiffusionConfig) -> dict:
+    """Train the UNet and save the pipeline; returns the final metrics (main process)."""
+    return Engine(config, LatentDiffusionTask(config)).run().metrics
 
 
 if __name__ == "__main__":

@@ -12,31 +12,22 @@ card (`model_cards/prior.md`) and `samples.png`. The library side is `latentcode
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import torch
-from accelerate.utils import set_seed
-from transformers import AutoModel, get_scheduler
+from transformers import AutoModel
 
 import latentcode
 from latentcode.data import image_data_from_config
 from latentcode.grids import save_image_grid
-from latentcode.prior import (
-    PRIOR_ARCHITECTURES,
-    build_prior,
-    encode_to_sequences,
-    prior_loss,
-    sample_images,
-    token_mapping,
-)
-from latentcode.training.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from latentcode.objectives import PriorObjective
+from latentcode.prior import PRIOR_ARCHITECTURES, build_prior, encode_to_sequences, sample_images, token_mapping
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.loop import run_accelerator, tracker_config
+from latentcode.training.engine import Engine, Part, TrainingTask
 from latentcode.training.model_card import render_model_card
 
 
@@ -55,15 +46,19 @@ class PriorConfig(RunConfig):
     num_layers: int = option("transformer layers", default=4)
     num_heads: int = option("attention heads", default=4)
     dropout: float = option("dropout of the prior", default=0.0)
-    max_train_steps: int = option("optimiser steps", default=2000)
+    max_train_steps: int = option("optimiser steps (unused with max_train_time)", default=2000)
     train_batch_size: int = option("images per process per micro-batch", default=32)
     learning_rate: float = option("peak learning rate", default=3e-4)
     adam_weight_decay: float = option("AdamW weight decay", default=0.01)
     lr_warmup_steps: int = option("linear learning-rate warm-up steps", default=100)
-    logging_steps: int = option("print the training loss every N steps", default=50)
     num_samples: int = option("images sampled at each validation and at the end", default=16)
     temperature: float = option("sampling temperature", default=1.0)
-    top_k: int | None = option("sample from the k most likely codes only", default=None)
+    top_k: int | None = option("sample from the k most likely codes only (None: all)", default=None)
+
+    resume_fixed: ClassVar[tuple[str, ...]] = (
+        *RunConfig.resume_fixed,
+        *("architecture", "hidden_size", "num_layers", "num_heads", "dropout"),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -77,144 +72,109 @@ def parse_args(argv: list[str] | None = None) -> PriorConfig:
     return parse_config(argv, PriorConfig, description=__doc__)
 
 
-@torch.no_grad()
-def validation_nll(prior, mapping, sequences: torch.Tensor, batch_size: int) -> float:
-    """Mean held-out negative log-likelihood in nats per code."""
-    was_training = prior.training
-    prior.eval()
-    losses = [prior_loss(prior, chunk, mapping) * len(chunk) for chunk in sequences.split(batch_size)]
-    prior.train(was_training)
-    return (torch.stack(losses).sum() / len(sequences)).item()
+class PriorTask(TrainingTask):
+    """The frozen VQ-VAE encodes each batch to code sequences; the prior learns them."""
 
+    def __init__(self, config: PriorConfig):
+        self.config, self.objective = config, PriorObjective()
 
-def main(args: PriorConfig) -> dict:
-    accelerator = run_accelerator(args, gradient_accumulation_steps=args.gradient_accumulation_steps)
-    set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-
-    vqvae = AutoModel.from_pretrained(args.pretrained_model_name_or_path)
-    if not isinstance(vqvae, latentcode.VQVAEModel):
-        raise ValueError(f"--pretrained_model_name_or_path must hold a VQVAEModel, got {type(vqvae).__name__}")
-    vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
-    resolution = args.resolution or vqvae.config.sample_size
-    latent_shape = vqvae.latent_shape(resolution)
-
-    batches, validation_images = image_data_from_config(
-        args, vqvae.config.in_channels, resolution, accelerator.process_index, accelerator.num_processes
-    )
-    validation_codes = torch.cat(list(encode_to_sequences(vqvae, validation_images.split(64))))
-
-    prior = build_prior(
-        vqvae.config.codebook_size,
-        latent_shape,
-        architecture=args.architecture,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        num_heads=args.num_heads,
-        dropout=args.dropout,
-        vqvae_name_or_path=args.pretrained_model_name_or_path,
-    )
-    mapping = token_mapping(prior.config)
-    optimizer = torch.optim.AdamW(
-        prior.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
-    scheduler = get_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-    )
-    prior, optimizer = accelerator.prepare(prior, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    first_step = 1
-    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        trainer_state, process_state = load_checkpoint(accelerator, checkpoint)
-        first_step = trainer_state["global_step"] + 1
-        batches.load_state_dict(process_state["data"])
-        accelerator.print(f"resumed from {checkpoint} at step {first_step - 1}")
-    accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
-    accelerator.print(
-        f"prior: {args.architecture}, {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
-        f"{math.prod(latent_shape)} codes per image {tuple(latent_shape)}, vocabulary {mapping.vocab_size}"
-    )
-
-    def validate(step: int) -> dict:
-        unwrapped = accelerator.unwrap_model(prior)
-        metrics = {"step": step, "validation_nll": validation_nll(unwrapped, mapping, validation_codes, 64)}
-        samples = sample_images(
-            unwrapped, vqvae, args.num_samples, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+    def build(self, engine: Engine):
+        config, accelerator = self.config, engine.accelerator
+        vqvae = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
+        if not isinstance(vqvae, latentcode.VQVAEModel):
+            raise ValueError(f"--pretrained_model_name_or_path must hold a VQVAEModel, got {type(vqvae).__name__}")
+        self.vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
+        self.resolution = config.resolution or vqvae.config.sample_size
+        self.latent_shape = vqvae.latent_shape(self.resolution)
+        batches, validation_images = image_data_from_config(
+            config, vqvae.config.in_channels, self.resolution, accelerator.process_index, accelerator.num_processes
         )
-        save_image_grid(samples, output_dir / "samples" / f"step_{step:06d}.png")
-        accelerator.print(json.dumps(metrics))
-        accelerator.log({"validation/nll": metrics["validation_nll"]}, step=step)
-        return metrics
-
-    history, metrics = [], {}
-    prior.train()
-    for step in range(first_step, args.max_train_steps + 1):
-        for _ in range(args.gradient_accumulation_steps):
-            with accelerator.accumulate(prior):
-                (sequences,) = encode_to_sequences(vqvae, [batches.next_batch()])
-                loss = prior_loss(prior, sequences, mapping)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(prior.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-        scheduler.step()
-        history.append(accelerator.gather(loss.detach()[None]).mean().item())
-        accelerator.log({"train/loss": history[-1], "train/lr": scheduler.get_last_lr()[0]}, step=step)
-        if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-            trainer_state = {"global_step": step}
-            process_state = {"data": batches.state_dict()}
-            save_checkpoint(accelerator, output_dir, step, trainer_state, process_state, args.checkpoints_total_limit)
-        if step % args.logging_steps == 0 or step == first_step:
-            accelerator.print(
-                f"step {step}: train loss {history[-1]:.4f} nats/code, lr {scheduler.get_last_lr()[0]:.2e}"
-            )
-        if accelerator.is_main_process and args.validation_steps and step % args.validation_steps == 0:
-            metrics = validate(step)
-        accelerator.wait_for_everyone()
-
-    if accelerator.is_main_process:
-        if not metrics or metrics["step"] != args.max_train_steps:
-            metrics = validate(args.max_train_steps)
-        unwrapped = accelerator.unwrap_model(prior)
-        unwrapped.save_pretrained(output_dir)
-        samples = sample_images(
-            unwrapped, vqvae, args.num_samples, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+        self.validation_codes = torch.cat(list(encode_to_sequences(self.vqvae, validation_images.split(64))))
+        prior = build_prior(
+            vqvae.config.codebook_size,
+            self.latent_shape,
+            architecture=config.architecture,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            dropout=config.dropout,
+            vqvae_name_or_path=config.pretrained_model_name_or_path,
         )
-        save_image_grid(samples, output_dir / "samples.png")
-        if history:  # empty when resumed at the last step
-            metrics.update(first_train_loss=history[0], last_train_loss=history[-1])
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        self.mapping = token_mapping(prior.config)
+        betas = (config.adam_beta1, config.adam_beta2)
+        adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+        optimizer = torch.optim.AdamW(prior.parameters(), lr=config.learning_rate, **adam)
+        accelerator.print(
+            f"prior: {config.architecture}, {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
+            f"{math.prod(self.latent_shape)} codes per image {tuple(self.latent_shape)}, "
+            f"vocabulary {self.mapping.vocab_size}"
+        )
+        return [Part("prior", prior, optimizer)], batches
+
+    def loss(self, engine: Engine, pixels: torch.Tensor):
+        (sequences,) = encode_to_sequences(self.vqvae, [pixels])
+        loss = self.objective(engine.parts[0].module, self.mapping.codes_to_tokens(sequences))
+        return loss, {"loss": loss}
+
+    @torch.no_grad()
+    def validation_nll(self, prior) -> float:
+        """Mean held-out negative log-likelihood in nats per code."""
+        prior.eval()
+        chunks = self.validation_codes.split(64)
+        losses = [self.objective(prior, self.mapping.codes_to_tokens(chunk)) * len(chunk) for chunk in chunks]
+        prior.train()
+        return (torch.stack(losses).sum() / len(self.validation_codes)).item()
+
+    def samples(self, engine: Engine) -> torch.Tensor:
+        config = self.config
+        prior = engine.unwrap(engine.parts[0].module)
+        return sample_images(
+            prior, self.vqvae, config.num_samples, temperature=config.temperature, top_k=config.top_k, seed=config.seed
+        )
+
+    def validate(self, engine: Engine) -> dict:
+        nll = self.validation_nll(engine.unwrap(engine.parts[0].module))
+        save_image_grid(self.samples(engine), engine.output_dir / "samples" / f"step_{engine.global_step:06d}.png")
+        engine.accelerator.print(f"step {engine.global_step}: validation NLL {nll:.4f} nats/code")
+        return {"nll": nll}
+
+    def finish(self, engine: Engine, summary: dict) -> dict:
+        config, output_dir = self.config, engine.output_dir
+        nll = self.validate(engine)["nll"]
+        prior = engine.unwrap(engine.parts[0].module)
+        prior.save_pretrained(output_dir)
+        save_image_grid(self.samples(engine), output_dir / "samples.png")
         card = render_model_card(
             "prior",
             dict(
-                architecture=args.architecture,
-                model_class=type(unwrapped).__name__,
-                num_parameters=f"{sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M",
-                vqvae=args.pretrained_model_name_or_path,
-                codebook_size=vqvae.config.codebook_size,
-                latent_shape=" x ".join(str(size) for size in latent_shape),
-                sequence_length=math.prod(latent_shape),
-                dataset=args.dataset_name or args.train_data_dir or "builtin:digits",
-                resolution=resolution,
-                steps=args.max_train_steps,
-                batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
-                learning_rate=args.learning_rate,
-                validation_nll=f"{metrics['validation_nll']:.4f}",
-                bits_per_image=f"{metrics['validation_nll'] * math.prod(latent_shape) / math.log(2):.1f}",
-                num_validation_images=len(validation_codes),
+                architecture=config.architecture,
+                model_class=type(prior).__name__,
+                num_parameters=f"{sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M",
+                vqvae=config.pretrained_model_name_or_path,
+                codebook_size=self.vqvae.config.codebook_size,
+                latent_shape=" x ".join(str(size) for size in self.latent_shape),
+                sequence_length=math.prod(self.latent_shape),
+                dataset=config.dataset_name or config.train_data_dir or "builtin:digits",
+                resolution=self.resolution,
+                steps=engine.global_step,
+                batch_size=config.train_batch_size
+                * engine.accelerator.num_processes
+                * config.gradient_accumulation_steps,
+                learning_rate=config.learning_rate,
+                validation_nll=f"{nll:.4f}",
+                bits_per_image=f"{nll * math.prod(self.latent_shape) / math.log(2):.1f}",
+                num_validation_images=len(self.validation_codes),
                 repo_id=str(output_dir),
             ),
         )
         (output_dir / "README.md").write_text(card)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return metrics
+        first = engine.history[0] if engine.history else None
+        return {"step": engine.global_step, "validation_nll": nll, "first_train_loss": first, **summary}
+
+
+def main(config: PriorConfig) -> dict:
+    """Train the prior; returns the final metrics (main process)."""
+    return Engine(config, PriorTask(config)).run().metrics
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Training losses on top of a model's own objective: the VQGAN recipe.
+"""Loss pieces of the VQGAN recipe, assembled by `latentcode.objectives.AutoencoderObjective`.
 
 `model(pixels).loss` already holds the reconstruction term (MSE or L1, `config.reconstruction_loss`)
 plus the family's regulariser (KL for the VAE, codebook + commitment for the VQ-VAE). The
-trainer adds, as options:
+objective adds, as options:
 
 - [`kl_warmup_factor`]: a linear warm-up of the VAE's KL weight (beta);
 - [`PerceptualLoss`]: LPIPS (the `lpips` package) between reconstruction and target;

@@ -116,9 +116,10 @@ class VAEOutput(ModelOutput):
 
 @dataclass
 class VQVAEOutput(ModelOutput):
-    """`loss` = `reconstruction_loss + codebook_weight * codebook_loss + commitment_weight *
-    commitment_loss`; `perplexity`: exp(entropy) of the batch's code histogram. `hidden_states`
-    (with `output_hidden_states`): the encoder's feature maps, see `forward`."""
+    """`loss` = `reconstruction_loss + quantizer_loss`, the quantizer's weighted terms (e.g.
+    `codebook_weight * codebook_loss + commitment_weight * commitment_loss`); `perplexity`:
+    exp(entropy) of the batch's code histogram. `hidden_states` (with `output_hidden_states`):
+    the encoder's feature maps, see `forward`."""
 
     loss: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
@@ -130,6 +131,7 @@ class VQVAEOutput(ModelOutput):
     commitment_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    quantizer_loss: torch.FloatTensor | None = None
 
 
 def _as_tuple(hidden_states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
@@ -811,6 +813,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
             commitment_loss=quantized.commitment_loss,
             perplexity=quantized.perplexity,
             hidden_states=_as_tuple(hidden_states),
+            quantizer_loss=quantized.loss,
         )
         return self._return(output, return_dict)
 

@@ -9,8 +9,9 @@ import shutil
 import pytest
 
 from faults.helpers import TINY_MODEL, run_config, train_here
-from latentcode.training import Trainer, load_config
-from latentcode.training.loop import ResumeMismatchError
+from latentcode.training import load_config, trainer
+from latentcode.training.engine import Engine
+from latentcode.training.state import ResumeMismatchError
 
 pytestmark = pytest.mark.slow
 
@@ -22,12 +23,12 @@ def four_steps(tmp_path_factory):
     return folder
 
 
-def _resumed(folder, **changes) -> Trainer:
+def _resumed(folder, **changes) -> Engine:
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return Trainer(load_config(**run_config(folder, resume_from_checkpoint="latest", **changes)))
+    return trainer(load_config(**run_config(folder, resume_from_checkpoint="latest", **changes)))
 
 
 @pytest.mark.parametrize(
@@ -60,9 +61,9 @@ def test_a_different_number_of_processes_is_refused(four_steps, tmp_path):
 def test_a_new_learning_rate_is_applied_and_counters_stay_right(four_steps, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(four_steps, folder)
-    trainer = _resumed(folder, learning_rate=5e-4, max_train_steps=8)
-    expected = 5e-4 * trainer.scheduler.lr_lambdas[0](4)
-    assert trainer.optimizer.param_groups[0]["lr"] == expected != 1e-3 * trainer.scheduler.lr_lambdas[0](4)
-    assert trainer.scheduler.base_lrs == [5e-4]
-    result = trainer.run()
+    engine = _resumed(folder, learning_rate=5e-4, max_train_steps=8)
+    expected = 5e-4 * engine.schedule.factor(4)  # step 4 of the 8-step cosine schedule
+    assert engine.schedule.step_count == 4 and engine.schedule.total_steps == 8
+    assert engine.parts[0].optimizer.param_groups[0]["lr"] == expected != 1e-3 * engine.schedule.factor(4)
+    result = engine.run()
     assert result.metrics["global_step"] == 8 and result.metrics["images_seen"] == 8 * 8

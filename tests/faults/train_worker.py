@@ -1,7 +1,9 @@
-"""Runs `latentcode.training.train` in a subprocess for the fault tests, optionally with a fault.
+"""Runs `latentcode.training.train` (or a training script) in a subprocess for the fault tests,
+optionally with a fault.
 
     python train_worker.py CONFIG_JSON
     accelerate launch ... train_worker.py CONFIG_JSON
+    python train_worker.py training/train_prior.py --config ... (a script with its arguments)
 
 Faults (environment):
     FAULT_KILL_IN_SAVE="checkpoint-4"  SIGKILL this process after `save_state` wrote that
@@ -37,6 +39,12 @@ def save_state_with_fault(self, output_dir, **kwargs):
 
 Accelerator.save_state = save_state_with_fault
 torch.set_num_threads(1)
-from latentcode.training import load_config, train  # noqa: E402
+if sys.argv[1].endswith(".py"):
+    import runpy
 
-train(load_config(**json.loads(sys.argv[1])))
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+else:
+    from latentcode.training import load_config, train
+
+    train(load_config(**json.loads(sys.argv[1])))

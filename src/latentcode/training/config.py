@@ -15,13 +15,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from ..families import FAMILIES, get_family
+from .schedule import LR_SCHEDULERS, parse_duration
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 def option(text: str, **kwargs):
@@ -69,7 +70,13 @@ class RunConfig:
 
     # -- optimisation ----------------------------------------------------------------------------
     train_batch_size: int = option("images per process per micro-batch", default=16)
-    max_train_steps: int = option("optimiser steps", default=1000)
+    max_train_steps: int = option("optimiser steps (unused with max_train_time)", default=1000)
+    max_train_time: str | float | None = option(
+        "wall-clock training budget instead of max_train_steps: seconds (900) or 90s / 15m / 2h. The step count "
+        "is fitted after a few measured steps and then fixed (saved: a resume keeps the same schedule); the "
+        "final validation and save come after it",
+        default=None,
+    )
     gradient_accumulation_steps: int = option("micro-batches per optimiser step", default=1)
     learning_rate: float = option("peak learning rate", default=1e-4)
     lr_scheduler: str = option(f"one of {LR_SCHEDULERS}", default="cosine")
@@ -88,9 +95,9 @@ class RunConfig:
     checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
     checkpoints_total_limit: int | None = option("keep only the last M checkpoints", default=None)
     resume_from_checkpoint: str | None = option(
-        "'latest' or a checkpoint folder. Settings that shape the run's trajectory (RESUME_FIXED_SETTINGS: "
+        "'latest' or a checkpoint folder. Settings that shape the run's trajectory (resume_fixed: "
         "seed, data, batch size, model, ...) must not change; the others (learning rate, schedule, loss "
-        "weights, max_train_steps, ...) take their new values, logged",
+        "weights, max_train_steps, ...) take their new values, logged; a time budget's fitted step count is kept",
         default=None,
     )
     ddp_timeout: int = option(
@@ -99,6 +106,21 @@ class RunConfig:
         default=1800,
     )
     validation_steps: int = option("validate (metrics, images) every N steps (0: only at the end)", default=500)
+    max_consecutive_nonfinite_steps: int = option(
+        "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
+    )
+
+    # Settings that decide which images each step sees, in which order, through which model:
+    # changing one on resume would silently break the run (the saved data position, RNG streams
+    # and weights belong to the old values), so a resume refuses it. Every other setting may
+    # change on resume and takes its new value (learning rate, schedule, loss weights, ...).
+    resume_fixed: ClassVar[tuple[str, ...]] = (
+        "seed",
+        "pretrained_model_name_or_path",
+        *("dataset_name", "dataset_config_name", "split", "validation_split", "train_data_dir", "image_column"),
+        *("resolution", "center_crop", "random_flip", "shuffle_buffer_size", "num_validation_images"),
+        *("train_batch_size", "gradient_accumulation_steps", "mixed_precision"),
+    )
 
     def __post_init__(self):
         self.validate()
@@ -114,6 +136,7 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None and value < 1:  # a None resolution means the model's sample_size
                 raise ValueError(f"{key} must be >= 1, got {value}")
+        self.max_train_time = parse_duration(self.max_train_time)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,9 +163,6 @@ class TrainingConfig(RunConfig):
     torch_compile_backend: str = option("torch.compile backend of --torch_compile", default="inductor")
     use_ema: bool = option("keep an EMA of the weights; the saved model is the EMA", default=False)
     ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
-    max_consecutive_nonfinite_steps: int = option(
-        "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
-    )
 
     # -- losses ----------------------------------------------------------------------------------
     kl_warmup_steps: int = option("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
@@ -187,35 +207,10 @@ class TrainingConfig(RunConfig):
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
 
-
-# Settings that decide which images each step sees, in which order, through which model: changing
-# one on resume would silently break the run (the saved data position, RNG streams and weights
-# belong to the old values), so a resume refuses it. Every other setting may change on resume
-# and takes its new value (learning rate, schedule, loss weights, max_train_steps, logging, ...).
-RESUME_FIXED_SETTINGS = (
-    "seed",
-    "model_family",
-    "model",
-    "pretrained_model_name_or_path",
-    "dataset_name",
-    "dataset_config_name",
-    "split",
-    "validation_split",
-    "train_data_dir",
-    "image_column",
-    "resolution",
-    "center_crop",
-    "random_flip",
-    "shuffle_buffer_size",
-    "num_validation_images",
-    "train_batch_size",
-    "gradient_accumulation_steps",
-    "mixed_precision",
-    "use_ema",
-    "disc_channels",
-    "disc_num_layers",
-    "disc_norm",
-)
+    resume_fixed: ClassVar[tuple[str, ...]] = (
+        *RunConfig.resume_fixed,
+        *("model_family", "model", "use_ema", "disc_channels", "disc_num_layers", "disc_norm"),
+    )
 
 
 def model_config_keys(family: str) -> list[str]:
@@ -310,7 +305,9 @@ def add_config_arguments(
         text = text if "default" in text else f"{text} (default: {default})"
         if base is bool:  # --name / --no_name (underscores, as every other flag)
             parser.add_argument(f"--{name}", action="store_const", const=True, default=unset, help=text)
-            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False, default=unset, help="off")
+            parser.add_argument(
+                f"--no_{name}", dest=name, action="store_const", const=False, default=unset, help=f"--{name} off"
+            )
             continue
         if typing.get_origin(base) in (list, tuple, dict):
             kwargs = dict(type=yaml.safe_load, metavar="YAML")  # e.g. --block_out_channels "[64, 128]"
@@ -327,7 +324,9 @@ def build_parser(
     """One flag per field of `config_class`, plus `--config YAML`; flags left out keep the YAML's
     value or the field's default."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any of the options below", default=None)
+    parser.add_argument(
+        "--config", help="YAML file with any of the options below (default: none; each option's own value stated below)"
+    )
     add_config_arguments(parser, config_class)
     return parser
 

@@ -1,0 +1,195 @@
+"""Training objectives: every loss term, weight and schedule of a recipe, in one object each.
+
+`model(pixels).loss` is the family's standard objective at the model config's weights, the
+smallest training loop. [`AutoencoderObjective`] is the recipe `training/train.py` runs: from the
+model's output it computes
+
+    loss = reconstruction (MSE or L1)
+         + perceptual_weight * LPIPS                                  (optional)
+         + kl_weight * kl_warmup_factor(step) * KL / (C * H * W)      (VAE)
+         + the quantizer's own weighted terms                         (VQ-VAE)
+         + adaptive_weight * disc_weight * adversarial                (from disc_start, optional)
+
+and returns `(loss, logged_parts)`. With its defaults (`for_model`: the model config's
+reconstruction loss and KL weight, no warm-up, no LPIPS, no GAN) it equals `model(x).loss`
+exactly. The discriminator's own loss is [`AdversarialTerms.discriminator_loss`].
+
+What stays in the quantizer: the codebook and commitment weights and LFQ's entropy annealing
+(`VQVAEOutput.quantizer_loss`). How these terms combine depends on the quantizer (an EMA codebook
+has no codebook term, residual stages sum theirs), and the annealing counter is a model buffer
+advanced by each training forward pass and saved with the model; moving it would change what
+saved LFQ models and checkpoints hold. Their weights are the quantizer config's options.
+
+[`PriorObjective`] is the next-code cross-entropy of `training/train_prior.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import (
+    PerceptualLoss,
+    adaptive_generator_weight,
+    discriminator_loss,
+    generator_adversarial_loss,
+    kl_warmup_factor,
+)
+
+RECONSTRUCTION_LOSSES = ("mse", "l1")
+
+# Values of the model's output logged each step when the family has them.
+FAMILY_TERMS = ("kl", "codebook_loss", "commitment_loss", "perplexity")
+
+
+@dataclass
+class AdversarialTerms:
+    """The GAN part of a recipe (VQGAN): a PatchGAN judged through its `hinge` or
+    `non_saturating` loss, active from optimiser step `start`.
+
+    `discriminator` is the module the generator's term looks through (frozen during that pass, so
+    no gradient reaches it); `trained` is the one its own loss trains (under DDP: the prepared,
+    gradient-synchronised wrapper of the same module; by default the module itself).
+    """
+
+    discriminator: nn.Module
+    weight: float
+    start: int = 0
+    kind: str = "hinge"
+    adaptive: bool = True
+    trained: nn.Module | None = None
+
+    def active(self, step: int) -> bool:
+        return step >= self.start
+
+    def generator_term(
+        self, reconstruction: torch.Tensor, nll: torch.Tensor, last_layer: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
+        """`weight * adversarial` for reconstructions `[B, C, H, W]`, the weight scaled by VQGAN's
+        gradient-norm ratio at the decoder's `last_layer` when `adaptive`."""
+        self.discriminator.requires_grad_(False)
+        try:
+            logits_fake = self.discriminator(reconstruction).float()
+        finally:
+            self.discriminator.requires_grad_(True)
+        adversarial = generator_adversarial_loss(logits_fake, self.kind)
+        weight = torch.tensor(self.weight, device=reconstruction.device)
+        if self.adaptive:
+            weight = weight * adaptive_generator_weight(nll, adversarial, last_layer)
+        return weight * adversarial, {"generator_adversarial_loss": adversarial, "adversarial_weight": weight}
+
+    def discriminator_loss(self, pixels: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss on real `pixels` and detached reconstructions, in one forward
+        pass (one pass keeps BatchNorm and DDP's buffer sync simple)."""
+        judge = self.trained if self.trained is not None else self.discriminator
+        logits = judge(torch.cat([pixels, reconstruction.detach()])).float()
+        logits_real, logits_fake = logits.chunk(2)
+        return discriminator_loss(logits_real, logits_fake, self.kind)
+
+
+@dataclass
+class AutoencoderObjective:
+    """The loss of an autoencoder of any family (see the module docstring).
+
+    Args:
+        reconstruction_loss: "mse" or "l1", the mean over every value.
+        kl_weight: weight of the VAE's KL divergence per value (the model config's `kl_weight`).
+        kl_warmup_steps: the KL weight rises linearly from 0 over these optimiser steps.
+        perceptual: an LPIPS module, weighted by `perceptual_weight` (`None`: off).
+        adversarial: the GAN terms (`None`: off).
+    """
+
+    reconstruction_loss: str = "mse"
+    kl_weight: float = 0.0
+    kl_warmup_steps: int = 0
+    perceptual: PerceptualLoss | None = None
+    perceptual_weight: float = 0.0
+    adversarial: AdversarialTerms | None = None
+
+    def __post_init__(self):
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(
+                f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}"
+            )
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **options) -> AutoencoderObjective:
+        """The objective whose defaults are `model`'s own `loss` (its config's reconstruction loss
+        and KL weight); `options` set the other terms."""
+        config = model.config
+        defaults = dict(
+            reconstruction_loss=getattr(config, "reconstruction_loss", "mse"),
+            kl_weight=getattr(config, "kl_weight", 0.0),
+        )
+        return cls(**{**defaults, **options})
+
+    def reconstruction(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean per-value MSE or L1 of `[B, C, H, W]` images, in fp32."""
+        if self.reconstruction_loss == "l1":
+            return F.l1_loss(reconstruction.float(), target.float())
+        return F.mse_loss(reconstruction.float(), target.float())
+
+    def regularizer(self, output, step: int) -> tuple[torch.Tensor | float, dict]:
+        """The family's bottleneck term: the warmed-up KL (VAE), the quantizer's own terms
+        (VQ-VAE), nothing (AutoEncoder)."""
+        if getattr(output, "kl", None) is not None:
+            factor = kl_warmup_factor(step, self.kl_warmup_steps)
+            return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
+        if getattr(output, "quantizer_loss", None) is not None:
+            return output.quantizer_loss, {}
+        return 0.0, {}
+
+    def describe(self, model: nn.Module) -> str:
+        """The terms in words, for a model card: `"MSE reconstruction, KL (weight 1e-06, ...)"`."""
+        parts = [f"{self.reconstruction_loss.upper()} reconstruction"]
+        if getattr(model.config, "kl_weight", None) is not None:
+            parts.append(f"KL (weight {self.kl_weight}, warm-up {self.kl_warmup_steps} steps)")
+        if getattr(model.config, "quantizer", None) is not None:
+            parts.append(f"the {model.config.quantizer!r} quantizer's own terms as configured")
+        if self.perceptual is not None:
+            parts.append(f"LPIPS (weight {self.perceptual_weight})")
+        if self.adversarial is not None:
+            adaptive = "adaptive " if self.adversarial.adaptive else ""
+            parts.append(
+                f"PatchGAN {self.adversarial.kind} loss ({adaptive}weight {self.adversarial.weight}, "
+                f"from step {self.adversarial.start})"
+            )
+        return ", ".join(parts)
+
+    def __call__(
+        self, output, pixels: torch.Tensor, step: int, last_layer: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """`(loss, logged_parts)` of a model `output` for `pixels` `[B, C, H, W]` at optimiser
+        `step`; `last_layer`: the decoder's last weight (the adaptive GAN weight needs it). The
+        graph is kept: the reconstruction can still feed the discriminator's loss."""
+        reconstruction = output.sample
+        nll = self.reconstruction(reconstruction, pixels)
+        logs = {"reconstruction_loss": nll}
+        if self.perceptual is not None:
+            perceptual = self.perceptual(reconstruction, pixels).float().mean()
+            nll = nll + self.perceptual_weight * perceptual
+            logs["perceptual_loss"] = perceptual
+        regularizer, regularizer_logs = self.regularizer(output, step)
+        loss = nll + regularizer
+        logs.update(regularizer_logs)
+        if self.adversarial is not None and self.adversarial.active(step):
+            if last_layer is None and self.adversarial.adaptive:
+                raise ValueError("the adaptive adversarial weight needs the decoder's last layer (last_layer=)")
+            term, adversarial_logs = self.adversarial.generator_term(reconstruction, nll, last_layer)
+            loss = loss + term
+            logs.update(adversarial_logs)
+        logs.update({name: getattr(output, name) for name in FAMILY_TERMS if getattr(output, name, None) is not None})
+        logs["loss"] = loss
+        return loss, logs
+
+
+class PriorObjective:
+    """Mean next-code cross-entropy (nats per code) of an autoregressive prior: the tokens
+    `[B, L]` predict themselves shifted by one, as transformers' causal-LM loss."""
+
+    def __call__(self, prior: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        logits = prior(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())

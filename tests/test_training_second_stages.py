@@ -1,0 +1,159 @@
+"""The second-stage scripts (`train_prior.py`, `train_latent_diffusion.py`) have every reliability
+guarantee of `train.py`, through the one engine: kill -9 and a bit-identical resume, a NaN streak
+that stops the run, the output-folder lock, gradient accumulation."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import reset_accelerate_state, tiny_model
+from safetensors.torch import load_file
+
+from latentcode.training.checkpointing import LOCK_FILE, OutputDirError, list_checkpoints
+from latentcode.training.engine import Engine
+from latentcode.training.state import NonFiniteLossError
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "faults" / "train_worker.py"
+ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO / "src")}
+COMMON = dict(
+    dataset_name="builtin:digits", max_train_steps=8, train_batch_size=4, num_validation_images=4,
+    num_samples=2, lr_warmup_steps=1, validation_steps=0, checkpointing_steps=2, report_to="none",
+    random_flip=True, center_crop=False,
+)  # fmt: skip
+SCRIPTS = {
+    "prior": ("training/train_prior.py", "vqvae", dict(hidden_size=16, num_layers=1, num_heads=2), "model.safetensors"),
+    "ldm": (
+        "training/train_latent_diffusion.py",
+        "vae",
+        dict(block_out_channels=[16, 32], norm_num_groups=8, num_inference_steps=2),
+        "unet/diffusion_pytorch_model.safetensors",
+    ),
+}
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+
+def load_script(relative: str):
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", params=sorted(SCRIPTS))
+def stage(request, tmp_path_factory):
+    """(name, script module, config file) of a tiny run of one second-stage script."""
+    name = request.param
+    script, family, options, _ = SCRIPTS[name]
+    folder = tmp_path_factory.mktemp(name)
+    model = tiny_model(family, in_channels=1, **({"codebook_size": 32} if family == "vqvae" else {}))
+    model.save_pretrained(folder / "autoencoder")
+    config = dict(COMMON, pretrained_model_name_or_path=str(folder / "autoencoder"), **options)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return name, load_script(script), folder / "config.yaml"
+
+
+def engine_of(stage, output_dir: Path, *flags: str) -> Engine:
+    name, script, config_file = stage
+    config = script.parse_args(["--config", str(config_file), "--output_dir", str(output_dir), *flags])
+    task = script.PriorTask(config) if name == "prior" else script.LatentDiffusionTask(config)
+    reset_accelerate_state()
+    return Engine(config, task)
+
+
+def command(stage, output_dir: Path, *flags: str) -> list[str]:
+    name, _, config_file = stage
+    script = REPO / SCRIPTS[name][0]
+    return [
+        sys.executable,
+        str(WORKER),
+        str(script),
+        "--config",
+        str(config_file),
+        "--output_dir",
+        str(output_dir),
+        *flags,
+    ]
+
+
+def final_weights(stage, output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / SCRIPTS[stage[0]][3])
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_checkpoint_then_resume_is_bit_identical(stage, tmp_path):
+    import os
+
+    env = {**os.environ, **ENV}
+    reference = subprocess.run(command(stage, tmp_path / "reference"), env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert not (tmp_path / "reference" / LOCK_FILE).exists()  # a clean finish removes the lock file
+    assert (tmp_path / "reference" / "loss.png").is_file()
+    assert "loss_type" not in reference.stderr + reference.stdout  # no transformers loss warning
+
+    run = tmp_path / "run"
+    killed = subprocess.run(
+        command(stage, run), env={**env, "FAULT_KILL_IN_SAVE": "checkpoint-6"}, capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    resumed = subprocess.run(
+        command(stage, run, "--resume_from_checkpoint", "latest"), env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    expected, actual = final_weights(stage, tmp_path / "reference"), final_weights(stage, run)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def poison(engine: Engine, from_call: int) -> None:
+    """The trained module's output becomes NaN from its `from_call`-th forward call on."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if len(calls) >= from_call:
+            field = "logits" if hasattr(output, "logits") else "sample"
+            setattr(output, field, getattr(output, field) * float("nan"))
+        return output
+
+    engine.unwrap(engine.parts[0].module).register_forward_hook(hook)
+
+
+def test_a_nan_streak_stops_the_run_before_anything_is_saved_from_it(stage, tmp_path):
+    engine = engine_of(stage, tmp_path / "run", "--max_consecutive_nonfinite_steps", "3")
+    poison(engine, from_call=4)  # steps 4, 5, 6 diverge
+    with pytest.raises(
+        NonFiniteLossError, match=r"3 steps in a row .*up to step 6.*Last good checkpoint: .*checkpoint-2"
+    ):
+        engine.run()
+    assert engine.nonfinite_steps == 3 and [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+    assert not (tmp_path / "run" / SCRIPTS[stage[0]][3]).exists()  # no final model from a failed run
+
+
+def test_a_second_run_on_the_same_folder_is_refused(stage, tmp_path):
+    import os
+
+    first = engine_of(stage, tmp_path / "run")
+    with pytest.raises(OutputDirError, match=rf"in use by another training run \(process {os.getpid()} on "):
+        engine_of(stage, tmp_path / "run")
+    first.release_output_dir()
+    engine_of(stage, tmp_path / "run").release_output_dir()  # free again
+
+
+def test_gradient_accumulation_reads_every_micro_batch(stage, tmp_path):
+    engine = engine_of(stage, tmp_path / "run", "--gradient_accumulation_steps", "2", "--max_train_steps", "3")
+    metrics = engine.run().metrics
+    assert engine.batches.state_dict()["position"] == 3 * 2 * 4  # 3 steps of 2 micro-batches of 4 images
+    assert metrics["images_seen"] == 3 * 2 * 4 and metrics["global_step"] == 3
