@@ -17,10 +17,10 @@ from latentcode.data import (
     ImageTransform,
     build_image_data,
     decode_image,
-    image_only,
     load_image_stream,
     resolve_image_column,
 )
+from latentcode.data.sources import MemorySource
 from latentcode.image_processing import LatentCodeImageProcessor
 
 
@@ -54,7 +54,9 @@ def test_builtin_digits_are_sklearn_digits_split_in_train_and_test():
         np.testing.assert_array_equal(splits["train"][index], expected[index + index // 9])
     for index in (0, 100, 178):
         np.testing.assert_array_equal(splits["test"][index], expected[10 * index + 9])
-    with pytest.raises(ValueError, match=r"splits \('train', 'test'\), got split='validation'"):
+    with pytest.raises(
+        ValueError, match=r"builtin:digits has no split 'validation'; its splits are \['test', 'train'\]"
+    ):
         load_image_stream("builtin:digits", split="validation")
 
 
@@ -228,11 +230,7 @@ def test_bad_data_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="holds no images"):
         load_image_stream(train_data_dir=str(tmp_path))
 
-    def nothing():
-        yield from ()
-
-    empty = datasets.IterableDataset.from_generator(nothing, features=datasets.Features({"image": datasets.Image()}))
-    batches = ImageBatches(image_only(empty, "image"), ImageTransform(8, 1), batch_size=2)
+    batches = ImageBatches(MemorySource("nothing", []), ImageTransform(8, 1), batch_size=2)
     with pytest.raises(ValueError, match="holds no readable images"):
         batches.next_batch()
 
