@@ -39,14 +39,20 @@ class EpochOrder:
         self.lengths, self.skip, self.seed = list(lengths), skip, seed
         self.rank, self.world_size = rank, world_size
         self.total = max(sum(lengths) - skip, 0)  # examples in an epoch, all processes together
-        windows = world_size * math.ceil(self.total / (world_size * max(window, 1))) if self.total else 0
-        self.window = math.ceil(self.total / windows) if windows else 1
-        self.num_windows = math.ceil(self.total / self.window) if self.total else 0
-        mine = range(rank, self.num_windows, world_size)
-        self.length = sum(self.window_length(w) for w in mine)  # this process's examples per epoch
+        # Windows: a multiple of world_size of them, sizes `base` or `base + 1` (the first `extra`).
+        self.num_windows = world_size * math.ceil(self.total / (world_size * max(window, 1))) if self.total else 0
+        self.base, self.extra = divmod(self.total, self.num_windows) if self.num_windows else (0, 0)
+        self.window = self.base + (self.extra > 0)  # the largest window
+        # This process's windows rank, rank + world_size, ...: the first `big` of them have base + 1.
+        self.big = max(math.ceil((self.extra - rank) / world_size), 0)
+        self.length = sum(self.window_length(w) for w in range(rank, self.num_windows, world_size))
 
     def window_length(self, window: int) -> int:
-        return min(self.window, self.total - window * self.window)
+        return self.base + (window < self.extra)
+
+    def window_start(self, window: int) -> int:
+        """The sequence position of a window's first example."""
+        return window * self.base + min(window, self.extra)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (a few orders live as long as the process)
     def _segments(self, epoch: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -73,11 +79,24 @@ class EpochOrder:
 
     def window_of(self, position: int) -> tuple[int, int]:
         """`(window, index in the window)` of a position of this process's epoch."""
-        return (position // self.window) * self.world_size + self.rank, position % self.window
+        large = self.big * (self.base + 1)
+        if position < large:
+            local, index = divmod(position, self.base + 1)
+        else:
+            local, index = divmod(position - large, self.base)
+            local += self.big
+        return local * self.world_size + self.rank, index
 
     def window_example(self, epoch: int, window: int, index: int) -> int:
         """The sequence position (before the source's shard lookup) of a window's `index`-th example."""
-        return window * self.window + self._permutation(epoch, window)[index]
+        return self.window_start(window) + self._permutation(epoch, window)[index]
+
+    def locate(self, epoch: int, position: int) -> tuple[int, int]:
+        """`(shard, row)` of the source example at `position` of this process's `epoch`."""
+        window, index = self.window_of(position)
+        start = self.window_example(epoch, window, index)
+        shard, row, _ = self.ranges(epoch, start, start + 1)[0]
+        return shard, row
 
     def ranges(self, epoch: int, start: int, stop: int) -> list[tuple[int, int, int]]:
         """The source rows of sequence positions `start` to `stop`: `[(shard, first row, count)]`."""
@@ -105,7 +124,7 @@ class DecodedExamples(torch.utils.data.Dataset):
 
     def _rows(self, epoch: int, window: int) -> list[dict]:
         if self._window[:2] != (epoch, window):
-            start = window * self.order.window
+            start = self.order.window_start(window)
             rows = []
             for shard, row, count in self.order.ranges(epoch, start, start + self.order.window_length(window)):
                 rows.extend(self.source.read(shard, row, row + count))
@@ -118,7 +137,7 @@ class DecodedExamples(torch.utils.data.Dataset):
         for position in range(start, stop):
             window, index = self.order.window_of(position)
             rows = self._rows(epoch, window)
-            row = rows[self.order.window_example(epoch, window, index) - window * self.order.window]
+            row = rows[self.order.window_example(epoch, window, index) - self.order.window_start(window)]
             rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{position}")
             try:
                 results.append((epoch, position, self.transform.load(row["image"], rng), None))

@@ -38,6 +38,12 @@ logger = logging.getLogger(__name__)
 OFFLINE_HINT = "for a local copy pass --train_data_dir DIR (a folder of the dataset's files, e.g. train/ and test/)"
 
 
+def offline_message(dataset_name: str, error: Exception) -> str:
+    """What to say when the Hub cannot be reached for `dataset_name`."""
+    reason = str(error).removeprefix(f"Couldn't reach {dataset_name!r} on the Hub").strip(" ()") or type(error).__name__
+    return f"couldn't reach {dataset_name!r} on the Hub ({reason}); {OFFLINE_HINT}"
+
+
 def _open(path: str):
     """A binary file object for a local path or an fsspec URL (`hf://datasets/...`)."""
     if "://" not in path:
@@ -297,7 +303,7 @@ def hub_splits(dataset_name: str, dataset_config_name: str | None, cache_dir: st
     try:
         builder = datasets.load_dataset_builder(dataset_name, dataset_config_name, cache_dir=cache_dir)
     except ConnectionError as error:
-        raise ConnectionError(f"couldn't reach {dataset_name!r} on the Hub ({error}); {OFFLINE_HINT}") from error
+        raise ConnectionError(offline_message(dataset_name, error)) from error
     data_files = builder.config.data_files
     if builder.name not in _KIND_SUFFIXES or not data_files:
         raise ValueError(

@@ -10,7 +10,7 @@ import datasets
 import PIL.Image
 
 from .images import BUILTIN_DATASETS, builtin_split
-from .sources import OFFLINE_HINT, dataset_splits
+from .sources import dataset_splits, offline_message
 
 
 def load_image_stream(
@@ -36,7 +36,7 @@ def load_image_stream(
                 dataset_name, dataset_config_name, split=split, streaming=True, cache_dir=cache_dir
             )
         except ConnectionError as error:
-            raise ConnectionError(f"couldn't reach {dataset_name!r} on the Hub ({error}); {OFFLINE_HINT}") from error
+            raise ConnectionError(offline_message(dataset_name, error)) from error
     where, kind, splits = dataset_splits(dataset_name, dataset_config_name, train_data_dir, cache_dir)
     if split not in splits:
         raise ValueError(f"{where} has no split {split!r}; its splits are {sorted(splits)} (choose one with --split)")
