@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from .configuration import TRANSFORMERS_CONFIG_KEYS
 from .data import CorruptImageError, ImageTransform, open_source
 from .data.sources import Source
+from .tokens import latent_shape as grid_shape
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def code_shape(model, resolution: int) -> list[int]:
     """`latent_shape` of one image: `[h, w]` / `[h, w, depth]` (VQ-VAE) or `[C, h, w]`."""
     if family_name(model) == "vqvae":
         return list(model.latent_shape(resolution))
-    return [model.config.latent_channels, *model.latent_shape(resolution)[-2:]]
+    return [model.config.latent_channels, *grid_shape(model.config, resolution)]
 
 
 class UnitImages(torch.utils.data.Dataset):
@@ -256,12 +257,9 @@ def _unit_notes(paths: list[Path]) -> list[dict]:
     return notes
 
 
+# No `configs:` block: with one, `datasets` keys its cache on the block alone, so two tokenised
+# folders of the same name would load each other's cached rows; without, on the files found.
 CARD = """---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
 tags:
 - latentcode
 - image-tokens
