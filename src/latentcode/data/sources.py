@@ -22,6 +22,7 @@ import bisect
 import itertools
 import json
 import logging
+import os
 import posixpath
 import tarfile
 from pathlib import Path
@@ -110,10 +111,13 @@ class ParquetSource(Source):
         return cached[1]
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
-        files = self.__dict__.setdefault("_files", {})
-        if shard not in files:
-            files[shard] = pq.ParquetFile(_open(self.files[shard]))
-        return files[shard]
+        # Per process: a DataLoader worker forked from a process with open files would share
+        # their file offsets with it, and concurrent reads would interleave.
+        if getattr(self, "_pid", None) != os.getpid():
+            self._pid, self._files, self._cache = os.getpid(), {}, None
+        if shard not in self._files:
+            self._files[shard] = pq.ParquetFile(_open(self.files[shard]))
+        return self._files[shard]
 
     def read(self, shard: int, start: int, stop: int) -> list[dict]:
         metadata = self._parquet(shard).metadata
