@@ -4,7 +4,7 @@ The model is the CIFAR-10 VQ-VAE preset's architecture (`training/configs/vqvae_
 channels 128/256/256, 8 latent channels, K = 8,192; untrained: throughput does not depend on
 the weights). "Encode" is `model.encode_to_sequence` on batches already decoded into memory;
 "tokenize" is the whole `tokenize()` on the CIFAR-10 test split (10,000 JPEG-encoded images in
-parquet): reading, decoding in workers, encoding, writing shards and card.
+parquet; `--images N`: its first N): reading, decoding in workers, encoding, writing shards and card.
 
     python benchmarks/bench_tokenize.py --threads 1 --workers 1     # this 2-core machine
     python benchmarks/bench_tokenize.py --device cuda --workers 8    # a GPU machine
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads of the main process")
     parser.add_argument("--workers", type=int, default=1, help="decoding workers of tokenize")
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--images", type=int, default=10_000, help="tokenize the first N test images (<= 10,000)")
     parser.add_argument("--encode_images", type=int, default=2048, help="images timed for the encode-only rate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,11 +71,16 @@ def main() -> None:
     model = VQVAEModel(VQVAEConfig(**PRESET)).to(args.device).eval()
     encode = encode_rate(model, args.batch_size, args.encode_images)
     with tempfile.TemporaryDirectory() as folder:
+        source = CIFAR10 if args.images >= 10_000 else Path(folder) / "subset"
+        if args.images < 10_000:  # the first images of the test split, as a parquet folder of their own
+            source.mkdir()
+            table = pq.read_table(CIFAR10 / "test" / "test-00000-of-00001.parquet").slice(0, args.images)
+            pq.write_table(table, source / "test-00000-of-00001.parquet")
         start = time.perf_counter()
         info = tokenize(
             model,
             Path(folder) / "codes",
-            train_data_dir=str(CIFAR10),
+            train_data_dir=str(source),
             split="test",
             image_column="img",
             batch_size=args.batch_size,

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -45,11 +44,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .configuration import TRANSFORMERS_CONFIG_KEYS
-from .data import CorruptImageError, ImageTransform, open_source
+from .data import ImageTransform, open_source, ordered_chunks
 from .data.sources import Source
 from .tokens import latent_shape as grid_shape
 
@@ -128,33 +126,6 @@ def code_shape(model, resolution: int) -> list[int]:
     if family_name(model) == "vqvae":
         return list(model.latent_shape(resolution))
     return [model.config.latent_channels, *grid_shape(model.config, resolution)]
-
-
-class UnitImages(torch.utils.data.Dataset):
-    """Decodes chunks `(start, stop)` of a split in its own order (in DataLoader workers):
-    `{"rows": [row without its image], "pixels": [n, C, R, R], "corrupt": [(source, message)]}`."""
-
-    def __init__(self, source: Source, transform: ImageTransform):
-        self.source, self.transform = source, transform
-
-    def __getitem__(self, chunk: tuple[int, int]) -> dict:
-        rows, images, corrupt = [], [], []
-        for row in self.source.read_range(*chunk):
-            try:
-                images.append(self.transform.load(row.pop("image"), random.Random(0)))
-            except CorruptImageError as error:
-                corrupt.append((error.source, str(error)))
-                continue
-            rows.append(row)
-        empty = torch.empty(0, self.transform.channels, self.transform.resolution, self.transform.resolution)
-        return {"rows": rows, "pixels": torch.stack(images) if images else empty, "corrupt": corrupt}
-
-    def __len__(self) -> int:
-        raise TypeError("UnitImages is indexed by chunks")
-
-
-def _unchanged(chunk):
-    return chunk
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,13 +399,7 @@ class UnitEncoder:
             for unit in units
             for start in range(unit * rows_per_shard, min((unit + 1) * rows_per_shard, total), batch_size)
         ]
-        loader = DataLoader(
-            UnitImages(self.source, self.transform),
-            sampler=[chunk[1:] for chunk in chunks],
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=_unchanged,
-        )
+        loader = ordered_chunks(self.source, self.transform, [chunk[1:] for chunk in chunks], num_workers)
         images = sum(stop - start for _, start, stop in chunks)
         bar = tqdm(total=images, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
         pending: dict[str, list] = {"rows": [], "codes": [], "corrupt": [], "examples": 0}

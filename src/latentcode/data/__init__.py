@@ -14,7 +14,16 @@ shipped inside installed packages (`"builtin:digits"`, `"builtin:photos"`, no ne
 - [`streams`]: a split as a `datasets.IterableDataset` read in order (evaluation).
 """
 
-from .batches import DecodedExamples, EpochOrder, ImageBatches, build_image_data, first_readable, image_data_from_config
+from .batches import (
+    DecodedExamples,
+    EpochOrder,
+    ImageBatches,
+    ImageChunks,
+    build_image_data,
+    first_readable,
+    image_data_from_config,
+    ordered_chunks,
+)
 from .images import (
     BUILTIN_DATASETS,
     BUILTIN_SPLITS,
@@ -44,6 +53,7 @@ __all__ = [
     "EpochOrder",
     "FullResolutionTransform",
     "ImageBatches",
+    "ImageChunks",
     "ImageTransform",
     "Source",
     "build_image_data",
@@ -56,6 +66,7 @@ __all__ = [
     "image_source",
     "load_image_stream",
     "open_source",
+    "ordered_chunks",
     "readable_images",
     "resolve_image_column",
 ]

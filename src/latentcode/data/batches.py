@@ -263,6 +263,40 @@ class ImageBatches:
         self._chunks, self._pending = None, []
 
 
+class ImageChunks(torch.utils.data.Dataset):
+    """Decodes chunks `(start, stop)` of a source in its own order (in DataLoader workers), the
+    transform's random choices seeded alike for every image (use a centre-cropping, unflipped
+    one): `{"rows": [rows without their image], "pixels": [n, C, R, R], "corrupt": [(source,
+    message)]}`, unreadable images left out of `rows` and `pixels`."""
+
+    def __init__(self, source: Source, transform: ImageTransform):
+        self.source, self.transform = source, transform
+
+    def __getitem__(self, chunk: tuple[int, int]) -> dict:
+        rows, images, corrupt = [], [], []
+        for row in self.source.read_range(*chunk):
+            try:
+                images.append(self.transform.load(row.pop("image"), random.Random(0)))
+            except CorruptImageError as error:
+                corrupt.append((error.source, str(error)))
+                continue
+            rows.append(row)
+        empty = torch.empty(0, self.transform.channels, self.transform.resolution, self.transform.resolution)
+        return {"rows": rows, "pixels": torch.stack(images) if images else empty, "corrupt": corrupt}
+
+    def __len__(self) -> int:
+        raise TypeError("ImageChunks is indexed by chunks")
+
+
+def ordered_chunks(
+    source: Source, transform: DecodingTransform, chunks: list[tuple[int, int]], num_workers: int = 0
+) -> Iterator[dict]:
+    """The [`ImageChunks`] of `chunks` (`(start, stop)` ranges of the source), in order, decoded by
+    `num_workers` DataLoader workers (0: here): for tokenising or evaluating a split in order."""
+    examples = ImageChunks(source, transform)
+    return iter(DataLoader(examples, sampler=chunks, batch_size=None, num_workers=num_workers, collate_fn=_unchanged))
+
+
 def first_readable(
     source: Source, count: int, transform: DecodingTransform, corrupt: CorruptImages, read_size: int = 64
 ) -> tuple[list[torch.Tensor], int]:
