@@ -21,6 +21,7 @@ from latentcode.data import (
     ImageTransform,
     build_image_data,
     decode_image,
+    image_data_from_config,
     load_image_stream,
     resolve_image_column,
 )
@@ -453,3 +454,17 @@ def test_processes_read_disjoint_parts_covering_the_epoch(tmp_path):
     assert len(one) == 21 and len(set(one)) == 21  # 23 minus the 2 held out, each once
     assert not set(two[0]) & set(two[1]) and set(two[0]) | set(two[1]) == set(one)
     assert abs(len(two[0]) - len(two[1])) <= 1
+
+
+@needs_cifar10
+def test_the_cifar10_preset_with_the_local_copy_as_train_data_dir_validates_on_its_test_split():
+    from latentcode.training import parse_args
+
+    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "vqvae_cifar10.yaml"
+    config = parse_args(["--config", str(preset), "--train_data_dir", str(CIFAR10), "--num_validation_images", "2"])
+    assert config.dataset_name is None and config.validation_split == "test"  # the preset's, kept
+    batches, validation = image_data_from_config(config, channels=3, resolution=32)
+    test = pq.read_table(CIFAR10 / "test" / "test-00000-of-00001.parquet", columns=["img"]).slice(0, 2)
+    expected = [ImageTransform(32, 3).load(row["img"], random.Random(0)) for row in test.to_pylist()]
+    torch.testing.assert_close(validation, torch.stack(expected), rtol=0, atol=0)
+    assert batches.order.total == 50_000 and batches.next_batch().shape == (64, 3, 32, 32)
