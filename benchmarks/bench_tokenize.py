@@ -23,6 +23,7 @@ import torch
 
 from latentcode import VQVAEConfig, VQVAEModel
 from latentcode.data import ImageTransform
+import latentcode.tokenize as tokenize_module
 from latentcode.tokenize import tokenize
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
@@ -52,6 +53,21 @@ def encode_rate(model, batch_size: int, images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def timed_encode(model, seconds: list[float]):
+    """`encode_codes` that adds its wall time to `seconds`: the model's share of a tokenize run,
+    measured in the same run (on a shared machine, two separate runs see different loads)."""
+    encode_codes = tokenize_module.encode_codes
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        codes = encode_codes(*args, **kwargs)
+        _sync(model)
+        seconds.append(time.perf_counter() - start)
+        return codes
+
+    return timed
+
+
 def _sync(model) -> None:
     if model.device.type == "cuda":
         torch.cuda.synchronize()
@@ -63,12 +79,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads of the main process")
     parser.add_argument("--workers", type=int, default=1, help="decoding workers of tokenize")
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--width", type=float, default=1.0, help="scale the preset's channel widths")
     parser.add_argument("--images", type=int, default=10_000, help="tokenize the first N test images (<= 10,000)")
     parser.add_argument("--encode_images", type=int, default=2048, help="images timed for the encode-only rate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = VQVAEModel(VQVAEConfig(**PRESET)).to(args.device).eval()
+    widths = [round(width * args.width) for width in PRESET["block_out_channels"]]
+    model = VQVAEModel(VQVAEConfig(**{**PRESET, "block_out_channels": widths})).to(args.device).eval()
+    encode_seconds: list[float] = []
+    tokenize_module.encode_codes = timed_encode(model, encode_seconds)
     encode = encode_rate(model, args.batch_size, args.encode_images)
     with tempfile.TemporaryDirectory() as folder:
         source = CIFAR10 if args.images >= 10_000 else Path(folder) / "subset"
@@ -89,7 +109,10 @@ def main() -> None:
         )
         seconds = time.perf_counter() - start
     rate = info["images"] / seconds
-    print(f"device {args.device}, {args.threads} compute thread(s), {args.workers} worker(s), batch {args.batch_size}")
+    print(
+        f"device {args.device}, {args.threads} compute thread(s), {args.workers} worker(s), batch {args.batch_size}, "
+    )
+    print(f"channels {widths}")
     print("| | images/s |\n|---|---|")
     print(f"| model.encode_to_sequence, decoded images in memory | {encode:.1f} |")
     print(
