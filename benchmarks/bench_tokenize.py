@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
+import latentcode.tokenize as tokenize_module
 from latentcode import VQVAEConfig, VQVAEModel
 from latentcode.data import ImageTransform
-import latentcode.tokenize as tokenize_module
 from latentcode.tokenize import tokenize
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
