@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
 import tarfile
+from pathlib import Path
 
 import datasets
 import numpy as np
 import PIL.Image
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from latentcode.data import (
+    EpochOrder,
     ImageBatches,
     ImageTransform,
     build_image_data,
     decode_image,
-    image_only,
+    image_data_from_config,
     load_image_stream,
     resolve_image_column,
 )
+from latentcode.data.sources import MemorySource
 from latentcode.image_processing import LatentCodeImageProcessor
 
 
@@ -54,7 +59,9 @@ def test_builtin_digits_are_sklearn_digits_split_in_train_and_test():
         np.testing.assert_array_equal(splits["train"][index], expected[index + index // 9])
     for index in (0, 100, 178):
         np.testing.assert_array_equal(splits["test"][index], expected[10 * index + 9])
-    with pytest.raises(ValueError, match=r"splits \('train', 'test'\), got split='validation'"):
+    with pytest.raises(
+        ValueError, match=r"builtin:digits has no split 'validation'; its splits are \['test', 'train'\]"
+    ):
         load_image_stream("builtin:digits", split="validation")
 
 
@@ -228,11 +235,7 @@ def test_bad_data_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="holds no images"):
         load_image_stream(train_data_dir=str(tmp_path))
 
-    def nothing():
-        yield from ()
-
-    empty = datasets.IterableDataset.from_generator(nothing, features=datasets.Features({"image": datasets.Image()}))
-    batches = ImageBatches(image_only(empty, "image"), ImageTransform(8, 1), batch_size=2)
+    batches = ImageBatches(MemorySource("nothing", []), ImageTransform(8, 1), batch_size=2)
     with pytest.raises(ValueError, match="holds no readable images"):
         batches.next_batch()
 
@@ -256,3 +259,212 @@ def test_validation_hold_out_is_filled_from_readable_images_and_counts_bad_ones(
         seen.append(batches.next_batch())
     assert _sorted_rows(torch.cat(seen[:-1])) == _sorted_rows(torch.stack([_as_expected(i) for i in images[2:]]))
     assert batches.corrupt_images == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Local split folders, offline Hub ids (issue 20 item 1)
+# ----------------------------------------------------------------------------------------------
+
+CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+needs_cifar10 = pytest.mark.skipif(not CIFAR10.is_dir(), reason="the local CIFAR-10 copy (../shared/datasets/cifar10)")
+
+
+@needs_cifar10
+def test_a_local_cifar10_copy_trains_on_train_and_validates_on_test(caplog):
+    batches, validation = build_image_data(
+        transform=ImageTransform(32, channels=3),
+        batch_size=4,
+        train_data_dir=str(CIFAR10),
+        image_column="img",
+        validation_split="test",
+        num_validation_images=3,
+    )
+    test = pq.read_table(CIFAR10 / "test" / "test-00000-of-00001.parquet", columns=["img"]).slice(0, 3)
+    expected = [ImageTransform(32, 3).load(row["img"], random.Random(0)) for row in test.to_pylist()]
+    torch.testing.assert_close(validation, torch.stack(expected), rtol=0, atol=0)
+    assert batches.order.total == 50_000  # the whole train split, nothing held out of it
+    assert batches.next_batch().shape == (4, 3, 32, 32)
+    assert "holding out" not in caplog.text
+
+
+def _parquet_folder(path: Path, images: list, shards: int = 1, prefix: str = "train", row_group_size=None):
+    path.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-len(images) // shards)
+    for shard in range(shards):
+        part = images[shard * per_shard : (shard + 1) * per_shard]
+        labels = list(range(shard * per_shard, shard * per_shard + len(part)))
+        table = datasets.Dataset.from_dict({"img": part, "label": labels}).cast_column("img", datasets.Image())
+        table.data.table  # noqa: B018 (materialised before writing)
+        pq.write_table(
+            table.data.table, path / f"{prefix}-{shard:05d}-of-{shards:05d}.parquet", row_group_size=row_group_size
+        )
+
+
+def test_a_folder_without_the_validation_split_holds_out_training_images_and_says_so(tmp_path, caplog):
+    images = _digit_images(20)
+    _parquet_folder(tmp_path / "train", images)
+    with caplog.at_level(logging.WARNING):
+        batches, validation = build_image_data(
+            transform=ImageTransform(8, channels=1),
+            batch_size=2,
+            train_data_dir=str(tmp_path),
+            validation_split="test",
+            num_validation_images=3,
+        )
+    assert f"train_data_dir={str(tmp_path)!r} has no 'test' split (its splits: ['train'])" in caplog.text
+    assert "holding out the first 3 readable images of the 'train' split for validation instead" in caplog.text
+    torch.testing.assert_close(validation, torch.stack([_as_expected(image) for image in images[:3]]))
+    assert batches.order.total == 17
+    with pytest.raises(ValueError, match=r"has no split 'training'; its splits are \['train'\] \(choose one with"):
+        build_image_data(transform=ImageTransform(8, 1), batch_size=2, train_data_dir=str(tmp_path), split="training")
+
+
+def test_an_unreachable_hub_dataset_points_to_train_data_dir(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    expected = r"couldn't reach 'uoft-cs/cifar10' on the Hub \(.*\); for a local copy pass --train_data_dir DIR"
+    with pytest.raises(ConnectionError, match=expected):
+        build_image_data(transform=ImageTransform(32, 3), batch_size=2, dataset_name="uoft-cs/cifar10")
+    with pytest.raises(ConnectionError, match=expected):
+        load_image_stream("uoft-cs/cifar10", split="test")
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers, the epoch order, resume in constant time (issue 21 items 1 and 2)
+# ----------------------------------------------------------------------------------------------
+
+
+def _random_images(count: int, size: int = 12, seed: int = 0) -> list[PIL.Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def _write_sources(root: Path, images: list) -> dict[str, Path]:
+    """The same images as a parquet folder (3 shards, row groups of 7), an image folder and
+    three webdataset shards."""
+    _parquet_folder(root / "parquet", images, shards=3, row_group_size=7)
+    (root / "folder").mkdir()
+    for index, image in enumerate(images):
+        image.save(root / "folder" / f"{index:04d}.png")
+    (root / "tar").mkdir()
+    for shard in range(3):
+        with tarfile.open(root / "tar" / f"shard-{shard}.tar", "w") as archive:
+            for index in range(shard, len(images), 3):
+                data = io.BytesIO()
+                images[index].save(data, format="PNG")
+                for name, payload in ((f"{index:04d}.png", data.getvalue()), (f"{index:04d}.cls", b"%d" % index)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    archive.addfile(info, io.BytesIO(payload))
+    return {kind: root / kind for kind in ("parquet", "folder", "tar")}
+
+
+def _batches(path, workers: int = 0, rank: int = 0, world_size: int = 1, seed: int = 5) -> ImageBatches:
+    batches, _ = build_image_data(
+        transform=ImageTransform(8, channels=3, center_crop=False, random_flip=True),
+        batch_size=5,
+        train_data_dir=str(path),
+        num_validation_images=2,
+        shuffle_buffer_size=9,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=workers,
+    )
+    return batches
+
+
+def test_the_epoch_order_is_a_permutation_split_between_processes_and_changes_per_epoch():
+    lengths, skip = [7, 0, 12, 5], 3
+    offsets = [0, 7, 7, 19]
+    for world_size in (1, 2, 3):
+        orders = [EpochOrder(lengths, skip, seed=1, window=4, rank=r, world_size=world_size) for r in range(world_size)]
+        epochs = []
+        for epoch in (0, 1):
+            parts = [
+                [offsets[s] + row for s, row in map(order.locate, [epoch] * order.length, range(order.length))]
+                for order in orders
+            ]
+            every = [index for part in parts for index in part]
+            assert sorted(every) == list(range(skip, 24))  # each example once, the held-out ones never
+            assert max(map(len, parts)) - min(map(len, parts)) <= 24 // 4 // world_size  # balanced
+            epochs.append(every)
+        assert epochs[0] != epochs[1]  # reshuffled per epoch
+    assert orders[0].total == 21 and orders[0].window <= 4
+
+
+def test_workers_give_bit_identical_batches_and_exact_counts(tmp_path, caplog):
+    images = _random_images(23)
+    paths = _write_sources(tmp_path, images)
+    (paths["folder"] / "0005_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (paths["folder"] / "0017_broken.png").write_bytes(b"not an image")
+    for kind, path in paths.items():
+        runs = {}
+        for workers in (0, 1, 2):
+            batches = _batches(path, workers)
+            runs[workers] = [batches.next_batch() for _ in range(11)]  # more than two epochs
+            assert batches.epoch == 2
+            assert batches.corrupt_images == (2 if kind == "folder" else 0), kind
+        for workers in (1, 2):
+            for expected, batch in zip(runs[0], runs[workers]):
+                torch.testing.assert_close(batch, expected, rtol=0, atol=0, msg=f"{kind}, {workers} workers")
+    for name in ("0005_broken.png", "0017_broken.png"):  # logged once per run (3 runs), not per epoch
+        assert sum(name in record.getMessage() for record in caplog.records) == 3, caplog.text
+
+
+def _count_reads(source) -> list[int]:
+    """Records the number of rows of every `source.read` from now on."""
+    reads, read = [], source.read
+    source.read = lambda shard, start, stop: reads.append(stop - start) or read(shard, start, stop)
+    return reads
+
+
+@pytest.mark.parametrize("kind", ["parquet", "folder", "tar"])
+def test_resume_reads_one_window_whatever_the_position(tmp_path, kind):
+    images = _random_images(41)
+    path = _write_sources(tmp_path, images)[kind]
+    original = _batches(path)
+    batches = [original.next_batch() for _ in range(20)]  # two and a half epochs
+    states = []
+    replay = _batches(path)
+    for _ in range(20):
+        states.append(replay.state_dict())
+        replay.next_batch()
+    for step in (1, 4, 7, 12, 19):  # early, middle, late in an epoch, and later epochs
+        resumed = _batches(path, workers=2 if step == 12 else 0)
+        reads = _count_reads(resumed.examples.source)
+        resumed.load_state_dict(states[step])
+        torch.testing.assert_close(resumed.next_batch(), batches[step], rtol=0, atol=0, msg=f"step {step}")
+        if step != 12:  # (workers read in their own processes)
+            # One window (of <= 9 examples; a batch may reach into the next), not the epoch so far.
+            assert sum(reads) <= 2 * resumed.order.window, (step, reads)
+
+
+def test_processes_read_disjoint_parts_covering_the_epoch(tmp_path):
+    images = _random_images(23)
+    path = _write_sources(tmp_path, images)["tar"]
+
+    def keys(rank: int, world_size: int) -> list[str]:
+        batches = _batches(path, rank=rank, world_size=world_size)
+        source, order = batches.examples.source, batches.order
+        located = [order.locate(0, position) for position in range(order.length)]
+        return [source.read(shard, row, row + 1)[0]["key"] for shard, row in located]
+
+    one = keys(0, 1)
+    two = [keys(0, 2), keys(1, 2)]
+    assert len(one) == 21 and len(set(one)) == 21  # 23 minus the 2 held out, each once
+    assert not set(two[0]) & set(two[1]) and set(two[0]) | set(two[1]) == set(one)
+    assert abs(len(two[0]) - len(two[1])) <= 1
+
+
+@needs_cifar10
+def test_the_cifar10_preset_with_the_local_copy_as_train_data_dir_validates_on_its_test_split():
+    from latentcode.training import parse_args
+
+    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "vqvae_cifar10.yaml"
+    config = parse_args(["--config", str(preset), "--train_data_dir", str(CIFAR10), "--num_validation_images", "2"])
+    assert config.dataset_name is None and config.validation_split == "test"  # the preset's, kept
+    batches, validation = image_data_from_config(config, channels=3, resolution=32)
+    test = pq.read_table(CIFAR10 / "test" / "test-00000-of-00001.parquet", columns=["img"]).slice(0, 2)
+    expected = [ImageTransform(32, 3).load(row["img"], random.Random(0)) for row in test.to_pylist()]
+    torch.testing.assert_close(validation, torch.stack(expected), rtol=0, atol=0)
+    assert batches.order.total == 50_000 and batches.next_batch().shape == (64, 3, 32, 32)
