@@ -48,11 +48,13 @@ def uint8_psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def bench_taef2() -> dict:
+def bench_taef2(first: int, last: int) -> dict:
+    """Kodak photos `first` .. `last` (1-based); each row is also appended to taef2_rows.jsonl, so
+    that several processes can share the photos and `--part taef2_summary` sums them up."""
     folder = SHARED / "pretrained" / "taesd"
     model = from_taesd(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth")
     rows = []
-    for path in sorted((SHARED / "datasets" / "kodak").glob("kodim*.png")):
+    for path in sorted((SHARED / "datasets" / "kodak").glob("kodim*.png"))[first - 1 : last]:
         original = read_pixels(path, "RGB")
         # CPU time of this process as well as wall time: on a shared machine the wall clock
         # measures the other processes too, the CPU time (one thread) the model alone
@@ -74,6 +76,13 @@ def bench_taef2() -> dict:
             )
         )
         print(rows[-1], flush=True)
+        with open(RESULTS / "taef2_rows.jsonl", "a") as file:
+            file.write(json.dumps(rows[-1]) + "\n")
+    return summarise_taef2(rows)
+
+
+def summarise_taef2(rows: list[dict]) -> dict:
+    rows = sorted({row["image"]: row for row in rows}.values(), key=lambda row: row["image"])
     return dict(
         model="taef2",
         images=len(rows),
@@ -119,21 +128,31 @@ def bench_beta_vae(work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("taef2", "beta_vae"), required=True)
+    parser.add_argument("--part", choices=("taef2", "taef2_summary", "beta_vae"), required=True)
+    parser.add_argument("--kodak_images", type=int, nargs=2, default=(1, 24), help="first and last Kodak photo")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work_dir", default="/tmp/bench_pretrained", help="where converted models are written")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    result = bench_taef2() if args.part == "taef2" else bench_beta_vae(Path(args.work_dir))
+    if args.part == "taef2":
+        result = bench_taef2(*args.kodak_images)
+    elif args.part == "taef2_summary":
+        lines = (RESULTS / "taef2_rows.jsonl").read_text().splitlines()
+        result = summarise_taef2([json.loads(line) for line in lines])
+    else:
+        result = bench_beta_vae(Path(args.work_dir))
     header = dict(
         machine=platform.processor() or platform.machine(),
         threads=args.threads,
         torch=torch.__version__,
         seconds=round(time.time() - started, 1),
     )
-    (RESULTS / f"{args.part}.json").write_text(json.dumps(dict(header=header, result=result), indent=1))
+    name = "taef2" if args.part.startswith("taef2") else args.part
+    if args.part == "taef2" and tuple(args.kodak_images) != (1, 24):
+        return  # a share of the photos: its rows are in taef2_rows.jsonl
+    (RESULTS / f"{name}.json").write_text(json.dumps(dict(header=header, result=result), indent=1))
 
 
 if __name__ == "__main__":

@@ -129,3 +129,16 @@ def test_refusals_name_what_was_expected(call, message):
     with pytest.raises(ValueError) as error:
         call()
     assert message in str(error.value)
+
+
+def test_tiny_gradient_checkpointing_gives_the_same_gradients():
+    model = build("tiny", "autoencoder").train()
+    x = images(model)
+    model(x).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(block.gradient_checkpointing for block in model.modules() if type(block).__name__ == "TinyBlock")
+    model(x).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], msg=name)

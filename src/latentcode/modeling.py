@@ -177,7 +177,6 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         """`encoder`, `decoder` and the projections `quant_conv` / `post_quant_conv` (1x1
         convolutions on a latent grid, linear maps on a vector latent), from the backbone that
         `config.backbone` names (`latentcode.modules.backbones`)."""
-        self.backbone_spec = get_backbone(config.backbone)
         family = next(f.name for f in FAMILIES.values() if isinstance(self, f.model_class))
         self.backbone_spec.check_family(family)
         encoder_out, moments, code = self.bottleneck_channels(config)
@@ -187,6 +186,12 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         self.post_quant_conv = (
             self.backbone_spec.projection(code, config.latent_channels) if config.use_post_quant_conv else None
         )
+
+    @property
+    def backbone_spec(self):
+        """The [`Backbone`] that `config.backbone` names: builders, downsampling factor, latent shape.
+        (Looked up, not stored: the model stays picklable.)"""
+        return get_backbone(self.config.backbone)
 
     def latent_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
         """Shape of one image's latent code (what `decode` takes, without the batch axis):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 # TAESD's pooling branch: 1x1 conv to 4x the channels, GroupNorm(4), ReLU, 1x1 conv back.
 POOLING_EXPANSION = 4
@@ -37,7 +38,7 @@ class LatentClamp(nn.Module):
         return torch.tanh(z / 3) * 3
 
 
-class TinyBlock(nn.Module):
+class TinyBlock(GradientCheckpointingLayer):
     """`relu(conv(x) + x)` with `conv` = conv-ReLU-conv-ReLU-conv (3x3). With `pooling`, `x` first
     gets `x + pool(x)`, `pool` = 1x1 conv -> GroupNorm(4) -> ReLU -> 1x1 conv (TAESD's
     `use_midblock_gn`). `[B, C, h, w] -> [B, C, h, w]`."""
