@@ -110,14 +110,15 @@ def main() -> None:
         seconds = time.perf_counter() - start
     rate = info["images"] / seconds
     print(
-        f"device {args.device}, {args.threads} compute thread(s), {args.workers} worker(s), batch {args.batch_size}, "
+        f"device {args.device}, {args.threads} thread(s), {args.workers} worker(s), batch {args.batch_size}, {widths}"
     )
-    print(f"channels {widths}")
     print("| | images/s |\n|---|---|")
     print(f"| model.encode_to_sequence, decoded images in memory | {encode:.1f} |")
     print(
         f"| tokenize (CIFAR-10 test, {info['images']:,} images, {seconds:.1f} s) | {rate:.1f} ({rate / encode:.0%}) |"
     )
+    share = sum(encode_seconds) / seconds
+    print(f"model encode inside that tokenize run: {sum(encode_seconds):.1f} s of {seconds:.1f} s ({share:.0%})")
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ class CodeSize:
 class FamilyBehaviour:
     """What every family answers; model classes inherit it next to `LatentCodePreTrainedModel`.
 
-    A family sets the three class attributes and implements the four hooks (`reconstruct_encoded`,
-    `continuous_code_encoded`, `code_size`, `regularizer_description`); `reconstruct`,
+    A family sets the four class attributes and implements the five hooks (`reconstruct_encoded`,
+    `continuous_code_encoded`, `code_size`, `stored_code`, `regularizer_description`); `reconstruct`,
     `continuous_code` and `loss_summary` are shared. `encoded` is always what the model's own
     `encode(pixels, return_dict=True)` returned.
 
@@ -79,11 +79,15 @@ class FamilyBehaviour:
         can_sample_prior: `sample(num_samples, generator=)` decodes draws from the prior N(0, I);
             the model then defines an ELBO whose rate term is `code_size(...).bits` (evaluation
             reports it) and its latents are Gaussian (interpolation follows a sphere by default).
+        stored_columns: the columns of one image's code in a tokenised dataset
+            (`latentcode.tokenize`): name -> `"index"` (integer token ids) or `"latent"` (floats),
+            each a flat row-major vector of `prod(stored_code_shape(size))` entries.
     """
 
     display_name: str
     has_tokens: bool = False
     can_sample_prior: bool = False
+    stored_columns: dict[str, str]
 
     # -- family hooks -------------------------------------------------------------------------
 
@@ -102,6 +106,15 @@ class FamilyBehaviour:
     def code_size(self, encoded) -> CodeSize:
         """The shape of one image's code and its cost in bits per image."""
         raise NotImplementedError
+
+    def stored_code(self, encoded) -> dict[str, torch.Tensor]:
+        """The `stored_columns` of an encoding, each `[B, prod(stored_code_shape())]`."""
+        raise NotImplementedError
+
+    def stored_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
+        """Shape of one image's stored code (a tokenised dataset's `latent_shape` column): the latent
+        code's shape by default (`latent_code_shape`)."""
+        return tuple(self.latent_code_shape(image_size))
 
     def regularizer_description(self) -> str | None:
         """The family's own term of `model(x).loss` in words (model cards), `None` when it has none."""
@@ -134,7 +147,13 @@ class FamilyBehaviour:
 
 
 # The hooks a family class must implement (checked when it registers).
-FAMILY_HOOKS = ("reconstruct_encoded", "continuous_code_encoded", "code_size", "regularizer_description")
+FAMILY_HOOKS = (
+    "reconstruct_encoded",
+    "continuous_code_encoded",
+    "code_size",
+    "stored_code",
+    "regularizer_description",
+)
 
 FAMILIES: dict[str, Family] = {}
 

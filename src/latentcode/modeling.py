@@ -530,6 +530,7 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
     # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
 
     display_name = "AutoEncoder"
+    stored_columns = {"latents": "latent"}
 
     def reconstruct_encoded(self, encoded: AutoencoderEncoderOutput) -> torch.Tensor:
         """The decoded code `[B, out_channels, H, W]`."""
@@ -545,6 +546,10 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
         values = latents[0].numel()
         bits = torch.full((latents.shape[0],), 32.0 * values, dtype=torch.float64, device=latents.device)
         return CodeSize(tuple(latents.shape[1:]), bits, f"{values} float32 values, uncompressed")
+
+    def stored_code(self, encoded: AutoencoderEncoderOutput) -> dict[str, torch.Tensor]:
+        """`latents` `[B, C*h*w]` (or `[B, D]` for a vector latent)."""
+        return {"latents": encoded.latents.flatten(1)}
 
     def regularizer_description(self) -> None:
         return None
@@ -645,6 +650,7 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     display_name = "VAE"
     can_sample_prior = True
+    stored_columns = {"latent_mean": "latent", "latent_std": "latent"}
 
     def reconstruct_encoded(self, encoded: VAEEncoderOutput) -> torch.Tensor:
         """The decoded posterior mean `[B, out_channels, H, W]`."""
@@ -663,6 +669,11 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         posterior = encoded.latent_dist
         bits = posterior.kl().double() / math.log(2)
         return CodeSize(tuple(posterior.mean.shape[1:]), bits, "KL to the prior N(0, I)")
+
+    def stored_code(self, encoded: VAEEncoderOutput) -> dict[str, torch.Tensor]:
+        """The posterior's `latent_mean` and `latent_std`, each `[B, C*h*w]` (`[B, D]` for a vector)."""
+        posterior = encoded.latent_dist
+        return {"latent_mean": posterior.mean.flatten(1), "latent_std": posterior.std.flatten(1)}
 
     def regularizer_description(self) -> str:
         return f"KL to N(0, I) (weight {self.config.kl_weight})"
@@ -849,6 +860,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     display_name = "VQ-VAE"
     has_tokens = True
+    stored_columns = {"indices": "index"}
 
     def reconstruct_encoded(self, encoded: VQVAEEncoderOutput) -> torch.Tensor:
         """The decoded tokens `[B, out_channels, H, W]`."""
@@ -866,6 +878,14 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
             (indices.shape[0],), tokens * math.log2(self.codebook_size), dtype=torch.float64, device=indices.device
         )
         return CodeSize(tuple(indices.shape[1:]), bits, f"{tokens} tokens x log2({self.codebook_size})")
+
+    def stored_code(self, encoded: VQVAEEncoderOutput) -> dict[str, torch.Tensor]:
+        """`indices` `[B, L]` in raster order, residual levels of a position together."""
+        return {"indices": indices_to_sequence(encoded.indices)}
+
+    def stored_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
+        """The token grid `(h, w)` or `(h, w, depth)` of `latent_shape`."""
+        return self.latent_shape(image_size)
 
     def regularizer_description(self) -> str:
         return f"the {self.config.quantizer!r} quantizer's own terms as configured"

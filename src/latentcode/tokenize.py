@@ -49,7 +49,6 @@ from tqdm.auto import tqdm
 from .configuration import TRANSFORMERS_CONFIG_KEYS
 from .data import ImageTransform, open_source, ordered_chunks
 from .data.sources import Source
-from .tokens import latent_shape as grid_shape
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +86,19 @@ def family_name(model) -> str:
     return family_of(model).name
 
 
+def _column_dtypes(model, latent_dtype: str) -> dict[str, str]:
+    """The stored type of each of the family's `stored_columns`: token ids in the narrowest
+    integer type that holds them, continuous codes in `latent_dtype`."""
+    return {
+        name: ("uint16" if model.config.codebook_size <= 2**16 else "int32") if kind == "index" else latent_dtype
+        for name, kind in model.stored_columns.items()
+    }
+
+
 def bits_per_image(model, latent_shape: list[int], latent_dtype: str) -> float:
-    """The stored size of one image's code: tokens x log2(K) for a VQ-VAE (the rate of its
-    code), numbers x bits of `latent_dtype` for the continuous codes (VAE: mean only)."""
-    if family_name(model) == "vqvae":
+    """The stored size of one image's code: tokens x log2(K) for token ids (the rate of a VQ-VAE's
+    code), numbers x bits of `latent_dtype` for a continuous code (a VAE's mean only)."""
+    if "index" in model.stored_columns.values():
         return math.prod(latent_shape) * math.log2(model.config.codebook_size)
     return math.prod(latent_shape) * (16 if latent_dtype == "float16" else 32)
 
@@ -102,30 +110,18 @@ def bits_per_image(model, latent_shape: list[int], latent_dtype: str) -> float:
 
 @torch.no_grad()
 def encode_codes(model, pixels: torch.Tensor, latent_dtype: str = "float32") -> dict[str, np.ndarray]:
-    """The columns of `[B, C, H, W]` pixels in [-1, 1]: `{"indices": [B, L]}` (VQ-VAE),
-    `{"latent_mean", "latent_std": [B, C*h*w]}` (VAE) or `{"latents": [B, C*h*w]}` (AutoEncoder)."""
+    """The family's `stored_columns` of `[B, C, H, W]` pixels in [-1, 1], each `[B, L]`:
+    `indices` (VQ-VAE), `latent_mean` / `latent_std` (VAE) or `latents` (AutoEncoder)."""
     pixels = pixels.to(model.device, model.dtype)
-    family = family_name(model)
-    dtype = np.float16 if latent_dtype == "float16" else np.float32
-    if family == "vqvae":
-        sequence = model.encode_to_sequence(pixels)
-        kind = np.uint16 if model.config.codebook_size <= 2**16 else np.int32
-        return {"indices": sequence.cpu().numpy().astype(kind)}
-    output = model.encode(pixels, return_dict=True)
-    if family == "vae":
-        posterior = output.latent_dist
-        return {
-            "latent_mean": posterior.mean.flatten(1).float().cpu().numpy().astype(dtype),
-            "latent_std": posterior.std.flatten(1).float().cpu().numpy().astype(dtype),
-        }
-    return {"latents": output.latents.flatten(1).float().cpu().numpy().astype(dtype)}
+    columns = model.stored_code(model.encode(pixels, return_dict=True))
+    dtypes = _column_dtypes(model, latent_dtype)
+    return {name: values.cpu().numpy().astype(dtypes[name]) for name, values in columns.items()}
 
 
 def code_shape(model, resolution: int) -> list[int]:
-    """`latent_shape` of one image: `[h, w]` / `[h, w, depth]` (VQ-VAE) or `[C, h, w]`."""
-    if family_name(model) == "vqvae":
-        return list(model.latent_shape(resolution))
-    return [model.config.latent_channels, *grid_shape(model.config, resolution)]
+    """`latent_shape` of one image: `[h, w]` / `[h, w, depth]` (tokens), `[C, h, w]` or `[D]`;
+    raises when the model cannot code images of `resolution`."""
+    return list(model.stored_code_shape(resolution))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,13 +195,10 @@ def unit_table(rows: list[dict], codes: dict[str, np.ndarray], flipped: list[boo
 def output_features(model, source: Source, latent_shape: list[int], latent_dtype: str) -> datasets.Features:
     """`key`, the source's columns, `flipped`, the family's code columns and `latent_shape`."""
     size = math.prod(latent_shape)
-    family = family_name(model)
-    if family == "vqvae":
-        kind = "uint16" if model.config.codebook_size <= 2**16 else "int32"
-        code_columns = {"indices": datasets.List(datasets.Value(kind), length=size)}
-    else:
-        names = ("latent_mean", "latent_std") if family == "vae" else ("latents",)
-        code_columns = {name: datasets.List(datasets.Value(latent_dtype), length=size) for name in names}
+    code_columns = {
+        name: datasets.List(datasets.Value(dtype), length=size)
+        for name, dtype in _column_dtypes(model, latent_dtype).items()
+    }
     shape = {"latent_shape": datasets.List(datasets.Value("int32"), length=len(latent_shape))}
     columns = {name: feature for name, feature in source.features.items() if name not in ("key", "flipped")}
     return datasets.Features(
@@ -444,9 +437,6 @@ class UnitEncoder:
 # Reading the codes back; the Hub
 # ----------------------------------------------------------------------------------------------
 
-# The columns each family's codes need, besides key and latent_shape.
-CODE_COLUMNS = {"vqvae": ("indices",), "vae": ("latent_mean", "latent_std"), "autoencoder": ("latents",)}
-
 
 def _load_info(path: str, revision: str | None, token) -> tuple[dict, str]:
     """The info file of a tokenised dataset (local folder or Hub dataset id) and where the data is."""
@@ -495,7 +485,10 @@ def load_codes(
         check_same_model(info, expected_model, os.fspath(path))
     codes = datasets.load_dataset(where, split=split, revision=revision, token=token)
     family = info["family"] if expected_model is None else family_name(expected_model)
-    missing = [name for name in (*CODE_COLUMNS[family], "key", "latent_shape") if name not in codes.column_names]
+    from .families import get_family
+
+    needed = (*get_family(family).model_class.stored_columns, "key", "latent_shape")
+    missing = [name for name in needed if name not in codes.column_names]
     if missing:
         raise ValueError(
             f"{os.fspath(path)!r} lacks the column(s) {missing} that {family} codes need (it has "

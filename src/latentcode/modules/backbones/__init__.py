@@ -61,11 +61,21 @@ class Backbone:
     def latent_shape(self, config, channels: int, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
         """Shape of one image's code with `channels` channels: `(channels,)` for a vector latent,
         else `(channels, H/f, W/f)` for `image_size` (`H` or `(H, W)`, default `config.sample_size`)."""
-        if self.vector_latent:
-            return (channels,)
         size = config.sample_size if image_size is None else image_size
-        height, width = (size, size) if isinstance(size, int) else size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if self.vector_latent:
+            if (height, width) != (config.sample_size, config.sample_size):
+                raise ValueError(
+                    f"a vector-latent model codes {config.sample_size}x{config.sample_size} images only "
+                    f"(sample_size), got {height}x{width}; resize the images to {config.sample_size}"
+                )
+            return (channels,)
         factor = self.downsampling_factor(config)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"image size must be divisible by the downsampling factor {factor}, got {height}x{width}; "
+                "crop or resize the images to a multiple of it"
+            )
         return (channels, height // factor, width // factor)
 
     def check_family(self, family: str) -> None:
