@@ -6,6 +6,8 @@ architecture and loss? (issue 24)
     python benchmarks/bench_parity.py lockstep --family vae --steps 5
     python benchmarks/bench_parity.py lockstep --family vae --steps 5 --no_winograd --nchw
     python benchmarks/bench_parity.py lockstep --family vqvae --steps 5
+    # the default initialisations of both sides, pooled over 100 seeds each
+    python benchmarks/bench_parity.py init --family vae
     # 2. seed pairs, one process per side running side by side (one thread each); the
     #    summary pairs the two sides' held-out PSNR per seed: mean difference +- standard error
     python benchmarks/bench_parity.py sweep --family vae --init independent --seeds 0-7 --steps 300 \\
@@ -231,6 +233,41 @@ def lockstep(args) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
+# init: the two default initialisations, pooled over seeds
+# ----------------------------------------------------------------------------------------------
+
+INIT_PARAMETERS = (
+    "decoder.conv_out.bias",
+    "quant_conv.bias",
+    "post_quant_conv.weight",
+    "post_quant_conv.bias",
+    "encoder.conv_out.bias",
+)
+
+
+def compare_inits(args) -> None:
+    """Per parameter of `INIT_PARAMETERS`, the values of `--init_samples` default initialisations
+    of each side (diffusers from seeds 0.., ours from seeds 10,000..), pooled: their standard
+    deviations and a two-sample Kolmogorov-Smirnov test's p-value."""
+    from scipy.stats import ks_2samp
+
+    arch = architecture(args.width)
+    pooled = {name: ([], []) for name in INIT_PARAMETERS}
+    for seed in range(args.init_samples):
+        ours = our_model(args.family, arch, 10_000 + seed, "independent").state_dict()
+        peer = our_model(args.family, arch, seed, "shared").state_dict()  # diffusers' init, our names
+        for name, (mine, theirs) in pooled.items():
+            mine.append(ours[name].flatten())
+            theirs.append(peer[name].flatten())
+    for name, (mine, theirs) in pooled.items():
+        mine, theirs = torch.cat(mine), torch.cat(theirs)
+        p_value = ks_2samp(mine.numpy(), theirs.numpy()).pvalue
+        print(
+            f"{name}: {mine.numel()} values, std ours {mine.std():.4f} diffusers {theirs.std():.4f}, KS p {p_value:.2f}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
 # run / sweep: one side per process, seed after seed
 # ----------------------------------------------------------------------------------------------
 
@@ -329,7 +366,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("lockstep", "run", "sweep", "summarize"))
+    parser.add_argument("command", choices=("lockstep", "init", "run", "sweep", "summarize"))
     parser.add_argument("--family", choices=("vae", "vqvae"), default="vae")
     parser.add_argument("--init", choices=("shared", "independent"), default="independent")
     parser.add_argument("--side", choices=("ours", "diffusers"))
@@ -342,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--test_images", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init_samples", type=int, default=100, help="init: models per side")
     parser.add_argument("--no_winograd", action="store_true", help="ours with direct convolutions")
     parser.add_argument("--nchw", action="store_true", help="ours' activations in NCHW instead of channels_last")
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA)
@@ -355,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         backbone.activation_memory_format = lambda x: torch.preserve_format
     if args.command == "lockstep":
         lockstep(args)
+    elif args.command == "init":
+        compare_inits(args)
     elif args.command == "run":
         run(args)
     elif args.command == "sweep":
