@@ -26,14 +26,7 @@ from .families import register_family
 from .hub import check_pretrained_source
 from .modules.backbone import Decoder, Encoder
 from .modules.distributions import DiagonalGaussianDistribution
-from .modules.quantizers import (
-    BinarySphericalQuantizer,
-    FiniteScalarQuantizer,
-    LookupFreeQuantizer,
-    ResidualVectorQuantizer,
-    SimVectorQuantizer,
-    VectorQuantizer,
-)
+from .modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quantizer
 from .modules.tiling import tiled_map
 from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
 
@@ -604,56 +597,7 @@ class VQVAEModel(LatentCodePreTrainedModel):
     _keys_to_ignore_on_load_missing = [r"quantizer\.(.+\.)?(initialized|ema_cluster_size|ema_codebook_sum)$"]
 
     def _build_bottleneck(self, config: VQVAEConfig) -> None:
-        if config.quantizer == "fsq":
-            self.quantizer = FiniteScalarQuantizer(config.fsq_levels, usage_window=config.codebook_usage_window)
-            return
-        if config.quantizer in ("lfq", "bsq"):
-            bit_quantizer = LookupFreeQuantizer if config.quantizer == "lfq" else BinarySphericalQuantizer
-            self.quantizer = bit_quantizer(
-                config.codebook_dim,
-                commitment_weight=config.commitment_weight,
-                entropy_weight=config.lfq_entropy_weight,
-                diversity_weight=config.lfq_diversity_weight,
-                temperature=config.lfq_temperature,
-                usage_window=config.codebook_usage_window,
-                entropy_max_group_bits=config.lfq_entropy_max_group_bits,
-                entropy_annealing_steps=config.lfq_entropy_annealing_steps,
-                entropy_annealing_start_factor=config.lfq_entropy_annealing_start_factor,
-            )
-            return
-        if config.quantizer == "simvq":
-            self.quantizer = SimVectorQuantizer(
-                config.codebook_size,
-                config.codebook_dim,
-                commitment_weight=config.commitment_weight,
-                codebook_weight=config.codebook_weight,
-                gradient_estimator=config.gradient_estimator,
-                usage_window=config.codebook_usage_window,
-            )
-            return
-        vector_quantizer_options = dict(
-            commitment_weight=config.commitment_weight,
-            codebook_weight=config.codebook_weight,
-            ema_decay=config.codebook_ema_decay if config.codebook_ema else None,
-            ema_epsilon=config.codebook_ema_epsilon,
-            kmeans_init=config.kmeans_init,
-            kmeans_iterations=config.kmeans_iterations,
-            dead_code_restart=config.dead_code_restart,
-            dead_code_threshold=config.dead_code_threshold,
-            usage_window=config.codebook_usage_window,
-            l2_normalize=config.codebook_l2_norm,
-            gradient_estimator=config.gradient_estimator,
-        )
-        if config.quantizer == "residual_vq":
-            self.quantizer = ResidualVectorQuantizer(
-                config.num_quantizers,
-                config.codebook_size,
-                config.codebook_dim,
-                quantizer_dropout=config.quantizer_dropout,
-                **vector_quantizer_options,
-            )
-        else:
-            self.quantizer = VectorQuantizer(config.codebook_size, config.codebook_dim, **vector_quantizer_options)
+        self.quantizer = build_quantizer(config.quantizer, config.quantizer_sizes(), config.quantizer_config)
 
     @staticmethod
     def bottleneck_channels(config):

@@ -6,7 +6,8 @@ was before the nested quantizer config (commit 0cbeb8b); kept to show how they w
 `configs.json` holds, per case, the config.json `save_pretrained` wrote (`"diff"`) and the full
 one (`"full"`, every field). `reference_outputs.json` holds what the model built from it
 computes after `fill_weights` (a deterministic function of each weight's name): the state-dict
-keys and shapes, the reconstruction, the loss and the indices of one 8x8 image.
+keys and shapes, the reconstruction, the loss and the indices of one 8x8 image, then the losses
+of two training steps and the reconstruction after them.
 """
 
 import json
@@ -93,6 +94,14 @@ def outputs(model: torch.nn.Module) -> dict:
     }
     if getattr(output, "indices", None) is not None:
         result["indices"] = output.indices.flatten().tolist()
+    # Two training steps (the codebook's k-means initialisation, EMA update, dead-code restarts,
+    # quantizer dropout, entropy annealing), then the eval output again.
+    torch.manual_seed(0)
+    model.train()
+    result["training_losses"] = [round(float(model(pixels()).loss.detach()), 5) for _ in range(2)]
+    model.eval()
+    with torch.no_grad():
+        result["sample_after_training"] = [round(value, 5) for value in model(pixels()).sample.flatten().tolist()]
     return result
 
 
