@@ -333,7 +333,6 @@ def test_native_vqvae_exports_and_inexpressible_quantizers_are_refused():
         residual.to_diffusers()
 
 
-
 def test_training_only_quantizer_options_do_not_block_export():
     """Issue 19 item 4: the gradient estimator and the usage window only change training (the
     quantizer class says so); a plain VQ model trained with the rotation trick exports."""
@@ -344,6 +343,7 @@ def test_training_only_quantizer_options_do_not_block_export():
     pixels = torch.rand(2, 3, 8, 8) * 2 - 1
     with torch.no_grad():
         assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
+
 
 class WarmupVQVAEConfig(VQVAEConfig):
     """A config subclass adding one training setting and one field that changes the model."""

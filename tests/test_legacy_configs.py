@@ -60,7 +60,9 @@ def test_flat_fields_move_into_the_quantizer_config_under_the_quantizers_names(t
     }
     resaved = lfq.to_dict()
     assert not any(key.startswith("lfq_") or key == "commitment_weight" for key in resaved)
-    assert VQVAEConfig(**{k: v for k, v in resaved.items() if k != "model_type"}).quantizer_config == lfq.quantizer_config
+    assert (
+        VQVAEConfig(**{k: v for k, v in resaved.items() if k != "model_type"}).quantizer_config == lfq.quantizer_config
+    )
     fsq = VQVAEConfig(**CONFIGS["vqvae_fsq"]["diff"])
     assert fsq.quantizer_config == {"levels": [5, 4, 3]} and fsq.codebook_size == 60
     cosine = VQVAEConfig(**CONFIGS["vqvae_vq_plain_rotation_l2"]["diff"])
@@ -76,7 +78,11 @@ def test_the_names_before_0_1_of_the_codebook_ema_load(tmp_path):
     saved.update(use_ema=False, ema_decay=0.5, ema_epsilon=0.1)
     model = load(saved, tmp_path)
     options = model.config.quantizer_config
-    assert (options["codebook_ema"], options["codebook_ema_decay"], options["codebook_ema_epsilon"]) == (False, 0.5, 0.1)
+    assert (options["codebook_ema"], options["codebook_ema_decay"], options["codebook_ema_epsilon"]) == (
+        False,
+        0.5,
+        0.1,
+    )
     assert not model.quantizer.codebook_ema and model.quantizer.codebook.requires_grad
     assert model.quantizer.codebook_ema_decay == 0.5
     assert {"use_ema", "ema_decay", "codebook_ema"}.isdisjoint(model.config.to_dict())
@@ -96,9 +102,13 @@ def test_an_option_given_flat_and_nested_with_two_values_is_refused():
 
 
 def test_unknown_quantizer_options_are_refused_naming_the_valid_ones():
-    with pytest.raises(ValueError, match=r"no option 'entropy_weigth' for quantizer='lfq'; did you mean 'entropy_weight'"):
+    with pytest.raises(
+        ValueError, match=r"no option 'entropy_weigth' for quantizer='lfq'; did you mean 'entropy_weight'"
+    ):
         VQVAEConfig(quantizer="lfq", quantizer_config={"entropy_weigth": 0.2})
-    with pytest.raises(ValueError, match=r"no option 'gradient_estimator' for quantizer='fsq'.*its options are: levels, usage_window"):
+    with pytest.raises(
+        ValueError, match=r"no option 'gradient_estimator' for quantizer='fsq'.*its options are: levels, usage_window"
+    ):
         VQVAEConfig(quantizer="fsq", quantizer_config={"gradient_estimator": "rotation"})
     with pytest.raises(ValueError, match="codebook_ema_decay must be in"):
         VQVAEConfig(quantizer_config={"codebook_ema_decay": 1.5})
@@ -108,7 +118,10 @@ def test_unknown_quantizer_options_are_refused_naming_the_valid_ones():
 
 def test_a_new_config_builds_the_quantizer_from_its_own_argument_names():
     config = VQVAEConfig(
-        block_out_channels=(8,), norm_num_groups=4, codebook_size=32, quantizer_config={"gradient_estimator": "rotation"}
+        block_out_channels=(8,),
+        norm_num_groups=4,
+        codebook_size=32,
+        quantizer_config={"gradient_estimator": "rotation"},
     )
     quantizer = VQVAEModel(config).quantizer
     assert quantizer.gradient_estimator == "rotation" and quantizer.codebook_ema and quantizer.kmeans_init

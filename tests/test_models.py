@@ -119,7 +119,7 @@ def test_hub_id_loads_offline_from_the_cache(tmp_path):
 def test_straight_through_gradient_reaches_the_encoder():
     model = tiny_model("vqvae").train()
     pixels = torch.randn(2, 3, 16, 16)
-    latents = model._encode_moments(pixels)
+    latents = model._bottleneck_input(pixels)
     latents.retain_grad()
     quantized = model.quantizer(latents)
     quantized.quantized.retain_grad()
@@ -440,24 +440,6 @@ def test_encode_and_decode_never_update_the_codebook_only_forward_does():
     assert torch.equal(first.indices, second.indices)
     model(pixels)  # the training step initialises and updates the codebook
     assert not torch.equal(model.quantizer.codebook, before["codebook"])
-
-
-def test_config_json_with_the_former_codebook_ema_names_loads(tmp_path):
-    """`use_ema` / `ema_decay` / `ema_epsilon` were the codebook EMA's names before they got names
-    of their own (`use_ema` is the training option for an EMA of the weights)."""
-    model = tiny_model("vqvae", codebook_size=16)
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    for name in ("codebook_ema", "codebook_ema_decay", "codebook_ema_epsilon"):
-        saved.pop(name)
-    saved.update(use_ema=False, ema_decay=0.5, ema_epsilon=0.1)
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
-    config = loaded.config
-    assert (config.codebook_ema, config.codebook_ema_decay, config.codebook_ema_epsilon) == (False, 0.5, 0.1)
-    assert not loaded.quantizer.use_ema and loaded.quantizer.codebook.requires_grad
-    assert "use_ema" not in config.to_dict() and "ema_decay" not in config.to_dict()
-    assert latentcode.VQVAEConfig(ema_decay=0.7).codebook_ema_decay == 0.7
 
 
 def test_from_pretrained_refuses_missing_weights_unless_allowed(tmp_path):

@@ -349,6 +349,19 @@ class VQVAEConfig(LatentCodeConfig):
         self.num_quantizers = sizes.get("num_quantizers")
         self._validate_quantizer()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' `from_dict` (under `from_pretrained`), where quantizer options given as
+        keyword arguments, flat (`from_pretrained(path, kmeans_init=True)`) or nested
+        (`quantizer_config={...}`), update the saved `quantizer_config` key by key."""
+        quantizer = config_dict.get("quantizer", "vq")
+        given = nest_flat_quantizer_fields(quantizer, kwargs.pop("quantizer_config", None), kwargs)
+        if given:
+            config_dict = dict(config_dict)
+            saved = nest_flat_quantizer_fields(quantizer, config_dict.pop("quantizer_config", None), config_dict)
+            config_dict["quantizer_config"] = {**saved, **given}
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def commitment_weight(self) -> float | None:
         """Weight of the commitment term in `model(x).loss` (None for a quantizer without one)."""

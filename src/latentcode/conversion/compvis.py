@@ -131,7 +131,9 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     if is_vq:
         codebook_size, codebook_dim = state_dict["quantize.embedding.weight"].shape
         # The recipe taming / latent-diffusion trained with (see latentcode.conversion.legacy_vq).
-        config.update(codebook_size=codebook_size, codebook_dim=codebook_dim, quantizer_config=dict(IMPORTED_VQ_TRAINING))
+        config.update(
+            codebook_size=codebook_size, codebook_dim=codebook_dim, quantizer_config=dict(IMPORTED_VQ_TRAINING)
+        )
     return config
 
 

@@ -19,11 +19,11 @@ from .base import CodebookUsageWindow, Quantizer, QuantizerOutput
 from .binary_spherical import BinarySphericalQuantizer
 from .finite_scalar import FiniteScalarQuantizer
 from .lookup_free import LookupFreeQuantizer
+from .maintenance import kmeans
 from .registry import QUANTIZERS, build_quantizer
 from .residual import ResidualVectorQuantizer
 from .search import nearest_codebook_indices
 from .sim_vq import SimVectorQuantizer
-from .maintenance import kmeans
 from .vector import VectorQuantizer
 
 __all__ = [

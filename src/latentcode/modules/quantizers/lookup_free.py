@@ -64,7 +64,9 @@ class LookupFreeQuantizer(Quantizer):
             raise ValueError(f"for a lookup-free quantizer codebook_size must be a power of 2, got {codebook_size}")
         bits = codebook_size.bit_length() - 1
         if codebook_dim not in (None, bits):
-            raise ValueError(f"for a lookup-free quantizer codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}")
+            raise ValueError(
+                f"for a lookup-free quantizer codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}"
+            )
         return {"codebook_size": codebook_size, "codebook_dim": bits}
 
     def __init__(

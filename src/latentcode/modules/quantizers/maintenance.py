@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .base import all_reduce_sum, broadcast_from_rank0, gather_rows, is_rank0
 from .search import nearest_codebook_indices
 
+
 @torch.no_grad()
 def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int, l2_normalize: bool = False):
     """Lloyd's k-means with the exact chunked search.
@@ -81,7 +82,11 @@ class CodebookMaintenance:
         self.ema_cluster_size.mul_(decay).add_(statistics[:, 0].to(self.ema_cluster_size.dtype), alpha=1 - decay)
         self.ema_codebook_sum.mul_(decay).add_(statistics[:, 1:].to(self.ema_codebook_sum.dtype), alpha=1 - decay)
         total = self.ema_cluster_size.sum()
-        smoothed = (self.ema_cluster_size + self.codebook_ema_epsilon) / (total + self.codebook_size * self.codebook_ema_epsilon) * total
+        smoothed = (
+            (self.ema_cluster_size + self.codebook_ema_epsilon)
+            / (total + self.codebook_size * self.codebook_ema_epsilon)
+            * total
+        )
         codebook = self.ema_codebook_sum / smoothed[:, None]
         self.codebook.copy_(F.normalize(codebook, dim=1) if self.l2_normalize else codebook)
 
