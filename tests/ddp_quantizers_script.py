@@ -59,16 +59,25 @@ def main(output_path: str) -> None:
     #    rank before DDP broadcasts it) and BSQ with its annealing step count, trained together
     #    with an encoder under DDP.
     for name, quantizer in {
-        "vq": VectorQuantizer(32, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64),
+        "vq": VectorQuantizer(
+            32, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64
+        ),
         "vq_ema_expiry": VectorQuantizer(
-            32, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True, dead_code_threshold=0.5
+            32,
+            4,
+            codebook_ema=True,
+            codebook_ema_decay=0.9,
+            kmeans_init=True,
+            dead_code_restart=True,
+            dead_code_threshold=0.5,
         ),
         "residual": ResidualVectorQuantizer(
             3,
             16,
             4,
             quantizer_dropout=0.5,
-            codebook_ema=True, codebook_ema_decay=0.9,
+            codebook_ema=True,
+            codebook_ema_decay=0.9,
             kmeans_init=True,
             dead_code_restart=True,
             usage_window=64,
