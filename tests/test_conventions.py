@@ -71,6 +71,33 @@ def test_search_threads_run_under_the_callers_grad_mode(threads):
     assert torch.equal(inside, expected) and torch.equal(outside, expected)
 
 
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_worker_threads_belong_to_a_pool_that_closes_them(threads):
+    """The search's threads are `SHARED_POOL`'s: `close()` stops them, the next search starts them
+    again; a pool of one's own stops its threads at the end of a `with` block."""
+    import threading
+
+    from latentcode.modules import workers
+    from latentcode.modules.quantizers.search import nearest_codebook_indices
+
+    def worker_threads() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name.startswith("latentcode-worker")]
+
+    vectors, codebook = torch.randn(1000, 8), torch.randn(300, 8)
+    expected = nearest_codebook_indices(vectors, codebook, max_block_elements=64 * 64)
+    assert worker_threads()
+    workers.SHARED_POOL.close()
+    assert not worker_threads()
+    assert torch.equal(nearest_codebook_indices(vectors, codebook, max_block_elements=64 * 64), expected)
+    assert worker_threads()
+    workers.SHARED_POOL.close()
+    done = []
+    with workers.WorkerPool() as pool:
+        pool.run(done.append, range(4), workers=2)
+        assert len(worker_threads()) == 2
+    assert sorted(done) == [0, 1, 2, 3] and not worker_threads()
+
+
 # -- diffusers' signatures ---------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ bottleneck: how the encoder's output becomes a code, and which regulariser the l
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin
+from diffusers.models import modeling_utils as diffusers_modeling_utils
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
@@ -38,6 +40,18 @@ from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
 # Options that diffusers' pipeline loader passes to `ModelMixin.from_pretrained` only (flashpack
 # weight files; reading weights without memory-mapping); off by default.
 DIFFUSERS_ONLY_LOADING_OPTIONS = ("use_flashpack", "disable_mmap")
+
+
+class _EmptyFloat32ListFilter(logging.Filter):
+    """diffusers' `ModelMixin.to()` warns "... should be kept in float32: [] ..." at every dtype
+    cast of any model, with an empty list too (its `self._keep_in_fp32_modules or []` is never
+    None): drop that warning when the list is empty; a model that lists modules still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger(diffusers_modeling_utils.__name__).addFilter(_EmptyFloat32ListFilter())
 
 # ----------------------------------------------------------------------------------------------
 # Outputs
@@ -182,9 +196,6 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         )
         self._build_bottleneck(config)
         self.post_init()
-        # transformers leaves an empty set here, on which diffusers' ModelMixin.to() warns "should
-        # be kept in float32: []" at every dtype cast; no module of these models needs float32.
-        self._keep_in_fp32_modules = None
 
     def _build_bottleneck(self, config: LatentCodeConfig) -> None:
         """Create the bottleneck's own modules (the quantizer); none by default."""
