@@ -180,6 +180,17 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
     def __init__(self, config: LatentCodeConfig):
         super().__init__(config)
         encoder_out, moments, code = self.bottleneck_channels(config)
+        self._build_backbone(config, encoder_out)
+        self.quant_conv = nn.Conv2d(encoder_out, moments, kernel_size=1) if config.use_quant_conv else None
+        self.post_quant_conv = (
+            nn.Conv2d(code, config.latent_channels, kernel_size=1) if config.use_post_quant_conv else None
+        )
+        self._build_bottleneck(config)
+        self.post_init()
+
+    def _build_backbone(self, config: LatentCodeConfig, encoder_out: int) -> None:
+        """Create `encoder` (pixels -> `encoder_out` channels) and `decoder` (`latent_channels` ->
+        pixels): the taming / LDM convolutional backbone."""
         backbone = dict(
             block_out_channels=config.block_out_channels,
             layers_per_block=config.layers_per_block,
@@ -190,12 +201,6 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         )
         self.encoder = Encoder(config.in_channels, encoder_out, **backbone)
         self.decoder = Decoder(config.latent_channels, config.out_channels, **backbone)
-        self.quant_conv = nn.Conv2d(encoder_out, moments, kernel_size=1) if config.use_quant_conv else None
-        self.post_quant_conv = (
-            nn.Conv2d(code, config.latent_channels, kernel_size=1) if config.use_post_quant_conv else None
-        )
-        self._build_bottleneck(config)
-        self.post_init()
 
     def _build_bottleneck(self, config: LatentCodeConfig) -> None:
         """Create the bottleneck's own modules (the quantizer); none by default."""

@@ -63,6 +63,12 @@ def convolve(conv: nn.Conv2d, x: torch.Tensor, implementation: str) -> torch.Ten
     return winograd.winograd_conv2d(conv, x) if winograd.applies(conv, x, implementation) else conv(x)
 
 
+class _Convolving(nn.Module):
+    """A backbone module whose 3x3 convolutions run through `convolve(..., self.conv_implementation)`."""
+
+    conv_implementation = winograd.CONV_IMPLEMENTATIONS[0]  # the default; see set_conv_implementation
+
+
 def set_conv_implementation(module: nn.Module, implementation: str) -> None:
     """Run the 3x3 convolutions of the backbone modules in `module` by `implementation`, one of
     `winograd.CONV_IMPLEMENTATIONS` (see `latentcode.modules.winograd`)."""
@@ -70,12 +76,6 @@ def set_conv_implementation(module: nn.Module, implementation: str) -> None:
     for block in module.modules():
         if isinstance(block, _Convolving):
             block.conv_implementation = implementation
-
-
-class _Convolving(nn.Module):
-    """A backbone module whose 3x3 convolutions run through `convolve(..., self.conv_implementation)`."""
-
-    conv_implementation = winograd.CONV_IMPLEMENTATIONS[0]  # the default; see set_conv_implementation
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
