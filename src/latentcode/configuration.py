@@ -327,6 +327,8 @@ class VQVAEConfig(LatentCodeConfig):
     """
 
     model_type = "latentcode_vqvae"
+    # Former field -> where it lives now; the former names still load (see FLAT_QUANTIZER_FIELDS).
+    renamed_fields = {old: f"quantizer_config.{option}" for old, (option, _) in FLAT_QUANTIZER_FIELDS.items()}
 
     def __init__(
         self,
