@@ -14,7 +14,8 @@ PIXEL_VALUE_LIMIT = 10.0
 
 
 class PixelChecksMixin:
-    """Checks of pixels and codes against a model's `config`, `downsampling_factor` and `dtype`."""
+    """Checks of pixels and codes against a model's `config`, `downsampling_factor`, `dtype` and
+    `backbone_spec` (a vector-latent backbone takes images of one size and codes `[B, C]`)."""
 
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         """Raise a ValueError naming what was expected and what came: a float tensor
@@ -34,7 +35,14 @@ class PixelChecksMixin:
             )
         if pixel_values.shape[0] == 0:
             raise ValueError(f"expected {expected} with at least one image, got an empty batch (B = 0)")
-        self._check_size(*pixel_values.shape[2:])
+        height, width = pixel_values.shape[2:]
+        size = self.config.sample_size
+        if self.backbone_spec.vector_latent and (height, width) != (size, size):
+            raise ValueError(
+                f"backbone={self.config.backbone!r} takes images of exactly config.sample_size = {size}x{size} "
+                f"pixels (one latent vector per image), got {height}x{width}; resize the images first"
+            )
+        self._check_size(height, width)
         self._check_dtype(pixel_values, "pixel_values")
         if pixel_values.device.type == "meta" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return  # no values to look at (or a traced graph, which must not branch on them)
@@ -71,11 +79,13 @@ class PixelChecksMixin:
             )
 
     def _check_code(self, code: torch.Tensor, channels: int, name: str = "latents") -> None:
+        vector = self.backbone_spec.vector_latent
+        expected = f"[B, {channels}]" if vector else f"[B, {channels}, h, w]"
         if not isinstance(code, torch.Tensor) or not code.is_floating_point():
             kind = code.dtype if isinstance(code, torch.Tensor) else type(code).__name__
-            raise ValueError(f"expected {name} as a float tensor [B, {channels}, h, w], got {kind}")
-        if code.dim() != 4 or code.shape[1] != channels:
-            raise ValueError(f"expected {name} of shape [B, {channels}, h, w], got shape {tuple(code.shape)}")
+            raise ValueError(f"expected {name} as a float tensor {expected}, got {kind}")
+        if code.dim() != (2 if vector else 4) or code.shape[1] != channels:
+            raise ValueError(f"expected {name} of shape {expected}, got shape {tuple(code.shape)}")
         if code.shape[0] == 0:
-            raise ValueError(f"expected {name} [B, {channels}, h, w] with B >= 1, got an empty batch (B = 0)")
+            raise ValueError(f"expected {name} {expected} with B >= 1, got an empty batch (B = 0)")
         self._check_dtype(code, name)
