@@ -127,3 +127,41 @@ def test_a_new_config_builds_the_quantizer_from_its_own_argument_names():
     assert quantizer.gradient_estimator == "rotation" and quantizer.codebook_ema and quantizer.kmeans_init
     assert config.commitment_weight == 0.25 and VQVAEConfig(quantizer="fsq").commitment_weight is None
     assert latentcode.modules.quantizers.QUANTIZERS["vq"] is type(quantizer)
+
+
+def _another_value(name: str, default):
+    """A valid value other than `default` for a quantizer option."""
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, float):
+        return 0.5 if "decay" in name or "threshold" in name else 2 * default + 0.1
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, str):
+        return "rotation" if default == "straight_through" else "straight_through"
+    return 64  # None: a usage window, a search block
+
+
+@pytest.mark.parametrize("name", sorted(latentcode.modules.quantizers.QUANTIZERS))
+def test_training_only_options_leave_the_pure_path_unchanged(name):
+    """What a quantizer declares in `training_only_arguments` must not change what it computes
+    without a codebook update: export and conversion overrides rely on it."""
+    from latentcode.modules.quantizers import registry
+
+    defaults = registry.option_defaults(name)
+    assert registry.training_only_options(name) <= set(defaults)
+    sizes = {"codebook_size": 16, "codebook_dim": 4, "num_quantizers": 2}
+    if name in ("fsq",):
+        sizes = {}
+    elif name in ("lfq", "bsq"):
+        sizes = {"codebook_dim": 4}
+    torch.manual_seed(0)
+    reference = registry.build_quantizer(name, sizes, {})
+    latents = torch.randn(2, reference.codebook_dim, 4, 4)
+    expected = reference(latents, update_codebook=False)
+    for option in sorted(registry.training_only_options(name)):
+        other = registry.build_quantizer(name, sizes, {option: _another_value(option, defaults[option])})
+        other.load_state_dict(reference.state_dict(), strict=False)
+        got = other(latents, update_codebook=False)
+        assert torch.equal(got.indices, expected.indices), option
+        torch.testing.assert_close(got.quantized, expected.quantized, msg=option)

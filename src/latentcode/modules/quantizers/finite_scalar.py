@@ -14,6 +14,9 @@ import torch
 from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
 from .vector import DEFAULT_WINDOW_PER_CODE
 
+# 1000 codes of dimension 4, FSQ paper's choice for a ~2^10 codebook.
+DEFAULT_LEVELS = (8, 5, 5, 5)
+
 
 class FiniteScalarQuantizer(Quantizer):
     """FSQ: bound each channel with tanh, round it to one of `levels[i]` values.
@@ -29,7 +32,7 @@ class FiniteScalarQuantizer(Quantizer):
 
     training_only_arguments = ("usage_window",)
 
-    def __init__(self, levels: Sequence[int] = (8, 5, 5, 5), usage_window: int | None = None):
+    def __init__(self, levels: Sequence[int] = DEFAULT_LEVELS, usage_window: int | None = None):
         super().__init__()
         levels = [int(level) for level in levels]
         if len(levels) == 0 or min(levels) < 2:
@@ -46,7 +49,7 @@ class FiniteScalarQuantizer(Quantizer):
     @classmethod
     def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):
         """K = prod(levels) codes of dimension D = len(levels); other given sizes are refused."""
-        levels = options.get("levels", cls.__init__.__defaults__[0])
+        levels = options.get("levels", DEFAULT_LEVELS)
         size = prod(int(level) for level in levels)
         if codebook_size not in (None, size):
             raise ValueError(f"for quantizer='fsq' codebook_size is prod(levels)={size}, got {codebook_size}")
