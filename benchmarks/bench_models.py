@@ -16,7 +16,7 @@ Operations:
 
 Extra rows (default run, at 32x32, batch 32, with the most threads measured):
     direct   encode / decode / train with ours' Winograd convolutions switched off
-             (`latentcode.modules.winograd.enabled = False`): every convolution is oneDNN's
+             (`model.set_conv_implementation("direct")`): every convolution is oneDNN's
              direct one, as in diffusers; `vs eager` is against ours by default.
     compile  encode / decode with both sides' backbone under `torch.compile` (ours: `model.compile()`; diffusers:
              its encoder and decoder compiled the same way); `vs eager` is ours compiled
@@ -134,6 +134,9 @@ def prepare(model, family, is_ours, op, x, latents, variant):
     """A function that runs the operation once (and returns its output for inference)."""
     if variant == "compile":
         compile_backbone(model, is_ours)
+    if is_ours and variant == "direct":
+        # Ours with every convolution as nn.Conv2d (no Winograd), to show what it gains.
+        model.set_conv_implementation("direct")
     if op == "train":
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -154,17 +157,7 @@ def prepare(model, family, is_ours, op, x, latents, variant):
             with torch.inference_mode(), autocast:
                 return fn(arg)
 
-    # "direct": ours with every convolution as nn.Conv2d (no Winograd), to show what it gains.
-    use_winograd = variant != "direct"
-
-    def step():
-        enabled, winograd.enabled = winograd.enabled, use_winograd
-        try:
-            return run()
-        finally:
-            winograd.enabled = enabled
-
-    return step
+    return run
 
 
 # -- measurement -------------------------------------------------------------------------------

@@ -76,11 +76,17 @@ def make_layers(name: str, num_codes: int, dim: int, codebook: torch.Tensor):
         plain = VectorQuantizer(num_codes, dim)
         # VQVAEConfig()'s recipe; k-means init is a one-off, so it is done before timing.
         recipe = VectorQuantizer(
-            num_codes, dim, ema_decay=0.99, kmeans_init=False, dead_code_restart=True, dead_code_threshold=0.5
+            num_codes,
+            dim,
+            codebook_ema=True,
+            codebook_ema_decay=0.99,
+            kmeans_init=False,
+            dead_code_restart=True,
+            dead_code_threshold=0.5,
         )
         for layer in (plain, recipe):
             layer.codebook.data.copy_(codebook)
-            if layer.use_ema:
+            if layer.codebook_ema:
                 layer.ema_codebook_sum.copy_(codebook)
 
         def call(layer, latents):  # latents [N, D] -> [1, D, N, 1] feature map

@@ -59,16 +59,25 @@ def main(output_path: str) -> None:
     #    rank before DDP broadcasts it) and BSQ with its annealing step count, trained together
     #    with an encoder under DDP.
     for name, quantizer in {
-        "vq": VectorQuantizer(32, 4, ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64),
+        "vq": VectorQuantizer(
+            32, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64
+        ),
         "vq_ema_expiry": VectorQuantizer(
-            32, 4, ema_decay=0.9, kmeans_init=True, dead_code_restart=True, dead_code_threshold=0.5
+            32,
+            4,
+            codebook_ema=True,
+            codebook_ema_decay=0.9,
+            kmeans_init=True,
+            dead_code_restart=True,
+            dead_code_threshold=0.5,
         ),
         "residual": ResidualVectorQuantizer(
             3,
             16,
             4,
             quantizer_dropout=0.5,
-            ema_decay=0.9,
+            codebook_ema=True,
+            codebook_ema_decay=0.9,
             kmeans_init=True,
             dead_code_restart=True,
             usage_window=64,
@@ -92,7 +101,7 @@ def main(output_path: str) -> None:
 
     # 2. One EMA step on every rank's own latents; the test replays it in one process on all of them.
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(8, 4, ema_decay=0.8).train()
+    quantizer = VectorQuantizer(8, 4, codebook_ema=True, codebook_ema_decay=0.8).train()
     results["ema_initial"] = {name: tensor.clone() for name, tensor in quantizer.state_dict().items()}
     latents = [
         torch.randn(2 + r, 4, 3, 3, generator=torch.Generator().manual_seed(r))

@@ -15,12 +15,12 @@ from transformers import AutoConfig
 
 import latentcode
 from latentcode import AutoencoderConfig, VAEConfig, VQVAEConfig, VQVAEModel
-from latentcode.configuration import QUANTIZER_TYPES
 from latentcode.families import FAMILIES
+from latentcode.modules.quantizers import QUANTIZERS
 
 QUANTIZER_OVERRIDES = {
     "vq": dict(codebook_size=64),
-    "fsq": dict(quantizer="fsq", fsq_levels=(5, 4, 3)),
+    "fsq": dict(quantizer="fsq", quantizer_config={"levels": [5, 4, 3]}),
     "lfq": dict(quantizer="lfq", codebook_size=16),
     "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
     "bsq": dict(quantizer="bsq", codebook_size=16),
@@ -40,7 +40,7 @@ def pixels(batch: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
 def test_inference_mode_with_two_threads_equals_one_thread(quantizer, threads):
     """Under torch.inference_mode with 2 threads and more latent vectors than one search block
     (6 * 8 * 8 = 384 > 256 rows), encode / decode / forward give the one-thread results."""
-    assert set(QUANTIZER_OVERRIDES) == set(QUANTIZER_TYPES)  # every quantizer is covered
+    assert set(QUANTIZER_OVERRIDES) == set(QUANTIZERS)  # every quantizer is covered
     model = tiny_model("vqvae", **QUANTIZER_OVERRIDES[quantizer])
     x = pixels()
     with torch.inference_mode():
@@ -69,6 +69,33 @@ def test_search_threads_run_under_the_callers_grad_mode(threads):
     outside = nearest_codebook_indices(vectors, codebook, max_block_elements=64 * 64)
     assert inside.is_inference() and not outside.is_inference()
     assert torch.equal(inside, expected) and torch.equal(outside, expected)
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_worker_threads_belong_to_a_pool_that_closes_them(threads):
+    """The search's threads are `SHARED_POOL`'s: `close()` stops them, the next search starts them
+    again; a pool of one's own stops its threads at the end of a `with` block."""
+    import threading
+
+    from latentcode.modules import workers
+    from latentcode.modules.quantizers.search import nearest_codebook_indices
+
+    def worker_threads() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name.startswith("latentcode-worker")]
+
+    vectors, codebook = torch.randn(1000, 8), torch.randn(300, 8)
+    expected = nearest_codebook_indices(vectors, codebook, max_block_elements=64 * 64)
+    assert worker_threads()
+    workers.SHARED_POOL.close()
+    assert not worker_threads()
+    assert torch.equal(nearest_codebook_indices(vectors, codebook, max_block_elements=64 * 64), expected)
+    assert worker_threads()
+    workers.SHARED_POOL.close()
+    done = []
+    with workers.WorkerPool() as pool:
+        pool.run(done.append, range(4), workers=2)
+        assert len(worker_threads()) == 2
+    assert sorted(done) == [0, 1, 2, 3] and not worker_threads()
 
 
 # -- diffusers' signatures ---------------------------------------------------------------------
@@ -155,7 +182,7 @@ def test_config_return_dict_false_gives_tuples_everywhere(family):
 # -- meta-device construction ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quantizer", QUANTIZER_TYPES)
+@pytest.mark.parametrize("quantizer", sorted(QUANTIZERS))
 def test_default_vqvae_builds_under_init_empty_weights(quantizer):
     """accelerate's init_empty_weights (big-model loading, diffusers' loader) puts parameters on
     the meta device: every quantizer must build there, at its default sizes."""
@@ -183,7 +210,7 @@ def trained_codebook_checkpoint(tmp_path, **overrides):
     model = tiny_model("vqvae", codebook_size=64, kmeans_init=False, **overrides)
     with torch.no_grad():
         model.quantizer.codebook.normal_(generator=torch.Generator().manual_seed(1))
-        if model.quantizer.use_ema:
+        if model.quantizer.codebook_ema:
             model.quantizer.ema_codebook_sum.copy_(model.quantizer.codebook)
     model.save_pretrained(tmp_path)
     return model.quantizer.codebook.detach().clone()
@@ -192,7 +219,7 @@ def trained_codebook_checkpoint(tmp_path, **overrides):
 def test_from_pretrained_with_kmeans_init_keeps_a_trained_codebook(tmp_path):
     """`from_pretrained(path, kmeans_init=True)` on a checkpoint without the k-means flag: the
     codebook is marked initialised, so the first training step does not run k-means over it."""
-    codebook = trained_codebook_checkpoint(tmp_path, use_ema=False)
+    codebook = trained_codebook_checkpoint(tmp_path, quantizer_config={"codebook_ema": False})
     model = VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
     assert model.quantizer.kmeans_init and bool(model.quantizer.initialized)
     model.train()

@@ -223,9 +223,10 @@ def test_exported_folders_load_with_diffusers_from_pretrained(tmp_path):
 
 def test_from_diffusers_keeps_dtype_and_takes_training_overrides(tmp_path):
     reference = make_diffusers("vq", "3levels-attn2").half()
-    model = VQVAEModel.from_diffusers(reference, commitment_weight=0.25, codebook_weight=1.0)
+    model = VQVAEModel.from_diffusers(reference, commitment_weight=0.25, quantizer_config={"codebook_weight": 1.0})
     assert model.dtype == torch.float16
-    assert (model.config.commitment_weight, model.config.codebook_weight) == (0.25, 1.0)
+    options = model.config.quantizer_config
+    assert (options["commitment_weight"], options["codebook_weight"], options["codebook_ema"]) == (0.25, 1.0, False)
     assert_same_weights(reference, model.to_diffusers())
     # From a folder, diffusers loads fp16 weights as fp32 (exactly); export casts back bit-identically.
     reference.save_pretrained(tmp_path)
@@ -233,6 +234,8 @@ def test_from_diffusers_keeps_dtype_and_takes_training_overrides(tmp_path):
     assert_same_weights(reference, model.to_diffusers().half())
     with pytest.raises(ValueError, match="block_out_channels"):
         VQVAEModel.from_diffusers(tmp_path, block_out_channels=[8, 8, 32])
+    with pytest.raises(ValueError, match=r"cannot override quantizer options \['l2_normalize'\]"):
+        VQVAEModel.from_diffusers(tmp_path, quantizer_config={"l2_normalize": True})
 
 
 def test_vq_export_without_quant_convs_uses_exact_identity_projections():
@@ -322,12 +325,24 @@ def test_native_vqvae_exports_and_inexpressible_quantizers_are_refused():
         _, _, (_, _, indices) = exported.quantize(exported.encode(pixels).latents)
         assert torch.equal(model.encode(pixels).indices.flatten(), indices.flatten())
         assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
-    cosine = VQVAEModel(VQVAEConfig(codebook_l2_norm=True, **sizes))
-    with pytest.raises(ValueError, match="cannot express {'codebook_l2_norm': True}"):
+    cosine = VQVAEModel(VQVAEConfig(quantizer_config={"l2_normalize": True}, **sizes))
+    with pytest.raises(ValueError, match="cannot express {'quantizer_config.l2_normalize': True}"):
         cosine.to_diffusers()
     residual = VQVAEModel(VQVAEConfig(quantizer="residual_vq", num_quantizers=2, **sizes))
     with pytest.raises(ValueError, match="cannot express quantizer='residual_vq'"):
         residual.to_diffusers()
+
+
+def test_training_only_quantizer_options_do_not_block_export():
+    """Issue 19 item 4: the gradient estimator and the usage window only change training (the
+    quantizer class says so); a plain VQ model trained with the rotation trick exports."""
+    sizes = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=3, codebook_size=16)
+    options = {"gradient_estimator": "rotation", "usage_window": 64, "codebook_ema": False}
+    model = randomize(VQVAEModel(VQVAEConfig(quantizer_config=options, **sizes)), 6)
+    exported = model.to_diffusers()
+    pixels = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
 
 
 class WarmupVQVAEConfig(VQVAEConfig):
@@ -348,7 +363,7 @@ class WarmupVQVAEModel(VQVAEModel):
 def test_training_fields_declared_by_a_config_subclass_do_not_block_export():
     sizes = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=3, codebook_size=16)
     assert {"commitment_warmup_steps", "kl_weight"}.isdisjoint(VQVAEConfig.training_fields())
-    assert {"commitment_warmup_steps", "commitment_weight", "dropout"} <= WarmupVQVAEConfig.training_fields()
+    assert {"commitment_warmup_steps", "dropout"} <= WarmupVQVAEConfig.training_fields()
     model = randomize(WarmupVQVAEModel(WarmupVQVAEConfig(commitment_warmup_steps=500, **sizes)), seed=5)
     exported = model.to_diffusers()
     assert isinstance(exported, VQModel)

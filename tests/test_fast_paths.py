@@ -134,10 +134,10 @@ def test_compiled_model_equals_eager(monkeypatch):
     with torch.inference_mode():
         model.encode(pixels)
         assert chunks  # eager: Winograd
-        monkeypatch.setattr(winograd, "enabled", False)
+        model.set_conv_implementation("direct")
         eager = model.encode(pixels)
         eager_sample = model.decode_indices(eager.indices).sample
-        monkeypatch.setattr(winograd, "enabled", True)
+        model.set_conv_implementation("auto")
     model.compile()
     assert model.encoder._compiled_call_impl is not None and model.decoder._compiled_call_impl is not None
     assert set(model.state_dict()) == set(VQVAEModel(model.config).state_dict())  # keys unchanged
@@ -188,7 +188,6 @@ def test_compiled_training_run_resumes_from_a_checkpoint(tmp_path):
 WINOGRAD_RELATIVE_BOUND = 3e-5
 
 
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize(
     "batch, in_channels, out_channels, height, width, bias, channels_last",
     [
@@ -199,7 +198,7 @@ WINOGRAD_RELATIVE_BOUND = 3e-5
     ],
 )
 def test_winograd_convolution_matches_a_float64_direct_convolution(
-    batch, in_channels, out_channels, height, width, bias, channels_last, threads
+    batch, in_channels, out_channels, height, width, bias, channels_last
 ):
     from latentcode.modules.winograd import winograd_conv2d
 
@@ -219,8 +218,7 @@ def test_winograd_convolution_matches_a_float64_direct_convolution(
     assert max_diff(result, reference) <= WINOGRAD_RELATIVE_BOUND * scale
 
 
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)
-def test_winograd_convolution_gradients_match_float64_ones(threads):
+def test_winograd_convolution_gradients_match_float64_ones():
     from latentcode.modules.winograd import winograd_conv2d
 
     torch.manual_seed(0)
@@ -285,11 +283,37 @@ def test_winograd_follows_weight_changes_and_applies_only_to_cpu_fp32_inference(
         hook = conv.register_forward_hook(lambda *args: None)
         assert not winograd.applies(conv, x)
         hook.remove()
-        winograd.enabled = False
-        try:
-            assert not winograd.applies(conv, x)
-        finally:
-            winograd.enabled = True
+        # "direct" never, "winograd" wherever it computes the convolution, whatever its size.
+        assert not winograd.applies(conv, x, "direct")
+        assert winograd.applies(conv, x[:, :, :8, :8], "winograd")
+        assert winograd.applies(torch.nn.Conv2d(64, 32, 3, padding=1), x, "winograd")
+        assert not winograd.applies(torch.nn.Conv2d(64, 64, 1), x, "winograd")
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_each_model_chooses_its_conv_implementation(threads):
+    """`set_conv_implementation` is per model, visible and not saved; with two threads "auto"
+    runs oneDNN and "winograd" Winograd's algorithm, both within the stated bound of each other."""
+    from latentcode import VQVAEConfig
+    from latentcode.modules import backbone
+
+    config = VQVAEConfig(codebook_size=32, latent_channels=4, block_out_channels=[64], norm_num_groups=8)
+    model, other = VQVAEModel(config).eval(), VQVAEModel(config).eval()
+    other.load_state_dict(model.state_dict())
+    assert model.conv_implementation == "auto"
+    model.set_conv_implementation("winograd")
+    blocks = [m for m in model.modules() if isinstance(m, backbone.ResnetBlock)]
+    assert blocks and all(block.conv_implementation == "winograd" for block in blocks)
+    assert all(m.conv_implementation == "auto" for m in other.modules() if isinstance(m, backbone.ResnetBlock))
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        winograd_latents, direct_latents = model.encode(pixels).latents, other.encode(pixels).latents
+    assert not torch.equal(winograd_latents, direct_latents)
+    assert max_diff(winograd_latents, direct_latents) <= WINOGRAD_MODEL_RELATIVE_BOUND * direct_latents.abs().max()
+    with pytest.raises(
+        ValueError, match=r"conv implementation must be one of \('auto', 'winograd', 'direct'\), got 'fast'"
+    ):
+        model.set_conv_implementation("fast")
 
 
 # A backbone whose 128-channel convolutions run Winograd's algorithm (the 32-channel ones do not).

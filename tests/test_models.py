@@ -119,7 +119,7 @@ def test_hub_id_loads_offline_from_the_cache(tmp_path):
 def test_straight_through_gradient_reaches_the_encoder():
     model = tiny_model("vqvae").train()
     pixels = torch.randn(2, 3, 16, 16)
-    latents = model._encode_moments(pixels)
+    latents = model._bottleneck_input(pixels)
     latents.retain_grad()
     quantized = model.quantizer(latents)
     quantized.quantized.retain_grad()
@@ -329,6 +329,59 @@ def test_size_not_divisible_by_the_downsampling_factor_is_rejected(family):
         tiny_model(family).encode(torch.randn(1, 3, 15, 16))
 
 
+def test_a_33x33_image_says_how_to_fix_its_size():
+    """Issue 20 item 6: the message gives the nearest valid sizes to crop / resize to, and the padding."""
+    model = tiny_model("vqvae", block_out_channels=(16, 16, 16))  # factor 4
+    with pytest.raises(ValueError) as error:
+        model(torch.zeros(1, 3, 33, 33))
+    message = str(error.value)
+    assert "got 33x33: crop or resize the images to a multiple of 4 (the nearest are 32x32 and 36x36)" in message
+    assert "or pad them to 36x36 (e.g. torch.nn.functional.pad(pixels, (0, 3, 0, 3), mode='replicate'))" in message
+    padded = torch.nn.functional.pad(torch.zeros(1, 3, 33, 33), (0, 3, 0, 3), mode="replicate")
+    assert model(padded).sample.shape == (1, 3, 36, 36)
+
+
+def test_a_truncated_weights_file_names_the_file_and_the_remedy(tmp_path):
+    """Issue 20 item 6: not safetensors' bare "incomplete metadata, file not fully covered"."""
+    tiny_model("vae").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(OSError) as error:
+        latentcode.VAEModel.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert f"cannot read the weights of {tmp_path}: {weights} is truncated or corrupt" in message
+    assert (
+        "Download it again (from_pretrained(..., force_download=True)), or write it again with save_pretrained"
+        in message
+    )
+
+
+def test_dtype_casts_and_conversion_do_not_warn_about_float32_modules():
+    """Issue 20 item 7: diffusers' `ModelMixin.to()` warned "should be kept in float32: []" on every cast."""
+    import logging
+
+    from diffusers.models import modeling_utils
+
+    class Records(logging.Handler):
+        messages: list = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = Records()
+    logger = logging.getLogger(modeling_utils.__name__)
+    logger.addHandler(handler)
+    try:
+        model = tiny_model("vqvae").to(torch.float16).to(dtype=torch.float32)
+        latentcode.VQVAEModel.from_diffusers(model.to_diffusers().half())
+        assert not [message for message in handler.messages if "kept in float32" in message]
+        model._keep_in_fp32_modules = {"decoder"}  # a model that does keep modules in float32 still warns
+        model.to(torch.float16)
+        assert any("kept in float32: {'decoder'}" in message for message in handler.messages)
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_integer_pixels_are_rejected(family):
     with pytest.raises(ValueError, match="torch.uint8"):
         tiny_model(family)(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
@@ -440,24 +493,6 @@ def test_encode_and_decode_never_update_the_codebook_only_forward_does():
     assert torch.equal(first.indices, second.indices)
     model(pixels)  # the training step initialises and updates the codebook
     assert not torch.equal(model.quantizer.codebook, before["codebook"])
-
-
-def test_config_json_with_the_former_codebook_ema_names_loads(tmp_path):
-    """`use_ema` / `ema_decay` / `ema_epsilon` were the codebook EMA's names before they got names
-    of their own (`use_ema` is the training option for an EMA of the weights)."""
-    model = tiny_model("vqvae", codebook_size=16)
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    for name in ("codebook_ema", "codebook_ema_decay", "codebook_ema_epsilon"):
-        saved.pop(name)
-    saved.update(use_ema=False, ema_decay=0.5, ema_epsilon=0.1)
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
-    config = loaded.config
-    assert (config.codebook_ema, config.codebook_ema_decay, config.codebook_ema_epsilon) == (False, 0.5, 0.1)
-    assert not loaded.quantizer.use_ema and loaded.quantizer.codebook.requires_grad
-    assert "use_ema" not in config.to_dict() and "ema_decay" not in config.to_dict()
-    assert latentcode.VQVAEConfig(ema_decay=0.7).codebook_ema_decay == 0.7
 
 
 def test_from_pretrained_refuses_missing_weights_unless_allowed(tmp_path):

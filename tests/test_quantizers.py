@@ -112,11 +112,15 @@ def test_plain_vq_matches_diffusers_vector_quantizer():
 
 QUANTIZERS = {
     "vq": lambda: VectorQuantizer(16, 4),
-    "vq_ema_kmeans_restart": lambda: VectorQuantizer(16, 4, ema_decay=0.9, kmeans_init=True, dead_code_restart=True),
+    "vq_ema_kmeans_restart": lambda: VectorQuantizer(
+        16, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True
+    ),
     "vq_cosine": lambda: VectorQuantizer(16, 4, l2_normalize=True),
     "fsq": lambda: FiniteScalarQuantizer([5, 4, 3, 3]),
     "lfq": lambda: LookupFreeQuantizer(4),
-    "residual_vq": lambda: ResidualVectorQuantizer(3, 16, 4, quantizer_dropout=0.5, ema_decay=0.9, kmeans_init=True),
+    "residual_vq": lambda: ResidualVectorQuantizer(
+        3, 16, 4, quantizer_dropout=0.5, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True
+    ),
 }
 
 
@@ -159,7 +163,7 @@ def test_update_codebook_false_is_pure_in_training_mode(name):
 
 
 def test_ema_update_equals_hand_computation():
-    quantizer = VectorQuantizer(3, 2, ema_decay=0.5, ema_epsilon=0.1).train()
+    quantizer = VectorQuantizer(3, 2, codebook_ema=True, codebook_ema_decay=0.5, codebook_ema_epsilon=0.1).train()
     with torch.no_grad():
         quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]))
         quantizer.ema_codebook_sum.copy_(quantizer.codebook)  # sizes are 1: the codes are their sums
@@ -184,7 +188,7 @@ def test_ema_update_matches_vector_quantize_pytorch():
     from vector_quantize_pytorch import VectorQuantize
 
     torch.manual_seed(0)
-    ours = VectorQuantizer(8, 4, ema_decay=0.8, ema_epsilon=1e-5).train()
+    ours = VectorQuantizer(8, 4, codebook_ema=True, codebook_ema_decay=0.8, codebook_ema_epsilon=1e-5).train()
     theirs = VectorQuantize(dim=4, codebook_size=8, decay=0.8, eps=1e-5).train()
     with torch.no_grad():
         theirs._codebook.embed.copy_(ours.codebook[None])
@@ -219,7 +223,9 @@ def test_dead_codes_are_reseeded_from_the_current_batch_once_per_window():
 
 def test_ema_expiry_reseeds_codes_below_the_threshold_every_step_from_distinct_rows():
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(6, 2, ema_decay=0.5, dead_code_restart=True, dead_code_threshold=0.5).train()
+    quantizer = VectorQuantizer(
+        6, 2, codebook_ema=True, codebook_ema_decay=0.5, dead_code_restart=True, dead_code_threshold=0.5
+    ).train()
     codes = torch.tensor([[0.0, 0.0], [1.0, 1.0], [9.0, 9.0], [-9.0, 9.0], [9.0, -9.0], [-9.0, -9.0]])
     sizes = torch.tensor([6.0, 5.0, 0.2, 0.1, 0.3, 0.4])  # mean 2: threshold 0.5 expires codes 2-5
     with torch.no_grad():
@@ -250,7 +256,13 @@ def test_ema_expiry_keeps_a_large_codebook_in_use_within_a_fraction_of_the_windo
     test (threshold 0) only after a whole window."""
     torch.manual_seed(0)
     quantizer = VectorQuantizer(
-        4096, 4, ema_decay=0.99, kmeans_init=True, dead_code_restart=True, dead_code_threshold=threshold
+        4096,
+        4,
+        codebook_ema=True,
+        codebook_ema_decay=0.99,
+        kmeans_init=True,
+        dead_code_restart=True,
+        dead_code_threshold=threshold,
     ).train()
     generator = torch.Generator().manual_seed(0)
     for _ in range(40):
@@ -264,18 +276,19 @@ def test_ema_expiry_keeps_a_large_codebook_in_use_within_a_fraction_of_the_windo
 
 
 def test_dead_code_threshold_is_validated_and_old_configs_get_the_default(tmp_path):
-    with pytest.raises(ValueError, match=r"dead_code_threshold must be a number in \[0, 1\), got 1.5"):
-        tiny_config("vqvae", dead_code_threshold=1.5)
+    with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got 1.5"):
+        tiny_config("vqvae", quantizer_config={"dead_code_threshold": 1.5})
     with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got -0.1"):
-        VectorQuantizer(8, 2, ema_decay=0.9, dead_code_threshold=-0.1)
+        VectorQuantizer(8, 2, codebook_ema=True, codebook_ema_decay=0.9, dead_code_threshold=-0.1)
     model = latentcode.VQVAEModel(tiny_config("vqvae", codebook_size=16))
     assert model.quantizer.expires_by_ema and model.quantizer.dead_code_threshold == 0.5
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    del saved["dead_code_threshold"]  # a checkpoint written before the field existed
+    saved.pop("quantizer_config", None)
+    saved.update(codebook_ema=True, kmeans_init=True)  # flat, as written before the threshold existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
-    assert loaded.config.dead_code_threshold == 0.5 and loaded.quantizer.expires_by_ema
+    assert loaded.config.quantizer_config["dead_code_threshold"] == 0.5 and loaded.quantizer.expires_by_ema
 
 
 def test_kmeans_init_runs_once_and_matches_sklearn_lloyd():
@@ -294,7 +307,7 @@ def test_kmeans_init_runs_once_and_matches_sklearn_lloyd():
     assert sizes.sum() == 1024
     sklearn = reference.inertia_
 
-    quantizer = VectorQuantizer(16, 3, ema_decay=0.99, kmeans_init=True).train()
+    quantizer = VectorQuantizer(16, 3, codebook_ema=True, codebook_ema_decay=0.99, kmeans_init=True).train()
     quantizer(rows[:, :, None, None])
     assert bool(quantizer.initialized)
     inertia = torch.cdist(rows, quantizer.codebook.data).min(dim=1).values.pow(2).sum()
@@ -304,7 +317,7 @@ def test_kmeans_init_runs_once_and_matches_sklearn_lloyd():
         quantizer.ema_codebook_sum / quantizer.ema_cluster_size[:, None], quantizer.codebook.data
     )
     codebook = quantizer.codebook.data.clone()
-    quantizer.ema_decay = 0.0  # make any later change visible
+    quantizer.codebook_ema_decay = 0.0  # make any later change visible
     quantizer(rows[:, :, None, None] + 100)
     assert not torch.allclose(quantizer.codebook.data, codebook)
     quantizer.load_state_dict({**quantizer.state_dict(), "codebook": codebook})
@@ -314,7 +327,7 @@ def test_kmeans_init_runs_once_and_matches_sklearn_lloyd():
 
 def test_cosine_codes_are_unit_vectors_and_indices_maximise_cosine_similarity():
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(32, 4, l2_normalize=True, ema_decay=0.9).train()
+    quantizer = VectorQuantizer(32, 4, l2_normalize=True, codebook_ema=True, codebook_ema_decay=0.9).train()
     latents = torch.randn(2, 4, 5, 5) * 3
     output = quantizer(latents)
     torch.testing.assert_close(output.quantized.norm(dim=1), torch.ones(2, 5, 5))
@@ -447,22 +460,27 @@ def test_residual_vq_dropout_uses_a_prefix_of_the_levels():
 def test_default_config_uses_the_recipe_that_keeps_codes_alive():
     config = latentcode.VQVAEConfig()
     assert (config.quantizer, config.codebook_size, config.codebook_dim) == ("vq", 1024, 4)
-    assert config.codebook_ema and config.kmeans_init and config.dead_code_restart
+    assert config.quantizer_config == {
+        "codebook_ema": True,
+        "kmeans_init": True,
+        "dead_code_restart": True,
+        "dead_code_threshold": 0.5,
+    }
     quantizer = latentcode.VQVAEModel(tiny_config("vqvae", codebook_size=64)).quantizer
-    assert quantizer.use_ema and quantizer.kmeans_init and quantizer.dead_code_restart
+    assert quantizer.codebook_ema and quantizer.kmeans_init and quantizer.dead_code_restart
 
 
 def test_config_derives_sizes_of_fsq_lfq_and_residual_vq_and_rejects_contradictions():
-    fsq = tiny_config("vqvae", quantizer="fsq", fsq_levels=(8, 6, 5))
+    fsq = tiny_config("vqvae", quantizer="fsq", quantizer_config={"levels": [8, 6, 5]})
     assert (fsq.codebook_size, fsq.codebook_dim) == (240, 3)
     lfq = tiny_config("vqvae", quantizer="lfq", codebook_size=2**12)
     assert lfq.codebook_dim == 12
     assert tiny_config("vqvae", quantizer="residual_vq").num_quantizers == 4
-    with pytest.raises(ValueError, match="prod\\(fsq_levels\\)=240"):
-        tiny_config("vqvae", quantizer="fsq", fsq_levels=(8, 6, 5), codebook_size=256)
+    with pytest.raises(ValueError, match="prod\\(levels\\)=240"):
+        tiny_config("vqvae", quantizer="fsq", quantizer_config={"levels": [8, 6, 5]}, codebook_size=256)
     with pytest.raises(ValueError, match="power of 2"):
         tiny_config("vqvae", quantizer="lfq", codebook_size=1000)
-    with pytest.raises(ValueError, match="num_quantizers is for quantizer='residual_vq'"):
+    with pytest.raises(ValueError, match=r"num_quantizers is for quantizer in \['residual_vq'\], got quantizer='vq'"):
         tiny_config("vqvae", num_quantizers=2)
     with pytest.raises(ValueError, match="quantizer must be one of"):
         tiny_config("vqvae", quantizer="gumbel")
@@ -472,11 +490,27 @@ def test_config_derives_sizes_of_fsq_lfq_and_residual_vq_and_rejects_contradicti
     "overrides, index_shape",
     [
         (dict(codebook_size=32), (2, 8, 8)),
-        (dict(codebook_size=32, codebook_ema=False, kmeans_init=False, dead_code_restart=False), (2, 8, 8)),
-        (dict(codebook_size=32, latent_channels=8, codebook_dim=2, codebook_l2_norm=True), (2, 8, 8)),  # factorised
-        (dict(quantizer="fsq", fsq_levels=(5, 5, 3, 3)), (2, 8, 8)),
+        (
+            dict(
+                codebook_size=32, quantizer_config=dict(codebook_ema=False, kmeans_init=False, dead_code_restart=False)
+            ),
+            (2, 8, 8),
+        ),
+        (
+            dict(codebook_size=32, latent_channels=8, codebook_dim=2, quantizer_config=dict(l2_normalize=True)),
+            (2, 8, 8),
+        ),  # factorised
+        (dict(quantizer="fsq", quantizer_config=dict(levels=[5, 5, 3, 3])), (2, 8, 8)),
         (dict(quantizer="lfq", codebook_size=64), (2, 8, 8)),
-        (dict(quantizer="residual_vq", codebook_size=32, num_quantizers=3, quantizer_dropout=0.5), (2, 8, 8, 3)),
+        (
+            dict(
+                quantizer="residual_vq",
+                codebook_size=32,
+                num_quantizers=3,
+                quantizer_config=dict(quantizer_dropout=0.5),
+            ),
+            (2, 8, 8, 3),
+        ),
     ],
 )
 def test_every_quantizer_trains_saves_loads_and_decodes_indices(tmp_path, overrides, index_shape):
@@ -501,7 +535,7 @@ def test_every_quantizer_trains_saves_loads_and_decodes_indices(tmp_path, overri
     assert encoded.indices.shape == index_shape and encoded.indices.dtype == torch.long
     assert torch.equal(encoded.indices, model.encode(pixels).indices)
     torch.testing.assert_close(loaded.decode_indices(encoded.indices).sample, loaded.decode(encoded.latents).sample)
-    if overrides.get("quantizer", "vq") == "vq" and overrides.get("codebook_ema", True):
+    if overrides.get("quantizer", "vq") == "vq" and model.config.quantizer_config["codebook_ema"]:
         assert {"quantizer.ema_cluster_size", "quantizer.ema_codebook_sum", "quantizer.initialized"} <= set(saved)
         assert bool(loaded.quantizer.initialized)
 
@@ -509,7 +543,7 @@ def test_every_quantizer_trains_saves_loads_and_decodes_indices(tmp_path, overri
 def test_codebook_only_state_dict_loads_as_a_trained_codebook():
     """A converted diffusers / taming checkpoint has `quantizer.codebook` only: loading it into
     the default (EMA, k-means) quantizer must not let training overwrite it by k-means."""
-    quantizer = VectorQuantizer(8, 4, ema_decay=0.99, kmeans_init=True)
+    quantizer = VectorQuantizer(8, 4, codebook_ema=True, codebook_ema_decay=0.99, kmeans_init=True)
     codebook = torch.randn(8, 4)
     quantizer.load_state_dict({"codebook": codebook})
     assert bool(quantizer.initialized)

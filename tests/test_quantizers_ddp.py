@@ -66,7 +66,7 @@ def test_replicas_hold_identical_codebooks_after_training(ddp_results, name):
 
 @pytest.mark.slow
 def test_two_process_ema_step_equals_one_process_on_both_batches(ddp_results):
-    reference = VectorQuantizer(8, 4, ema_decay=0.8).train()
+    reference = VectorQuantizer(8, 4, codebook_ema=True, codebook_ema_decay=0.8).train()
     reference.load_state_dict(ddp_results["ema_initial"])
     # One process that sees both ranks' vectors (different counts per rank) as one batch.
     rows = torch.cat([latents.permute(0, 2, 3, 1).reshape(-1, 4) for latents in ddp_results["ema_latents"]])

@@ -10,18 +10,85 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
 from collections.abc import Sequence
 
+import torch
 from transformers import PretrainedConfig
 
 from .hub import check_pretrained_source
 from .modules.backbones import get_backbone
 from .modules.backbones.vector import num_convolutions
-from .modules.quantizers.gradients import GRADIENT_ESTIMATORS
+from .modules.quantizers import registry as quantizers
 
-QUANTIZER_TYPES = ("vq", "fsq", "lfq", "bsq", "residual_vq", "simvq")
-# Quantizers with a learned codebook, whose gradient estimator is a choice.
-CODEBOOK_QUANTIZERS = ("vq", "residual_vq", "simvq")
+logger = logging.getLogger(__name__)
+
+# The recipe that keeps a learned codebook alive on real images (see VQVAEConfig): the default
+# `quantizer_config` of these quantizer types, whose constructors leave every trick off.
+CODEBOOK_RECIPE = {"codebook_ema": True, "kmeans_init": True, "dead_code_restart": True, "dead_code_threshold": 0.5}
+QUANTIZER_CONFIG_DEFAULTS = {"vq": CODEBOOK_RECIPE, "residual_vq": CODEBOOK_RECIPE}
+
+# The flat quantizer fields of configs written by latentcode 0.1.0 (and, for `use_ema` /
+# `ema_decay` / `ema_epsilon`, before it): field -> (the quantizer's argument, the field's default).
+FLAT_QUANTIZER_FIELDS = {
+    "commitment_weight": ("commitment_weight", 0.25),
+    "codebook_weight": ("codebook_weight", 1.0),
+    "codebook_ema": ("codebook_ema", True),
+    "use_ema": ("codebook_ema", True),
+    "codebook_ema_decay": ("codebook_ema_decay", 0.99),
+    "ema_decay": ("codebook_ema_decay", 0.99),
+    "codebook_ema_epsilon": ("codebook_ema_epsilon", 1e-5),
+    "ema_epsilon": ("codebook_ema_epsilon", 1e-5),
+    "kmeans_init": ("kmeans_init", True),
+    "kmeans_iterations": ("kmeans_iterations", 10),
+    "dead_code_restart": ("dead_code_restart", True),
+    "dead_code_threshold": ("dead_code_threshold", 0.5),
+    "codebook_usage_window": ("usage_window", None),
+    "codebook_l2_norm": ("l2_normalize", False),
+    "gradient_estimator": ("gradient_estimator", "straight_through"),
+    "fsq_levels": ("levels", None),
+    "lfq_entropy_weight": ("entropy_weight", 0.1),
+    "lfq_diversity_weight": ("diversity_weight", 1.0),
+    "lfq_temperature": ("temperature", 0.01),
+    "lfq_entropy_max_group_bits": ("entropy_max_group_bits", 12),
+    "lfq_entropy_annealing_steps": ("entropy_annealing_steps", 0),
+    "lfq_entropy_annealing_start_factor": ("entropy_annealing_start_factor", 1.0),
+    "quantizer_dropout": ("quantizer_dropout", 0.0),
+}
+
+
+def nest_flat_quantizer_fields(quantizer: str, quantizer_config: dict | None, fields: dict) -> dict:
+    """The one conversion of 0.1.0's flat quantizer fields: pops them from `fields` (a config's
+    keyword arguments, e.g. a loaded config.json) and returns `quantizer_config` with them added
+    under the quantizer's argument names (`fsq_levels` -> `levels`, `lfq_entropy_weight` ->
+    `entropy_weight`, `codebook_l2_norm` -> `l2_normalize`, `use_ema` -> `codebook_ema`, ...).
+
+    0.1.0 wrote every field for every quantizer and ignored those of other quantizers: a field the
+    quantizer does not take is dropped (with a warning when it is not at its default), a None
+    field meant "the default". A field given both ways with two values is an error.
+    """
+    nested = dict(quantizer_config or {})
+    flat = {key: fields.pop(key) for key in list(fields) if key in FLAT_QUANTIZER_FIELDS}
+    if not flat:
+        return nested
+    takes = quantizers.option_defaults(quantizer)
+    for key, value in flat.items():
+        option, default = FLAT_QUANTIZER_FIELDS[key]
+        if value is None:
+            continue
+        if option not in takes:
+            if value != default:
+                logger.warning(f"{key}={value!r} does not apply to quantizer={quantizer!r}: ignored, as it always was")
+            continue
+        if isinstance(value, tuple):
+            value = list(value)  # as JSON gives it back
+        if option in nested and nested[option] != value:
+            raise ValueError(
+                f"quantizer option {option!r} is given twice, as {key}={value!r} and in quantizer_config as "
+                f"{nested[option]!r}; keep one (quantizer_config[{option!r}])"
+            )
+        nested[option] = value
+    return nested
 
 
 # Keys that PretrainedConfig (transformers 5) takes besides its dataclass fields: what its
@@ -256,236 +323,111 @@ class VAEConfig(LatentCodeConfig):
 class VQVAEConfig(LatentCodeConfig):
     r"""Configuration of [`VQVAEModel`]: a discrete codebook code.
 
-    The defaults are the recipe that keeps a codebook alive on real images (EMA codes, k-means
-    initialisation, dead-code expiry every step: >= 95% of the codes used on CIFAR-10 at K = 512
-    to 65,536 where plain VQ uses a fraction; see benchmarks/README.md and tests/test_quantizers.py),
-    so a config that only sets sizes trains well.
+    The quantizer is `config.quantizer` (a type name of `latentcode.modules.quantizers.QUANTIZERS`)
+    built as `QuantizerClass(codebook_size=..., codebook_dim=..., num_quantizers=...,
+    **quantizer_config)`: the sizes live at the top level (diffusers' `VQModel` names them too), every
+    other option in `quantizer_config` under the quantizer constructor's own argument name.
+
+    The defaults of `"vq"` and `"residual_vq"` are the recipe that keeps a codebook alive on real
+    images (EMA codes, k-means initialisation, dead-code expiry every step: >= 95% of the codes
+    used on CIFAR-10 at K = 512 to 65,536 where plain VQ uses a fraction; see benchmarks/README.md
+    and tests/test_quantizers.py), so a config that only sets sizes trains well.
 
     Args:
         codebook_size (`int`, *optional*): number of codes K (the vocabulary), per level for
-            `"residual_vq"`. Defaults to 1024; for `"fsq"` it is `prod(fsq_levels)`, for `"lfq"`
-            `2 ** codebook_dim`.
+            `"residual_vq"`. Defaults to 1024; for `"fsq"` it is `prod(levels)`, for `"lfq"` and
+            `"bsq"` `2 ** codebook_dim`.
         codebook_dim (`int`, *optional*): dimension D of a code; defaults to `latent_channels`
-            (`len(fsq_levels)` for FSQ, `log2(codebook_size)` for LFQ). When it differs,
+            (`len(levels)` for FSQ, `log2(codebook_size)` for LFQ / BSQ). When it differs,
             `use_quant_conv` / `use_post_quant_conv` must be on: the 1x1 convolutions project
-            between the two. A small D with `codebook_l2_norm=True` is the factorised lookup of
-            ViT-VQGAN / LlamaGen (e.g. `latent_channels=256, codebook_dim=8`).
-        quantizer (`str`, defaults to `"vq"`): `"vq"` (learned codebook), `"fsq"` (finite scalar
-            quantisation), `"lfq"` (lookup-free, with its entropy loss), `"bsq"` (binary spherical:
-            LFQ on the unit sphere, with the same `lfq_*` options), `"residual_vq"`
-            (`num_quantizers` VQ levels on successive residuals; indices get a trailing depth axis)
-            or `"simvq"` (codes = learned linear map of a frozen random basis).
-        gradient_estimator (`str`, *optional*): how the decoder's gradient reaches the encoder
-            through a learned codebook (`"vq"`, `"residual_vq"`, `"simvq"`): `"straight_through"`
-            or `"rotation"` (the rotation trick of Fifty et al. 2024). Defaults to `"rotation"`
-            for `"simvq"`, `"straight_through"` otherwise.
-        commitment_weight (`float`, defaults to 0.25): beta of the VQ-VAE paper, on the
-            commitment term `||z_e - sg(e)||^2` that pulls the encoder towards its code.
-        codebook_weight (`float`, defaults to 1.0): weight of the codebook term
-            `||sg(z_e) - e||^2` that pulls codes towards the encoder outputs (without EMA only).
-        codebook_ema (`bool`, defaults to `True`): codes are exponential moving averages of the
-            encoder outputs assigned to them instead of being learned by the codebook loss ("vq"
-            and "residual_vq"). (Not the training option `use_ema`, an EMA of the weights.)
-        codebook_ema_decay (`float`, defaults to 0.99) / codebook_ema_epsilon (`float`, defaults
-            to 1e-5): decay of the averages and the Laplace smoothing of the cluster sizes.
-            Configs saved with the former names `use_ema` / `ema_decay` / `ema_epsilon` load.
-        kmeans_init (`bool`, defaults to `True`): initialise codes by k-means on the first
-            training batch.
-        kmeans_iterations (`int`, defaults to 10): Lloyd steps of that k-means.
-        dead_code_restart (`bool`, defaults to `True`): dead codes are re-seeded with encoder
-            outputs of the current batch (at most one code per token of the batch).
-        dead_code_threshold (`float`, defaults to 0.5): with `codebook_ema`, a code is dead when
-            its EMA cluster size falls below this fraction of the mean cluster size, tested
-            every step (a code hit evenly has the mean size; a re-seeded code starts there and
-            lasts about `log(1 / threshold) / (1 - codebook_ema_decay)` steps without a hit).
-            In [0, 1); 0 (and `codebook_ema=False`) tests instead, every usage window, for
-            codes not hit in the window, which at a large K leaves most codes dead for long.
-        codebook_usage_window (`int`, *optional*): tokens per process in the sliding window of the
-            usage metrics and the dead-code test; defaults to 16 * codebook_size.
-        codebook_l2_norm (`bool`, defaults to `False`): cosine-similarity (l2-normalised) codes.
-        fsq_levels (`Sequence[int]`, *optional*): FSQ's values per channel; defaults to
-            `(8, 5, 5, 5)` (1000 codes) for `"fsq"`.
-        lfq_entropy_weight (`float`, defaults to 0.1), lfq_diversity_weight (`float`, defaults to
-            1.0), lfq_temperature (`float`, defaults to 0.01): LFQ's (and BSQ's) entropy loss.
-        lfq_entropy_max_group_bits (`int`, defaults to 12): the codebook entropy is exact up to
-            this many bits; above, the bits are split into near-equal groups of at most this many
-            and the groups' entropies summed (memory `tokens x 2^bits` per group).
-        lfq_entropy_annealing_steps (`int`, defaults to 0) / lfq_entropy_annealing_start_factor
-            (`float`, defaults to 1.0): the entropy weight starts at `start_factor *
-            lfq_entropy_weight` and falls linearly to `lfq_entropy_weight` over these training steps.
+            between the two. A small D with `quantizer_config={"l2_normalize": True}` is the
+            factorised lookup of ViT-VQGAN / LlamaGen (e.g. `latent_channels=256, codebook_dim=8`).
+        quantizer (`str`, defaults to `"vq"`): `"vq"` ([`VectorQuantizer`], a learned codebook),
+            `"simvq"` ([`SimVectorQuantizer`]), `"fsq"` ([`FiniteScalarQuantizer`]), `"lfq"`
+            ([`LookupFreeQuantizer`]), `"bsq"` ([`BinarySphericalQuantizer`]) or `"residual_vq"`
+            ([`ResidualVectorQuantizer`]: `num_quantizers` VQ levels; indices get a depth axis).
         num_quantizers (`int`, *optional*): depth of `"residual_vq"` (defaults to 4).
-        quantizer_dropout (`float`, defaults to 0.0): probability that a residual-VQ training batch
-            uses only a random prefix of the levels.
-        **kwargs: the backbone fields of [`LatentCodeConfig`].
+        quantizer_config (`dict`, *optional*): the quantizer's other constructor arguments, e.g.
+            `{"gradient_estimator": "rotation"}`, `{"levels": [8, 5, 5, 5]}` (FSQ) or
+            `{"entropy_weight": 0.1}` (LFQ); unknown keys are refused naming the valid ones. For
+            `"vq"` / `"residual_vq"` it defaults to `CODEBOOK_RECIPE`; given keys override it.
+        **kwargs: the backbone fields of [`LatentCodeConfig`]. The flat quantizer fields of configs
+            written by latentcode 0.1.0 (`commitment_weight`, `codebook_ema`, `fsq_levels`, `lfq_*`,
+            ...) are still accepted and moved into `quantizer_config` by `nest_flat_quantizer_fields`.
     """
 
     model_type = "latentcode_vqvae"
-    training_only_fields = (
-        "commitment_weight",
-        "codebook_weight",
-        "codebook_ema",
-        "codebook_ema_decay",
-        "codebook_ema_epsilon",
-        "kmeans_init",
-        "kmeans_iterations",
-        "dead_code_restart",
-        "dead_code_threshold",
-        "codebook_usage_window",
-    )
-    # Former name -> current name; the former names still load.
-    renamed_fields = {
-        "use_ema": "codebook_ema",
-        "ema_decay": "codebook_ema_decay",
-        "ema_epsilon": "codebook_ema_epsilon",
-    }
+    # Former field -> where it lives now; the former names still load (see FLAT_QUANTIZER_FIELDS).
+    renamed_fields = {old: f"quantizer_config.{option}" for old, (option, _) in FLAT_QUANTIZER_FIELDS.items()}
 
     def __init__(
         self,
         codebook_size: int | None = None,
         codebook_dim: int | None = None,
         quantizer: str = "vq",
-        gradient_estimator: str | None = None,
-        commitment_weight: float = 0.25,
-        codebook_weight: float = 1.0,
-        codebook_ema: bool = True,
-        codebook_ema_decay: float = 0.99,
-        codebook_ema_epsilon: float = 1e-5,
-        kmeans_init: bool = True,
-        kmeans_iterations: int = 10,
-        dead_code_restart: bool = True,
-        dead_code_threshold: float = 0.5,
-        codebook_usage_window: int | None = None,
-        codebook_l2_norm: bool = False,
-        fsq_levels: Sequence[int] | None = None,
-        lfq_entropy_weight: float = 0.1,
-        lfq_diversity_weight: float = 1.0,
-        lfq_temperature: float = 0.01,
-        lfq_entropy_max_group_bits: int = 12,
-        lfq_entropy_annealing_steps: int = 0,
-        lfq_entropy_annealing_start_factor: float = 1.0,
         num_quantizers: int | None = None,
-        quantizer_dropout: float = 0.0,
+        quantizer_config: dict | None = None,
         **kwargs,
     ):
-        # Configs written before the codebook's EMA fields had names of their own.
-        renamed = {name: kwargs.pop(old) for old, name in self.renamed_fields.items() if old in kwargs}
-        codebook_ema = renamed.get("codebook_ema", codebook_ema)
-        codebook_ema_decay = renamed.get("codebook_ema_decay", codebook_ema_decay)
-        codebook_ema_epsilon = renamed.get("codebook_ema_epsilon", codebook_ema_epsilon)
+        quantizer_config = nest_flat_quantizer_fields(quantizer, quantizer_config, kwargs)
+        quantizers.check_options(quantizer, quantizer_config)
         self.quantizer = quantizer
-        self.commitment_weight = commitment_weight
-        self.codebook_weight = codebook_weight
-        self.codebook_ema = codebook_ema
-        self.codebook_ema_decay = codebook_ema_decay
-        self.codebook_ema_epsilon = codebook_ema_epsilon
-        self.kmeans_init = kmeans_init
-        self.kmeans_iterations = kmeans_iterations
-        self.dead_code_restart = dead_code_restart
-        self.dead_code_threshold = dead_code_threshold
-        self.codebook_usage_window = codebook_usage_window
-        self.codebook_l2_norm = codebook_l2_norm
-        self.lfq_entropy_weight = lfq_entropy_weight
-        self.lfq_diversity_weight = lfq_diversity_weight
-        self.lfq_temperature = lfq_temperature
-        self.lfq_entropy_max_group_bits = lfq_entropy_max_group_bits
-        self.lfq_entropy_annealing_steps = lfq_entropy_annealing_steps
-        self.lfq_entropy_annealing_start_factor = lfq_entropy_annealing_start_factor
-        self.quantizer_dropout = quantizer_dropout
+        self.quantizer_config = {**QUANTIZER_CONFIG_DEFAULTS.get(quantizer, {}), **quantizer_config}
         super().__init__(**kwargs)
-        _check(quantizer in QUANTIZER_TYPES, f"quantizer must be one of {QUANTIZER_TYPES}, got {quantizer!r}")
-        if gradient_estimator is None:
-            gradient_estimator = "rotation" if quantizer == "simvq" else "straight_through"
-        _check(
-            gradient_estimator in GRADIENT_ESTIMATORS,
-            f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}",
-        )
-        _check(
-            gradient_estimator == "straight_through" or quantizer in CODEBOOK_QUANTIZERS,
-            f"gradient_estimator={gradient_estimator!r} needs a learned codebook (quantizer in "
-            f"{CODEBOOK_QUANTIZERS}), got quantizer={quantizer!r}",
-        )
-        self.gradient_estimator = gradient_estimator
-        _check(
-            isinstance(lfq_entropy_max_group_bits, int) and lfq_entropy_max_group_bits >= 1,
-            f"lfq_entropy_max_group_bits must be a positive int, got {lfq_entropy_max_group_bits!r}",
-        )
-        _check(
-            isinstance(lfq_entropy_annealing_steps, int) and lfq_entropy_annealing_steps >= 0,
-            f"lfq_entropy_annealing_steps must be an int >= 0, got {lfq_entropy_annealing_steps!r}",
-        )
-        self._resolve_code_shape(codebook_size, codebook_dim, fsq_levels, num_quantizers)
-        _check(
-            isinstance(self.codebook_size, int) and self.codebook_size >= 2,
-            f"codebook_size must be an int >= 2, got {self.codebook_size!r}",
-        )
-        _check(
-            isinstance(self.codebook_dim, int) and self.codebook_dim >= 1,
-            f"codebook_dim must be a positive int, got {self.codebook_dim!r}",
-        )
-        _check(0.0 <= codebook_ema_decay < 1.0, f"codebook_ema_decay must be in [0, 1), got {codebook_ema_decay}")
-        _check(
-            isinstance(dead_code_threshold, (int, float)) and 0.0 <= dead_code_threshold < 1.0,
-            f"dead_code_threshold must be a number in [0, 1), got {dead_code_threshold!r}",
-        )
-        _check(0.0 <= quantizer_dropout <= 1.0, f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
-        _check(
-            codebook_usage_window is None or codebook_usage_window >= 1,
-            f"codebook_usage_window must be None or >= 1 tokens, got {codebook_usage_window}",
-        )
+        sizes = dict(codebook_size=codebook_size, codebook_dim=codebook_dim, num_quantizers=num_quantizers)
+        sizes = quantizers.resolve_sizes(quantizer, sizes, self.quantizer_config, self.latent_channels)
+        self.codebook_size = sizes["codebook_size"]
+        self.codebook_dim = sizes["codebook_dim"]
+        self.num_quantizers = sizes.get("num_quantizers")
+        self._validate_quantizer()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' `from_dict` (under `from_pretrained`), where quantizer options given as
+        keyword arguments, flat (`from_pretrained(path, kmeans_init=True)`) or nested
+        (`quantizer_config={...}`), update the saved `quantizer_config` key by key."""
+        quantizer = config_dict.get("quantizer", "vq")
+        given = nest_flat_quantizer_fields(quantizer, kwargs.pop("quantizer_config", None), kwargs)
+        if given:
+            config_dict = dict(config_dict)
+            saved = nest_flat_quantizer_fields(quantizer, config_dict.pop("quantizer_config", None), config_dict)
+            config_dict["quantizer_config"] = {**saved, **given}
+        return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def commitment_weight(self) -> float | None:
+        """Weight of the commitment term in `model(x).loss` (None for a quantizer without one)."""
+        return self.quantizer_options().get("commitment_weight")
+
+    def quantizer_sizes(self) -> dict[str, int]:
+        """The quantizer's top-level constructor arguments: `codebook_size`, `codebook_dim`, `num_quantizers`."""
+        sizes = dict(codebook_size=self.codebook_size, codebook_dim=self.codebook_dim)
+        return sizes if self.num_quantizers is None else {**sizes, "num_quantizers": self.num_quantizers}
+
+    def quantizer_options(self) -> dict:
+        """Every other constructor argument of the quantizer: its defaults, then `quantizer_config`."""
+        return {**quantizers.option_defaults(self.quantizer), **self.quantizer_config}
+
+    def training_only_quantizer_options(self) -> frozenset[str]:
+        """The keys of `quantizer_config` that only change training (the quantizer class says which)."""
+        return quantizers.training_only_options(self.quantizer)
+
+    def _validate_quantizer(self) -> None:
+        """Check the sizes here and every option where it is used: by building the quantizer on the
+        meta device (no memory, no values), so that its constructor stays the one place that checks."""
+        for name in ("codebook_size", "codebook_dim"):
+            value, low = getattr(self, name), 2 if name == "codebook_size" else 1
+            _check(isinstance(value, int) and value >= low, f"{name} must be an int >= {low}, got {value!r}")
+        if self.num_quantizers is not None:
+            _check(
+                isinstance(self.num_quantizers, int) and self.num_quantizers >= 1,
+                f"num_quantizers must be a positive int, got {self.num_quantizers!r}",
+            )
+        with torch.device("meta"):
+            quantizers.build_quantizer(self.quantizer, self.quantizer_sizes(), self.quantizer_config)
         if self.codebook_dim != self.latent_channels:
             _check(
                 self.use_quant_conv and self.use_post_quant_conv,
                 f"codebook_dim={self.codebook_dim} differs from latent_channels={self.latent_channels}: "
                 "use_quant_conv and use_post_quant_conv must be True to project between them",
             )
-
-    def _resolve_code_shape(self, codebook_size, codebook_dim, fsq_levels, num_quantizers) -> None:
-        """Fill codebook_size / codebook_dim / fsq_levels / num_quantizers from what the quantizer
-        type implies, and reject combinations that contradict it."""
-        quantizer = self.quantizer
-        _check(
-            fsq_levels is None or quantizer == "fsq", f"fsq_levels is for quantizer='fsq', got quantizer={quantizer!r}"
-        )
-        _check(
-            num_quantizers is None or quantizer == "residual_vq",
-            f"num_quantizers is for quantizer='residual_vq', got quantizer={quantizer!r}",
-        )
-        self.fsq_levels = None
-        self.num_quantizers = None
-        if quantizer == "fsq":
-            levels = [int(level) for level in (fsq_levels if fsq_levels is not None else (8, 5, 5, 5))]
-            _check(len(levels) > 0 and min(levels) >= 2, f"fsq_levels must be ints >= 2, got {levels}")
-            size = 1
-            for level in levels:
-                size *= level
-            _check(
-                codebook_size in (None, size),
-                f"for quantizer='fsq' codebook_size is prod(fsq_levels)={size}, got {codebook_size}",
-            )
-            _check(
-                codebook_dim in (None, len(levels)),
-                f"for quantizer='fsq' codebook_dim is len(fsq_levels)={len(levels)}, got {codebook_dim}",
-            )
-            self.fsq_levels, self.codebook_size, self.codebook_dim = levels, size, len(levels)
-        elif quantizer in ("lfq", "bsq"):
-            if codebook_size is None:
-                codebook_size = 2 ** (codebook_dim if codebook_dim is not None else 10)
-            _check(
-                isinstance(codebook_size, int) and codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0,
-                f"for quantizer={quantizer!r} codebook_size must be a power of 2, got {codebook_size}",
-            )
-            bits = codebook_size.bit_length() - 1
-            _check(
-                codebook_dim in (None, bits),
-                f"for quantizer={quantizer!r} codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}",
-            )
-            self.codebook_size, self.codebook_dim = codebook_size, bits
-        else:
-            self.codebook_size = 1024 if codebook_size is None else codebook_size
-            self.codebook_dim = self.latent_channels if codebook_dim is None else codebook_dim
-            if quantizer == "residual_vq":
-                self.num_quantizers = 4 if num_quantizers is None else num_quantizers
-                _check(
-                    isinstance(self.num_quantizers, int) and self.num_quantizers >= 1,
-                    f"num_quantizers must be a positive int, got {self.num_quantizers!r}",
-                )

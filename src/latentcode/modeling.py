@@ -10,12 +10,17 @@ bottleneck: how the encoder's output becomes a code, and which regulariser the l
 
 from __future__ import annotations
 
+import glob
+import logging
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin
+from diffusers.models import modeling_utils as diffusers_modeling_utils
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -24,27 +29,30 @@ from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAE
 from .conversion import diffusers as diffusers_conversion
 from .families import FAMILIES, CodeSize, FamilyBehaviour, register_family
 from .hub import check_pretrained_source
+from .model_inputs import PixelChecksMixin
+from .modules.backbone import set_conv_implementation
 from .modules.backbones import get_backbone
 from .modules.distributions import DiagonalGaussianDistribution
-from .modules.quantizers import (
-    BinarySphericalQuantizer,
-    FiniteScalarQuantizer,
-    LookupFreeQuantizer,
-    ResidualVectorQuantizer,
-    SimVectorQuantizer,
-    VectorQuantizer,
-)
-from .modules.tiling import tiled_map
+from .modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quantizer
+from .modules.tiling import SlicingTilingMixin
+from .modules.winograd import CONV_IMPLEMENTATIONS
 from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
-
-# Pixels are nominally in [-1, 1], but reconstructions overshoot and tests, robustness studies
-# and diffusers' own model tests feed Gaussian noise. Values beyond this bound say the input is
-# in another range ([0, 255] images), where encoding would be silently wrong.
-PIXEL_VALUE_LIMIT = 10.0
 
 # Options that diffusers' pipeline loader passes to `ModelMixin.from_pretrained` only (flashpack
 # weight files; reading weights without memory-mapping); off by default.
 DIFFUSERS_ONLY_LOADING_OPTIONS = ("use_flashpack", "disable_mmap")
+
+
+class _EmptyFloat32ListFilter(logging.Filter):
+    """diffusers' `ModelMixin.to()` warns "... should be kept in float32: [] ..." at every dtype
+    cast of any model, with an empty list too (its `self._keep_in_fp32_modules or []` is never
+    None): drop that warning when the list is empty; a model that lists modules still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger(diffusers_modeling_utils.__name__).addFilter(_EmptyFloat32ListFilter())
 
 # ----------------------------------------------------------------------------------------------
 # Outputs
@@ -134,6 +142,15 @@ class VQVAEOutput(ModelOutput):
     quantizer_loss: torch.FloatTensor | None = None
 
 
+def _weights_file(source, subfolder: str | None) -> str:
+    """The safetensors file(s) `from_pretrained(source)` reads, as a user would name them."""
+    folder = os.path.join(os.fspath(source), subfolder or "")
+    if os.path.isdir(folder):
+        files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+        return " or ".join(files) if files else os.path.join(folder, "model.safetensors")
+    return f"model.safetensors of {source!r} in the Hugging Face cache"
+
+
 def _as_tuple(hidden_states: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
     return None if hidden_states is None else tuple(hidden_states)
 
@@ -143,7 +160,7 @@ def _as_tuple(hidden_states: list[torch.Tensor] | None) -> tuple[torch.Tensor, .
 # ----------------------------------------------------------------------------------------------
 
 
-class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
+class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrainedModel, ModelMixin):
     """Backbone, projections and plumbing shared by the three families.
 
     A transformers `PreTrainedModel` (its save / load, Auto classes and Hub I/O are the ones
@@ -154,7 +171,8 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
     A family subclass states its channel counts in [`bottleneck_channels`] (encoder output,
     bottleneck input after `quant_conv`, bottleneck output before `post_quant_conv`), builds its
     bottleneck's modules in `_build_bottleneck` (the VQ-VAE's `quantizer`), and implements
-    `encode`, `decode` and `forward` on top of `_encode_moments` / `_decode_code`.
+    `encode`, `decode` and `forward` on top of `_bottleneck_input` / `_decode_code`. Input
+    checks come from [`PixelChecksMixin`], batch slicing and tiling from [`SlicingTilingMixin`].
     """
 
     config_class = LatentCodeConfig
@@ -165,11 +183,6 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
     def __init__(self, config: LatentCodeConfig):
         super().__init__(config)
         self._build_backbone(config)
-        self.use_slicing = False
-        self.slice_size = 1
-        self.use_tiling = False
-        self.tile_sample_size = config.sample_size
-        self.tile_overlap_factor = 0.25
         self._build_bottleneck(config)
         self.post_init()
 
@@ -222,35 +235,15 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         """Image size / latent size."""
         return self.config.downsampling_factor
 
-    def enable_slicing(self, slice_size: int = 1) -> None:
-        """Encode and decode batches `slice_size` images at a time to bound memory."""
-        self.use_slicing, self.slice_size = True, slice_size
-
-    def disable_slicing(self) -> None:
-        self.use_slicing = False
-
     def enable_tiling(self, tile_sample_size: int | None = None, tile_overlap_factor: float = 0.25) -> None:
-        """Encode and decode images larger than `tile_sample_size` (default `config.sample_size`)
-        in overlapping tiles whose outputs are blended over `tile_overlap_factor` of a tile."""
+        """[`SlicingTilingMixin.enable_tiling`], refused on a vector-latent backbone (no tiles)."""
         if self.backbone_spec.vector_latent:
             raise ValueError(
                 f"backbone={self.config.backbone!r} encodes a whole {self.config.sample_size}x"
                 f"{self.config.sample_size} image into one latent vector: there are no tiles to blend; "
                 "resize the image to config.sample_size instead"
             )
-        tile = tile_sample_size or self.config.sample_size
-        factor = self.downsampling_factor
-        if tile % factor != 0 or tile < 2 * factor:
-            raise ValueError(
-                f"tile_sample_size must be a multiple of the downsampling factor {factor} and at least "
-                f"{2 * factor}, got {tile}"
-            )
-        if not 0.0 <= tile_overlap_factor < 1.0:
-            raise ValueError(f"tile_overlap_factor must be in [0, 1), got {tile_overlap_factor}")
-        self.use_tiling, self.tile_sample_size, self.tile_overlap_factor = True, tile, tile_overlap_factor
-
-    def disable_tiling(self) -> None:
-        self.use_tiling = False
+        super().enable_tiling(tile_sample_size, tile_overlap_factor)
 
     def compile(self, *args, **kwargs) -> None:
         """`torch.compile` the encoder and the decoder in place; arguments as `torch.compile`'s.
@@ -265,6 +258,20 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         for module in (self.encoder, self.decoder):
             module.compile(*args, **kwargs)
 
+    def set_conv_implementation(self, implementation: str) -> None:
+        """How the backbone runs its 3x3 convolutions (a choice of this model object, not saved):
+        `"auto"` (the default: Winograd's algorithm in CPU float32 with one intra-op thread where it
+        was measured faster, oneDNN otherwise, so results differ with the thread count within
+        ~1e-5 relative), `"winograd"` (wherever it computes the convolution, whatever the thread
+        count) or `"direct"` (always `nn.Conv2d`). See `latentcode.modules.winograd`."""
+        set_conv_implementation(self, implementation)
+        self._conv_implementation = implementation
+
+    @property
+    def conv_implementation(self) -> str:
+        """The choice of [`set_conv_implementation`]."""
+        return getattr(self, "_conv_implementation", CONV_IMPLEMENTATIONS[0])
+
     def _return(self, output: ModelOutput, return_dict: bool | None):
         """`output`, or its tuple of set fields when `return_dict` is False; `None` follows
         `config.return_dict`, as transformers' models do."""
@@ -272,93 +279,23 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
             return_dict = self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    # -- input checks ---------------------------------------------------------------------------
-
-    def _check_pixels(self, pixel_values: torch.Tensor) -> None:
-        """Raise a ValueError naming what was expected and what came: a float tensor
-        `[B >= 1, in_channels, H, W]` of the model's dtype, H and W divisible by the downsampling
-        factor, finite values nominally in [-1, 1] (refused beyond +-`PIXEL_VALUE_LIMIT`)."""
-        expected = f"[B, {self.config.in_channels}, H, W] float pixels"
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"expected {expected} as a torch.Tensor, got {type(pixel_values).__name__}")
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"expected {expected} in [-1, 1], got dtype {pixel_values.dtype}; convert uint8 images "
-                "with LatentCodeImageProcessor or `x.float() / 127.5 - 1`"
-            )
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"expected {expected} (in_channels={self.config.in_channels}), got shape {tuple(pixel_values.shape)}"
-            )
-        if pixel_values.shape[0] == 0:
-            raise ValueError(f"expected {expected} with at least one image, got an empty batch (B = 0)")
-        factor = self.downsampling_factor
-        height, width = pixel_values.shape[2:]
-        size = self.config.sample_size
-        if self.backbone_spec.vector_latent and (height, width) != (size, size):
-            raise ValueError(
-                f"backbone={self.config.backbone!r} takes images of exactly config.sample_size = {size}x{size} "
-                f"pixels (one latent vector per image), got {height}x{width}; resize the images first"
-            )
-        if height % factor or width % factor:
-            raise ValueError(
-                f"image height and width must be divisible by the downsampling factor {factor} "
-                f"(2 ** (len(block_out_channels) - 1)), got {height}x{width}"
-            )
-        self._check_dtype(pixel_values, "pixel_values")
-        if pixel_values.device.type == "meta" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
-            return  # no values to look at (or a traced graph, which must not branch on them)
-        low, high = (float(v) for v in torch.aminmax(pixel_values.detach()))
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"expected finite {expected}, got NaN or inf values")
-        if low < -PIXEL_VALUE_LIMIT or high > PIXEL_VALUE_LIMIT:
-            raise ValueError(
-                f"expected {expected} in [-1, 1], got values in [{low:.4g}, {high:.4g}]; images in [0, 255] "
-                "or [0, 1] go through LatentCodeImageProcessor (or `x / 127.5 - 1` for [0, 255])"
-            )
-
-    def _check_dtype(self, tensor: torch.Tensor, name: str) -> None:
-        # Under autocast the weights stay float32 and inputs may be half precision; that is fine.
-        if tensor.dtype != self.dtype and not torch.is_autocast_enabled(tensor.device.type):
-            raise ValueError(
-                f"{name} are {tensor.dtype} but the model's weights are {self.dtype}; pass "
-                f"{name}.to(model.dtype), or convert the model with model.to({tensor.dtype})"
-            )
-
-    def _check_code(self, code: torch.Tensor, channels: int, name: str = "latents") -> None:
-        vector = self.backbone_spec.vector_latent
-        expected = f"[B, {channels}]" if vector else f"[B, {channels}, h, w]"
-        if not isinstance(code, torch.Tensor) or not code.is_floating_point():
-            kind = code.dtype if isinstance(code, torch.Tensor) else type(code).__name__
-            raise ValueError(f"expected {name} as a float tensor {expected}, got {kind}")
-        if code.dim() != (2 if vector else 4) or code.shape[1] != channels:
-            raise ValueError(f"expected {name} of shape {expected}, got shape {tuple(code.shape)}")
-        if code.shape[0] == 0:
-            raise ValueError(f"expected {name} {expected} with B >= 1, got an empty batch (B = 0)")
-        self._check_dtype(code, name)
-
     # -- shared encode / decode paths -----------------------------------------------------------
 
-    def _split_batch(self, fn, x: torch.Tensor) -> torch.Tensor:
-        if self.use_slicing and x.shape[0] > self.slice_size:
-            return torch.cat([fn(chunk) for chunk in x.split(self.slice_size)])
-        return fn(x)
-
     def _hidden_states_list(self, output_hidden_states: bool | None) -> list[torch.Tensor] | None:
-        """An empty list for `_encode_moments` to fill when hidden states are asked for (the
+        """An empty list for `_bottleneck_input` to fill when hidden states are asked for (the
         argument, else `config.output_hidden_states`, as in transformers' models), else None."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         return [] if output_hidden_states else None
 
-    def _encode_moments(
+    def _bottleneck_input(
         self, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Pixels `[B, C, H, W]` -> bottleneck input `[B, moment_channels, H/f, W/f]`. With a
-        `hidden_states` list, fills it with the encoder's feature maps of the whole batch."""
+        """Pixels `[B, C, H, W]` -> encoder -> `quant_conv` -> the bottleneck's input `[B, moment_channels,
+        H/f, W/f]` (every family's first half). With a `hidden_states` list, fills it with the
+        encoder's feature maps of the whole batch."""
         self._check_pixels(pixel_values)
-        tiled = self.use_tiling and max(pixel_values.shape[2:]) > self.tile_sample_size
-        if hidden_states is not None and tiled:
+        if hidden_states is not None and self._is_tiled(pixel_values):
             raise ValueError(
                 "output_hidden_states needs the whole image in one pass, but tiled encoding would split this "
                 f"{tuple(pixel_values.shape[2:])} image into {self.tile_sample_size}-pixel tiles; call "
@@ -370,14 +307,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
             h = self.encoder(x, per_slice)
             return self.quant_conv(h) if self.quant_conv is not None else h
 
-        def encode_batch(x: torch.Tensor) -> torch.Tensor:
-            if self.use_tiling and max(x.shape[2:]) > self.tile_sample_size:
-                return tiled_map(
-                    x, encode_tile, self.tile_sample_size, self._tile_stride(), 1 / self.downsampling_factor
-                )
-            return encode_tile(x)
-
-        moments = self._split_batch(encode_batch, pixel_values)
+        moments = self._split_batch(lambda x: self._map_tiles(encode_tile, x, decoding=False), pixel_values)
         if hidden_states is not None:
             maps = self.backbone_spec.num_hidden_states(self.config)
             if len(per_slice) == maps:
@@ -394,20 +324,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
                 z = self.post_quant_conv(z)
             return self.decoder(z)
 
-        def decode_batch(z: torch.Tensor) -> torch.Tensor:
-            tile = self.tile_sample_size // self.downsampling_factor
-            if self.use_tiling and max(z.shape[2:]) > tile:
-                stride = self._tile_stride() // self.downsampling_factor
-                return tiled_map(z, decode_tile, tile, stride, self.downsampling_factor)
-            return decode_tile(z)
-
-        return self._split_batch(decode_batch, code)
-
-    def _tile_stride(self) -> int:
-        """Distance between tile origins in pixels, a multiple of the downsampling factor."""
-        factor = self.downsampling_factor
-        overlap = round(self.tile_sample_size * self.tile_overlap_factor / factor) * factor
-        return self.tile_sample_size - overlap
+        return self._split_batch(lambda z: self._map_tiles(decode_tile, z, decoding=True), code)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -425,18 +342,25 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         for option in DIFFUSERS_ONLY_LOADING_OPTIONS:
             if kwargs.pop(option, False):
                 raise ValueError(f"{option}=True is a diffusers loading option that {cls.__name__} does not support")
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         check_pretrained_source(
-            args[0] if args else kwargs.get("pretrained_model_name_or_path"),
+            source,
             cache_dir=kwargs.get("cache_dir"),
             revision=kwargs.get("revision"),
             local_files_only=kwargs.get("local_files_only", False),
             token=kwargs.get("token"),
         )
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise OSError(
+                f"cannot read the weights of {source}: {_weights_file(source, kwargs.get('subfolder'))} is truncated "
+                f"or corrupt ({error}). Download it again (from_pretrained(..., force_download=True)), or write it "
+                "again with save_pretrained from the model it came from."
+            ) from error
         absent = sorted(set(info["missing_keys"]) | {str(key) for key in info["mismatched_keys"]})
         if absent and not allow_missing_weights:
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(
                 f"{source} does not hold every weight of {cls.__name__}; missing or of another shape "
                 f"({len(absent)}): "
@@ -494,7 +418,7 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` pixels in [-1, 1] -> `.latents` `[B, latent_channels, H/f, W/f]`."""
-        latents = self._encode_moments(pixel_values)
+        latents = self._bottleneck_input(pixel_values)
         return self._return(AutoencoderEncoderOutput(latents=latents), return_dict)
 
     def decode(self, latents: torch.Tensor, return_dict: bool | None = None, generator=None):
@@ -515,7 +439,7 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
         block_out_channels[l], H/2^(l+1), W/2^(l+1)]`; the last level does not downsample: `H/f`)
         and after the mid block (`[B, block_out_channels[-1], H/f, W/f]`)."""
         hidden_states = self._hidden_states_list(output_hidden_states)
-        latents = self._encode_moments(pixel_values, hidden_states)
+        latents = self._bottleneck_input(pixel_values, hidden_states)
         sample = self._decode_code(latents)
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
         output = AutoencoderOutput(
@@ -575,7 +499,7 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` -> `.latent_dist`, a Gaussian over `[B, latent_channels, H/f, W/f]`."""
-        posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values))
+        posterior = DiagonalGaussianDistribution(self._bottleneck_input(pixel_values))
         return self._return(VAEEncoderOutput(latent_dist=posterior), return_dict)
 
     def decode(self, latents: torch.Tensor, return_dict: bool | None = None, generator=None):
@@ -604,7 +528,7 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         if sample_posterior is None:
             sample_posterior = self.training
         hidden_states = self._hidden_states_list(output_hidden_states)
-        posterior = DiagonalGaussianDistribution(self._encode_moments(pixel_values, hidden_states))
+        posterior = DiagonalGaussianDistribution(self._bottleneck_input(pixel_values, hidden_states))
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         sample = self._decode_code(z)
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
@@ -697,56 +621,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     _keys_to_ignore_on_load_missing = [r"quantizer\.(.+\.)?(initialized|ema_cluster_size|ema_codebook_sum)$"]
 
     def _build_bottleneck(self, config: VQVAEConfig) -> None:
-        if config.quantizer == "fsq":
-            self.quantizer = FiniteScalarQuantizer(config.fsq_levels, usage_window=config.codebook_usage_window)
-            return
-        if config.quantizer in ("lfq", "bsq"):
-            bit_quantizer = LookupFreeQuantizer if config.quantizer == "lfq" else BinarySphericalQuantizer
-            self.quantizer = bit_quantizer(
-                config.codebook_dim,
-                commitment_weight=config.commitment_weight,
-                entropy_weight=config.lfq_entropy_weight,
-                diversity_weight=config.lfq_diversity_weight,
-                temperature=config.lfq_temperature,
-                usage_window=config.codebook_usage_window,
-                entropy_max_group_bits=config.lfq_entropy_max_group_bits,
-                entropy_annealing_steps=config.lfq_entropy_annealing_steps,
-                entropy_annealing_start_factor=config.lfq_entropy_annealing_start_factor,
-            )
-            return
-        if config.quantizer == "simvq":
-            self.quantizer = SimVectorQuantizer(
-                config.codebook_size,
-                config.codebook_dim,
-                commitment_weight=config.commitment_weight,
-                codebook_weight=config.codebook_weight,
-                gradient_estimator=config.gradient_estimator,
-                usage_window=config.codebook_usage_window,
-            )
-            return
-        vector_quantizer_options = dict(
-            commitment_weight=config.commitment_weight,
-            codebook_weight=config.codebook_weight,
-            ema_decay=config.codebook_ema_decay if config.codebook_ema else None,
-            ema_epsilon=config.codebook_ema_epsilon,
-            kmeans_init=config.kmeans_init,
-            kmeans_iterations=config.kmeans_iterations,
-            dead_code_restart=config.dead_code_restart,
-            dead_code_threshold=config.dead_code_threshold,
-            usage_window=config.codebook_usage_window,
-            l2_normalize=config.codebook_l2_norm,
-            gradient_estimator=config.gradient_estimator,
-        )
-        if config.quantizer == "residual_vq":
-            self.quantizer = ResidualVectorQuantizer(
-                config.num_quantizers,
-                config.codebook_size,
-                config.codebook_dim,
-                quantizer_dropout=config.quantizer_dropout,
-                **vector_quantizer_options,
-            )
-        else:
-            self.quantizer = VectorQuantizer(config.codebook_size, config.codebook_dim, **vector_quantizer_options)
+        self.quantizer = build_quantizer(config.quantizer, config.quantizer_sizes(), config.quantizer_config)
 
     @staticmethod
     def bottleneck_channels(config):
@@ -759,7 +634,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`
         (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`)."""
-        latents = self._encode_moments(pixel_values)
+        latents = self._bottleneck_input(pixel_values)
         quantized = self.quantizer(latents, update_codebook=False)
         output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
         return self._return(output, return_dict)
@@ -814,7 +689,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         `output_hidden_states` adds the encoder's feature maps, as [`AutoencoderModel.forward`]
         describes."""
         hidden_states = self._hidden_states_list(output_hidden_states)
-        latents = self._encode_moments(pixel_values, hidden_states)
+        latents = self._bottleneck_input(pixel_values, hidden_states)
         quantized = self.quantizer(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)

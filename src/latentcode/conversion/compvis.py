@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ..configuration import nest_flat_quantizer_fields
 from ..families import get_family
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
 from .legacy_vq import DIFFUSERS_VQ_BETA, IMPORTED_VQ_TRAINING
@@ -130,7 +131,9 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     if is_vq:
         codebook_size, codebook_dim = state_dict["quantize.embedding.weight"].shape
         # The recipe taming / latent-diffusion trained with (see latentcode.conversion.legacy_vq).
-        config.update(codebook_size=codebook_size, codebook_dim=codebook_dim, **IMPORTED_VQ_TRAINING)
+        config.update(
+            codebook_size=codebook_size, codebook_dim=codebook_dim, quantizer_config=dict(IMPORTED_VQ_TRAINING)
+        )
     return config
 
 
@@ -207,11 +210,13 @@ def config_from_yaml(original_config) -> dict:
         # taming's loss multiplies the quantiser's legacy loss (see latentcode.conversion.legacy_vq).
         scale = loss.get("codebook_weight", 1.0)
         config.update(
-            IMPORTED_VQ_TRAINING,
             codebook_size=params["n_embed"],
             codebook_dim=params["embed_dim"],
-            commitment_weight=scale,
-            codebook_weight=scale * DIFFUSERS_VQ_BETA,
+            quantizer_config={
+                **IMPORTED_VQ_TRAINING,
+                "commitment_weight": scale,
+                "codebook_weight": scale * DIFFUSERS_VQ_BETA,
+            },
         )
     elif "kl_weight" in loss:
         # latent-diffusion sums both the reconstruction loss and the KL per image, so its
@@ -244,7 +249,11 @@ def from_compvis(checkpoint, original_config=None, **config_overrides):
     state_dict = autoencoder_state_dict(loaded)
     config = config_from_yaml(original_config) if original_config is not None else config_from_state_dict(state_dict)
     family = get_family(config.pop("family"))
-    config.update(config_overrides)
+    overrides = dict(config_overrides)
+    if "quantizer_config" in config:  # quantizer options override the imported recipe one by one
+        given = nest_flat_quantizer_fields("vq", overrides.pop("quantizer_config", None), overrides)
+        config["quantizer_config"] = {**config["quantizer_config"], **given}
+    config.update(overrides)
     model = family.model_class(family.config_class(**config))
 
     num_levels = len(config["block_out_channels"])

@@ -16,7 +16,8 @@ Config fields that only diffusers pipelines read (`force_upcast`, `shift_factor`
 same names, so an exported model has the config it was imported with.
 
 VQ models keep the recipe their codebooks were trained with (see
-`latentcode.conversion.legacy_vq`); it is training settings only: export ignores it, and the
+`latentcode.conversion.legacy_vq`); it is training-only quantizer options (each quantizer class
+lists its own in `training_only_arguments`): export ignores them, and the
 quantizer's training state (EMA statistics) has no place in a `VQModel` and is not exported.
 """
 
@@ -29,8 +30,9 @@ import re
 import torch
 from torch import nn
 
-from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig
+from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig, nest_flat_quantizer_fields
 from ..families import FAMILIES, family_for_diffusers, family_of
+from ..modules.quantizers import registry as quantizers
 from .checkpoints import CheckpointError, load_state_dict_exactly
 from .legacy_vq import IMPORTED_VQ_TRAINING
 
@@ -134,8 +136,9 @@ def _attention_levels(down_block_types, up_block_types) -> list[int]:
 def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig], **overrides) -> LatentCodeConfig:
     """Our config for a diffusers `VQModel` / `AutoencoderKL` config (a dict or FrozenDict).
 
-    `overrides` set training fields (e.g. `kl_weight`, `commitment_weight`); fields that
-    change what the model computes cannot be overridden. Raises `ValueError` naming any
+    `overrides` set training fields (e.g. `kl_weight`) and training-only quantizer options
+    (`quantizer_config={"commitment_weight": 0.25}`, or flat as `commitment_weight=0.25`); fields
+    that change what the model computes cannot be overridden. Raises `ValueError` naming any
     diffusers feature our models cannot express (spatial norm, a non-SiLU activation,
     asymmetric attention, unknown config fields).
     """
@@ -199,7 +202,7 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
             codebook_dim=fields["vq_embed_dim"] or fields["latent_channels"],
             use_quant_conv=True,
             use_post_quant_conv=True,
-            **IMPORTED_VQ_TRAINING,
+            quantizer_config=_imported_quantizer_config(overrides),
         )
     else:
         translated.update(use_quant_conv=fields["use_quant_conv"], use_post_quant_conv=fields["use_post_quant_conv"])
@@ -208,6 +211,19 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
     if fixed:
         raise ValueError(f"cannot override {fixed}: they are fixed by the diffusers model's architecture")
     return config_class(**{**translated, **overrides})
+
+
+def _imported_quantizer_config(overrides: dict) -> dict:
+    """The `quantizer_config` of an imported VQModel: the recipe it was trained with, updated by the
+    quantizer options among `overrides` (flat, as `commitment_weight=`, or as `quantizer_config=`),
+    which are removed from `overrides`. Only training-only options may change."""
+    given = nest_flat_quantizer_fields("vq", overrides.pop("quantizer_config", None), overrides)
+    fixed = sorted(set(given) - quantizers.training_only_options("vq"))
+    if fixed:
+        raise ValueError(
+            f"cannot override quantizer options {fixed}: they change what the diffusers model's codebook computes"
+        )
+    return {**IMPORTED_VQ_TRAINING, **given}
 
 
 def diffusers_config_from(config: LatentCodeConfig) -> dict:
@@ -228,17 +244,30 @@ def diffusers_config_from(config: LatentCodeConfig) -> dict:
             f"diffusers VQModel has a plain nearest-neighbour codebook and cannot express quantizer="
             f"{config.quantizer!r}; only quantizer='vq' models export to diffusers"
         )
-    known = _EXPRESSED_FIELDS | type(config).training_fields()
+    known = _EXPRESSED_FIELDS | type(config).training_fields() | {"quantizer_config"}
     defaults = type(config)()
     inexpressible = {
         name: getattr(config, name)
         for name in sorted(set(type(config).field_names()) - known)
         if getattr(config, name) != getattr(defaults, name)
     }
+    if is_vq:
+        # Options of the quantizer that change what it computes must be VQModel's (the defaults).
+        option_defaults = quantizers.option_defaults(config.quantizer)
+        inexpressible.update(
+            {
+                f"quantizer_config.{name}": value
+                for name, value in sorted(config.quantizer_config.items())
+                if name not in config.training_only_quantizer_options() and value != option_defaults[name]
+            }
+        )
     if inexpressible:
+        allowed = sorted(known - {"quantizer_config"})
+        if is_vq:
+            allowed.append(f"quantizer_config's {sorted(config.training_only_quantizer_options())}")
         raise ValueError(
             f"diffusers {class_name} cannot express {inexpressible}; export supports the plain architecture "
-            f"(non-default values are allowed only for {sorted(known)})"
+            f"(non-default values are allowed only for {', '.join(map(str, allowed))})"
         )
     levels = len(config.block_out_channels)
     attention = set(config.attention_levels)

@@ -5,14 +5,15 @@ diffusers' `VectorQuantizer` (like taming-transformers' and latent-diffusion's, 
 term and the commitment term has weight 1, and `VQModel` fixes beta = 0.25. Imported models
 keep that objective (`commitment_weight=1.0`, `codebook_weight=0.25`) and the plain
 gradient-learned codebook (no EMA codes, k-means or dead-code restarts); pass e.g.
-`commitment_weight=0.25, codebook_weight=1.0` for the VQ-VAE paper's weighting.
+`quantizer_config={"commitment_weight": 0.25, "codebook_weight": 1.0}` for the VQ-VAE paper's
+weighting.
 """
 
 from __future__ import annotations
 
 # Beta of diffusers' VQModel quantiser.
 DIFFUSERS_VQ_BETA = 0.25
-# The config fields of that recipe; override any of them to fine-tune differently.
+# That recipe as the `quantizer_config` of a "vq" quantizer; override any of it to fine-tune differently.
 IMPORTED_VQ_TRAINING = {
     "commitment_weight": 1.0,
     "codebook_weight": DIFFUSERS_VQ_BETA,

@@ -58,10 +58,24 @@ def to_activation_layout(x: torch.Tensor) -> torch.Tensor:
     return x if memory_format is torch.preserve_format else x.contiguous(memory_format=memory_format)
 
 
-def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)`, by Winograd F(4x4, 3x3) where that is faster and applies (a wide enough 3x3
-    convolution in CPU float32, `winograd.applies`)."""
-    return winograd.winograd_conv2d(conv, x) if winograd.applies(conv, x) else conv(x)
+def convolve(conv: nn.Conv2d, x: torch.Tensor, implementation: str) -> torch.Tensor:
+    """`conv(x)`, by Winograd F(4x4, 3x3) where `implementation` says so (`winograd.applies`)."""
+    return winograd.winograd_conv2d(conv, x) if winograd.applies(conv, x, implementation) else conv(x)
+
+
+class _Convolving(nn.Module):
+    """A backbone module whose 3x3 convolutions run through `convolve(..., self.conv_implementation)`."""
+
+    conv_implementation = winograd.CONV_IMPLEMENTATIONS[0]  # the default; see set_conv_implementation
+
+
+def set_conv_implementation(module: nn.Module, implementation: str) -> None:
+    """Run the 3x3 convolutions of the backbone modules in `module` by `implementation`, one of
+    `winograd.CONV_IMPLEMENTATIONS` (see `latentcode.modules.winograd`)."""
+    winograd.check_implementation(implementation)
+    for block in module.modules():
+        if isinstance(block, _Convolving):
+            block.conv_implementation = implementation
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +88,7 @@ def add_residual(h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return h.add_(residual) if _inference() else h + residual
 
 
-class ResnetBlock(nn.Module):
+class ResnetBlock(_Convolving):
     """GroupNorm -> SiLU -> conv -> GroupNorm -> SiLU -> dropout -> conv, plus a shortcut.
 
     `[B, in_channels, H, W] -> [B, out_channels, H, W]`. The shortcut is a 1x1 convolution
@@ -93,8 +107,8 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = convolve(self.conv1, silu(self.norm1(x)))
-        h = convolve(self.conv2, self.dropout(silu(self.norm2(h))))
+        h = convolve(self.conv1, silu(self.norm1(x)), self.conv_implementation)
+        h = convolve(self.conv2, self.dropout(silu(self.norm2(h))), self.conv_implementation)
         return add_residual(h, self.shortcut(x))
 
 
@@ -140,7 +154,7 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-class Upsample(nn.Module):
+class Upsample(_Convolving):
     """Nearest-neighbour 2x upsampling followed by a 3x3 convolution. `[B, C, H, W] -> [B, C, 2H, 2W]`."""
 
     def __init__(self, channels: int):
@@ -148,7 +162,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return convolve(self.conv, F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return convolve(self.conv, F.interpolate(x, scale_factor=2.0, mode="nearest"), self.conv_implementation)
 
 
 class ResolutionLevel(GradientCheckpointingLayer):
@@ -201,7 +215,7 @@ class MidBlock(GradientCheckpointingLayer):
         return self.block_2(x)
 
 
-class Encoder(nn.Module):
+class Encoder(_Convolving):
     """Image to latent features. `[B, in_channels, H, W] -> [B, out_channels, H/f, W/f]` with
     `f = 2 ** (len(block_out_channels) - 1)`. For a VAE `out_channels` is twice the latent
     channels (mean and log-variance)."""
@@ -244,7 +258,7 @@ class Encoder(nn.Module):
         """`[B, in_channels, H, W] -> [B, out_channels, H/f, W/f]`. With a `hidden_states` list,
         appends the feature maps after `conv_in`, after each level `l` (`[B, block_out_channels[l],
         H/2^(l+1), W/2^(l+1)]`, the last level at `H/f`) and after the mid block."""
-        x = convolve(self.conv_in, to_activation_layout(x))
+        x = convolve(self.conv_in, to_activation_layout(x), self.conv_implementation)
         features = [x]
         for level in self.down:
             x = level(x)
@@ -252,10 +266,10 @@ class Encoder(nn.Module):
         x = self.mid(x)
         if hidden_states is not None:
             hidden_states.extend([*features, x])
-        return convolve(self.conv_out, silu(self.norm_out(x)))
+        return convolve(self.conv_out, silu(self.norm_out(x)), self.conv_implementation)
 
 
-class Decoder(nn.Module):
+class Decoder(_Convolving):
     """Latent to image. `[B, in_channels, h, w] -> [B, out_channels, h*f, w*f]`.
 
     Each level has `layers_per_block + 1` ResNet blocks, as in latent-diffusion.
@@ -301,8 +315,8 @@ class Decoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = convolve(self.conv_in, to_activation_layout(z))
+        x = convolve(self.conv_in, to_activation_layout(z), self.conv_implementation)
         x = self.mid(x)
         for level in self.up:
             x = level(x)
-        return convolve(self.conv_out, silu(self.norm_out(x)))
+        return convolve(self.conv_out, silu(self.norm_out(x)), self.conv_implementation)

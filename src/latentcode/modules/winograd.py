@@ -14,12 +14,21 @@ Accuracy: the transforms mix values of different magnitude (entries up to 8 in `
 in `G`), so the float32 result is off a float64 convolution by ~1e-5 of the output's max abs
 value (measured 4e-6 to 1.1e-5 for 64-128 input channels), where oneDNN's direct convolution
 is off by ~1e-6. Through a whole model this stays ~1e-5 relative (tests/test_fast_paths.py bounds
-it at 1e-4 against diffusers); set `winograd.enabled = False` for direct convolutions.
+it at 1e-4 against diffusers).
 
-Used by the backbone only where it was measured to be faster (benchmarks/README.md): CPU,
-float32, one intra-op thread, no autocast, at least `MIN_CHANNELS` in and out and `MIN_TILES` tiles of work, not
-in compiled, exported or traced graphs. In training the forward pass and the input's gradient
-run it, the weight's gradient is oneDNN's; every other case runs `nn.Conv2d`.
+Each model chooses, visibly, with `model.set_conv_implementation(...)` (one of
+`CONV_IMPLEMENTATIONS`; not saved with the model):
+- `"auto"` (the default): Winograd only where it was measured to be faster (benchmarks/README.md):
+  CPU, float32, one intra-op thread, no autocast, at least `MIN_CHANNELS` in and out and
+  `MIN_TILES` tiles of work. The numerics then depend on the thread count (Winograd with one
+  thread, oneDNN with more), within the bound above.
+- `"winograd"`: every convolution Winograd's algorithm can compute (CPU float32 3x3 stride-1
+  padding-1), whatever the thread count or size: the thread count no longer picks the algorithm
+  (its GEMMs still round differently with it, ~1e-7 relative, as oneDNN's do).
+- `"direct"`: always `nn.Conv2d` (oneDNN), e.g. to compare with another implementation at
+  float32 rounding level.
+Compiled, exported and traced graphs always keep `nn.Conv2d`. In training the forward pass and
+the input's gradient run Winograd's algorithm, the weight's gradient is oneDNN's.
 """
 
 from __future__ import annotations
@@ -27,8 +36,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .workers import run_in_workers
 
 # Input, kernel and output transforms of F(4x4, 3x3) (Lavin & Gray, 2016).
 _BT = torch.tensor(
@@ -60,9 +67,8 @@ _AT = torch.tensor(
 _BT32, _AT32 = _BT.float(), _AT.float()
 _KRON_G = torch.kron(_G, _G).float()  # [36, 9]: vec(G g G^T) = (G (x) G) vec(g)
 
-# Set to False to run every convolution as `nn.Conv2d` (direct convolutions, e.g. to compare
-# with another implementation at float32 rounding level).
-enabled = True
+# The choices of `model.set_conv_implementation`, the first the default (see the module's docstring).
+CONV_IMPLEMENTATIONS = ("auto", "winograd", "direct")
 
 # Below this many input or output channels the GEMMs are too thin to pay for the transforms
 # (measured: 64 -> 64 channels ~1.1x, 3 -> 64 and 64 -> 3 channels slower than oneDNN).
@@ -73,16 +79,37 @@ MIN_TILES = 32
 # Bytes of transformed input tiles per chunk: sized so that a chunk's transformed tiles, GEMM
 # outputs and inverse-transformed outputs stay in cache between the three steps.
 CHUNK_BYTES = 1 << 20
-# With several threads, the chunks are spread over single-threaded workers (`workers.py`)
-# instead of every op of a chunk being split over the threads with a barrier at its end.
-SPLIT_OVER_WORKERS = True
 
 
-def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether `winograd_conv2d` should replace `conv(x)`: [`enabled`], a plain `nn.Conv2d`
-    (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, with at least
-    `MIN_CHANNELS` in and out, at least `MIN_TILES` output tiles, float32 on CPU with one
-    intra-op thread, without autocast, and not while `torch.compile` / `torch.export` or `torch.jit.trace` trace."""
+def check_implementation(implementation: str) -> None:
+    if implementation not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"conv implementation must be one of {CONV_IMPLEMENTATIONS}, got {implementation!r}")
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor, implementation: str = "auto") -> bool:
+    """Whether `winograd_conv2d` replaces `conv(x)` under `implementation` (one of
+    `CONV_IMPLEMENTATIONS`). `"winograd"`: where it computes the same convolution, a plain
+    `nn.Conv2d` (no subclass, no hooks) that is 3x3, stride-1, padding-1, ungrouped, on float32 CPU
+    tensors without autocast, and not while `torch.compile` / `torch.export` or `torch.jit.trace`
+    trace. `"auto"`: there, and where it is faster (`_is_faster`). `"direct"`: never."""
+    if implementation == "direct":
+        return False
+    return _computes(conv, x) and (implementation == "winograd" or _is_faster(conv, x))
+
+
+def _is_faster(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """At least `MIN_CHANNELS` in and out, `MIN_TILES` output tiles, one intra-op thread."""
+    return (
+        min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+        and x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES
+        # One intra-op thread only: with two, oneDNN's direct convolution ran 1.9x faster, while
+        # the memory-bound transforms did not scale (measured 0.6-1.0x of oneDNN on 2 cores).
+        and torch.get_num_threads() == 1
+    )
+
+
+def _computes(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether `winograd_conv2d(conv, x)` computes `conv(x)` (see [`applies`])."""
     return (
         # Compiled, exported and traced graphs keep nn.Conv2d (checked first: nothing after it
         # is traced): the chunk loop would be unrolled for one shape, an exported graph is for
@@ -90,7 +117,6 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         # than a compiled direct convolution, but still slower than eager) breaks `fullgraph=True`.
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and enabled
         and type(conv) is nn.Conv2d
         and not conv._forward_hooks
         and not conv._forward_pre_hooks
@@ -103,13 +129,8 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
-        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
         and x.dim() == 4
-        and x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES
         and not torch.is_autocast_enabled("cpu")
-        # One intra-op thread only: with two, oneDNN's direct convolution ran 1.9x faster, while
-        # the memory-bound transforms did not scale (measured 0.6-1.0x of oneDNN on 2 cores).
-        and torch.get_num_threads() == 1
     )
 
 
@@ -184,34 +205,22 @@ def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     padded = F.pad(x.detach(), (1, 1 + 4 * tile_cols - width, 1, 1 + 4 * tile_rows - height)).permute(0, 2, 3, 1)
     out = torch.empty(batch, 4 * tile_rows, 4 * tile_cols, out_channels, dtype=x.dtype)
     bias = None if bias is None else bias.detach()
-    threads = torch.get_num_threads() if SPLIT_OVER_WORKERS else 1
-    chunks = _chunks(batch, tile_rows, 36 * tile_cols * channels * x.element_size(), threads)
-
-    def run(index: int) -> None:
-        images, rows = chunks[index]
+    for images, rows in _chunks(batch, tile_rows, 36 * tile_cols * channels * x.element_size()):
         _chunk(
             padded[images, 4 * rows.start : 4 * rows.stop + 2],
             transformed,
             bias,
             out[images, 4 * rows.start : 4 * rows.stop],
         )
-
-    workers = min(threads, len(chunks))
-    if workers > 1:
-        run_in_workers(run, range(len(chunks)), workers)
-    else:
-        for index in range(len(chunks)):
-            run(index)
     if out.shape[1] != height or out.shape[2] != width:
         out = out[:, :height, :width].contiguous()
     return out.permute(0, 3, 1, 2)
 
 
-def _chunks(batch: int, tile_rows: int, row_bytes: int, threads: int) -> list[tuple[slice, range]]:
+def _chunks(batch: int, tile_rows: int, row_bytes: int) -> list[tuple[slice, range]]:
     """(images, rows of tiles) of each chunk: whole images per chunk when one image's transformed
-    tiles (`row_bytes` per row of tiles) fit `CHUNK_BYTES`, rows of one image otherwise; at
-    least `threads` chunks when the work allows, so that every worker has one."""
-    budget = max(row_bytes, min(CHUNK_BYTES, batch * tile_rows * row_bytes // threads))
+    tiles (`row_bytes` per row of tiles) fit `CHUNK_BYTES`, rows of one image otherwise."""
+    budget = max(row_bytes, min(CHUNK_BYTES, batch * tile_rows * row_bytes))
     image_bytes = tile_rows * row_bytes
     if image_bytes <= budget:
         images = budget // image_bytes

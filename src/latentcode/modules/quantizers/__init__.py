@@ -9,7 +9,9 @@ is the pure path, no codebook or usage update), `indices_to_codes`, and the usag
 - [`SimVectorQuantizer`]: SimVQ, a codebook that is a learned linear map of a frozen basis.
 - [`ResidualVectorQuantizer`]: a stack of VectorQuantizers on successive residuals.
 
-Shared pieces: `gradients` (straight-through and rotation-trick estimators), `entropy` (the
+`registry` maps the type names of `VQVAEConfig.quantizer` to these classes and derives what a
+config may pass to each from its constructor. Shared pieces: `maintenance` (k-means, EMA
+updates and dead-code restarts of a learned codebook), `gradients` (straight-through and rotation-trick estimators), `entropy` (the
 memory-bounded entropy regulariser of LFQ / BSQ), `search` (the chunked nearest-code search).
 """
 
@@ -17,21 +19,25 @@ from .base import CodebookUsageWindow, Quantizer, QuantizerOutput
 from .binary_spherical import BinarySphericalQuantizer
 from .finite_scalar import FiniteScalarQuantizer
 from .lookup_free import LookupFreeQuantizer
+from .maintenance import kmeans
+from .registry import QUANTIZERS, build_quantizer
 from .residual import ResidualVectorQuantizer
 from .search import nearest_codebook_indices
 from .sim_vq import SimVectorQuantizer
-from .vector import VectorQuantizer, kmeans
+from .vector import VectorQuantizer
 
 __all__ = [
     "BinarySphericalQuantizer",
     "CodebookUsageWindow",
     "FiniteScalarQuantizer",
     "LookupFreeQuantizer",
+    "QUANTIZERS",
     "Quantizer",
     "QuantizerOutput",
     "ResidualVectorQuantizer",
     "SimVectorQuantizer",
     "VectorQuantizer",
+    "build_quantizer",
     "kmeans",
     "nearest_codebook_indices",
 ]

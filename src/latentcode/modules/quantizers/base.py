@@ -177,6 +177,30 @@ class Quantizer(nn.Module):
     codebook_size: int
     codebook_dim: int
     usage: CodebookUsageWindow
+    # Constructor arguments that change only the training path (its losses and their weights,
+    # codebook maintenance, gradient estimator, usage metrics), never what the pure path
+    # (`update_codebook=False`) computes. Each class lists its own; export to diffusers and
+    # conversion overrides derive the model config's training-only options from them.
+    training_only_arguments: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve_sizes(
+        cls,
+        codebook_size: int | None,
+        codebook_dim: int | None,
+        options: dict,
+        latent_channels: int,
+        num_quantizers: int | None = None,
+    ) -> dict[str, int]:
+        """The sizes a model config states at its top level (`codebook_size`, `codebook_dim`, and
+        `num_quantizers` for the quantizers that take it), given the ones it was passed (None: not
+        given) and the quantizer's other constructor arguments `options`. By default K = 1024 codes of
+        dimension D = `latent_channels`; quantizers whose sizes follow from their options
+        (FSQ's levels, LFQ's bits) override this and refuse sizes that contradict them."""
+        return {
+            "codebook_size": 1024 if codebook_size is None else codebook_size,
+            "codebook_dim": latent_channels if codebook_dim is None else codebook_dim,
+        }
 
     @property
     def codebook_usage(self) -> torch.Tensor:

@@ -14,6 +14,9 @@ import torch
 from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
 from .vector import DEFAULT_WINDOW_PER_CODE
 
+# 1000 codes of dimension 4, FSQ paper's choice for a ~2^10 codebook.
+DEFAULT_LEVELS = (8, 5, 5, 5)
+
 
 class FiniteScalarQuantizer(Quantizer):
     """FSQ: bound each channel with tanh, round it to one of `levels[i]` values.
@@ -23,11 +26,13 @@ class FiniteScalarQuantizer(Quantizer):
     the gradient passes the rounding straight through to the tanh.
 
     Args:
-        levels: values per channel, e.g. `(8, 5, 5, 5)` (1000 codes, D = 4).
+        levels: values per channel; the default `(8, 5, 5, 5)` has 1000 codes, D = 4.
         usage_window: tokens in the sliding window of the usage metrics; defaults to 16 * K.
     """
 
-    def __init__(self, levels: Sequence[int], usage_window: int | None = None):
+    training_only_arguments = ("usage_window",)
+
+    def __init__(self, levels: Sequence[int] = DEFAULT_LEVELS, usage_window: int | None = None):
         super().__init__()
         levels = [int(level) for level in levels]
         if len(levels) == 0 or min(levels) < 2:
@@ -40,6 +45,17 @@ class FiniteScalarQuantizer(Quantizer):
         self.usage = CodebookUsageWindow(
             self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size
         )
+
+    @classmethod
+    def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):
+        """K = prod(levels) codes of dimension D = len(levels); other given sizes are refused."""
+        levels = options.get("levels", DEFAULT_LEVELS)
+        size = prod(int(level) for level in levels)
+        if codebook_size not in (None, size):
+            raise ValueError(f"for quantizer='fsq' codebook_size is prod(levels)={size}, got {codebook_size}")
+        if codebook_dim not in (None, len(levels)):
+            raise ValueError(f"for quantizer='fsq' codebook_dim is len(levels)={len(levels)}, got {codebook_dim}")
+        return {"codebook_size": size, "codebook_dim": len(levels)}
 
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """levels and mixed-radix basis as int64 tensors `[D]`. Built on demand rather than kept as

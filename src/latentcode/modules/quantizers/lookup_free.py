@@ -43,6 +43,32 @@ class LookupFreeQuantizer(Quantizer):
         entropy_annealing_steps / entropy_annealing_start_factor: the annealing schedule (off at 0).
     """
 
+    # The temperature and the weights shape the entropy loss only; the code is the sign.
+    training_only_arguments = (
+        "commitment_weight",
+        "entropy_weight",
+        "diversity_weight",
+        "temperature",
+        "usage_window",
+        "entropy_max_group_bits",
+        "entropy_annealing_steps",
+        "entropy_annealing_start_factor",
+    )
+
+    @classmethod
+    def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):
+        """D bits give K = 2^D codes: K must be a power of 2 (default 2^10) and D = log2(K)."""
+        if codebook_size is None:
+            codebook_size = 2 ** (codebook_dim if codebook_dim is not None else 10)
+        if not (isinstance(codebook_size, int) and codebook_size >= 2 and codebook_size & (codebook_size - 1) == 0):
+            raise ValueError(f"for a lookup-free quantizer codebook_size must be a power of 2, got {codebook_size}")
+        bits = codebook_size.bit_length() - 1
+        if codebook_dim not in (None, bits):
+            raise ValueError(
+                f"for a lookup-free quantizer codebook_dim is log2(codebook_size)={bits}, got {codebook_dim}"
+            )
+        return {"codebook_size": codebook_size, "codebook_dim": bits}
+
     def __init__(
         self,
         codebook_dim: int,

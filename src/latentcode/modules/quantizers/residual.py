@@ -36,6 +36,16 @@ class ResidualVectorQuantizer(Quantizer):
         **vector_quantizer_options: the [`VectorQuantizer`] flags, the same for every level.
     """
 
+    # `**vector_quantizer_options` are the arguments of this class.
+    options_passed_to = VectorQuantizer
+    training_only_arguments = ("quantizer_dropout", *VectorQuantizer.training_only_arguments)
+
+    @classmethod
+    def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):
+        """A VQ codebook per level (K = 1024, D = `latent_channels` by default), 4 levels by default."""
+        sizes = VectorQuantizer.resolve_sizes(codebook_size, codebook_dim, options, latent_channels)
+        return {**sizes, "num_quantizers": 4 if num_quantizers is None else num_quantizers}
+
     def __init__(
         self,
         num_quantizers: int,

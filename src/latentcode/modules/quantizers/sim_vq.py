@@ -36,6 +36,14 @@ class SimVectorQuantizer(Quantizer):
         max_block_elements: memory bound of the nearest-neighbour search.
     """
 
+    training_only_arguments = (
+        "commitment_weight",
+        "codebook_weight",
+        "gradient_estimator",
+        "usage_window",
+        "max_block_elements",
+    )
+
     def __init__(
         self,
         codebook_size: int,

@@ -10,19 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import (
-    CodebookUsageWindow,
-    Quantizer,
-    QuantizerOutput,
-    all_reduce_sum,
-    broadcast_from_rank0,
-    flatten_latents,
-    gather_rows,
-    is_rank0,
-    perplexity_of,
-    unflatten_codes,
-)
+from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
 from .gradients import GRADIENT_ESTIMATORS, snap_to_codes
+from .maintenance import CodebookMaintenance
 from .search import nearest_codebook_indices
 
 # Codes are hit 16 times on average over a window of 16 * K tokens when all are used evenly,
@@ -30,38 +20,7 @@ from .search import nearest_codebook_indices
 DEFAULT_WINDOW_PER_CODE = 16
 
 
-@torch.no_grad()
-def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int, l2_normalize: bool = False):
-    """Lloyd's k-means with the exact chunked search.
-
-    Args:
-        vectors: `[N, D]` fp32.
-        num_clusters: K. With N < K, the initial centroids repeat samples; the duplicates stay
-            empty and keep their position (dead-code restart re-seeds them later).
-        iterations: Lloyd steps.
-        l2_normalize: keep centroids on the unit sphere (spherical k-means).
-
-    Returns:
-        centroids `[K, D]` and cluster sizes `[K]` (float) of the last assignment.
-    """
-    num_vectors = vectors.shape[0]
-    if num_vectors >= num_clusters:
-        start = torch.randperm(num_vectors, device=vectors.device)[:num_clusters]
-    else:
-        start = torch.randint(num_vectors, (num_clusters,), device=vectors.device)
-    centroids = vectors[start].clone()
-    sizes = torch.zeros(num_clusters, device=vectors.device)
-    for _ in range(iterations):
-        assignment = nearest_codebook_indices(vectors, centroids)
-        sizes = torch.bincount(assignment, minlength=num_clusters).float()
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)
-        centroids = torch.where(sizes[:, None] > 0, sums / sizes.clamp_min(1)[:, None], centroids)
-        if l2_normalize:
-            centroids = F.normalize(centroids, dim=1)
-    return centroids, sizes
-
-
-class VectorQuantizer(Quantizer):
+class VectorQuantizer(CodebookMaintenance, Quantizer):
     """K x D codebook, nearest-neighbour assignment, straight-through gradient.
 
     The search and the codebook lookup always run in fp32, also under autocast: in half
@@ -72,14 +31,14 @@ class VectorQuantizer(Quantizer):
         codebook_dim: D, the dimension of a code.
         commitment_weight: beta on the commitment term (0.25 in the VQ-VAE paper).
         codebook_weight: weight on the codebook term (unused with EMA updates).
-        ema_decay: if set, codes are not learned by the codebook loss but are exponential moving
+        codebook_ema: codes are not learned by the codebook loss but are exponential moving
             averages of the encoder outputs assigned to them (VQ-VAE paper, appendix; Razavi et
-            al. 2019), with this decay (0.99 typical). Each training step, with `n_k` the
-            all-reduced count and `s_k` the sum of vectors assigned to code k:
-            `N_k <- decay N_k + (1 - decay) n_k`, `S_k <- decay S_k + (1 - decay) s_k`,
-            `e_k <- S_k / N~_k` with the Laplace-smoothed sizes
-            `N~_k = (N_k + eps) / (sum N + K eps) * sum N`.
-        ema_epsilon: eps of the Laplace smoothing.
+            al. 2019). Each training step, with `n_k` the all-reduced count and `s_k` the sum of
+            vectors assigned to code k: `N_k <- decay N_k + (1 - decay) n_k`,
+            `S_k <- decay S_k + (1 - decay) s_k`, `e_k <- S_k / N~_k` with the Laplace-smoothed
+            sizes `N~_k = (N_k + eps) / (sum N + K eps) * sum N`.
+        codebook_ema_decay: that decay (0.99 typical).
+        codebook_ema_epsilon: eps of the Laplace smoothing.
         kmeans_init: initialise the codebook by k-means on the first training batch (gathered
             from all processes, computed on rank 0, broadcast).
         kmeans_iterations: Lloyd steps of that k-means.
@@ -90,7 +49,7 @@ class VectorQuantizer(Quantizer):
         dead_code_threshold: the EMA expiry threshold, relative to the mean cluster size (the
             share of a code when all are used evenly), in [0, 1); 0 keeps the window test. A
             re-seeded code starts at the mean size, so it has about
-            `log(1 / threshold) / (1 - ema_decay)` steps to be hit before it expires again.
+            `log(1 / threshold) / (1 - codebook_ema_decay)` steps to be hit before it expires again.
         usage_window: tokens per process in the sliding window of the usage metrics and of
             dead-code detection; defaults to 16 * K.
         l2_normalize: cosine-similarity codes: latents and codes are l2-normalised before the
@@ -102,14 +61,30 @@ class VectorQuantizer(Quantizer):
             `latentcode.modules.quantizers.gradients`.
     """
 
+    training_only_arguments = (
+        "commitment_weight",
+        "codebook_weight",
+        "codebook_ema",
+        "codebook_ema_decay",
+        "codebook_ema_epsilon",
+        "kmeans_init",
+        "kmeans_iterations",
+        "dead_code_restart",
+        "dead_code_threshold",
+        "usage_window",
+        "max_block_elements",
+        "gradient_estimator",
+    )
+
     def __init__(
         self,
         codebook_size: int,
         codebook_dim: int,
         commitment_weight: float = 0.25,
         codebook_weight: float = 1.0,
-        ema_decay: float | None = None,
-        ema_epsilon: float = 1e-5,
+        codebook_ema: bool = False,
+        codebook_ema_decay: float = 0.99,
+        codebook_ema_epsilon: float = 1e-5,
         kmeans_init: bool = False,
         kmeans_iterations: int = 10,
         dead_code_restart: bool = False,
@@ -122,16 +97,17 @@ class VectorQuantizer(Quantizer):
         super().__init__()
         if gradient_estimator not in GRADIENT_ESTIMATORS:
             raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        if not 0.0 <= codebook_ema_decay < 1.0:
+            raise ValueError(f"codebook_ema_decay must be in [0, 1), got {codebook_ema_decay}")
         if not 0.0 <= dead_code_threshold < 1.0:
             raise ValueError(f"dead_code_threshold must be in [0, 1), got {dead_code_threshold}")
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
-        self.ema_decay = ema_decay
-        self.ema_epsilon = ema_epsilon
+        self.codebook_ema = codebook_ema
+        self.codebook_ema_decay = codebook_ema_decay
+        self.codebook_ema_epsilon = codebook_ema_epsilon
         self.kmeans_init = kmeans_init
         self.kmeans_iterations = kmeans_iterations
         self.dead_code_restart = dead_code_restart
@@ -142,9 +118,9 @@ class VectorQuantizer(Quantizer):
         self.usage = CodebookUsageWindow(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
         # The same parameter name in every mode (diffusers' `quantize.embedding.weight` maps to
         # it); with EMA updates it takes no gradient.
-        self.codebook = torch.nn.Parameter(torch.empty(codebook_size, codebook_dim), requires_grad=ema_decay is None)
+        self.codebook = torch.nn.Parameter(torch.empty(codebook_size, codebook_dim), requires_grad=not codebook_ema)
         # Persistent buffers: save_pretrained writes them, so training resumes where it stopped.
-        if self.use_ema:
+        if self.codebook_ema:
             self.register_buffer("ema_cluster_size", torch.empty(codebook_size))
             self.register_buffer("ema_codebook_sum", torch.empty(codebook_size, codebook_dim))
         if kmeans_init:
@@ -152,13 +128,9 @@ class VectorQuantizer(Quantizer):
         self.reset_parameters()
 
     @property
-    def use_ema(self) -> bool:
-        return self.ema_decay is not None
-
-    @property
     def expires_by_ema(self) -> bool:
         """Dead codes are found by their EMA cluster size every step (not by the usage window)."""
-        return self.use_ema and self.dead_code_threshold > 0
+        return self.codebook_ema and self.dead_code_threshold > 0
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -173,7 +145,7 @@ class VectorQuantizer(Quantizer):
     def _derive_training_state(self, initialized: bool) -> None:
         """Set the EMA state to the one that reproduces the codebook (unit cluster sizes, sums equal
         to the codes) and the k-means flag to `initialized`."""
-        if self.use_ema:
+        if self.codebook_ema:
             self.ema_cluster_size.fill_(1.0)
             # accelerate's init_empty_weights() puts parameters on the meta device but not buffers:
             # there is no codebook to copy yet; loading the weights sets both.
@@ -199,7 +171,7 @@ class VectorQuantizer(Quantizer):
         if not loaded(self.codebook):
             self.reset_parameters()
             return
-        if self.use_ema and not (loaded(self.ema_cluster_size) and loaded(self.ema_codebook_sum)):
+        if self.codebook_ema and not (loaded(self.ema_cluster_size) and loaded(self.ema_codebook_sum)):
             self.ema_cluster_size.fill_(1.0)
             self.ema_codebook_sum.copy_(self.codebook)
         if self.kmeans_init and not loaded(self.initialized):
@@ -212,7 +184,7 @@ class VectorQuantizer(Quantizer):
         # reproduces it and mark it initialised, so training does not overwrite it by k-means.
         codebook = state_dict.get(prefix + "codebook")
         if codebook is not None:
-            if self.use_ema and prefix + "ema_cluster_size" not in state_dict:
+            if self.codebook_ema and prefix + "ema_cluster_size" not in state_dict:
                 state_dict[prefix + "ema_cluster_size"] = torch.ones(codebook.shape[0], dtype=codebook.dtype)
                 state_dict[prefix + "ema_codebook_sum"] = codebook.clone()
             if self.kmeans_init and prefix + "initialized" not in state_dict:
@@ -227,7 +199,7 @@ class VectorQuantizer(Quantizer):
     def _codes(self) -> torch.Tensor:
         """`[K, D]` fp32 codes as looked up (l2-normalised in cosine mode; EMA codes already are)."""
         codebook = self.codebook.float()
-        return F.normalize(codebook, dim=1) if self.l2_normalize and not self.use_ema else codebook
+        return F.normalize(codebook, dim=1) if self.l2_normalize and not self.codebook_ema else codebook
 
     def search(self, rows: torch.Tensor) -> torch.Tensor:
         """Nearest-code indices `[N]` of fp32 rows `[N, D]` (already normalised in cosine mode)."""
@@ -237,77 +209,6 @@ class VectorQuantizer(Quantizer):
         """Codes of indices `[B, h, w]` -> `[B, D, h, w]` (fp32, channels_last strides)."""
         self._check_indices(indices, None, self.codebook_size)
         return F.embedding(indices.long(), self._codes()).permute(0, 3, 1, 2)
-
-    # -- training-time codebook maintenance -------------------------------------------------------
-
-    @torch.no_grad()
-    def _kmeans_initialize(self, rows: torch.Tensor) -> None:
-        samples = gather_rows(rows)
-        # Beyond a few dozen samples per code k-means gains little and costs N x K per step.
-        cap = max(2**16, 4 * self.codebook_size)
-        if samples.shape[0] > cap:
-            samples = samples[torch.randperm(samples.shape[0], device=samples.device)[:cap]]
-        centroids = torch.empty_like(self.codebook, dtype=torch.float32)
-        sizes = torch.empty(self.codebook_size, device=rows.device)
-        if is_rank0():
-            centroids, sizes = kmeans(samples, self.codebook_size, self.kmeans_iterations, self.l2_normalize)
-        broadcast_from_rank0(centroids)
-        broadcast_from_rank0(sizes)
-        self.codebook.copy_(centroids)
-        if self.use_ema:
-            # Without EMA expiry an empty cluster (N < K samples) is kept as a cluster of one
-            # until the window test restarts it; with it, it starts empty and expires next step.
-            sizes = sizes if self.expires_by_ema else sizes.clamp_min(1.0)
-            self.ema_cluster_size.copy_(sizes)
-            self.ema_codebook_sum.copy_(centroids * sizes[:, None])
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def _ema_update(self, rows: torch.Tensor, indices: torch.Tensor) -> None:
-        # One all-reduce for counts and sums together.
-        statistics = torch.zeros(self.codebook_size, self.codebook_dim + 1, device=rows.device)
-        statistics[:, 0] = torch.bincount(indices, minlength=self.codebook_size)
-        statistics[:, 1:].index_add_(0, indices, rows)
-        all_reduce_sum(statistics)
-        decay = self.ema_decay
-        self.ema_cluster_size.mul_(decay).add_(statistics[:, 0].to(self.ema_cluster_size.dtype), alpha=1 - decay)
-        self.ema_codebook_sum.mul_(decay).add_(statistics[:, 1:].to(self.ema_codebook_sum.dtype), alpha=1 - decay)
-        total = self.ema_cluster_size.sum()
-        smoothed = (self.ema_cluster_size + self.ema_epsilon) / (total + self.codebook_size * self.ema_epsilon) * total
-        codebook = self.ema_codebook_sum / smoothed[:, None]
-        self.codebook.copy_(F.normalize(codebook, dim=1) if self.l2_normalize else codebook)
-
-    @torch.no_grad()
-    def _dead_codes(self) -> torch.Tensor:
-        """Indices `[n]` of the dead codes, identical on every process (all-reduced statistics)."""
-        if self.expires_by_ema:
-            mean_size = self.ema_cluster_size.sum() / self.codebook_size
-            return (self.ema_cluster_size < self.dead_code_threshold * mean_size).nonzero().squeeze(1)
-        return self.usage.unused_codes().nonzero().squeeze(1)
-
-    @torch.no_grad()
-    def _restart_dead_codes(self, rows: torch.Tensor) -> None:
-        dead = self._dead_codes().to(rows.device)
-        # At most one code per batch row, each from a distinct row (no duplicate codes); the dead
-        # codes left over are still dead at the next step.
-        if dead.numel() == 0:
-            return
-        # Rank 0's batch size decides (the last batches of processes may differ).
-        count = int(broadcast_from_rank0(torch.tensor([min(dead.numel(), rows.shape[0])], device=rows.device)))
-        chosen = dead.new_empty(count)
-        replacements = rows.new_empty(count, self.codebook_dim)
-        if is_rank0():
-            chosen = dead[torch.randperm(dead.numel(), device=dead.device)[:count]]
-            replacements = rows[torch.randperm(rows.shape[0], device=rows.device)[:count]]
-        broadcast_from_rank0(chosen)
-        broadcast_from_rank0(replacements)
-        self.codebook[chosen] = replacements.to(self.codebook.dtype)
-        if self.use_ema:
-            # A fresh code starts as a cluster of the mean size (of one before EMA expiry, as
-            # the window test gives it a whole window), its sum scaled alike.
-            size = self.ema_cluster_size.sum() / self.codebook_size if self.expires_by_ema else 1.0
-            self.ema_cluster_size[chosen] = size
-            self.ema_codebook_sum[chosen] = replacements.to(self.ema_codebook_sum.dtype) * size
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -333,11 +234,11 @@ class VectorQuantizer(Quantizer):
             quantized, codebook_loss, commitment_loss = snap_to_codes(self.gradient_estimator, rows, codes)
             perplexity = perplexity_of(torch.bincount(indices, minlength=self.codebook_size))
             if update_codebook:
-                if self.use_ema:
+                if self.codebook_ema:
                     self._ema_update(rows.detach(), indices)
                 self.usage.update(indices)
         loss = self.commitment_weight * commitment_loss
-        if not self.use_ema:
+        if not self.codebook_ema:
             loss = loss + self.codebook_weight * codebook_loss
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
