@@ -52,7 +52,7 @@ from diffusers.utils import logging as diffusers_logging
 from latentcode import VAEConfig, VAEModel, VQVAEConfig, VQVAEModel
 from latentcode.conversion.legacy_vq import IMPORTED_VQ_TRAINING
 from latentcode.evaluation.metrics import psnr
-from latentcode.modules import backbone, winograd
+from latentcode.modules import backbone
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import load_images, to_pixels  # noqa: E402
@@ -98,7 +98,18 @@ def diffusers_model(family: str, arch: dict, seed: int):
     return AutoencoderKL(**common)
 
 
+# ours' 3x3 convolutions (`model.set_conv_implementation`): "auto", or "direct" with --no_winograd
+CONV_IMPLEMENTATION = "auto"
+
+
 def our_model(family: str, arch: dict, seed: int, init: str):
+    """Ours (convolutions as `CONV_IMPLEMENTATION` says)."""
+    model = _our_model(family, arch, seed, init)
+    model.set_conv_implementation(CONV_IMPLEMENTATION)
+    return model
+
+
+def _our_model(family: str, arch: dict, seed: int, init: str):
     """Ours: converted from `diffusers_model(family, arch, seed)` (`init="shared"`), or with our
     default initialisation from `seed` (`"independent"`). The VQ-VAE has diffusers' quantiser
     objective either way (`IMPORTED_VQ_TRAINING`)."""
@@ -300,7 +311,7 @@ def run(args) -> None:
             **{k: getattr(args, k) for k in ("family", "side", "init", "steps", "batch_size", "crop", "width")},
             "seed": seed,
             "threads": args.threads,
-            "winograd": winograd.enabled,
+            "winograd": CONV_IMPLEMENTATION == "auto",
             "psnr": curve[-1][2],
             "curve": curve,
             "seconds": time.perf_counter() - began,
@@ -388,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     diffusers_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    winograd.enabled = not args.no_winograd
+    global CONV_IMPLEMENTATION
+    CONV_IMPLEMENTATION = "direct" if args.no_winograd else "auto"
     if args.nchw:
         backbone.activation_memory_format = lambda x: torch.preserve_format
     if args.command == "lockstep":

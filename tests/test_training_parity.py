@@ -87,7 +87,6 @@ def test_training_steps_match_diffusers_from_the_same_weights(family, threads, m
     peer = peer_model(family).train()
     ours = (VQVAEModel if family == "vqvae" else VAEModel).from_diffusers(peer).train()
     winograd_calls = []
-    monkeypatch.setattr(winograd, "enabled", True)
     original = winograd.winograd_conv2d
     monkeypatch.setattr(winograd, "winograd_conv2d", lambda *a: winograd_calls.append(1) or original(*a))
     optimizers = [torch.optim.AdamW(model.parameters(), lr=4e-4) for model in (peer, ours)]
