@@ -263,7 +263,7 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
     token and decode it changed; upload a broken file and read the error."""
     _browser_or_skip()
     from latentcode.demo.app import build_demo
-    from latentcode.demo.browser import headless_chromium, serve
+    from latentcode.demo.browser import headless_chromium, serve, shown_size
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     threads = torch.get_num_threads()
@@ -287,6 +287,9 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             output.wait_for(timeout=10_000)
             size = output.evaluate("img => [img.naturalWidth, img.naturalHeight]")
             assert size == [48, 32]
+            for name in ("original", "output", "difference"):  # drawn large, not as thin strips
+                width, height = shown_size(page.locator(f"#reconstruct-{name} img"))
+                assert width >= 320 and height >= 128, (name, width, height)
 
             page.get_by_role("tab", name="Codes").click()
             page.set_input_files("#codes-input input[type=file]", str(tmp_path / "photo.png"))
@@ -470,3 +473,43 @@ def test_demo_on_the_converted_betab_celeba_checkpoint(tmp_path):
     assert (state["base"].kl > 0.5).all()  # capacity annealing to 50 nats: every dimension carries information
     table = handlers.model_table(faces[:1])
     assert "10-dimensional latent vector per 64x64 image" in table and "KL to the prior" in table
+
+
+def test_attributes_tab_in_a_real_browser(vector_vae, tmp_path, monkeypatch):
+    """Encode an image, move a slider: the page shows `model.decode` of the moved code; the
+    traversal grid and the prior samples appear at a useful size."""
+    _browser_or_skip()
+    from latentcode.demo.app import build_demo
+    from latentcode.demo.browser import fetch_image, headless_chromium, serve, shown_size
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    photo(32, 32).save(tmp_path / "photo.png")
+    base = inference.attribute_base(vector_vae, photo(32, 32))
+    offsets = [0.0] * 5
+    offsets[2] = 2.5
+    expected = inference.to_image(vector_vae, inference.decode_code(vector_vae, inference.moved_code(base, offsets)))
+
+    with serve(build_demo([vector_vae])) as url, headless_chromium() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Attributes").click()
+        page.set_input_files("#attributes-input input[type=file]", str(tmp_path / "photo.png"))
+        page.click("#attributes-button")
+        page.locator("#attributes-summary", has_text="Sliders move 5 of the 5").wait_for(timeout=30_000)
+        assert (
+            page.locator("#attributes-slider-4").is_visible() and not page.locator("#attributes-slider-5").is_visible()
+        )
+        width, height = shown_size(page.locator("#attributes-traversal img"))
+        assert width >= 256 and height >= 128
+        output = page.locator("#attributes-output img")
+        before = output.get_attribute("src")
+        number = page.locator("#attributes-slider-2 input[type=number]")
+        number.fill("2.5")
+        number.press("Enter")
+        page.wait_for_function(
+            "([selector, old]) => { const img = document.querySelector(selector); return img && img.src !== old; }",
+            arg=["#attributes-output img", before],
+            timeout=30_000,
+        )
+        assert (_array(fetch_image(page, output).convert("RGB")) == _array(expected)).all()
+        page.click("#attributes-sample-button")
+        assert min(shown_size(page.locator("#attributes-samples img"), timeout_ms=30_000)) >= 128

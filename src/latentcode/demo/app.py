@@ -6,7 +6,13 @@
 MODEL is a folder or Hub id of a latentcode model (offline from the Hugging Face cache with
 `HF_HUB_OFFLINE=1`); PRIOR a VQ-VAE prior saved by `training/train_prior.py`. As a Space's
 `app.py` this file runs as it is, with the models in `LATENTCODE_DEMO_MODELS` (space-separated)
-and the prior in `LATENTCODE_DEMO_PRIOR`.
+and the prior in `LATENTCODE_DEMO_PRIOR`. For example, the converted published checkpoints
+(README, "pretrained models"): `latentcode-demo --model taef2 --model betaB_celeba` shows taef2's
+full-resolution reconstructions of photos and betaB_celeba's ten face attributes on sliders.
+
+Tabs: Reconstruct (an image at its own size, PSNR / SSIM / bits), Attributes (a slider per latent
+dimension, decoded live, the traversal grid, samples from the prior), Codes (a VQ-VAE's tokens),
+Compare (every model on one image) and Generate (samples, interpolation).
 
 Image uploads reach the handlers unprocessed (`preprocess=False`) so that `inference.open_image`,
 not Gradio, opens them and every unreadable, oversized or misfitting file gets a readable
@@ -419,7 +425,7 @@ def _compare_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 label="side by side", columns=len(handlers.names) + 1, format="png", elem_id="compare-gallery",
                 object_fit="contain", height=OUTPUT_HEIGHT + 60,
             )  # fmt: skip
-            table = gr.Markdown()
+            table = gr.Markdown(elem_id="compare-table")
     button.click(shown_in_page(gr, handlers.compare), [chosen, image], [gallery, table], preprocess=False)
 
 
