@@ -225,7 +225,7 @@ class DemoHandlers:
         summary = f"Sliders move {len(base.dims)} of the {channels} latent dimensions of `{name}` around {where}"
         if base.kl is not None:
             summary += f"; KL of this image's code: {float(base.kl.sum()) / math.log(2):.1f} bits"
-        values = ", ".join(f"{value:+.2f}" for value in inference.traversal_values().tolist())
+        values = ", ".join(f"{round(value, 2) + 0.0:+.2f}" for value in inference.traversal_values().tolist())
         summary += f". Traversal grid: one row per dimension, moved by {values}."
         return {"model": name, "base": base}, decoded, inference.traversal_grid(loaded, base), summary, labels
 
