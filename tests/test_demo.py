@@ -20,7 +20,10 @@ from latentcode.demo.inference import DemoInputError
 from latentcode.evaluation import psnr
 from latentcode.prior import build_prior, sample_images
 
-DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+DATASETS = SHARED / "datasets"
+# A vector-latent VAE (the β-VAE family's backbone): one 5-dimensional code per 32x32 image.
+VECTOR_VAE = dict(backbone="vector", sample_size=32, latent_channels=5, vector_hidden_channels=8)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,15 @@ def demo_models(tmp_path_factory) -> dict[str, inference.DemoModel]:
         model_class(tiny_config(family, **overrides)).save_pretrained(root / family)
         loaded[family] = inference.load_model(str(root / family), tile_size=16)
     return loaded
+
+
+@pytest.fixture(scope="module")
+def vector_vae(tmp_path_factory) -> inference.DemoModel:
+    """A small random vector-latent VAE, saved and loaded by path."""
+    root = tmp_path_factory.mktemp("vector-vae")
+    torch.manual_seed(0)
+    latentcode.VAEModel(tiny_config("vae", **VECTOR_VAE)).save_pretrained(root)
+    return inference.load_model(str(root))
 
 
 def photo(width: int = 48, height: int = 32, mode: str = "RGB") -> PIL.Image.Image:
@@ -233,7 +245,8 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
 
     wired = {fn.name: len(fn.inputs) for fn in build_demo(models).fns.values()}
     assert wired == {
-        "reconstruct": 2, "encode_tokens": 2, "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4,
+        "reconstruct": 2, "start": 2, "start_from_prior": 1, "attributes_decode": 1 + inference.MAX_SLIDERS,
+        "attributes_samples": 2, "encode_tokens": 2, "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4,
         "interpolate": 3, "slide": 2,
     }  # fmt: skip
 
@@ -250,7 +263,7 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
     token and decode it changed; upload a broken file and read the error."""
     _browser_or_skip()
     from latentcode.demo.app import build_demo
-    from latentcode.demo.browser import headless_chromium, serve
+    from latentcode.demo.browser import headless_chromium, serve, shown_size
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     threads = torch.get_num_threads()
@@ -274,6 +287,9 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             output.wait_for(timeout=10_000)
             size = output.evaluate("img => [img.naturalWidth, img.naturalHeight]")
             assert size == [48, 32]
+            for name in ("original", "output", "difference"):  # drawn large, not as thin strips
+                width, height = shown_size(page.locator(f"#reconstruct-{name} img"))
+                assert width >= 320 and height >= 128, (name, width, height)
 
             page.get_by_role("tab", name="Codes").click()
             page.set_input_files("#codes-input input[type=file]", str(tmp_path / "photo.png"))
@@ -298,3 +314,202 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             page.get_by_text("broken.png is not an image file").wait_for(timeout=20_000)
     finally:
         torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Attributes tab
+# ----------------------------------------------------------------------------------------------
+
+
+def _array(image: PIL.Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=int)
+
+
+def test_attribute_sliders_move_the_decoded_code_by_their_values(vector_vae, tmp_path):
+    """Each slider adds its value to one entry of the image's code; the page shows `model.decode` of it."""
+    from latentcode.demo.app import DemoHandlers
+
+    model = vector_vae.model
+    handlers = DemoHandlers([vector_vae], max_pixels=10**6)
+    photo(48, 40).save(tmp_path / "photo.png")
+    state, base_image, _, summary, labels = handlers.attributes_start(
+        vector_vae.name, {"path": str(tmp_path / "photo.png")}
+    )
+
+    pixels = vector_vae.processor(photo(48, 40)).pixel_values  # resized and cropped to 32x32
+    with torch.inference_mode():
+        posterior = model.encode(pixels).latent_dist
+        code = posterior.mean[0]
+        moved = code.clone()
+        moved[1] += 1.5
+        moved[3] -= 2.0
+        expected_base, expected_moved = (
+            vector_vae.processor.postprocess(model.decode(c[None]).sample)[0] for c in (code, moved)
+        )
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar)[0]
+    assert labels[:5] == [f"dimension {d} (KL {float(kl[d]):.2f} nats)" for d in range(5)]
+    assert labels[5:] == [None] * (inference.MAX_SLIDERS - 5)
+    assert "5 of the 5 latent dimensions" in summary and "this image's code" in summary
+    torch.testing.assert_close(state["base"].code, code)
+    assert (_array(base_image) == _array(expected_base)).all()
+
+    offsets = [0.0, 1.5, 0.0, -2.0, 0.0] + [0.7] * (inference.MAX_SLIDERS - 5)  # hidden sliders are ignored
+    shown = handlers.attributes_decode(state, *offsets)
+    assert shown.size == (32, 32)
+    assert (_array(shown) == _array(expected_moved)).all()
+    assert (_array(shown) != _array(base_image)).any()  # the move shows (a random decoder barely responds)
+    assert (_array(handlers.attributes_decode(state, *[0.0] * inference.MAX_SLIDERS)) == _array(base_image)).all()
+    with pytest.raises(DemoInputError, match="Pick an image"):
+        handlers.attributes_decode(None, *offsets)
+
+
+def test_attribute_traversal_grid_and_prior_samples(vector_vae, tmp_path):
+    from latentcode.demo.app import ATTRIBUTE_SAMPLES, DemoHandlers
+    from latentcode.grids import image_grid
+    from latentcode.traversal import latent_traversal
+
+    model = vector_vae.model
+    handlers = DemoHandlers([vector_vae], max_pixels=10**6)
+    photo(32, 32).save(tmp_path / "photo.png")
+    values = torch.linspace(-2, 2, 7)
+    assert torch.equal(inference.traversal_values(), values)
+    _, _, grid, _, _ = handlers.attributes_start(vector_vae.name, {"path": str(tmp_path / "photo.png")})
+    pixels = vector_vae.processor(photo(32, 32)).pixel_values
+    expected = image_grid(latent_traversal(model, pixels, range(5), values), num_columns=7)
+    assert grid.size == (7 * 36, 5 * 36) and (_array(grid) == _array(expected)).all()
+
+    # From the prior mean: row d, column j decodes the code that is 0 except values[j] at d.
+    state, base_image, grid, summary, _ = handlers.attributes_start(vector_vae.name, None, from_prior=True)
+    assert "the prior mean (0)" in summary and torch.equal(state["base"].code, torch.zeros(5))
+    codes = torch.zeros(35, 5)
+    for dim in range(5):
+        codes[dim * 7 : (dim + 1) * 7, dim] = values
+    with torch.inference_mode():
+        expected = image_grid(model.decode(codes).sample, num_columns=7)
+    assert (_array(grid) == _array(expected)).all()
+
+    samples = handlers.attributes_samples(vector_vae.name, 3)
+    with torch.inference_mode():
+        reference = model.sample(ATTRIBUTE_SAMPLES, generator=torch.Generator().manual_seed(3))
+    assert (_array(samples) == _array(image_grid(reference))).all()
+
+
+def test_attribute_sliders_on_a_grid_latent_are_the_top_channels_by_kl(demo_models):
+    """A grid latent with more channels than sliders: the MAX_SLIDERS channels of largest KL, each
+    slider moving its whole channel; a model without a prior cannot start at its mean."""
+    torch.manual_seed(1)
+    model = latentcode.VAEModel(tiny_config("vae", latent_channels=20)).eval()
+    loaded = inference.DemoModel("grid-vae", model, inference.LatentCodeImageProcessor.from_model_config(model.config))
+    image = photo(16, 16)
+    base = inference.attribute_base(loaded, image)
+    pixels = inference.to_model_size(loaded, image)
+    with torch.inference_mode():
+        posterior = model.encode(pixels).latent_dist
+    kl = (0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar))[0].sum((1, 2))
+    assert base.dims == torch.argsort(kl, descending=True)[: inference.MAX_SLIDERS].tolist()
+    offsets = [0.0] * inference.MAX_SLIDERS
+    offsets[2] = -1.0
+    code = inference.moved_code(base, offsets)
+    expected = posterior.mean[0].clone()
+    expected[base.dims[2]] -= 1.0  # the whole 8x8 channel
+    torch.testing.assert_close(code, expected)
+    with pytest.raises(DemoInputError, match="no prior mean to start from"):
+        inference.attribute_base(demo_models["autoencoder"], None)
+
+
+def test_vector_latent_models_reconstruct_at_their_size_and_say_what_they_are(vector_vae, demo_models, tmp_path):
+    from latentcode.demo.app import DemoHandlers
+
+    photo(48, 40).save(tmp_path / "photo.png")
+    handlers = DemoHandlers([vector_vae, demo_models["vqvae"]], max_pixels=10**6)
+    original, reconstruction, _, summary = handlers.reconstruct(vector_vae.name, {"path": str(tmp_path / "photo.png")})
+    assert original.size == reconstruction.size == (32, 32)
+    assert "48x40 image resized and centre-cropped to 32x32" in summary and "latent grid 5 " in summary
+    assert handlers.attribute_names == [vector_vae.name, demo_models["vqvae"].name]  # a model with a prior first
+
+    table = handlers.model_table([tmp_path / "photo.png"])
+    vector_row, vq_row = table.splitlines()[2:]
+    assert "VAE on the 'vector' backbone, 3 channels, 5-dimensional latent vector per 32x32 image" in vector_row
+    assert "bits per 32x32 image (KL to the prior N(0, I))" in vector_row and f"`{vector_vae.name}`" in vector_row
+    assert "VQ-VAE on the 'ldm' backbone, 3 channels, latent 4x8x8 per 16x16 image (downsampling x2" in vq_row
+    assert "384.0 bits per 16x16 image (64 tokens x log2(64))" in vq_row
+
+
+def test_command_line_takes_models_as_arguments_or_options():
+    from latentcode.demo.app import parse_args
+
+    assert parse_args(["--model", "a", "--model", "b"]).models == ["a", "b"]
+    assert parse_args(["a", "--model", "b"]).models == ["a", "b"]
+    with pytest.raises(SystemExit):
+        parse_args(["a", "--model", "a"])
+
+
+def test_demo_on_the_converted_betab_celeba_checkpoint(tmp_path):
+    """The real β-VAE (Burgess et al.'s capacity annealing, CelebA): its 10 dimensions on sliders,
+    a face reconstructed, its traversal grid and the model table."""
+    checkpoint = SHARED / "pretrained" / "disentangling-vae" / "betaB_celeba"
+    if not checkpoint.is_dir() or not (DATASETS / "celeba-samples").is_dir():
+        pytest.skip(f"needs {checkpoint} and {DATASETS / 'celeba-samples'} (../shared from the repository root)")
+    from latentcode.conversion.disentangling_vae import from_disentangling_vae
+    from latentcode.demo.app import DemoHandlers
+
+    from_disentangling_vae(checkpoint).save_pretrained(tmp_path / "betaB_celeba")
+    loaded = inference.load_model(str(tmp_path / "betaB_celeba"))
+    faces = inference.attribute_examples(DATASETS, tmp_path / "examples")
+    assert [path.name for path in faces] == [
+        "celeba-000.png",
+        "celeba-003.png",
+        "celeba-007.png",
+        "celeba-012.png",
+        "mnist-001.png",
+    ]
+    handlers = DemoHandlers([loaded], max_pixels=10**6)
+    upload = {"path": str(faces[0])}
+    _, reconstruction, _, summary = handlers.reconstruct(loaded.name, upload)
+    assert reconstruction.size == (64, 64)
+    assert float(re.search(r"PSNR ([\d.]+) dB", summary).group(1)) > 12  # blurry (16.7 dB mean, benchmarks), not noise
+    state, _, grid, _, labels = handlers.attributes_start(loaded.name, upload)
+    assert len([label for label in labels if label]) == 10 and grid.size == (7 * 68, 10 * 68)
+    assert (state["base"].kl > 0.5).all()  # capacity annealing to 50 nats: every dimension carries information
+    table = handlers.model_table(faces[:1])
+    assert "10-dimensional latent vector per 64x64 image" in table and "KL to the prior" in table
+
+
+def test_attributes_tab_in_a_real_browser(vector_vae, tmp_path, monkeypatch):
+    """Encode an image, move a slider: the page shows `model.decode` of the moved code; the
+    traversal grid and the prior samples appear at a useful size."""
+    _browser_or_skip()
+    from latentcode.demo.app import build_demo
+    from latentcode.demo.browser import fetch_image, headless_chromium, serve, shown_size
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    photo(32, 32).save(tmp_path / "photo.png")
+    base = inference.attribute_base(vector_vae, photo(32, 32))
+    offsets = [0.0] * 5
+    offsets[2] = 2.5
+    expected = inference.to_image(vector_vae, inference.decode_code(vector_vae, inference.moved_code(base, offsets)))
+
+    with serve(build_demo([vector_vae])) as url, headless_chromium() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Attributes").click()
+        page.set_input_files("#attributes-input input[type=file]", str(tmp_path / "photo.png"))
+        page.click("#attributes-button")
+        page.locator("#attributes-summary", has_text="Sliders move 5 of the 5").wait_for(timeout=30_000)
+        assert (
+            page.locator("#attributes-slider-4").is_visible() and not page.locator("#attributes-slider-5").is_visible()
+        )
+        width, height = shown_size(page.locator("#attributes-traversal img"))
+        assert width >= 256 and height >= 128
+        output = page.locator("#attributes-output img")
+        before = output.get_attribute("src")
+        number = page.locator("#attributes-slider-2 input[type=number]")
+        number.fill("2.5")
+        number.press("Enter")
+        page.wait_for_function(
+            "([selector, old]) => { const img = document.querySelector(selector); return img && img.src !== old; }",
+            arg=["#attributes-output img", before],
+            timeout=30_000,
+        )
+        assert (_array(fetch_image(page, output).convert("RGB")) == _array(expected)).all()
+        page.click("#attributes-sample-button")
+        assert min(shown_size(page.locator("#attributes-samples img"), timeout_ms=30_000)) >= 128

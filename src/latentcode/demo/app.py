@@ -1,11 +1,18 @@
 """The demo page (Gradio) and the `latentcode-demo` command.
 
     latentcode-demo MODEL [MODEL ...] [--prior PRIOR] [--port 7860]
+    latentcode-demo --model MODEL [--model MODEL ...]
 
 MODEL is a folder or Hub id of a latentcode model (offline from the Hugging Face cache with
 `HF_HUB_OFFLINE=1`); PRIOR a VQ-VAE prior saved by `training/train_prior.py`. As a Space's
 `app.py` this file runs as it is, with the models in `LATENTCODE_DEMO_MODELS` (space-separated)
-and the prior in `LATENTCODE_DEMO_PRIOR`.
+and the prior in `LATENTCODE_DEMO_PRIOR`. For example, the converted published checkpoints
+(README, "pretrained models"): `latentcode-demo --model taef2 --model betaB_celeba` shows taef2's
+full-resolution reconstructions of photos and betaB_celeba's ten face attributes on sliders.
+
+Tabs: Reconstruct (an image at its own size, PSNR / SSIM / bits), Attributes (a slider per latent
+dimension, decoded live, the traversal grid, samples from the prior), Codes (a VQ-VAE's tokens),
+Compare (every model on one image) and Generate (samples, interpolation).
 
 Image uploads reach the handlers unprocessed (`preprocess=False`) so that `inference.open_image`,
 not Gradio, opens them and every unreadable, oversized or misfitting file gets a readable
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -33,9 +41,11 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = 'The demo needs Gradio: pip install "latentcode[demo]"  (or: pip install gradio)'
 INTERPOLATION_STEPS = 9
 MAX_SAMPLES = 16
+ATTRIBUTE_SAMPLES = 8
 # Outputs fill their box, so that 32x32 reconstructions are as visible as 768x512 ones.
 PAGE_CSS = ".fill-box img { width: 100%; height: 100%; object-fit: contain; }"
-OUTPUT_HEIGHT = 300
+OUTPUT_HEIGHT = 400
+COST_EXAMPLES = 3  # the header's code cost is the mean over this many of the page's examples
 
 
 def import_gradio():
@@ -80,10 +90,20 @@ class DemoHandlers:
         self.sampling_names = [
             loaded.name for loaded in models if loaded.model.can_sample_prior or loaded is prior_model
         ]
+        # The Attributes tab opens on a model with a prior: its sliders can start at the prior mean.
+        self.attribute_names = sorted(self.names, key=lambda name: not self.by_name[name].model.can_sample_prior)
 
-    def model_table(self) -> str:
-        rows = "\n".join(f"| `{loaded.name}` | {loaded.describe()} |" for loaded in self.models)
-        return f"| model | |\n|---|---|\n{rows}"
+    def model_table(self, example_paths: list = ()) -> str:
+        """A Markdown table: each model, what it is, what its code costs on the page's examples, where it came from."""
+        images = [inference.open_image(path, self.max_pixels or 10**8) for path in list(example_paths)[:COST_EXAMPLES]]
+        rows = "\n".join(
+            f"| `{loaded.name}` | {loaded.describe()} | {loaded.code_cost(images)} | {loaded.source()} |"
+            for loaded in self.models
+        )
+        header = (
+            f"| model | what it is | its code, mean over {len(images)} examples at the Attributes tab's size | from |"
+        )
+        return f"{header}\n|---|---|---|---|\n{rows}"
 
     def pick(self, name: str) -> DemoModel:
         if name not in self.by_name:
@@ -189,6 +209,38 @@ class DemoHandlers:
         )
         return frames, strip, frames[INTERPOLATION_STEPS // 2], 0.5
 
+    def attributes_start(self, name, payload, from_prior: bool = False):
+        """Encode the image (or take the prior mean with `from_prior`) as the sliders' base.
+
+        -> the state, the decoded base, the traversal grid, a summary line and one slider label
+        per slider (`None`: hidden), `inference.MAX_SLIDERS` of them."""
+        loaded = self.pick(name)
+        image = None if from_prior else self.open_upload(payload)
+        base = inference.attribute_base(loaded, image)
+        decoded = inference.to_image(loaded, inference.decode_code(loaded, base.code))
+        labels = [base.slider_label(position) for position in range(len(base.dims))]
+        labels += [None] * (inference.MAX_SLIDERS - len(labels))
+        where = "the prior mean (0)" if image is None else "this image's code"
+        channels = loaded.model.config.latent_channels
+        summary = f"Sliders move {len(base.dims)} of the {channels} latent dimensions of `{name}` around {where}"
+        if base.kl is not None:
+            summary += f"; KL of this image's code: {float(base.kl.sum()) / math.log(2):.1f} bits"
+        values = ", ".join(f"{round(value, 2) + 0.0:+.2f}" for value in inference.traversal_values().tolist())
+        summary += f". Traversal grid: one row per dimension, moved by {values}."
+        return {"model": name, "base": base}, decoded, inference.traversal_grid(loaded, base), summary, labels
+
+    def attributes_decode(self, state, *offsets):
+        """The base code moved by the sliders' values (the first `len(dims)` of `offsets`), decoded."""
+        if not state:
+            raise DemoInputError("Pick an image (or start from the prior mean) first.")
+        loaded, base = self.pick(state["model"]), state["base"]
+        code = inference.moved_code(base, [float(offset) for offset in offsets[: len(base.dims)]])
+        return inference.to_image(loaded, inference.decode_code(loaded, code))
+
+    def attributes_samples(self, name, seed):
+        """`ATTRIBUTE_SAMPLES` random draws from the model's prior, decoded, in one grid."""
+        return self.sample(name, ATTRIBUTE_SAMPLES, seed, 1.0)
+
     @staticmethod
     def slide(frames, weight):
         if not frames:
@@ -230,25 +282,89 @@ def _image_output(gr, label: str, elem_id: str):
 
 
 def _reconstruct_tab(gr, handlers: DemoHandlers, examples: list) -> None:
-    with gr.Tab("Reconstruct"), gr.Row():
-        with gr.Column(scale=1):
-            model = gr.Dropdown(handlers.names, value=handlers.names[0], label="model")
-            image = _image_input(gr, "image (at its own size)", "reconstruct-input")
-            button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
-            if examples:
-                gr.Examples(examples, inputs=[image], label="examples")
-        with gr.Column(scale=3):
-            summary = gr.Markdown(elem_id="reconstruct-summary")
-            with gr.Row():
-                original = _image_output(gr, "original", "reconstruct-original")
-                reconstruction = _image_output(gr, "reconstruction", "reconstruct-output")
-                difference = _image_output(gr, f"|difference| x {inference.DIFFERENCE_GAIN}", "reconstruct-difference")
+    # The three outputs get the page's full width in a row of their own: beside the inputs they
+    # were a third of three quarters of it.
+    with gr.Tab("Reconstruct"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                model = gr.Dropdown(handlers.names, value=handlers.names[0], label="model")
+                button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
+                summary = gr.Markdown(elem_id="reconstruct-summary")
+            with gr.Column(scale=1):
+                image = _image_input(gr, "image (at its own size)", "reconstruct-input")
+            with gr.Column(scale=1):
+                if examples:
+                    gr.Examples(examples, inputs=[image], label="examples")
+        with gr.Row(equal_height=True):
+            original = _image_output(gr, "original", "reconstruct-original")
+            reconstruction = _image_output(gr, "reconstruction", "reconstruct-output")
+            difference = _image_output(gr, f"|difference| x {inference.DIFFERENCE_GAIN}", "reconstruct-difference")
     button.click(
         shown_in_page(gr, handlers.reconstruct),
         [model, image],
         [original, reconstruction, difference, summary],
         preprocess=False,
     )
+
+
+def _attributes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
+    """Sliders over the latent dimensions of an image's code (or the prior mean), decoded live;
+    the traversal grid around it; random draws from the prior."""
+    with gr.Tab("Attributes"):
+        state = gr.State()
+        with gr.Row():
+            with gr.Column(scale=1):
+                names = handlers.attribute_names
+                model = gr.Dropdown(names, value=names[0], label="model", elem_id="attributes-model")
+                image = _image_input(gr, "image (resized to the model's size)", "attributes-input")
+                with gr.Row():
+                    encode = gr.Button("Encode this image", variant="primary", elem_id="attributes-button")
+                    prior_mean = gr.Button("Start from the prior mean", elem_id="attributes-prior-button")
+                if examples:
+                    gr.Examples(examples, inputs=[image], label="examples (faces and digits for the β-VAEs)")
+            with gr.Column(scale=1):
+                summary = gr.Markdown(elem_id="attributes-summary")
+                decoded = _image_output(gr, "decoded (moves with the sliders)", "attributes-output")
+            with gr.Column(scale=1):
+                sliders = [
+                    gr.Slider(
+                        -inference.SLIDER_SPAN,
+                        inference.SLIDER_SPAN,
+                        value=0,
+                        step=0.1,
+                        visible=False,
+                        label=f"slider {position}",
+                        elem_id=f"attributes-slider-{position}",
+                    )  # fmt: skip
+                    for position in range(inference.MAX_SLIDERS)
+                ]
+        traversal = gr.Image(
+            label="traversal: one row per dimension", type="pil", format="png", interactive=False,
+            elem_id="attributes-traversal", elem_classes=["fill-box"], height=2 * OUTPUT_HEIGHT,
+        )  # fmt: skip
+        with gr.Row():
+            with gr.Column(scale=1):
+                seed = gr.Number(value=0, precision=0, label="seed")
+                sample = gr.Button("Random samples from the prior", elem_id="attributes-sample-button")
+            with gr.Column(scale=3):
+                samples = _image_output(gr, "samples from the prior N(0, I)", "attributes-samples")
+
+    def start(name, payload, from_prior=False):
+        new_state, base_image, grid, line, labels = handlers.attributes_start(name, payload, from_prior)
+        updates = [gr.update(value=0, label=label, visible=label is not None) for label in labels]
+        return new_state, base_image, grid, line, *updates
+
+    def start_from_prior(name):
+        return start(name, None, from_prior=True)
+
+    outputs = [state, decoded, traversal, summary, *sliders]
+    encode.click(shown_in_page(gr, start), [model, image], outputs, preprocess=False)
+    prior_mean.click(shown_in_page(gr, start_from_prior), [model], outputs)
+    gr.on(
+        [slider.input for slider in sliders], shown_in_page(gr, handlers.attributes_decode), [state, *sliders],
+        [decoded], trigger_mode="always_last",
+    )  # fmt: skip
+    sample.click(shown_in_page(gr, handlers.attributes_samples), [model, seed], [samples])
 
 
 def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
@@ -309,7 +425,7 @@ def _compare_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 label="side by side", columns=len(handlers.names) + 1, format="png", elem_id="compare-gallery",
                 object_fit="contain", height=OUTPUT_HEIGHT + 60,
             )  # fmt: skip
-            table = gr.Markdown()
+            table = gr.Markdown(elem_id="compare-table")
     button.click(shown_in_page(gr, handlers.compare), [chosen, image], [gallery, table], preprocess=False)
 
 
@@ -360,26 +476,32 @@ def build_demo(
     prior_model: DemoModel | None = None,
     examples: list = (),
     max_pixels: int = 4_000_000,
+    attribute_examples: list = (),
 ):
-    """The page: tabs Reconstruct, Codes, Compare and Generate over `models`.
+    """The page: tabs Reconstruct, Attributes, Codes, Compare and Generate over `models`.
 
     Args:
         models: loaded models ([`inference.load_model`]); the first is preselected.
         prior / prior_model: a token prior and the model it samples codes for ([`inference.load_prior`]).
         examples: image files offered under every image input.
         max_pixels: larger uploads are refused with a message.
+        attribute_examples: image files offered first in the Attributes tab (faces and digits of
+            the β-VAEs' data sets, [`inference.attribute_examples`]).
     """
     gr = import_gradio()
     handlers = DemoHandlers(models, prior, prior_model, max_pixels)
-    examples = [[str(path)] for path in examples]
+    photos = [[str(path)] for path in examples]
+    faces = [[str(path)] for path in attribute_examples]
     with gr.Blocks(title="latentcode demo") as demo:
-        gr.Markdown("# latentcode: image tokenizers at work\n" + handlers.model_table())
-        _reconstruct_tab(gr, handlers, examples)
-        _codes_tab(gr, handlers, examples)
-        _compare_tab(gr, handlers, examples)
+        table = handlers.model_table([*attribute_examples, *examples])
+        gr.Markdown("# latentcode: image tokenizers at work\n" + table, elem_id="model-table")
+        _reconstruct_tab(gr, handlers, photos)
+        _attributes_tab(gr, handlers, faces + photos)
+        _codes_tab(gr, handlers, photos)
+        _compare_tab(gr, handlers, photos)
         with gr.Tab("Generate"):
             _samples_section(gr, handlers)
-            _interpolation_section(gr, handlers, examples)
+            _interpolation_section(gr, handlers, photos)
     return demo
 
 
@@ -397,6 +519,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="latentcode model folders or Hub ids (default: $LATENTCODE_DEMO_MODELS, space-separated)",
     )  # fmt: skip
     parser.add_argument(
+        "--model", action="append", default=[], dest="more_models", metavar="MODEL",
+        help="one more model folder or Hub id (repeatable; the same as a positional MODEL)",
+    )  # fmt: skip
+    parser.add_argument(
         "--prior", default=os.environ.get("LATENTCODE_DEMO_PRIOR"), help="a VQ-VAE prior folder or Hub id"
     )
     parser.add_argument("--host", default=None, help="address to serve on (default: Gradio's, 127.0.0.1)")
@@ -408,11 +534,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--max_megapixels", type=float, default=4.0, help="larger uploads are refused")
     parser.add_argument(
-        "--datasets_dir", default="../shared/datasets", help="Kodak / CIFAR-10 examples; else scikit-image's photos"
+        "--datasets_dir",
+        default="../shared/datasets",
+        help="Kodak / CIFAR-10 examples (else scikit-image's photos), CelebA / MNIST samples for the Attributes tab",
     )
     parser.add_argument("--share", action="store_true", help="a public gradio.live link")
     args = parser.parse_args(argv)
-    args.models = args.models or os.environ.get("LATENTCODE_DEMO_MODELS", "").split()
+    args.models = [*args.models, *args.more_models] or os.environ.get("LATENTCODE_DEMO_MODELS", "").split()
     if not args.models:
         parser.error("give at least one MODEL (or set LATENTCODE_DEMO_MODELS)")
     if len(set(args.models)) != len(args.models):
@@ -430,7 +558,8 @@ def main(argv: list[str] | None = None) -> None:
     examples_dir = tempfile.mkdtemp(prefix="latentcode-demo-examples-")
     largest_factor = max(loaded.model.downsampling_factor for loaded in models)
     examples = inference.example_images(args.datasets_dir, examples_dir, multiple_of=max(16, largest_factor))
-    demo = build_demo(models, prior, prior_model, examples, max_pixels=int(args.max_megapixels * 1e6))
+    faces = inference.attribute_examples(args.datasets_dir, examples_dir)
+    demo = build_demo(models, prior, prior_model, examples, int(args.max_megapixels * 1e6), faces)
     launch(demo, server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[examples_dir])
 
 

@@ -57,3 +57,34 @@ def headless_chromium(viewport: tuple[int, int] = (1280, 900)):
             yield browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         finally:
             browser.close()
+
+
+# The size an <img> is drawn at: its box, less the bands `object-fit: contain` leaves empty; 0x0
+# until the image has loaded (a half-loaded PNG draws as a strip).
+_SHOWN_SIZE_JS = """img => {
+    if (!img.complete || !img.naturalWidth) return [0, 0];
+    const box = img.getBoundingClientRect();
+    const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+    return [img.naturalWidth * scale, img.naturalHeight * scale];
+}"""
+
+
+def shown_size(image_locator, timeout_ms: int = 20_000) -> tuple[float, float]:
+    """(width, height) in CSS pixels at which the page draws the loaded image of a playwright
+    locator of an `<img>` (waits until it has loaded)."""
+    image_locator.wait_for(timeout=timeout_ms)
+    image_locator.page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image_locator.element_handle(), timeout=timeout_ms
+    )
+    width, height = image_locator.evaluate(_SHOWN_SIZE_JS)
+    return width, height
+
+
+def fetch_image(page, image_locator):
+    """The PIL image an `<img>` of the page shows, fetched from its `src` by the page's context."""
+    import io
+
+    import PIL.Image
+
+    response = page.request.get(image_locator.get_attribute("src"))
+    return PIL.Image.open(io.BytesIO(response.body()))

@@ -7,6 +7,8 @@
   what the code costs in bits; large images go through the model's tiled encode / decode.
 - [`token_grid_image`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens.
 - [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.grids`, `latentcode.prior`).
+- [`attribute_base`], [`moved_code`], [`decode_code`], [`traversal_grid`]: the Attributes tab's
+  sliders over latent dimensions and its traversal grid (`latentcode.traversal`).
 
 Pixels are `[B, C, H, W]` floats in [-1, 1], as everywhere in latentcode.
 """
@@ -32,12 +34,16 @@ from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
 from ..modeling import LatentCodePreTrainedModel
 from ..prior import sample_images, token_mapping
+from ..traversal import encode_codes, latent_traversal, per_dimension_kl, top_dimensions
 
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
 MIN_GRID_SIDE = 256
 # Tiles bound memory; tiles much smaller than this only add per-call overhead (a 768x512 photo in
 # 32-pixel tiles is 700 model calls).
+# A grid latent codes any size: its Attributes tab works at most this large, so that a traversal
+# of 16 dimensions x 7 values of a 512-pixel model (taef2) decodes in seconds, not minutes.
+MAX_ATTRIBUTE_SIZE = 128
 MIN_TILE_SIZE = 256  # token grids are drawn at least this many pixels wide or high
 
 
@@ -58,15 +64,58 @@ class DemoModel:
         """The model's code is tokens (a VQ-VAE): the Codes tab and a prior apply to it."""
         return self.model.has_tokens
 
+    @property
+    def vector_latent(self) -> bool:
+        """The code is one vector `[D]` per `sample_size` image (not a grid): no tiles, one size."""
+        return len(self.model.latent_code_shape()) == 1
+
+    @property
+    def attribute_size(self) -> int:
+        """The side of the images the Attributes tab and the page's code cost work at: `sample_size`,
+        at most `MAX_ATTRIBUTE_SIZE` for a grid latent (which codes any size)."""
+        size = self.model.config.sample_size
+        return size if self.vector_latent else min(size, MAX_ATTRIBUTE_SIZE)
+
     def describe(self) -> str:
-        config = self.model.config
-        text = (
-            f"{self.model.display_name}, {config.in_channels} channels, downsampling x{self.model.downsampling_factor}, "
-            f"{config.latent_channels} latent channels, larger images in tiles of {self.model.tile_sample_size} pixels"
-        )
+        """What the model is: family, backbone, code shape, downsampling, codebook, tiles."""
+        model, config = self.model, self.model.config
+        shape = "x".join(str(size) for size in model.latent_code_shape())
+        text = f"{model.display_name} on the {config.backbone!r} backbone, {config.in_channels} channels, "
+        if self.vector_latent:
+            text += f"{shape}-dimensional latent vector per {config.sample_size}x{config.sample_size} image"
+        else:
+            text += (
+                f"latent {shape} per {config.sample_size}x{config.sample_size} image (downsampling "
+                f"x{model.downsampling_factor}, larger images in tiles of {model.tile_sample_size} pixels)"
+            )
         if self.has_tokens:
-            text += f", {self.model.codebook_size} codes ({config.quantizer})"
+            text += f", {model.codebook_size} codes ({config.quantizer})"
         return text
+
+    def source(self) -> str:
+        """Where the model came from: its model card's title when the folder has one, and the
+        folder or Hub id it was loaded from (`config._name_or_path`)."""
+        origin = f"`{self.model.config._name_or_path or self.name}`"
+        card = Path(self.name) / "README.md"
+        if card.is_file():
+            titles = [line[2:].strip() for line in card.read_text().splitlines() if line.startswith("# ")]
+            if titles:
+                return f"{titles[0]} ({origin})"
+        return origin
+
+    @torch.inference_mode()
+    def code_cost(self, images: list[PIL.Image.Image]) -> str:
+        """The mean cost of the code of `images` (resized to `attribute_size`): `model.code_size`'s
+        bits per image and how they are counted (the KL for a VAE, log2 K per token for a VQ-VAE)."""
+        if not images:
+            return "n/a (no example images)"
+        size = self.attribute_size
+        pixels = [
+            self.processor(image, size=size).pixel_values.to(self.model.device, self.model.dtype) for image in images
+        ]
+        costs = [self.model.code_size(self.model.encode(one, return_dict=True)) for one in pixels]
+        bits = torch.cat([cost.bits for cost in costs]).mean()
+        return f"{float(bits):,.1f} bits per {size}x{size} image ({costs[0].meaning})"
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size: int | None = None) -> DemoModel:
@@ -81,12 +130,14 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size:
             "or VQVAEModel checkpoints"
         )
     model = model.to(device).eval()
-    model.enable_tiling(tile_size or max(model.config.sample_size, MIN_TILE_SIZE))
     try:
         processor = LatentCodeImageProcessor.from_pretrained(name_or_path)
     except OSError:  # no preprocessor_config.json: the model config says what the processor needs
         processor = LatentCodeImageProcessor.from_model_config(model.config)
-    return DemoModel(name_or_path, model, processor)
+    loaded = DemoModel(name_or_path, model, processor)
+    if not loaded.vector_latent:  # a vector latent codes one sample_size image: nothing to tile
+        model.enable_tiling(tile_size or max(model.config.sample_size, MIN_TILE_SIZE))
+    return loaded
 
 
 def load_prior(name_or_path: str, models: list[DemoModel]) -> tuple[torch.nn.Module, DemoModel]:
@@ -147,12 +198,14 @@ def open_image(path: str | Path | None, max_pixels: int) -> PIL.Image.Image:
 def to_pixels(loaded: DemoModel, image: PIL.Image.Image) -> tuple[torch.Tensor, list[str]]:
     """An image at its own size -> pixels `[1, C, H, W]` for `loaded.model`, and notes on what was
     converted (a grey-scale image for an RGB model is repeated over the channels, as PIL converts).
+    A vector-latent model codes one `sample_size` image, so the image is resized and
+    centre-cropped to it (and a note says so).
 
     Raises [`DemoInputError`] when the sides are not multiples of the model's downsampling factor.
     """
     width, height = image.size
     factor = loaded.model.downsampling_factor
-    if width % factor or height % factor:
+    if not loaded.vector_latent and (width % factor or height % factor):
         fitting = f"{width // factor * factor}x{height // factor * factor}" if min(width, height) >= factor else None
         raise DemoInputError(
             f"The image is {width}x{height}; {loaded.name} needs width and height divisible by its downsampling "
@@ -166,6 +219,13 @@ def to_pixels(loaded: DemoModel, image: PIL.Image.Image) -> tuple[torch.Tensor, 
             f"{MODE_NAMES.get(image.mode, image.mode)} image converted to {MODE_NAMES[expected_mode]} for this "
             f"{loaded.model.config.in_channels}-channel model."
         )
+    size = loaded.model.config.sample_size
+    if loaded.vector_latent:
+        if image.size != (size, size):
+            notes.append(
+                f"{width}x{height} image resized and centre-cropped to {size}x{size}, the size this model codes."
+            )
+        return to_model_size(loaded, image), notes
     pixels = loaded.processor(image, do_resize=False, do_center_crop=False).pixel_values
     return pixels.to(loaded.model.device, loaded.model.dtype), notes
 
@@ -372,10 +432,98 @@ def interpolation_frames(
 
 
 # ----------------------------------------------------------------------------------------------
+# Attributes: sliders over latent dimensions
+# ----------------------------------------------------------------------------------------------
+
+MAX_SLIDERS = 16  # a grid latent (or a long vector) gets sliders for its top dimensions by KL only
+SLIDER_SPAN = 3.0  # sliders move a dimension by up to 3 prior standard deviations either way
+TRAVERSAL_STEPS = 7
+TRAVERSAL_SPAN = 2.0
+
+
+@dataclass
+class AttributeBase:
+    """The code the Attributes tab's sliders start from.
+
+    Attributes:
+        pixels: `[1, C, S, S]` the image coded (see [`attribute_base`]), or `None` for the prior mean.
+        code: `[*model.latent_code_shape()]`, the image's continuous code (`traversal.encode_codes`) or 0.
+        dims: the latent dimensions the sliders move, in slider order (a grid's whole channels).
+        kl: `[latent_channels]` KL of each dimension for this image in nats (VAEs), else `None`.
+    """
+
+    pixels: torch.Tensor | None
+    code: torch.Tensor
+    dims: list[int]
+    kl: torch.Tensor | None
+
+    def slider_label(self, position: int) -> str:
+        dim = self.dims[position]
+        return f"dimension {dim}" + (f" (KL {float(self.kl[dim]):.2f} nats)" if self.kl is not None else "")
+
+
+@torch.inference_mode()
+def attribute_base(loaded: DemoModel, image: PIL.Image.Image | None) -> AttributeBase:
+    """The code of `image` (resized and centre-cropped to the model's size, at most
+    `MAX_ATTRIBUTE_SIZE` for a grid latent) or, with `None`, the
+    prior mean 0 (models that sample a prior only), and the dimensions to put on sliders: every
+    dimension when there are at most `MAX_SLIDERS`, else the `MAX_SLIDERS` of largest KL for this
+    image (`traversal.per_dimension_kl`; the first ones for a model without a posterior or a
+    prior-mean base)."""
+    model = loaded.model
+    channels = model.config.latent_channels
+    if image is None:
+        if not model.can_sample_prior:
+            raise DemoInputError(
+                f"{loaded.name} is an {model.display_name}: it has no prior mean to start from. Pick an image."
+            )
+        code = torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
+        return AttributeBase(None, code, list(range(min(channels, MAX_SLIDERS))), None)
+    pixels = loaded.processor(image, size=loaded.attribute_size).pixel_values.to(model.device, model.dtype)
+    kl = per_dimension_kl(model, pixels).float().cpu() if model.can_sample_prior else None
+    if channels <= MAX_SLIDERS:
+        dims = list(range(channels))
+    else:
+        dims = top_dimensions(kl, MAX_SLIDERS) if kl is not None else list(range(MAX_SLIDERS))
+    return AttributeBase(pixels, encode_codes(model, pixels)[0], dims, kl)
+
+
+def moved_code(base: AttributeBase, offsets: list[float]) -> torch.Tensor:
+    """The base code with dimension `base.dims[i]` (a grid's whole channel) moved by `offsets[i]`: `[*code_shape]`."""
+    if len(offsets) != len(base.dims):
+        raise DemoInputError(f"expected {len(base.dims)} slider values (one per dimension), got {len(offsets)}")
+    code = base.code.clone()
+    for dim, offset in zip(base.dims, offsets):
+        code[dim] += float(offset)
+    return code
+
+
+@torch.inference_mode()
+def decode_code(loaded: DemoModel, code: torch.Tensor) -> torch.Tensor:
+    """One code `[*code_shape]` -> its decoded image `[1, C, H, W]` (`model.decode`)."""
+    return loaded.model.decode(code[None], return_dict=True).sample.float()
+
+
+def traversal_values() -> torch.Tensor:
+    """The offsets of the traversal grid's columns: `TRAVERSAL_STEPS` values in [-span, span]."""
+    return torch.linspace(-TRAVERSAL_SPAN, TRAVERSAL_SPAN, TRAVERSAL_STEPS)
+
+
+@torch.inference_mode()
+def traversal_grid(loaded: DemoModel, base: AttributeBase) -> PIL.Image.Image:
+    """The traversal grid around the base (`traversal.latent_traversal`): one row per slider's
+    dimension, one column per value of [`traversal_values`]. Decoded a row at a time to bound memory."""
+    rows = [latent_traversal(loaded.model, base.pixels, [dim], traversal_values()) for dim in base.dims]
+    frames = torch.cat(rows)
+    return image_grid(frames.float(), num_columns=TRAVERSAL_STEPS)
+
+
+# ----------------------------------------------------------------------------------------------
 # Example images
 # ----------------------------------------------------------------------------------------------
 
 KODAK_EXAMPLES = ("kodim23.png", "kodim05.png", "kodim15.png")
+ATTRIBUTE_EXAMPLES = {"celeba-samples": ("000.png", "003.png", "007.png", "012.png"), "mnist-samples": ("001.png",)}
 CIFAR10_EXAMPLES = 2
 SKIMAGE_EXAMPLES = ("astronaut", "coffee", "camera")
 
@@ -413,4 +561,19 @@ def example_images(datasets_dir: str | Path | None, output_dir: str | Path, mult
         if width and height:
             image.crop((0, 0, width, height)).save(output_dir / name)
             paths.append(output_dir / name)
+    return paths
+
+
+def attribute_examples(datasets_dir: str | Path | None, output_dir: str | Path) -> list[Path]:
+    """A few real CelebA faces and an MNIST digit from `datasets_dir` (`celeba-samples/`,
+    `mnist-samples/`: what the disentangling-vae β-VAEs were trained on), copied to `output_dir`
+    as `celeba-000.png`, ...; none when the folders are absent."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for folder, names in ATTRIBUTE_EXAMPLES.items():
+        for name in names:
+            source = Path(datasets_dir or "") / folder / name
+            if datasets_dir is not None and source.is_file():
+                paths.append(Path(shutil.copy(source, output_dir / f"{folder.split('-')[0]}-{name}")))
     return paths
