@@ -196,8 +196,46 @@ def test_command_without_gradio_says_how_to_install_it(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# The page in a real browser
+# The page: its handlers, its wiring and a real browser
 # ----------------------------------------------------------------------------------------------
+
+
+def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
+    """What each button of the page computes (`DemoHandlers`), and which handlers the page wires."""
+    from latentcode.demo.app import DemoHandlers
+
+    models = list(demo_models.values())
+    vq_name, vae_name = demo_models["vqvae"].name, demo_models["vae"].name
+    handlers = DemoHandlers(models, max_pixels=1_000_000)
+    assert handlers.token_names == [vq_name] and handlers.sampling_names == [vae_name]
+    assert not handlers.multilevel_tokens
+    photo(48, 32).save(tmp_path / "photo.png")
+    upload = {"path": str(tmp_path / "photo.png")}
+
+    _, reconstruction, difference, summary = handlers.reconstruct(vae_name, upload)
+    assert reconstruction.size == difference.size == (48, 32) and "(KL to the prior N(0, I))" in summary
+    _, _, decoded, _, state, _ = handlers.encode_tokens(vq_name, upload)
+    cell = inference.grid_cell_size(state["indices"])
+    state, _, line, code = handlers.pick_cell(state, (5 * cell + 1, 2 * cell + 1))
+    assert state["cell"] == (2, 5) and code == int(state["indices"][0, 2, 5])
+    assert line == f"Token (row 2, col 5): code {code}."
+    edited, _ = handlers.change_token(state, (code + 1) % 64, 0)
+    assert edited.size == decoded.size == (48, 32)
+    with pytest.raises(DemoInputError, match="Click inside the token grid"):
+        handlers.pick_cell(state, (10_000, 0))
+    gallery, table = handlers.compare(handlers.names, upload)
+    assert len(gallery) == 1 + len(models) and len(table.splitlines()) == 2 + len(models)
+    with pytest.raises(DemoInputError, match="Pick a model"):
+        handlers.pick("nope")
+
+    pytest.importorskip("gradio", reason="the page's wiring needs `gradio` (pip install -e '.[demo]')")
+    from latentcode.demo.app import build_demo
+
+    wired = {fn.name: len(fn.inputs) for fn in build_demo(models).fns.values()}
+    assert wired == {
+        "reconstruct": 2, "encode_tokens": 2, "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4,
+        "interpolate": 3, "slide": 2,
+    }  # fmt: skip
 
 
 def _browser_or_skip():

@@ -262,7 +262,7 @@ def test_evaluate_vqvae_metrics_equal_direct_computation(digits, tmp_path):
 
     paths = write_report(result, tmp_path, extra={"model": "tiny"})
     saved = json.loads(paths["metrics.json"].read_text())
-    assert saved["model"] == "tiny" and saved["metrics"]["num_images"] == 48 and len(saved["per_image_psnr"]) == 48
+    assert saved["model"] == "tiny" and saved["metrics"]["num_images"] == 48 and len(saved["per_image"]["psnr"]) == 48
     assert "| codebook perplexity |" in paths["metrics.md"].read_text()
     grid = PIL.Image.open(paths["reconstructions.png"])
     assert grid.height < grid.width  # two rows (originals, reconstructions) of five
@@ -299,7 +299,7 @@ def test_perfect_reconstructions_give_infinite_psnr_in_the_report(tmp_path):
     )
     paths = write_report(result, tmp_path)
     saved = json.loads(paths["metrics.json"].read_text())  # strict JSON: no Infinity token
-    assert saved["metrics"]["psnr"] == "inf" and saved["per_image_psnr"] == ["inf", "inf"]
+    assert saved["metrics"]["psnr"] == "inf" and saved["per_image"]["psnr"] == ["inf", "inf"]
     assert "| PSNR (dB, mean per image) | inf |" in markdown_table(result.metrics)
 
 
@@ -319,7 +319,8 @@ def test_cli_writes_report_for_a_saved_model(tmp_path):
     ]
     assert eval_main(argv + ["--no_fid", "--no_lpips", "--output_dir", str(output)]) == 0
     saved = json.loads((output / "metrics.json").read_text())
-    assert saved["metrics"]["num_images"] == 40 and saved["resolution"] == 16
+    assert saved["metrics"]["num_images"] == 40 and saved["details"]["resolution"] == 16
+    assert saved["schema_version"] == 1 and saved["kind"] == "evaluation" and saved["data"]["num_images"] == 40
     assert {"metrics.md", "reconstructions.png", "psnr_histogram.png", "codebook_usage.png"} <= {
         path.name for path in output.iterdir()
     }

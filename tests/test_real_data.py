@@ -47,7 +47,8 @@ def test_kodak_full_resolution_evaluation_tiles_large_images(tmp_path):
     ]
     assert eval_main(argv + ["--no_fid", "--no_lpips", "--output_dir", str(output)]) == 0
     saved = json.loads((output / "metrics.json").read_text())
-    assert saved["metrics"]["num_images"] == 2 and saved["resolution"] == "full" and saved["tile_sample_size"] == 128
+    assert saved["metrics"]["num_images"] == 2 and saved["details"]["resolution"] == "full"
+    assert saved["details"]["tile_sample_size"] == 128
 
     # The same numbers from the model API, image by image at full size with 128-pixel tiles.
     transform = FullResolutionTransform(3, model.downsampling_factor)
@@ -58,7 +59,7 @@ def test_kodak_full_resolution_evaluation_tiles_large_images(tmp_path):
         assert pixels.shape[2:] in {(512, 768), (768, 512)}
         with torch.no_grad():
             tiled.append(float(psnr(model.decode_indices(model.encode(pixels).indices).sample.float(), pixels)))
-    assert saved["per_image_psnr"] == pytest.approx(tiled, abs=1e-4)
+    assert saved["per_image"]["psnr"] == pytest.approx(tiled, abs=1e-4)
     model.disable_tiling()
     with torch.no_grad():  # tiles were used: the whole (last) image at once gives another PSNR
         whole = float(psnr(model.decode_indices(model.encode(pixels).indices).sample.float(), pixels))

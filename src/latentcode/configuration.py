@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from transformers import PretrainedConfig
 
 from .hub import check_pretrained_source
+from .modules.backbones import get_backbone
+from .modules.backbones.vector import num_convolutions
 from .modules.quantizers.gradients import GRADIENT_ESTIMATORS
 
 QUANTIZER_TYPES = ("vq", "fsq", "lfq", "bsq", "residual_vq", "simvq")
@@ -81,6 +83,15 @@ class LatentCodeConfig(PretrainedConfig):
         use_quant_conv / use_post_quant_conv (`bool`, defaults to `True`): 1x1 convolutions
             between the backbone and the bottleneck, as in diffusers.
         reconstruction_loss (`str`, defaults to `"mse"`): `"mse"` or `"l1"`, used by `model(x).loss`.
+        backbone (`str`, defaults to `"ldm"`): the encoder / decoder pair, a name in
+            `latentcode.modules.backbones.BACKBONES`: `"ldm"` (taming / latent-diffusion),
+            `"vector"` (conv + fully connected, a `[D]` latent with `D = latent_channels`; images
+            of `sample_size` 32 or 64) or `"tiny"` (TAESD-style; `block_out_channels` per level,
+            `layers_per_block` blocks at each level below full resolution, which has one).
+        vector_hidden_channels (`int`, defaults to 32) / vector_hidden_size (`int`, defaults to
+            256): channels of the `"vector"` backbone's convolutions and width of its linear layers.
+        tiny_midblock_pooling (`bool`, defaults to `False`): the `"tiny"` backbone's group-norm
+            pooling branch in the blocks at the lowest resolution (TAESD's `taef2`).
     """
 
     # Fields that set how a model trains, not what it computes (dropout is inactive in eval).
@@ -104,6 +115,10 @@ class LatentCodeConfig(PretrainedConfig):
         use_quant_conv: bool = True,
         use_post_quant_conv: bool = True,
         reconstruction_loss: str = "mse",
+        backbone: str = "ldm",
+        vector_hidden_channels: int = 32,
+        vector_hidden_size: int = 256,
+        tiny_midblock_pooling: bool = False,
         **kwargs,
     ):
         self._reject_unknown_keys(kwargs)
@@ -121,8 +136,13 @@ class LatentCodeConfig(PretrainedConfig):
         self.use_quant_conv = use_quant_conv
         self.use_post_quant_conv = use_post_quant_conv
         self.reconstruction_loss = reconstruction_loss
+        self.backbone = backbone
+        self.vector_hidden_channels = vector_hidden_channels
+        self.vector_hidden_size = vector_hidden_size
+        self.tiny_midblock_pooling = tiny_midblock_pooling
         super().__init__(**kwargs)
         self._validate_backbone()
+        self._validate_backbone_choice()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -166,8 +186,18 @@ class LatentCodeConfig(PretrainedConfig):
 
     @property
     def downsampling_factor(self) -> int:
-        """Ratio of image size to latent size: `2 ** (len(block_out_channels) - 1)`."""
-        return 2 ** (len(self.block_out_channels) - 1)
+        """Ratio of image size to latent size, as the backbone declares it: `2 **
+        (len(block_out_channels) - 1)` for a latent grid, `sample_size` for a vector latent."""
+        return get_backbone(self.backbone).downsampling_factor(self)
+
+    def _validate_backbone_choice(self) -> None:
+        """The backbone exists and its own options are valid (`get_backbone` lists the names)."""
+        backbone = get_backbone(self.backbone)
+        for name in ("vector_hidden_channels", "vector_hidden_size"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"{name} must be a positive int, got {value!r}")
+        if backbone.vector_latent:
+            num_convolutions(self.sample_size)  # raises for an image size the layout does not have
 
     def _validate_backbone(self) -> None:
         _check(len(self.block_out_channels) >= 1, "block_out_channels needs at least one level, got []")

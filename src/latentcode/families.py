@@ -1,15 +1,23 @@
-"""The registry of model families: name -> config class -> model class -> diffusers class.
+"""Model families: what every family answers, and the registry name -> config -> model -> diffusers.
 
-Each model class in `modeling.py` enters it with the [`register_family`] decorator, so the
-registry is filled once `latentcode.modeling` is imported (importing `latentcode` does that).
-Everything that dispatches on a family (presets, the training CLI, conversion, Auto-class
-registration, tests) reads it here. This module imports no model code, so any module may use it
-without an import cycle.
+[`FamilyBehaviour`] is what code using a model may ask of any family (its reconstruction, its
+continuous code, what its code costs in bits, the loggable terms of its forward output, whether
+it has tokens or a prior to sample), so that evaluation, the demo, generation, latent diffusion
+and training never ask *which* family a model is. Each model class in `modeling.py` implements
+its hooks and enters the registry with the [`register_family`] decorator, which checks that it
+does; the registry is filled once `latentcode.modeling` is imported (importing `latentcode` does
+that). A new family is one class plus its `@register_family` line.
+
+Everything that picks a family by name (presets, the training CLI, conversion, Auto-class
+registration, tests) reads the registry here. This module imports no model code, so any module
+may use it without an import cycle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -41,13 +49,107 @@ class Family:
         return getattr(diffusers, self.diffusers_class_name)
 
 
+@dataclass(frozen=True)
+class CodeSize:
+    """What the code of each image in a batch is and costs.
+
+    Attributes:
+        shape: the code of one image: `(h, w)` / `(h, w, depth)` tokens, or `(D, h, w)` floats.
+        bits: `[B]` float64, the bits of each image's code (see `meaning`).
+        meaning: how `bits` are counted, in words (shown next to the number).
+    """
+
+    shape: tuple[int, ...]
+    bits: torch.Tensor
+    meaning: str
+
+
+class FamilyBehaviour:
+    """What every family answers; model classes inherit it next to `LatentCodePreTrainedModel`.
+
+    A family sets the three class attributes and implements the four hooks (`reconstruct_encoded`,
+    `continuous_code_encoded`, `code_size`, `regularizer_description`); `reconstruct`,
+    `continuous_code` and `loss_summary` are shared. `encoded` is always what the model's own
+    `encode(pixels, return_dict=True)` returned.
+
+    Attributes:
+        display_name: the family's name for people (`"VQ-VAE"`).
+        has_tokens: the code is discrete tokens: `encode(...).indices`, `decode_indices`,
+            `codebook_size` and `latent_shape()` exist (what priors and token editing use).
+        can_sample_prior: `sample(num_samples, generator=)` decodes draws from the prior N(0, I);
+            the model then defines an ELBO whose rate term is `code_size(...).bits` (evaluation
+            reports it) and its latents are Gaussian (interpolation follows a sphere by default).
+    """
+
+    display_name: str
+    has_tokens: bool = False
+    can_sample_prior: bool = False
+
+    # -- family hooks -------------------------------------------------------------------------
+
+    def reconstruct_encoded(self, encoded) -> torch.Tensor:
+        """The deterministic reconstruction `[B, C, H, W]` of an encoding: what a user of the family
+        gets back (the VQ-VAE decodes its tokens, the VAE its posterior mean, the AE its code)."""
+        raise NotImplementedError
+
+    def continuous_code_encoded(
+        self, encoded, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The continuous code `[B, D, h, w]` that `decode` takes back (what latent diffusion and
+        interpolation move through): a posterior sample only with `sample_posterior`."""
+        raise NotImplementedError
+
+    def code_size(self, encoded) -> CodeSize:
+        """The shape of one image's code and its cost in bits per image."""
+        raise NotImplementedError
+
+    def regularizer_description(self) -> str | None:
+        """The family's own term of `model(x).loss` in words (model cards), `None` when it has none."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def reconstruct(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels `[B, C, H, W]` -> their deterministic reconstruction (see `reconstruct_encoded`)."""
+        return self.reconstruct_encoded(self.encode(pixel_values, return_dict=True))
+
+    def continuous_code(
+        self, pixel_values: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Pixels `[B, C, H, W]` -> the continuous code `[B, D, h, w]` (see `continuous_code_encoded`)."""
+        encoded = self.encode(pixel_values, return_dict=True)
+        return self.continuous_code_encoded(encoded, sample_posterior=sample_posterior, generator=generator)
+
+    def loss_summary(self, output) -> dict[str, float]:
+        """The loggable terms of a forward output (`model(x, return_dict=True)`): every scalar it
+        holds (`loss`, `reconstruction_loss` and the family's own: `kl`, `codebook_loss`,
+        `commitment_loss`, `perplexity`, ...), as floats."""
+        if isinstance(output, tuple):
+            raise ValueError("loss_summary needs the output of model(x, return_dict=True), got a tuple")
+        return {
+            name: float(value.detach())
+            for name, value in output.items()
+            if isinstance(value, torch.Tensor) and value.dim() == 0
+        }
+
+
+# The hooks a family class must implement (checked when it registers).
+FAMILY_HOOKS = ("reconstruct_encoded", "continuous_code_encoded", "code_size", "regularizer_description")
+
 FAMILIES: dict[str, Family] = {}
 
 
 def register_family(name: str, diffusers_class_name: str | None = None):
-    """Class decorator entering a model class (and its `config_class`) as family `name`."""
+    """Class decorator entering a model class (and its `config_class`) as family `name`; the
+    class must be a [`FamilyBehaviour`] with every hook implemented and a `display_name`."""
 
     def register(model_class: type) -> type:
+        missing = [hook for hook in FAMILY_HOOKS if getattr(model_class, hook, None) is getattr(FamilyBehaviour, hook)]
+        if not issubclass(model_class, FamilyBehaviour) or missing or not hasattr(model_class, "display_name"):
+            raise TypeError(
+                f"family {name!r}: {model_class.__name__} must subclass FamilyBehaviour, set display_name and "
+                f"implement {list(FAMILY_HOOKS)}; missing: {missing or ['display_name / FamilyBehaviour base']}"
+            )
         FAMILIES[name] = Family(name, model_class.config_class, model_class, diffusers_class_name)
         return model_class
 
@@ -87,4 +189,13 @@ def _counterparts() -> str:
     )
 
 
-__all__ = ["FAMILIES", "Family", "family_for_diffusers", "family_of", "get_family", "register_family"]
+__all__ = [
+    "FAMILIES",
+    "CodeSize",
+    "Family",
+    "FamilyBehaviour",
+    "family_for_diffusers",
+    "family_of",
+    "get_family",
+    "register_family",
+]

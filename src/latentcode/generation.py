@@ -19,8 +19,6 @@ import torch.nn.functional as F
 
 from .grids import save_image_grid
 from .image_processing import LatentCodeImageProcessor
-from .latent_diffusion import continuous_latents
-from .modeling import VAEModel
 
 # ----------------------------------------------------------------------------------------------
 # Interpolation
@@ -53,10 +51,11 @@ def interpolate(
     """Decode `num_steps` evenly spaced points between the latents of `start` and `end`.
 
     Args:
-        model: an `AutoencoderModel`, `VAEModel` or `VQVAEModel` (whose `decode` snaps every point
-            to the codebook, so the path moves in discrete steps).
+        model: a latentcode model of any family; the path runs through its `continuous_code` (a
+            VQ-VAE's `decode` snaps every point to the codebook, so the path moves in discrete steps).
         start, end: pixels `[B, C, H, W]` in [-1, 1], paired row by row.
-        spherical: slerp (default for the VAE, whose latents are Gaussian) or linear.
+        spherical: slerp (default for a model with a Gaussian prior, `model.can_sample_prior`: the
+            VAE) or linear.
 
     Returns:
         `[B * num_steps, C, H, W]`: row `b` of an `num_steps`-column grid goes from `start[b]`
@@ -67,8 +66,8 @@ def interpolate(
     if num_steps < 2:
         raise ValueError(f"num_steps must be >= 2 (both ends included), got {num_steps}")
     if spherical is None:
-        spherical = isinstance(model, VAEModel)
-    latent_start, latent_end = continuous_latents(model, start), continuous_latents(model, end)
+        spherical = model.can_sample_prior
+    latent_start, latent_end = model.continuous_code(start), model.continuous_code(end)
     frames = []
     for weight in torch.linspace(0, 1, num_steps).tolist():
         if spherical:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = AutoModel.from_pretrained(resolve_pretrained(args.pretrained_model_name_or_path)).eval()
     output_dir = Path(args.output_dir)
-    if args.num_samples and hasattr(model, "sample"):
+    if args.num_samples and model.can_sample_prior:
         samples = model.sample(args.num_samples, generator=torch.Generator(model.device).manual_seed(args.seed))
         print(save_image_grid(samples, output_dir / "samples.png"))
     if args.interpolate:

@@ -1,5 +1,6 @@
 """Image grids: `[N, C, H, W]` pixels in [-1, 1] -> one PIL image or PNG (training validation,
-evaluation reports, samplers)."""
+evaluation reports, samplers). [`reconstruction_grid`] is the one grid of originals above their
+reconstructions that training validation and `latentcode-eval` both draw."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ def image_grid(pixels: torch.Tensor, num_columns: int | None = None, padding: in
 
 
 def reconstruction_grid(
-    originals: torch.Tensor, reconstructions: torch.Tensor, num_columns: int | None = None
+    originals: torch.Tensor, reconstructions: torch.Tensor, num_columns: int | None = None, min_cell_size: int = 1
 ) -> PIL.Image.Image:
     """Rows of `num_columns` originals (default: all in one row), each row followed by the row of
-    their reconstructions. Both `[N, C, H, W]` in [-1, 1] of one shape."""
+    their reconstructions. Both `[N, C, H, W]` in [-1, 1] of one shape. Small images are upscaled
+    (nearest, by a whole factor) until a cell is at least `min_cell_size` pixels wide, so that
+    32x32 reconstructions in a report are visible."""
     if originals.shape != reconstructions.shape or originals.shape[0] == 0:
         raise ValueError(
             f"expected two non-empty image batches of one shape, got {tuple(originals.shape)} "
@@ -56,7 +59,9 @@ def reconstruction_grid(
         rows += [originals[start : start + columns], reconstructions[start : start + columns]]
         if start + columns > count:
             rows[-2:] = [torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])]
-    return image_grid(torch.cat(rows), num_columns=columns)
+    grid = image_grid(torch.cat(rows), num_columns=columns)
+    scale = max(1, math.ceil(min_cell_size / originals.shape[-1]))
+    return grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
 
 
 def save_image_grid(pixels: torch.Tensor, path: str | Path, num_columns: int | None = None) -> Path:

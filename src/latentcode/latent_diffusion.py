@@ -1,8 +1,8 @@
 """Latent diffusion over a latentcode autoencoder: the latents a diffusion model sees, their
 scaling factor, a diffusers UNet sized for them, the training objective and the pipeline.
 
-- `continuous_latents`: the code `model.decode` takes back (a posterior sample for the VAE, as
-  latent diffusion trains on).
+- `continuous_latents`: the code `model.decode` takes back (`model.continuous_code`: a posterior
+  sample for the VAE, as latent diffusion trains on).
 - `compute_scaling_factor`: `1 / std` of those latents over a dataset; latent-diffusion
   multiplies latents by `config.scaling_factor` so that the diffusion model sees roughly unit
   variance, and divides by it before decoding. Converted models carry the factor over
@@ -25,13 +25,11 @@ from torch import nn
 def continuous_latents(
     model, pixel_values: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The continuous code that `model.decode` takes back, `[B, D, h, w]`: the AutoEncoder's
-    latents, the VAE posterior's mean (or a sample of it with `sample_posterior`, as latent
-    diffusion trains on), the VQ-VAE's latents before quantisation (`decode` quantises them)."""
-    encoded = model.encode(pixel_values, return_dict=True)
-    if hasattr(encoded, "latent_dist"):
-        return encoded.latent_dist.sample(generator=generator) if sample_posterior else encoded.latent_dist.mode()
-    return encoded.latents
+    """The continuous code that `model.decode` takes back, `[B, D, h, w]`: the family's
+    `model.continuous_code` (the AutoEncoder's latents, the VAE posterior's mean or, with
+    `sample_posterior`, a sample of it as latent diffusion trains on, the VQ-VAE's latents before
+    quantisation), under the name the training scripts import."""
+    return model.continuous_code(pixel_values, sample_posterior=sample_posterior, generator=generator)
 
 
 @torch.no_grad()
@@ -41,9 +39,9 @@ def compute_scaling_factor(
     """`1 / std` of the latents the model gives a diffusion model, pooled over every element of
     every batch.
 
-    The latents are what latent-diffusion diffuses: a posterior sample for a `VAEModel`
-    (reproducible with `generator`), the pre-quantisation `.latents` for a `VQVAEModel`, and
-    `.latents` for an `AutoencoderModel`.
+    The latents are what latent-diffusion diffuses: `model.continuous_code(pixels,
+    sample_posterior=True)`, a posterior sample for a VAE (reproducible with `generator`), the
+    code itself for the deterministic families.
 
     Args:
         model: a latentcode model.
@@ -53,7 +51,7 @@ def compute_scaling_factor(
     count, total, total_sq = 0, 0.0, 0.0
     for pixels in batches:
         pixels = pixels.to(model.device, model.dtype)
-        latents = continuous_latents(model, pixels, sample_posterior=True, generator=generator).double()
+        latents = model.continuous_code(pixels, sample_posterior=True, generator=generator).double()
         count += latents.numel()
         total += latents.sum().item()
         total_sq += latents.pow(2).sum().item()

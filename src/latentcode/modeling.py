@@ -22,9 +22,9 @@ from transformers.utils import ModelOutput
 
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
 from .conversion import diffusers as diffusers_conversion
-from .families import register_family
+from .families import FAMILIES, CodeSize, FamilyBehaviour, register_family
 from .hub import check_pretrained_source
-from .modules.backbone import Decoder, Encoder
+from .modules.backbones import get_backbone
 from .modules.distributions import DiagonalGaussianDistribution
 from .modules.quantizers import (
     BinarySphericalQuantizer,
@@ -162,21 +162,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
 
     def __init__(self, config: LatentCodeConfig):
         super().__init__(config)
-        encoder_out, moments, code = self.bottleneck_channels(config)
-        backbone = dict(
-            block_out_channels=config.block_out_channels,
-            layers_per_block=config.layers_per_block,
-            norm_num_groups=config.norm_num_groups,
-            attention_levels=config.attention_levels,
-            mid_block_add_attention=config.mid_block_add_attention,
-            dropout=config.dropout,
-        )
-        self.encoder = Encoder(config.in_channels, encoder_out, **backbone)
-        self.decoder = Decoder(config.latent_channels, config.out_channels, **backbone)
-        self.quant_conv = nn.Conv2d(encoder_out, moments, kernel_size=1) if config.use_quant_conv else None
-        self.post_quant_conv = (
-            nn.Conv2d(code, config.latent_channels, kernel_size=1) if config.use_post_quant_conv else None
-        )
+        self._build_backbone(config)
         self.use_slicing = False
         self.slice_size = 1
         self.use_tiling = False
@@ -184,6 +170,27 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         self.tile_overlap_factor = 0.25
         self._build_bottleneck(config)
         self.post_init()
+
+    def _build_backbone(self, config: LatentCodeConfig) -> None:
+        """`encoder`, `decoder` and the projections `quant_conv` / `post_quant_conv` (1x1
+        convolutions on a latent grid, linear maps on a vector latent), from the backbone that
+        `config.backbone` names (`latentcode.modules.backbones`)."""
+        self.backbone_spec = get_backbone(config.backbone)
+        family = next(f.name for f in FAMILIES.values() if isinstance(self, f.model_class))
+        self.backbone_spec.check_family(family)
+        encoder_out, moments, code = self.bottleneck_channels(config)
+        self.encoder = self.backbone_spec.build_encoder(config, encoder_out)
+        self.decoder = self.backbone_spec.build_decoder(config, config.latent_channels)
+        self.quant_conv = self.backbone_spec.projection(encoder_out, moments) if config.use_quant_conv else None
+        self.post_quant_conv = (
+            self.backbone_spec.projection(code, config.latent_channels) if config.use_post_quant_conv else None
+        )
+
+    def latent_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
+        """Shape of one image's latent code (what `decode` takes, without the batch axis):
+        `(latent_channels,)` on a vector-latent backbone, else `(latent_channels, H/f, W/f)` for
+        `image_size` (`H` or `(H, W)`, default `config.sample_size`)."""
+        return self.backbone_spec.latent_shape(self.config, self.config.latent_channels, image_size)
 
     def _build_bottleneck(self, config: LatentCodeConfig) -> None:
         """Create the bottleneck's own modules (the quantizer); none by default."""
@@ -198,7 +205,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
         # taming / latent-diffusion / diffusers autoencoders are trained from.
         if isinstance(module, VectorQuantizer):
             module.initialize_unloaded_state()
-        elif isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, SimVectorQuantizer)):
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.GroupNorm, SimVectorQuantizer)):
             module.reset_parameters()
 
     # -- convenience ----------------------------------------------------------------------------
@@ -218,6 +225,12 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
     def enable_tiling(self, tile_sample_size: int | None = None, tile_overlap_factor: float = 0.25) -> None:
         """Encode and decode images larger than `tile_sample_size` (default `config.sample_size`)
         in overlapping tiles whose outputs are blended over `tile_overlap_factor` of a tile."""
+        if self.backbone_spec.vector_latent:
+            raise ValueError(
+                f"backbone={self.config.backbone!r} encodes a whole {self.config.sample_size}x"
+                f"{self.config.sample_size} image into one latent vector: there are no tiles to blend; "
+                "resize the image to config.sample_size instead"
+            )
         tile = tile_sample_size or self.config.sample_size
         factor = self.downsampling_factor
         if tile % factor != 0 or tile < 2 * factor:
@@ -274,6 +287,12 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
             raise ValueError(f"expected {expected} with at least one image, got an empty batch (B = 0)")
         factor = self.downsampling_factor
         height, width = pixel_values.shape[2:]
+        size = self.config.sample_size
+        if self.backbone_spec.vector_latent and (height, width) != (size, size):
+            raise ValueError(
+                f"backbone={self.config.backbone!r} takes images of exactly config.sample_size = {size}x{size} "
+                f"pixels (one latent vector per image), got {height}x{width}; resize the images first"
+            )
         if height % factor or width % factor:
             raise ValueError(
                 f"image height and width must be divisible by the downsampling factor {factor} "
@@ -300,13 +319,15 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
             )
 
     def _check_code(self, code: torch.Tensor, channels: int, name: str = "latents") -> None:
+        vector = self.backbone_spec.vector_latent
+        expected = f"[B, {channels}]" if vector else f"[B, {channels}, h, w]"
         if not isinstance(code, torch.Tensor) or not code.is_floating_point():
             kind = code.dtype if isinstance(code, torch.Tensor) else type(code).__name__
-            raise ValueError(f"expected {name} as a float tensor [B, {channels}, h, w], got {kind}")
-        if code.dim() != 4 or code.shape[1] != channels:
-            raise ValueError(f"expected {name} of shape [B, {channels}, h, w], got shape {tuple(code.shape)}")
+            raise ValueError(f"expected {name} as a float tensor {expected}, got {kind}")
+        if code.dim() != (2 if vector else 4) or code.shape[1] != channels:
+            raise ValueError(f"expected {name} of shape {expected}, got shape {tuple(code.shape)}")
         if code.shape[0] == 0:
-            raise ValueError(f"expected {name} [B, {channels}, h, w] with B >= 1, got an empty batch (B = 0)")
+            raise ValueError(f"expected {name} {expected} with B >= 1, got an empty batch (B = 0)")
         self._check_dtype(code, name)
 
     # -- shared encode / decode paths -----------------------------------------------------------
@@ -351,7 +372,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
 
         moments = self._split_batch(encode_batch, pixel_values)
         if hidden_states is not None:
-            maps = len(self.encoder.down) + 2  # after conv_in, each level and the mid block
+            maps = self.backbone_spec.num_hidden_states(self.config)
             if len(per_slice) == maps:
                 hidden_states.extend(per_slice)
             else:  # sliced: each slice appended its maps in turn; join each map over the batch
@@ -448,7 +469,7 @@ class LatentCodePreTrainedModel(PreTrainedModel, ModelMixin):
 
 
 @register_family("autoencoder")
-class AutoencoderModel(LatentCodePreTrainedModel):
+class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
     """Deterministic autoencoder: the code is the encoder's output.
 
     ```python
@@ -499,9 +520,31 @@ class AutoencoderModel(LatentCodePreTrainedModel):
         )
         return self._return(output, return_dict)
 
+    # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
+
+    display_name = "AutoEncoder"
+
+    def reconstruct_encoded(self, encoded: AutoencoderEncoderOutput) -> torch.Tensor:
+        """The decoded code `[B, out_channels, H, W]`."""
+        return self.decode(encoded.latents, return_dict=True).sample
+
+    def continuous_code_encoded(self, encoded: AutoencoderEncoderOutput, sample_posterior=False, generator=None):
+        """The code itself, `[B, latent_channels, h, w]` (deterministic: no posterior to sample)."""
+        return encoded.latents
+
+    def code_size(self, encoded: AutoencoderEncoderOutput) -> CodeSize:
+        """The code as it is stored: 32 bits per latent value (no entropy model bounds it)."""
+        latents = encoded.latents
+        values = latents[0].numel()
+        bits = torch.full((latents.shape[0],), 32.0 * values, dtype=torch.float64, device=latents.device)
+        return CodeSize(tuple(latents.shape[1:]), bits, f"{values} float32 values, uncompressed")
+
+    def regularizer_description(self) -> None:
+        return None
+
 
 @register_family("vae", diffusers_class_name="AutoencoderKL")
-class VAEModel(LatentCodePreTrainedModel):
+class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     """Variational autoencoder with a diagonal Gaussian posterior, like diffusers' `AutoencoderKL`.
 
     ```python
@@ -575,19 +618,51 @@ class VAEModel(LatentCodePreTrainedModel):
         """Decode `num_samples` draws from the prior N(0, I).
 
         `latent_size` defaults to `config.sample_size / f`. Returns `[num_samples, out_channels,
-        latent_size*f, latent_size*f]`.
+        latent_size*f, latent_size*f]` (`config.sample_size` on a vector-latent backbone, whose
+        code is one `[latent_channels]` vector per image and takes no `latent_size`).
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        size = latent_size or self.config.sample_size // self.downsampling_factor
-        shape = (num_samples, self.config.latent_channels, size, size)
+        if latent_size is not None and self.backbone_spec.vector_latent:
+            raise ValueError(
+                f"latent_size={latent_size} sets a latent grid, but backbone={self.config.backbone!r} has one "
+                f"latent vector per {self.config.sample_size}x{self.config.sample_size} image; leave it None"
+            )
+        image_size = None if latent_size is None else latent_size * self.downsampling_factor
+        shape = (num_samples, *self.latent_code_shape(image_size))
         device = generator.device if generator is not None else self.device
         z = torch.randn(shape, generator=generator, device=device).to(self.device, self.dtype)
         return self.decode(z, return_dict=True).sample
 
+    # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
+
+    display_name = "VAE"
+    can_sample_prior = True
+
+    def reconstruct_encoded(self, encoded: VAEEncoderOutput) -> torch.Tensor:
+        """The decoded posterior mean `[B, out_channels, H, W]`."""
+        return self.decode(encoded.latent_dist.mode(), return_dict=True).sample
+
+    def continuous_code_encoded(
+        self, encoded: VAEEncoderOutput, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The posterior mean `[B, latent_channels, h, w]`, or a sample of the posterior (drawn with
+        `generator`) with `sample_posterior`, as latent diffusion trains on."""
+        posterior = encoded.latent_dist
+        return posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+
+    def code_size(self, encoded: VAEEncoderOutput) -> CodeSize:
+        """KL(q(z|x) || N(0, I)) in bits per image: the cost of the code with bits-back coding."""
+        posterior = encoded.latent_dist
+        bits = posterior.kl().double() / math.log(2)
+        return CodeSize(tuple(posterior.mean.shape[1:]), bits, "KL to the prior N(0, I)")
+
+    def regularizer_description(self) -> str:
+        return f"KL to N(0, I) (weight {self.config.kl_weight})"
+
 
 @register_family("vqvae", diffusers_class_name="VQModel")
-class VQVAEModel(LatentCodePreTrainedModel):
+class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     """VQ-VAE: the code is the nearest of `codebook_size` learned vectors (or an FSQ / LFQ /
     residual-VQ code, as `config.quantizer` says; see `latentcode.modules.quantizers`).
 
@@ -761,3 +836,28 @@ class VQVAEModel(LatentCodePreTrainedModel):
         """Code sequence `[B, L]` of images of `image_size` (default `config.sample_size`) ->
         `.sample` `[B, out_channels, H, W]`."""
         return self.decode_indices(sequence_to_indices(sequence, self.latent_shape(image_size)), return_dict)
+
+    # -- family behaviour (latentcode.families.FamilyBehaviour) ---------------------------------
+
+    display_name = "VQ-VAE"
+    has_tokens = True
+
+    def reconstruct_encoded(self, encoded: VQVAEEncoderOutput) -> torch.Tensor:
+        """The decoded tokens `[B, out_channels, H, W]`."""
+        return self.decode_indices(encoded.indices, return_dict=True).sample
+
+    def continuous_code_encoded(self, encoded: VQVAEEncoderOutput, sample_posterior=False, generator=None):
+        """The latents before quantisation `[B, codebook_dim, h, w]` (`decode` quantises them)."""
+        return encoded.latents
+
+    def code_size(self, encoded: VQVAEEncoderOutput) -> CodeSize:
+        """`log2(codebook_size)` bits per token, every level of a residual quantiser included."""
+        indices = encoded.indices
+        tokens = indices[0].numel()
+        bits = torch.full(
+            (indices.shape[0],), tokens * math.log2(self.codebook_size), dtype=torch.float64, device=indices.device
+        )
+        return CodeSize(tuple(indices.shape[1:]), bits, f"{tokens} tokens x log2({self.codebook_size})")
+
+    def regularizer_description(self) -> str:
+        return f"the {self.config.quantizer!r} quantizer's own terms as configured"

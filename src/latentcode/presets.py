@@ -5,7 +5,8 @@
 - `mnist`: 28x28 images padded/resized to 32x32 grey-scale, factor 4, a model that trains in
   minutes on a CPU.
 
-`preset_config("vqvae_paper_32", family="vqvae")` returns a config of the requested family;
+`preset_config("vqvae_paper_32", family="vqvae")` returns a config of the requested family (a
+preset's fields that the family's config has not, e.g. `codebook_size` for a VAE, are left out);
 any keyword overrides a field.
 """
 
@@ -37,18 +38,13 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-# Fields only the VQ-VAE has; dropped when a preset is built for another family.
-_VQ_ONLY_FIELDS = ("codebook_size", "codebook_dim", "quantizer")
-
 
 def preset_config(name: str, family: str = "vqvae", **overrides) -> LatentCodeConfig:
     """Config of `family` ("autoencoder", "vae", "vqvae") from preset `name`, with overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     config_class = get_family(family).config_class
-    fields = dict(PRESETS[name])
-    if family != "vqvae":
-        for key in _VQ_ONLY_FIELDS:
-            fields.pop(key, None)
-    fields.update(overrides)
+    own_fields = set(config_class.field_names())
+    fields = {key: value for key, value in PRESETS[name].items() if key in own_fields}
+    fields.update(overrides)  # not filtered: the config names a misspelt or foreign field
     return config_class(**fields)

@@ -54,85 +54,61 @@ def _upload_path(payload) -> str | None:
     return payload.get("path") if isinstance(payload, dict) else payload
 
 
-def build_demo(
-    models: list[DemoModel],
-    prior=None,
-    prior_model: DemoModel | None = None,
-    examples: list = (),
-    max_pixels: int = 4_000_000,
-):
-    """The page: tabs Reconstruct, Codes, Compare and Generate over `models`.
+# ----------------------------------------------------------------------------------------------
+# What the page's buttons do (no layout; Gradio only for its error type)
+# ----------------------------------------------------------------------------------------------
+
+
+class DemoHandlers:
+    """The page's handlers over `models`: each takes the inputs of its button and returns the
+    values of its outputs; a mistake the user can fix raises [`DemoInputError`].
 
     Args:
-        models: loaded models ([`inference.load_model`]); the first is preselected.
-        prior / prior_model: a VQ-VAE prior and the model it samples codes for ([`inference.load_prior`]).
-        examples: image files offered under every image input.
+        models: loaded models ([`inference.load_model`]).
+        prior / prior_model: a token prior and the model it samples codes for ([`inference.load_prior`]).
         max_pixels: larger uploads are refused with a message.
     """
-    gr = import_gradio()
-    by_name = {loaded.name: loaded for loaded in models}
-    names = list(by_name)
-    vq_names = [loaded.name for loaded in models if loaded.is_vq]
-    residual_vq = any(loaded.is_vq and (loaded.model.config.num_quantizers or 1) > 1 for loaded in models)
-    sampling_names = [loaded.name for loaded in models if loaded.family == "VAE" or loaded is prior_model]
-    examples = [[str(path)] for path in examples]
 
-    def shown_in_page(handler):
-        """User mistakes (and the library's `ValueError`s) become a message in the page; anything else
-        too, with the traceback in the server log instead of the browser."""
+    def __init__(self, models: list[DemoModel], prior=None, prior_model: DemoModel | None = None, max_pixels=0):
+        self.models, self.prior, self.prior_model, self.max_pixels = models, prior, prior_model, max_pixels
+        self.by_name = {loaded.name: loaded for loaded in models}
+        self.names = list(self.by_name)
+        self.token_names = [loaded.name for loaded in models if loaded.has_tokens]
+        self.multilevel_tokens = any(
+            loaded.has_tokens and (loaded.model.config.num_quantizers or 1) > 1 for loaded in models
+        )
+        self.sampling_names = [
+            loaded.name for loaded in models if loaded.model.can_sample_prior or loaded is prior_model
+        ]
 
-        @functools.wraps(handler)
-        def wrapper(*args):
-            try:
-                return handler(*args)
-            except ValueError as error:
-                raise gr.Error(str(error), duration=None, print_exception=False) from error
-            except Exception as error:
-                logger.exception("demo handler %s failed", handler.__name__)
-                raise gr.Error(f"Internal error ({type(error).__name__}: {error}).", duration=None) from error
-
-        return wrapper
-
-    def pick(name: str) -> DemoModel:
-        if name not in by_name:
-            raise DemoInputError(f"Pick a model: one of {names}, got {name!r}.")
-        return by_name[name]
-
-    def open_upload(payload):
-        return inference.open_image(_upload_path(payload), max_pixels)
-
-    def image_input(label: str, elem_id: str):
-        return gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], elem_id=elem_id)
-
-    def image_output(label: str, elem_id: str):
-        return gr.Image(
-            label=label, type="pil", format="png", interactive=False, elem_id=elem_id, height=OUTPUT_HEIGHT,
-            elem_classes=["fill-box"],
-        )  # fmt: skip
-
-    def model_table() -> str:
-        rows = "\n".join(f"| `{loaded.name}` | {loaded.describe()} |" for loaded in models)
+    def model_table(self) -> str:
+        rows = "\n".join(f"| `{loaded.name}` | {loaded.describe()} |" for loaded in self.models)
         return f"| model | |\n|---|---|\n{rows}"
 
-    # -- handlers -------------------------------------------------------------------------------
+    def pick(self, name: str) -> DemoModel:
+        if name not in self.by_name:
+            raise DemoInputError(f"Pick a model: one of {self.names}, got {name!r}.")
+        return self.by_name[name]
 
-    @shown_in_page
-    def on_reconstruct(name, payload):
-        loaded = pick(name)
-        pixels, notes = inference.to_pixels(loaded, open_upload(payload))
+    def open_upload(self, payload):
+        return inference.open_image(_upload_path(payload), self.max_pixels)
+
+    def reconstruct(self, name, payload):
+        """-> original, reconstruction, |difference| images and the summary line."""
+        loaded = self.pick(name)
+        pixels, notes = inference.to_pixels(loaded, self.open_upload(payload))
         result = inference.reconstruct(loaded, pixels)
-        summary = " ".join([result.summary(), *notes])
         return (
             inference.to_image(loaded, result.original),
             inference.to_image(loaded, result.reconstruction),
             inference.difference_image(result.original, result.reconstruction),
-            summary,
+            " ".join([result.summary(), *notes]),
         )
 
-    @shown_in_page
-    def on_encode_tokens(name, payload):
-        loaded = pick(name)
-        pixels, notes = inference.to_pixels(loaded, open_upload(payload))
+    def encode_tokens(self, name, payload):
+        """-> token grid, code histogram, decoded tokens, summary, the tokens' state and a hint."""
+        loaded = self.pick(name)
+        pixels, notes = inference.to_pixels(loaded, self.open_upload(payload))
         result = inference.reconstruct(loaded, pixels)
         state = {"model": name, "indices": result.indices, "reconstruction": result.reconstruction, "cell": None}
         return (
@@ -144,46 +120,43 @@ def build_demo(
             "Click a cell of the token grid.",
         )
 
-    def on_pick_cell(state, event):
+    def pick_cell(self, state, position: tuple[int, int]):
+        """A click at image `position` (x, y) on the token grid -> the new state, the grid with the
+        token marked, a line naming it and its code."""
         if not state:
             raise DemoInputError("Encode an image first.")
         indices = state["indices"]
         cell = inference.grid_cell_size(indices)
-        col, row = (int(coordinate) // cell for coordinate in event.index)
+        col, row = (int(coordinate) // cell for coordinate in position)
         if not (0 <= row < indices.shape[1] and 0 <= col < indices.shape[2]):
             raise DemoInputError("Click inside the token grid.")
-        state = {**state, "cell": (row, col)}
         code = int(indices[0, row, col] if indices.dim() == 3 else indices[0, row, col, 0])
         return (
-            state,
+            {**state, "cell": (row, col)},
             inference.token_grid_image(indices, marked=(row, col)),
             f"Token (row {row}, col {col}): code {code}.",
             code,
         )
 
-    # A real class, not the string `from __future__` makes of it: Gradio injects the click by this type.
-    on_pick_cell.__annotations__["event"] = gr.SelectData
-    on_pick_cell = shown_in_page(on_pick_cell)
-
-    @shown_in_page
-    def on_change_token(state, code, level):
+    def change_token(self, state, code, level):
+        """-> the tokens decoded with the picked one changed, and |change| from the reconstruction."""
         if not state or state["cell"] is None:
             raise DemoInputError("Encode an image and click a cell of the token grid first.")
         if code is None or level is None:
             raise DemoInputError("Give a code (and a level for residual VQ).")
-        loaded = pick(state["model"])
+        loaded = self.pick(state["model"])
         row, col = state["cell"]
         edited = inference.change_token(loaded, state["indices"], row, col, int(code), int(level))
         return inference.to_image(loaded, edited), inference.difference_image(state["reconstruction"], edited)
 
-    @shown_in_page
-    def on_compare(chosen, payload):
+    def compare(self, chosen, payload):
+        """-> a gallery (the original, then each model's reconstruction) and a Markdown table."""
         if not chosen:
             raise DemoInputError("Pick at least one model to compare.")
-        image = open_upload(payload)
+        image = self.open_upload(payload)
         gallery, rows = [], []
         for name in chosen:
-            loaded = pick(name)
+            loaded = self.pick(name)
             try:
                 pixels, _ = inference.to_pixels(loaded, image)
             except DemoInputError as error:
@@ -200,146 +173,213 @@ def build_demo(
         table = "| model | PSNR (dB) | SSIM | latent grid | bits per image |\n|---|---|---|---|---|\n" + "\n".join(rows)
         return gallery, table
 
-    @shown_in_page
-    def on_sample(name, count, seed, temperature):
-        loaded = pick(name)
+    def sample(self, name, count, seed, temperature):
+        loaded = self.pick(name)
+        prior = self.prior if loaded is self.prior_model else None
         samples = inference.prior_samples(
-            loaded,
-            int(count),
-            int(seed or 0),
-            prior=prior if loaded is prior_model else None,
-            temperature=float(temperature),
+            loaded, int(count), int(seed or 0), prior=prior, temperature=float(temperature)
         )
         return image_grid(samples)
 
-    @shown_in_page
-    def on_interpolate(name, start_payload, end_payload):
-        loaded = pick(name)
+    def interpolate(self, name, start_payload, end_payload):
+        """-> the frames, their strip, the middle frame and the slider's position (0.5)."""
+        loaded = self.pick(name)
         frames, strip = inference.interpolation_frames(
-            loaded, open_upload(start_payload), open_upload(end_payload), INTERPOLATION_STEPS
+            loaded, self.open_upload(start_payload), self.open_upload(end_payload), INTERPOLATION_STEPS
         )
         return frames, strip, frames[INTERPOLATION_STEPS // 2], 0.5
 
-    def on_slide(frames, weight):
+    @staticmethod
+    def slide(frames, weight):
         if not frames:
             return None
         return frames[round(float(weight) * (len(frames) - 1))]
 
-    # -- page -----------------------------------------------------------------------------------
 
-    with gr.Blocks(title="latentcode demo") as demo:
-        gr.Markdown("# latentcode: image tokenizers at work\n" + model_table())
+def shown_in_page(gr, handler):
+    """`handler` whose mistakes (and the library's `ValueError`s) become a message in the page;
+    anything else too, with the traceback in the server log instead of the browser."""
 
-        with gr.Tab("Reconstruct"):
+    @functools.wraps(handler)
+    def wrapper(*args):
+        try:
+            return handler(*args)
+        except ValueError as error:
+            raise gr.Error(str(error), duration=None, print_exception=False) from error
+        except Exception as error:
+            logger.exception("demo handler %s failed", handler.__name__)
+            raise gr.Error(f"Internal error ({type(error).__name__}: {error}).", duration=None) from error
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------------
+# The page: one function per tab
+# ----------------------------------------------------------------------------------------------
+
+
+def _image_input(gr, label: str, elem_id: str):
+    return gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], elem_id=elem_id)
+
+
+def _image_output(gr, label: str, elem_id: str):
+    return gr.Image(
+        label=label, type="pil", format="png", interactive=False, elem_id=elem_id, height=OUTPUT_HEIGHT,
+        elem_classes=["fill-box"],
+    )  # fmt: skip
+
+
+def _reconstruct_tab(gr, handlers: DemoHandlers, examples: list) -> None:
+    with gr.Tab("Reconstruct"), gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Dropdown(handlers.names, value=handlers.names[0], label="model")
+            image = _image_input(gr, "image (at its own size)", "reconstruct-input")
+            button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
+            if examples:
+                gr.Examples(examples, inputs=[image], label="examples")
+        with gr.Column(scale=3):
+            summary = gr.Markdown(elem_id="reconstruct-summary")
             with gr.Row():
-                with gr.Column(scale=1):
-                    model = gr.Dropdown(names, value=names[0], label="model")
-                    image = image_input("image (at its own size)", "reconstruct-input")
-                    button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
-                    if examples:
-                        gr.Examples(examples, inputs=[image], label="examples")
-                with gr.Column(scale=3):
-                    summary = gr.Markdown(elem_id="reconstruct-summary")
-                    with gr.Row():
-                        original = image_output("original", "reconstruct-original")
-                        reconstruction = image_output("reconstruction", "reconstruct-output")
-                        difference = image_output(
-                            f"|difference| x {inference.DIFFERENCE_GAIN}", "reconstruct-difference"
-                        )
-            button.click(
-                on_reconstruct, [model, image], [original, reconstruction, difference, summary], preprocess=False
-            )
+                original = _image_output(gr, "original", "reconstruct-original")
+                reconstruction = _image_output(gr, "reconstruction", "reconstruct-output")
+                difference = _image_output(gr, f"|difference| x {inference.DIFFERENCE_GAIN}", "reconstruct-difference")
+    button.click(
+        shown_in_page(gr, handlers.reconstruct),
+        [model, image],
+        [original, reconstruction, difference, summary],
+        preprocess=False,
+    )
 
-        with gr.Tab("Codes"):
-            if not vq_names:
-                gr.Markdown("No VQ-VAE loaded: tokens exist only for VQ-VAE models.")
-            else:
-                tokens_state = gr.State()
+
+def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
+    with gr.Tab("Codes"):
+        if not handlers.token_names:
+            gr.Markdown("No VQ-VAE loaded: tokens exist only for models whose code is tokens.")
+            return
+        tokens_state = gr.State()
+        with gr.Row():
+            with gr.Column(scale=1):
+                names = handlers.token_names
+                model = gr.Dropdown(names, value=names[0], label="VQ-VAE")
+                image = _image_input(gr, "image", "codes-input")
+                encode_button = gr.Button("Encode to tokens", variant="primary", elem_id="codes-button")
+                if examples:
+                    gr.Examples(examples, inputs=[image], label="examples")
+            with gr.Column(scale=3):
+                summary = gr.Markdown()
                 with gr.Row():
-                    with gr.Column(scale=1):
-                        vq_model = gr.Dropdown(vq_names, value=vq_names[0], label="VQ-VAE")
-                        vq_image = image_input("image", "codes-input")
-                        encode_button = gr.Button("Encode to tokens", variant="primary", elem_id="codes-button")
-                        if examples:
-                            gr.Examples(examples, inputs=[vq_image], label="examples")
-                    with gr.Column(scale=3):
-                        tokens_summary = gr.Markdown()
-                        with gr.Row():
-                            grid = gr.Image(
-                                label="tokens (one colour per code): click one", type="pil", format="png",
-                                interactive=False, elem_id="codes-grid",
-                            )  # fmt: skip
-                            histogram = image_output("codes used by this image", "codes-histogram")
-                        with gr.Row():
-                            token_reconstruction = image_output("decoded tokens", "codes-reconstruction")
-                            edited = image_output("decoded with the token changed", "codes-edited")
-                            edit_difference = image_output(
-                                f"|change| x {inference.DIFFERENCE_GAIN}", "codes-edited-difference"
-                            )
-                        selected = gr.Markdown()
-                        with gr.Row():
-                            code = gr.Number(label="new code", value=0, precision=0)
-                            level = gr.Number(label="level (residual VQ)", value=0, precision=0, visible=residual_vq)
-                            change_button = gr.Button("Decode with this token changed")
-                encode_button.click(
-                    on_encode_tokens,
-                    [vq_model, vq_image],
-                    [grid, histogram, token_reconstruction, tokens_summary, tokens_state, selected],
-                    preprocess=False,
-                )
-                grid.select(on_pick_cell, [tokens_state], [tokens_state, grid, selected, code])
-                change_button.click(on_change_token, [tokens_state, code, level], [edited, edit_difference])
-
-        with gr.Tab("Compare"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    chosen = gr.CheckboxGroup(names, value=names, label="models")
-                    compare_image = image_input("image", "compare-input")
-                    compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
-                    if examples:
-                        gr.Examples(examples, inputs=[compare_image], label="examples")
-                with gr.Column(scale=3):
-                    gallery = gr.Gallery(
-                        label="side by side", columns=len(names) + 1, format="png", elem_id="compare-gallery",
-                        object_fit="contain", height=OUTPUT_HEIGHT + 60,
+                    grid = gr.Image(
+                        label="tokens (one colour per code): click one", type="pil", format="png",
+                        interactive=False, elem_id="codes-grid",
                     )  # fmt: skip
-                    table = gr.Markdown()
-            compare_button.click(on_compare, [chosen, compare_image], [gallery, table], preprocess=False)
-
-        with gr.Tab("Generate"):
-            gr.Markdown("### Samples")
-            if not sampling_names:
-                gr.Markdown("No model here samples: load a VAE, or a VQ-VAE with `--prior`.")
-            else:
+                    histogram = _image_output(gr, "codes used by this image", "codes-histogram")
                 with gr.Row():
-                    with gr.Column(scale=1):
-                        sample_model = gr.Dropdown(sampling_names, value=sampling_names[0], label="model")
-                        count = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="samples")
-                        seed = gr.Number(value=0, precision=0, label="seed")
-                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature (VQ-VAE prior)")
-                        sample_button = gr.Button("Sample", variant="primary", elem_id="sample-button")
-                    with gr.Column(scale=3):
-                        samples = image_output("samples", "samples")
-                sample_button.click(on_sample, [sample_model, count, seed, temperature], [samples])
-            gr.Markdown("### Interpolation between two images (resized and cropped to the model's size)")
-            frames_state = gr.State()
+                    decoded = _image_output(gr, "decoded tokens", "codes-reconstruction")
+                    edited = _image_output(gr, "decoded with the token changed", "codes-edited")
+                    change = _image_output(gr, f"|change| x {inference.DIFFERENCE_GAIN}", "codes-edited-difference")
+                selected = gr.Markdown()
+                with gr.Row():
+                    code = gr.Number(label="new code", value=0, precision=0)
+                    level = gr.Number(
+                        label="level (residual VQ)", value=0, precision=0, visible=handlers.multilevel_tokens
+                    )
+                    change_button = gr.Button("Decode with this token changed")
+
+    def on_pick_cell(state, event):
+        return handlers.pick_cell(state, event.index)
+
+    # A real class, not the string `from __future__` makes of it: Gradio injects the click by this type.
+    on_pick_cell.__annotations__["event"] = gr.SelectData
+    outputs = [grid, histogram, decoded, summary, tokens_state, selected]
+    encode_button.click(shown_in_page(gr, handlers.encode_tokens), [model, image], outputs, preprocess=False)
+    grid.select(shown_in_page(gr, on_pick_cell), [tokens_state], [tokens_state, grid, selected, code])
+    change_button.click(shown_in_page(gr, handlers.change_token), [tokens_state, code, level], [edited, change])
+
+
+def _compare_tab(gr, handlers: DemoHandlers, examples: list) -> None:
+    with gr.Tab("Compare"), gr.Row():
+        with gr.Column(scale=1):
+            chosen = gr.CheckboxGroup(handlers.names, value=handlers.names, label="models")
+            image = _image_input(gr, "image", "compare-input")
+            button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            if examples:
+                gr.Examples(examples, inputs=[image], label="examples")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(
+                label="side by side", columns=len(handlers.names) + 1, format="png", elem_id="compare-gallery",
+                object_fit="contain", height=OUTPUT_HEIGHT + 60,
+            )  # fmt: skip
+            table = gr.Markdown()
+    button.click(shown_in_page(gr, handlers.compare), [chosen, image], [gallery, table], preprocess=False)
+
+
+def _samples_section(gr, handlers: DemoHandlers) -> None:
+    gr.Markdown("### Samples")
+    if not handlers.sampling_names:
+        gr.Markdown("No model here samples: load a VAE, or a VQ-VAE with `--prior`.")
+        return
+    with gr.Row():
+        with gr.Column(scale=1):
+            names = handlers.sampling_names
+            model = gr.Dropdown(names, value=names[0], label="model")
+            count = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="samples")
+            seed = gr.Number(value=0, precision=0, label="seed")
+            temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature (VQ-VAE prior)")
+            button = gr.Button("Sample", variant="primary", elem_id="sample-button")
+        with gr.Column(scale=3):
+            samples = _image_output(gr, "samples", "samples")
+    button.click(shown_in_page(gr, handlers.sample), [model, count, seed, temperature], [samples])
+
+
+def _interpolation_section(gr, handlers: DemoHandlers, examples: list) -> None:
+    gr.Markdown("### Interpolation between two images (resized and cropped to the model's size)")
+    frames_state = gr.State()
+    with gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Dropdown(handlers.names, value=handlers.names[0], label="model")
             with gr.Row():
-                with gr.Column(scale=1):
-                    path_model = gr.Dropdown(names, value=names[0], label="model")
-                    with gr.Row():
-                        start = image_input("from", "interpolate-start")
-                        end = image_input("to", "interpolate-end")
-                    interpolate_button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
-                    if examples:
-                        gr.Examples([[a[0], b[0]] for a, b in zip(examples[:2], examples[1:3])], inputs=[start, end])
-                with gr.Column(scale=3):
-                    strip = image_output("the path", "interpolate-strip")
-                    weight = gr.Slider(0, 1, value=0.5, step=1 / (INTERPOLATION_STEPS - 1), label="position")
-                    frame = image_output("at this position", "interpolate-frame")
-            interpolate_button.click(
-                on_interpolate, [path_model, start, end], [frames_state, strip, frame, weight], preprocess=False
-            )
-            weight.change(on_slide, [frames_state, weight], [frame])
+                start = _image_input(gr, "from", "interpolate-start")
+                end = _image_input(gr, "to", "interpolate-end")
+            button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
+            if examples:
+                gr.Examples([[a[0], b[0]] for a, b in zip(examples[:2], examples[1:3])], inputs=[start, end])
+        with gr.Column(scale=3):
+            strip = _image_output(gr, "the path", "interpolate-strip")
+            weight = gr.Slider(0, 1, value=0.5, step=1 / (INTERPOLATION_STEPS - 1), label="position")
+            frame = _image_output(gr, "at this position", "interpolate-frame")
+    button.click(
+        shown_in_page(gr, handlers.interpolate), [model, start, end], [frames_state, strip, frame, weight],
+        preprocess=False,
+    )  # fmt: skip
+    weight.change(handlers.slide, [frames_state, weight], [frame])
+
+
+def build_demo(
+    models: list[DemoModel],
+    prior=None,
+    prior_model: DemoModel | None = None,
+    examples: list = (),
+    max_pixels: int = 4_000_000,
+):
+    """The page: tabs Reconstruct, Codes, Compare and Generate over `models`.
+
+    Args:
+        models: loaded models ([`inference.load_model`]); the first is preselected.
+        prior / prior_model: a token prior and the model it samples codes for ([`inference.load_prior`]).
+        examples: image files offered under every image input.
+        max_pixels: larger uploads are refused with a message.
+    """
+    gr = import_gradio()
+    handlers = DemoHandlers(models, prior, prior_model, max_pixels)
+    examples = [[str(path)] for path in examples]
+    with gr.Blocks(title="latentcode demo") as demo:
+        gr.Markdown("# latentcode: image tokenizers at work\n" + handlers.model_table())
+        _reconstruct_tab(gr, handlers, examples)
+        _codes_tab(gr, handlers, examples)
+        _compare_tab(gr, handlers, examples)
+        with gr.Tab("Generate"):
+            _samples_section(gr, handlers)
+            _interpolation_section(gr, handlers, examples)
     return demo
 
 

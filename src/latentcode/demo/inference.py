@@ -30,10 +30,9 @@ from ..evaluation.metrics import SSIM_WINDOW
 from ..generation import interpolate
 from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
-from ..modeling import LatentCodePreTrainedModel, VAEModel, VQVAEModel
+from ..modeling import LatentCodePreTrainedModel
 from ..prior import sample_images, token_mapping
 
-FAMILY_NAMES = {"AutoencoderModel": "AutoEncoder", "VAEModel": "VAE", "VQVAEModel": "VQ-VAE"}
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
 MIN_GRID_SIDE = 256
@@ -55,20 +54,17 @@ class DemoModel:
     processor: LatentCodeImageProcessor
 
     @property
-    def family(self) -> str:
-        return FAMILY_NAMES[type(self.model).__name__]
-
-    @property
-    def is_vq(self) -> bool:
-        return isinstance(self.model, VQVAEModel)
+    def has_tokens(self) -> bool:
+        """The model's code is tokens (a VQ-VAE): the Codes tab and a prior apply to it."""
+        return self.model.has_tokens
 
     def describe(self) -> str:
         config = self.model.config
         text = (
-            f"{self.family}, {config.in_channels} channels, downsampling x{self.model.downsampling_factor}, "
+            f"{self.model.display_name}, {config.in_channels} channels, downsampling x{self.model.downsampling_factor}, "
             f"{config.latent_channels} latent channels, larger images in tiles of {self.model.tile_sample_size} pixels"
         )
-        if self.is_vq:
+        if self.has_tokens:
             text += f", {self.model.codebook_size} codes ({config.quantizer})"
         return text
 
@@ -103,7 +99,9 @@ def load_prior(name_or_path: str, models: list[DemoModel]) -> tuple[torch.nn.Mod
     matching = [
         loaded
         for loaded in models
-        if loaded.is_vq and loaded.model.codebook_size == mapping.codebook_size and loaded.model.latent_shape() == grid
+        if loaded.has_tokens
+        and loaded.model.codebook_size == mapping.codebook_size
+        and loaded.model.latent_shape() == grid
     ]
     trained_on = [loaded for loaded in matching if loaded.name == prior.config.vqvae_name_or_path]
     if trained_on or len(matching) == 1:
@@ -191,9 +189,10 @@ class Reconstruction:
         original / reconstruction: `[1, C, H, W]` in [-1, 1].
         psnr: dB; ssim: `None` for images smaller than SSIM's 11x11 window.
         latent_shape: the code grid: `(h, w)` / `(h, w, depth)` tokens, or `(D, h, w)` floats.
-        bits: what the code costs: `tokens * log2(K)` for a VQ-VAE; the KL to the prior in bits
-            (its bits-back coding cost) for a VAE; the float32 values for an AutoEncoder.
-        indices: `[1, h, w]` (or `[1, h, w, depth]`) tokens of a VQ-VAE, else `None`.
+        bits / bits_meaning: what the code costs and how that is counted (`model.code_size`:
+            `tokens * log2(K)` for a VQ-VAE; the KL to the prior in bits, its bits-back coding
+            cost, for a VAE; the float32 values for an AutoEncoder).
+        indices: `[1, h, w]` (or `[1, h, w, depth]`) tokens of a model with tokens, else `None`.
     """
 
     original: torch.Tensor
@@ -229,39 +228,23 @@ class Reconstruction:
 
 @torch.inference_mode()
 def reconstruct(loaded: DemoModel, pixels: torch.Tensor) -> Reconstruction:
-    """What a user of each family gets back, as `latentcode-eval` computes it: the VQ-VAE decodes its
-    tokens, the VAE its posterior mean, the AutoEncoder its code. `pixels`: `[1, C, H, W]`."""
+    """What a user of each family gets back (`model.reconstruct`, as `latentcode-eval` computes it:
+    the VQ-VAE decodes its tokens, the VAE its posterior mean, the AutoEncoder its code) and what
+    its code costs (`model.code_size`). `pixels`: `[1, C, H, W]`."""
     model = loaded.model
     encoded = model.encode(pixels, return_dict=True)
-    indices = None
-    if isinstance(model, VQVAEModel):
-        indices = encoded.indices
-        reconstruction = model.decode_indices(indices, return_dict=True).sample
-        latent_shape = tuple(indices.shape[1:])
-        bits = indices.numel() * math.log2(model.codebook_size)
-        meaning = f"{indices.numel()} tokens x log2({model.codebook_size})"
-    elif isinstance(model, VAEModel):
-        posterior = encoded.latent_dist
-        reconstruction = model.decode(posterior.mode(), return_dict=True).sample
-        latent_shape = tuple(posterior.mean.shape[1:])
-        bits = float(posterior.kl().sum()) / math.log(2)
-        meaning = "KL to the prior N(0, I)"
-    else:
-        reconstruction = model.decode(encoded.latents, return_dict=True).sample
-        latent_shape = tuple(encoded.latents.shape[1:])
-        bits = encoded.latents.numel() * 32
-        meaning = f"{encoded.latents.numel()} float32 values, uncompressed"
-    reconstruction, original = reconstruction.float(), pixels.float()
+    code = model.code_size(encoded)
+    reconstruction, original = model.reconstruct_encoded(encoded).float(), pixels.float()
     fits_ssim = min(original.shape[-2:]) >= SSIM_WINDOW
     return Reconstruction(
         original=original,
         reconstruction=reconstruction,
         psnr=float(psnr(reconstruction, original)[0]),
         ssim=float(ssim(reconstruction, original)[0]) if fits_ssim else None,
-        latent_shape=latent_shape,
-        bits=bits,
-        bits_meaning=meaning,
-        indices=indices,
+        latent_shape=code.shape,
+        bits=float(code.bits[0]),
+        bits_meaning=code.meaning,
+        indices=encoded.indices if loaded.has_tokens else None,
     )
 
 
@@ -361,17 +344,18 @@ def change_token(
 def prior_samples(
     loaded: DemoModel, num_samples: int, seed: int, prior=None, temperature: float = 1.0, top_k: int | None = None
 ) -> torch.Tensor:
-    """`num_samples` new images `[N, C, H, W]`: draws from a VAE's N(0, I) prior, or codes sampled by
-    `prior` (a VQ-VAE's autoregressive prior, `latentcode.prior`) and decoded."""
-    if isinstance(loaded.model, VAEModel):
+    """`num_samples` new images `[N, C, H, W]`: draws from the model's own prior (a VAE's N(0, I)),
+    or codes sampled by `prior` (an autoregressive prior over a VQ-VAE's tokens, `latentcode.prior`)
+    and decoded."""
+    if loaded.model.can_sample_prior:
         generator = torch.Generator(loaded.model.device).manual_seed(seed)
         return loaded.model.sample(num_samples, generator=generator).float()
-    if prior is not None and loaded.is_vq:
+    if prior is not None and loaded.has_tokens:
         return sample_images(prior, loaded.model, num_samples, seed=seed, temperature=temperature, top_k=top_k).float()
     reason = (
-        "a VQ-VAE samples only with a prior: start the demo with --prior PATH"
-        if loaded.is_vq
-        else "an AutoEncoder has no prior to sample from"
+        f"a {loaded.model.display_name} samples only with a prior: start the demo with --prior PATH"
+        if loaded.has_tokens
+        else f"an {loaded.model.display_name} has no prior to sample from"
     )
     raise DemoInputError(f"{loaded.name} cannot sample: {reason}.")
 

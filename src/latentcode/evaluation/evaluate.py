@@ -6,16 +6,15 @@ result = evaluate(model, batches, lpips=build_lpips(), inception=InceptionFeatur
 write_report(result, "eval/")   # metrics.json, metrics.md, reconstructions.png, psnr_histogram.png, ...
 ```
 
-Reconstructions are what a user of each family gets back: the VQ-VAE decodes its token
-indices, the VAE decodes the posterior mean, the autoencoder its code. The VAE's ELBO uses one
-posterior sample per image (a second decode). Training validation runs this same evaluation,
+Reconstructions are what a user of each family gets back (`model.reconstruct_encoded`): the
+VQ-VAE decodes its token indices, the VAE decodes the posterior mean, the autoencoder its code.
+The ELBO of a model with a prior (the VAE) uses one posterior sample per image (a second decode). Training validation runs this same evaluation,
 so its numbers and `latentcode-eval`'s agree on the same model and images.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import random
@@ -29,9 +28,12 @@ import datasets
 import torch
 
 from ..data import CorruptImages, ImageTransform, readable_images
-from ..modeling import AutoencoderModel, LatentCodePreTrainedModel, VAEModel, VQVAEModel
-from .figures import codebook_usage_chart, psnr_histogram, reconstruction_grid
+from ..grids import reconstruction_grid
+from ..modeling import LatentCodePreTrainedModel
+from ..reporting import markdown_table, metrics_report, write_metrics_json
+from .figures import codebook_usage_chart, psnr_histogram
 from .metrics import (
+    SSIM_WINDOW,
     CodebookHistogram,
     FeatureStatistics,
     decoder_std_from_kl_weight,
@@ -105,8 +107,9 @@ def evaluate(
     only if every image is reconstructed perfectly - perfect images are left out of the mean
     otherwise and counted in `perfect_reconstructions`), `psnr_of_mean_mse`, `ssim`, `mse`, `l1`;
     `lpips` if `lpips` is given; `rfid` if `inception` is given (Frechet distance between the
-    Inception features of originals and reconstructions); VQ-VAE: `codebook_usage` (fraction of
-    codes used), `perplexity`; VAE: `kl` (nats per image), `negative_elbo` (nats per image),
+    Inception features of originals and reconstructions); a model with tokens (`has_tokens`,
+    the VQ-VAE): `codebook_usage` (fraction of codes used), `perplexity`, `codebook_size`; a model
+    with a prior (`can_sample_prior`, the VAE): `kl` (nats per image), `negative_elbo` (nats per image),
     `bits_per_dim` with a discretised Gaussian decoder of std `decoder_std` (default
     `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]); and, if `throughput`,
     `encode_images_per_s`, `decode_images_per_s` (timings: the only values that vary between runs). The model runs in eval mode under `autocast()`
@@ -125,108 +128,135 @@ def evaluate(
 
 
 def _evaluate(model, batches, lpips, inception, decoder_std, num_grid_images, seed, autocast) -> EvaluationResult:
-    device = model.device
-    is_vq, is_vae = isinstance(model, VQVAEModel), isinstance(model, VAEModel)
-    if not (is_vq or is_vae or isinstance(model, AutoencoderModel)):
+    if not isinstance(model, LatentCodePreTrainedModel):
         raise ValueError(f"expected a latentcode AutoencoderModel, VAEModel or VQVAEModel, got {type(model).__name__}")
-    if is_vae and decoder_std is None:
+    if model.can_sample_prior and decoder_std is None:
         decoder_std = decoder_std_from_kl_weight(model.config.kl_weight)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    encode_timer, decode_timer = _Timer(device), _Timer(device)
-    usage = CodebookHistogram(model.codebook_size) if is_vq else None
-    real_features, fake_features = FeatureStatistics(), FeatureStatistics()
-    sums: dict[str, float] = {}
-    per_image_psnr: list[float] = []
-    originals, reconstructions = [], []
-    num_images = 0
-
-    def add(name: str, values: torch.Tensor) -> None:
-        sums[name] = sums.get(name, 0.0) + float(values.double().sum())
-
+    run = _Evaluation(model, lpips, inception, decoder_std, num_grid_images, seed, autocast)
     for pixels in batches:
-        pixels = pixels.to(device=device, dtype=model.dtype)
-        with encode_timer, autocast():
+        run.add(pixels)
+    return run.result()
+
+
+class _Evaluation:
+    """One pass of [`evaluate`]: per-image sums over the batches, then the metrics. What differs
+    between families comes from the model: `reconstruct_encoded` (what a user gets back), its
+    tokens (`has_tokens`: code usage) and, for a model with a prior (`can_sample_prior`), the
+    ELBO whose rate term is `code_size(...).bits`."""
+
+    def __init__(self, model, lpips, inception, decoder_std, num_grid_images, seed, autocast):
+        self.model, self.lpips, self.inception, self.autocast = model, lpips, inception, autocast
+        self.decoder_std = decoder_std if model.can_sample_prior else None
+        self.num_grid_images = num_grid_images
+        device = model.device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.encode_timer, self.decode_timer = _Timer(device), _Timer(device)
+        self.usage = CodebookHistogram(model.codebook_size) if model.has_tokens else None
+        self.real_features, self.fake_features = FeatureStatistics(), FeatureStatistics()
+        self.sums: dict[str, float] = {}
+        self.per_image_psnr: list[float] = []
+        self.originals, self.reconstructions = [], []
+        self.num_images = 0
+
+    def _sum(self, name: str, values: torch.Tensor) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(values.double().sum())
+
+    def add(self, pixels: torch.Tensor) -> None:
+        """Encode and reconstruct one batch `[B, C, H, W]` and add its per-image values."""
+        model = self.model
+        pixels = pixels.to(device=model.device, dtype=model.dtype)
+        with self.encode_timer, self.autocast():
             encoded = model.encode(pixels, return_dict=True)
-        with decode_timer, autocast():
-            if is_vq:
-                reconstruction = model.decode_indices(encoded.indices, return_dict=True).sample
-            elif is_vae:
-                reconstruction = model.decode(encoded.latent_dist.mode(), return_dict=True).sample
-            else:
-                reconstruction = model.decode(encoded.latents, return_dict=True).sample
+        with self.decode_timer, self.autocast():
+            reconstruction = model.reconstruct_encoded(encoded)
         reconstruction, target = reconstruction.float(), pixels.float()
-
-        batch_psnr = psnr(reconstruction, target)
-        per_image_psnr += batch_psnr.tolist()
-        error = (reconstruction.double() - target.double()).flatten(1)
-        add("mse", error.pow(2).mean(dim=1))
-        add("l1", error.abs().mean(dim=1))
-        if min(target.shape[-2:]) >= 11:
-            add("ssim", ssim(reconstruction, target))
-        if lpips is not None and min(target.shape[-2:]) >= LPIPS_MIN_SIZE:
-            add("lpips", lpips(reconstruction, target))
-        if inception is not None:
-            real_features.update(inception(target))
-            fake_features.update(inception(reconstruction))
-        if is_vq:
-            usage.update(encoded.indices)
-        if is_vae:
-            posterior = encoded.latent_dist
-            with autocast():
-                sample_mean = model.decode(posterior.sample(generator=generator), return_dict=True).sample.float()
-            kl = posterior.kl().double()
-            negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, decoder_std)
-            add("kl", kl)
-            add("negative_elbo", negative_elbo)
-            add("bits_per_dim", bits_per_dim)
+        self._add_image_metrics(reconstruction, target)
+        if self.usage is not None:
+            self.usage.update(encoded.indices)
+        if self.decoder_std is not None:
+            self._add_elbo(encoded, target)
         # The grid holds images of the first image's size (full-resolution sets mix orientations).
-        if len(originals) < num_grid_images and (not originals or originals[0].shape == target.shape[1:]):
-            originals += list(target[: num_grid_images - len(originals)].cpu())
-            reconstructions += list(reconstruction[: len(originals) - len(reconstructions)].cpu())
-        num_images += pixels.shape[0]
+        if len(self.originals) < self.num_grid_images and (
+            not self.originals or self.originals[0].shape == target.shape[1:]
+        ):
+            self.originals += list(target[: self.num_grid_images - len(self.originals)].cpu())
+            self.reconstructions += list(reconstruction[: len(self.originals) - len(self.reconstructions)].cpu())
+        self.num_images += pixels.shape[0]
 
-    if num_images == 0:
-        raise ValueError("the evaluation stream yielded no images")
-    metrics: dict[str, float | int | str] = {"num_images": num_images}
-    finite = [value for value in per_image_psnr if math.isfinite(value)]
-    metrics["psnr"] = sum(finite) / len(finite) if finite else math.inf
-    metrics["perfect_reconstructions"] = num_images - len(finite)
-    for name, total in sums.items():
-        metrics[name] = total / num_images
-    metrics["psnr_of_mean_mse"] = 10 * math.log10(4.0 / metrics["mse"]) if metrics["mse"] > 0 else math.inf
-    notes = []
-    if "ssim" not in metrics:
-        notes.append("SSIM skipped: images smaller than its 11x11 window")
-    if lpips is not None and "lpips" not in metrics:
-        notes.append(f"LPIPS skipped: images smaller than {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, too small for its network")
-    if inception is not None:
-        if num_images < 2:
-            notes.append("rFID skipped: needs at least 2 images")
-        else:
-            metrics["rfid"] = frechet_distance(
-                real_features.mean(), real_features.covariance(), fake_features.mean(), fake_features.covariance()
+    def _add_image_metrics(self, reconstruction: torch.Tensor, target: torch.Tensor) -> None:
+        self.per_image_psnr += psnr(reconstruction, target).tolist()
+        error = (reconstruction.double() - target.double()).flatten(1)
+        self._sum("mse", error.pow(2).mean(dim=1))
+        self._sum("l1", error.abs().mean(dim=1))
+        if min(target.shape[-2:]) >= SSIM_WINDOW:
+            self._sum("ssim", ssim(reconstruction, target))
+        if self.lpips is not None and min(target.shape[-2:]) >= LPIPS_MIN_SIZE:
+            self._sum("lpips", self.lpips(reconstruction, target))
+        if self.inception is not None:
+            self.real_features.update(self.inception(target))
+            self.fake_features.update(self.inception(reconstruction))
+
+    def _add_elbo(self, encoded, target: torch.Tensor) -> None:
+        """KL (nats per image), negative ELBO and bits per dimension with one posterior sample."""
+        code = self.model.continuous_code_encoded(encoded, sample_posterior=True, generator=self.generator)
+        with self.autocast():
+            sample_mean = self.model.decode(code, return_dict=True).sample.float()
+        kl = self.model.code_size(encoded).bits * math.log(2)
+        negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, self.decoder_std)
+        self._sum("kl", kl)
+        self._sum("negative_elbo", negative_elbo)
+        self._sum("bits_per_dim", bits_per_dim)
+
+    def result(self) -> EvaluationResult:
+        if self.num_images == 0:
+            raise ValueError("the evaluation stream yielded no images")
+        count = self.num_images
+        metrics: dict[str, float | int | str] = {"num_images": count}
+        finite = [value for value in self.per_image_psnr if math.isfinite(value)]
+        metrics["psnr"] = sum(finite) / len(finite) if finite else math.inf
+        metrics["perfect_reconstructions"] = count - len(finite)
+        metrics.update({name: total / count for name, total in self.sums.items()})
+        metrics["psnr_of_mean_mse"] = 10 * math.log10(4.0 / metrics["mse"]) if metrics["mse"] > 0 else math.inf
+        notes = self._notes(metrics)
+        if self.usage is not None:
+            metrics["codebook_usage"] = self.usage.usage()
+            metrics["perplexity"] = self.usage.perplexity()
+            metrics["codebook_size"] = self.model.codebook_size
+        if self.decoder_std is not None:
+            metrics["decoder_std"] = self.decoder_std
+        metrics["encode_images_per_s"] = count / max(self.encode_timer.seconds, 1e-12)
+        metrics["decode_images_per_s"] = count / max(self.decode_timer.seconds, 1e-12)
+        return EvaluationResult(
+            metrics=metrics,
+            per_image_psnr=self.per_image_psnr,
+            originals=torch.stack(self.originals),
+            reconstructions=torch.stack(self.reconstructions),
+            codebook_counts=self.usage.counts if self.usage is not None else None,
+            notes=notes,
+        )
+
+    def _notes(self, metrics: dict) -> list[str]:
+        """What was skipped or needs care in reading; adds `rfid` to `metrics` when it can be computed."""
+        notes = []
+        if "ssim" not in metrics:
+            notes.append(f"SSIM skipped: images smaller than its {SSIM_WINDOW}x{SSIM_WINDOW} window")
+        if self.lpips is not None and "lpips" not in metrics:
+            notes.append(
+                f"LPIPS skipped: images smaller than {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, too small for its network"
             )
-            if num_images < 2048:
-                notes.append(
-                    f"rFID from {num_images} images: FID is biased upwards for small samples (50k is usual); "
-                    "compare only numbers computed from the same number of images"
-                )
-    if usage is not None:
-        metrics["codebook_usage"] = usage.usage()
-        metrics["perplexity"] = usage.perplexity()
-        metrics["codebook_size"] = model.codebook_size
-    if is_vae:
-        metrics["decoder_std"] = decoder_std
-    metrics["encode_images_per_s"] = num_images / max(encode_timer.seconds, 1e-12)
-    metrics["decode_images_per_s"] = num_images / max(decode_timer.seconds, 1e-12)
-    return EvaluationResult(
-        metrics=metrics,
-        per_image_psnr=per_image_psnr,
-        originals=torch.stack(originals),
-        reconstructions=torch.stack(reconstructions),
-        codebook_counts=usage.counts if usage is not None else None,
-        notes=notes,
-    )
+        if self.inception is None:
+            return notes
+        if self.num_images < 2:
+            notes.append("rFID skipped: needs at least 2 images")
+            return notes
+        real, fake = self.real_features, self.fake_features
+        metrics["rfid"] = frechet_distance(real.mean(), real.covariance(), fake.mean(), fake.covariance())
+        if self.num_images < 2048:
+            notes.append(
+                f"rFID from {self.num_images} images: FID is biased upwards for small samples (50k is usual); "
+                "compare only numbers computed from the same number of images"
+            )
+        return notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,71 +307,41 @@ class EvaluationImages:
 # Report
 # ----------------------------------------------------------------------------------------------
 
-METRIC_LABELS = {
-    "num_images": "images",
-    "psnr": "PSNR (dB, mean per image)",
-    "psnr_of_mean_mse": "PSNR of the mean MSE (dB)",
-    "ssim": "SSIM",
-    "mse": "MSE ([-1, 1] pixels)",
-    "l1": "L1 ([-1, 1] pixels)",
-    "lpips": "LPIPS",
-    "rfid": "rFID",
-    "codebook_usage": "codebook usage",
-    "perplexity": "codebook perplexity",
-    "codebook_size": "codebook size",
-    "kl": "KL (nats / image)",
-    "negative_elbo": "negative ELBO (nats / image)",
-    "bits_per_dim": "bits / dim",
-    "decoder_std": "decoder std used for bits / dim",
-    "perfect_reconstructions": "perfect reconstructions",
-    "encode_images_per_s": "encode (images / s)",
-    "decode_images_per_s": "decode (images / s)",
-}
+# Cells of the report's reconstruction grid are upscaled (nearest) to at least this many pixels.
+REPORT_GRID_MIN_CELL = 64
 
 
-def _format(value) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-    return str(value)
-
-
-def markdown_table(metrics: dict) -> str:
-    """The metrics as a two-column markdown table (the model card includes it)."""
-    lines = ["| metric | value |", "|---|---:|"]
-    lines += [f"| {METRIC_LABELS.get(name, name)} | {_format(value)} |" for name, value in metrics.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _json_safe(value):
-    # JSON has no infinity; a perfect reconstruction's PSNR is written as the string "inf".
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+def evaluation_report(result: EvaluationResult, extra: dict | None = None) -> dict:
+    """`result` as a `metrics.json` document (`latentcode.reporting`, `kind="evaluation"`): `extra`'s
+    `"model"` and `"data"` go to those keys, its other values to `details`."""
+    details = dict(extra or {})
+    model = details.pop("model", "(not given)")
+    data = {**details.pop("data", {}), "num_images": result.metrics["num_images"]}
+    return metrics_report(
+        kind="evaluation",
+        model=model,
+        data=data,
+        metrics=result.metrics,
+        per_image={"psnr": result.per_image_psnr},
+        notes=result.notes,
+        details=details,
+    )
 
 
 def write_report(result: EvaluationResult, output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
-    """Write `metrics.json` (metrics, per-image PSNR, notes and `extra`), `metrics.md`,
-    `reconstructions.png`, `psnr_histogram.png` and, for a VQ-VAE, `codebook_usage.png`.
-    Returns name -> path of what was written."""
+    """Write `metrics.json` ([`evaluation_report`]: metrics, per-image PSNR, notes and `extra`),
+    `metrics.md`, `reconstructions.png`, `psnr_histogram.png` and, for a model with tokens,
+    `codebook_usage.png`. Returns name -> path of what was written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         name: output_dir / name for name in ("metrics.json", "metrics.md", "reconstructions.png", "psnr_histogram.png")
     }
-    payload = {
-        **(extra or {}),
-        "metrics": {name: _json_safe(value) for name, value in result.metrics.items()},
-        "per_image_psnr": [_json_safe(value) for value in result.per_image_psnr],
-        "notes": result.notes,
-    }
-    paths["metrics.json"].write_text(json.dumps(payload, indent=2) + "\n")
+    write_metrics_json(evaluation_report(result, extra), paths["metrics.json"])
     notes = "".join(f"\n- {note}" for note in result.notes)
     paths["metrics.md"].write_text(markdown_table(result.metrics) + (f"\nNotes:{notes}\n" if notes else ""))
-    reconstruction_grid(result.originals, result.reconstructions).save(paths["reconstructions.png"])
+    grid = reconstruction_grid(result.originals, result.reconstructions, min_cell_size=REPORT_GRID_MIN_CELL)
+    grid.save(paths["reconstructions.png"])
     psnr_histogram(result.per_image_psnr).save(paths["psnr_histogram.png"])
     if result.codebook_counts is not None:
         paths["codebook_usage.png"] = output_dir / "codebook_usage.png"

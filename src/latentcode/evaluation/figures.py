@@ -1,8 +1,9 @@
 """Evaluation pictures drawn with PIL only (no plotting library needed).
 
-- [`reconstruction_grid`]: originals in the top row, their reconstructions below.
 - [`bar_chart`]: a labelled bar chart; [`psnr_histogram`] and [`codebook_usage_chart`] use it.
 - [`line_chart`]: labelled curves y(x), e.g. test PSNR against training steps.
+
+(The reconstruction grid is `latentcode.grids.reconstruction_grid`.)
 """
 
 from __future__ import annotations
@@ -13,18 +14,6 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 import torch
-
-from .. import grids
-
-MIN_CELL_SIZE = 64  # grid cells are upscaled (nearest) to at least this many pixels
-
-
-def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> PIL.Image.Image:
-    """Two rows: `originals` `[N, C, H, W]` above `reconstructions` (same shape), in [-1, 1],
-    cells upscaled (nearest) to at least `MIN_CELL_SIZE` pixels."""
-    grid = grids.reconstruction_grid(originals, reconstructions)
-    scale = max(1, math.ceil(MIN_CELL_SIZE / originals.shape[-1]))
-    return grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
 
 
 def bar_chart(

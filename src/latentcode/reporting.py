@@ -1,0 +1,186 @@
+"""What a run reports, in one format: `metrics.json` (one versioned schema) and the metrics table.
+
+Every producer writes `metrics.json` through [`write_metrics_json`]: `latentcode-eval`
+(`kind="evaluation"`) and training validation (`kind="training"`; the prior and latent-diffusion
+scripts name their own kind). Schema version 1:
+
+    {
+      "schema_version": 1,
+      "kind": "evaluation",                 # who wrote it
+      "model": "org/vqvae-celeba",          # the model's folder or Hub id
+      "data": {"num_images": 500, ...},     # what was measured on: source, split, counts
+      "metrics": {"psnr": 27.1, ...},       # name -> number (or "inf" / "-inf" / "nan": JSON has none)
+      "per_image": {"psnr": [27.3, ...]},   # name -> one value per image (may be empty)
+      "notes": ["rFID from 500 images: ..."],
+      "details": {...}                      # the producer's own: options, steps, timings
+    }
+
+Training validation, for example, writes its validation metrics with its run counters as details:
+
+```python
+report = metrics_report(kind="training", model=str(output_dir), metrics=validation, details=summary,
+                        data={"source": "builtin:digits", "split": "validation", "num_images": 64})
+write_metrics_json(report, output_dir / "metrics.json")
+```
+
+[`read_metrics_json`] reads one back and refuses files of another schema with a clear message.
+Reconstruction grids are `latentcode.grids.reconstruction_grid`; figures are in
+`latentcode.evaluation.figures`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+# Top-level keys of metrics.json and the type of each value.
+SCHEMA: dict[str, type] = {
+    "schema_version": int,
+    "kind": str,
+    "model": str,
+    "data": dict,
+    "metrics": dict,
+    "per_image": dict,
+    "notes": list,
+    "details": dict,
+}
+
+
+def metrics_report(
+    *,
+    kind: str,
+    model: str,
+    data: dict,
+    metrics: dict,
+    per_image: dict | None = None,
+    notes: list[str] | tuple[str, ...] = (),
+    details: dict | None = None,
+) -> dict:
+    """The `metrics.json` document (see the module docstring); `data` must hold `num_images`."""
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "model": str(model),
+        "data": dict(data),
+        "metrics": dict(metrics),
+        "per_image": {name: list(values) for name, values in (per_image or {}).items()},
+        "notes": list(notes),
+        "details": dict(details or {}),
+    }
+    check_metrics_report(report)
+    return report
+
+
+def check_metrics_report(report: dict) -> None:
+    """Raise a ValueError naming every key of `report` that is missing or of the wrong type."""
+    if not isinstance(report, dict):
+        raise ValueError(f"a metrics report is a dict with keys {list(SCHEMA)}, got {type(report).__name__}")
+    problems = [
+        f"{key}: expected {expected.__name__}, got "
+        + (type(report[key]).__name__ if key in report else "nothing (missing)")
+        for key, expected in SCHEMA.items()
+        if not isinstance(report.get(key), expected) or isinstance(report.get(key), bool)
+    ]
+    unknown = sorted(set(report) - set(SCHEMA))
+    if unknown:
+        problems.append(f"unknown keys {unknown} (producer-specific values go under 'details')")
+    if not problems and report["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version: expected {SCHEMA_VERSION}, got {report['schema_version']}")
+    if not problems and not isinstance(report["data"].get("num_images"), int):
+        problems.append(f"data.num_images: expected int, got {report['data'].get('num_images')!r}")
+    if not problems:
+        problems += [f"metrics.{name}: expected a number or string, got {type(value).__name__}"
+                     for name, value in report["metrics"].items() if not isinstance(value, (int, float, str))]  # fmt: skip
+    if problems:
+        raise ValueError("not a latentcode metrics report (metrics.json schema 1): " + "; ".join(problems))
+
+
+def _json_safe(value):
+    """JSON has no infinity or NaN: non-finite floats are written as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_metrics_json(report: dict, path: str | Path) -> Path:
+    """Check `report` ([`metrics_report`]) and write it as strict JSON at `path`; returns the path."""
+    check_metrics_report(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_metrics_json(path: str | Path) -> dict:
+    """A `metrics.json` written by [`write_metrics_json`]; older files (no `schema_version`) and
+    other schemas are refused, naming what they hold."""
+    report = json.loads(Path(path).read_text())
+    if isinstance(report, dict) and "schema_version" not in report:
+        raise ValueError(
+            f"{path} has no schema_version: it was written before latentcode's metrics.json schema 1 "
+            f"(keys {sorted(report)}); rerun latentcode-eval (or the training) to write it again"
+        )
+    check_metrics_report(report)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# The metrics as a table (metrics.md, model cards, the console)
+# ----------------------------------------------------------------------------------------------
+
+METRIC_LABELS = {
+    "num_images": "images",
+    "psnr": "PSNR (dB, mean per image)",
+    "psnr_of_mean_mse": "PSNR of the mean MSE (dB)",
+    "ssim": "SSIM",
+    "mse": "MSE ([-1, 1] pixels)",
+    "l1": "L1 ([-1, 1] pixels)",
+    "lpips": "LPIPS",
+    "rfid": "rFID",
+    "codebook_usage": "codebook usage",
+    "perplexity": "codebook perplexity",
+    "codebook_size": "codebook size",
+    "kl": "KL (nats / image)",
+    "negative_elbo": "negative ELBO (nats / image)",
+    "bits_per_dim": "bits / dim",
+    "decoder_std": "decoder std used for bits / dim",
+    "perfect_reconstructions": "perfect reconstructions",
+    "encode_images_per_s": "encode (images / s)",
+    "decode_images_per_s": "decode (images / s)",
+}
+
+
+def _format(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(metrics: dict) -> str:
+    """The metrics as a two-column markdown table (the model card includes it)."""
+    lines = ["| metric | value |", "|---|---:|"]
+    lines += [f"| {METRIC_LABELS.get(name, name)} | {_format(value)} |" for name, value in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "METRIC_LABELS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "check_metrics_report",
+    "markdown_table",
+    "metrics_report",
+    "read_metrics_json",
+    "write_metrics_json",
+]

@@ -1,0 +1,167 @@
+"""Latent traversals, attribute vectors and per-dimension KL: seeing and steering a latent code.
+
+A latent *dimension* is one entry of a vector latent `[D]` (the `"vector"` backbone) or one
+channel of a latent grid `[C, h, w]`. An image's *code* is the VAE's posterior mean, the
+AutoEncoder's latent, or the VQ-VAE's latent before quantisation (its decoder quantises).
+
+- [`per_dimension_kl`]: KL(q(z|x) || N(0, I)) of each dimension, averaged over images: which
+  dimensions carry information (a dimension the posterior leaves at the prior has KL 0).
+- [`traversal_codes`] / [`latent_traversal`]: for each chosen dimension, a row of codes equal to
+  a base code (an image's, or the prior mean 0) except that the dimension is moved by each of
+  `values` — the grid of the disentanglement papers. With the prior mean as base, a row sweeps
+  the dimension through `values` itself.
+- [`attribute_vector`] / [`apply_attribute`]: the mean code difference of two image sets (e.g.
+  smiling minus not smiling), added to any image's code with a strength.
+
+Command line: `latentcode-traverse --pretrained_model_name_or_path MODEL --output_path grid.png
+[--image face.png] [--data_dir faces/ --top_k 10]` (see `latentcode-traverse --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+
+
+def _check_dims(model, dims: Sequence[int]) -> list[int]:
+    channels = model.config.latent_channels
+    dims = [int(d) for d in dims]
+    if not dims or any(not 0 <= d < channels for d in dims):
+        raise ValueError(f"expected latent dimensions in [0, {channels}) (latent_channels={channels}), got {dims}")
+    return dims
+
+
+@torch.no_grad()
+def encode_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Pixels `[B, C, H, W]` in [-1, 1] -> codes `[B, *model.latent_code_shape()]`: the VAE's
+    posterior mean, the AutoEncoder's latents, the VQ-VAE's latents before quantisation."""
+    return model.continuous_code(pixel_values)
+
+
+@torch.no_grad()
+def per_dimension_kl(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per latent dimension in nats, averaged over the batch and summed over
+    the latent positions of a grid: `[latent_channels]`. The sum over dimensions is the VAE's KL."""
+    if not model.can_sample_prior:
+        raise ValueError(f"per-dimension KL needs a VAE's posterior; {type(model).__name__} has a deterministic code")
+    posterior = model.encode(pixel_values, return_dict=True).latent_dist
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar)
+    return kl.flatten(2).sum(2).mean(0) if kl.dim() > 2 else kl.mean(0)
+
+
+def top_dimensions(kl: torch.Tensor, k: int) -> list[int]:
+    """The `k` dimensions of largest KL, largest first."""
+    if not 1 <= k <= kl.numel():
+        raise ValueError(f"top_k must be in [1, {kl.numel()}] (the latent dimensions), got {k}")
+    return torch.argsort(kl, descending=True)[:k].tolist()
+
+
+def traversal_codes(base: torch.Tensor, dims: Sequence[int], values: torch.Tensor) -> torch.Tensor:
+    """Base code `[D]` or `[C, h, w]` -> `[len(dims) * len(values), *base.shape]`: row `i` holds
+    the base with dimension `dims[i]` (a whole channel of a grid) moved by each of `values`."""
+    rows = []
+    for dim in dims:
+        codes = base.expand(len(values), *base.shape).clone()
+        codes[:, dim] += values.to(base).view(-1, *[1] * (base.dim() - 1))
+        rows.append(codes)
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def latent_traversal(
+    model,
+    pixel_values: torch.Tensor | None = None,
+    dims: Sequence[int] | None = None,
+    values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decoded traversal grid `[len(dims) * len(values), C, H, W]` in [-1, 1], row-major (one row
+    per dimension): around the code of `pixel_values` (`[1, C, H, W]`), or the prior mean (0)
+    when None. `dims` defaults to every dimension, `values` to `linspace(-2, 2, 7)` (two prior
+    standard deviations either side)."""
+    values = torch.linspace(-2, 2, 7) if values is None else values
+    dims = _check_dims(model, range(model.config.latent_channels) if dims is None else dims)
+    if pixel_values is None:
+        base = torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
+    elif pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
+        raise ValueError(f"expected one image [1, C, H, W] to traverse around, got shape {tuple(pixel_values.shape)}")
+    else:
+        base = encode_codes(model, pixel_values)[0]
+    return model.decode(traversal_codes(base, dims, values), return_dict=True).sample
+
+
+@torch.no_grad()
+def attribute_vector(model, with_attribute: torch.Tensor, without_attribute: torch.Tensor) -> torch.Tensor:
+    """Mean code of images with an attribute minus mean code of images without it: `[*code_shape]`.
+    Both image sets are `[B, C, H, W]` in [-1, 1] (B may differ)."""
+    return encode_codes(model, with_attribute).mean(0) - encode_codes(model, without_attribute).mean(0)
+
+
+@torch.no_grad()
+def apply_attribute(model, pixel_values: torch.Tensor, vector: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Decode the codes of `pixel_values` `[B, C, H, W]` moved by `strength * vector` -> `[B, C, H, W]`."""
+    codes = encode_codes(model, pixel_values)
+    if vector.shape != codes.shape[1:]:
+        raise ValueError(
+            f"expected an attribute vector of the code's shape {tuple(codes.shape[1:])}, got {tuple(vector.shape)}"
+        )
+    return model.decode(codes + strength * vector.to(codes), return_dict=True).sample
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="latentcode-traverse",
+        description="Render a latent traversal grid (one row per latent dimension) of a latentcode model.",
+    )
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="model folder or Hub id")
+    parser.add_argument("--output_path", required=True, help="PNG to write")
+    parser.add_argument("--image", default=None, help="traverse around this image's code (default: the prior mean)")
+    parser.add_argument("--data_dir", default=None, help="images whose per-dimension KL ranks the dimensions")
+    parser.add_argument(
+        "--top_k", type=int, default=None, help="only the k dimensions of largest KL (needs --data_dir)"
+    )
+    parser.add_argument("--dims", type=int, nargs="+", default=None, help="these dimensions (default: all)")
+    parser.add_argument("--steps", type=int, default=7, help="values per dimension")
+    parser.add_argument("--span", type=float, default=2.0, help="move each dimension by -span .. +span")
+    return parser.parse_args(argv)
+
+
+def mean_kl_over_folder(model, folder: str, processor) -> torch.Tensor:
+    """[`per_dimension_kl`] averaged over every image under `folder`: `[latent_channels]`."""
+    from .conversion.cli import image_folder_batches
+
+    total, count = 0.0, 0
+    for batch in image_folder_batches(folder, processor):
+        total = total + per_dimension_kl(model, batch) * len(batch)
+        count += len(batch)
+    return total / count
+
+
+def main(argv=None) -> None:
+    from PIL import Image
+    from transformers import AutoModel
+
+    from .grids import save_image_grid
+    from .image_processing import LatentCodeImageProcessor
+
+    args = parse_args(argv)
+    if args.top_k is not None and (args.data_dir is None or args.dims is not None):
+        raise SystemExit("--top_k ranks dimensions by their KL over --data_dir images; give --data_dir, not --dims")
+    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).eval()
+    processor = LatentCodeImageProcessor.from_model_config(model.config)
+    dims = args.dims
+    if args.data_dir is not None:
+        kl = mean_kl_over_folder(model, args.data_dir, processor)
+        print("per-dimension KL (nats):", ", ".join(f"{d}: {v:.2f}" for d, v in enumerate(kl.tolist())))
+        dims = top_dimensions(kl, args.top_k) if args.top_k is not None else dims
+    pixels = None
+    if args.image is not None:
+        with Image.open(args.image) as image:
+            pixels = processor(image, return_tensors="pt").pixel_values
+    values = torch.linspace(-args.span, args.span, args.steps)
+    grid = latent_traversal(model, pixels, dims, values)
+    print(f"wrote {save_image_grid(grid, args.output_path, num_columns=args.steps)}")
