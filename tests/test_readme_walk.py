@@ -98,19 +98,28 @@ def repository_copy(destination: Path) -> Path:
 
 
 def test_readme_walk_finds_the_chain():
-    """The walk itself: the commands it runs, with the setup steps dropped and counts scaled."""
+    """The walk itself: the commands it runs (setup steps dropped, counts scaled), and each model a
+    step loads was written by a step before it (`--output_dir`, or a `--config`'s `output_dir`)."""
     steps = readme_steps(README.read_text())
     commands = [step.code for step in steps if step.language == "bash"]
     assert commands[0] == "accelerate launch training/train.py --config training/configs/quickstart.yaml"
     assert not any("pip install" in command or "pytest" in command for command in commands)
     assert "LATENTCODE_README_SCALE" in README.read_text()
-    produced = {"quickstart-vqvae", "my-vae"}
-    for command in commands:
-        if "--pretrained_model_name_or_path" in command:
-            model = shlex.split(command)[shlex.split(command).index("--pretrained_model_name_or_path") + 1]
-            assert model in produced, f"README command uses {model} before a step made it: {command}"
-        if "--output_dir" in command:
-            produced.add(shlex.split(command)[shlex.split(command).index("--output_dir") + 1])
+    produced: set[str] = set()
+    for step in steps:
+        if step.language == "python":
+            loaded = re.findall(r"from_pretrained\(\"([^\"]+)\"\)", step.code)
+            saved = re.findall(r"save_pretrained\(\"([^\"]+)\"\)", step.code)
+        else:
+            words = shlex.split(step.code)
+            option = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+            loaded = [option["--pretrained_model_name_or_path"]] if "--pretrained_model_name_or_path" in option else []
+            config = yaml.safe_load((REPO / option["--config"]).read_text()) if "--config" in option else {}
+            saved = [option.get("--output_dir", config.get("output_dir"))]
+        missing = [name for name in loaded if name not in produced | set(saved if step.language == "python" else [])]
+        assert not missing, f"README.md line {step.line} uses {missing} before a step made it"
+        produced.update(name for name in saved if name)
+    assert {"quickstart-vqvae", "my-vae", "my-prior", "my-ldm"} <= produced
     assert scaled(commands[0], REPO).endswith(f"--max_train_steps {max(2, round(500 * SCALE))}")
 
 
