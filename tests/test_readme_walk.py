@@ -1,7 +1,7 @@
 """The README, walked top to bottom as a new user would after cloning: every fenced command and
 Python block, in the order written, in a copy of the repository, offline. Later steps load the
 models earlier steps trained, so a broken link in the chain fails here. Step counts are multiplied
-by `LATENTCODE_README_SCALE` (default 0.02), which the README mentions.
+by `LATENTCODE_README_SCALE` (default 0.01), which the README mentions.
 
 Blocks marked `<!-- not run by the README walk: why -->` on the line before the fence are skipped
 (installs, the test suite itself, a web server); `<!-- README walk: needs PATH ... -->` skips a
@@ -25,7 +25,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-SCALE = float(os.environ.get("LATENTCODE_README_SCALE", "0.02"))
+SCALE = float(os.environ.get("LATENTCODE_README_SCALE", "0.01"))
 NOT_RUN = "<!-- not run by the README walk:"
 NEEDS = re.compile(r"<!-- README walk: needs (\S+)")
 # Steps of a Quickstart command line that set up the environment the walk already runs in.
