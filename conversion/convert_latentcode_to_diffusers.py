@@ -13,12 +13,13 @@ import argparse
 from transformers import AutoModel
 
 import latentcode  # noqa: F401  (registers the latentcode model types with AutoModel)
+from latentcode.hub import resolve_pretrained
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="latentcode model folder or Hub id")
-    parser.add_argument("--revision", default=None)
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: main)")
     parser.add_argument("--output_dir", required=True, help="where the diffusers model is saved")
     parser.add_argument(
         "--no_safe_serialization",
@@ -31,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
+    path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
+    model = AutoModel.from_pretrained(path, revision=args.revision)
     exported = model.to_diffusers()
     exported.save_pretrained(args.output_dir, safe_serialization=args.safe_serialization)
     print(f"wrote diffusers {type(exported).__name__} to {args.output_dir}")

@@ -95,14 +95,15 @@ def test_eval_data_flags_are_the_training_scripts_flags():
     def actions(parser):
         return {action.dest: action for action in parser._actions}
 
+    # --split is the one exception: evaluation defaults to the source's held-out split.
+    shared = [name for name in DATA_SOURCE_FIELDS if name != "split"]
     train, evaluation = actions(train_parser(RunConfig)), actions(eval_parser())
     for name in DATA_SOURCE_FIELDS:
         assert evaluation[name].option_strings == train[name].option_strings == [f"--{name}"]
-        assert evaluation[name].help == train[name].help
+    assert all(evaluation[name].help == train[name].help for name in shared)
+    assert "held-out split" in evaluation["split"].help and evaluation["split"].default is None
     defaults = eval_parser().parse_args(["--pretrained_model_name_or_path", "m", "--cache_dir", "none"])
-    assert {name: getattr(defaults, name) for name in DATA_SOURCE_FIELDS} == {
-        name: getattr(RunConfig(), name) for name in DATA_SOURCE_FIELDS
-    }
+    assert {name: getattr(defaults, name) for name in shared} == {name: getattr(RunConfig(), name) for name in shared}
 
 
 TRAINING_SCRIPTS = ["training/train.py", "training/train_prior.py", "training/train_latent_diffusion.py"]

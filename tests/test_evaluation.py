@@ -342,3 +342,55 @@ def test_cli_without_lpips_weights_suggests_its_own_flag(tmp_path, monkeypatch, 
     assert eval_main(argv + ["--output_dir", str(tmp_path / "eval")]) == 0
     message = capsys.readouterr().err
     assert "LPIPS skipped" in message and "pass --no_lpips" in message and "perceptual_weight" not in message
+
+
+# ----------------------------------------------------------------------------------------------
+# latentcode-eval as a user meets it: held-out split, progress, summary, model argument
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cli_scores_the_held_out_split_with_a_progress_bar_and_a_summary(tmp_path, capsys):
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--dataset_name", "builtin:digits"]
+    argv += ["--max_images", "24", "--batch_size", "8", "--no_fid", "--no_lpips", "--output_dir", str(tmp_path / "e")]
+    assert eval_main(argv) == 0
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["data"]["split"] == "test"
+    captured = capsys.readouterr()
+    assert "on split 'test' of builtin:digits" in captured.err
+    assert "24/24" in captured.err and "img/s" in captured.err  # tqdm: count, rate (and time left)
+    summary = captured.out.strip().splitlines()[-1]
+    assert summary.startswith("scored 24 images of split 'test' of builtin:digits in ")
+    assert f"PSNR {saved['metrics']['psnr']:.2f} dB" in summary and "codebook usage" in summary
+
+
+def test_held_out_split_is_test_then_validation_then_train(tmp_path):
+    from latentcode.evaluation.cli import held_out_split
+
+    assert held_out_split("builtin:photos", None, None) == "test"
+    assert held_out_split(None, None, None) == "test"
+    image = PIL.Image.new("RGB", (8, 8))
+    layouts = {"test": ("train", "test"), "validation": ("train", "validation"), "train": ("photos",)}
+    for expected, folders in layouts.items():
+        for folder in folders:
+            (tmp_path / expected / folder).mkdir(parents=True)
+            image.save(tmp_path / expected / folder / "a.png")
+        assert held_out_split(None, None, str(tmp_path / expected)) == expected
+
+
+def test_cli_warnings_do_not_land_inside_the_progress_bar(tmp_path, capsys):
+    """A corrupt image's warning is written on its own line above the bar (tqdm.write)."""
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(6):
+        PIL.Image.new("L", (16, 16), color=index * 40).save(images / f"{index}.png")
+    (images / "3.png").write_bytes(b"not a png")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--train_data_dir", str(images)]
+    argv += ["--max_images", "5", "--batch_size", "2", "--no_fid", "--no_lpips", "--output_dir", str(tmp_path / "e")]
+    assert eval_main(argv) == 0
+    err = capsys.readouterr().err
+    warning = next(line for line in err.replace("\r", "\n").splitlines() if "skipping unreadable" in line)
+    assert "evaluating:" not in warning and "img/s" not in warning, err

@@ -165,3 +165,25 @@ def test_16_bit_and_float_images_are_scaled_by_bit_depth_in_processor_and_traini
         processor(PIL.Image.fromarray(np.array([[-5, 70000]], np.int32)))
     with pytest.raises(ValueError, match="got dtype torch.int64"):
         processor(np.zeros((8, 8), np.int64))
+
+
+def test_a_grey_scale_image_for_an_rgb_processor_is_logged_once(caplog, tmp_path):
+    """Converted as PIL converts (the channel repeated), and said once per processor, with the fix;
+    colour inputs and grey inputs for a grey model are silent; the flag is not saved."""
+    processor = LatentCodeImageProcessor(size=8)
+    grey = PIL.Image.linear_gradient("L").resize((8, 8))
+    with caplog.at_level("WARNING", logger="latentcode.image_processing"):
+        pixels = processor([grey, np.asarray(grey)]).pixel_values
+        processor(torch.zeros(1, 8, 8))
+        processor(grey.convert("RGB"))
+    assert torch.equal(pixels[:, 0], pixels[:, 1]) and torch.equal(pixels[:, 1], pixels[:, 2])
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1, messages
+    assert "grey-scale image was converted to RGB" in messages[0] and "image.convert('RGB')" in messages[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="latentcode.image_processing"):
+        LatentCodeImageProcessor(size=8).preprocess(grey.convert("RGB"))
+        LatentCodeImageProcessor(size=8, num_channels=1).preprocess(grey)
+    assert not caplog.records
+    processor.save_pretrained(tmp_path)
+    assert "_grey_input_logged" not in (tmp_path / "preprocessor_config.json").read_text()

@@ -1,6 +1,9 @@
-"""Every Python block of the README runs alone, as a user pastes it: in a fresh interpreter, in
-an empty folder, offline. Blocks that need downloads or files a user brings are marked with an
-HTML comment `<!-- not run by tests/test_readme.py: why -->` on the line before the fence."""
+"""Every Python block of the reference pages (`docs/*.md`) runs alone, as a user pastes it: in a
+fresh interpreter, in an empty folder, offline. Blocks that need downloads or files a user brings
+are marked with an HTML comment `<!-- not run by tests/test_readme.py: why -->` on the line
+before the fence. The README's own blocks build on each other (a model trained by one command is
+used by the next); `tests/test_readme_walk.py` runs them in order. Here: the README's length, its
+fences and its links to the pages."""
 
 from __future__ import annotations
 
@@ -12,13 +15,17 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+PAGES = sorted((REPO / "docs").glob("*.md"))
 NOT_RUN = "<!-- not run by tests/test_readme.py:"
+# What the README's guide covers, each with its reference page.
+REFERENCE_PAGES = ("quantizers", "reliability", "tokens", "diffusers", "conversion", "evaluation", "demo")
 
 
-def python_blocks() -> list[tuple[int, str]]:
-    """`(line, code)` of each Python block meant to run."""
-    text = README.read_text()
+def python_blocks(page: Path) -> list[tuple[int, str]]:
+    """`(line, code)` of each Python block of `page` meant to run."""
+    text = page.read_text()
     blocks = []
     for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
@@ -27,16 +34,34 @@ def python_blocks() -> list[tuple[int, str]]:
     return blocks
 
 
-def test_readme_marks_every_block_with_its_language():
-    fences = re.findall(r"^```(\S*)\n", README.read_text(), re.M)[::2]  # opening fences
-    assert fences and all(language in ("python", "bash", "yaml", "text") for language in fences), fences
-    assert len(python_blocks()) >= 6
+def test_readme_is_a_short_guide_that_links_every_reference_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 450
+    for name in REFERENCE_PAGES:
+        assert f"](docs/{name}.md)" in text, f"README does not link docs/{name}.md"
+    for link in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)", text):
+        assert (REPO / link).exists(), link
+    for page in PAGES:
+        for link in re.findall(r"\]\((?!https?:)([^)#]+)", page.read_text()):
+            assert (page.parent / link).exists(), f"{page.name}: {link}"
 
 
-@pytest.mark.parametrize(
-    "line, code", python_blocks(), ids=lambda value: f"line{value}" if isinstance(value, int) else ""
-)
-def test_readme_block_runs_alone_offline(line, code, tmp_path):
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda page: page.name)
+def test_every_block_is_marked_with_its_language(page):
+    fences = re.findall(r"^```(\S*)\n", page.read_text(), re.M)[::2]  # opening fences
+    assert all(language in ("python", "bash", "yaml", "text") for language in fences), fences
+
+
+DOC_BLOCKS = [(page, line, code) for page in PAGES for line, code in python_blocks(page)]
+
+
+def test_the_pages_hold_runnable_examples():
+    assert len(DOC_BLOCKS) >= 5
+    assert {page.stem for page, _, _ in DOC_BLOCKS} >= {"quantizers", "tokens", "diffusers"}
+
+
+@pytest.mark.parametrize("page, line, code", DOC_BLOCKS, ids=[f"{p.stem}-line{line}" for p, line, _ in DOC_BLOCKS])
+def test_docs_block_runs_alone_offline(page, line, code, tmp_path):
     # One thread: the blocks run small models, and CI runs tests side by side.
     environment = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-hub-cache"), OMP_NUM_THREADS="1"
@@ -44,7 +69,7 @@ def test_readme_block_runs_alone_offline(line, code, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600
     )
-    assert result.returncode == 0, f"README.md line {line}:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"{page.name} line {line}:\n{result.stderr[-3000:]}"
     written = re.findall(r"save_pretrained\(\"([^\"]+)\"\)", code) + re.findall(r"\"([\w./-]+\.png)\"", code)
     for name in written:
-        assert (tmp_path / name).exists(), f"README.md line {line} did not write {name}"
+        assert (tmp_path / name).exists(), f"{page.name} line {line} did not write {name}"

@@ -86,18 +86,24 @@ def interpolate(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="VAE prior samples and latent interpolation grids as PNG.")
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="a latentcode model folder or Hub id")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--num_samples", type=int, default=16, help="prior samples (VAE only); 0 for none")
+    parser.add_argument("--output_dir", required=True, help="folder for samples.png and interpolation.png")
+    parser.add_argument(
+        "--num_samples", type=int, default=16, help="prior samples (VAE only); 0 for none (default: 16)"
+    )
     parser.add_argument("--interpolate", nargs=2, metavar=("START", "END"), help="two image files")
-    parser.add_argument("--num_steps", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num_steps", type=int, default=8, help="frames of the interpolation, both images included (default: 8)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
     args = parser.parse_args(argv)
 
     from transformers import AutoModel
 
     import latentcode  # noqa: F401  (registers the model classes with AutoModel)
 
-    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).eval()
+    from .hub import resolve_pretrained
+
+    model = AutoModel.from_pretrained(resolve_pretrained(args.pretrained_model_name_or_path)).eval()
     output_dir = Path(args.output_dir)
     if args.num_samples and model.can_sample_prior:
         samples = model.sample(args.num_samples, generator=torch.Generator(model.device).manual_seed(args.seed))

@@ -1,8 +1,15 @@
-"""Where `from_pretrained` looks: a local folder, the Hugging Face cache, or the Hub."""
+"""Where a model argument points: a local folder, the Hugging Face cache, or the Hub.
+
+Every entry point (`from_pretrained`, `from_diffusers`, `latentcode-eval`, the conversion and
+training scripts, `python -m latentcode.generation`) resolves its model argument through
+[`resolve_pretrained`], so a misspelt folder is named at once instead of reading as a malformed
+repo id or costing half a minute of retries before a connection error.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from huggingface_hub import constants, model_info, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
@@ -13,34 +20,48 @@ from huggingface_hub.utils import validate_repo_id
 HUB_PROBE_TIMEOUT = 5.0
 
 
-def check_pretrained_source(
-    name_or_path,
+def resolve_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
     token: str | bool | None = None,
-) -> None:
-    """Raise an `OSError` at once when `name_or_path` is neither a local folder or file, nor a
-    Hub repo id that is in the Hugging Face cache or on a reachable Hub; return otherwise.
+) -> str:
+    """What a loader should read for `name_or_path`, or an `OSError` at once saying why there is nothing.
 
-    Without this, a misspelt folder reads as a malformed repo id ("Repo id must be in the
-    form ...") or costs half a minute of retries before "couldn't connect to huggingface.co".
+    Returns `name_or_path` itself for a local folder or file and for a Hub repo id that the Hub
+    can serve; for a repo id in the Hugging Face cache while the Hub is off limits
+    (`HF_HUB_OFFLINE=1` or `local_files_only=True`), the cached snapshot folder, so that any
+    loader (transformers, diffusers) reads it as a local folder. `subfolder` is where the model's
+    `config.json` lies inside the repo (e.g. `"vae"` in a pipeline repo).
+
+    Raises:
+        OSError: no such folder, and `name_or_path` is not a repo id, or not in the cache while
+            the Hub is off limits, or not on the Hub, or the Hub cannot be reached. The message
+            names the path, the working directory and the reason.
     """
-    if not isinstance(name_or_path, (str, os.PathLike)) or os.path.exists(name_or_path):
-        return
     name = os.fspath(name_or_path)
+    if os.path.exists(name):
+        return name
     here = f"no folder {name!r} here ({os.getcwd()})"
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise OSError(f"{here}, and {name!r} is not a Hub repo id (org/name) either") from None
-    if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache_dir, revision=revision), str):
-        return  # in the cache: loads offline
-    if constants.HF_HUB_OFFLINE or local_files_only:
+        raise OSError(f"{here}, and {name!r} is not a Hub repo id (org/name) either; check the path") from None
+    config_file = "config.json" if subfolder is None else f"{subfolder}/config.json"
+    cached = try_to_load_from_cache(name, config_file, cache_dir=cache_dir, revision=revision)
+    offline = constants.HF_HUB_OFFLINE or local_files_only
+    if isinstance(cached, str):
+        # The snapshot folder holding the cached files: loads offline without asking the Hub.
+        snapshot = Path(cached).parent if subfolder is None else Path(cached).parents[len(Path(subfolder).parts)]
+        return str(snapshot) if offline else name
+    if offline:
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "local_files_only=True"
         raise OSError(
             f"{here}, and no Hub access to look for a repo {name!r} ({reason}); it is not in the Hugging Face "
-            f"cache ({cache_dir or constants.HF_HUB_CACHE}) either"
+            f"cache ({cache_dir or constants.HF_HUB_CACHE}) either, as {config_file}"
         )
     try:
         model_info(name, revision=revision, token=token, timeout=HUB_PROBE_TIMEOUT)
@@ -49,6 +70,15 @@ def check_pretrained_source(
             f"{here}, and no repo {name!r} on the Hub (or it is private and you are not logged in)"
         ) from error
     except HfHubHTTPError:
-        return  # the Hub answered (gated repo, server error, ...): the download reports it
+        return name  # the Hub answered (gated repo, server error, ...): the download reports it
     except Exception as error:  # DNS, refused connection, timeout: everything but an HTTP answer
         raise OSError(f"{here}, and no Hub access to look for a repo {name!r}: {error}") from error
+    return name
+
+
+def check_pretrained_source(name_or_path, **options) -> None:
+    """[`resolve_pretrained`] for loaders that must keep the name they were given (transformers'
+    `from_pretrained` records it as `_name_or_path`): raises the same `OSError`, returns nothing.
+    Arguments that are not a path or a name (e.g. `None`, a state dict) pass unchecked."""
+    if isinstance(name_or_path, (str, os.PathLike)):
+        resolve_pretrained(name_or_path, **options)

@@ -14,6 +14,7 @@ grey-scale, and 4-D inputs are batches.
 
 from __future__ import annotations
 
+import logging
 from typing import TypedDict
 
 import numpy as np
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import PILImageResampling
 
+logger = logging.getLogger(__name__)
+
 # PIL mode of an image with this many channels.
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # File suffixes read as images (image folders for training, evaluation and the scaling factor).
@@ -30,6 +33,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 # ITU-R 601-2 luma, the weights PIL's RGB -> L conversion uses.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# PIL modes of single-channel (grey-scale) images, with or without alpha.
+GREY_PIL_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 # Resampling filters the processor supports, as torch interpolation modes.
 INTERPOLATION_MODES = {
@@ -93,6 +99,14 @@ class LatentCodeImageProcessor(BaseImageProcessor):
         self.crop_size = crop_size
         self.num_channels = num_channels
         self._check_options(self.size, self.crop_size or size, self.resample, self.num_channels)
+        # A grey-scale input for a colour model is converted, and said once per processor.
+        self._grey_input_logged = False
+
+    def to_dict(self) -> dict:
+        """The processor's settings (`preprocessor_config.json`), without its run-time state."""
+        output = super().to_dict()
+        output.pop("_grey_input_logged", None)
+        return output
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> LatentCodeImageProcessor:
@@ -144,6 +158,16 @@ class LatentCodeImageProcessor(BaseImageProcessor):
 
         processed = []
         for image in _as_image_list(images):
+            if num_channels > 1 and not self._grey_input_logged and _is_grey(image):
+                self._grey_input_logged = True
+                logger.warning(
+                    "a grey-scale image was converted to %s (its channel repeated) for a %d-channel model; pass "
+                    "colour images (PIL: image.convert(%r)) to avoid this, or a 1-channel model for grey-scale data. "
+                    "Logged once per processor.",
+                    PIL_MODES[num_channels],
+                    num_channels,
+                    PIL_MODES[num_channels],
+                )
             pixels = image_to_float_chw(image, num_channels)
             if do_resize:
                 pixels = resize_shorter_side(pixels, size, INTERPOLATION_MODES[resample])
@@ -189,6 +213,17 @@ class LatentCodeImageProcessor(BaseImageProcessor):
 def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Float pixels in [-1, 1] (clipped) -> uint8 in [0, 255] on the CPU, same shape."""
     return ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _is_grey(image) -> bool:
+    """Whether one image (PIL, `[H, W(, C)]` array or `[(C,) H, W]` tensor) has a single colour channel."""
+    if isinstance(image, PIL.Image.Image):
+        return image.mode in GREY_PIL_MODES
+    if isinstance(image, np.ndarray):
+        return image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1)
+    if isinstance(image, torch.Tensor):
+        return image.dim() == 2 or (image.dim() == 3 and image.shape[0] == 1)
+    return False
 
 
 def _as_image_list(images) -> list:

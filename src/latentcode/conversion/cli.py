@@ -42,17 +42,28 @@ def image_folder_batches(
 def add_scaling_factor_arguments(parser: argparse.ArgumentParser) -> None:
     """The conversion scripts' `--scaling_factor` / `--compute_scaling_factor DATA` flags."""
     group = parser.add_argument_group("scaling factor")
-    group.add_argument("--scaling_factor", type=float, default=None, help="set config.scaling_factor to this value")
+    group.add_argument(
+        "--scaling_factor",
+        type=float,
+        default=None,
+        help="set config.scaling_factor to this value (default: the source's, else 0.18215 for KL, 1.0 for VQ)",
+    )
     group.add_argument(
         "--compute_scaling_factor",
         metavar="DATA",
         default=None,
         help="folder of images: set config.scaling_factor to 1/std of the model's latents over them",
     )
-    group.add_argument("--resolution", type=int, default=256, help="image size for --compute_scaling_factor")
-    group.add_argument("--max_images", type=int, default=1024, help="images used by --compute_scaling_factor")
-    group.add_argument("--batch_size", type=int, default=8)
-    group.add_argument("--seed", type=int, default=0, help="seed of the VAE's posterior samples")
+    group.add_argument(
+        "--resolution", type=int, default=256, help="image size for --compute_scaling_factor (default: 256)"
+    )
+    group.add_argument(
+        "--max_images", type=int, default=1024, help="images used by --compute_scaling_factor (default: 1024)"
+    )
+    group.add_argument(
+        "--batch_size", type=int, default=8, help="images per encode call for --compute_scaling_factor (default: 8)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the VAE's posterior samples (default: 0)")
 
 
 def apply_scaling_factor_arguments(model: nn.Module, args: argparse.Namespace) -> None:

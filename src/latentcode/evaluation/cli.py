@@ -7,23 +7,40 @@
     latentcode-eval --pretrained_model_name_or_path ./my-vqvae --train_data_dir ../shared/datasets/kodak \
         --full_resolution --tile_sample_size 256 --no_fid   # large images at their own size, tiled
 
-The data options are those of `training/train.py`. Writes `metrics.json`, `metrics.md`,
-`reconstructions.png`, `psnr_histogram.png` (and `codebook_usage.png` for a VQ-VAE) into
-`--output_dir` and prints the markdown table.
+The data options are those of `training/train.py`, except that `--split` defaults to the source's
+held-out split (`test`, else `validation`, else `train`, which the output then says). Shows a
+progress bar, then writes `metrics.json`, `metrics.md`, `reconstructions.png`, `psnr_histogram.png`
+(and `codebook_usage.png` for a VQ-VAE) into `--output_dir`, prints the markdown table and a
+one-line summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Iterable, Iterator
 
 import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoModel
 
-from ..data import FullResolutionTransform, ImageTransform, image_only, load_image_stream, resolve_image_column
+from ..data import (
+    BUILTIN_DATASETS,
+    FullResolutionTransform,
+    ImageTransform,
+    image_only,
+    load_image_stream,
+    resolve_image_column,
+)
+from ..hub import resolve_pretrained
 from ..training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
 from .evaluate import EvaluationImages, evaluate, markdown_table, write_report
 from .metrics import InceptionFeatures, build_lpips
+
+# Splits that hold images a model was not trained on, in order of preference.
+HELD_OUT_SPLITS = ("test", "validation")
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="saved model: a folder written by save_pretrained or a Hub id",
     )
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model (default: main)")
     data = parser.add_argument_group("data (as in training/train.py)")
-    add_config_arguments(data, RunConfig, DATA_SOURCE_FIELDS, keep_defaults=True)
+    add_config_arguments(data, RunConfig, [name for name in DATA_SOURCE_FIELDS if name != "split"], keep_defaults=True)
+    data.add_argument(
+        "--split",
+        default=None,
+        help="dataset split to evaluate on (default: the source's held-out split, test or validation; train "
+        "where it has no other)",
+    )
     data.add_argument(
         "--resolution",
         type=int,
@@ -66,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --full_resolution: tile size in pixels (default: the model's sample_size)",
     )
     data.add_argument("--max_images", type=int, default=1000, help="evaluate on the first N readable images")
-    data.add_argument("--batch_size", type=int, default=32)
+    data.add_argument("--batch_size", type=int, default=32, help="images per encode/decode call")
+    _add_metric_and_output_arguments(parser)
+    return parser
+
+
+def _add_metric_and_output_arguments(parser: argparse.ArgumentParser) -> None:
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
         "--inception_weights",
@@ -86,29 +115,46 @@ def build_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="latentcode-eval", help="where the report goes")
     output.add_argument("--num_grid_images", type=int, default=8, help="images in the reconstruction grid")
-    output.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    output.add_argument(
+        "--device",
+        default=None,
+        help="torch device to run the model on, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)",
+    )
     output.add_argument("--seed", type=int, default=0, help="seed of the VAE's posterior samples")
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).to(args.device).eval()
-    if args.full_resolution and args.resolution is not None:
-        raise ValueError(
-            f"--full_resolution evaluates images at their own size; got --resolution {args.resolution} too"
-        )
-    if args.tile_sample_size is not None and not args.full_resolution:
-        raise ValueError("--tile_sample_size applies with --full_resolution only")
-    resolution = None if args.full_resolution else args.resolution or model.config.sample_size
-    if args.full_resolution:
-        # Tiles only where an image (or its latent grid) exceeds the tile: smaller images run whole.
-        model.enable_tiling(args.tile_sample_size)
-        transform, batch_size = FullResolutionTransform(model.config.in_channels, model.downsampling_factor), 1
-    else:
-        transform, batch_size = ImageTransform(resolution, model.config.in_channels), args.batch_size
+def held_out_split(dataset_name: str | None, dataset_config_name: str | None, train_data_dir: str | None) -> str:
+    """The split `latentcode-eval` scores by default: the first of `HELD_OUT_SPLITS` the source has,
+    else `"train"`. A source whose splits cannot be listed (a Hub dataset offline) is asked for its
+    `"test"` split, and opening it then names the problem."""
+    import datasets
 
-    # Metric networks are loaded before any data is read, so a missing weight file fails fast.
+    if train_data_dir is None and (dataset_name is None or dataset_name in BUILTIN_DATASETS):
+        return "test"  # the embedded datasets hold out every tenth image as "test"
+    try:
+        splits = datasets.get_dataset_split_names(train_data_dir or dataset_name, dataset_config_name)
+    except Exception:  # no network, or a layout `datasets` cannot list: let the loader say what is wrong
+        return "test"
+    return next((split for split in HELD_OUT_SPLITS if split in splits), "train")
+
+
+def _progress(batches: Iterable[torch.Tensor], total: int | None) -> Iterator[torch.Tensor]:
+    """`batches` as they come, with a progress bar in images (rate and time left)."""
+    with tqdm(total=total, unit="img", desc="evaluating", dynamic_ncols=True) as bar:
+        for pixels in batches:
+            yield pixels
+            bar.update(len(pixels))
+
+
+def _load_model(args: argparse.Namespace):
+    path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
+    model = AutoModel.from_pretrained(path, revision=args.revision)
+    return model.to(args.device).eval()
+
+
+def _metric_networks(args: argparse.Namespace):
+    """Inception (rFID) and LPIPS networks, loaded before any data is read so that a missing
+    weight file fails fast; LPIPS is skipped with a note when its weights cannot be loaded."""
     inception = None if args.no_fid else InceptionFeatures(args.inception_weights).to(args.device)
     lpips = None
     if not args.no_lpips:
@@ -116,7 +162,19 @@ def main(argv: list[str] | None = None) -> int:
             lpips = build_lpips(args.lpips_net, how_to_disable="pass --no_lpips").to(args.device)
         except RuntimeError as error:
             print(f"LPIPS skipped: {error}", file=sys.stderr)
+    return inception, lpips
 
+
+def _evaluation_images(args: argparse.Namespace, model) -> tuple[EvaluationImages, int | str]:
+    """The batches to score and the resolution they come at (`"full"` with `--full_resolution`)."""
+    if args.full_resolution:
+        # Tiles only where an image (or its latent grid) exceeds the tile: smaller images run whole.
+        model.enable_tiling(args.tile_sample_size)
+        transform, batch_size = FullResolutionTransform(model.config.in_channels, model.downsampling_factor), 1
+        resolution = "full"
+    else:
+        resolution = args.resolution or model.config.sample_size
+        transform, batch_size = ImageTransform(resolution, model.config.in_channels), args.batch_size
     stream = load_image_stream(
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
@@ -125,16 +183,50 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir,
     )
     stream = image_only(stream, resolve_image_column(stream, args.image_column))
-    images = EvaluationImages(stream, transform, batch_size, args.max_images)
-    result = evaluate(
-        model,
-        images,
-        lpips=lpips,
-        inception=inception,
-        decoder_std=args.decoder_std,
-        num_grid_images=args.num_grid_images,
-        seed=args.seed,
-    )
+    return EvaluationImages(stream, transform, batch_size, args.max_images), resolution
+
+
+def summary_line(metrics: dict, source: str, split: str, seconds: float) -> str:
+    """One line: what was scored, how long it took and the headline numbers."""
+    parts = [f"scored {metrics['num_images']} images of split {split!r} of {source} in {seconds:.1f} s"]
+    for name, label, digits in (("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("rfid", "rFID", 2)):
+        if name in metrics and isinstance(metrics[name], float):
+            unit = " dB" if name == "psnr" else ""
+            parts.append(f"{label} {metrics[name]:.{digits}f}{unit}")
+    if "codebook_usage" in metrics:
+        parts.append(f"codebook usage {metrics['codebook_usage']:.1%}")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.full_resolution and args.resolution is not None:
+        raise ValueError(
+            f"--full_resolution evaluates images at their own size; got --resolution {args.resolution} too: "
+            "drop one of them"
+        )
+    if args.tile_sample_size is not None and not args.full_resolution:
+        raise ValueError("--tile_sample_size applies with --full_resolution only: add it, or drop --tile_sample_size")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _load_model(args)
+    inception, lpips = _metric_networks(args)
+    if args.split is None:
+        args.split = held_out_split(args.dataset_name, args.dataset_config_name, args.train_data_dir)
+    source = args.train_data_dir or args.dataset_name or "builtin:digits"
+    print(f"evaluating {args.pretrained_model_name_or_path} on split {args.split!r} of {source}", file=sys.stderr)
+    images, resolution = _evaluation_images(args, model)
+    start = time.perf_counter()
+    with logging_redirect_tqdm():  # a warning (a corrupt image) is printed above the bar, not inside it
+        result = evaluate(
+            model,
+            _progress(images, args.max_images),
+            lpips=lpips,
+            inception=inception,
+            decoder_std=args.decoder_std,
+            num_grid_images=args.num_grid_images,
+            seed=args.seed,
+        )
+    seconds = time.perf_counter() - start
     if lpips is None and not args.no_lpips:
         result.notes.append("LPIPS skipped: its backbone weights could not be loaded")
     if images.corrupt_images:
@@ -142,11 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = {
         "model": args.pretrained_model_name_or_path,
         "model_type": model.config.model_type,
-        "data": {
-            key: getattr(args, key)
-            for key in ("dataset_name", "dataset_config_name", "split", "train_data_dir", "max_images")
-        },
-        "resolution": resolution or "full",
+        "data": {key: getattr(args, key) for key in ("dataset_name", "dataset_config_name", "split", "train_data_dir")}
+        | {"max_images": args.max_images},
+        "resolution": resolution,
         "tile_sample_size": model.tile_sample_size if args.full_resolution else None,
         "inception_weights": None if inception is None else str(inception.weights_path),
         "device": args.device,
@@ -156,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print("wrote " + ", ".join(str(path) for path in paths.values()))
+    print(summary_line(result.metrics, source, args.split, seconds))
     return 0
 
 

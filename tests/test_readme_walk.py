@@ -1,0 +1,156 @@
+"""The README, walked top to bottom as a new user would after cloning: every fenced command and
+Python block, in the order written, in a copy of the repository, offline. Later steps load the
+models earlier steps trained, so a broken link in the chain fails here. Step counts are multiplied
+by `LATENTCODE_README_SCALE` (default 0.01), which the README mentions.
+
+Blocks marked `<!-- not run by the README walk: why -->` on the line before the fence are skipped
+(installs, the test suite itself, a web server); `<!-- README walk: needs PATH ... -->` skips a
+block where PATH (relative to the repository) is absent. The Quickstart's venv and pip steps are
+dropped: the walk runs in the installed environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+SCALE = float(os.environ.get("LATENTCODE_README_SCALE", "0.01"))
+NOT_RUN = "<!-- not run by the README walk:"
+NEEDS = re.compile(r"<!-- README walk: needs (\S+)")
+# Steps of a Quickstart command line that set up the environment the walk already runs in.
+SETUP_STEPS = ("python3 -m venv", ". .venv/bin/activate", "pip install")
+
+
+@dataclass
+class Step:
+    line: int
+    language: str
+    code: str
+    needs: str | None
+
+
+def readme_steps(text: str) -> list[Step]:
+    """The README's runnable blocks, in order: one step per Python block and per bash command."""
+    steps = []
+    for match in re.finditer(r"^```(bash|python)\n(.*?)^```", text, re.S | re.M):
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        if before.startswith(NOT_RUN):
+            continue
+        line = text[: match.start()].count("\n") + 1
+        needs = NEEDS.match(before)
+        language, code = match.groups()
+        if language == "python":
+            steps.append(Step(line, language, code, needs and needs.group(1)))
+            continue
+        for command in code.replace("\\\n", " ").splitlines():
+            kept = [part for part in command.split(" && ") if not part.strip().startswith(SETUP_STEPS)]
+            if kept and not command.lstrip().startswith("#"):
+                steps.append(Step(line, language, " && ".join(kept), needs and needs.group(1)))
+    return steps
+
+
+def scaled(command: str, root: Path) -> str:
+    """`command` with its step count times SCALE (at least 2); a training command that takes the
+    count from its `--config` gets `--max_train_steps` added."""
+
+    def scale(steps: int) -> int:
+        return max(2, round(steps * SCALE))
+
+    words = shlex.split(command)
+    if "--max_train_steps" in words:
+        index = words.index("--max_train_steps") + 1
+        words[index] = str(scale(int(words[index])))
+    elif "--config" in words and "launch" in words:
+        config = yaml.safe_load((root / words[words.index("--config") + 1]).read_text())
+        words += ["--max_train_steps", str(scale(config["max_train_steps"]))]
+    return shlex.join(words)
+
+
+def repository_copy(destination: Path) -> Path:
+    """The files git knows (tracked, or new and not ignored) copied under `destination/repo`,
+    with `destination/shared` pointing at the real `../shared`, as beside a checkout."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    root = destination / "repo"
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    if (REPO.parent / "shared").is_dir():
+        (destination / "shared").symlink_to(REPO.parent / "shared")
+    return root
+
+
+def test_readme_walk_finds_the_chain():
+    """The walk itself: the commands it runs (setup steps dropped, counts scaled), and each model a
+    step loads was written by a step before it (`--output_dir`, or a `--config`'s `output_dir`)."""
+    steps = readme_steps(README.read_text())
+    commands = [step.code for step in steps if step.language == "bash"]
+    assert commands[0] == "accelerate launch training/train.py --config training/configs/quickstart.yaml"
+    assert not any("pip install" in command or "pytest" in command for command in commands)
+    assert "LATENTCODE_README_SCALE" in README.read_text()
+    produced: set[str] = set()
+    for step in steps:
+        if step.language == "python":
+            loaded = re.findall(r"from_pretrained\(\"([^\"]+)\"\)", step.code)
+            saved = re.findall(r"save_pretrained\(\"([^\"]+)\"\)", step.code)
+        else:
+            words = shlex.split(step.code)
+            option = {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+            loaded = [option["--pretrained_model_name_or_path"]] if "--pretrained_model_name_or_path" in option else []
+            config = yaml.safe_load((REPO / option["--config"]).read_text()) if "--config" in option else {}
+            saved = [option.get("--output_dir", config.get("output_dir"))]
+        missing = [name for name in loaded if name not in produced | set(saved if step.language == "python" else [])]
+        assert not missing, f"README.md line {step.line} uses {missing} before a step made it"
+        produced.update(name for name in saved if name)
+    assert {"quickstart-vqvae", "my-vae", "my-prior", "my-ldm"} <= produced
+    assert scaled(commands[0], REPO).endswith(f"--max_train_steps {max(2, round(500 * SCALE))}")
+
+
+@pytest.mark.slow
+def test_readme_runs_top_to_bottom_offline(tmp_path):
+    root = repository_copy(tmp_path)
+    environment = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=str(root / "src"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_CACHE=str(tmp_path / "empty-hub-cache"),
+        OMP_NUM_THREADS="1",
+        TQDM_MININTERVAL="5",
+    )
+    times = []
+    for step in readme_steps(README.read_text()):
+        if step.needs and not (root / step.needs).exists():
+            times.append(f"README.md line {step.line}: skipped, {step.needs} absent")
+            continue
+        start = time.perf_counter()
+        if step.language == "python":
+            command = [sys.executable, "-c", step.code]
+        else:
+            command = ["bash", "-c", scaled(step.code, root)]
+        result = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"README.md line {step.line}: {command[-1]}\n{result.stderr[-4000:]}"
+        times.append(f"README.md line {step.line}: {time.perf_counter() - start:.0f} s  {command[-1][:100]}")
+    print("\n".join(times))
+    for made in ("quickstart-vqvae/model.safetensors", "my-vae/model.safetensors", "my-prior/samples.png"):
+        assert (root / made).exists(), made
+    assert (root / "my-ldm" / "model_index.json").exists() and (root / "samples" / "samples.png").exists()
+    assert (root / "eval" / "metrics.json").exists() and (root / "my-vqvae-diffusers" / "config.json").exists()
