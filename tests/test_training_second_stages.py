@@ -156,4 +156,4 @@ def test_gradient_accumulation_reads_every_micro_batch(stage, tmp_path):
     engine = engine_of(stage, tmp_path / "run", "--gradient_accumulation_steps", "2", "--max_train_steps", "3")
     metrics = engine.run().metrics
     assert engine.batches.state_dict()["position"] == 3 * 2 * 4  # 3 steps of 2 micro-batches of 4 images
-    assert metrics["images_seen"] == 3 * 2 * 4 and metrics["global_step"] == 3
+    assert metrics["details"]["images_seen"] == 3 * 2 * 4 and metrics["details"]["global_step"] == 3

@@ -34,7 +34,7 @@ from latentcode.latent_diffusion import (
 )
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.engine import Engine, Part, TrainingTask
+from latentcode.training.engine import Engine, Part, TrainingTask, training_report
 
 
 @dataclass
@@ -171,14 +171,14 @@ class LatentDiffusionTask(TrainingTask):
         (output_dir / "samples.png").write_bytes(
             (output_dir / "samples" / f"step_{engine.global_step:06d}.png").read_bytes()
         )
-        first = engine.history[0] if engine.history else None
-        return {
-            "step": engine.global_step,
-            **metrics,
-            "scaling_factor": self.autoencoder.config.scaling_factor,
-            "first_train_loss": first,
-            **summary,
-        }
+        return training_report(
+            engine,
+            summary,
+            kind="latent-diffusion",
+            metrics=metrics,
+            num_images=len(self.validation_images),
+            details={"scaling_factor": self.autoencoder.config.scaling_factor},
+        )
 
 
 def main(config: LatentDiffusionConfig) -> dict:

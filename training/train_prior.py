@@ -27,7 +27,7 @@ from latentcode.objectives import PriorObjective
 from latentcode.prior import PRIOR_ARCHITECTURES, build_prior, encode_to_sequences, sample_images, token_mapping
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.engine import Engine, Part, TrainingTask
+from latentcode.training.engine import Engine, Part, TrainingTask, data_source, training_report
 from latentcode.training.model_card import render_model_card
 
 
@@ -144,6 +144,7 @@ class PriorTask(TrainingTask):
         prior = engine.unwrap(engine.parts[0].module)
         prior.save_pretrained(output_dir)
         save_image_grid(self.samples(engine), output_dir / "samples.png")
+        bits = nll * math.prod(self.latent_shape) / math.log(2)
         card = render_model_card(
             "prior",
             dict(
@@ -154,7 +155,7 @@ class PriorTask(TrainingTask):
                 codebook_size=self.vqvae.config.codebook_size,
                 latent_shape=" x ".join(str(size) for size in self.latent_shape),
                 sequence_length=math.prod(self.latent_shape),
-                dataset=config.dataset_name or config.train_data_dir or "builtin:digits",
+                dataset=data_source(config),
                 resolution=self.resolution,
                 steps=engine.global_step,
                 batch_size=config.train_batch_size
@@ -162,14 +163,19 @@ class PriorTask(TrainingTask):
                 * config.gradient_accumulation_steps,
                 learning_rate=config.learning_rate,
                 validation_nll=f"{nll:.4f}",
-                bits_per_image=f"{nll * math.prod(self.latent_shape) / math.log(2):.1f}",
+                bits_per_image=f"{bits:.1f}",
                 num_validation_images=len(self.validation_codes),
                 repo_id=str(output_dir),
             ),
         )
         (output_dir / "README.md").write_text(card)
-        first = engine.history[0] if engine.history else None
-        return {"step": engine.global_step, "validation_nll": nll, "first_train_loss": first, **summary}
+        return training_report(
+            engine,
+            summary,
+            kind="prior",
+            metrics={"nll": nll, "bits_per_image": bits},
+            num_images=len(self.validation_codes),
+        )
 
 
 def main(config: PriorConfig) -> dict:
