@@ -1,5 +1,6 @@
 """Latent diffusion in miniature: train a small diffusers `UNet2DModel` on the latents of a
-trained latentcode VAE (or VQ-VAE) and save the result as a diffusers `LDMPipeline`.
+trained latentcode autoencoder (VAE, VQ-VAE or AutoEncoder) and save the result as a diffusers
+`LDMPipeline`.
 
     accelerate launch training/train_latent_diffusion.py --pretrained_model_name_or_path runs/vae-digits \\
         --dataset_name builtin:digits --output_dir runs/ldm-digits --max_train_steps 5000
@@ -22,8 +23,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel
 
-import latentcode
 from latentcode.data import image_data_from_config
+from latentcode.families import FamilyBehaviour
 from latentcode.grids import save_image_grid
 from latentcode.latent_diffusion import (
     compute_scaling_factor,
@@ -85,9 +86,10 @@ class LatentDiffusionTask(TrainingTask):
     def build(self, engine: Engine):
         config, accelerator, device = self.config, engine.accelerator, engine.device
         autoencoder = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
-        if not isinstance(autoencoder, (latentcode.VAEModel, latentcode.VQVAEModel)):
+        if not isinstance(autoencoder, FamilyBehaviour):  # any family: each has a continuous code
             raise ValueError(
-                f"--pretrained_model_name_or_path must hold a VAEModel or VQVAEModel, got {type(autoencoder).__name__}"
+                "--pretrained_model_name_or_path must hold a latentcode model (AutoEncoder, VAE or VQ-VAE), got a "
+                f"{type(autoencoder).__name__}"
             )
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(device)
         resolution = config.resolution or autoencoder.config.sample_size

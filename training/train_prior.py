@@ -20,7 +20,6 @@ from typing import ClassVar
 import torch
 from transformers import AutoModel
 
-import latentcode
 from latentcode.data import image_data_from_config
 from latentcode.grids import save_image_grid
 from latentcode.objectives import PriorObjective
@@ -81,8 +80,11 @@ class PriorTask(TrainingTask):
     def build(self, engine: Engine):
         config, accelerator = self.config, engine.accelerator
         vqvae = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
-        if not isinstance(vqvae, latentcode.VQVAEModel):
-            raise ValueError(f"--pretrained_model_name_or_path must hold a VQVAEModel, got {type(vqvae).__name__}")
+        if not getattr(vqvae, "has_tokens", False):
+            raise ValueError(
+                f"--pretrained_model_name_or_path must hold a latentcode model with discrete tokens (a VQ-VAE: "
+                f"has_tokens), got a {type(vqvae).__name__}; train a prior over the codes of a VQ-VAE"
+            )
         self.vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
         self.resolution = config.resolution or vqvae.config.sample_size
         self.latent_shape = vqvae.latent_shape(self.resolution)

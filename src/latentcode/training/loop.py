@@ -131,6 +131,7 @@ class AutoencoderTask(TrainingTask):
         output = self.model(pixels, return_dict=True)
         with engine.accelerator.autocast():
             loss, logs = self.objective(output, pixels, engine.global_step, self.unwrapped.decoder.last_layer)
+            logs = {**self.unwrapped.loss_summary(output), **logs}  # the family's terms (KL, perplexity, ...)
             adversarial = self.objective.adversarial
             if adversarial is not None and adversarial.active(engine.global_step):
                 logs["discriminator_loss"] = adversarial.discriminator_loss(pixels, output.sample)
