@@ -90,7 +90,7 @@ def family_name(model) -> str:
 def bits_per_image(model, latent_shape: list[int], latent_dtype: str) -> float:
     """The stored size of one image's code: tokens x log2(K) for a VQ-VAE (the rate of its
     code), numbers x bits of `latent_dtype` for the continuous codes (VAE: mean only)."""
-    if family_name(model) == "vqvae":
+    if model.has_tokens:
         return math.prod(latent_shape) * math.log2(model.config.codebook_size)
     return math.prod(latent_shape) * (16 if latent_dtype == "float16" else 32)
 
@@ -105,15 +105,14 @@ def encode_codes(model, pixels: torch.Tensor, latent_dtype: str = "float32") -> 
     """The columns of `[B, C, H, W]` pixels in [-1, 1]: `{"indices": [B, L]}` (VQ-VAE),
     `{"latent_mean", "latent_std": [B, C*h*w]}` (VAE) or `{"latents": [B, C*h*w]}` (AutoEncoder)."""
     pixels = pixels.to(model.device, model.dtype)
-    family = family_name(model)
     dtype = np.float16 if latent_dtype == "float16" else np.float32
-    if family == "vqvae":
+    if model.has_tokens:
         sequence = model.encode_to_sequence(pixels)
         kind = np.uint16 if model.config.codebook_size <= 2**16 else np.int32
         return {"indices": sequence.cpu().numpy().astype(kind)}
     output = model.encode(pixels, return_dict=True)
-    if family == "vae":
-        posterior = output.latent_dist
+    posterior = getattr(output, "latent_dist", None)  # a VAE's Gaussian posterior
+    if posterior is not None:
         return {
             "latent_mean": posterior.mean.flatten(1).float().cpu().numpy().astype(dtype),
             "latent_std": posterior.std.flatten(1).float().cpu().numpy().astype(dtype),
@@ -123,7 +122,7 @@ def encode_codes(model, pixels: torch.Tensor, latent_dtype: str = "float32") -> 
 
 def code_shape(model, resolution: int) -> list[int]:
     """`latent_shape` of one image: `[h, w]` / `[h, w, depth]` (VQ-VAE) or `[C, h, w]`."""
-    if family_name(model) == "vqvae":
+    if model.has_tokens:
         return list(model.latent_shape(resolution))
     return [model.config.latent_channels, *grid_shape(model.config, resolution)]
 
@@ -199,12 +198,11 @@ def unit_table(rows: list[dict], codes: dict[str, np.ndarray], flipped: list[boo
 def output_features(model, source: Source, latent_shape: list[int], latent_dtype: str) -> datasets.Features:
     """`key`, the source's columns, `flipped`, the family's code columns and `latent_shape`."""
     size = math.prod(latent_shape)
-    family = family_name(model)
-    if family == "vqvae":
+    if model.has_tokens:
         kind = "uint16" if model.config.codebook_size <= 2**16 else "int32"
         code_columns = {"indices": datasets.List(datasets.Value(kind), length=size)}
     else:
-        names = ("latent_mean", "latent_std") if family == "vae" else ("latents",)
+        names = CODE_COLUMNS[family_name(model)]
         code_columns = {name: datasets.List(datasets.Value(latent_dtype), length=size) for name in names}
     shape = {"latent_shape": datasets.List(datasets.Value("int32"), length=len(latent_shape))}
     columns = {name: feature for name, feature in source.features.items() if name not in ("key", "flipped")}
