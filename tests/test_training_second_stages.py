@@ -230,3 +230,8 @@ def test_training_from_tokenised_data_resumes_exactly(tokenised, tmp_path):
     )
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+def test_tokenised_data_of_another_resolution_is_refused(tokenised, tmp_path):
+    with pytest.raises(ValueError, match=r"holds codes of shape .*this run needs .*tokenise at this resolution"):
+        tokenised_engine(tokenised, tmp_path / "run", True, "--resolution", "32")

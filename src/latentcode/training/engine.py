@@ -130,15 +130,17 @@ class TrainingTask:
     hooks default to nothing."""
 
     def build(self, engine: Engine) -> tuple[list[Part], ImageBatches]:
-        """The modules to train (the first is the main one) and the training batches."""
+        """The modules to train (the first is the main one) and the training batches: an
+        `ImageBatches`, or anything with its `next_batch`, `state_dict`, `load_state_dict` and
+        corrupt-image counters (`training.codes.CodeBatches` for tokenised data)."""
         raise NotImplementedError
 
     def prepared(self, engine: Engine) -> None:
         """Called once `engine.parts` hold the accelerate-prepared modules and optimisers."""
 
     def loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """`(loss to backpropagate, values to log)` of one micro-batch `[B, C, H, W]`; the logged
-        values include `"loss"`, the objective's value."""
+        """`(loss to backpropagate, values to log)` of one micro-batch (pixels `[B, C, H, W]`, or
+        what the task's batches give); the logged values include `"loss"`, the objective's value."""
         raise NotImplementedError
 
     def checkpoint_objects(self) -> list:
