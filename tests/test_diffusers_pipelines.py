@@ -166,11 +166,11 @@ def test_train_latent_diffusion_script(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert metrics["step"] == 4 and math.isfinite(metrics["validation_loss"])
+    assert metrics["details"]["global_step"] == 4 and math.isfinite(metrics["metrics"]["validation_loss"])
     pipeline = DiffusionPipeline.from_pretrained(output_dir)
     # The scaling factor measured on the first batch is stored in the autoencoder's config.
-    assert pipeline.vqvae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
-    assert metrics["scaling_factor"] != 1.0
+    assert pipeline.vqvae.config.scaling_factor == pytest.approx(metrics["details"]["scaling_factor"])
+    assert metrics["details"]["scaling_factor"] != 1.0
     pipeline.set_progress_bar_config(disable=True)
     images = pipeline(batch_size=2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 16, 16, 1)
@@ -211,7 +211,7 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
     first = run(tmp_path / "uninterrupted")
     shutil.copytree(tmp_path / "uninterrupted" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     resumed = run(tmp_path / "resumed", "--resume_from_checkpoint", "latest")
-    assert resumed["scaling_factor"] == first["scaling_factor"] != 1.0
+    assert resumed["details"]["scaling_factor"] == first["details"]["scaling_factor"] != 1.0
     expected = load_file(tmp_path / "uninterrupted" / "unet" / "diffusion_pytorch_model.safetensors")
     actual = load_file(tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors")
     assert expected.keys() == actual.keys()

@@ -129,11 +129,12 @@ def test_train_prior_script(tmp_path):
     prior = AutoModelForCausalLM.from_pretrained(output_dir)
     assert prior.config.latent_shape == [8, 8] and prior.config.vqvae_name_or_path == str(vqvae_dir)
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert metrics["step"] == 6 and 0 < metrics["validation_nll"] < 2 * math.log(CODEBOOK_SIZE + 1)
+    assert metrics["kind"] == "prior" and metrics["details"]["global_step"] == 6
+    assert 0 < metrics["metrics"]["nll"] < 2 * math.log(CODEBOOK_SIZE + 1)
     assert PIL.Image.open(output_dir / "samples.png").size == (2 * (16 + 4),) * 2  # 2 x 2 grid, 2-px padding
     assert sorted(p.name for p in (output_dir / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
     card = (output_dir / "README.md").read_text()
-    assert "$" not in card.split("## Usage")[0] and f"{metrics['validation_nll']:.4f}" in card
+    assert "$" not in card.split("## Usage")[0] and f"{metrics['metrics']['nll']:.4f}" in card
 
 
 def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_path):

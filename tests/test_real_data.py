@@ -89,7 +89,8 @@ def test_cifar10_preset_trains_offline_from_the_parquet_shards(tmp_path, fresh_a
     for key in ("quantizer", "gradient_estimator", "codebook_size", "latent_channels", "codebook_ema", "kmeans_init"):
         assert getattr(model.config, key) == getattr(expected, key), key
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["global_step"] == 3 and metrics["images_seen"] == 12 and metrics["corrupt_images"] == 0
+    details = metrics["details"]
+    assert details["global_step"] == 3 and details["images_seen"] == 12 and details["corrupt_images"] == 0
 
 
 def load_benchmark():

@@ -272,7 +272,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     engine = trainer(tiny_config(tmp_path))
     poison_forward(engine, lambda call: call in (3, 4))
     result = engine.run()
-    assert result.metrics["nonfinite_steps"] == 2
+    assert result.metrics["details"]["nonfinite_steps"] == 2
     assert [torch.isnan(torch.tensor(x)).item() for x in result.losses] == [False, False, True, True, False, False]
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
@@ -313,8 +313,8 @@ def test_resume_is_bit_identical(uninterrupted, tmp_path):
     _assert_identical(_weights(uninterrupted), _weights(resumed))  # the final (EMA) model
     for name in ("model.safetensors", "model_1.safetensors"):  # live autoencoder and discriminator
         _assert_identical(_weights(uninterrupted / "checkpoint-6", name), _weights(resumed / "checkpoint-6", name))
-    reference = json.loads((uninterrupted / "metrics.json").read_text())["validation"]
-    assert json.loads((resumed / "metrics.json").read_text())["validation"] == reference
+    reference = json.loads((uninterrupted / "metrics.json").read_text())["metrics"]
+    assert json.loads((resumed / "metrics.json").read_text())["metrics"] == reference
 
 
 KILL_DURING_WRITE = """
@@ -377,7 +377,7 @@ def test_bf16_autocast_run(tmp_path):
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # fp32 master weights
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert any(not torch.equal(initial[k], v) for k, v in result.model.state_dict().items())
-    assert result.metrics["nonfinite_steps"] == 0
+    assert result.metrics["details"]["nonfinite_steps"] == 0
 
 
 def test_quickstart_command_writes_model_grid_metrics(tmp_path):
@@ -405,7 +405,8 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     assert (output / "preprocessor_config.json").is_file()
     assert list((output / "logs").rglob("events.out.tfevents.*"))  # tensorboard by default
     metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["global_step"] == 4 and metrics["images_seen"] == 32
+    assert metrics["schema_version"] == 1 and metrics["kind"] == "training"
+    assert metrics["details"]["global_step"] == 4 and metrics["details"]["images_seen"] == 32
 
     model = VQVAEModel.from_pretrained(output)
     quickstart = load_config(REPO / "training/configs/quickstart.yaml")
@@ -417,7 +418,7 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     )
     reloaded = evaluate(model, validation.split(8)).metrics
     assert reloaded["psnr"] == pytest.approx(
-        metrics["validation"]["psnr"], rel=1e-5
+        metrics["metrics"]["psnr"], rel=1e-5
     )  # the saved model is the one measured
     import PIL.Image
 
@@ -479,7 +480,7 @@ def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkey
         train(config)
     saved = VQVAEModel.from_pretrained(tmp_path / "run")
     assert saved.config.codebook_size == 32
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["images_seen"] == 2 * 2 * 8
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["details"]["images_seen"] == 2 * 2 * 8
 
 
 # -- a wall-clock budget (--max_train_time) -------------------------------------------------------
@@ -524,8 +525,10 @@ def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_bud
     # fitted after 5 ignored and at least 3 measured steps, to more steps than that
     assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps > 8
     assert engine.schedule.lr() == 0.0  # the cosine schedule's end value: it reached its end
-    assert result.metrics["max_train_time"] == budget
-    assert abs(result.metrics["train_seconds"] - budget) < 0.15 * budget, result.metrics["train_seconds"]
+    assert result.metrics["details"]["max_train_time"] == budget
+    assert abs(result.metrics["details"]["train_seconds"] - budget) < 0.15 * budget, result.metrics["details"][
+        "train_seconds"
+    ]
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
 
@@ -533,9 +536,9 @@ def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
     values = dict(max_train_time=12, checkpointing_steps=3, random_flip=True, center_crop=False)
     reference = train(tiny_config(tmp_path, "reference", **values))
     reset_accelerate_state()
-    total = reference.metrics["global_step"]
+    total = reference.metrics["details"]["global_step"]
     checkpoint = [c for c in list_checkpoints(tmp_path / "reference") if int(c.name.split("-")[1]) < total][-1]
     assert torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)["fitted"]  # the count is saved
     resumed = train(tiny_config(tmp_path, "resumed", **values, resume_from_checkpoint=str(checkpoint)))
-    assert resumed.metrics["global_step"] == total
+    assert resumed.metrics["details"]["global_step"] == total
     _assert_identical(_weights(tmp_path / "reference"), _weights(tmp_path / "resumed"))

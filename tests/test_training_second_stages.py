@@ -156,4 +156,82 @@ def test_gradient_accumulation_reads_every_micro_batch(stage, tmp_path):
     engine = engine_of(stage, tmp_path / "run", "--gradient_accumulation_steps", "2", "--max_train_steps", "3")
     metrics = engine.run().metrics
     assert engine.batches.state_dict()["position"] == 3 * 2 * 4  # 3 steps of 2 micro-batches of 4 images
-    assert metrics["images_seen"] == 3 * 2 * 4 and metrics["global_step"] == 3
+    assert metrics["details"]["images_seen"] == 3 * 2 * 4 and metrics["details"]["global_step"] == 3
+
+
+# -- second stages from a tokenised dataset (latentcode-tokenize output) -----------------------
+
+
+@pytest.fixture(scope="module")
+def tokenised(stage, tmp_path_factory):
+    """(stage, one-shard parquet of 120 real digits, its tokenised dataset): a one-shard source
+    without unreadable files, so on-the-fly and tokenised runs read the same images in the same
+    order (`latentcode.training.codes`)."""
+    import datasets
+
+    from latentcode.data import load_image_stream
+    from latentcode.tokenize import tokenize
+
+    folder = tmp_path_factory.mktemp(f"{stage[0]}-tokenised")
+    images = [example["image"] for _, example in zip(range(120), load_image_stream("builtin:digits"))]
+    source = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    (folder / "source").mkdir()
+    source.to_parquet(folder / "source" / "train-00000-of-00001.parquet")
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(yaml.safe_load(stage[2].read_text())["pretrained_model_name_or_path"])
+    tokenize(model, folder / "codes", train_data_dir=str(folder / "source"), rows_per_shard=50, progress=False)
+    return stage, folder
+
+
+def tokenised_engine(tokenised, output_dir: Path, from_codes: bool, *flags: str) -> Engine:
+    stage, folder = tokenised
+    data = (
+        ["--codes_dataset" if stage[0] == "prior" else "--latents_dataset", str(folder / "codes")]
+        if from_codes
+        else ["--train_data_dir", str(folder / "source")]
+    )
+    no_flips = ["--no_random_flip", "--center_crop", "--shuffle_buffer_size", "40"]
+    return engine_of(stage, output_dir, *data, *no_flips, *flags)
+
+
+def test_training_from_tokenised_data_equals_encoding_on_the_fly(tokenised, tmp_path):
+    """Same seed, same first-step (and every) loss, same validation metric, to rounding."""
+    on_the_fly = tokenised_engine(tokenised, tmp_path / "fly", False, "--max_train_steps", "3").run()
+    from_codes = tokenised_engine(tokenised, tmp_path / "codes", True, "--max_train_steps", "3").run()
+    print("losses on the fly", on_the_fly.losses, "from codes", from_codes.losses)
+    assert from_codes.losses == pytest.approx(on_the_fly.losses, rel=1e-4)
+    assert from_codes.metrics["metrics"] == pytest.approx(on_the_fly.metrics["metrics"], rel=1e-4)
+    assert from_codes.metrics["data"]["source"] == str(tokenised[1] / "codes")
+    assert from_codes.metrics["data"]["num_images"] == on_the_fly.metrics["data"]["num_images"] == 4
+
+
+def test_tokenised_data_of_another_model_is_refused(tokenised, tmp_path):
+    stage, folder = tokenised
+    family = SCRIPTS[stage[0]][1]
+    other = tiny_model(family, seed=1, in_channels=1, **({"codebook_size": 32} if family == "vqvae" else {}))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="holds codes of .*other weights.*tokenise the data with this model"):
+        tokenised_engine(tokenised, tmp_path / "run", True, "--pretrained_model_name_or_path", str(tmp_path / "other"))
+
+
+def test_training_from_tokenised_data_resumes_exactly(tokenised, tmp_path):
+    import shutil
+
+    steps = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
+    tokenised_engine(tokenised, tmp_path / "reference", True, *steps).run()
+    shutil.copytree(tmp_path / "reference" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = tokenised_engine(tokenised, tmp_path / "resumed", True, *steps, "--resume_from_checkpoint", "latest")
+    assert resumed.batches.state_dict()["position"] == 2 * 4  # the data position came back with the checkpoint
+    resumed.run()
+    expected, actual = (
+        final_weights(tokenised[0], tmp_path / "reference"),
+        final_weights(tokenised[0], tmp_path / "resumed"),
+    )
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_tokenised_data_of_another_resolution_is_refused(tokenised, tmp_path):
+    with pytest.raises(ValueError, match=r"holds codes of shape .*this run needs .*tokenise at this resolution"):
+        tokenised_engine(tokenised, tmp_path / "run", True, "--resolution", "32")

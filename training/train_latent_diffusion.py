@@ -1,12 +1,15 @@
 """Latent diffusion in miniature: train a small diffusers `UNet2DModel` on the latents of a
-trained latentcode VAE (or VQ-VAE) and save the result as a diffusers `LDMPipeline`.
+trained latentcode autoencoder (VAE, VQ-VAE or AutoEncoder) and save the result as a diffusers
+`LDMPipeline`.
 
     accelerate launch training/train_latent_diffusion.py --pretrained_model_name_or_path runs/vae-digits \\
         --dataset_name builtin:digits --output_dir runs/ldm-digits --max_train_steps 5000
 
 Images are streamed (`latentcode.data`) and encoded on the fly by the frozen autoencoder: VAE
 posterior samples, or VQ-VAE latents before quantisation (the pipeline's `decode` quantises), as
-latent-diffusion does. Latents are multiplied by `scaling_factor` (measured as 1 / std on the
+latent-diffusion does; or, with `--latents_dataset`, read from the autoencoder's
+`latentcode-tokenize` output (VAE: the posterior's mean and std, sampled here as on the fly;
+AutoEncoder: its code; see `latentcode.training.codes`). Latents are multiplied by `scaling_factor` (measured as 1 / std on the
 first batch unless given, and stored in the autoencoder's config) so the UNet sees unit variance.
 `--output_dir` then holds a pipeline that `DiffusionPipeline.from_pretrained` loads after
 `import latentcode`, plus `samples.png`. The pieces are in `latentcode.latent_diffusion`.
@@ -22,19 +25,22 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel
 
-import latentcode
 from latentcode.data import image_data_from_config
+from latentcode.families import FamilyBehaviour, family_of
 from latentcode.grids import save_image_grid
 from latentcode.latent_diffusion import (
-    compute_scaling_factor,
     continuous_latents,
     diffusion_loss,
     latent_diffusion_pipeline,
     latent_unet,
+    scaling_factor_of,
 )
+from latentcode.tokenize import CODE_COLUMNS
+from latentcode.tokens import latent_shape as latent_grid
+from latentcode.training.codes import code_data
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.engine import Engine, Part, TrainingTask
+from latentcode.training.engine import Engine, Part, TrainingTask, training_report
 
 
 @dataclass
@@ -47,6 +53,11 @@ class LatentDiffusionConfig(RunConfig):
         "images are resized and cropped to this (default: the autoencoder's sample_size)", default=None
     )
     num_validation_images: int = option("held-out images for the validation loss", default=64)
+    latents_dataset: str | None = option(
+        "train from this latentcode-tokenize output of the autoencoder (folder or Hub dataset id) instead of "
+        "encoding images on the fly (a VAE or an AutoEncoder: a VQ-VAE's tokens hold no latents)",
+        default=None,
+    )
     block_out_channels: list[int] = option("UNet channels per level", default_factory=lambda: [64, 128])
     layers_per_block: int = option("UNet ResNet blocks per level", default=1)
     norm_num_groups: int = option("UNet GroupNorm groups", default=32)
@@ -63,6 +74,7 @@ class LatentDiffusionConfig(RunConfig):
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,
         *("block_out_channels", "layers_per_block", "norm_num_groups", "num_train_timesteps", "scaling_factor"),
+        "latents_dataset",
     )
 
     def validate(self) -> None:
@@ -85,28 +97,29 @@ class LatentDiffusionTask(TrainingTask):
     def build(self, engine: Engine):
         config, accelerator, device = self.config, engine.accelerator, engine.device
         autoencoder = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
-        if not isinstance(autoencoder, (latentcode.VAEModel, latentcode.VQVAEModel)):
+        if not isinstance(autoencoder, FamilyBehaviour):  # any family: each has a continuous code
             raise ValueError(
-                f"--pretrained_model_name_or_path must hold a VAEModel or VQVAEModel, got {type(autoencoder).__name__}"
+                "--pretrained_model_name_or_path must hold a latentcode model (AutoEncoder, VAE or VQ-VAE), got a "
+                f"{type(autoencoder).__name__}"
             )
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(device)
         resolution = config.resolution or autoencoder.config.sample_size
-        batches, self.validation_images = image_data_from_config(
-            config, autoencoder.config.in_channels, resolution, accelerator.process_index, accelerator.num_processes
+        # Initialised before the data is opened (a DataLoader draws from torch's RNG): the same
+        # UNet whether the latents come from images or from a tokenised dataset.
+        unet = latent_unet(
+            autoencoder.config, resolution, config.block_out_channels, config.layers_per_block, config.norm_num_groups
         )
+        batches, self.validation_batch = self.data(resolution, accelerator.process_index, accelerator.num_processes)
         # Each process has its own noise; the validation noise is the same everywhere and every time.
         self.generator = torch.Generator(device).manual_seed(config.seed + accelerator.process_index)
         if config.scaling_factor is not None:
             autoencoder.config.scaling_factor = config.scaling_factor
         else:  # measured on the first batch, which step 1 then reads again (a resume restores its own)
             start = batches.state_dict()
-            local = compute_scaling_factor(autoencoder, [batches.next_batch()], generator=self.generator)
+            local = scaling_factor_of([self.latents(batches.next_batch().to(device), self.generator)])
             batches.load_state_dict(start)
             # Every process must scale alike: use the mean of their measurements.
             autoencoder.config.scaling_factor = accelerator.reduce(torch.tensor(local, device=device), "mean").item()
-        unet = latent_unet(
-            autoencoder.config, resolution, config.block_out_channels, config.layers_per_block, config.norm_num_groups
-        )
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
         betas = (config.adam_beta1, config.adam_beta2)
         adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
@@ -117,13 +130,44 @@ class LatentDiffusionTask(TrainingTask):
     def prepared(self, engine: Engine) -> None:
         engine.accelerator.print(f"scaling_factor = {self.autoencoder.config.scaling_factor:.5f}")
 
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
-        latents = continuous_latents(self.autoencoder, pixels, sample_posterior=True, generator=noise)
-        return latents * self.autoencoder.config.scaling_factor
+    def data(self, resolution: int, rank: int, world_size: int):
+        """The training batches and the held-out batch: pixels `[B, C, H, W]`, or with
+        `--latents_dataset` the stored codes `[B, k, C, h, w]` (k = 2: a posterior's mean and std;
+        k = 1: the code)."""
+        config, autoencoder = self.config, self.autoencoder
+        if config.latents_dataset is None:
+            return image_data_from_config(config, autoencoder.config.in_channels, resolution, rank, world_size)
+        if autoencoder.has_tokens:
+            raise ValueError(
+                f"--latents_dataset needs the tokenised latents of a VAE or an AutoEncoder; {config.latents_dataset!r} "
+                "would hold a VQ-VAE's token indices, not the latents before quantisation it diffuses: drop "
+                "--latents_dataset to encode the images on the fly"
+            )
+        shape = [autoencoder.config.latent_channels, *latent_grid(autoencoder.config, resolution)]
+        columns = CODE_COLUMNS[family_of(autoencoder).name]
 
-    def loss(self, engine: Engine, pixels: torch.Tensor):
-        latents = self.encode(pixels, self.generator)
+        def stored_latents(rows: dict) -> torch.Tensor:
+            return torch.stack([rows[name].float().unflatten(1, shape) for name in columns], dim=1)
+
+        return code_data(config.latents_dataset, autoencoder, config, stored_latents, shape, rank, world_size)
+
+    @torch.no_grad()
+    def latents(self, batch: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        """Unscaled latents `[B, C, h, w]` of a batch: a posterior sample (drawn with `noise`) or
+        the code; from pixels, or from stored codes as `model.continuous_code` would draw them."""
+        if self.config.latents_dataset is None:
+            return continuous_latents(self.autoencoder, batch, sample_posterior=True, generator=noise)
+        mean = batch[:, 0]
+        if batch.shape[1] == 1:  # a deterministic code
+            return mean
+        eps = torch.randn(mean.shape, generator=noise, device=mean.device, dtype=mean.dtype)
+        return mean + batch[:, 1] * eps  # as DiagonalGaussianDistribution.sample draws it
+
+    def encode(self, batch: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        return self.latents(batch, noise) * self.autoencoder.config.scaling_factor
+
+    def loss(self, engine: Engine, batch: torch.Tensor):
+        latents = self.encode(batch, self.generator)
         loss = diffusion_loss(engine.parts[0].module, self.noise_scheduler, latents, self.generator)
         return loss, {"loss": loss}
 
@@ -144,10 +188,10 @@ class LatentDiffusionTask(TrainingTask):
         config, device = self.config, engine.device
         metrics = {}
         unet = engine.unwrap(engine.parts[0].module).eval()
-        if len(self.validation_images):
+        if self.validation_batch is not None and len(self.validation_batch):
             if self.validation_latents is None:  # the same posterior samples in every run, resumed or not
                 noise = torch.Generator(device).manual_seed(config.seed)
-                self.validation_latents = self.encode(self.validation_images.to(device), noise)
+                self.validation_latents = self.encode(self.validation_batch.to(device), noise)
             fixed = torch.Generator(device).manual_seed(config.seed)
             with torch.no_grad():
                 loss = diffusion_loss(unet, self.noise_scheduler, self.validation_latents, fixed)
@@ -171,14 +215,15 @@ class LatentDiffusionTask(TrainingTask):
         (output_dir / "samples.png").write_bytes(
             (output_dir / "samples" / f"step_{engine.global_step:06d}.png").read_bytes()
         )
-        first = engine.history[0] if engine.history else None
-        return {
-            "step": engine.global_step,
-            **metrics,
-            "scaling_factor": self.autoencoder.config.scaling_factor,
-            "first_train_loss": first,
-            **summary,
-        }
+        return training_report(
+            engine,
+            summary,
+            kind="latent-diffusion",
+            metrics=metrics,
+            num_images=0 if self.validation_batch is None else len(self.validation_batch),
+            source=self.config.latents_dataset,
+            details={"scaling_factor": self.autoencoder.config.scaling_factor},
+        )
 
 
 def main(config: LatentDiffusionConfig) -> dict:

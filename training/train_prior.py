@@ -4,7 +4,9 @@
         --dataset_name builtin:digits --output_dir runs/prior-digits --max_train_steps 2000
 
 Images are streamed (`latentcode.data`), encoded to code sequences by the frozen VQ-VAE on the
-fly, and a transformers causal LM (`--architecture gpt2` or `llama`) learns them. Every
+fly, or, with `--codes_dataset`, read from the VQ-VAE's `latentcode-tokenize` output (encoded
+once; the same batches for a one-shard source, see `latentcode.training.codes`), and a
+transformers causal LM (`--architecture gpt2` or `llama`) learns them. Every
 `--validation_steps` and at the end: the held-out negative log-likelihood and a PNG grid of
 sampled images. The prior is written to `--output_dir` with `save_pretrained`, with its model
 card (`model_cards/prior.md`) and `samples.png`. The library side is `latentcode.prior`.
@@ -20,14 +22,14 @@ from typing import ClassVar
 import torch
 from transformers import AutoModel
 
-import latentcode
 from latentcode.data import image_data_from_config
 from latentcode.grids import save_image_grid
 from latentcode.objectives import PriorObjective
 from latentcode.prior import PRIOR_ARCHITECTURES, build_prior, encode_to_sequences, sample_images, token_mapping
+from latentcode.training.codes import code_data
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.engine import Engine, Part, TrainingTask
+from latentcode.training.engine import Engine, Part, TrainingTask, data_source, training_report
 from latentcode.training.model_card import render_model_card
 
 
@@ -41,6 +43,11 @@ class PriorConfig(RunConfig):
         "images are resized and cropped to this (default: the VQ-VAE's sample_size)", default=None
     )
     num_validation_images: int = option("held-out images for the validation NLL", default=64)
+    codes_dataset: str | None = option(
+        "train from this latentcode-tokenize output of the VQ-VAE (folder or Hub dataset id) instead of "
+        "encoding images on the fly; the data options are then unused",
+        default=None,
+    )
     architecture: str = option(f"one of {PRIOR_ARCHITECTURES}", default="gpt2")
     hidden_size: int = option("width of the prior", default=256)
     num_layers: int = option("transformer layers", default=4)
@@ -57,7 +64,7 @@ class PriorConfig(RunConfig):
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,
-        *("architecture", "hidden_size", "num_layers", "num_heads", "dropout"),
+        *("architecture", "hidden_size", "num_layers", "num_heads", "dropout", "codes_dataset"),
     )
 
     def validate(self) -> None:
@@ -72,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> PriorConfig:
     return parse_config(argv, PriorConfig, description=__doc__)
 
 
+def code_sequences(rows: dict) -> torch.Tensor:
+    """The code sequences `[B, L]` (int64) of tokenised rows (stored as uint16 or int32)."""
+    return rows["indices"].long()
+
+
 class PriorTask(TrainingTask):
     """The frozen VQ-VAE encodes each batch to code sequences; the prior learns them."""
 
@@ -81,15 +93,16 @@ class PriorTask(TrainingTask):
     def build(self, engine: Engine):
         config, accelerator = self.config, engine.accelerator
         vqvae = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
-        if not isinstance(vqvae, latentcode.VQVAEModel):
-            raise ValueError(f"--pretrained_model_name_or_path must hold a VQVAEModel, got {type(vqvae).__name__}")
+        if not getattr(vqvae, "has_tokens", False):
+            raise ValueError(
+                f"--pretrained_model_name_or_path must hold a latentcode model with discrete tokens (a VQ-VAE: "
+                f"has_tokens), got a {type(vqvae).__name__}; train a prior over the codes of a VQ-VAE"
+            )
         self.vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
         self.resolution = config.resolution or vqvae.config.sample_size
         self.latent_shape = vqvae.latent_shape(self.resolution)
-        batches, validation_images = image_data_from_config(
-            config, vqvae.config.in_channels, self.resolution, accelerator.process_index, accelerator.num_processes
-        )
-        self.validation_codes = torch.cat(list(encode_to_sequences(self.vqvae, validation_images.split(64))))
+        # Initialised before the data is opened (a DataLoader draws from torch's RNG): the same
+        # prior whether the codes come from images or from a tokenised dataset.
         prior = build_prior(
             vqvae.config.codebook_size,
             self.latent_shape,
@@ -101,6 +114,7 @@ class PriorTask(TrainingTask):
             vqvae_name_or_path=config.pretrained_model_name_or_path,
         )
         self.mapping = token_mapping(prior.config)
+        batches, self.validation_codes = self.data(accelerator.process_index, accelerator.num_processes)
         betas = (config.adam_beta1, config.adam_beta2)
         adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
         optimizer = torch.optim.AdamW(prior.parameters(), lr=config.learning_rate, **adam)
@@ -111,8 +125,19 @@ class PriorTask(TrainingTask):
         )
         return [Part("prior", prior, optimizer)], batches
 
-    def loss(self, engine: Engine, pixels: torch.Tensor):
-        (sequences,) = encode_to_sequences(self.vqvae, [pixels])
+    def data(self, rank: int, world_size: int):
+        """The training batches (pixels, or code sequences `[B, L]` with `--codes_dataset`) and the
+        held-out code sequences `[V, L]`."""
+        config, vqvae = self.config, self.vqvae
+        if config.codes_dataset is not None:
+            shape = self.latent_shape
+            return code_data(config.codes_dataset, vqvae, config, code_sequences, shape, rank, world_size)
+        batches, images = image_data_from_config(config, vqvae.config.in_channels, self.resolution, rank, world_size)
+        return batches, torch.cat(list(encode_to_sequences(vqvae, images.split(64))))
+
+    def loss(self, engine: Engine, batch: torch.Tensor):
+        """The objective of a micro-batch: pixels `[B, C, H, W]`, or code sequences `[B, L]`."""
+        sequences = batch if self.config.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
         loss = self.objective(engine.parts[0].module, self.mapping.codes_to_tokens(sequences))
         return loss, {"loss": loss}
 
@@ -144,6 +169,7 @@ class PriorTask(TrainingTask):
         prior = engine.unwrap(engine.parts[0].module)
         prior.save_pretrained(output_dir)
         save_image_grid(self.samples(engine), output_dir / "samples.png")
+        bits = nll * math.prod(self.latent_shape) / math.log(2)
         card = render_model_card(
             "prior",
             dict(
@@ -154,7 +180,7 @@ class PriorTask(TrainingTask):
                 codebook_size=self.vqvae.config.codebook_size,
                 latent_shape=" x ".join(str(size) for size in self.latent_shape),
                 sequence_length=math.prod(self.latent_shape),
-                dataset=config.dataset_name or config.train_data_dir or "builtin:digits",
+                dataset=config.codes_dataset or data_source(config),
                 resolution=self.resolution,
                 steps=engine.global_step,
                 batch_size=config.train_batch_size
@@ -162,14 +188,20 @@ class PriorTask(TrainingTask):
                 * config.gradient_accumulation_steps,
                 learning_rate=config.learning_rate,
                 validation_nll=f"{nll:.4f}",
-                bits_per_image=f"{nll * math.prod(self.latent_shape) / math.log(2):.1f}",
+                bits_per_image=f"{bits:.1f}",
                 num_validation_images=len(self.validation_codes),
                 repo_id=str(output_dir),
             ),
         )
         (output_dir / "README.md").write_text(card)
-        first = engine.history[0] if engine.history else None
-        return {"step": engine.global_step, "validation_nll": nll, "first_train_loss": first, **summary}
+        return training_report(
+            engine,
+            summary,
+            kind="prior",
+            metrics={"nll": nll, "bits_per_image": bits},
+            num_images=len(self.validation_codes),
+            source=config.codes_dataset,
+        )
 
 
 def main(config: PriorConfig) -> dict:

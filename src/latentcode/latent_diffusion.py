@@ -48,10 +48,19 @@ def compute_scaling_factor(
         batches: pixel batches `[B, C, H, W]` in [-1, 1].
         generator: for the VAE's posterior samples.
     """
+    latents = (
+        model.continuous_code(pixels.to(model.device, model.dtype), sample_posterior=True, generator=generator)
+        for pixels in batches
+    )
+    return scaling_factor_of(latents)
+
+
+def scaling_factor_of(latent_batches: Iterable[torch.Tensor]) -> float:
+    """`1 / std` of latents (batches of any shape), pooled over every element of every batch: what
+    [`compute_scaling_factor`] measures, for latents already encoded (a tokenised dataset)."""
     count, total, total_sq = 0, 0.0, 0.0
-    for pixels in batches:
-        pixels = pixels.to(model.device, model.dtype)
-        latents = model.continuous_code(pixels, sample_posterior=True, generator=generator).double()
+    for latents in latent_batches:
+        latents = latents.double()
         count += latents.numel()
         total += latents.sum().item()
         total_sq += latents.pow(2).sum().item()

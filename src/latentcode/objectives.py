@@ -10,7 +10,8 @@ model's output it computes
          + the quantizer's own weighted terms                         (VQ-VAE)
          + adaptive_weight * disc_weight * adversarial                (from disc_start, optional)
 
-and returns `(loss, logged_parts)`. With its defaults (`for_model`: the model config's
+and returns `(loss, logged_parts)` (the family's own values, `model.loss_summary(output)`, are
+logged next to them by the training task). With its defaults (`for_model`: the model config's
 reconstruction loss and KL weight, no warm-up, no LPIPS, no GAN) it equals `model(x).loss`
 exactly. The discriminator's own loss is [`AdversarialTerms.discriminator_loss`].
 
@@ -40,9 +41,6 @@ from .losses import (
 )
 
 RECONSTRUCTION_LOSSES = ("mse", "l1")
-
-# Values of the model's output logged each step when the family has them.
-FAMILY_TERMS = ("kl", "codebook_loss", "commitment_loss", "perplexity")
 
 
 @dataclass
@@ -145,10 +143,11 @@ class AutoencoderObjective:
     def describe(self, model: nn.Module) -> str:
         """The terms in words, for a model card: `"MSE reconstruction, KL (weight 1e-06, ...)"`."""
         parts = [f"{self.reconstruction_loss.upper()} reconstruction"]
-        if getattr(model.config, "kl_weight", None) is not None:
-            parts.append(f"KL (weight {self.kl_weight}, warm-up {self.kl_warmup_steps} steps)")
-        if getattr(model.config, "quantizer", None) is not None:
-            parts.append(f"the {model.config.quantizer!r} quantizer's own terms as configured")
+        regularizer = model.regularizer_description()  # the family's own term, in its words
+        if regularizer is not None:
+            parts.append(
+                regularizer + (f", warmed up over {self.kl_warmup_steps} steps" if self.kl_warmup_steps else "")
+            )
         if self.perceptual is not None:
             parts.append(f"LPIPS (weight {self.perceptual_weight})")
         if self.adversarial is not None:
@@ -181,7 +180,6 @@ class AutoencoderObjective:
             term, adversarial_logs = self.adversarial.generator_term(reconstruction, nll, last_layer)
             loss = loss + term
             logs.update(adversarial_logs)
-        logs.update({name: getattr(output, name) for name in FAMILY_TERMS if getattr(output, name, None) is not None})
         logs["loss"] = loss
         return loss, logs
 

@@ -66,4 +66,4 @@ def test_a_new_learning_rate_is_applied_and_counters_stay_right(four_steps, tmp_
     assert engine.schedule.step_count == 4 and engine.schedule.total_steps == 8
     assert engine.parts[0].optimizer.param_groups[0]["lr"] == expected != 1e-3 * engine.schedule.factor(4)
     result = engine.run()
-    assert result.metrics["global_step"] == 8 and result.metrics["images_seen"] == 8 * 8
+    assert result.metrics["details"]["global_step"] == 8 and result.metrics["details"]["images_seen"] == 8 * 8

@@ -26,14 +26,13 @@ A new training script is a `RunConfig` subclass with its options, a task and one
             loss = ...
             return loss, {"loss": loss}
         def finish(self, engine, summary):    # save the model; the return value is metrics.json
-            return {**summary}
+            return training_report(engine, summary, kind="my-task", metrics={}, num_images=0)
 
     Engine(config, MyTask(config)).run()
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -50,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageBatches
+from ..reporting import metrics_report, write_metrics_json
 from .checkpointing import (
     LOCK_FILE,
     check_output_dir,
@@ -130,15 +130,17 @@ class TrainingTask:
     hooks default to nothing."""
 
     def build(self, engine: Engine) -> tuple[list[Part], ImageBatches]:
-        """The modules to train (the first is the main one) and the training batches."""
+        """The modules to train (the first is the main one) and the training batches: an
+        `ImageBatches`, or anything with its `next_batch`, `state_dict`, `load_state_dict` and
+        corrupt-image counters (`training.codes.CodeBatches` for tokenised data)."""
         raise NotImplementedError
 
     def prepared(self, engine: Engine) -> None:
         """Called once `engine.parts` hold the accelerate-prepared modules and optimisers."""
 
     def loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """`(loss to backpropagate, values to log)` of one micro-batch `[B, C, H, W]`; the logged
-        values include `"loss"`, the objective's value."""
+        """`(loss to backpropagate, values to log)` of one micro-batch (pixels `[B, C, H, W]`, or
+        what the task's batches give); the logged values include `"loss"`, the objective's value."""
         raise NotImplementedError
 
     def checkpoint_objects(self) -> list:
@@ -164,8 +166,8 @@ class TrainingTask:
         return {}
 
     def finish(self, engine: Engine, summary: dict) -> dict:
-        """Main process, at the end: validate, save the final model, metrics.json, card; returns
-        the metrics."""
+        """Main process, at the end: validate, save the final model and card; returns the
+        metrics.json report ([`training_report`])."""
         raise NotImplementedError
 
     def publish(self, engine: Engine) -> None:
@@ -404,7 +406,7 @@ class Engine:
         metrics = {}
         if accelerator.is_main_process:
             metrics = self.task.finish(self, summary)
-            (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_metrics_json(metrics, self.output_dir / "metrics.json")
             write_loss_plot(self.history, self.output_dir / "loss.png")
         accelerator.wait_for_everyone()
         accelerator.end_training()
@@ -445,6 +447,35 @@ def run_summary(engine: Engine, session_seconds: float) -> dict:
         "corrupt_validation_images": len(engine.batches.held_out_corrupt),
         "num_processes": accelerator.num_processes,
     }
+
+
+def data_source(config: RunConfig) -> str:
+    """The training data in a few words: the dataset name or folder (metrics.json, model cards)."""
+    return config.dataset_name or config.train_data_dir or "builtin:digits"
+
+
+def training_report(
+    engine: Engine,
+    summary: dict,
+    *,
+    kind: str,
+    metrics: dict,
+    num_images: int,
+    details: dict | None = None,
+    source: str | None = None,
+) -> dict:
+    """The `metrics.json` report of a training run (`latentcode.reporting` schema 1): `metrics`
+    measured on `num_images` held-out images of the training data at the end, the run counters
+    (`summary`, see [`run_summary`]), the first step's loss and the task's own `details` under
+    `details`; `source`: the data's name (default: the config's dataset)."""
+    source = source or data_source(engine.config)
+    return metrics_report(
+        kind=kind,
+        model=str(engine.output_dir),
+        data={"source": source, "split": "validation", "num_images": num_images},
+        metrics=metrics,
+        details={**summary, "first_train_loss": engine.history[0] if engine.history else None, **(details or {})},
+    )
 
 
 def all_finite(accelerator: Accelerator, value: torch.Tensor) -> bool:

@@ -27,7 +27,7 @@ from ..objectives import AdversarialTerms, AutoencoderObjective
 from .checkpointing import CheckpointWriteError, describe_disk, list_checkpoints
 from .config import TrainingConfig
 from .ema import EMAModel
-from .engine import Engine, Part, TrainingResult, TrainingTask
+from .engine import Engine, Part, TrainingResult, TrainingTask, data_source, training_report
 from .model_card import render_model_card
 from .state import load_usage_state, resume_settings, usage_state, usage_windows
 
@@ -131,6 +131,7 @@ class AutoencoderTask(TrainingTask):
         output = self.model(pixels, return_dict=True)
         with engine.accelerator.autocast():
             loss, logs = self.objective(output, pixels, engine.global_step, self.unwrapped.decoder.last_layer)
+            logs = {**self.unwrapped.loss_summary(output), **logs}  # the family's terms (KL, perplexity, ...)
             adversarial = self.objective.adversarial
             if adversarial is not None and adversarial.active(engine.global_step):
                 logs["discriminator_loss"] = adversarial.discriminator_loss(pixels, output.sample)
@@ -187,12 +188,20 @@ class AutoencoderTask(TrainingTask):
         return self.unwrapped
 
     def finish(self, engine: Engine, summary: dict) -> dict:
-        """Save the final model (EMA weights if used), processor, grid and card; push."""
+        """Save the final model (EMA weights if used), processor, grid and card; returns the
+        report (validation metrics under `metrics`, run counters under `details`)."""
         validation = self.validate(engine, engine.output_dir / "reconstructions.png")
         engine.accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=engine.global_step)
         self._save_final_model(engine.output_dir)
         self._write_model_card(engine, validation)
-        return {"validation": validation, **summary}
+        return training_report(
+            engine,
+            summary,
+            kind="training",
+            metrics=validation,
+            num_images=len(self.validation_images),
+            details={"resolution": self.config.resolution},
+        )
 
     def publish(self, engine: Engine) -> None:
         if self.config.push_to_hub:
@@ -227,7 +236,7 @@ class AutoencoderTask(TrainingTask):
             "model_class": type(model).__name__,
             "model_family": config.model_family,
             "repo_id": config.hub_model_id or str(engine.output_dir),
-            "dataset": config.dataset_name or config.train_data_dir or "builtin:digits",
+            "dataset": data_source(config),
             "resolution": config.resolution,
             "in_channels": model.config.in_channels,
             "steps": engine.global_step,
