@@ -26,7 +26,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel
 
 from latentcode.data import image_data_from_config
-from latentcode.families import FamilyBehaviour, family_of
+from latentcode.families import FamilyBehaviour
 from latentcode.grids import save_image_grid
 from latentcode.latent_diffusion import (
     continuous_latents,
@@ -35,8 +35,6 @@ from latentcode.latent_diffusion import (
     latent_unet,
     scaling_factor_of,
 )
-from latentcode.tokenize import CODE_COLUMNS
-from latentcode.tokens import latent_shape as latent_grid
 from latentcode.training.codes import code_data
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
@@ -143,8 +141,8 @@ class LatentDiffusionTask(TrainingTask):
                 "would hold a VQ-VAE's token indices, not the latents before quantisation it diffuses: drop "
                 "--latents_dataset to encode the images on the fly"
             )
-        shape = [autoencoder.config.latent_channels, *latent_grid(autoencoder.config, resolution)]
-        columns = CODE_COLUMNS[family_of(autoencoder).name]
+        shape = list(autoencoder.stored_code_shape(resolution))
+        columns = list(autoencoder.stored_columns)
 
         def stored_latents(rows: dict) -> torch.Tensor:
             return torch.stack([rows[name].float().unflatten(1, shape) for name in columns], dim=1)
