@@ -70,10 +70,8 @@ def load_images(
 ) -> torch.Tensor:
     """The first `limit` images of a split (a Hub dataset's `split`, or all of `data_dir`) as
     uint8 `[N, 3, 32, 32]` (RGB, in dataset order)."""
-    # A local folder is one split of its own (the datasets builder names it "train").
-    stream = load_image_stream(
-        dataset_name=dataset_name, split=split if data_dir is None else "train", train_data_dir=data_dir
-    )
+    # A local folder's splits are named as `datasets` names them (`test-*.parquet` -> "test").
+    stream = load_image_stream(dataset_name=dataset_name, split=split, train_data_dir=data_dir)
     stream = image_only(stream, resolve_image_column(stream, image_column))
     images = []
     for example in stream:
