@@ -225,7 +225,12 @@ class ImageBatches:
             raise self._no_images()
         sampler = Chunks(self.order.length, self.epoch, self.position, self.batch_size)
         loader = DataLoader(
-            self.examples, sampler=sampler, batch_size=None, num_workers=self.num_workers, collate_fn=_unchanged
+            self.examples,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_unchanged,
+            generator=_own_generator(),
         )
         self._chunks = iter(loader)
         # Positions consumed before this start count as readable: they were, or were counted.
@@ -294,7 +299,23 @@ def ordered_chunks(
     """The [`ImageChunks`] of `chunks` (`(start, stop)` ranges of the source), in order, decoded by
     `num_workers` DataLoader workers (0: here): for tokenising or evaluating a split in order."""
     examples = ImageChunks(source, transform)
-    return iter(DataLoader(examples, sampler=chunks, batch_size=None, num_workers=num_workers, collate_fn=_unchanged))
+    loader = DataLoader(
+        examples,
+        sampler=chunks,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_unchanged,
+        generator=_own_generator(),
+    )
+    return iter(loader)
+
+
+def _own_generator() -> torch.Generator:
+    """A DataLoader's own generator: starting an iterator draws its workers' base seed from it, which
+    would otherwise advance torch's global generator, so that a resumed run (which starts one more
+    iterator) would draw other dropout, posterior and codebook-restart noise than an uninterrupted
+    one. Nothing else uses it: every random crop and flip comes from the example's position."""
+    return torch.Generator().manual_seed(0)
 
 
 def first_readable(
