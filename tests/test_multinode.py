@@ -20,13 +20,13 @@ REPLICA = """
 import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
-from latentcode.training import Trainer, load_config
+from latentcode.training import load_config, trainer
 
 values, out = json.loads(sys.argv[1]), Path(sys.argv[2])
-trainer = Trainer(load_config(**values))
-rank, order = trainer.accelerator.process_index, trainer.batches.order
+engine = trainer(load_config(**values))
+rank, order = engine.accelerator.process_index, engine.batches.order
 read = [list(order.locate(0, position)) for position in range(order.length)]  # this process's first epoch
-result = trainer.run()
+result = engine.run()
 state = {key: value.contiguous() for key, value in result.model.state_dict().items()}
 save_file(state, out / f"{values['output_dir'].rsplit('/', 1)[-1]}-rank{rank}.safetensors")
 (out / f"{values['output_dir'].rsplit('/', 1)[-1]}-rank{rank}.json").write_text(json.dumps(read))
