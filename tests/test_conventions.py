@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 from accelerate import init_empty_weights
-from conftest import tiny_config, tiny_model
 from diffusers import AutoencoderKL, VQModel
+from helpers import tiny_config, tiny_model
 from transformers import AutoConfig
 
 import latentcode

@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from latentcode.evaluation import (

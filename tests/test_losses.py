@@ -67,7 +67,7 @@ def test_patch_discriminator_shapes_and_minimum_size():
 
 
 def test_lpips_gradients_reach_the_decoder(digits):
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     torch.manual_seed(0)
     perceptual = PerceptualLoss("vgg", pretrained=False)  # random backbone: no download in tests
@@ -103,7 +103,7 @@ def test_lpips_without_backbone_weights_fails_clearly(monkeypatch):
 
 
 def _training_output(family: str, **overrides):
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     model = tiny_model(family, **overrides).train()
     pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import peak_memory_growth, tiny_config
+from helpers import peak_memory_growth, tiny_config
 
 import latentcode
 from latentcode.modules.quantizers import (

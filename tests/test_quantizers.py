@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import peak_memory_growth, tiny_config
+from helpers import peak_memory_growth, tiny_config
 
 import latentcode
 from latentcode.modules.quantizers import (
