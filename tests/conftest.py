@@ -7,13 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import (  # noqa: F401  (re-exported until every test module imports helpers)
-    peak_memory_growth,
-    require_shared_dataset,
-    reset_accelerate_state,
-    tiny_config,
-    tiny_model,
-)
+from helpers import reset_accelerate_state
 
 from latentcode.families import FAMILIES
 
