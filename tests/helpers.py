@@ -85,3 +85,33 @@ def reset_accelerate_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+# One tiny VQ-VAE per quantizer recipe the tests cover: keyword overrides of
+# `tiny_config("vqvae", ...)`, keyed by an id that names the recipe. The entry named after a
+# quantizer (see QUANTIZER_OVERRIDES) is its plain form; the others change one training option.
+VQVAE_RECIPES = {
+    "vq": dict(codebook_size=64),
+    "vq-no-ema-no-kmeans": dict(
+        codebook_size=64, quantizer_config=dict(codebook_ema=False, kmeans_init=False, dead_code_restart=False)
+    ),
+    "vq-factorised-cosine": dict(
+        codebook_size=64, latent_channels=8, codebook_dim=2, quantizer_config=dict(l2_normalize=True)
+    ),
+    "vq-rotation": dict(codebook_size=64, gradient_estimator="rotation"),
+    "fsq": dict(quantizer="fsq", quantizer_config={"levels": [5, 4, 3]}),
+    "lfq": dict(quantizer="lfq", codebook_size=16),
+    "lfq-grouped-entropy": dict(quantizer="lfq", codebook_size=2**14, lfq_entropy_max_group_bits=7),
+    "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
+    "residual_vq-dropout": dict(
+        quantizer="residual_vq", codebook_size=64, num_quantizers=3, quantizer_config=dict(quantizer_dropout=0.5)
+    ),
+    "residual_vq-rotation": dict(
+        quantizer="residual_vq", codebook_size=64, num_quantizers=2, gradient_estimator="rotation"
+    ),
+    "bsq": dict(quantizer="bsq", codebook_size=16),
+    "simvq": dict(quantizer="simvq", codebook_size=64),
+}
+
+# The plain recipe of each quantizer in `latentcode.modules.quantizers.QUANTIZERS`.
+QUANTIZER_OVERRIDES = {name: VQVAE_RECIPES[name] for name in ("vq", "fsq", "lfq", "residual_vq", "bsq", "simvq")}
