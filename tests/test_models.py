@@ -18,7 +18,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 import latentcode
 from latentcode.families import FAMILIES
 from latentcode.modules.distributions import DiagonalGaussianDistribution
-from latentcode.modules.quantizers import nearest_codebook_indices
 from latentcode.modules.tiling import tiled_map
 
 
@@ -169,16 +168,6 @@ def test_vae_prior_samples_are_reproducible():
     assert torch.equal(first, second)
     z = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(first, model.decode(z).sample)
-
-
-@pytest.mark.parametrize("max_block_elements", [37, 1000, 2**20])
-def test_nearest_indices_equal_brute_force_cdist(max_block_elements):
-    generator = torch.Generator().manual_seed(0)
-    vectors = torch.randn(500, 16, generator=generator, dtype=torch.float64)
-    codebook = torch.randn(300, 16, generator=generator, dtype=torch.float64)
-    expected = torch.cdist(vectors, codebook).argmin(dim=1)
-    actual = nearest_codebook_indices(vectors, codebook, max_block_elements=max_block_elements)
-    assert torch.equal(actual, expected)
 
 
 def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():

@@ -47,21 +47,27 @@ def assert_nearest(rows: torch.Tensor, codebook: torch.Tensor, indices: torch.Te
 
 
 @pytest.mark.parametrize(
-    "num_vectors, num_codes, dim, max_block_elements",
+    "num_vectors, num_codes, dim, max_block_elements, dtype",
     [
-        (1000, 64, 8, None),  # one code block
-        (777, 1000, 8, 256),  # codes split into blocks, a partial last row and code block
-        (300, 4096, 64, 2**12),
-        (5, 3, 1, 1),  # one distance per block
+        (1000, 64, 8, None, torch.float32),  # one code block
+        (777, 1000, 8, 256, torch.float32),  # codes split into blocks, a partial last row and code block
+        (300, 4096, 64, 2**12, torch.float32),
+        (5, 3, 1, 1, torch.float32),  # one distance per block
+        (500, 300, 16, 37, torch.float64),  # a block size that divides nothing
+        (500, 300, 16, 1000, torch.float64),
+        (500, 300, 16, 2**20, torch.float64),  # everything in one block
     ],
 )
-def test_search_matches_brute_force(num_vectors, num_codes, dim, max_block_elements):
+def test_search_matches_brute_force(num_vectors, num_codes, dim, max_block_elements, dtype):
     generator = torch.Generator().manual_seed(num_codes)
-    rows = torch.randn(num_vectors, dim, generator=generator)
-    codebook = torch.randn(num_codes, dim, generator=generator)
+    rows = torch.randn(num_vectors, dim, generator=generator, dtype=dtype)
+    codebook = torch.randn(num_codes, dim, generator=generator, dtype=dtype)
     indices = nearest_codebook_indices(rows, codebook, max_block_elements)
     assert indices.dtype == torch.long and indices.shape == (num_vectors,)
-    assert_nearest(rows, codebook, indices)
+    if dtype == torch.float64:  # no ties to resolve at this precision: exactly the brute force
+        assert torch.equal(indices, brute_force_indices(rows, codebook))
+    else:
+        assert_nearest(rows, codebook, indices)
 
 
 def test_search_breaks_ties_towards_the_lowest_index_across_blocks():
