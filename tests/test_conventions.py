@@ -10,22 +10,13 @@ import pytest
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, VQModel
-from helpers import tiny_config, tiny_model
+from helpers import QUANTIZER_OVERRIDES, tiny_config, tiny_model
 from transformers import AutoConfig
 
 import latentcode
 from latentcode import AutoencoderConfig, VAEConfig, VQVAEConfig, VQVAEModel
 from latentcode.families import FAMILIES
 from latentcode.modules.quantizers import QUANTIZERS
-
-QUANTIZER_OVERRIDES = {
-    "vq": dict(codebook_size=64),
-    "fsq": dict(quantizer="fsq", quantizer_config={"levels": [5, 4, 3]}),
-    "lfq": dict(quantizer="lfq", codebook_size=16),
-    "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
-    "bsq": dict(quantizer="bsq", codebook_size=16),
-    "simvq": dict(quantizer="simvq", codebook_size=64),
-}
 
 
 def pixels(batch: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
