@@ -555,6 +555,58 @@ def test_every_quantizer_trains_saves_loads_and_round_trips_indices(tmp_path, re
         assert bool(loaded.quantizer.initialized)
 
 
+def test_codebook_and_commitment_losses_move_the_right_parameters():
+    quantizer = tiny_model("vqvae", codebook_ema=False).quantizer
+    latents = torch.randn(2, 4, 3, 3, requires_grad=True)
+    output = quantizer(latents)
+    output.codebook_loss.backward(retain_graph=True)
+    assert latents.grad is None and quantizer.codebook.grad.abs().sum() > 0
+    quantizer.codebook.grad = None
+    output.commitment_loss.backward()
+    assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
+    codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
+    torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
+    torch.testing.assert_close(output.loss, output.codebook_loss + 0.25 * output.commitment_loss)
+
+
+def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():
+    model = tiny_model("vqvae", codebook_size=64, codebook_dim=6)
+    with torch.no_grad():
+        model.quantizer.codebook.normal_()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        encoded = model.encode(pixels)
+        flat = encoded.latents.permute(0, 2, 3, 1).reshape(-1, 6)
+        expected = torch.cdist(flat.double(), model.quantizer.codebook.double()).argmin(dim=1)
+        assert torch.equal(encoded.indices.flatten(), expected)
+        assert len(encoded.indices.unique()) > 1
+        from_indices = model.decode_indices(encoded.indices).sample
+        from_latents = model.decode(encoded.latents).sample
+        # decode() quantises with the straight-through form latents + (codes - latents), which
+        # equals the codes up to float rounding.
+        torch.testing.assert_close(from_indices, from_latents, atol=1e-5, rtol=1e-5)
+        assert model.codebook_size == 64
+
+
+def test_encode_and_decode_never_update_the_codebook_only_forward_does():
+    model = tiny_model("vqvae").train()  # the default recipe: k-means init, EMA, dead-code restart
+    pixels = torch.randn(2, 3, 16, 16)
+    before = {name: value.clone() for name, value in model.quantizer.state_dict().items()}
+    with torch.no_grad():
+        first = model.encode(pixels)
+        model.decode(first.latents)
+        second = model.encode(pixels)
+    assert model.quantizer.training
+    for name, value in model.quantizer.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert torch.equal(first.indices, second.indices)
+    model(pixels)  # the training step initialises and updates the codebook
+    assert not torch.equal(model.quantizer.codebook, before["codebook"])
+
+
+# -- the codebook's initialised flag through from_pretrained -------------------------------------
+
+
 def test_codebook_only_state_dict_loads_as_a_trained_codebook():
     """A converted diffusers / taming checkpoint has `quantizer.codebook` only: loading it into
     the default (EMA, k-means) quantizer must not let training overwrite it by k-means."""
@@ -565,6 +617,64 @@ def test_codebook_only_state_dict_loads_as_a_trained_codebook():
     torch.testing.assert_close(quantizer.ema_codebook_sum, codebook)
     quantizer.train()(codebook.T[None, :, :, None] + 1e-3)
     assert torch.allclose(quantizer.codebook.data, codebook, atol=0.1)
+
+
+def trained_codebook_checkpoint(tmp_path, **overrides):
+    """A VQ-VAE saved without k-means state (kmeans_init=False), with a codebook far from the
+    uniform initialisation, as a converted or trained model would have."""
+    model = tiny_model("vqvae", codebook_size=64, kmeans_init=False, **overrides)
+    with torch.no_grad():
+        model.quantizer.codebook.normal_(generator=torch.Generator().manual_seed(1))
+        if model.quantizer.codebook_ema:
+            model.quantizer.ema_codebook_sum.copy_(model.quantizer.codebook)
+    model.save_pretrained(tmp_path)
+    return model.quantizer.codebook.detach().clone()
+
+
+@pytest.mark.single_thread
+def test_from_pretrained_with_kmeans_init_keeps_a_trained_codebook(tmp_path):
+    """`from_pretrained(path, kmeans_init=True)` on a checkpoint without the k-means flag: the
+    codebook is marked initialised, so the first training step does not run k-means over it."""
+    codebook = trained_codebook_checkpoint(tmp_path, quantizer_config={"codebook_ema": False})
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    assert model.quantizer.kmeans_init and bool(model.quantizer.initialized)
+    model.train()
+    model(
+        torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )  # no optimiser step: without EMA only k-means could change the codebook
+    assert torch.equal(model.quantizer.codebook, codebook)
+
+
+@pytest.mark.single_thread
+def test_from_pretrained_derives_the_ema_state_of_a_codebook_only_checkpoint(tmp_path):
+    """A checkpoint with a codebook but no EMA state or flag (a codebook-only checkpoint) loads as
+    `load_state_dict` does: EMA sums equal to the codes, unit cluster sizes, marked initialised."""
+    from safetensors.torch import load_file, save_file
+
+    codebook = trained_codebook_checkpoint(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["quantizer.ema_cluster_size"], weights["quantizer.ema_codebook_sum"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    quantizer = model.quantizer
+    assert torch.equal(quantizer.codebook, codebook) and bool(quantizer.initialized)
+    assert torch.equal(quantizer.ema_codebook_sum, codebook)
+    assert torch.equal(quantizer.ema_cluster_size, torch.ones(64))
+    reference = tiny_model("vqvae", codebook_size=64, kmeans_init=True)
+    reference.load_state_dict(weights, strict=False)
+    assert torch.equal(reference.quantizer.ema_codebook_sum, quantizer.ema_codebook_sum)
+    assert bool(reference.quantizer.initialized)
+
+
+@pytest.mark.single_thread
+def test_fresh_models_still_run_kmeans_on_their_first_batch():
+    model = tiny_model("vqvae", codebook_size=16)
+    assert not bool(model.quantizer.initialized)
+    before = model.quantizer.codebook.detach().clone()
+    model.train()
+    model(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert bool(model.quantizer.initialized)
+    assert not torch.allclose(model.quantizer.codebook, before)
 
 
 # -- real images: the recipe keeps a 512-code codebook alive, plain VQ does not --------------------
