@@ -9,23 +9,14 @@ import json
 import pytest
 import torch
 from accelerate import init_empty_weights
-from conftest import tiny_config, tiny_model
 from diffusers import AutoencoderKL, VQModel
+from helpers import QUANTIZER_OVERRIDES, tiny_config, tiny_model
 from transformers import AutoConfig
 
 import latentcode
 from latentcode import AutoencoderConfig, VAEConfig, VQVAEConfig, VQVAEModel
 from latentcode.families import FAMILIES
 from latentcode.modules.quantizers import QUANTIZERS
-
-QUANTIZER_OVERRIDES = {
-    "vq": dict(codebook_size=64),
-    "fsq": dict(quantizer="fsq", quantizer_config={"levels": [5, 4, 3]}),
-    "lfq": dict(quantizer="lfq", codebook_size=16),
-    "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
-    "bsq": dict(quantizer="bsq", codebook_size=16),
-    "simvq": dict(quantizer="simvq", codebook_size=64),
-}
 
 
 def pixels(batch: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -199,62 +190,6 @@ def test_every_family_builds_under_init_empty_weights(family):
     with init_empty_weights():
         model = FAMILIES[family].model_class(tiny_config(family))
     assert all(p.is_meta for p in model.parameters())
-
-
-# -- the codebook's initialised flag through from_pretrained -------------------------------------
-
-
-def trained_codebook_checkpoint(tmp_path, **overrides):
-    """A VQ-VAE saved without k-means state (kmeans_init=False), with a codebook far from the
-    uniform initialisation, as a converted or trained model would have."""
-    model = tiny_model("vqvae", codebook_size=64, kmeans_init=False, **overrides)
-    with torch.no_grad():
-        model.quantizer.codebook.normal_(generator=torch.Generator().manual_seed(1))
-        if model.quantizer.codebook_ema:
-            model.quantizer.ema_codebook_sum.copy_(model.quantizer.codebook)
-    model.save_pretrained(tmp_path)
-    return model.quantizer.codebook.detach().clone()
-
-
-def test_from_pretrained_with_kmeans_init_keeps_a_trained_codebook(tmp_path):
-    """`from_pretrained(path, kmeans_init=True)` on a checkpoint without the k-means flag: the
-    codebook is marked initialised, so the first training step does not run k-means over it."""
-    codebook = trained_codebook_checkpoint(tmp_path, quantizer_config={"codebook_ema": False})
-    model = VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
-    assert model.quantizer.kmeans_init and bool(model.quantizer.initialized)
-    model.train()
-    model(pixels(4))  # no optimiser step: without EMA only k-means could change the codebook
-    assert torch.equal(model.quantizer.codebook, codebook)
-
-
-def test_from_pretrained_derives_the_ema_state_of_a_codebook_only_checkpoint(tmp_path):
-    """A checkpoint with a codebook but no EMA state or flag (a codebook-only checkpoint) loads as
-    `load_state_dict` does: EMA sums equal to the codes, unit cluster sizes, marked initialised."""
-    from safetensors.torch import load_file, save_file
-
-    codebook = trained_codebook_checkpoint(tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    del weights["quantizer.ema_cluster_size"], weights["quantizer.ema_codebook_sum"]
-    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    model = VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
-    quantizer = model.quantizer
-    assert torch.equal(quantizer.codebook, codebook) and bool(quantizer.initialized)
-    assert torch.equal(quantizer.ema_codebook_sum, codebook)
-    assert torch.equal(quantizer.ema_cluster_size, torch.ones(64))
-    reference = tiny_model("vqvae", codebook_size=64, kmeans_init=True)
-    reference.load_state_dict(weights, strict=False)
-    assert torch.equal(reference.quantizer.ema_codebook_sum, quantizer.ema_codebook_sum)
-    assert bool(reference.quantizer.initialized)
-
-
-def test_fresh_models_still_run_kmeans_on_their_first_batch():
-    model = tiny_model("vqvae", codebook_size=16)
-    assert not bool(model.quantizer.initialized)
-    before = model.quantizer.codebook.detach().clone()
-    model.train()
-    model(pixels(4))
-    assert bool(model.quantizer.initialized)
-    assert not torch.allclose(model.quantizer.codebook, before)
 
 
 # -- config typos --------------------------------------------------------------------------------

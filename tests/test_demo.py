@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 import latentcode
 from latentcode.demo import inference

@@ -16,7 +16,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import reset_accelerate_state, tiny_model
 from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
@@ -24,6 +23,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from helpers import reset_accelerate_state, tiny_model
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import latentcode

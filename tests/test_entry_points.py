@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
+from helpers import tiny_model
 from test_command_lines import load_script
 
 from latentcode.hub import resolve_pretrained

@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from latentcode.evaluation import (
@@ -344,9 +344,7 @@ def test_cli_without_lpips_weights_suggests_its_own_flag(tmp_path, monkeypatch, 
     assert "LPIPS skipped" in message and "pass --no_lpips" in message and "perceptual_weight" not in message
 
 
-# ----------------------------------------------------------------------------------------------
-# latentcode-eval as a user meets it: held-out split, progress, summary, model argument
-# ----------------------------------------------------------------------------------------------
+# -- latentcode-eval as a user meets it: held-out split, progress, summary, model argument -----
 
 
 def test_cli_scores_the_held_out_split_with_a_progress_bar_and_a_summary(tmp_path, capsys):

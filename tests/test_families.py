@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 import latentcode
 from latentcode.families import FAMILIES, FAMILY_HOOKS, CodeSize, FamilyBehaviour, register_family

@@ -152,7 +152,7 @@ def test_compiled_model_equals_eager(monkeypatch):
 
 
 def test_compiled_training_run_resumes_from_a_checkpoint(tmp_path):
-    from conftest import reset_accelerate_state
+    from helpers import reset_accelerate_state
     from test_training import _assert_identical, _weights, tiny_config
 
     from latentcode.training import train

@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from latentcode.generation import interpolate, main, slerp
 from latentcode.grids import image_grid, reconstruction_grid

@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import skimage.data
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from transformers import AutoImageProcessor, AutoModel
 
 from latentcode import LatentCodeImageProcessor

@@ -7,6 +7,7 @@ import urllib.error
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import QUANTIZER_OVERRIDES, tiny_model
 
 from latentcode.losses import (
     PatchDiscriminator,
@@ -67,7 +68,6 @@ def test_patch_discriminator_shapes_and_minimum_size():
 
 
 def test_lpips_gradients_reach_the_decoder(digits):
-    from conftest import tiny_model
 
     torch.manual_seed(0)
     perceptual = PerceptualLoss("vgg", pretrained=False)  # random backbone: no download in tests
@@ -103,7 +103,6 @@ def test_lpips_without_backbone_weights_fails_clearly(monkeypatch):
 
 
 def _training_output(family: str, **overrides):
-    from conftest import tiny_model
 
     model = tiny_model(family, **overrides).train()
     pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -113,7 +112,7 @@ def _training_output(family: str, **overrides):
 @pytest.mark.parametrize(
     "family, overrides",
     [("autoencoder", {}), ("vae", {}), ("vae", {"kl_weight": 0.3, "reconstruction_loss": "l1"})]
-    + [("vqvae", overrides) for overrides in __import__("test_conventions").QUANTIZER_OVERRIDES.values()],
+    + [("vqvae", overrides) for overrides in QUANTIZER_OVERRIDES.values()],
     ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.values())) or "defaults",
 )
 def test_the_default_objective_is_the_models_own_loss_exactly(family, overrides):

@@ -1,4 +1,5 @@
-"""The three model families: shapes, losses, Hugging Face I/O, bottleneck maths, bad input."""
+"""The three model families: shapes, losses, Hugging Face I/O, the VAE's distribution maths, slicing and
+tiling, bad input. (The VQ-VAE's codebook in a model: test_quantizers.py.)"""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from helpers import tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import latentcode
 from latentcode.families import FAMILIES
 from latentcode.modules.distributions import DiagonalGaussianDistribution
-from latentcode.modules.quantizers import nearest_codebook_indices
 from latentcode.modules.tiling import tiled_map
 
 
@@ -116,36 +116,6 @@ def test_hub_id_loads_offline_from_the_cache(tmp_path):
     assert float(result.stdout.strip().splitlines()[-1]) == expected
 
 
-def test_straight_through_gradient_reaches_the_encoder():
-    model = tiny_model("vqvae").train()
-    pixels = torch.randn(2, 3, 16, 16)
-    latents = model._bottleneck_input(pixels)
-    latents.retain_grad()
-    quantized = model.quantizer(latents)
-    quantized.quantized.retain_grad()
-    reconstruction = model._decode_code(quantized.quantized)
-    torch.nn.functional.mse_loss(reconstruction, pixels).backward()
-    # The decoder's gradient at the codes is copied unchanged to the encoder output ...
-    torch.testing.assert_close(latents.grad, quantized.quantized.grad)
-    # ... and reaches the encoder's first layer through the reconstruction loss alone.
-    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
-    assert model.quantizer.codebook.grad is None  # the codebook learns only from its own loss
-
-
-def test_codebook_and_commitment_losses_move_the_right_parameters():
-    quantizer = tiny_model("vqvae", codebook_ema=False).quantizer
-    latents = torch.randn(2, 4, 3, 3, requires_grad=True)
-    output = quantizer(latents)
-    output.codebook_loss.backward(retain_graph=True)
-    assert latents.grad is None and quantizer.codebook.grad.abs().sum() > 0
-    quantizer.codebook.grad = None
-    output.commitment_loss.backward()
-    assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
-    codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
-    torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
-    torch.testing.assert_close(output.loss, output.codebook_loss + 0.25 * output.commitment_loss)
-
-
 def test_kl_and_nll_equal_torch_distributions():
     torch.manual_seed(0)
     parameters = torch.randn(3, 8, 4, 4)
@@ -185,35 +155,6 @@ def test_vae_prior_samples_are_reproducible():
     assert torch.equal(first, second)
     z = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(first, model.decode(z).sample)
-
-
-@pytest.mark.parametrize("max_block_elements", [37, 1000, 2**20])
-def test_nearest_indices_equal_brute_force_cdist(max_block_elements):
-    generator = torch.Generator().manual_seed(0)
-    vectors = torch.randn(500, 16, generator=generator, dtype=torch.float64)
-    codebook = torch.randn(300, 16, generator=generator, dtype=torch.float64)
-    expected = torch.cdist(vectors, codebook).argmin(dim=1)
-    actual = nearest_codebook_indices(vectors, codebook, max_block_elements=max_block_elements)
-    assert torch.equal(actual, expected)
-
-
-def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():
-    model = tiny_model("vqvae", codebook_size=64, codebook_dim=6)
-    with torch.no_grad():
-        model.quantizer.codebook.normal_()
-    pixels = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        encoded = model.encode(pixels)
-        flat = encoded.latents.permute(0, 2, 3, 1).reshape(-1, 6)
-        expected = torch.cdist(flat.double(), model.quantizer.codebook.double()).argmin(dim=1)
-        assert torch.equal(encoded.indices.flatten(), expected)
-        assert len(encoded.indices.unique()) > 1
-        from_indices = model.decode_indices(encoded.indices).sample
-        from_latents = model.decode(encoded.latents).sample
-        # decode() quantises with the straight-through form latents + (codes - latents), which
-        # equals the codes up to float rounding.
-        torch.testing.assert_close(from_indices, from_latents, atol=1e-5, rtol=1e-5)
-        assert model.codebook_size == 64
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(family):
@@ -477,22 +418,6 @@ def test_push_to_hub_uploads_a_loadable_model(tmp_path, monkeypatch):
     loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
     assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
     assert torch.equal(loaded.decoder.conv_out.weight, model.decoder.conv_out.weight)
-
-
-def test_encode_and_decode_never_update_the_codebook_only_forward_does():
-    model = tiny_model("vqvae").train()  # the default recipe: k-means init, EMA, dead-code restart
-    pixels = torch.randn(2, 3, 16, 16)
-    before = {name: value.clone() for name, value in model.quantizer.state_dict().items()}
-    with torch.no_grad():
-        first = model.encode(pixels)
-        model.decode(first.latents)
-        second = model.encode(pixels)
-    assert model.quantizer.training
-    for name, value in model.quantizer.state_dict().items():
-        assert torch.equal(value, before[name]), name
-    assert torch.equal(first.indices, second.indices)
-    model(pixels)  # the training step initialises and updates the codebook
-    assert not torch.equal(model.quantizer.codebook, before["codebook"])
 
 
 def test_from_pretrained_refuses_missing_weights_unless_allowed(tmp_path):

@@ -1,4 +1,6 @@
-"""The package's shape: no import cycles, a light `import latentcode`."""
+"""The package's shape, as ARCHITECTURE.md states it: modules import only from their own layer and
+the layers before it, no import cycles, a light `import latentcode`, short units (no function over
+80 lines, no class over 250), and one module that runs the backward pass."""
 
 from __future__ import annotations
 
@@ -14,6 +16,48 @@ import pytest
 import latentcode
 
 PACKAGE = Path(latentcode.__file__).parent
+REPO = Path(__file__).resolve().parents[1]
+# The library and the training scripts: where the unit-length and backward-pass rules hold.
+CODE_ROOTS = (REPO / "src", REPO / "training")
+
+# ARCHITECTURE.md's layers ("Modules, by layer"): a module imports from its own layer and the
+# layers before it. A module belongs to the longest prefix listed; every module must have one.
+LAYERS = {
+    # 1. foundations (no model code)
+    "latentcode.hub": 1,
+    "latentcode.families": 1,
+    "latentcode.configuration": 1,
+    "latentcode.modules": 1,
+    "latentcode.tokens": 1,
+    "latentcode.image_processing": 1,
+    "latentcode.grids": 1,
+    "latentcode.reporting": 1,
+    "latentcode.losses": 1,
+    # 2. models
+    "latentcode.modeling": 2,
+    "latentcode.model_inputs": 2,
+    "latentcode.presets": 2,
+    # 3. what uses a model
+    "latentcode.objectives": 3,
+    "latentcode.prior": 3,
+    "latentcode.generation": 3,
+    "latentcode.latent_diffusion": 3,
+    "latentcode.traversal": 3,
+    "latentcode.data": 3,
+    "latentcode.conversion": 3,
+    # 4. pipelines
+    "latentcode.training": 4,
+    "latentcode.evaluation": 4,
+    "latentcode.tokenize": 4,
+    # 5. applications
+    "latentcode.demo": 5,
+}
+# The edges ARCHITECTURE.md names as going against the layers, with why.
+KNOWN_CROSS_LAYER_IMPORTS = {
+    # export lives with the model classes' `to_diffusers` / `from_diffusers`
+    ("latentcode.modeling", "latentcode.conversion"),
+    ("latentcode.modeling", "latentcode.conversion.diffusers"),
+}
 
 
 def module_name(path: Path) -> str:
@@ -46,9 +90,33 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     return found - {name}
 
 
-def test_no_import_cycles():
+def import_graph() -> dict[str, set[str]]:
+    """Every latentcode module -> the latentcode modules it imports (see `imported_modules`)."""
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-    graph = {name: imported_modules(path, set(paths)) for name, path in paths.items()}
+    return {name: imported_modules(path, set(paths)) for name, path in paths.items()}
+
+
+def layer(module: str) -> int | None:
+    prefixes = [prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")]
+    return LAYERS[max(prefixes, key=len)] if prefixes else None
+
+
+def test_every_module_imports_only_from_its_layer_and_the_layers_before_it():
+    graph = import_graph()
+    unplaced = sorted(name for name in graph if name != "latentcode" and layer(name) is None)
+    assert not unplaced, f"modules without a layer: {unplaced}; add each to ARCHITECTURE.md's layers and to LAYERS here"
+    upward = sorted(
+        f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})"
+        for name, targets in graph.items()
+        if name != "latentcode"  # the package facade re-exports from every layer
+        for target in targets
+        if target != "latentcode" and layer(target) > layer(name) and (name, target) not in KNOWN_CROSS_LAYER_IMPORTS
+    )
+    assert not upward, "imports from a later layer (ARCHITECTURE.md, 'Modules, by layer'):\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+    graph = import_graph()
     # Subpackage __init__ files re-export their own modules: that edge is the package, not a cycle.
     graph = {name: {t for t in targets if not t.startswith(name + ".")} for name, targets in graph.items()}
     cycles = []
@@ -66,6 +134,43 @@ def test_no_import_cycles():
         if name not in done:
             visit(name, [name], done)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def code_trees() -> dict[Path, ast.Module]:
+    """Every Python file of `src/` and `training/` -> its syntax tree."""
+    return {path: ast.parse(path.read_text()) for root in CODE_ROOTS for path in sorted(root.rglob("*.py"))}
+
+
+def test_no_function_over_80_lines_and_no_class_over_250():
+    """Decorators excluded, docstrings and comments included; methods and nested functions count
+    as functions of their own (their lines count towards the enclosing unit too)."""
+    too_long = []
+    for path, tree in code_trees().items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                limit = 250 if isinstance(node, ast.ClassDef) else 80
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                    where = f"{path.relative_to(REPO)}:{node.lineno}"
+                    too_long.append(f"{where} {kind} {node.name}: {length} lines > {limit}")
+    assert not too_long, "split these units (issue 19):\n" + "\n".join(too_long)
+
+
+def test_one_module_runs_the_backward_pass():
+    """Calls of `.backward(...)` (`loss.backward()`, `accelerator.backward(loss)`) stand in one
+    module: the engine every training script shares. An autograd Function's `def backward` is a
+    definition, not a call, and is not counted."""
+    callers = {
+        str(path.relative_to(REPO))
+        for path, tree in code_trees().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backward"
+    }
+    assert callers == {"src/latentcode/training/engine.py"}, (
+        f"the backward pass is called in {sorted(callers)}; expected only src/latentcode/training/engine.py: "
+        "give the engine a TrainingTask whose `loss` returns the loss instead of calling backward"
+    )
 
 
 def test_import_latentcode_loads_no_training_or_evaluation_dependency():
@@ -97,13 +202,12 @@ def test_a_wheel_install_writes_the_model_card_outside_the_repository(tmp_path):
         from setuptools.command.bdist_wheel import bdist_wheel  # noqa: F401  (setuptools >= 70.1)
     except ImportError:
         pytest.importorskip("wheel", reason="building a wheel offline needs setuptools >= 70.1 or `wheel`")
-    repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    shutil.copytree(repo / "src", source / "src", symlinks=True, ignore=ignore)
-    shutil.copytree(repo / "model_cards", source / "model_cards")
+    shutil.copytree(REPO / "src", source / "src", symlinks=True, ignore=ignore)
+    shutil.copytree(REPO / "model_cards", source / "model_cards")
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(repo / name, source / name)
+        shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheel", source], check=True)
     (wheel,) = (tmp_path / "wheel").glob("latentcode-*.whl")

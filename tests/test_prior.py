@@ -12,7 +12,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from conftest import reset_accelerate_state, tiny_model
+from helpers import reset_accelerate_state, tiny_model
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
 
 from latentcode.prior import (

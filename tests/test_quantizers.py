@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import peak_memory_growth, tiny_config
+from helpers import VQVAE_RECIPES, peak_memory_growth, tiny_config, tiny_model
 
 import latentcode
 from latentcode.modules.quantizers import (
@@ -47,21 +47,27 @@ def assert_nearest(rows: torch.Tensor, codebook: torch.Tensor, indices: torch.Te
 
 
 @pytest.mark.parametrize(
-    "num_vectors, num_codes, dim, max_block_elements",
+    "num_vectors, num_codes, dim, max_block_elements, dtype",
     [
-        (1000, 64, 8, None),  # one code block
-        (777, 1000, 8, 256),  # codes split into blocks, a partial last row and code block
-        (300, 4096, 64, 2**12),
-        (5, 3, 1, 1),  # one distance per block
+        (1000, 64, 8, None, torch.float32),  # one code block
+        (777, 1000, 8, 256, torch.float32),  # codes split into blocks, a partial last row and code block
+        (300, 4096, 64, 2**12, torch.float32),
+        (5, 3, 1, 1, torch.float32),  # one distance per block
+        (500, 300, 16, 37, torch.float64),  # a block size that divides nothing
+        (500, 300, 16, 1000, torch.float64),
+        (500, 300, 16, 2**20, torch.float64),  # everything in one block
     ],
 )
-def test_search_matches_brute_force(num_vectors, num_codes, dim, max_block_elements):
+def test_search_matches_brute_force(num_vectors, num_codes, dim, max_block_elements, dtype):
     generator = torch.Generator().manual_seed(num_codes)
-    rows = torch.randn(num_vectors, dim, generator=generator)
-    codebook = torch.randn(num_codes, dim, generator=generator)
+    rows = torch.randn(num_vectors, dim, generator=generator, dtype=dtype)
+    codebook = torch.randn(num_codes, dim, generator=generator, dtype=dtype)
     indices = nearest_codebook_indices(rows, codebook, max_block_elements)
     assert indices.dtype == torch.long and indices.shape == (num_vectors,)
-    assert_nearest(rows, codebook, indices)
+    if dtype == torch.float64:  # no ties to resolve at this precision: exactly the brute force
+        assert torch.equal(indices, brute_force_indices(rows, codebook))
+    else:
+        assert_nearest(rows, codebook, indices)
 
 
 def test_search_breaks_ties_towards_the_lowest_index_across_blocks():
@@ -124,19 +130,35 @@ QUANTIZERS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(QUANTIZERS))
-def test_straight_through_gradient_reaches_the_encoder(name):
-    torch.manual_seed(0)
-    encoder = torch.nn.Conv2d(3, 4, kernel_size=2, stride=2)
-    quantizer = QUANTIZERS[name]().train()
-    latents = encoder(torch.randn(2, 3, 8, 8))
+# Recipes whose straight-through estimator copies the decoder's gradient unchanged (d quantized /
+# d latents = I); the others reshape it (the rotation trick, FSQ's bound, a sphere projection).
+IDENTITY_STRAIGHT_THROUGH = {
+    "vq",
+    "vq-no-ema-no-kmeans",
+    "lfq",
+    "lfq-grouped-entropy",
+    "residual_vq",
+    "residual_vq-dropout",
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(VQVAE_RECIPES))
+def test_straight_through_gradient_reaches_the_encoder(recipe):
+    model = tiny_model("vqvae", **VQVAE_RECIPES[recipe]).train()
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    latents = model._bottleneck_input(pixels)
     latents.retain_grad()
-    upstream = torch.randn(2, 4, 4, 4)
-    (quantizer(latents).quantized * upstream).sum().backward()
-    assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
-    if name in ("vq", "vq_ema_kmeans_restart", "lfq", "residual_vq"):
-        # Identity straight-through: d quantized / d latents = I.
-        torch.testing.assert_close(latents.grad, upstream)
+    quantized = model.quantizer(latents).quantized
+    quantized.retain_grad()
+    F.mse_loss(model._decode_code(quantized), pixels).backward()
+    # The reconstruction loss alone reaches the encoder's first layer ...
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    if recipe in IDENTITY_STRAIGHT_THROUGH:
+        torch.testing.assert_close(latents.grad, quantized.grad)
+    else:
+        assert not torch.allclose(latents.grad, quantized.grad)
+    # ... and never the quantizer: the codebook learns only from its own loss terms.
+    assert all(parameter.grad is None for parameter in model.quantizer.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
@@ -486,58 +508,103 @@ def test_config_derives_sizes_of_fsq_lfq_and_residual_vq_and_rejects_contradicti
         tiny_config("vqvae", quantizer="gumbel")
 
 
-@pytest.mark.parametrize(
-    "overrides, index_shape",
-    [
-        (dict(codebook_size=32), (2, 8, 8)),
-        (
-            dict(
-                codebook_size=32, quantizer_config=dict(codebook_ema=False, kmeans_init=False, dead_code_restart=False)
-            ),
-            (2, 8, 8),
-        ),
-        (
-            dict(codebook_size=32, latent_channels=8, codebook_dim=2, quantizer_config=dict(l2_normalize=True)),
-            (2, 8, 8),
-        ),  # factorised
-        (dict(quantizer="fsq", quantizer_config=dict(levels=[5, 5, 3, 3])), (2, 8, 8)),
-        (dict(quantizer="lfq", codebook_size=64), (2, 8, 8)),
-        (
-            dict(
-                quantizer="residual_vq",
-                codebook_size=32,
-                num_quantizers=3,
-                quantizer_config=dict(quantizer_dropout=0.5),
-            ),
-            (2, 8, 8, 3),
-        ),
-    ],
-)
-def test_every_quantizer_trains_saves_loads_and_decodes_indices(tmp_path, overrides, index_shape):
+def _train_three_steps(model: latentcode.VQVAEModel, pixels: torch.Tensor) -> None:
+    """Three Adam steps on the model's own loss; every gradient stays finite."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        model.train()(pixels).loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+@pytest.mark.single_thread
+@pytest.mark.parametrize("recipe", sorted(VQVAE_RECIPES))
+def test_every_quantizer_trains_saves_loads_and_round_trips_indices(tmp_path, recipe):
     from safetensors.torch import load_file
 
     torch.manual_seed(0)
-    model = latentcode.VQVAEModel(tiny_config("vqvae", **overrides))
-    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(3):
-        output = model.train()(pixels)
-        output.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    model = latentcode.VQVAEModel(tiny_config("vqvae", **VQVAE_RECIPES[recipe]))
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    _train_three_steps(model, pixels)
+    encoded = model.encode(pixels)
+    levels = (model.config.num_quantizers,) if model.config.quantizer == "residual_vq" else ()
+    assert encoded.indices.shape == (2, 8, 8, *levels) and encoded.indices.dtype == torch.long
+    # Indices -> codes -> indices: the codes are the quantised latents, and they quantise to themselves.
+    codes = model.quantizer.indices_to_codes(encoded.indices)
+    torch.testing.assert_close(codes, encoded.quantized, atol=1e-5, rtol=1e-5)
+    # Not for residual sums (they re-encode exactly only once trained) nor FSQ (its tanh bound
+    # moves a code that is already on the grid).
+    if model.config.quantizer not in ("residual_vq", "fsq"):
+        assert torch.equal(model.quantizer(codes, update_codebook=False).indices, encoded.indices)
+
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
-    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
+    loaded = latentcode.VQVAEModel.from_pretrained(tmp_path).eval()
     for name, tensor in model.state_dict().items():  # EMA buffers and `initialized` included
         assert name in saved and torch.equal(loaded.state_dict()[name], tensor), name
-    model.eval(), loaded.eval()
-    encoded = loaded.encode(pixels)
-    assert encoded.indices.shape == index_shape and encoded.indices.dtype == torch.long
-    assert torch.equal(encoded.indices, model.encode(pixels).indices)
-    torch.testing.assert_close(loaded.decode_indices(encoded.indices).sample, loaded.decode(encoded.latents).sample)
-    if overrides.get("quantizer", "vq") == "vq" and model.config.quantizer_config["codebook_ema"]:
+    saved_fields = {key: value for key, value in model.config.to_dict().items() if key != "_name_or_path"}
+    assert saved_fields.items() <= loaded.config.to_dict().items()
+    assert torch.equal(loaded.encode(pixels).indices, encoded.indices)
+    from_indices = loaded.decode_indices(encoded.indices).sample
+    assert torch.equal(from_indices, model.decode_indices(encoded.indices).sample)
+    torch.testing.assert_close(from_indices, loaded.decode(encoded.latents).sample)
+    if model.config.quantizer == "vq" and model.config.quantizer_config["codebook_ema"]:
         assert {"quantizer.ema_cluster_size", "quantizer.ema_codebook_sum", "quantizer.initialized"} <= set(saved)
         assert bool(loaded.quantizer.initialized)
+
+
+def test_codebook_and_commitment_losses_move_the_right_parameters():
+    quantizer = tiny_model("vqvae", codebook_ema=False).quantizer
+    latents = torch.randn(2, 4, 3, 3, requires_grad=True)
+    output = quantizer(latents)
+    output.codebook_loss.backward(retain_graph=True)
+    assert latents.grad is None and quantizer.codebook.grad.abs().sum() > 0
+    quantizer.codebook.grad = None
+    output.commitment_loss.backward()
+    assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
+    codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
+    torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
+    torch.testing.assert_close(output.loss, output.codebook_loss + 0.25 * output.commitment_loss)
+
+
+def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():
+    model = tiny_model("vqvae", codebook_size=64, codebook_dim=6)
+    with torch.no_grad():
+        model.quantizer.codebook.normal_()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        encoded = model.encode(pixels)
+        flat = encoded.latents.permute(0, 2, 3, 1).reshape(-1, 6)
+        expected = torch.cdist(flat.double(), model.quantizer.codebook.double()).argmin(dim=1)
+        assert torch.equal(encoded.indices.flatten(), expected)
+        assert len(encoded.indices.unique()) > 1
+        from_indices = model.decode_indices(encoded.indices).sample
+        from_latents = model.decode(encoded.latents).sample
+        # decode() quantises with the straight-through form latents + (codes - latents), which
+        # equals the codes up to float rounding.
+        torch.testing.assert_close(from_indices, from_latents, atol=1e-5, rtol=1e-5)
+        assert model.codebook_size == 64
+
+
+def test_encode_and_decode_never_update_the_codebook_only_forward_does():
+    model = tiny_model("vqvae").train()  # the default recipe: k-means init, EMA, dead-code restart
+    pixels = torch.randn(2, 3, 16, 16)
+    before = {name: value.clone() for name, value in model.quantizer.state_dict().items()}
+    with torch.no_grad():
+        first = model.encode(pixels)
+        model.decode(first.latents)
+        second = model.encode(pixels)
+    assert model.quantizer.training
+    for name, value in model.quantizer.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert torch.equal(first.indices, second.indices)
+    model(pixels)  # the training step initialises and updates the codebook
+    assert not torch.equal(model.quantizer.codebook, before["codebook"])
+
+
+# -- the codebook's initialised flag through from_pretrained -------------------------------------
 
 
 def test_codebook_only_state_dict_loads_as_a_trained_codebook():
@@ -550,6 +617,64 @@ def test_codebook_only_state_dict_loads_as_a_trained_codebook():
     torch.testing.assert_close(quantizer.ema_codebook_sum, codebook)
     quantizer.train()(codebook.T[None, :, :, None] + 1e-3)
     assert torch.allclose(quantizer.codebook.data, codebook, atol=0.1)
+
+
+def trained_codebook_checkpoint(tmp_path, **overrides):
+    """A VQ-VAE saved without k-means state (kmeans_init=False), with a codebook far from the
+    uniform initialisation, as a converted or trained model would have."""
+    model = tiny_model("vqvae", codebook_size=64, kmeans_init=False, **overrides)
+    with torch.no_grad():
+        model.quantizer.codebook.normal_(generator=torch.Generator().manual_seed(1))
+        if model.quantizer.codebook_ema:
+            model.quantizer.ema_codebook_sum.copy_(model.quantizer.codebook)
+    model.save_pretrained(tmp_path)
+    return model.quantizer.codebook.detach().clone()
+
+
+@pytest.mark.single_thread
+def test_from_pretrained_with_kmeans_init_keeps_a_trained_codebook(tmp_path):
+    """`from_pretrained(path, kmeans_init=True)` on a checkpoint without the k-means flag: the
+    codebook is marked initialised, so the first training step does not run k-means over it."""
+    codebook = trained_codebook_checkpoint(tmp_path, quantizer_config={"codebook_ema": False})
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    assert model.quantizer.kmeans_init and bool(model.quantizer.initialized)
+    model.train()
+    model(
+        torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )  # no optimiser step: without EMA only k-means could change the codebook
+    assert torch.equal(model.quantizer.codebook, codebook)
+
+
+@pytest.mark.single_thread
+def test_from_pretrained_derives_the_ema_state_of_a_codebook_only_checkpoint(tmp_path):
+    """A checkpoint with a codebook but no EMA state or flag (a codebook-only checkpoint) loads as
+    `load_state_dict` does: EMA sums equal to the codes, unit cluster sizes, marked initialised."""
+    from safetensors.torch import load_file, save_file
+
+    codebook = trained_codebook_checkpoint(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["quantizer.ema_cluster_size"], weights["quantizer.ema_codebook_sum"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    quantizer = model.quantizer
+    assert torch.equal(quantizer.codebook, codebook) and bool(quantizer.initialized)
+    assert torch.equal(quantizer.ema_codebook_sum, codebook)
+    assert torch.equal(quantizer.ema_cluster_size, torch.ones(64))
+    reference = tiny_model("vqvae", codebook_size=64, kmeans_init=True)
+    reference.load_state_dict(weights, strict=False)
+    assert torch.equal(reference.quantizer.ema_codebook_sum, quantizer.ema_codebook_sum)
+    assert bool(reference.quantizer.initialized)
+
+
+@pytest.mark.single_thread
+def test_fresh_models_still_run_kmeans_on_their_first_batch():
+    model = tiny_model("vqvae", codebook_size=16)
+    assert not bool(model.quantizer.initialized)
+    before = model.quantizer.codebook.detach().clone()
+    model.train()
+    model(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert bool(model.quantizer.initialized)
+    assert not torch.allclose(model.quantizer.codebook, before)
 
 
 # -- real images: the recipe keeps a 512-code codebook alive, plain VQ does not --------------------

@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 import yaml
-from conftest import require_shared_dataset, tiny_model
+from helpers import require_shared_dataset, tiny_model
 
 from latentcode import VQVAEConfig, VQVAEModel
 from latentcode.data import FullResolutionTransform

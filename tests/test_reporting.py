@@ -9,7 +9,7 @@ import math
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from latentcode.evaluation import evaluate
 from latentcode.evaluation.evaluate import evaluation_report, write_report

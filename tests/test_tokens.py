@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from helpers import tiny_config, tiny_model
 
 from latentcode.tokens import ImageTokenMapping, indices_to_sequence, latent_shape, sequence_to_indices
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import reset_accelerate_state
+from helpers import reset_accelerate_state
 from safetensors.torch import load_file
 
 from latentcode import VQVAEModel

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import reset_accelerate_state, tiny_model
+from helpers import reset_accelerate_state, tiny_model
 from safetensors.torch import load_file
 
 from latentcode.training.checkpointing import LOCK_FILE, OutputDirError, list_checkpoints

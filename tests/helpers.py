@@ -1,0 +1,117 @@
+"""Plain helpers shared by the test modules (fixtures live in `conftest.py`).
+
+Import them as `from helpers import ...`: pyproject's `[tool.pytest.ini_options] pythonpath`
+puts `tests/` on the path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentcode.families import FAMILIES
+
+
+def tiny_config(family: str, **overrides):
+    """A two-level model with attention everywhere, small enough to run in milliseconds."""
+    fields = dict(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        attention_levels=(1,),
+        sample_size=16,
+    )
+    fields.update(overrides)
+    return FAMILIES[family].config_class(**fields)
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    """`tiny_config(family, **overrides)` built with the seeded initialisation, in eval mode."""
+    torch.manual_seed(seed)
+    return FAMILIES[family].model_class(tiny_config(family, **overrides)).eval()
+
+
+def peak_memory_growth(setup: str, operation: str) -> int:
+    """Largest growth (bytes) of a fresh process's resident memory while `operation` runs, over
+    the baseline after `setup` (both Python source, run at top level of the script).
+
+    A thread samples the current resident size (/proc/self/statm) every half millisecond; the
+    process's high-water mark (ru_maxrss) would hide the operation behind any earlier peak, such
+    as the one of importing torch."""
+    script = textwrap.dedent(
+        """
+        import os, threading, time, torch
+        {setup}
+        page = os.sysconf("SC_PAGE_SIZE")
+        resident = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+        baseline, peak, done = resident(), [0], threading.Event()
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], resident())
+                time.sleep(0.0005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        {operation}
+        done.set()
+        sampler.join()
+        print(max(peak[0], resident()) - baseline)
+        """
+    ).format(setup=textwrap.dedent(setup).strip(), operation=operation)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    return int(result.stdout.split()[-1])
+
+
+# Real images for tests that need them: the repository's sibling `shared/datasets` (CIFAR-10
+# parquet shards, Kodak PNGs); such tests skip with this reason where it is absent.
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def require_shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not path.exists():
+        pytest.skip(f"needs the real-image data set {path} (../shared/datasets/{name} from the repository root)")
+    return path
+
+
+def reset_accelerate_state() -> None:
+    """accelerate keeps process-wide singletons; an in-process training run starts from scratch."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+# One tiny VQ-VAE per quantizer recipe the tests cover: keyword overrides of
+# `tiny_config("vqvae", ...)`, keyed by an id that names the recipe. The entry named after a
+# quantizer (see QUANTIZER_OVERRIDES) is its plain form; the others change one training option.
+VQVAE_RECIPES = {
+    "vq": dict(codebook_size=64),
+    "vq-no-ema-no-kmeans": dict(
+        codebook_size=64, quantizer_config=dict(codebook_ema=False, kmeans_init=False, dead_code_restart=False)
+    ),
+    "vq-factorised-cosine": dict(
+        codebook_size=64, latent_channels=8, codebook_dim=2, quantizer_config=dict(l2_normalize=True)
+    ),
+    "vq-rotation": dict(codebook_size=64, gradient_estimator="rotation"),
+    "fsq": dict(quantizer="fsq", quantizer_config={"levels": [5, 4, 3]}),
+    "lfq": dict(quantizer="lfq", codebook_size=16),
+    "lfq-grouped-entropy": dict(quantizer="lfq", codebook_size=2**14, lfq_entropy_max_group_bits=7),
+    "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
+    "residual_vq-dropout": dict(
+        quantizer="residual_vq", codebook_size=64, num_quantizers=3, quantizer_config=dict(quantizer_dropout=0.5)
+    ),
+    "residual_vq-rotation": dict(
+        quantizer="residual_vq", codebook_size=64, num_quantizers=2, gradient_estimator="rotation"
+    ),
+    "bsq": dict(quantizer="bsq", codebook_size=16),
+    "simvq": dict(quantizer="simvq", codebook_size=64),
+}
+
+# The plain recipe of each quantizer in `latentcode.modules.quantizers.QUANTIZERS`.
+QUANTIZER_OVERRIDES = {name: VQVAE_RECIPES[name] for name in ("vq", "fsq", "lfq", "residual_vq", "bsq", "simvq")}
