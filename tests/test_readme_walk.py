@@ -102,7 +102,10 @@ def test_readme_walk_finds_the_chain():
     step loads was written by a step before it (`--output_dir`, or a `--config`'s `output_dir`)."""
     steps = readme_steps(README.read_text())
     commands = [step.code for step in steps if step.language == "bash"]
-    assert commands[0] == "accelerate launch training/train.py --config training/configs/quickstart.yaml"
+    assert commands[0] == (
+        "accelerate launch --config_file training/accelerate_config.yaml training/train.py "
+        "--config training/configs/quickstart.yaml"
+    )
     assert not any("pip install" in command or "pytest" in command for command in commands)
     assert "LATENTCODE_README_SCALE" in README.read_text()
     produced: set[str] = set()
