@@ -1,9 +1,11 @@
 """Every Python block of the reference pages (`docs/*.md`) runs alone, as a user pastes it: in a
 fresh interpreter, in an empty folder, offline. Blocks that need downloads or files a user brings
 are marked with an HTML comment `<!-- not run by tests/test_readme.py: why -->` on the line
-before the fence. The README's own blocks build on each other (a model trained by one command is
-used by the next); `tests/test_readme_walk.py` runs them in order. Here: the README's length, its
-fences and its links to the pages."""
+before the fence. A block marked `<!-- tests/test_readme.py: needs PATH -->` reads PATH (relative
+to the repository, e.g. `../shared/pretrained`): it runs beside a link to the checkout's
+`../shared`, and is skipped, with the reason, where PATH is absent. The README's own blocks build
+on each other (a model trained by one command is used by the next); `tests/test_readme_walk.py`
+runs them in order. Here: the README's length, its fences and its links to the pages."""
 
 from __future__ import annotations
 
@@ -19,18 +21,30 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 PAGES = sorted((REPO / "docs").glob("*.md"))
 NOT_RUN = "<!-- not run by tests/test_readme.py:"
+NEEDS = re.compile(r"<!-- tests/test_readme.py: needs (\S+)")
 # What the README's guide covers, each with its reference page.
-REFERENCE_PAGES = ("quantizers", "reliability", "tokens", "diffusers", "conversion", "evaluation", "demo")
+REFERENCE_PAGES = (
+    "quantizers",
+    "reliability",
+    "tokens",
+    "diffusers",
+    "conversion",
+    "evaluation",
+    "demo",
+    "scale",
+    "pretrained",
+)
 
 
-def python_blocks(page: Path) -> list[tuple[int, str]]:
-    """`(line, code)` of each Python block of `page` meant to run."""
+def python_blocks(page: Path) -> list[tuple[int, str, str | None]]:
+    """`(line, code, needed path or None)` of each Python block of `page` meant to run."""
     text = page.read_text()
     blocks = []
     for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         if not before.startswith(NOT_RUN):
-            blocks.append((text[: match.start()].count("\n") + 1, match.group(1)))
+            needs = NEEDS.match(before)
+            blocks.append((text[: match.start()].count("\n") + 1, match.group(1), needs and needs.group(1)))
     return blocks
 
 
@@ -52,24 +66,32 @@ def test_every_block_is_marked_with_its_language(page):
     assert all(language in ("python", "bash", "yaml", "text") for language in fences), fences
 
 
-DOC_BLOCKS = [(page, line, code) for page in PAGES for line, code in python_blocks(page)]
+DOC_BLOCKS = [(page, line, code, needs) for page in PAGES for line, code, needs in python_blocks(page)]
 
 
 def test_the_pages_hold_runnable_examples():
     assert len(DOC_BLOCKS) >= 5
-    assert {page.stem for page, _, _ in DOC_BLOCKS} >= {"quantizers", "tokens", "diffusers"}
+    assert {page.stem for page, *_ in DOC_BLOCKS} >= {"quantizers", "tokens", "diffusers"}
 
 
-@pytest.mark.parametrize("page, line, code", DOC_BLOCKS, ids=[f"{p.stem}-line{line}" for p, line, _ in DOC_BLOCKS])
-def test_docs_block_runs_alone_offline(page, line, code, tmp_path):
+@pytest.mark.parametrize(
+    "page, line, code, needs", DOC_BLOCKS, ids=[f"{p.stem}-line{line}" for p, line, *_ in DOC_BLOCKS]
+)
+def test_docs_block_runs_alone_offline(page, line, code, needs, tmp_path):
+    if needs:
+        if not (REPO / needs).exists():
+            pytest.skip(f"{page.name} line {line} reads {needs}, absent here")
+        (tmp_path / "shared").symlink_to(REPO.parent / "shared")  # `../shared` from the block's folder
+    folder = tmp_path / "work"
+    folder.mkdir()
     # One thread: the blocks run small models, and CI runs tests side by side.
     environment = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-hub-cache"), OMP_NUM_THREADS="1"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code], cwd=folder, env=environment, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, f"{page.name} line {line}:\n{result.stderr[-3000:]}"
     written = re.findall(r"save_pretrained\(\"([^\"]+)\"\)", code) + re.findall(r"\"([\w./-]+\.png)\"", code)
     for name in written:
-        assert (tmp_path / name).exists(), f"{page.name} line {line} did not write {name}"
+        assert (folder / name).exists(), f"{page.name} line {line} did not write {name}"

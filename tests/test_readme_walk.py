@@ -102,7 +102,10 @@ def test_readme_walk_finds_the_chain():
     step loads was written by a step before it (`--output_dir`, or a `--config`'s `output_dir`)."""
     steps = readme_steps(README.read_text())
     commands = [step.code for step in steps if step.language == "bash"]
-    assert commands[0] == "accelerate launch training/train.py --config training/configs/quickstart.yaml"
+    assert commands[0] == (
+        "accelerate launch --config_file training/accelerate_config.yaml training/train.py "
+        "--config training/configs/quickstart.yaml"
+    )
     assert not any("pip install" in command or "pytest" in command for command in commands)
     assert "LATENTCODE_README_SCALE" in README.read_text()
     produced: set[str] = set()
@@ -123,12 +126,26 @@ def test_readme_walk_finds_the_chain():
     assert scaled(commands[0], REPO).endswith(f"--max_train_steps {max(2, round(500 * SCALE))}")
 
 
+def project_scripts(root: Path, folder: Path) -> Path:
+    """The copy's `[project.scripts]` commands (`latentcode-eval`, `latentcode-tokenize`, ...) as
+    `pip install -e .` makes them, written into `folder`: the walk then runs the commands of the
+    code under test, even in an environment installed before a command was added."""
+    folder.mkdir()
+    section = (root / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    for name, module, function in re.findall(r'^([\w-]+) = "([\w.]+):(\w+)"', section, re.M):
+        script = folder / name
+        script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+        script.chmod(0o755)
+    return folder
+
+
 @pytest.mark.slow
 def test_readme_runs_top_to_bottom_offline(tmp_path):
     root = repository_copy(tmp_path)
+    scripts = project_scripts(root, tmp_path / "bin")
     environment = dict(
         os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PATH=os.pathsep.join([str(scripts), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         PYTHONPATH=str(root / "src"),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
