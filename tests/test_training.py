@@ -317,6 +317,14 @@ def test_resume_is_bit_identical(uninterrupted, tmp_path):
     assert json.loads((resumed / "metrics.json").read_text())["metrics"] == reference
 
 
+def test_decoding_workers_give_the_weights_of_decoding_in_the_training_process(uninterrupted, tmp_path):
+    """--dataloader_num_workers 2, resumed from a checkpoint of the 0-worker run: every crop, flip
+    and batch comes from the example's position, so the weights are the 0-worker run's, bit for bit."""
+    checkpoint = str(uninterrupted / "checkpoint-2")
+    train(tiny_config(tmp_path, **VQGAN_OPTIONS, dataloader_num_workers=2, resume_from_checkpoint=checkpoint))
+    _assert_identical(_weights(uninterrupted), _weights(tmp_path / "run"))
+
+
 KILL_DURING_WRITE = """
 import json, os, signal, sys
 from accelerate import Accelerator

@@ -419,6 +419,5 @@ def image_data_from_config(
         rank=rank,
         world_size=world_size,
         cache_dir=config.cache_dir,
-        # The RunConfig option (--dataloader_num_workers) is the engine's; until it exists, 0.
-        num_workers=getattr(config, "dataloader_num_workers", 0),
+        num_workers=config.dataloader_num_workers,
     )

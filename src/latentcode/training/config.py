@@ -66,6 +66,11 @@ class RunConfig:
     center_crop: bool = option("centre crop (else random crop)", default=True)
     random_flip: bool = option("random horizontal flips", default=False)
     shuffle_buffer_size: int = option("size of the streaming shuffle buffer", default=1000)
+    dataloader_num_workers: int = option(
+        "DataLoader worker processes that decode and augment images (0: the training process, as in "
+        "diffusers' training examples); the batches are identical for any number",
+        default=0,
+    )
     num_validation_images: int = option("validation images for metrics and the reconstruction grid", default=16)
 
     # -- optimisation ----------------------------------------------------------------------------
