@@ -17,7 +17,12 @@ from test_command_lines import load_script
 from latentcode.hub import resolve_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("conversion/convert_diffusers_to_latentcode.py", "conversion/convert_latentcode_to_diffusers.py")
+SCRIPTS = (
+    "conversion/convert_diffusers_to_latentcode.py",
+    "conversion/convert_latentcode_to_diffusers.py",
+    "training/train_prior.py",
+    "training/train_latent_diffusion.py",
+)
 
 
 def run_script(relative: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -31,8 +36,14 @@ def entry_points() -> dict[str, object]:
     from latentcode.evaluation.cli import main as eval_main
     from latentcode.generation import main as generation_main
 
+    def command_line(script: str):
+        module = load_script(script)
+        if script.startswith("training/"):  # main takes the parsed config
+            return lambda argv: module.main(module.parse_args(argv))
+        return module.main
+
     return {"latentcode-eval": eval_main, "generation": generation_main} | {
-        script: load_script(script).main for script in SCRIPTS
+        script: command_line(script) for script in SCRIPTS
     }
 
 

@@ -28,6 +28,7 @@ from transformers import AutoModel
 from latentcode.data import image_data_from_config
 from latentcode.families import FamilyBehaviour
 from latentcode.grids import save_image_grid
+from latentcode.hub import resolve_pretrained
 from latentcode.latent_diffusion import (
     continuous_latents,
     diffusion_loss,
@@ -94,7 +95,9 @@ class LatentDiffusionTask(TrainingTask):
 
     def build(self, engine: Engine):
         config, accelerator, device = self.config, engine.accelerator, engine.device
-        autoencoder = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
+        autoencoder = AutoModel.from_pretrained(
+            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+        )
         if not isinstance(autoencoder, FamilyBehaviour):  # any family: each has a continuous code
             raise ValueError(
                 "--pretrained_model_name_or_path must hold a latentcode model (AutoEncoder, VAE or VQ-VAE), got a "

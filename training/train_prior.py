@@ -24,6 +24,7 @@ from transformers import AutoModel
 
 from latentcode.data import image_data_from_config
 from latentcode.grids import save_image_grid
+from latentcode.hub import resolve_pretrained
 from latentcode.objectives import PriorObjective
 from latentcode.prior import PRIOR_ARCHITECTURES, build_prior, encode_to_sequences, sample_images, token_mapping
 from latentcode.training.codes import code_data
@@ -92,7 +93,9 @@ class PriorTask(TrainingTask):
 
     def build(self, engine: Engine):
         config, accelerator = self.config, engine.accelerator
-        vqvae = AutoModel.from_pretrained(config.pretrained_model_name_or_path)
+        vqvae = AutoModel.from_pretrained(
+            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+        )
         if not getattr(vqvae, "has_tokens", False):
             raise ValueError(
                 f"--pretrained_model_name_or_path must hold a latentcode model with discrete tokens (a VQ-VAE: "
