@@ -105,8 +105,8 @@ class LatentDiffusionTask(TrainingTask):
             )
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(device)
         resolution = config.resolution or autoencoder.config.sample_size
-        # Initialised before the data is opened (a DataLoader draws from torch's RNG): the same
-        # UNet whether the latents come from images or from a tokenised dataset.
+        # Initialised first, from the seed alone (DataLoaders draw from a generator of their own,
+        # data/batches.py): the same UNet whether the latents come from images or from a tokenised dataset.
         unet = latent_unet(
             autoencoder.config, resolution, config.block_out_channels, config.layers_per_block, config.norm_num_groups
         )

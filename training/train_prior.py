@@ -104,8 +104,8 @@ class PriorTask(TrainingTask):
         self.vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
         self.resolution = config.resolution or vqvae.config.sample_size
         self.latent_shape = vqvae.latent_shape(self.resolution)
-        # Initialised before the data is opened (a DataLoader draws from torch's RNG): the same
-        # prior whether the codes come from images or from a tokenised dataset.
+        # Initialised first, from the seed alone (DataLoaders draw from a generator of their own,
+        # data/batches.py): the same prior whether the codes come from images or from a tokenised dataset.
         prior = build_prior(
             vqvae.config.codebook_size,
             self.latent_shape,
