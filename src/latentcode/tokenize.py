@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from .configuration import TRANSFORMERS_CONFIG_KEYS
 from .data import ImageTransform, open_source, ordered_chunks
 from .data.sources import Source
+from .hub import resolve_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -578,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.push_to_hub and not args.hub_dataset_id:
         raise SystemExit("--push_to_hub needs --hub_dataset_id org/name")
     state = PartialState()
-    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
+    source = resolve_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir, revision=args.revision)
+    model = AutoModel.from_pretrained(source, revision=args.revision)
     model = model.to(args.device or state.device).eval()
     start = time.perf_counter()
     info = tokenize(
