@@ -6,6 +6,7 @@ puts `tests/` on the path.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,15 @@ VQVAE_RECIPES = {
 
 # The plain recipe of each quantizer in `latentcode.modules.quantizers.QUANTIZERS`.
 QUANTIZER_OVERRIDES = {name: VQVAE_RECIPES[name] for name in ("vq", "fsq", "lfq", "residual_vq", "bsq", "simvq")}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A script of the repository (`training/train_prior.py`) imported as a module."""
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

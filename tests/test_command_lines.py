@@ -4,12 +4,12 @@ the input model, each default stated once in `--help`."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted(
@@ -38,14 +38,6 @@ def test_flags_use_underscores_and_one_name_for_the_input_model():
     assert not dashed, f"flags with dashes: {dashed}"
     model_flags = {option for _, option in options if "model_name_or_path" in option}
     assert model_flags == {"--pretrained_model_name_or_path"}
-
-
-def load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def help_of_train():

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import tiny_model
-from test_command_lines import load_script
+from helpers import load_script, tiny_model
 
 from latentcode.hub import resolve_pretrained
 

@@ -4,7 +4,6 @@ that stops the run, the output-folder lock, gradient accumulation."""
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import reset_accelerate_state, tiny_model
+from helpers import load_script, reset_accelerate_state, tiny_model
 from safetensors.torch import load_file
 
 from latentcode.training.checkpointing import LOCK_FILE, OutputDirError, list_checkpoints
@@ -39,14 +38,6 @@ SCRIPTS = {
 }
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
-
-
-def load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, REPO / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", params=sorted(SCRIPTS))
