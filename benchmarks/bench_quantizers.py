@@ -36,7 +36,7 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
 
 import torch  # noqa: E402
 
-from latentcode.modules.quantizers import VectorQuantizer, nearest_codebook_indices  # noqa: E402
+from latentcode.modules.quantizers import QuantizerLossWeights, VectorQuantizer, nearest_codebook_indices  # noqa: E402
 from latentcode.modules.quantizers import search as search_module  # noqa: E402
 
 FULL_SHAPES = [(8, 1024), (8, 16384), (64, 1024), (64, 16384), (256, 16384), (8, 2**18)]
@@ -91,7 +91,7 @@ def make_layers(name: str, num_codes: int, dim: int, codebook: torch.Tensor):
 
         def call(layer, latents):  # latents [N, D] -> [1, D, N, 1] feature map
             output = layer(latents.T[None, :, :, None])
-            return output.quantized, output.loss
+            return output.quantized, QuantizerLossWeights()(output.terms)[0]
 
         return plain, recipe, call
     if name == "diffusers":

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 from latentcode.modules.quantizers import (
     BinarySphericalQuantizer,
+    QuantizerLossWeights,
     ResidualVectorQuantizer,
     SimVectorQuantizer,
     VectorQuantizer,
@@ -56,8 +57,9 @@ def main(output_path: str) -> None:
     # 1. The recipe: k-means init, EMA, dead-code restarts (window of 64 tokens per process),
     #    the same with EMA expiry (every step, uneven batches), a residual VQ with quantiser
     #    dropout and the rotation trick, SimVQ (its frozen basis is drawn differently on each
-    #    rank before DDP broadcasts it) and BSQ with its annealing step count, trained together
-    #    with an encoder under DDP.
+    #    rank before DDP broadcasts it) and BSQ with its entropy weight annealed by the step,
+    #    trained together with an encoder under DDP.
+    weights = QuantizerLossWeights(entropy_annealing_steps=5, entropy_annealing_start_factor=3.0)
     for name, quantizer in {
         "vq": VectorQuantizer(
             32, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64
@@ -84,7 +86,7 @@ def main(output_path: str) -> None:
             gradient_estimator="rotation",
         ),
         "simvq": SimVectorQuantizer(32, 4, usage_window=64),
-        "bsq": BinarySphericalQuantizer(4, entropy_annealing_steps=5, entropy_annealing_start_factor=3.0),
+        "bsq": BinarySphericalQuantizer(4),
     }.items():
         torch.manual_seed(rank)  # replicas start from different random states on purpose
         model = EncoderAndQuantizer(quantizer)
@@ -94,7 +96,8 @@ def main(output_path: str) -> None:
         initial = gathered_state(accelerator.unwrap_model(model).quantizer)
         for step in range(12):
             output = model(rank_batch(rank, step))
-            accelerator.backward(output.loss + output.quantized.square().mean())
+            loss, _ = weights(output.terms, step)
+            accelerator.backward(loss + output.quantized.square().mean())
             optimizer.step()
             optimizer.zero_grad()
         results[name] = {"initial": initial, "final": gathered_state(accelerator.unwrap_model(model).quantizer)}

@@ -225,8 +225,12 @@ def test_from_diffusers_keeps_dtype_and_takes_training_overrides(tmp_path):
     reference = make_diffusers("vq", "3levels-attn2").half()
     model = VQVAEModel.from_diffusers(reference, commitment_weight=0.25, quantizer_config={"codebook_weight": 1.0})
     assert model.dtype == torch.float16
-    options = model.config.quantizer_config
-    assert (options["commitment_weight"], options["codebook_weight"], options["codebook_ema"]) == (0.25, 1.0, False)
+    config = model.config
+    assert (config.commitment_weight, config.codebook_weight, config.quantizer_config["codebook_ema"]) == (
+        0.25,
+        1.0,
+        False,
+    )
     assert_same_weights(reference, model.to_diffusers())
     # From a folder, diffusers loads fp16 weights as fp32 (exactly); export casts back bit-identically.
     reference.save_pretrained(tmp_path)

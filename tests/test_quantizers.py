@@ -21,6 +21,7 @@ from latentcode.modules.quantizers import (
     CodebookUsageWindow,
     FiniteScalarQuantizer,
     LookupFreeQuantizer,
+    QuantizerLossWeights,
     ResidualVectorQuantizer,
     VectorQuantizer,
     kmeans,
@@ -104,14 +105,15 @@ def test_plain_vq_matches_diffusers_vector_quantizer():
 
     torch.manual_seed(0)
     theirs = DiffusersVectorQuantizer(64, 4, beta=0.25, legacy=False, sane_index_shape=True)
-    ours = VectorQuantizer(64, 4, commitment_weight=0.25, codebook_weight=1.0)
+    ours = VectorQuantizer(64, 4)
     ours.load_state_dict({"codebook": theirs.embedding.weight.detach().clone()})
     latents = torch.randn(2, 4, 6, 5) * 0.1
     their_quantized, their_loss, (_, _, their_indices) = theirs(latents)
     output = ours(latents)
     assert torch.equal(output.indices, their_indices)
     torch.testing.assert_close(output.quantized, their_quantized)
-    torch.testing.assert_close(output.loss, their_loss)
+    loss, _ = QuantizerLossWeights(commitment_weight=0.25, codebook_weight=1.0)(output.terms)
+    torch.testing.assert_close(loss, their_loss)
 
 
 # -- VQ training behaviour ----------------------------------------------------------------------
@@ -203,7 +205,8 @@ def test_ema_update_equals_hand_computation():
     torch.testing.assert_close(quantizer.codebook.data, sums / smoothed[:, None])
     # The codebook takes no gradient and the loss is the commitment term alone.
     assert not quantizer.codebook.requires_grad
-    torch.testing.assert_close(output.loss, 0.25 * output.commitment_loss)
+    assert set(output.terms) == {"commitment"}
+    torch.testing.assert_close(QuantizerLossWeights()(output.terms)[0], 0.25 * output.commitment_loss)
 
 
 def test_ema_update_matches_vector_quantize_pytorch():
@@ -415,7 +418,7 @@ def test_fsq_round_trip_brute_force_and_vector_quantize_pytorch():
 def test_lfq_round_trip_indices_and_entropy_loss_match_vector_quantize_pytorch():
     from vector_quantize_pytorch import LFQ
 
-    quantizer = LookupFreeQuantizer(5, entropy_weight=1.0, commitment_weight=0.0).train()
+    quantizer = LookupFreeQuantizer(5).train()
     all_indices = torch.arange(32).view(1, 1, 32)
     codes = quantizer.indices_to_codes(all_indices)
     assert set(codes.unique().tolist()) == {-1.0, 1.0}
@@ -429,7 +432,8 @@ def test_lfq_round_trip_indices_and_entropy_loss_match_vector_quantize_pytorch()
     their_codes, their_indices, their_loss = theirs(latents.permute(0, 2, 3, 1).reshape(2, 16, 5))
     assert torch.equal(output.indices.reshape(2, 16), their_indices)
     torch.testing.assert_close(output.quantized.permute(0, 2, 3, 1).reshape(2, 16, 5), their_codes)
-    torch.testing.assert_close(output.entropy_loss, their_loss, rtol=1e-3, atol=1e-3)
+    entropy, _ = QuantizerLossWeights(entropy_weight=1.0, commitment_weight=0.0)(output.terms)
+    torch.testing.assert_close(entropy, their_loss, rtol=1e-3, atol=1e-3)
 
 
 def test_residual_vq_levels_quantise_residuals_greedily_and_round_trip():
@@ -566,7 +570,8 @@ def test_codebook_and_commitment_losses_move_the_right_parameters():
     assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
     codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
     torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
-    torch.testing.assert_close(output.loss, output.codebook_loss + 0.25 * output.commitment_loss)
+    loss, _ = QuantizerLossWeights()(output.terms)
+    torch.testing.assert_close(loss, output.codebook_loss + 0.25 * output.commitment_loss)
 
 
 def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():
@@ -715,7 +720,7 @@ def train_patch_vqvae(quantizer, photo_crops, steps: int = 250):
     for _ in range(steps):
         crops = photo_crops(generator, 32)
         output = quantizer(encoder(crops))
-        loss = F.mse_loss(decoder(output.quantized), crops) + output.loss
+        loss = F.mse_loss(decoder(output.quantized), crops) + QuantizerLossWeights()(output.terms)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -20,6 +20,7 @@ from .hub import check_pretrained_source
 from .modules.backbones import get_backbone
 from .modules.backbones.vector import num_convolutions
 from .modules.quantizers import registry as quantizers
+from .modules.quantizers.loss_weights import QuantizerLossWeights
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ QUANTIZER_CONFIG_DEFAULTS = {"vq": CODEBOOK_RECIPE, "residual_vq": CODEBOOK_RECI
 # The flat quantizer fields of configs written by latentcode 0.1.0 (and, for `use_ema` /
 # `ema_decay` / `ema_epsilon`, before it): field -> (the quantizer's argument, the field's default).
 FLAT_QUANTIZER_FIELDS = {
-    "commitment_weight": ("commitment_weight", 0.25),
-    "codebook_weight": ("codebook_weight", 1.0),
     "codebook_ema": ("codebook_ema", True),
     "use_ema": ("codebook_ema", True),
     "codebook_ema_decay": ("codebook_ema_decay", 0.99),
@@ -47,27 +46,36 @@ FLAT_QUANTIZER_FIELDS = {
     "codebook_l2_norm": ("l2_normalize", False),
     "gradient_estimator": ("gradient_estimator", "straight_through"),
     "fsq_levels": ("levels", None),
-    "lfq_entropy_weight": ("entropy_weight", 0.1),
-    "lfq_diversity_weight": ("diversity_weight", 1.0),
     "lfq_temperature": ("temperature", 0.01),
     "lfq_entropy_max_group_bits": ("entropy_max_group_bits", 12),
-    "lfq_entropy_annealing_steps": ("entropy_annealing_steps", 0),
-    "lfq_entropy_annealing_start_factor": ("entropy_annealing_start_factor", 1.0),
     "quantizer_dropout": ("quantizer_dropout", 0.0),
+}
+# The loss weights 0.1.0 wrote under other names -> their names now (VQVAEConfig's fields).
+RENAMED_LOSS_WEIGHTS = {
+    "lfq_entropy_weight": "entropy_weight",
+    "lfq_diversity_weight": "diversity_weight",
+    "lfq_entropy_annealing_steps": "entropy_annealing_steps",
+    "lfq_entropy_annealing_start_factor": "entropy_annealing_start_factor",
 }
 
 
-def nest_flat_quantizer_fields(quantizer: str, quantizer_config: dict | None, fields: dict) -> dict:
-    """The one conversion of 0.1.0's flat quantizer fields: pops them from `fields` (a config's
-    keyword arguments, e.g. a loaded config.json) and returns `quantizer_config` with them added
-    under the quantizer's argument names (`fsq_levels` -> `levels`, `lfq_entropy_weight` ->
-    `entropy_weight`, `codebook_l2_norm` -> `l2_normalize`, `use_ema` -> `codebook_ema`, ...).
+def nest_flat_quantizer_fields(
+    quantizer: str, quantizer_config: dict | None, fields: dict, weights: dict | None = None
+) -> dict:
+    """The one conversion of earlier quantizer fields. From `fields` (a config's keyword
+    arguments, e.g. a loaded config.json) it pops 0.1.0's flat quantizer fields and returns
+    `quantizer_config` with them added under the quantizer's argument names (`fsq_levels` ->
+    `levels`, `codebook_l2_norm` -> `l2_normalize`, `use_ema` -> `codebook_ema`, ...). The loss
+    weights go to `weights` (default: `fields` itself, the config's top level), under
+    `VQVAEConfig`'s names: 0.1.0's `lfq_entropy_weight` -> `entropy_weight`, ..., and the weights
+    that `quantizer_config` held before they became the recipe's (`commitment_weight`, ...).
 
     0.1.0 wrote every field for every quantizer and ignored those of other quantizers: a field the
     quantizer does not take is dropped (with a warning when it is not at its default), a None
     field meant "the default". A field given both ways with two values is an error.
     """
     nested = dict(quantizer_config or {})
+    _move_loss_weights(nested, fields, fields if weights is None else weights)
     flat = {key: fields.pop(key) for key in list(fields) if key in FLAT_QUANTIZER_FIELDS}
     if not flat:
         return nested
@@ -89,6 +97,26 @@ def nest_flat_quantizer_fields(quantizer: str, quantizer_config: dict | None, fi
             )
         nested[option] = value
     return nested
+
+
+def _move_loss_weights(nested: dict, fields: dict, weights: dict) -> None:
+    """Pop the loss weights from a quantizer config `nested` and 0.1.0's renamed ones from
+    `fields` into `weights` (see `nest_flat_quantizer_fields`)."""
+    moved = [
+        (name, nested.pop(name), f"quantizer_config[{name!r}]")
+        for name in QuantizerLossWeights.names()
+        if name in nested
+    ]
+    moved += [(RENAMED_LOSS_WEIGHTS[key], fields.pop(key), key) for key in list(fields) if key in RENAMED_LOSS_WEIGHTS]
+    for name, value, source in moved:
+        if value is None:
+            continue
+        if weights.get(name) is not None and weights[name] != value:
+            raise ValueError(
+                f"loss weight {name!r} is given twice, as {source}={value!r} and as {name}={weights[name]!r}; "
+                f"keep one ({name}=...)"
+            )
+        weights[name] = value
 
 
 # Keys that PretrainedConfig (transformers 5) takes besides its dataclass fields: what its
@@ -349,16 +377,31 @@ class VQVAEConfig(LatentCodeConfig):
         num_quantizers (`int`, *optional*): depth of `"residual_vq"` (defaults to 4).
         quantizer_config (`dict`, *optional*): the quantizer's other constructor arguments, e.g.
             `{"gradient_estimator": "rotation"}`, `{"levels": [8, 5, 5, 5]}` (FSQ) or
-            `{"entropy_weight": 0.1}` (LFQ); unknown keys are refused naming the valid ones. For
+            `{"temperature": 0.05}` (LFQ); unknown keys are refused naming the valid ones. For
             `"vq"` / `"residual_vq"` it defaults to `CODEBOOK_RECIPE`; given keys override it.
+        commitment_weight / codebook_weight / entropy_weight / diversity_weight /
+            entropy_annealing_steps / entropy_annealing_start_factor (*optional*): the weights of
+            the quantizer's terms in the family's default objective, as `VAEConfig.kl_weight`
+            (see [`QuantizerLossWeights`] and `latentcode.objectives`): what `model(x).loss` and
+            `AutoencoderObjective.for_model` use; a training recipe may override each. None:
+            the standard weight (0.25, 1.0, 0.1, 1.0, 0, 1.0) where the quantizer has the term;
+            a weight of a term the quantizer does not have is stored as None (with a warning
+            when it was set). `model(x).loss` has no optimiser step: it uses `entropy_weight`
+            without the annealing, which the objective applies.
         **kwargs: the backbone fields of [`LatentCodeConfig`]. The flat quantizer fields of configs
-            written by latentcode 0.1.0 (`commitment_weight`, `codebook_ema`, `fsq_levels`, `lfq_*`,
-            ...) are still accepted and moved into `quantizer_config` by `nest_flat_quantizer_fields`.
+            written by latentcode 0.1.0 (`codebook_ema`, `fsq_levels`, `lfq_*`, ...) and the loss
+            weights that `quantizer_config` held are still accepted and moved where they live now
+            by `nest_flat_quantizer_fields`.
     """
 
     model_type = "latentcode_vqvae"
+    # The loss weights set how the model trains, not what it computes.
+    training_only_fields = QuantizerLossWeights.names()
     # Former field -> where it lives now; the former names still load (see FLAT_QUANTIZER_FIELDS).
-    renamed_fields = {old: f"quantizer_config.{option}" for old, (option, _) in FLAT_QUANTIZER_FIELDS.items()}
+    renamed_fields = {
+        **{old: f"quantizer_config.{option}" for old, (option, _) in FLAT_QUANTIZER_FIELDS.items()},
+        **RENAMED_LOSS_WEIGHTS,
+    }
 
     def __init__(
         self,
@@ -367,12 +410,27 @@ class VQVAEConfig(LatentCodeConfig):
         quantizer: str = "vq",
         num_quantizers: int | None = None,
         quantizer_config: dict | None = None,
+        commitment_weight: float | None = None,
+        codebook_weight: float | None = None,
+        entropy_weight: float | None = None,
+        diversity_weight: float | None = None,
+        entropy_annealing_steps: int | None = None,
+        entropy_annealing_start_factor: float | None = None,
         **kwargs,
     ):
-        quantizer_config = nest_flat_quantizer_fields(quantizer, quantizer_config, kwargs)
+        weights = dict(
+            commitment_weight=commitment_weight,
+            codebook_weight=codebook_weight,
+            entropy_weight=entropy_weight,
+            diversity_weight=diversity_weight,
+            entropy_annealing_steps=entropy_annealing_steps,
+            entropy_annealing_start_factor=entropy_annealing_start_factor,
+        )
+        quantizer_config = nest_flat_quantizer_fields(quantizer, quantizer_config, kwargs, weights)
         quantizers.check_options(quantizer, quantizer_config)
         self.quantizer = quantizer
         self.quantizer_config = {**QUANTIZER_CONFIG_DEFAULTS.get(quantizer, {}), **quantizer_config}
+        self._set_loss_weights(weights)
         super().__init__(**kwargs)
         sizes = dict(codebook_size=codebook_size, codebook_dim=codebook_dim, num_quantizers=num_quantizers)
         sizes = quantizers.resolve_sizes(quantizer, sizes, self.quantizer_config, self.latent_channels)
@@ -387,17 +445,47 @@ class VQVAEConfig(LatentCodeConfig):
         keyword arguments, flat (`from_pretrained(path, kmeans_init=True)`) or nested
         (`quantizer_config={...}`), update the saved `quantizer_config` key by key."""
         quantizer = config_dict.get("quantizer", "vq")
-        given = nest_flat_quantizer_fields(quantizer, kwargs.pop("quantizer_config", None), kwargs)
-        if given:
+        weights = {name: kwargs.pop(name) for name in QuantizerLossWeights.names() if name in kwargs}
+        given = nest_flat_quantizer_fields(quantizer, kwargs.pop("quantizer_config", None), kwargs, weights)
+        if given or weights:
             config_dict = dict(config_dict)
             saved = nest_flat_quantizer_fields(quantizer, config_dict.pop("quantizer_config", None), config_dict)
             config_dict["quantizer_config"] = {**saved, **given}
+            config_dict.update(weights)
         return super().from_dict(config_dict, **kwargs)
 
-    @property
-    def commitment_weight(self) -> float | None:
-        """Weight of the commitment term in `model(x).loss` (None for a quantizer without one)."""
-        return self.quantizer_options().get("commitment_weight")
+    def _set_loss_weights(self, weights: dict) -> None:
+        """Store each loss weight: the given value or the standard one where the quantizer has its
+        term, None (with a warning when set to another value) where it has not."""
+        applicable = quantizers.loss_weight_names(self.quantizer)
+        standard = QuantizerLossWeights()
+        for name, value in weights.items():
+            if name not in applicable and value is not None and value != getattr(standard, name):
+                logger.warning(
+                    f"{name}={value!r} does not apply to quantizer={self.quantizer!r}, which has no such term: ignored"
+                )
+            if name in applicable and value is None:
+                value = getattr(standard, name)
+            setattr(self, name, value if name in applicable else None)
+        self.loss_weights()  # checks the values
+
+    def loss_weights(self, **overrides) -> QuantizerLossWeights:
+        """The weights of the quantizer's terms in the family's default objective (what
+        `model(x).loss` uses), with `overrides` (a training recipe's; None: the model's). An
+        override of a weight whose term the quantizer does not have is refused."""
+        applicable = quantizers.loss_weight_names(self.quantizer)
+        given = {name: value for name, value in overrides.items() if value is not None}
+        unknown = sorted(set(given) - set(QuantizerLossWeights.names()))
+        if unknown:
+            raise ValueError(f"unknown loss weights {unknown}; expected names in {QuantizerLossWeights.names()}")
+        inapplicable = sorted(set(given) - set(applicable))
+        if inapplicable:
+            raise ValueError(
+                f"{', '.join(f'{name}={given[name]!r}' for name in inapplicable)} given, but quantizer="
+                f"{self.quantizer!r} has no such term (its weights: {', '.join(applicable) or 'none'}); drop it"
+            )
+        values = {name: getattr(self, name) for name in applicable}
+        return QuantizerLossWeights(**{**values, **given})
 
     def quantizer_sizes(self) -> dict[str, int]:
         """The quantizer's top-level constructor arguments: `codebook_size`, `codebook_dim`, `num_quantizers`."""

@@ -34,6 +34,7 @@ from .modules.backbone import set_conv_implementation
 from .modules.backbones import get_backbone
 from .modules.distributions import DiagonalGaussianDistribution
 from .modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quantizer
+from .modules.quantizers.lookup_free import RETIRED_STEP_BUFFER
 from .modules.tiling import SlicingTilingMixin
 from .modules.winograd import CONV_IMPLEMENTATIONS
 from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
@@ -124,10 +125,12 @@ class VAEOutput(ModelOutput):
 
 @dataclass
 class VQVAEOutput(ModelOutput):
-    """`loss` = `reconstruction_loss + quantizer_loss`, the quantizer's weighted terms (e.g.
-    `codebook_weight * codebook_loss + commitment_weight * commitment_loss`); `perplexity`:
-    exp(entropy) of the batch's code histogram. `hidden_states` (with `output_hidden_states`):
-    the encoder's feature maps, see `forward`."""
+    """`loss` = `reconstruction_loss + quantizer_loss`, the quantizer's terms weighted by the
+    config's loss weights (e.g. `codebook_weight * codebook + commitment_weight * commitment`,
+    `config.loss_weights()`); `quantizer_terms`: those terms unweighted, by name (what a
+    training objective weighs with its own weights); `perplexity`: exp(entropy) of the batch's
+    code histogram. `hidden_states` (with `output_hidden_states`): the encoder's feature maps,
+    see `forward`."""
 
     loss: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
@@ -140,6 +143,7 @@ class VQVAEOutput(ModelOutput):
     perplexity: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     quantizer_loss: torch.FloatTensor | None = None
+    quantizer_terms: dict[str, torch.FloatTensor] | None = None
 
 
 def _weights_file(source, subfolder: str | None) -> str:
@@ -619,6 +623,9 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     # The codebook's training state is derived from the codebook when a checkpoint lacks it
     # (VectorQuantizer.initialize_unloaded_state): not worth a "missing keys" report.
     _keys_to_ignore_on_load_missing = [r"quantizer\.(.+\.)?(initialized|ema_cluster_size|ema_codebook_sum)$"]
+    # LFQ / BSQ models of latentcode 0.1.0 with entropy annealing saved its step count; the
+    # schedule is the training objective's now (LookupFreeQuantizer drops it on load_state_dict).
+    _keys_to_ignore_on_load_unexpected = [rf"quantizer\.{RETIRED_STEP_BUFFER}$"]
 
     def _build_bottleneck(self, config: VQVAEConfig) -> None:
         self.quantizer = build_quantizer(config.quantizer, config.quantizer_sizes(), config.quantizer_config)
@@ -687,14 +694,16 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     ):
         """Reconstruct through the quantiser (which, in training, also updates an EMA codebook);
         `output_hidden_states` adds the encoder's feature maps, as [`AutoencoderModel.forward`]
-        describes."""
+        describes. The loss weighs the quantizer's terms with `config.loss_weights()` (no
+        optimiser step here: the entropy weight without its annealing)."""
         hidden_states = self._hidden_states_list(output_hidden_states)
         latents = self._bottleneck_input(pixel_values, hidden_states)
         quantized = self.quantizer(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        quantizer_loss, _ = self.config.loss_weights()(quantized.terms)
         output = VQVAEOutput(
-            loss=reconstruction_loss + quantized.loss,
+            loss=reconstruction_loss + quantizer_loss,
             sample=sample,
             latents=latents,
             quantized=quantized.quantized,
@@ -704,7 +713,8 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
             commitment_loss=quantized.commitment_loss,
             perplexity=quantized.perplexity,
             hidden_states=_as_tuple(hidden_states),
-            quantizer_loss=quantized.loss,
+            quantizer_loss=quantizer_loss,
+            quantizer_terms=quantized.terms,
         )
         return self._return(output, return_dict)
 
@@ -763,4 +773,5 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         return self.latent_shape(image_size)
 
     def regularizer_description(self) -> str:
-        return f"the {self.config.quantizer!r} quantizer's own terms as configured"
+        terms = self.config.loss_weights().describe(self.quantizer.loss_terms)
+        return f"the {self.config.quantizer!r} quantizer's terms: {terms}"

@@ -7,26 +7,34 @@ model's output it computes
     loss = reconstruction (MSE or L1)
          + perceptual_weight * LPIPS                                  (optional)
          + kl_weight * kl_warmup_factor(step) * KL / (C * H * W)      (VAE)
-         + the quantizer's own weighted terms                         (VQ-VAE)
+         + commitment_weight * commitment + codebook_weight * codebook (VQ-VAE: the quantizer's
+         + entropy_weight(step) * (entropy_per_sample                   terms, those it has)
+                                   - diversity_weight * entropy_codebook)
          + adaptive_weight * disc_weight * adversarial                (from disc_start, optional)
 
 and returns `(loss, logged_parts)` (the family's own values, `model.loss_summary(output)`, are
 logged next to them by the training task). With its defaults (`for_model`: the model config's
-reconstruction loss and KL weight, no warm-up, no LPIPS, no GAN) it equals `model(x).loss`
-exactly. The discriminator's own loss is [`AdversarialTerms.discriminator_loss`].
+reconstruction loss, KL weight and quantizer weights, no warm-up, no LPIPS, no GAN) it equals
+`model(x).loss` exactly (with an entropy annealing: from its last step on). The discriminator's own loss is [`AdversarialTerms.discriminator_loss`].
 
-What stays in the quantizer: the codebook and commitment weights and LFQ's entropy annealing
-(`VQVAEOutput.quantizer_loss`). How these terms combine depends on the quantizer (an EMA codebook
-has no codebook term, residual stages sum theirs), and the annealing counter is a model buffer
-advanced by each training forward pass and saved with the model; moving it would change what
-saved LFQ models and checkpoints hold. Their weights are the quantizer config's options.
+Where the weights live, one place each, as transformers' models keep default loss coefficients
+in their configs (`Wav2Vec2Config.diversity_loss_weight`, DETR's `*_loss_coefficient`): the
+model config holds the family's default objective (`VAEConfig.kl_weight`; `VQVAEConfig`'s
+`commitment_weight`, `codebook_weight`, `entropy_weight`, `diversity_weight`,
+`entropy_annealing_steps`, `entropy_annealing_start_factor`), which `model(x).loss` and
+`for_model` use; the training recipe overrides any of them (`TrainingConfig`'s options of the same
+names, None = the model's). A quantizer returns its terms unweighted (`VQVAEOutput.quantizer_terms`:
+an EMA codebook has no codebook term, residual levels sum theirs) and
+[`QuantizerLossWeights`] weighs them. The entropy annealing is a function of the optimiser step
+(`entropy_weight_at(step)`), so a resumed run anneals as the uninterrupted one; `model(x).loss`
+has no step and uses the weight after annealing.
 
 [`PriorObjective`] is the next-code cross-entropy of `training/train_prior.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +47,7 @@ from .losses import (
     generator_adversarial_loss,
     kl_warmup_factor,
 )
+from .modules.quantizers.loss_weights import QuantizerLossWeights
 
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 
@@ -96,6 +105,8 @@ class AutoencoderObjective:
         reconstruction_loss: "mse" or "l1", the mean over every value.
         kl_weight: weight of the VAE's KL divergence per value (the model config's `kl_weight`).
         kl_warmup_steps: the KL weight rises linearly from 0 over these optimiser steps.
+        quantizer_weights: the weights of a VQ-VAE's quantizer terms and the entropy annealing
+            (`for_model`: the model config's, with the recipe's overrides).
         perceptual: an LPIPS module, weighted by `perceptual_weight` (`None`: off).
         adversarial: the GAN terms (`None`: off).
     """
@@ -106,6 +117,7 @@ class AutoencoderObjective:
     perceptual: PerceptualLoss | None = None
     perceptual_weight: float = 0.0
     adversarial: AdversarialTerms | None = None
+    quantizer_weights: QuantizerLossWeights = field(default_factory=QuantizerLossWeights)
 
     def __post_init__(self):
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
@@ -115,13 +127,22 @@ class AutoencoderObjective:
 
     @classmethod
     def for_model(cls, model: nn.Module, **options) -> AutoencoderObjective:
-        """The objective whose defaults are `model`'s own `loss` (its config's reconstruction loss
-        and KL weight); `options` set the other terms."""
+        """The objective whose defaults are `model`'s own `loss` (its config's reconstruction loss,
+        KL weight and quantizer loss weights); `options` set the other terms, and override the
+        quantizer's weights one by one by their names (`commitment_weight=0.5`; None: the model's)."""
         config = model.config
+        weights = {name: options.pop(name) for name in QuantizerLossWeights.names() if name in options}
         defaults = dict(
             reconstruction_loss=getattr(config, "reconstruction_loss", "mse"),
             kl_weight=getattr(config, "kl_weight", 0.0),
         )
+        if hasattr(config, "loss_weights"):  # the model has a quantizer
+            defaults["quantizer_weights"] = config.loss_weights(**weights)
+        elif any(value is not None for value in weights.values()):
+            given = {name: value for name, value in weights.items() if value is not None}
+            raise ValueError(
+                f"{given} weigh a quantizer's terms, but {type(model).__name__} has no quantizer; drop them"
+            )
         return cls(**{**defaults, **options})
 
     def reconstruction(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -136,8 +157,8 @@ class AutoencoderObjective:
         if getattr(output, "kl", None) is not None:
             factor = kl_warmup_factor(step, self.kl_warmup_steps)
             return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
-        if getattr(output, "quantizer_loss", None) is not None:
-            return output.quantizer_loss, {}
+        if getattr(output, "quantizer_terms", None) is not None:
+            return self.quantizer_weights(output.quantizer_terms, step)
         return 0.0, {}
 
     def describe(self, model: nn.Module) -> str:

@@ -23,7 +23,7 @@ import torch
 from ..configuration import nest_flat_quantizer_fields
 from ..families import get_family
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
-from .legacy_vq import DIFFUSERS_VQ_BETA, IMPORTED_VQ_TRAINING
+from .legacy_vq import DIFFUSERS_VQ_BETA, IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
         codebook_size, codebook_dim = state_dict["quantize.embedding.weight"].shape
         # The recipe taming / latent-diffusion trained with (see latentcode.conversion.legacy_vq).
         config.update(
-            codebook_size=codebook_size, codebook_dim=codebook_dim, quantizer_config=dict(IMPORTED_VQ_TRAINING)
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            quantizer_config=dict(IMPORTED_VQ_TRAINING),
+            **IMPORTED_VQ_LOSS_WEIGHTS,
         )
     return config
 
@@ -212,11 +215,9 @@ def config_from_yaml(original_config) -> dict:
         config.update(
             codebook_size=params["n_embed"],
             codebook_dim=params["embed_dim"],
-            quantizer_config={
-                **IMPORTED_VQ_TRAINING,
-                "commitment_weight": scale,
-                "codebook_weight": scale * DIFFUSERS_VQ_BETA,
-            },
+            quantizer_config=dict(IMPORTED_VQ_TRAINING),
+            commitment_weight=scale,
+            codebook_weight=scale * DIFFUSERS_VQ_BETA,
         )
     elif "kl_weight" in loss:
         # latent-diffusion sums both the reconstruction loss and the KL per image, so its

@@ -34,7 +34,7 @@ from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig, nest_flat_
 from ..families import FAMILIES, family_for_diffusers, family_of
 from ..modules.quantizers import registry as quantizers
 from .checkpoints import CheckpointError, load_state_dict_exactly
-from .legacy_vq import IMPORTED_VQ_TRAINING
+from .legacy_vq import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 
 # diffusers -> latentcode key renaming, applied in order. One table serves both directions:
 # export renames the keys of a freshly built diffusers model with it to find their sources.
@@ -203,6 +203,7 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
             use_quant_conv=True,
             use_post_quant_conv=True,
             quantizer_config=_imported_quantizer_config(overrides),
+            **IMPORTED_VQ_LOSS_WEIGHTS,
         )
     else:
         translated.update(use_quant_conv=fields["use_quant_conv"], use_post_quant_conv=fields["use_post_quant_conv"])
@@ -215,8 +216,9 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
 
 def _imported_quantizer_config(overrides: dict) -> dict:
     """The `quantizer_config` of an imported VQModel: the recipe it was trained with, updated by the
-    quantizer options among `overrides` (flat, as `commitment_weight=`, or as `quantizer_config=`),
-    which are removed from `overrides`. Only training-only options may change."""
+    quantizer options among `overrides` (flat, as `kmeans_init=`, or as `quantizer_config=`),
+    which are removed from `overrides` (loss weights found among them stay there, at the top
+    level). Only training-only options may change."""
     given = nest_flat_quantizer_fields("vq", overrides.pop("quantizer_config", None), overrides)
     fixed = sorted(set(given) - quantizers.training_only_options("vq"))
     if fixed:

@@ -5,21 +5,16 @@ diffusers' `VectorQuantizer` (like taming-transformers' and latent-diffusion's, 
 term and the commitment term has weight 1, and `VQModel` fixes beta = 0.25. Imported models
 keep that objective (`commitment_weight=1.0`, `codebook_weight=0.25`) and the plain
 gradient-learned codebook (no EMA codes, k-means or dead-code restarts); pass e.g.
-`quantizer_config={"commitment_weight": 0.25, "codebook_weight": 1.0}` for the VQ-VAE paper's
-weighting.
+`commitment_weight=0.25, codebook_weight=1.0` for the VQ-VAE paper's weighting.
 """
 
 from __future__ import annotations
 
 # Beta of diffusers' VQModel quantiser.
 DIFFUSERS_VQ_BETA = 0.25
-# That recipe as the `quantizer_config` of a "vq" quantizer; override any of it to fine-tune differently.
-IMPORTED_VQ_TRAINING = {
-    "commitment_weight": 1.0,
-    "codebook_weight": DIFFUSERS_VQ_BETA,
-    "codebook_ema": False,
-    "kmeans_init": False,
-    "dead_code_restart": False,
-}
+# That recipe: the loss weights (VQVAEConfig fields) and the `quantizer_config` of a "vq"
+# quantizer; override any of it to fine-tune differently.
+IMPORTED_VQ_LOSS_WEIGHTS = {"commitment_weight": 1.0, "codebook_weight": DIFFUSERS_VQ_BETA}
+IMPORTED_VQ_TRAINING = {"codebook_ema": False, "kmeans_init": False, "dead_code_restart": False}
 
-__all__ = ["DIFFUSERS_VQ_BETA", "IMPORTED_VQ_TRAINING"]
+__all__ = ["DIFFUSERS_VQ_BETA", "IMPORTED_VQ_LOSS_WEIGHTS", "IMPORTED_VQ_TRAINING"]

@@ -171,6 +171,27 @@ class TrainingConfig(RunConfig):
 
     # -- losses ----------------------------------------------------------------------------------
     kl_warmup_steps: int = option("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
+    commitment_weight: float | None = option(
+        "VQ-VAE: weight of the quantizer's commitment term (default: the model config's)", default=None
+    )
+    codebook_weight: float | None = option(
+        "VQ-VAE: weight of the codebook term of a learned codebook (default: the model config's)", default=None
+    )
+    entropy_weight: float | None = option(
+        "LFQ / BSQ: weight of the entropy loss, after annealing (default: the model config's)", default=None
+    )
+    diversity_weight: float | None = option(
+        "LFQ / BSQ: gamma on the codebook-entropy term of the entropy loss (default: the model config's)", default=None
+    )
+    entropy_annealing_steps: int | None = option(
+        "LFQ / BSQ: the entropy weight falls linearly to entropy_weight over these optimiser steps "
+        "(default: the model config's)",
+        default=None,
+    )
+    entropy_annealing_start_factor: float | None = option(
+        "LFQ / BSQ: the entropy weight at step 0, as a multiple of entropy_weight (default: the model config's)",
+        default=None,
+    )
     perceptual_weight: float = option("weight of the LPIPS loss (0: off)", default=0.0)
     perceptual_net: str = option("LPIPS backbone: vgg, alex or squeeze", default="vgg")
     perceptual_pretrained: bool = option(

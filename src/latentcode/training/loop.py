@@ -23,6 +23,7 @@ from ..families import get_family
 from ..grids import reconstruction_grid
 from ..losses import PatchDiscriminator, PerceptualLoss
 from ..modeling import LatentCodePreTrainedModel
+from ..modules.quantizers import QuantizerLossWeights
 from ..objectives import AdversarialTerms, AutoencoderObjective
 from .checkpointing import CheckpointWriteError, describe_disk, list_checkpoints
 from .config import TrainingConfig
@@ -99,6 +100,7 @@ class AutoencoderTask(TrainingTask):
             )
         self.objective = AutoencoderObjective.for_model(
             model,
+            **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's
             kl_warmup_steps=config.kl_warmup_steps,
             perceptual=perceptual,
             perceptual_weight=config.perceptual_weight,

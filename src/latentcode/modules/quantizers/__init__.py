@@ -1,6 +1,8 @@
 """Quantizers of the VQ-VAE bottleneck, one per file, all with the same interface:
 `forward(latents [B, D, h, w], update_codebook=None) -> QuantizerOutput` (`update_codebook=False`
-is the pure path, no codebook or usage update), `indices_to_codes`, and the usage metrics `codebook_usage` / `usage_perplexity` for training logs.
+is the pure path, no codebook or usage update), `indices_to_codes`, and the usage metrics
+`codebook_usage` / `usage_perplexity` for training logs. A quantizer returns its loss terms
+unweighted (`QuantizerOutput.terms`); [`QuantizerLossWeights`] (`loss_weights`) weighs them.
 
 - [`VectorQuantizer`]: a learned K x D codebook (EMA, k-means init, dead-code restart, cosine).
 - [`FiniteScalarQuantizer`]: FSQ, a fixed grid of `prod(levels)` codes.
@@ -19,6 +21,7 @@ from .base import CodebookUsageWindow, Quantizer, QuantizerOutput
 from .binary_spherical import BinarySphericalQuantizer
 from .finite_scalar import FiniteScalarQuantizer
 from .lookup_free import LookupFreeQuantizer
+from .loss_weights import QuantizerLossWeights
 from .maintenance import kmeans
 from .registry import QUANTIZERS, build_quantizer
 from .residual import ResidualVectorQuantizer
@@ -33,6 +36,7 @@ __all__ = [
     "LookupFreeQuantizer",
     "QUANTIZERS",
     "Quantizer",
+    "QuantizerLossWeights",
     "QuantizerOutput",
     "ResidualVectorQuantizer",
     "SimVectorQuantizer",

@@ -23,21 +23,21 @@ class QuantizerOutput:
         quantized: `[B, D, h, w]` codes with the straight-through gradient: the forward value
             is the code, the backward pass copies the gradient to the latents.
         indices: `[B, h, w]` int64 code indices, `[B, h, w, depth]` for residual quantisation.
-        codebook_loss: `||sg(z) - e||^2`, moves the codes (mean over elements); logged but not in
-            `loss` when the codebook is updated by EMA, zero for codebook-free quantizers.
-        commitment_loss: `||z - sg(e)||^2`, moves the encoder (mean over elements, unweighted).
-        loss: the weighted sum of the terms that train this quantizer.
+        codebook_loss: `||sg(z) - e||^2`, moves the codes (mean over elements); logged but not a
+            term when the codebook is updated by EMA, zero for codebook-free quantizers.
+        commitment_loss: `||z - sg(e)||^2`, moves the encoder (mean over elements).
         perplexity: exp of the entropy of the code histogram in this batch.
-        entropy_loss: LFQ's entropy regulariser (unweighted), `None` for other quantizers.
+        terms: the unweighted scalar terms that train this quantizer, by name (the class's
+            `loss_terms`, see `loss_weights.TERMS`); summed over the levels of a residual
+            quantizer. [`QuantizerLossWeights`] weighs them into a loss.
     """
 
     quantized: torch.Tensor
     indices: torch.Tensor
     codebook_loss: torch.Tensor
     commitment_loss: torch.Tensor
-    loss: torch.Tensor
     perplexity: torch.Tensor
-    entropy_loss: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor]
 
 
 def is_distributed() -> bool:
@@ -177,8 +177,11 @@ class Quantizer(nn.Module):
     codebook_size: int
     codebook_dim: int
     usage: CodebookUsageWindow
-    # Constructor arguments that change only the training path (its losses and their weights,
-    # codebook maintenance, gradient estimator, usage metrics), never what the pure path
+    # The unweighted terms `forward` returns in `QuantizerOutput.terms` (names in
+    # `loss_weights.TERMS`); the recipe weighs them (`QuantizerLossWeights`).
+    loss_terms: tuple[str, ...] = ()
+    # Constructor arguments that change only the training path (its terms, codebook
+    # maintenance, gradient estimator, usage metrics), never what the pure path
     # (`update_codebook=False`) computes. Each class lists its own; export to diffusers and
     # conversion overrides derive the model config's training-only options from them.
     training_only_arguments: tuple[str, ...] = ()

@@ -55,11 +55,3 @@ def bit_entropy_terms(bit_logits: torch.Tensor, max_group_bits: int = DEFAULT_MA
     groups = bit_logits.split(bit_groups(bit_logits.shape[1], max_group_bits), dim=1)
     codebook_entropy = sum(_average_distribution_entropy(group) for group in groups)
     return per_token_entropy, codebook_entropy
-
-
-def annealed_weight(weight: float, step: int, annealing_steps: int, start_factor: float) -> float:
-    """Entropy weight at training step `step`: `start_factor * weight` at step 0, linearly to
-    `weight` at `annealing_steps` and after (constant `weight` when `annealing_steps` is 0)."""
-    if annealing_steps <= 0 or step >= annealing_steps:
-        return weight
-    return weight * (start_factor + (1.0 - start_factor) * step / annealing_steps)

@@ -91,7 +91,7 @@ class FiniteScalarQuantizer(Quantizer):
         return ((digits - levels // 2).float() / (levels // 2).float()).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
-        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`] (all losses are zero).
+        """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`] (no terms, zero losses).
         `update_codebook` (default: in training mode) updates the usage window; the grid is fixed."""
         self._check_latents(latents)
         update_codebook = self.training if update_codebook is None else update_codebook
@@ -108,6 +108,6 @@ class FiniteScalarQuantizer(Quantizer):
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
             codebook_loss=zero,
             commitment_loss=zero,
-            loss=zero,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
+            terms={},
         )

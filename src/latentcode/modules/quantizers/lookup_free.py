@@ -11,9 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from .base import CodebookUsageWindow, Quantizer, QuantizerOutput, flatten_latents, perplexity_of, unflatten_codes
-from .entropy import DEFAULT_MAX_GROUP_BITS, annealed_weight, bit_entropy_terms
+from .entropy import DEFAULT_MAX_GROUP_BITS, bit_entropy_terms
 from .gradients import straight_through
 from .vector import DEFAULT_WINDOW_PER_CODE
+
+# The buffer where latentcode 0.1.0 counted the entropy annealing's steps (saved LFQ / BSQ models
+# with annealing hold it); ignored on load.
+RETIRED_STEP_BUFFER = "training_steps"
 
 
 class LookupFreeQuantizer(Quantizer):
@@ -26,34 +30,22 @@ class LookupFreeQuantizer(Quantizer):
     exact for `D <= entropy_max_group_bits` and the memory-bounded grouped estimate of
     Open-MAGVIT2 above (see `latentcode.modules.quantizers.entropy`).
 
-    `entropy_loss = mean_n H(p(. | z_n)) - diversity_weight * H(mean_n p(. | z_n))`, weighted by
-    `entropy_weight`, optionally annealed from `entropy_annealing_start_factor * entropy_weight`
-    down to `entropy_weight` over the first `entropy_annealing_steps` training steps (a step is
-    one training-mode forward; the count is saved with the model).
+    Its terms, unweighted: `commitment` `||z - sg(code)||^2`, `entropy_per_sample`
+    `mean_n H(p(. | z_n))` and `entropy_codebook` `H(mean_n p(. | z_n))`. The recipe weighs them
+    into MAGVIT-v2's `entropy_weight * (entropy_per_sample - diversity_weight * entropy_codebook)`
+    and anneals the entropy weight over optimiser steps (see `loss_weights`).
 
     Args:
         codebook_dim: D, the number of bits; K = 2^D.
-        commitment_weight: weight of `||z - sg(code)||^2`.
-        entropy_weight: weight of the entropy loss.
-        diversity_weight: gamma on the codebook-entropy term.
         temperature: of the soft assignment.
         usage_window: tokens in the sliding window of the usage metrics; defaults to 16 * K.
         entropy_max_group_bits: largest bit group of the codebook-entropy estimate (memory
             `N x 2^bits` per group).
-        entropy_annealing_steps / entropy_annealing_start_factor: the annealing schedule (off at 0).
     """
 
-    # The temperature and the weights shape the entropy loss only; the code is the sign.
-    training_only_arguments = (
-        "commitment_weight",
-        "entropy_weight",
-        "diversity_weight",
-        "temperature",
-        "usage_window",
-        "entropy_max_group_bits",
-        "entropy_annealing_steps",
-        "entropy_annealing_start_factor",
-    )
+    loss_terms = ("commitment", "entropy_per_sample", "entropy_codebook")
+    # The temperature shapes the entropy terms only; the code is the sign.
+    training_only_arguments = ("temperature", "usage_window", "entropy_max_group_bits")
 
     @classmethod
     def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):
@@ -72,37 +64,28 @@ class LookupFreeQuantizer(Quantizer):
     def __init__(
         self,
         codebook_dim: int,
-        commitment_weight: float = 0.25,
-        entropy_weight: float = 0.1,
-        diversity_weight: float = 1.0,
         temperature: float = 0.01,
         usage_window: int | None = None,
         entropy_max_group_bits: int = DEFAULT_MAX_GROUP_BITS,
-        entropy_annealing_steps: int = 0,
-        entropy_annealing_start_factor: float = 1.0,
     ):
         super().__init__()
         if codebook_dim < 1 or codebook_dim > 62:
             raise ValueError(f"codebook_dim (bits) must be in [1, 62], got {codebook_dim}")
         if entropy_max_group_bits < 1:
             raise ValueError(f"entropy_max_group_bits must be >= 1, got {entropy_max_group_bits}")
-        if entropy_annealing_steps < 0:
-            raise ValueError(f"entropy_annealing_steps must be >= 0, got {entropy_annealing_steps}")
         self.codebook_dim = codebook_dim
         self.codebook_size = 2**codebook_dim
-        self.commitment_weight = commitment_weight
-        self.entropy_weight = entropy_weight
-        self.diversity_weight = diversity_weight
         self.temperature = temperature
         self.entropy_max_group_bits = entropy_max_group_bits
-        self.entropy_annealing_steps = entropy_annealing_steps
-        self.entropy_annealing_start_factor = entropy_annealing_start_factor
         self.usage = CodebookUsageWindow(
             self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size
         )
-        if entropy_annealing_steps > 0:
-            # Saved, so a resumed run continues the schedule where it stopped.
-            self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # latentcode 0.1.0 counted the entropy annealing's steps in a buffer of this module; the
+        # schedule is now the recipe's, a function of the optimiser step: the count is dropped.
+        state_dict.pop(prefix + RETIRED_STEP_BUFFER, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the code: signs, at the scale of this quantizer's sphere or cube -------------------------
 
@@ -128,48 +111,34 @@ class LookupFreeQuantizer(Quantizer):
 
     # -- the entropy regulariser ------------------------------------------------------------------
 
-    @property
-    def current_entropy_weight(self) -> float:
-        """`entropy_weight` at this training step (after annealing)."""
-        if self.entropy_annealing_steps == 0:
-            return self.entropy_weight
-        return annealed_weight(
-            self.entropy_weight,
-            int(self.training_steps),
-            self.entropy_annealing_steps,
-            self.entropy_annealing_start_factor,
-        )
-
-    def entropy_loss(self, rows: torch.Tensor) -> torch.Tensor:
-        """MAGVIT-v2's entropy loss (unweighted) of prepared fp32 latents `[N, D]`."""
+    def entropy_terms(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAGVIT-v2's `(entropy_per_sample, entropy_codebook)` of prepared fp32 latents `[N, D]`."""
         bit_logits = 4 * self.code_scale * rows / self.temperature  # log-odds of each bit being +1
-        per_token_entropy, codebook_entropy = bit_entropy_terms(bit_logits, self.entropy_max_group_bits)
-        return per_token_entropy - self.diversity_weight * codebook_entropy
+        return bit_entropy_terms(bit_logits, self.entropy_max_group_bits)
 
     def forward(self, latents: torch.Tensor, update_codebook: bool | None = None) -> QuantizerOutput:
         """Quantise latents `[B, D, h, w]`; see [`QuantizerOutput`]. `update_codebook` (default: in
-        training mode) updates the usage window and advances the annealing schedule; there is no
-        codebook to maintain."""
+        training mode) updates the usage window; there is no codebook to maintain."""
         self._check_latents(latents)
         update_codebook = self.training if update_codebook is None else update_codebook
-        entropy_weight = self.current_entropy_weight
         with torch.autocast(device_type=latents.device.type, enabled=False):
             rows = self._prepare(flatten_latents(latents))
             codes = torch.where(rows > 0, self.code_scale, -self.code_scale)
             quantized = straight_through(rows, codes)
             indices = ((rows.detach() > 0).long() * self._bit_values(rows.device)).sum(1)
             commitment_loss = F.mse_loss(rows, codes)
-            entropy_loss = self.entropy_loss(rows) if self.entropy_weight > 0 else rows.new_zeros(())
+            per_sample, codebook_entropy = self.entropy_terms(rows)
             if update_codebook:
                 self.usage.update(indices)
-                if self.entropy_annealing_steps > 0:
-                    self.training_steps += 1
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
             codebook_loss=rows.new_zeros(()),
             commitment_loss=commitment_loss,
-            loss=self.commitment_weight * commitment_loss + entropy_weight * entropy_loss,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
-            entropy_loss=entropy_loss,
+            terms={
+                "commitment": commitment_loss,
+                "entropy_per_sample": per_sample,
+                "entropy_codebook": codebook_entropy,
+            },
         )

@@ -17,6 +17,7 @@ from .base import Quantizer
 from .binary_spherical import BinarySphericalQuantizer
 from .finite_scalar import FiniteScalarQuantizer
 from .lookup_free import LookupFreeQuantizer
+from .loss_weights import QuantizerLossWeights
 from .residual import ResidualVectorQuantizer
 from .sim_vq import SimVectorQuantizer
 from .vector import VectorQuantizer
@@ -61,6 +62,11 @@ def option_defaults(name: str) -> dict:
 def training_only_options(name: str) -> frozenset[str]:
     """The options of quantizer `name` that change only how it trains (`training_only_arguments`)."""
     return frozenset(quantizer_class(name).training_only_arguments)
+
+
+def loss_weight_names(name: str) -> tuple[str, ...]:
+    """The loss weights (`QuantizerLossWeights.names()`) that act on the terms of quantizer `name`."""
+    return QuantizerLossWeights.applicable(quantizer_class(name).loss_terms)
 
 
 def check_options(name: str, options: dict) -> None:

@@ -19,7 +19,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     Indices are `[B, h, w, num_quantizers]`; in training with quantiser dropout, the levels a
     batch did not use have index -1 (and `indices_to_codes` reads -1 as "no contribution").
-    Losses are summed over the levels used, perplexity is averaged. With the straight-through
+    Terms and losses are summed over the levels used, perplexity is averaged. With the straight-through
     estimator the gradient of the summed code is copied to the latents; with the rotation trick
     each level rotates its residual onto its code and the levels' outputs are summed (as
     vector-quantize-pytorch's `ResidualVQ(rotation_trick=True)` does). Every level's round trip
@@ -38,6 +38,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     # `**vector_quantizer_options` are the arguments of this class.
     options_passed_to = VectorQuantizer
+    loss_terms = VectorQuantizer.loss_terms
     training_only_arguments = ("quantizer_dropout", *VectorQuantizer.training_only_arguments)
 
     @classmethod
@@ -122,13 +123,11 @@ class ResidualVectorQuantizer(Quantizer):
                 quantized = sum(output.quantized for output in outputs)
             else:
                 quantized = latents + (total - latents).detach()
-        codebook_loss = sum(output.codebook_loss for output in outputs)
-        commitment_loss = sum(output.commitment_loss for output in outputs)
         return QuantizerOutput(
             quantized=quantized,
             indices=indices,
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
-            loss=sum(output.loss for output in outputs),
+            codebook_loss=sum(output.codebook_loss for output in outputs),
+            commitment_loss=sum(output.commitment_loss for output in outputs),
             perplexity=torch.stack([output.perplexity for output in outputs]).mean(),
+            terms={name: sum(output.terms[name] for output in outputs) for name in outputs[0].terms},
         )

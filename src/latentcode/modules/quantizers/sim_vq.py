@@ -23,22 +23,20 @@ class SimVectorQuantizer(Quantizer):
 
     The codes learn by the codebook loss `||sg(z) - e||^2` (through W), the encoder by the
     commitment loss `||z - sg(e)||^2` and the decoder's gradient (straight-through or rotation
-    trick). With the defaults (codebook weight 1, commitment 0.25, rotation trick) this is
+    trick); both terms are returned unweighted. With the rotation trick and the standard weights
+    (codebook 1, commitment 0.25, `loss_weights.QuantizerLossWeights`) this is
     vector-quantize-pytorch's `SimVQ`.
 
     Args:
         codebook_size: K.
         codebook_dim: D, of the codes and of the frozen basis.
-        commitment_weight: weight of the commitment term.
-        codebook_weight: weight of the codebook term.
         gradient_estimator: `"rotation"` or `"straight_through"`.
         usage_window: tokens in the sliding window of the usage metrics; defaults to 16 * K.
         max_block_elements: memory bound of the nearest-neighbour search.
     """
 
+    loss_terms = ("codebook", "commitment")
     training_only_arguments = (
-        "commitment_weight",
-        "codebook_weight",
         "gradient_estimator",
         "usage_window",
         "max_block_elements",
@@ -48,8 +46,6 @@ class SimVectorQuantizer(Quantizer):
         self,
         codebook_size: int,
         codebook_dim: int,
-        commitment_weight: float = 0.25,
-        codebook_weight: float = 1.0,
         gradient_estimator: str = "rotation",
         usage_window: int | None = None,
         max_block_elements: int | None = None,
@@ -59,8 +55,6 @@ class SimVectorQuantizer(Quantizer):
             raise ValueError(f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, got {gradient_estimator!r}")
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
-        self.commitment_weight = commitment_weight
-        self.codebook_weight = codebook_weight
         self.gradient_estimator = gradient_estimator
         self.max_block_elements = max_block_elements
         self.usage = CodebookUsageWindow(codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * codebook_size)
@@ -105,6 +99,6 @@ class SimVectorQuantizer(Quantizer):
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
-            loss=self.codebook_weight * codebook_loss + self.commitment_weight * commitment_loss,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
+            terms={"codebook": codebook_loss, "commitment": commitment_loss},
         )

@@ -29,8 +29,6 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
     Args:
         codebook_size: K, the number of codes.
         codebook_dim: D, the dimension of a code.
-        commitment_weight: beta on the commitment term (0.25 in the VQ-VAE paper).
-        codebook_weight: weight on the codebook term (unused with EMA updates).
         codebook_ema: codes are not learned by the codebook loss but are exponential moving
             averages of the encoder outputs assigned to them (VQ-VAE paper, appendix; Razavi et
             al. 2019). Each training step, with `n_k` the all-reduced count and `s_k` the sum of
@@ -61,9 +59,8 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
             `latentcode.modules.quantizers.gradients`.
     """
 
+    loss_terms = ("codebook", "commitment")
     training_only_arguments = (
-        "commitment_weight",
-        "codebook_weight",
         "codebook_ema",
         "codebook_ema_decay",
         "codebook_ema_epsilon",
@@ -80,8 +77,6 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
         self,
         codebook_size: int,
         codebook_dim: int,
-        commitment_weight: float = 0.25,
-        codebook_weight: float = 1.0,
         codebook_ema: bool = False,
         codebook_ema_decay: float = 0.99,
         codebook_ema_epsilon: float = 1e-5,
@@ -103,8 +98,6 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
             raise ValueError(f"dead_code_threshold must be in [0, 1), got {dead_code_threshold}")
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
-        self.commitment_weight = commitment_weight
-        self.codebook_weight = codebook_weight
         self.codebook_ema = codebook_ema
         self.codebook_ema_decay = codebook_ema_decay
         self.codebook_ema_epsilon = codebook_ema_epsilon
@@ -237,14 +230,17 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
                 if self.codebook_ema:
                     self._ema_update(rows.detach(), indices)
                 self.usage.update(indices)
-        loss = self.commitment_weight * commitment_loss
-        if not self.codebook_ema:
-            loss = loss + self.codebook_weight * codebook_loss
+        # EMA codes are averages, not learned: their codebook loss is logged, not a term.
+        terms = (
+            {"commitment": commitment_loss}
+            if self.codebook_ema
+            else {"codebook": codebook_loss, "commitment": commitment_loss}
+        )
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
-            loss=loss,
             perplexity=perplexity,
+            terms=terms,
         )
