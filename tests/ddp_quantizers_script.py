@@ -14,7 +14,6 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from latentcode.modules.quantizers import (
-    BinarySphericalQuantizer,
     QuantizerLossWeights,
     ResidualVectorQuantizer,
     SimVectorQuantizer,
@@ -57,9 +56,8 @@ def main(output_path: str) -> None:
     # 1. The recipe: k-means init, EMA, dead-code restarts (window of 64 tokens per process),
     #    the same with EMA expiry (every step, uneven batches), a residual VQ with quantiser
     #    dropout and the rotation trick, SimVQ (its frozen basis is drawn differently on each
-    #    rank before DDP broadcasts it) and BSQ with its entropy weight annealed by the step,
-    #    trained together with an encoder under DDP.
-    weights = QuantizerLossWeights(entropy_annealing_steps=5, entropy_annealing_start_factor=3.0)
+    #    rank before DDP broadcasts it), trained together with an encoder under DDP. (BSQ / LFQ
+    #    hold no state: their entropy annealing is the objective's, a function of the step.)
     for name, quantizer in {
         "vq": VectorQuantizer(
             32, 4, codebook_ema=True, codebook_ema_decay=0.9, kmeans_init=True, dead_code_restart=True, usage_window=64
@@ -86,7 +84,6 @@ def main(output_path: str) -> None:
             gradient_estimator="rotation",
         ),
         "simvq": SimVectorQuantizer(32, 4, usage_window=64),
-        "bsq": BinarySphericalQuantizer(4),
     }.items():
         torch.manual_seed(rank)  # replicas start from different random states on purpose
         model = EncoderAndQuantizer(quantizer)
@@ -96,7 +93,7 @@ def main(output_path: str) -> None:
         initial = gathered_state(accelerator.unwrap_model(model).quantizer)
         for step in range(12):
             output = model(rank_batch(rank, step))
-            loss, _ = weights(output.terms, step)
+            loss, _ = QuantizerLossWeights()(output.terms)
             accelerator.backward(loss + output.quantized.square().mean())
             optimizer.step()
             optimizer.zero_grad()

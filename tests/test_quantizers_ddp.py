@@ -45,7 +45,6 @@ TRAINED_STATE = {
     "vq_ema_expiry": "codebook",
     "residual": "codebook",
     "simvq": "codebook_transform.weight",
-    "bsq": "training_steps",
 }
 FROZEN_STATE = ("frozen_basis",)
 
