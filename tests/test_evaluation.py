@@ -467,3 +467,20 @@ def test_per_dimension_is_an_optional_key_of_schema_1(tmp_path):
     with pytest.raises(ValueError, match=r"unknown keys \['per_dim'\]"):
         check_metrics_report({**report, "per_dim": {}})
 
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_training_model_card_shows_the_kl_of_each_latent_dimension(tmp_path):
+    from latentcode.training import load_config, train
+
+    model = dict(in_channels=1, block_out_channels=[8, 8], layers_per_block=1, latent_channels=3, norm_num_groups=4)
+    config = load_config(
+        output_dir=str(tmp_path / "run"), model_family="vae", model=model, dataset_name="builtin:digits",
+        resolution=16, train_batch_size=8, max_train_steps=2, num_validation_images=8, report_to="none",
+    )  # fmt: skip
+    train(config)
+    card = (tmp_path / "run" / "README.md").read_text()
+    saved = read_metrics_json(tmp_path / "run" / "metrics.json")
+    assert "KL of each latent dimension" in card and "| latent dimension | KL (nats) | active |" in card
+    assert [line for line in card.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))][2].startswith("| 2 |")
+    assert f"| active latent dimensions | {saved['metrics']['active_dimensions']} |" in card
+    assert "$" not in card.replace("$$", "")
