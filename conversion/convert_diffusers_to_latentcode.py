@@ -1,4 +1,4 @@
-"""Convert a diffusers `VQModel` / `AutoencoderKL` (local folder or Hub id) to a latentcode model.
+"""Convert a diffusers `VQModel` / `AutoencoderKL` / `AutoencoderTiny` (local folder or Hub id) to a latentcode model.
 
     python conversion/convert_diffusers_to_latentcode.py --pretrained_model_name_or_path CompVis/ldm-celebahq-256 \
         --subfolder vqvae --output_dir ldm-celebahq-vq

@@ -1,9 +1,11 @@
-"""Export a latentcode `VQVAEModel` / `VAEModel` to a diffusers `VQModel` / `AutoencoderKL` folder.
+"""Export a latentcode `VQVAEModel` / `VAEModel` to a diffusers `VQModel` / `AutoencoderKL` folder, and
+an `AutoencoderModel` on the tiny (TAESD) backbone to an `AutoencoderTiny` folder.
 
     python conversion/convert_latentcode_to_diffusers.py --pretrained_model_name_or_path my-vqvae --output_dir my-vqvae-diffusers
 
-The folder loads with `VQModel.from_pretrained` / `AutoencoderKL.from_pretrained` (weights are
-bit-identical). Models that diffusers cannot express (e.g. an FSQ quantizer) stop with an error.
+The folder loads with `VQModel.from_pretrained` / `AutoencoderKL.from_pretrained` /
+`AutoencoderTiny.from_pretrained` (weights are bit-identical). Models that diffusers cannot express
+(e.g. an FSQ quantizer, taef2's pooling branch) stop with an error.
 """
 
 from __future__ import annotations

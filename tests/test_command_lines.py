@@ -58,6 +58,8 @@ SCRIPTS = [
     "conversion/convert_diffusers_to_latentcode.py",
     "conversion/convert_latentcode_to_diffusers.py",
     "conversion/convert_compvis_to_latentcode.py",
+    "conversion/convert_disentangling_vae_to_latentcode.py",
+    "conversion/convert_taesd_to_latentcode.py",
 ]
 
 

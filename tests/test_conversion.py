@@ -1,4 +1,4 @@
-"""Conversion tests: diffusers VQModel / AutoencoderKL both ways, CompVis checkpoints in,
+"""Conversion tests: diffusers VQModel / AutoencoderKL / AutoencoderTiny both ways, CompVis checkpoints in,
 scaling factors, and safety (corrupt files, wrong keys, malicious pickles).
 
 Every model is a random-weight diffusers model with tiny channel counts; outputs are compared
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, VQModel
+from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, VQModel
 from safetensors.torch import load_file, save_file
 
 from latentcode import (
@@ -285,6 +285,122 @@ def test_hub_id_converts_offline_from_the_cache(tmp_path):
     model = VAEModel.from_pretrained(tmp_path / "out")
     assert model.config.shift_factor == reference.config.shift_factor
     assert_same_weights(reference, model.to_diffusers())
+
+
+# ----------------------------------------------------------------------------------------------
+# The tiny (TAESD) backbone <-> diffusers AutoencoderTiny
+# ----------------------------------------------------------------------------------------------
+
+CELEBA = REPO.parent / "shared" / "datasets" / "celeba-samples"
+
+
+def make_autoencoder_tiny(seed: int = 0, **extra):
+    """A random-weight AutoencoderTiny, 3 levels of width 8 (random biases: every weight matters)."""
+    torch.manual_seed(seed)
+    sizes = dict(encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8))
+    blocks = dict(num_encoder_blocks=(1, 2, 2), num_decoder_blocks=(2, 2, 1))
+    return randomize(AutoencoderTiny(**sizes, **blocks, **extra), seed)
+
+
+def tiny_autoencoder(widths: tuple[int, ...], seed: int, **extra) -> AutoencoderModel:
+    """A random-weight AutoencoderModel on the tiny backbone that AutoencoderTiny can express."""
+    torch.manual_seed(seed)
+    fields = dict(layers_per_block=1, norm_num_groups=4, latent_channels=4, scaling_factor=0.5, use_quant_conv=False)
+    config = AutoencoderConfig(backbone="tiny", block_out_channels=widths, use_post_quant_conv=False, **fields | extra)
+    return randomize(AutoencoderModel(config), seed)
+
+
+def real_faces(count: int = 4) -> torch.Tensor:
+    """CelebA faces `[B, 3, 64, 64]` in [-1, 1] (random pixels when ../shared is absent)."""
+    from PIL import Image
+
+    if not CELEBA.is_dir():
+        return torch.rand(count, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    processor = LatentCodeImageProcessor(size=64)
+    images = [Image.open(CELEBA / f"{index:03d}.png").convert("RGB") for index in range(count)]
+    return processor(images, return_tensors="pt").pixel_values
+
+
+def test_autoencoder_tiny_round_trip_is_exact():
+    reference = make_autoencoder_tiny(latent_channels=4, latent_magnitude=2.5, scaling_factor=0.7, shift_factor=0.1)
+    model = LatentCodePreTrainedModel.from_diffusers(reference)
+    assert type(model) is AutoencoderModel and model.config.backbone == "tiny" and model.downsampling_factor == 4
+    assert (model.config.latent_magnitude, model.config.scaling_factor, model.config.shift_factor) == (2.5, 0.7, 0.1)
+    exported = model.to_diffusers()
+    assert type(exported) is AutoencoderTiny and public_config(exported) == public_config(reference)
+    assert_same_weights(reference, exported)  # max abs difference 0, both ways
+    pixels = real_faces()
+    model.set_conv_implementation("direct")  # diffusers' kernels: bit-identical outputs
+    with torch.no_grad():
+        latents = reference.encode(pixels).latents
+        assert torch.equal(model.encode(pixels).latents, latents)
+        assert torch.equal(model.decode(latents).sample, reference.decode(latents).sample)
+        assert torch.equal(model(pixels).sample, reference.decode(latents).sample)
+        # scale_latents (8-bit storage) reads the carried latent_magnitude / latent_shift
+        assert torch.equal(exported.scale_latents(latents), reference.scale_latents(latents))
+    model.set_conv_implementation("auto")
+    with torch.no_grad():
+        assert max_diff(model(pixels).sample, reference.decode(latents).sample) <= TOLERANCE
+
+
+def test_tiny_autoencoder_exports_through_the_scripts(tmp_path):
+    ours = tiny_autoencoder((16, 16), seed=1)
+    ours.save_pretrained(tmp_path / "ours")
+    export = load_script("convert_latentcode_to_diffusers")
+    export.main(["--pretrained_model_name_or_path", str(tmp_path / "ours"), "--output_dir", str(tmp_path / "tiny")])
+    loaded = AutoencoderTiny.from_pretrained(tmp_path / "tiny")
+    assert_same_weights(ours.to_diffusers(), loaded)
+    assert loaded.config.scaling_factor == 0.5 and loaded.config.latent_channels == 4
+    load_script("convert_diffusers_to_latentcode").main(
+        ["--pretrained_model_name_or_path", str(tmp_path / "tiny"), "--output_dir", str(tmp_path / "back")]
+    )
+    back = AutoencoderModel.from_pretrained(tmp_path / "back")
+    assert_same_weights(ours, back)
+    assert (back.config.backbone, back.config.block_out_channels, back.config.scaling_factor) == ("tiny", [16, 16], 0.5)
+
+
+def test_stable_diffusion_with_an_autoencoder_tiny_export_gives_our_images(tmp_path):
+    """StableDiffusionPipeline with our tiny AutoEncoder and with its AutoencoderTiny export (its
+    vae_scale_factor read from `block_out_channels`, `decode(latents / scaling_factor)`)."""
+    from test_diffusers_pipelines import text_to_image, tiny_stable_diffusion
+
+    ours = tiny_autoencoder((8, 8), seed=2)
+    ours.set_conv_implementation("direct")
+    pipeline = tiny_stable_diffusion(ours, tmp_path / "tokenizer")
+    native = StableDiffusionPipeline(**{**pipeline.components, "vae": ours.to_diffusers()})
+    native.set_progress_bar_config(disable=True)
+    assert native.vae_scale_factor == pipeline.vae_scale_factor == 2
+    images = text_to_image(pipeline)
+    assert images.shape == (2, 16, 16, 3) and images.std() > 0.01
+    np.testing.assert_array_equal(images, text_to_image(native))
+
+
+def test_models_autoencoder_tiny_cannot_express_are_refused():
+    taef2_layout = tiny_autoencoder((64, 64), seed=0, latent_channels=32, tiny_midblock_pooling=True)
+    with pytest.raises(ValueError, match="no group-norm pooling branch .*taef2, 32 latent channels"):
+        taef2_layout.to_diffusers()
+    with pytest.raises(ValueError, match=r"one width at every level.*\[8, 16\]"):
+        tiny_autoencoder((8, 16), seed=0).to_diffusers()
+    with pytest.raises(ValueError, match="no 1x1 projections around the latent"):
+        tiny_autoencoder((8,), seed=0, use_quant_conv=True).to_diffusers()
+    vae = VAEModel(VAEModel.config_class(backbone="tiny", block_out_channels=(32,)))
+    with pytest.raises(ValueError, match="VAEConfig on backbone='tiny' has no diffusers counterpart"):
+        vae.to_diffusers()
+    with pytest.raises(ValueError, match="converts from a diffusers AutoencoderKL, got a AutoencoderTiny"):
+        VAEModel.from_diffusers(make_autoencoder_tiny())
+    with pytest.raises(ValueError, match="converts from a diffusers AutoencoderTiny, got a VQModel"):
+        AutoencoderModel.from_diffusers(VQModel(block_out_channels=(8,), norm_num_groups=4))
+    with pytest.raises(ValueError, match="act_fn='gelu'.*has act_fn='relu'"):
+        AutoencoderModel.from_diffusers(make_autoencoder_tiny(act_fn="gelu"))
+    with pytest.raises(ValueError, match=r"not a TAESD layout: expected \[1, 2, 2\]"):
+        AutoencoderModel.from_diffusers(
+            AutoencoderTiny(
+                encoder_block_out_channels=(8,) * 3,
+                decoder_block_out_channels=(8,) * 3,
+                num_encoder_blocks=(1, 2, 2),
+                num_decoder_blocks=(1, 2, 2),
+            )  # fmt: skip
+        )
 
 
 # ----------------------------------------------------------------------------------------------

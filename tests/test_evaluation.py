@@ -32,6 +32,8 @@ from latentcode.evaluation import (
 from latentcode.evaluation.cli import main as eval_main
 from latentcode.evaluation.evaluate import EvaluationResult
 from latentcode.evaluation.metrics import INCEPTION_WEIGHTS_ENV, _pytorch_fid_inception
+from latentcode.reporting import check_metrics_report, metrics_report, read_metrics_json, write_metrics_json
+from latentcode.traversal import ACTIVE_KL_NATS, per_dimension_kl
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +394,93 @@ def test_cli_warnings_do_not_land_inside_the_progress_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     warning = next(line for line in err.replace("\r", "\n").splitlines() if "skipping unreadable" in line)
     assert "evaluating:" not in warning and "img/s" not in warning, err
+
+
+# -- per-dimension KL and active dimensions ----------------------------------------------------
+
+
+def constant_posterior_vae(backbone: str, mean: list[float], logvar: list[float]):
+    """A VAE whose posterior is N(mean, exp(logvar)) in every dimension for every image: its
+    `quant_conv` (a linear map on a vector latent, a 1x1 convolution on a grid) outputs its bias."""
+    if backbone == "vector":
+        fields = dict(backbone="vector", sample_size=32, vector_hidden_channels=8, vector_hidden_size=16)
+    else:
+        fields = dict(block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1, sample_size=32)
+    model = tiny_model("vae", in_channels=1, latent_channels=len(mean), **fields)
+    with torch.no_grad():
+        model.quant_conv.weight.zero_()
+        model.quant_conv.bias.copy_(torch.tensor(mean + logvar))
+    return model
+
+
+# KL(N(m, e^v) || N(0, 1)) = (m^2 + e^v - 1 - v) / 2 per position: 0, 0.005, 2 and (0.5 - 1 + ln 2) / 2.
+KNOWN_MEAN, KNOWN_LOGVAR = [0.0, 0.1, 2.0, 0.0], [0.0, 0.0, 0.0, math.log(0.5)]
+KNOWN_KL = [0.0, 0.005, 2.0, (math.log(2) - 0.5) / 2]
+
+
+@pytest.mark.parametrize("backbone, positions", [("vector", 1), ("ldm", 16 * 16)])
+def test_per_dimension_kl_and_active_dimensions_on_known_posteriors(backbone, positions, digits, tmp_path):
+    model = constant_posterior_vae(backbone, KNOWN_MEAN, KNOWN_LOGVAR)
+    pixels = torch.nn.functional.interpolate(digits[:12], size=32)
+    result = evaluate(model, list(pixels.split(5)), decoder_std=0.1, throughput=False)
+    expected = [value * positions for value in KNOWN_KL]  # a grid's channel sums its 16x16 positions
+    assert result.per_dimension_kl == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert sum(result.per_dimension_kl) == pytest.approx(result.metrics["kl"], rel=1e-6)
+    # dims 2 and 3 are active; dim 1 (0.005 nats) only when its 256 positions add up (1.28 nats)
+    assert result.metrics["active_dimensions"] == (2 if positions == 1 else 3)
+    assert result.metrics["active_dimension_threshold"] == 0.01
+
+    paths = write_report(result, tmp_path, extra={"model": "constant"})
+    saved = read_metrics_json(paths["metrics.json"])
+    assert saved["per_dimension"]["kl"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert saved["metrics"]["active_dimensions"] == result.metrics["active_dimensions"]
+    table = paths["metrics.md"].read_text()
+    assert "| active latent dimensions |" in table and f"| 2 | {2.0 * positions:.3f} | yes |" in table
+    assert "| 0 | 0.000 | no |" in table and "-0.000" not in table
+
+
+def test_per_dimension_kl_of_the_evaluation_is_the_traversal_one(digits):
+    model = tiny_model("vae", in_channels=1)
+    batches = digit_batches(digits, count=32)
+    result = evaluate(model, batches, decoder_std=0.1)
+    expected = per_dimension_kl(model, torch.cat(batches))
+    assert result.per_dimension_kl == pytest.approx(expected.tolist(), rel=1e-5)
+    assert sum(result.per_dimension_kl) == pytest.approx(result.metrics["kl"], rel=1e-6)
+    assert result.metrics["active_dimensions"] == int((expected > ACTIVE_KL_NATS).sum())
+
+
+def test_models_without_a_posterior_report_no_per_dimension_kl(digits, tmp_path):
+    for family in ("autoencoder", "vqvae"):
+        result = evaluate(tiny_model(family, in_channels=1), digit_batches(digits, count=8))
+        assert result.per_dimension_kl is None and "active_dimensions" not in result.metrics
+        saved = json.loads(write_report(result, tmp_path / family)["metrics.json"].read_text())
+        assert "per_dimension" not in saved  # the file is the schema-1 file it always was
+
+
+def test_per_dimension_is_an_optional_key_of_schema_1(tmp_path):
+    report = metrics_report(kind="evaluation", model="m", data={"num_images": 1}, metrics={"psnr": 30.0})
+    assert "per_dimension" not in report  # a file written before the key existed reads as before
+    write_metrics_json(report, tmp_path / "old.json")
+    assert read_metrics_json(tmp_path / "old.json") == report
+    with pytest.raises(ValueError, match="per_dimension: expected dict, got list"):
+        check_metrics_report({**report, "per_dimension": [1.0]})
+    with pytest.raises(ValueError, match=r"unknown keys \['per_dim'\]"):
+        check_metrics_report({**report, "per_dim": {}})
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_training_model_card_shows_the_kl_of_each_latent_dimension(tmp_path):
+    from latentcode.training import load_config, train
+
+    model = dict(in_channels=1, block_out_channels=[8, 8], layers_per_block=1, latent_channels=3, norm_num_groups=4)
+    config = load_config(
+        output_dir=str(tmp_path / "run"), model_family="vae", model=model, dataset_name="builtin:digits",
+        resolution=16, train_batch_size=8, max_train_steps=2, num_validation_images=8, report_to="none",
+    )  # fmt: skip
+    train(config)
+    card = (tmp_path / "run" / "README.md").read_text()
+    saved = read_metrics_json(tmp_path / "run" / "metrics.json")
+    assert "KL of each latent dimension" in card and "| latent dimension | KL (nats) | active |" in card
+    assert [line for line in card.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))][2].startswith("| 2 |")
+    assert f"| active latent dimensions | {saved['metrics']['active_dimensions']} |" in card
+    assert "$" not in card.replace("$$", "")

@@ -142,10 +142,12 @@ TRANSFORMERS_CONFIG_KEYS = frozenset(
 )
 
 # Fields that only diffusers pipelines read (`force_upcast`, `latents_mean` / `latents_std` in
-# SDXL, `shift_factor` in SD3 / Flux, `lookup_from_codebook` in aMUSEd): a model converted from
+# SDXL, `shift_factor` in SD3 / Flux, `lookup_from_codebook` in aMUSEd, `AutoencoderTiny`'s
+# `latent_magnitude` / `latent_shift` for latents stored as 8-bit images): a model converted from
 # diffusers keeps them on its config for those pipelines; the model itself does not use them.
 DIFFUSERS_PIPELINE_FIELDS = frozenset(
     {"force_upcast", "latents_mean", "latents_std", "shift_factor", "lookup_from_codebook"}
+    | {"latent_magnitude", "latent_shift"}
 )
 
 

@@ -11,9 +11,15 @@ scripts name their own kind). Schema version 1:
       "data": {"num_images": 500, ...},     # what was measured on: source, split, counts
       "metrics": {"psnr": 27.1, ...},       # name -> number (or "inf" / "-inf" / "nan": JSON has none)
       "per_image": {"psnr": [27.3, ...]},   # name -> one value per image (may be empty)
+      "per_dimension": {"kl": [3.1, ...]},  # optional: name -> one value per latent dimension
       "notes": ["rFID from 500 images: ..."],
       "details": {...}                      # the producer's own: options, steps, timings
     }
+
+`per_dimension` was added to schema 1 as an optional key: files without it (every file written
+before it, and every model without a posterior) read as before. A VAE's evaluation writes the mean
+KL of each latent dimension there (nats; a grid's channels summed over positions), and
+`active_dimensions` / `active_dimension_threshold` under `metrics`.
 
 Training validation, for example, writes its validation metrics with its run counters as details:
 
@@ -47,6 +53,8 @@ SCHEMA: dict[str, type] = {
     "notes": list,
     "details": dict,
 }
+# Top-level keys that a report may hold (schema 1, added later) and the type of each value.
+OPTIONAL_SCHEMA: dict[str, type] = {"per_dimension": dict}
 
 
 def metrics_report(
@@ -56,10 +64,12 @@ def metrics_report(
     data: dict,
     metrics: dict,
     per_image: dict | None = None,
+    per_dimension: dict | None = None,
     notes: list[str] | tuple[str, ...] = (),
     details: dict | None = None,
 ) -> dict:
-    """The `metrics.json` document (see the module docstring); `data` must hold `num_images`."""
+    """The `metrics.json` document (see the module docstring); `data` must hold `num_images`;
+    `per_dimension` (name -> one number per latent dimension) is written only when given."""
     report = {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
@@ -70,6 +80,8 @@ def metrics_report(
         "notes": list(notes),
         "details": dict(details or {}),
     }
+    if per_dimension is not None:
+        report["per_dimension"] = {name: [float(value) for value in values] for name, values in per_dimension.items()}
     check_metrics_report(report)
     return report
 
@@ -84,7 +96,12 @@ def check_metrics_report(report: dict) -> None:
         for key, expected in SCHEMA.items()
         if not isinstance(report.get(key), expected) or isinstance(report.get(key), bool)
     ]
-    unknown = sorted(set(report) - set(SCHEMA))
+    problems += [
+        f"{key}: expected {expected.__name__}, got {type(report[key]).__name__}"
+        for key, expected in OPTIONAL_SCHEMA.items()
+        if key in report and not isinstance(report[key], expected)
+    ]
+    unknown = sorted(set(report) - set(SCHEMA) - set(OPTIONAL_SCHEMA))
     if unknown:
         problems.append(f"unknown keys {unknown} (producer-specific values go under 'details')")
     if not problems and report["schema_version"] != SCHEMA_VERSION:
@@ -151,6 +168,8 @@ METRIC_LABELS = {
     "negative_elbo": "negative ELBO (nats / image)",
     "bits_per_dim": "bits / dim",
     "decoder_std": "decoder std used for bits / dim",
+    "active_dimensions": "active latent dimensions",
+    "active_dimension_threshold": "KL above which a dimension is active (nats)",
     "perfect_reconstructions": "perfect reconstructions",
     "encode_images_per_s": "encode (images / s)",
     "decode_images_per_s": "decode (images / s)",
@@ -174,13 +193,24 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_dimension_kl_table(kl: list[float], threshold: float) -> str:
+    """The KL of each latent dimension (nats) as a markdown table, with whether it exceeds
+    `threshold` (the dimension is active)."""
+    lines = ["| latent dimension | KL (nats) | active |", "|---:|---:|:---:|"]
+    # KL is non-negative; float rounding can leave -1e-9 at the prior, which would print as "-0.000".
+    lines += [f"| {i} | {max(0.0, value):.3f} | {'yes' if value > threshold else 'no'} |" for i, value in enumerate(kl)]
+    return "\n".join(lines) + "\n"
+
+
 __all__ = [
     "METRIC_LABELS",
+    "OPTIONAL_SCHEMA",
     "SCHEMA",
     "SCHEMA_VERSION",
     "check_metrics_report",
     "markdown_table",
     "metrics_report",
+    "per_dimension_kl_table",
     "read_metrics_json",
     "write_metrics_json",
 ]

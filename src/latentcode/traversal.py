@@ -5,7 +5,9 @@ channel of a latent grid `[C, h, w]`. An image's *code* is the VAE's posterior m
 AutoEncoder's latent, or the VQ-VAE's latent before quantisation (its decoder quantises).
 
 - [`per_dimension_kl`]: KL(q(z|x) || N(0, I)) of each dimension, averaged over images: which
-  dimensions carry information (a dimension the posterior leaves at the prior has KL 0).
+  dimensions carry information (a dimension the posterior leaves at the prior has KL 0);
+  [`kl_per_dimension`] computes it from a posterior (the evaluation's `per_dimension_kl` and
+  `active_dimensions`, over [`ACTIVE_KL_NATS`], come from it).
 - [`traversal_codes`] / [`latent_traversal`]: for each chosen dimension, a row of codes equal to
   a base code (an image's, or the prior mean 0) except that the dimension is moved by each of
   `values` — the grid of the disentanglement papers. With the prior mean as base, a row sweeps
@@ -24,6 +26,10 @@ from collections.abc import Sequence
 
 import torch
 
+# A latent dimension is *active* when its mean KL exceeds this many nats (posterior collapse
+# leaves the others at the prior; Burda et al. 2016 count active units with a similar threshold).
+ACTIVE_KL_NATS = 0.01
+
 
 def _check_dims(model, dims: Sequence[int]) -> list[int]:
     channels = model.config.latent_channels
@@ -40,15 +46,26 @@ def encode_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.continuous_code(pixel_values)
 
 
+def kl_per_dimension(posterior) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) of each image and latent dimension in nats, in float32, summed over the
+    latent positions of a grid: a posterior over `[B, C, h, w]` or `[B, D]` -> `[B, C]` / `[B, D]`."""
+    mean, logvar = posterior.mean.float(), posterior.logvar.float()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(2).sum(2) if kl.dim() > 2 else kl
+
+
 @torch.no_grad()
 def per_dimension_kl(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)) per latent dimension in nats, averaged over the batch and summed over
     the latent positions of a grid: `[latent_channels]`. The sum over dimensions is the VAE's KL."""
     if not model.can_sample_prior:
         raise ValueError(f"per-dimension KL needs a VAE's posterior; {type(model).__name__} has a deterministic code")
-    posterior = model.encode(pixel_values, return_dict=True).latent_dist
-    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar)
-    return kl.flatten(2).sum(2).mean(0) if kl.dim() > 2 else kl.mean(0)
+    return kl_per_dimension(model.encode(pixel_values, return_dict=True).latent_dist).mean(0)
+
+
+def active_dimensions(kl: torch.Tensor, threshold: float = ACTIVE_KL_NATS) -> int:
+    """How many entries of a per-dimension KL `[D]` (nats) exceed `threshold`."""
+    return int((kl > threshold).sum())
 
 
 def top_dimensions(kl: torch.Tensor, k: int) -> list[int]:

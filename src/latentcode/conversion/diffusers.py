@@ -1,4 +1,5 @@
-"""Exact conversion between latentcode models and diffusers' `VQModel` / `AutoencoderKL`.
+"""Exact conversion between latentcode models and diffusers' `VQModel` / `AutoencoderKL` (and, for
+an autoencoder on the `"tiny"` backbone, `AutoencoderTiny`: see `latentcode.conversion.diffusers_tiny`).
 
 The backbones compute the same operations in the same order, so conversion is only a
 renaming of state-dict keys (see [`diffusers_key_to_latentcode`]) and a translation of
@@ -31,8 +32,9 @@ import torch
 from torch import nn
 
 from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig, nest_flat_quantizer_fields
-from ..families import FAMILIES, family_for_diffusers, family_of
+from ..families import FAMILIES, family_for_diffusers, family_of, get_family
 from ..modules.quantizers import registry as quantizers
+from . import diffusers_tiny
 from .checkpoints import CheckpointError, load_state_dict_exactly
 from .legacy_vq import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 
@@ -241,6 +243,12 @@ def diffusers_config_from(config: LatentCodeConfig) -> dict:
             "VAEConfig (-> AutoencoderKL) export"
         )
     class_name = "VQModel" if is_vq else "AutoencoderKL"
+    if config.backbone != "ldm":
+        raise ValueError(
+            f"diffusers {class_name} is built on the taming / latent-diffusion backbone (backbone='ldm'), got "
+            f"backbone={config.backbone!r}: diffusers has no {class_name} on it (only an AutoencoderModel on the "
+            f"'tiny' backbone exports, to {diffusers_tiny.CLASS_NAME})"
+        )
     if is_vq and config.quantizer != "vq":
         raise ValueError(
             f"diffusers VQModel has a plain nearest-neighbour codebook and cannot express quantizer="
@@ -323,6 +331,32 @@ def _read_diffusers_class_name(path: str, **load_kwargs) -> str:
     return VQModel.load_config(path, **load_kwargs).get("_class_name", "")
 
 
+def _counterpart(family) -> str | None:
+    """The diffusers class `family` converts to and from: its registered one, or `AutoencoderTiny` for
+    the AutoEncoder (on the tiny backbone only, which export checks)."""
+    if family.diffusers_class_name is None and family.name == diffusers_tiny.FAMILY:
+        return diffusers_tiny.CLASS_NAME
+    return family.diffusers_class_name
+
+
+def _conversion_classes(cls: type, class_name: str) -> tuple[type, type]:
+    """(our model class, diffusers class) of converting a diffusers `class_name` model into `cls`.
+    A family's class converts from its own counterpart only; the shared base class (in no family)
+    takes the family of the diffusers class."""
+    import diffusers
+
+    if any(issubclass(cls, family.model_class) for family in FAMILIES.values()):
+        family = family_of(cls)
+    elif class_name == diffusers_tiny.CLASS_NAME:
+        family = get_family(diffusers_tiny.FAMILY)
+    else:
+        family = family_for_diffusers(class_name)
+    if class_name != _counterpart(family):
+        raise ValueError(f"{cls.__name__} converts from a diffusers {_counterpart(family)}, got a {class_name}")
+    target = cls if issubclass(cls, family.model_class) else family.model_class
+    return target, getattr(diffusers, class_name)
+
+
 def from_diffusers(
     cls: type,
     model_or_path,
@@ -334,11 +368,11 @@ def from_diffusers(
     token: str | bool | None = None,
     **config_overrides,
 ):
-    """Build `cls` from a diffusers `VQModel` / `AutoencoderKL` with identical outputs.
+    """Build `cls` from a diffusers `VQModel` / `AutoencoderKL` / `AutoencoderTiny` with identical outputs.
 
     Args:
-        cls: `VQVAEModel`, `VAEModel`, or `LatentCodePreTrainedModel` to pick the family from
-            the diffusers model.
+        cls: `VQVAEModel`, `VAEModel`, `AutoencoderModel` (from `AutoencoderTiny`: the tiny
+            backbone), or `LatentCodePreTrainedModel` to pick the family from the diffusers model.
         model_or_path: a diffusers model instance, a local folder, or a Hub id (loaded from the
             Hugging Face cache when `HF_HUB_OFFLINE=1` or `local_files_only=True`).
         subfolder / revision / cache_dir / local_files_only / token: as in diffusers'
@@ -361,17 +395,11 @@ def from_diffusers(
         class_name = _read_diffusers_class_name(path, **load_kwargs)
         source_name = repr(path if subfolder is None else f"{path}/{subfolder}")
         source = None
-    # A family's class converts from its own counterpart only; the shared base class (in no family)
-    # takes the family of the diffusers class.
-    if any(issubclass(cls, family.model_class) for family in FAMILIES.values()):
-        target, diffusers_class = cls, family_of(cls).diffusers_class
-    else:
-        family = family_for_diffusers(class_name)
-        target, diffusers_class = family.model_class, family.diffusers_class
-    if class_name != diffusers_class.__name__:
-        raise ValueError(f"{target.__name__} converts from a diffusers {diffusers_class.__name__}, got a {class_name}")
+    target, diffusers_class = _conversion_classes(cls, class_name)
     if source is None:
         source = _load_diffusers_model(diffusers_class, path, **load_kwargs)
+    if class_name == diffusers_tiny.CLASS_NAME:
+        return diffusers_tiny.from_autoencoder_tiny(target, source, source_name, **config_overrides)
 
     config = config_from_diffusers(source.config, target.config_class, **config_overrides)
     model = target(config)
@@ -383,12 +411,17 @@ def from_diffusers(
 
 
 def to_diffusers(model: nn.Module):
-    """The diffusers `VQModel` / `AutoencoderKL` equivalent to `model`, with bit-identical weights.
+    """The diffusers `VQModel` / `AutoencoderKL` (`AutoencoderTiny` for an AutoEncoder on the tiny
+    backbone) equivalent to `model`, with bit-identical weights.
 
     Raises `ValueError` when the diffusers class cannot express the model (see
-    [`diffusers_config_from`]). The result is in eval mode, on the model's device and dtype.
+    [`diffusers_config_from`] and `diffusers_tiny.autoencoder_tiny_config_from`). The result is in
+    eval mode, on the model's device and dtype.
     """
-    diffusers_class = family_of(model).diffusers_class
+    family = family_of(model)
+    if _counterpart(family) == diffusers_tiny.CLASS_NAME or model.config.backbone == "tiny":
+        return diffusers_tiny.to_autoencoder_tiny(model)
+    diffusers_class = family.diffusers_class
     exported = diffusers_class(**diffusers_config_from(model.config))
     ours = model.state_dict()
     for name in ("quant_conv", "post_quant_conv"):

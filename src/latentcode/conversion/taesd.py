@@ -18,11 +18,10 @@ import torch
 from ..configuration import AutoencoderConfig
 from ..modules.backbones.tiny import FULL_RESOLUTION_BLOCKS
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
+from .diffusers_tiny import SAMPLE_SIZE
 
 # Latent channels -> the published variants with that layout.
 VARIANTS = {4: "taesd / taesdxl", 16: "taesd3 / taef1", 32: "taef2"}
-# The image size a converted model is meant for (the default of the image processor saved with it).
-SAMPLE_SIZE = 512
 
 _BLOCK_KEY = re.compile(r"^(\d+)\.conv\.0\.weight$")
 _CONV_KEY = re.compile(r"^(\d+)\.weight$")

@@ -1,7 +1,7 @@
 """Evaluation of latentcode models: metrics, a runner over streamed data, reports and the
 `latentcode-eval` console script."""
 
-from .evaluate import EvaluationImages, EvaluationResult, evaluate, markdown_table, write_report
+from .evaluate import EvaluationImages, EvaluationResult, evaluate, markdown_table, metrics_markdown, write_report
 from .metrics import (
     CodebookHistogram,
     FeatureStatistics,
@@ -26,6 +26,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_bits_per_dim",
     "markdown_table",
+    "metrics_markdown",
     "psnr",
     "ssim",
     "write_report",

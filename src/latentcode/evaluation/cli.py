@@ -10,8 +10,8 @@
 The data options are those of `training/train.py`, except that `--split` defaults to the source's
 held-out split (`test`, else `validation`, else `train`, which the output then says). Shows a
 progress bar, then writes `metrics.json`, `metrics.md`, `reconstructions.png`, `psnr_histogram.png`
-(and `codebook_usage.png` for a VQ-VAE) into `--output_dir`, prints the markdown table and a
-one-line summary.
+(and `codebook_usage.png` for a VQ-VAE) into `--output_dir`, prints the markdown table (for a VAE
+with the KL of each latent dimension, which says the active ones) and a one-line summary.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..data import (
 )
 from ..hub import resolve_pretrained
 from ..training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
-from .evaluate import EvaluationImages, evaluate, markdown_table, write_report
+from .evaluate import EvaluationImages, evaluate, metrics_markdown, write_report
 from .metrics import InceptionFeatures, build_lpips
 
 # Splits that hold images a model was not trained on, in order of preference.
@@ -195,6 +195,10 @@ def summary_line(metrics: dict, source: str, split: str, seconds: float) -> str:
             parts.append(f"{label} {metrics[name]:.{digits}f}{unit}")
     if "codebook_usage" in metrics:
         parts.append(f"codebook usage {metrics['codebook_usage']:.1%}")
+    if "active_dimensions" in metrics:
+        parts.append(
+            f"{metrics['active_dimensions']} active latent dimensions (KL > {metrics['active_dimension_threshold']} nats)"
+        )
     return ", ".join(parts)
 
 
@@ -242,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
     }
     paths = write_report(result, args.output_dir, extra)
-    print(markdown_table(result.metrics))
-    for note in result.notes:
-        print(f"note: {note}")
+    print(metrics_markdown(result))
     print("wrote " + ", ".join(str(path) for path in paths.values()))
     print(summary_line(result.metrics, source, args.split, seconds))
     return 0

@@ -30,7 +30,8 @@ import torch
 from ..data import CorruptImages, ImageTransform, readable_images
 from ..grids import reconstruction_grid
 from ..modeling import LatentCodePreTrainedModel
-from ..reporting import markdown_table, metrics_report, write_metrics_json
+from ..reporting import markdown_table, metrics_report, per_dimension_kl_table, write_metrics_json
+from ..traversal import ACTIVE_KL_NATS, active_dimensions, kl_per_dimension
 from .figures import codebook_usage_chart, psnr_histogram
 from .metrics import (
     SSIM_WINDOW,
@@ -58,6 +59,9 @@ class EvaluationResult:
         per_image_psnr: PSNR of every image in dB (`inf` for a perfect reconstruction).
         originals / reconstructions: `[G, C, H, W]` the first images and their reconstructions.
         codebook_counts: `[L, K]` code histogram (VQ-VAE only).
+        per_dimension_kl: mean KL(q(z|x) || N(0, I)) of each latent dimension in nats (a vector
+            latent's entries, a latent grid's channels summed over positions), `[latent_channels]`
+            values; a model with a prior (the VAE) only. They sum to `metrics["kl"]`.
     """
 
     metrics: dict[str, float | int | str]
@@ -65,6 +69,7 @@ class EvaluationResult:
     originals: torch.Tensor
     reconstructions: torch.Tensor
     codebook_counts: torch.Tensor | None = None
+    per_dimension_kl: list[float] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -111,7 +116,9 @@ def evaluate(
     the VQ-VAE): `codebook_usage` (fraction of codes used), `perplexity`, `codebook_size`; a model
     with a prior (`can_sample_prior`, the VAE): `kl` (nats per image), `negative_elbo` (nats per image),
     `bits_per_dim` with a discretised Gaussian decoder of std `decoder_std` (default
-    `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]); and, if `throughput`,
+    `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]), `active_dimensions` (latent
+    dimensions whose mean KL exceeds `active_dimension_threshold`, `traversal.ACTIVE_KL_NATS` =
+    0.01 nats; the KL of each is `result.per_dimension_kl`); and, if `throughput`,
     `encode_images_per_s`, `decode_images_per_s` (timings: the only values that vary between runs). The model runs in eval mode under `autocast()`
     (e.g. `accelerator.autocast`) and is returned to the mode it was in.
     """
@@ -154,6 +161,7 @@ class _Evaluation:
         self.usage = CodebookHistogram(model.codebook_size) if model.has_tokens else None
         self.real_features, self.fake_features = FeatureStatistics(), FeatureStatistics()
         self.sums: dict[str, float] = {}
+        self.kl_sums: torch.Tensor | None = None  # [latent_channels] float64, a model with a prior
         self.per_image_psnr: list[float] = []
         self.originals, self.reconstructions = [], []
         self.num_images = 0
@@ -203,6 +211,8 @@ class _Evaluation:
             sample_mean = self.model.decode(code, return_dict=True).sample.float()
         kl = self.model.code_size(encoded).bits * math.log(2)
         negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, self.decoder_std)
+        per_dimension = kl_per_dimension(encoded.latent_dist).double().sum(0).cpu()
+        self.kl_sums = per_dimension if self.kl_sums is None else self.kl_sums + per_dimension
         self._sum("kl", kl)
         self._sum("negative_elbo", negative_elbo)
         self._sum("bits_per_dim", bits_per_dim)
@@ -222,8 +232,12 @@ class _Evaluation:
             metrics["codebook_usage"] = self.usage.usage()
             metrics["perplexity"] = self.usage.perplexity()
             metrics["codebook_size"] = self.model.codebook_size
+        per_dimension_kl = None
         if self.decoder_std is not None:
             metrics["decoder_std"] = self.decoder_std
+            per_dimension_kl = self.kl_sums / count
+            metrics["active_dimensions"] = active_dimensions(per_dimension_kl)
+            metrics["active_dimension_threshold"] = ACTIVE_KL_NATS
         metrics["encode_images_per_s"] = count / max(self.encode_timer.seconds, 1e-12)
         metrics["decode_images_per_s"] = count / max(self.decode_timer.seconds, 1e-12)
         return EvaluationResult(
@@ -233,6 +247,7 @@ class _Evaluation:
             reconstructions=torch.stack(self.reconstructions),
             codebook_counts=self.usage.counts if self.usage is not None else None,
             notes=notes,
+            per_dimension_kl=None if per_dimension_kl is None else per_dimension_kl.tolist(),
         )
 
     def _notes(self, metrics: dict) -> list[str]:
@@ -323,9 +338,21 @@ def evaluation_report(result: EvaluationResult, extra: dict | None = None) -> di
         data=data,
         metrics=result.metrics,
         per_image={"psnr": result.per_image_psnr},
+        per_dimension=None if result.per_dimension_kl is None else {"kl": result.per_dimension_kl},
         notes=result.notes,
         details=details,
     )
+
+
+def metrics_markdown(result: EvaluationResult) -> str:
+    """`metrics.md` (and a model card's validation section): the metrics table, the KL of each
+    latent dimension when the model has a posterior, and the notes."""
+    text = markdown_table(result.metrics)
+    if result.per_dimension_kl is not None:
+        threshold = result.metrics["active_dimension_threshold"]
+        text += f"\nKL of each latent dimension:\n\n{per_dimension_kl_table(result.per_dimension_kl, threshold)}"
+    notes = "".join(f"\n- {note}" for note in result.notes)
+    return text + (f"\nNotes:{notes}\n" if notes else "")
 
 
 def write_report(result: EvaluationResult, output_dir: str | Path, extra: dict | None = None) -> dict[str, Path]:
@@ -338,8 +365,7 @@ def write_report(result: EvaluationResult, output_dir: str | Path, extra: dict |
         name: output_dir / name for name in ("metrics.json", "metrics.md", "reconstructions.png", "psnr_histogram.png")
     }
     write_metrics_json(evaluation_report(result, extra), paths["metrics.json"])
-    notes = "".join(f"\n- {note}" for note in result.notes)
-    paths["metrics.md"].write_text(markdown_table(result.metrics) + (f"\nNotes:{notes}\n" if notes else ""))
+    paths["metrics.md"].write_text(metrics_markdown(result))
     grid = reconstruction_grid(result.originals, result.reconstructions, min_cell_size=REPORT_GRID_MIN_CELL)
     grid.save(paths["reconstructions.png"])
     psnr_histogram(result.per_image_psnr).save(paths["psnr_histogram.png"])

@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from ..data import ImageBatches, image_data_from_config
-from ..evaluation.evaluate import evaluate, markdown_table
+from ..evaluation.evaluate import EvaluationResult, evaluate, metrics_markdown
 from ..families import get_family
 from ..grids import reconstruction_grid
 from ..losses import PatchDiscriminator, PerceptualLoss
@@ -164,6 +164,10 @@ class AutoencoderTask(TrainingTask):
     def validate(self, engine: Engine, grid_path: Path | None = None) -> dict[str, float]:
         """Main process: metrics on the validation images (the evaluation `latentcode-eval` runs),
         grid PNG written (`validation/step-N.png` unless `grid_path`) and logged."""
+        return self._validation_result(engine, grid_path).metrics
+
+    def _validation_result(self, engine: Engine, grid_path: Path | None = None) -> EvaluationResult:
+        """[`validate`], returning the whole evaluation (the model card shows its per-dimension KL)."""
         images = self.validation_images
         result = evaluate(
             self.unwrapped,
@@ -182,7 +186,7 @@ class AutoencoderTask(TrainingTask):
                 tracker.log_images({"validation/reconstructions": array[None]}, engine.global_step, dataformats="NHWC")
             elif tracker.name == "wandb":
                 tracker.log_images({"validation/reconstructions": [grid]}, engine.global_step)
-        return result.metrics
+        return result
 
     def final_model(self, engine: Engine) -> LatentCodePreTrainedModel:
         if self.ema is not None:
@@ -192,10 +196,11 @@ class AutoencoderTask(TrainingTask):
     def finish(self, engine: Engine, summary: dict) -> dict:
         """Save the final model (EMA weights if used), processor, grid and card; returns the
         report (validation metrics under `metrics`, run counters under `details`)."""
-        validation = self.validate(engine, engine.output_dir / "reconstructions.png")
+        result = self._validation_result(engine, engine.output_dir / "reconstructions.png")
+        validation = result.metrics
         engine.accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=engine.global_step)
         self._save_final_model(engine.output_dir)
-        self._write_model_card(engine, validation)
+        self._write_model_card(engine, result)
         return training_report(
             engine,
             summary,
@@ -232,7 +237,7 @@ class AutoencoderTask(TrainingTask):
         processor = LatentCodeImageProcessor.from_model_config(self.unwrapped.config, size=self.config.resolution)
         processor.save_pretrained(output_dir)
 
-    def _write_model_card(self, engine: Engine, validation: dict) -> None:
+    def _write_model_card(self, engine: Engine, validation: EvaluationResult) -> None:
         config, model = self.config, self.unwrapped
         values = {
             "model_class": type(model).__name__,
@@ -247,7 +252,7 @@ class AutoencoderTask(TrainingTask):
             * engine.accelerator.num_processes,
             "learning_rate": config.learning_rate,
             "losses": self.objective.describe(model),
-            "metrics": markdown_table(validation).strip(),
+            "metrics": metrics_markdown(validation).strip(),
             "config": yaml.safe_dump(config.to_dict(), sort_keys=False).strip(),
         }
         (engine.output_dir / "README.md").write_text(render_model_card("training", values))
