@@ -50,7 +50,7 @@ from diffusers import AutoencoderKL, VQModel
 from diffusers.utils import logging as diffusers_logging
 
 from latentcode import VAEConfig, VAEModel, VQVAEConfig, VQVAEModel
-from latentcode.conversion.legacy_vq import IMPORTED_VQ_TRAINING
+from latentcode.conversion.legacy_vq import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 from latentcode.evaluation.metrics import psnr
 from latentcode.modules import backbone
 
@@ -112,7 +112,7 @@ def our_model(family: str, arch: dict, seed: int, init: str):
 def _our_model(family: str, arch: dict, seed: int, init: str):
     """Ours: converted from `diffusers_model(family, arch, seed)` (`init="shared"`), or with our
     default initialisation from `seed` (`"independent"`). The VQ-VAE has diffusers' quantiser
-    objective either way (`IMPORTED_VQ_TRAINING`)."""
+    objective either way (`IMPORTED_VQ_TRAINING` and `IMPORTED_VQ_LOSS_WEIGHTS`)."""
     if init == "shared":
         model_class = VQVAEModel if family == "vqvae" else VAEModel
         return model_class.from_diffusers(diffusers_model(family, arch, seed))
@@ -124,7 +124,8 @@ def _our_model(family: str, arch: dict, seed: int, init: str):
             codebook_dim=latent_channels,
             codebook_size=CODEBOOK_SIZE,
             quantizer="vq",
-            **IMPORTED_VQ_TRAINING,
+            quantizer_config=IMPORTED_VQ_TRAINING,
+            **IMPORTED_VQ_LOSS_WEIGHTS,
             **arch,
         )
         return VQVAEModel(config)
