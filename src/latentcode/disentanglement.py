@@ -46,7 +46,8 @@ PROBABILITY_EPS = 1e-6
 
 def linear_annealing(start: float, end: float, step: int, steps: int) -> float:
     """`start + (end - start) * step / steps`, held at `end` from `step >= steps` (`end` throughout
-    when `steps` is 0): disentangling-vae's `linear_annealing` at optimiser step `step`."""
+    when `steps` is 0): disentangling-vae's `linear_annealing`. `step` is the number of optimiser
+    steps taken before this one (0 for the first; disentangling-vae counts its first step as 1)."""
     if steps < 0:
         raise ValueError(f"the annealing steps must be >= 0, got {steps}")
     if steps == 0:
