@@ -341,3 +341,20 @@ def test_a_resumed_factor_vae_run_is_bit_identical(tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     first = load_file(tmp_path / "uninterrupted" / "checkpoint-2" / "model_1.safetensors")
     assert any(not torch.equal(first[key], a[key]) for key in a)  # the discriminator did train
+
+
+def test_beta_vae_and_capacity_annealing_take_a_latent_grid():
+    torch.manual_seed(0)
+    model = VAEModel(VAEConfig(in_channels=1, block_out_channels=(8,), norm_num_groups=4, latent_channels=2))
+    pixels = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    output = model(pixels, sample_posterior=True, return_dict=True)
+    posterior = torch.distributions.Normal(output.latent_mean, torch.exp(0.5 * output.latent_logvar))
+    kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum((1, 2, 3)).mean()
+    mse = F.mse_loss((output.sample + 1) / 2 * 255, (pixels + 1) / 2 * 255, reduction="sum") / 255 / 3
+    for vae_loss, regularizer in (
+        (BetaHLoss(beta=2.0, rec_dist="gaussian"), 2.0 * kl),
+        (BetaBLoss(capacity_end=5.0, gamma=10.0, rec_dist="gaussian"), 10.0 * (kl - 5.0).abs()),
+    ):
+        vae_loss.check_model(model)
+        loss, _ = AutoencoderObjective.for_model(model, vae_loss=vae_loss)(output, pixels, step=0)
+        torch.testing.assert_close(loss, mse + regularizer, rtol=1e-5, atol=1e-3)
