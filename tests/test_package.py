@@ -33,6 +33,7 @@ LAYERS = {
     "latentcode.grids": 1,
     "latentcode.reporting": 1,
     "latentcode.losses": 1,
+    "latentcode.disentanglement": 1,
     # 2. models
     "latentcode.modeling": 2,
     "latentcode.model_inputs": 2,

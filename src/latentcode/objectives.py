@@ -7,6 +7,8 @@ model's output it computes
     loss = reconstruction (MSE or L1)
          + perceptual_weight * LPIPS                                  (optional)
          + kl_weight * kl_warmup_factor(step) * KL / (C * H * W)      (VAE)
+           (or a β-VAE family objective, `vae_loss`: its likelihood and regulariser, in nats
+           per image, replace the reconstruction and this KL term; `latentcode.disentanglement`)
          + commitment_weight * commitment + codebook_weight * codebook (VQ-VAE: the quantizer's
          + entropy_weight(step) * (entropy_per_sample                   terms, those it has)
                                    - diversity_weight * entropy_codebook)
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .disentanglement import VAELoss
 from .losses import (
     PerceptualLoss,
     adaptive_generator_weight,
@@ -107,6 +110,9 @@ class AutoencoderObjective:
         kl_warmup_steps: the KL weight rises linearly from 0 over these optimiser steps.
         quantizer_weights: the weights of a VQ-VAE's quantizer terms and the entropy annealing
             (`for_model`: the model config's, with the recipe's overrides).
+        vae_loss: a β-VAE family objective ([`latentcode.disentanglement.VAELoss`]: β-VAE,
+            capacity annealing, β-TCVAE, FactorVAE); its pixel likelihood replaces
+            `reconstruction_loss` and its regulariser the KL term (`None`: off).
         perceptual: an LPIPS module, weighted by `perceptual_weight` (`None`: off).
         adversarial: the GAN terms (`None`: off).
     """
@@ -118,11 +124,17 @@ class AutoencoderObjective:
     perceptual_weight: float = 0.0
     adversarial: AdversarialTerms | None = None
     quantizer_weights: QuantizerLossWeights = field(default_factory=QuantizerLossWeights)
+    vae_loss: VAELoss | None = None
 
     def __post_init__(self):
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(
                 f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}"
+            )
+        if self.vae_loss is not None and self.kl_warmup_steps:
+            raise ValueError(
+                f"kl_warmup_steps={self.kl_warmup_steps} warms up the KL weight, which vae_loss replaces; "
+                "its own annealing is vae_loss.reg_anneal"
             )
 
     @classmethod
@@ -146,15 +158,20 @@ class AutoencoderObjective:
         return cls(**{**defaults, **options})
 
     def reconstruction(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean per-value MSE or L1 of `[B, C, H, W]` images, in fp32."""
+        """Mean per-value MSE or L1 of `[B, C, H, W]` images, in fp32 (with `vae_loss`: its
+        negative log-likelihood, nats per image)."""
+        if self.vae_loss is not None:
+            return self.vae_loss.reconstruction(reconstruction, target)
         if self.reconstruction_loss == "l1":
             return F.l1_loss(reconstruction.float(), target.float())
         return F.mse_loss(reconstruction.float(), target.float())
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor | float, dict]:
-        """The family's bottleneck term: the warmed-up KL (VAE), the quantizer's own terms
-        (VQ-VAE), nothing (AutoEncoder)."""
+        """The family's bottleneck term: the warmed-up KL or `vae_loss`'s regulariser (VAE), the
+        quantizer's own terms (VQ-VAE), nothing (AutoEncoder)."""
         if getattr(output, "kl", None) is not None:
+            if self.vae_loss is not None:
+                return self.vae_loss.regularizer(output, step)
             factor = kl_warmup_factor(step, self.kl_warmup_steps)
             return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
         if getattr(output, "quantizer_terms", None) is not None:
@@ -165,7 +182,9 @@ class AutoencoderObjective:
         """The terms in words, for a model card: `"MSE reconstruction, KL (weight 1e-06, ...)"`."""
         parts = [f"{self.reconstruction_loss.upper()} reconstruction"]
         regularizer = model.regularizer_description()  # the family's own term, in its words
-        if regularizer is not None:
+        if self.vae_loss is not None:
+            parts = [self.vae_loss.describe()]
+        elif regularizer is not None:
             parts.append(
                 regularizer + (f", warmed up over {self.kl_warmup_steps} steps" if self.kl_warmup_steps else "")
             )

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import yaml
 
+from ..disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
 from ..families import FAMILIES, get_family
 from .schedule import LR_SCHEDULERS, parse_duration
 
@@ -206,6 +207,40 @@ class TrainingConfig(RunConfig):
     disc_num_layers: int = option("stride-2 layers of the PatchGAN", default=3)
     disc_norm: str = option("PatchGAN normalisation: batch or none", default="batch")
 
+    # -- VAE objectives of the β-VAE family (disentangling-vae's option names) -------------------
+    vae_objective: str = option(
+        f"VAE: one of {VAE_OBJECTIVES}. kl: the model config's kl_weight per value (latentcode's default); "
+        "betaH: recon + β KL; betaB: recon + γ |KL - C|, C annealed; btcvae: β-TCVAE's decomposed KL; "
+        "factor: FactorVAE's discriminator TC. These four are in nats per image, as disentangling-vae's --loss",
+        default="kl",
+    )
+    rec_dist: str = option(
+        f"reconstruction likelihood of betaH / betaB / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTIONS} "
+        "(bernoulli needs backbone 'vector', whose decoder ends in a sigmoid)",
+        default="bernoulli",
+    )
+    reg_anneal: int = option(
+        "optimiser steps over which betaH's β KL, btcvae's dimension-wise KL and factor's TC rise from 0, and "
+        "betaB's capacity from betaB_initC to betaB_finC (the published models: 10000)",
+        default=0,
+    )
+    betaH_B: float = option("betaH: β, the KL weight (1: the plain VAE)", default=4.0)
+    betaB_initC: float = option("betaB: capacity C at step 0, nats", default=0.0)
+    betaB_finC: float = option("betaB: capacity C after reg_anneal steps, nats", default=25.0)
+    betaB_G: float = option("betaB: γ, the weight of |KL - C|", default=1000.0)
+    btcvae_A: float = option("btcvae: α, weight of the index-code mutual information", default=1.0)
+    btcvae_B: float = option("btcvae: β, weight of the total correlation", default=6.0)
+    btcvae_G: float = option("btcvae: γ, weight of the dimension-wise KL", default=1.0)
+    btcvae_dataset_size: int | None = option(
+        "btcvae: the number of training images N of minibatch stratified sampling (default: the training split's)",
+        default=None,
+    )
+    factor_G: float = option("factor: γ, weight of the total correlation", default=6.0)
+    factor_lr_disc: float = option(
+        "factor: learning rate of the TC discriminator's Adam (betas 0.5, 0.9), constant", default=5e-5
+    )
+    factor_disc_hidden_units: int = option("factor: width of the discriminator's 6 linear layers", default=1000)
+
     # -- hub -------------------------------------------------------------------------------------
     push_to_hub: bool = option("upload output_dir to the Hub after the local save", default=False)
     hub_model_id: str | None = option("Hub repository, org/name", default=None)
@@ -230,12 +265,48 @@ class TrainingConfig(RunConfig):
                 f"model={self.model} and pretrained_model_name_or_path={self.pretrained_model_name_or_path!r}: "
                 "a pretrained model brings its own config; leave model empty"
             )
+        self._validate_vae_objective()
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
+
+    def _validate_vae_objective(self) -> None:
+        choices = {"vae_objective": VAE_OBJECTIVES, "rec_dist": RECONSTRUCTION_DISTRIBUTIONS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.vae_objective == "kl":
+            return
+        if self.model_family != "vae":
+            raise ValueError(
+                f"vae_objective={self.vae_objective!r} trains a VAE, but model_family={self.model_family!r}; "
+                "use model_family vae (or vae_objective kl)"
+            )
+        if self.kl_warmup_steps:
+            raise ValueError(
+                f"kl_warmup_steps warms up the kl objective's weight; vae_objective={self.vae_objective!r} anneals "
+                "over reg_anneal steps instead (disentangling-vae's --reg-anneal): set reg_anneal, not kl_warmup_steps"
+            )
+        non_negative = (
+            "reg_anneal",
+            "betaH_B",
+            "betaB_initC",
+            "betaB_G",
+            "btcvae_A",
+            "btcvae_B",
+            "btcvae_G",
+            "factor_G",
+        )
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("factor_lr_disc", "factor_disc_hidden_units"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,
         *("model_family", "model", "use_ema", "disc_channels", "disc_num_layers", "disc_norm"),
+        *("vae_objective", "factor_disc_hidden_units"),  # which modules train, and their shapes
     )
 
 

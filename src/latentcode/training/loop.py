@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from ..data import ImageBatches, image_data_from_config
+from ..disentanglement import FactorVAELoss, vae_loss_from_config
 from ..evaluation.evaluate import EvaluationResult, evaluate, metrics_markdown
 from ..families import get_family
 from ..grids import reconstruction_grid
@@ -98,6 +99,12 @@ class AutoencoderTask(TrainingTask):
             adversarial = AdversarialTerms(
                 discriminator, config.disc_weight, config.disc_start, config.disc_loss, config.disc_adaptive_weight
             )
+        vae_loss = vae_loss_from_config(config, model, dataset_size=batches.order.total)
+        if isinstance(vae_loss, FactorVAELoss):  # Adam with the paper's betas, constant learning rate
+            optimizer = torch.optim.Adam(
+                vae_loss.discriminator.parameters(), lr=config.factor_lr_disc, betas=(0.5, 0.9)
+            )
+            parts.append(Part("tc_discriminator", vae_loss.discriminator, optimizer, scheduled=False))
         self.objective = AutoencoderObjective.for_model(
             model,
             **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's
@@ -105,6 +112,7 @@ class AutoencoderTask(TrainingTask):
             perceptual=perceptual,
             perceptual_weight=config.perceptual_weight,
             adversarial=adversarial,
+            vae_loss=vae_loss,
         )
         if config.use_ema:
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -114,11 +122,15 @@ class AutoencoderTask(TrainingTask):
     def prepared(self, engine: Engine) -> None:
         self.model = engine.parts[0].module  # prepared (DDP): its gradients are synchronised
         self.unwrapped: LatentCodePreTrainedModel = engine.unwrap(self.model)
+        parts = {part.name: part.module for part in engine.parts}
         if self.objective.adversarial is not None:
             # The generator's term looks through the unwrapped discriminator (frozen, so that no DDP
             # reduction of its absent gradients is expected); its own loss trains the prepared one.
-            self.objective.adversarial.discriminator = engine.unwrap(engine.parts[1].module)
-            self.objective.adversarial.trained = engine.parts[1].module
+            self.objective.adversarial.discriminator = engine.unwrap(parts["discriminator"])
+            self.objective.adversarial.trained = parts["discriminator"]
+        if isinstance(self.objective.vae_loss, FactorVAELoss):  # likewise FactorVAE's discriminator
+            self.objective.vae_loss.discriminator = engine.unwrap(parts["tc_discriminator"])
+            self.objective.vae_loss.trained = parts["tc_discriminator"]
 
     def _trainable_parameters(self) -> list[nn.Parameter]:
         # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
@@ -128,12 +140,15 @@ class AutoencoderTask(TrainingTask):
         return [self.ema] if self.ema is not None else []
 
     def loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The objective of the autoencoder plus, once the GAN is active, the discriminator's own
-        loss (disjoint parameters: one backward pass trains both)."""
+        """The objective of the autoencoder plus FactorVAE's discriminator loss and, once the GAN is
+        active, the discriminator's own loss (disjoint parameters: one backward pass trains all)."""
         output = self.model(pixels, return_dict=True)
         with engine.accelerator.autocast():
             loss, logs = self.objective(output, pixels, engine.global_step, self.unwrapped.decoder.last_layer)
             logs = {**self.unwrapped.loss_summary(output), **logs}  # the family's terms (KL, perplexity, ...)
+            if isinstance(self.objective.vae_loss, FactorVAELoss):
+                logs["tc_discriminator_loss"] = self.objective.vae_loss.discriminator_loss(output)
+                loss = loss + logs["tc_discriminator_loss"]
             adversarial = self.objective.adversarial
             if adversarial is not None and adversarial.active(engine.global_step):
                 logs["discriminator_loss"] = adversarial.discriminator_loss(pixels, output.sample)
@@ -157,9 +172,13 @@ class AutoencoderTask(TrainingTask):
 
     def load_state(self, engine: Engine, trainer_state: dict, process_state: dict) -> None:
         load_usage_state(self.unwrapped, process_state["quantizer_usage"])
-        for part in engine.parts[1:]:  # the discriminator's (constant) learning rate is this run's
+        rates = {
+            "discriminator": self.config.disc_learning_rate or self.config.learning_rate,
+            "tc_discriminator": self.config.factor_lr_disc,
+        }
+        for part in engine.parts[1:]:  # the discriminators' (constant) learning rates are this run's
             for group in part.optimizer.param_groups:
-                group["lr"] = self.config.disc_learning_rate or self.config.learning_rate
+                group["lr"] = rates[part.name]
 
     def validate(self, engine: Engine, grid_path: Path | None = None) -> dict[str, float]:
         """Main process: metrics on the validation images (the evaluation `latentcode-eval` runs),

@@ -1,0 +1,162 @@
+"""The β-VAE family's trade-off: reconstruction against per-dimension KL, per objective and weight.
+
+Each run trains a vector-latent VAE (the Burgess et al. 2018 architecture of the converted
+disentangling-vae models: 10 dimensions, Bernoulli likelihood) from scratch through
+`training/train.py`'s engine on the 100 real MNIST digits of `../shared/datasets/mnist-samples`
+(32x32 grey; 8 held out for the run's validation), with one objective at one weight, then
+measures on all 100 digits, through the posterior mean:
+
+- reconstruction: the Bernoulli negative log-likelihood, nats per image (disentangling-vae's
+  reconstruction loss) and PSNR;
+- KL(q(z|x) || N(0, I)) per dimension, averaged over the images (`latentcode.traversal.
+  per_dimension_kl`): its total, the dimensions above 0.1 nats ("active") and the share of the
+  total held by the largest one and the largest three.
+
+Expected: as the pressure on the KL grows (β, smaller capacity C, the TC weight), reconstruction
+gets worse and the KL concentrates in fewer dimensions.
+
+    python benchmarks/bench_betavae.py                       # every run of RUNS: 9 x 600 steps, ~30 min on a busy core
+    python benchmarks/bench_betavae.py --steps 100 --only betaH
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from latentcode.disentanglement import reconstruction_nll
+from latentcode.training import load_config, trainer
+from latentcode.traversal import per_dimension_kl
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-samples"
+RESULTS = Path(__file__).resolve().parent / "results" / "betavae"
+
+# (objective, the weight that sets the pressure on the KL, its value): low to high pressure.
+RUNS = [
+    ("betaH", "betaH_B", 1.0),
+    ("betaH", "betaH_B", 4.0),
+    ("betaH", "betaH_B", 16.0),
+    ("betaB", "betaB_finC", 25.0),
+    ("betaB", "betaB_finC", 5.0),
+    ("btcvae", "btcvae_B", 1.0),
+    ("btcvae", "btcvae_B", 10.0),
+    ("factor", "factor_G", 6.0),
+    ("factor", "factor_G", 40.0),
+]
+
+
+def all_digits() -> torch.Tensor:
+    """The 100 digits, `[100, 1, 32, 32]` in [-1, 1], in file order."""
+    arrays = [np.asarray(PIL.Image.open(path).convert("L"), dtype=np.float32) for path in sorted(DATA.glob("*.png"))]
+    return torch.from_numpy(np.stack(arrays))[:, None] / 127.5 - 1
+
+
+def train_one(objective: str, weight: str, value: float, args: argparse.Namespace, output_dir: Path):
+    """Train one model; returns it (unwrapped, eval mode) and the seconds the run took."""
+    config = load_config(
+        output_dir=str(output_dir),
+        model_family="vae",
+        model=dict(
+            backbone="vector", in_channels=1, latent_channels=10, use_quant_conv=False, use_post_quant_conv=False
+        ),
+        train_data_dir=str(DATA),
+        resolution=32,
+        train_batch_size=args.batch_size,
+        max_train_steps=args.steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler="constant",
+        max_grad_norm=math.inf,  # disentangling-vae does not clip
+        num_validation_images=8,
+        checkpointing_steps=0,
+        validation_steps=0,
+        report_to="none",
+        seed=args.seed,
+        vae_objective=objective,
+        reg_anneal=args.steps // 4,  # the published 10,000 steps, scaled to these short runs
+        betaB_G=1000.0,  # the published MNIST γ of betaB
+        **{weight: value},
+    )
+    start = time.perf_counter()
+    engine = trainer(config)
+    engine.run()
+    # accelerate's process-wide singletons: the next in-process run starts from scratch.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return engine.task.unwrapped.eval(), time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure(model, images: torch.Tensor) -> dict:
+    reconstruction = model.decode(model.encode(images).latent_dist.mode()).sample
+    mse = torch.mean(((reconstruction.clamp(-1, 1) - images) / 2) ** 2).item()
+    kl = per_dimension_kl(model, images)
+    ordered = torch.sort(kl, descending=True).values
+    total = kl.sum().item()
+    return {
+        "nll": reconstruction_nll(reconstruction, images, "bernoulli").item(),
+        "psnr": 10 * math.log10(1 / mse),
+        "kl": total,
+        "active_dims": int((kl > 0.1).sum()),
+        "top1_share": ordered[0].item() / total if total > 0 else float("nan"),
+        "top3_share": ordered[:3].sum().item() / total if total > 0 else float("nan"),
+        "kl_per_dim": [round(v, 3) for v in kl.tolist()],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| objective | weight | recon NLL (nats/img) | PSNR dB | KL (nats/img) | dims > 0.1 nats | top-1 share | "
+        "top-3 share | KL per dimension, sorted |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        dims = ", ".join(f"{v:.1f}" for v in sorted(r["kl_per_dim"], reverse=True))
+        lines.append(
+            f"| {r['objective']} | {r['weight']} = {r['value']:g} | {r['nll']:.1f} | {r['psnr']:.2f} | {r['kl']:.2f} | "
+            f"{r['active_dims']} | {r['top1_share']:.2f} | {r['top3_share']:.2f} | {dims} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per step (the published runs: 64)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's (the published MNIST runs: 5e-4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default=None, help="one objective (betaH, betaB, btcvae, factor)")
+    parser.add_argument("--output", default=str(RESULTS / "betavae.jsonl"), help="JSON lines, one per run")
+    args = parser.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"needs the real MNIST digits at {DATA} (../shared/datasets/mnist-samples)")
+    torch.set_num_threads(1)
+    images = all_digits()
+    rows = []
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    for objective, weight, value in RUNS:
+        if args.only not in (None, objective):
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            model, seconds = train_one(objective, weight, value, args, Path(folder) / "run")
+        row = dict(objective=objective, weight=weight, value=value, steps=args.steps, batch_size=args.batch_size)
+        row["seconds"] = round(seconds, 1)
+        row.update(measure(model, images), load_average=round(os.getloadavg()[0], 1))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.output, "a") as file:
+            file.write(json.dumps(row) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
