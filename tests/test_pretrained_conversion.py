@@ -297,6 +297,12 @@ def test_16_channel_layout_with_random_weights(tmp_path):
     model = from_taesd(*save_taesd(tmp_path, encoder, decoder))
     assert (model.config.latent_channels, model.config.tiny_midblock_pooling) == (16, False)
     check_taesd_exact(model, encoder, decoder, random_images())
+    exported = model.to_diffusers()  # a 16-channel AutoencoderTiny (taesd3 / taef1 in diffusers)
+    pixels = random_images() * 2 - 1
+    with torch.no_grad():
+        latents = exported.encode(pixels).latents
+        assert latents.shape == (2, 16, 4, 4)
+        assert_close_to_scale(model.decode(latents).sample, exported.decode(latents).sample)
 
 
 def test_4_channel_taesd_equals_diffusers_autoencoder_tiny(tmp_path):
