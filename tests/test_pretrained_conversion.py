@@ -268,6 +268,8 @@ def test_taef2_conversion_is_exact_on_real_images():
         True,
         8,
     )
+    with pytest.raises(ValueError, match="AutoencoderTiny has no group-norm pooling branch"):
+        model.to_diffusers()  # diffusers has no architecture for taef2
     faces = load_images(DATASETS / "celeba-samples", [f"{i:03d}.png" for i in range(8)], "RGB")
     check_taesd_exact(model, encoder, decoder, faces)
     # one portrait and one landscape photo; a 192x128 centre crop keeps the test to seconds on a
@@ -295,6 +297,12 @@ def test_16_channel_layout_with_random_weights(tmp_path):
     model = from_taesd(*save_taesd(tmp_path, encoder, decoder))
     assert (model.config.latent_channels, model.config.tiny_midblock_pooling) == (16, False)
     check_taesd_exact(model, encoder, decoder, random_images())
+    exported = model.to_diffusers()  # a 16-channel AutoencoderTiny (taesd3 / taef1 in diffusers)
+    pixels = random_images() * 2 - 1
+    with torch.no_grad():
+        latents = exported.encode(pixels).latents
+        assert latents.shape == (2, 16, 4, 4)
+        assert_close_to_scale(model.decode(latents).sample, exported.decode(latents).sample)
 
 
 def test_4_channel_taesd_equals_diffusers_autoencoder_tiny(tmp_path):
@@ -319,6 +327,9 @@ def test_4_channel_taesd_equals_diffusers_autoencoder_tiny(tmp_path):
         latents = tiny.encode(pixels).latents
         assert_close_to_scale(model.encode(pixels).latents, latents)
         assert_close_to_scale(model.decode(latents).sample, tiny.decode(latents).sample)
+    # and back: the TAESD import exports to the AutoencoderTiny it came from, weight for weight
+    exported = model.to_diffusers().state_dict()
+    assert exported.keys() == state.keys() and all(torch.equal(value, state[key]) for key, value in exported.items())
 
 
 def test_taesd_command_line_writes_a_loadable_model(tmp_path):
