@@ -371,6 +371,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--recipes", nargs="+", default=None, help=f"names, or 'screen' (default: {list(RECIPES)[:6]})")
     parser.add_argument("--budget", default="15m", help="training wall clock per recipe: seconds or 90s / 15m / 2h")
     parser.add_argument("--parallel", type=int, default=2, help="recipes run side by side (1 core each)")
+    parser.add_argument("--pairs", dest="parallel", action="store_const", const=2, help="--parallel 2 (the default)")
     parser.add_argument("--train_data_dir", default=str(REPO.parent / "shared/datasets/cifar10/train"))
     parser.add_argument("--test_data_dir", default=None, help="default: the sibling 'test' of --train_data_dir")
     parser.add_argument("--kodak_dir", default=str(REPO.parent / "shared/datasets/kodak"), help="'' to skip")
