@@ -87,7 +87,7 @@ SCREEN = {
     "screen batch 64": ["--train_batch_size", "64"],
     "screen lr 2e-4": ["--learning_rate", "2e-4"],
     "screen bf16": ["--mixed_precision", "bf16"],
-    "screen no weight EMA": ["--no_use_ema"],
+    "screen weight EMA 0.999": ["--use_ema", "--ema_decay", "0.999"],
     "screen 8-dim l2 codes": ["--model.quantizer_config", "{l2_normalize: true}"],
     "screen decoder fine-tune 0.2": ["--decoder_finetune_fraction", "0.2"],
     "screen beta2 0.99": ["--adam_beta2", "0.99"],
