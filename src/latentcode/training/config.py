@@ -169,6 +169,13 @@ class TrainingConfig(RunConfig):
     torch_compile_backend: str = option("torch.compile backend of --torch_compile", default="inductor")
     use_ema: bool = option("keep an EMA of the weights; the saved model is the EMA", default=False)
     ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
+    decoder_finetune_fraction: float = option(
+        "the last fraction of the run's steps (of max_train_steps, or of the step count fitted to "
+        "max_train_time) trains only the decoder side (decoder, post_quant_conv): the encoder, quant_conv and "
+        "quantizer are frozen (with use_ema, at their averaged weights) and the codebook stops updating, so the "
+        "codes and the rate stay as they are. 0: off",
+        default=0.0,
+    )
 
     # -- losses ----------------------------------------------------------------------------------
     kl_warmup_steps: int = option("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
@@ -256,6 +263,11 @@ class TrainingConfig(RunConfig):
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not 0.0 <= self.decoder_finetune_fraction < 1.0:
+            raise ValueError(
+                f"decoder_finetune_fraction must be in [0, 1) (the share of the run that trains only the decoder; "
+                f"0 = off), got {self.decoder_finetune_fraction}"
+            )
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a mapping of config fields, got {type(self.model).__name__}")
         if self.pretrained_model_name_or_path is None:

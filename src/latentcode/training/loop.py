@@ -10,6 +10,7 @@ and the final model, metrics and card.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,10 @@ from .state import load_usage_state, resume_settings, usage_state, usage_windows
 
 logger = logging.getLogger(__name__)
 
+# The modules a decoder-only fine-tuning phase trains; every other child of the model (encoder,
+# quant_conv, quantizer) is frozen, so the codes, and so the rate, do not change.
+DECODER_SIDE = ("decoder", "post_quant_conv")
+
 
 def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
     """A new model of `config.model_family` from `config.model`, or a pretrained one; checks that
@@ -51,6 +56,14 @@ def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
             f"(2 ** (len(block_out_channels) - 1), block_out_channels={model.config.block_out_channels})"
         )
     return model
+
+
+def decoder_finetune_start(config: TrainingConfig, total_steps: int | None) -> int | None:
+    """The first step (0-based) of the decoder-only phase: the last `decoder_finetune_fraction`
+    of `total_steps`; None when the option is off or the step count is not yet fitted."""
+    if not config.decoder_finetune_fraction or total_steps is None:
+        return None
+    return total_steps - math.floor(config.decoder_finetune_fraction * total_steps)
 
 
 def _adam_options(config: TrainingConfig) -> dict:
@@ -70,6 +83,7 @@ class AutoencoderTask(TrainingTask):
                 f"{config.disc_num_layers}: it needs at least {2 ** (config.disc_num_layers + 2)}"
             )
         self.ema: EMAModel | None = None
+        self.decoder_only = False  # the decoder-only phase has begun (set again on a resume past it)
 
     def build(self, engine: Engine) -> tuple[list[Part], ImageBatches]:
         config, accelerator = self.config, engine.accelerator
@@ -78,6 +92,12 @@ class AutoencoderTask(TrainingTask):
             model.activation_checkpointing_enable()
         if config.torch_compile:
             model.compile(backend=config.torch_compile_backend)  # in place: checkpoints keep their keys
+        if config.decoder_finetune_fraction and accelerator.num_processes > 1:
+            raise ValueError(
+                f"decoder_finetune_fraction={config.decoder_finetune_fraction} freezes the encoder mid-run, which "
+                f"DistributedDataParallel does not allow ({accelerator.num_processes} processes); run it on one "
+                "process, or set decoder_finetune_fraction 0"
+            )
         batches, self.validation_images = image_data_from_config(
             config, model.config.in_channels, config.resolution, accelerator.process_index, accelerator.num_processes
         )
@@ -123,6 +143,9 @@ class AutoencoderTask(TrainingTask):
         self.model = engine.parts[0].module  # prepared (DDP): its gradients are synchronised
         self.unwrapped: LatentCodePreTrainedModel = engine.unwrap(self.model)
         parts = {part.name: part.module for part in engine.parts}
+        # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
+        # Fixed here: the decoder-only phase later freezes some, and the EMA keeps its tensors.
+        self.averaged = [p for p in self.unwrapped.parameters() if p.requires_grad]
         if self.objective.adversarial is not None:
             # The generator's term looks through the unwrapped discriminator (frozen, so that no DDP
             # reduction of its absent gradients is expected); its own loss trains the prepared one.
@@ -132,9 +155,31 @@ class AutoencoderTask(TrainingTask):
             self.objective.vae_loss.discriminator = engine.unwrap(parts["tc_discriminator"])
             self.objective.vae_loss.trained = parts["tc_discriminator"]
 
-    def _trainable_parameters(self) -> list[nn.Parameter]:
-        # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
-        return [p for p in self.unwrapped.parameters() if p.requires_grad]
+    def _enter_decoder_phase(self, engine: Engine) -> None:
+        """From `decoder_finetune_start` on: the encoder side frozen and run as in evaluation (no
+        codebook EMA update, no dead-code restart), only the decoder side trained."""
+        start = decoder_finetune_start(self.config, engine.schedule.total_steps)
+        if start is None or engine.global_step < start:
+            return
+        frozen = [module for name, module in self.unwrapped.named_children() if name not in DECODER_SIDE]
+        if not self.decoder_only:
+            self._freeze(frozen, engine.global_step)
+        for module in frozen:  # every step: validation puts the whole model back in training mode
+            module.eval()
+
+    @torch.no_grad()
+    def _freeze(self, modules: list[nn.Module], step: int) -> None:
+        frozen = {id(p) for module in modules for p in module.parameters()}
+        if self.ema is not None:
+            # The saved model is the average: the decoder learns the encoder that will be saved. The
+            # EMA then steps these towards themselves, which leaves them bit for bit as they are.
+            for average, parameter in zip(self.ema.shadow, self.averaged, strict=True):
+                if id(parameter) in frozen:
+                    parameter.copy_(average.to(parameter.dtype))
+        for module in modules:
+            module.requires_grad_(False)  # no gradient: AdamW skips them (no update, no weight decay)
+        self.decoder_only = True
+        logger.info("step %d: decoder-only fine-tuning from here on (encoder, quant_conv, quantizer frozen)", step + 1)
 
     def checkpoint_objects(self) -> list:
         return [self.ema] if self.ema is not None else []
@@ -142,6 +187,7 @@ class AutoencoderTask(TrainingTask):
     def loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The objective of the autoencoder plus FactorVAE's discriminator loss and, once the GAN is
         active, the discriminator's own loss (disjoint parameters: one backward pass trains all)."""
+        self._enter_decoder_phase(engine)
         output = self.model(pixels, return_dict=True)
         with engine.accelerator.autocast():
             loss, logs = self.objective(output, pixels, engine.global_step, self.unwrapped.decoder.last_layer)
@@ -157,7 +203,7 @@ class AutoencoderTask(TrainingTask):
 
     def after_step(self, engine: Engine, finite: bool) -> dict:
         if finite and self.ema is not None:
-            self.ema.step(self._trainable_parameters())
+            self.ema.step(self.averaged)
         windows = usage_windows(self.unwrapped)
         if not windows:
             return {}
@@ -209,7 +255,7 @@ class AutoencoderTask(TrainingTask):
 
     def final_model(self, engine: Engine) -> LatentCodePreTrainedModel:
         if self.ema is not None:
-            self.ema.copy_to(self._trainable_parameters())
+            self.ema.copy_to(self.averaged)
         return self.unwrapped
 
     def finish(self, engine: Engine, summary: dict) -> dict:

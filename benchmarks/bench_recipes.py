@@ -1,0 +1,409 @@
+"""Whole training recipes at a fixed rate and a fixed wall clock: test PSNR / SSIM against
+training time on CIFAR-10, one curve per recipe, one process (one core) per recipe, two side by side.
+
+    python benchmarks/bench_recipes.py --quick     # 60 s budgets, 500 curve images, no Kodak
+    python benchmarks/bench_recipes.py --budget 15m --output_dir benchmarks/results/recipes_15m
+    python benchmarks/bench_recipes.py --recipes "latentcode cpu" "diffusers VQModel" --budget 5m
+
+The rate is fixed (issue 23): 8x8 tokens of K = 8192 codes, 13 bits per token, 832 bits per
+32x32 image. Each recipe trains for `--budget` seconds of wall clock on one CPU core
+(`OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`), `--parallel` (default 2) recipes at a time;
+only recipes that ran side by side under the same load compare exactly, so every row records
+the load average before and after its run.
+
+- `latentcode ...` rows run the training a user runs: `training/train.py --config PRESET
+  --max_train_time BUDGET --train_data_dir ../shared/datasets/cifar10/train --dataset_name none
+  --validation_split none` (`latentcode.training.parse_args` + `trainer`, in the worker process),
+  plus the row's overrides; then the saved model (the EMA weights where the preset keeps them)
+  is scored.
+- peer rows: diffusers' `VQModel` with the backbone of `--peer_preset` (its widths, depth, latent
+  size; exported from latentcode's model, `bench_quality.diffusers_row`), with diffusers' own
+  quantizer or a vector-quantize-pytorch one in its place (`VectorQuantize` with EMA, k-means,
+  dead-code expiry and the rotation trick; its 8-dim cosine-code variant; `SimVQ`). Each trains
+  with AdamW at the preset's learning rate, batch, betas and warm-up, a cosine schedule whose
+  step count is fitted to the budget from measured step times (`latentcode.training.schedule.
+  TimeBudget`, what `--max_train_time` uses), MSE + the quantizer's losses, fp32, on the same
+  CIFAR-10 training images (shuffled each epoch, random horizontal flips as the preset).
+
+The curve: the weights the run would save are copied at fixed fractions of the budget and scored
+on the first `--curve_images` test images after training. Final: PSNR, SSIM and codebook usage on
+`--num_test_images` (all 10,000) test images, and Kodak at full resolution as a check of
+generalisation to large photos (latentcode rows with the model's own tiling, 256-pixel tiles;
+diffusers' `VQModel` has no tiling, and the backbones are fully convolutional, so peers decode
+the whole image). Outputs in `--output_dir`: `recipes.json`, `recipes.md`, `recipes_psnr.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import Row, diffusers_row, evaluate, load_images, to_pixels  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "training" / "configs"
+CODEBOOK_SIZE = 8192
+BITS_PER_IMAGE = 8 * 8 * int(math.log2(CODEBOOK_SIZE))
+# Where on the budget the curve's weights are copied (the last point is the saved model).
+CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4)
+
+
+@dataclass
+class Recipe:
+    """A latentcode preset (`config`, with command-line `overrides`) or a peer (`peer`: the key of
+    `peer_quantizer`)."""
+
+    config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    peer: str | None = None
+    note: str = ""
+
+
+RECIPES = {
+    "latentcode vqvae_cifar10 (GPU preset)": Recipe("vqvae_cifar10.yaml", note="128/256/256, bf16"),
+    "latentcode cpu": Recipe("vqvae_cifar10_cpu.yaml", note="the one-core preset"),
+    "diffusers VQModel": Recipe(peer="diffusers", note="diffusers' own VectorQuantizer"),
+    "diffusers + vqp EMA + rotation": Recipe(peer="vqp_ema_rotation", note="EMA, k-means, dead-code expiry"),
+    "diffusers + vqp cosine 8-dim": Recipe(peer="vqp_cosine", note="8-dim l2-normalised codes, EMA, k-means"),
+    "diffusers + vqp SimVQ": Recipe(peer="vqp_simvq"),
+}
+
+# Screening variants (issue 23 "Everything else is free"): the one-core preset with one change
+# each. `--recipes screen` runs them all (at a few minutes' budget: a first cut, not the final table).
+SCREEN = {
+    "screen cpu": [],
+    "screen 32/64/64": ["--model.block_out_channels", "[32, 64, 64]"],
+    "screen batch 64": ["--train_batch_size", "64"],
+    "screen lr 2e-4": ["--learning_rate", "2e-4"],
+    "screen bf16": ["--mixed_precision", "bf16"],
+    "screen weight EMA 0.999": ["--use_ema", "--ema_decay", "0.999"],
+    "screen 8-dim l2 codes": ["--model.quantizer_config", "{l2_normalize: true}"],
+    "screen decoder fine-tune 0.2": ["--decoder_finetune_fraction", "0.2"],
+    "screen beta2 0.99": ["--adam_beta2", "0.99"],
+    "screen 2 layers": ["--model.layers_per_block", "2"],
+}
+RECIPES.update(
+    {name: Recipe("vqvae_cifar10_cpu.yaml", overrides, note="screening") for name, overrides in SCREEN.items()}
+)
+
+
+def peer_quantizer(kind: str, dim: int):
+    """The quantizer module a peer row puts into diffusers' `VQModel` (None: its own)."""
+    from vector_quantize_pytorch import SimVQ, VectorQuantize
+
+    common = dict(dim=dim, codebook_size=CODEBOOK_SIZE, accept_image_fmap=True, commitment_weight=0.25)
+    ema = dict(decay=0.99, kmeans_init=True, kmeans_iters=10, threshold_ema_dead_code=2)
+    return {
+        "diffusers": lambda: None,
+        "vqp_ema_rotation": lambda: VectorQuantize(**common, **ema, rotation_trick=True),
+        "vqp_cosine": lambda: VectorQuantize(**common, **ema, codebook_dim=8, use_cosine_sim=True),
+        "vqp_simvq": lambda: SimVQ(dim=dim, codebook_size=CODEBOOK_SIZE, channel_first=True),
+    }[kind]()
+
+
+def preset(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def peer_backbone(values: dict) -> dict:
+    """The encoder / decoder shape of a preset's `model` section, for diffusers' `VQModel`."""
+    keys = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "mid_block_add_attention")
+    return {"sample_size": 32, **{key: values["model"][key] for key in keys if key in values["model"]}}
+
+
+# ----------------------------------------------------------------------------------------------
+# One recipe (the worker process)
+# ----------------------------------------------------------------------------------------------
+
+
+class Curve:
+    """Copies of the weights a run would save at fixed points of its wall-clock budget."""
+
+    def __init__(self, budget: float):
+        self.points = [fraction * budget for fraction in CURVE_FRACTIONS]
+        self.snapshots: list[tuple[float, int, dict]] = []  # (train seconds, step, state dict)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def maybe_copy(self, step: int, state) -> None:
+        """`state()`: the weights to score, called only when a point is passed."""
+        elapsed = self.elapsed()
+        if len(self.snapshots) < len(self.points) and elapsed >= self.points[len(self.snapshots)]:
+            self.snapshots.append((elapsed, step, {k: v.detach().clone() for k, v in state().items()}))
+
+
+def latentcode_saved_weights(task) -> dict:
+    """The state dict `task.final_model` would save (live weights, the EMA's where it keeps one)."""
+    state = dict(task.unwrapped.state_dict())
+    if task.ema is not None:
+        names = {id(p): name for name, p in task.unwrapped.named_parameters()}
+        for average, parameter in zip(task.ema.shadow, task.averaged, strict=True):
+            state[names[id(parameter)]] = average
+    return state
+
+
+def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Row, Curve, dict]:
+    """`training/train.py --config PRESET --max_train_time ...` in this process; the saved model."""
+    from latentcode import VQVAEModel
+    from latentcode.training import parse_args, trainer
+
+    output = workdir / name.replace(" ", "_").replace("/", "-")
+    argv = [
+        *("--config", str(CONFIGS / recipe.config), "--max_train_time", str(args.budget)),
+        *("--train_data_dir", args.train_data_dir, "--dataset_name", "none", "--validation_split", "none"),
+        *("--output_dir", str(output), "--report_to", "none", "--checkpointing_steps", "0"),
+        *("--validation_steps", "0", "--num_validation_images", "16", "--seed", str(args.seed)),
+        *recipe.overrides,
+    ]
+    engine = trainer(parse_args(argv))
+    curve = Curve(args.budget)
+    after_step = engine.task.after_step
+
+    def recording(engine_, finite):
+        curve.maybe_copy(engine_.global_step, lambda: latentcode_saved_weights(engine_.task))
+        return after_step(engine_, finite)
+
+    engine.task.after_step = recording
+    result = engine.run()
+    details = result.metrics["details"]
+    model = VQVAEModel.from_pretrained(output)
+    training = {"steps": details["global_step"], "train_seconds": details["train_seconds"], "argv": argv}
+    return Row(name, model.config.codebook_size, 1, model.train(), is_latentcode=True), curve, training
+
+
+def peer_batches(train_images: torch.Tensor, batch_size: int, seed: int):
+    """Batches of `train_images` in a new shuffle each epoch, randomly flipped, in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(train_images.shape[0], generator=generator)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            pixels = to_pixels(train_images[order[start : start + batch_size]])
+            flip = torch.rand(batch_size, generator=generator) < 0.5
+            yield torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+
+
+def peer_row(name: str, kind: str, values: dict, seed: int = 0) -> Row:
+    """diffusers' `VQModel` with the backbone of the preset `values` and the quantizer `kind`."""
+    backbone = peer_backbone(values)
+    row = diffusers_row(CODEBOOK_SIZE, peer_quantizer(kind, backbone["latent_channels"]), seed, backbone)
+    row.name = name
+    return row
+
+
+def train_peer(
+    row: Row, values: dict, batches, seconds: float | None = None, steps: int | None = None, curve=None
+) -> float:
+    """AdamW at the preset's learning rate, betas and warm-up, then a cosine decay to 0 at `steps`,
+    or at the step count fitted to `seconds` from measured step times (as `--max_train_time`);
+    MSE + the quantizer's losses, gradients clipped to norm 1. Returns the training seconds."""
+    from latentcode.training.schedule import RunSchedule, TimeBudget
+
+    parameters = [p for p in row.model.parameters() if p.requires_grad]
+    betas = (values.get("adam_beta1", 0.9), values.get("adam_beta2", 0.999))
+    optimizer = torch.optim.AdamW(parameters, lr=values["learning_rate"], betas=betas, weight_decay=0.0)
+    schedule = RunSchedule("cosine", values["learning_rate"], values.get("lr_warmup_steps", 0), steps)
+    budget = TimeBudget(seconds) if seconds is not None else None
+    start = time.perf_counter()
+    while schedule.total_steps is None or row.steps < schedule.total_steps:
+        began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr()
+        row.loss(next(batches)).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        row.steps += 1
+        if budget is not None and not schedule.fitted:
+            budget.observe(schedule, time.perf_counter() - began, time.perf_counter() - start)
+        if curve is not None:
+            curve.maybe_copy(row.steps, row.model.state_dict)
+    return time.perf_counter() - start
+
+
+def score_curve(row: Row, curve: Curve, curve_set: torch.Tensor) -> list[tuple[float, float]]:
+    """Test PSNR of every copied state, then the final weights are put back."""
+    final = {k: v.detach().clone() for k, v in row.model.state_dict().items()}
+    points = []
+    for seconds, _, state in curve.snapshots:
+        row.model.load_state_dict(state)
+        points.append((seconds, evaluate(row, curve_set)["psnr"]))
+    row.model.load_state_dict(final)
+    return points
+
+
+@torch.no_grad()
+def score_kodak(row: Row, kodak_dir: Path) -> dict:
+    """Mean PSNR / SSIM over the Kodak images at full resolution (latentcode: tiled)."""
+    import numpy as np
+    from PIL import Image
+
+    from latentcode.evaluation.metrics import psnr, ssim
+
+    if row.is_latentcode:
+        row.model.enable_tiling(256)
+    psnrs, ssims = [], []
+    for path in sorted(kodak_dir.glob("*.png")):
+        array = np.asarray(Image.open(path).convert("RGB"))
+        pixels = to_pixels(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])
+        if row.is_latentcode:
+            row.model.eval()
+            reconstruction = row.model(pixels).sample
+            row.model.train()
+        else:
+            reconstruction, _ = row.reconstruct(pixels)
+        reconstruction = reconstruction.clamp(-1, 1)
+        psnrs.append(float(psnr(reconstruction, pixels).mean()))
+        ssims.append(float(ssim(reconstruction, pixels).mean()))
+    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "images": len(psnrs)}
+
+
+def worker(name: str, args) -> None:
+    """Train and score one recipe; writes `rows/<name>.json` under `--output_dir`."""
+    torch.set_num_threads(1)
+    recipe, load_before = RECIPES[name], os.getloadavg()
+    output_dir = Path(args.output_dir)
+    test_images = load_images(None, args.test_data_dir, "test", "img", args.num_test_images)
+    if recipe.peer is None:
+        row, curve, training = train_latentcode(name, recipe, args, output_dir / "models")
+    else:
+        values = preset(CONFIGS / args.peer_preset)
+        train_images = load_images(None, args.train_data_dir, "train", "img", 50000)
+        batches = peer_batches(train_images, values["train_batch_size"], args.seed)
+        row, curve = peer_row(name, recipe.peer, values, args.seed), Curve(args.budget)
+        seconds = train_peer(row, values, batches, seconds=args.budget, curve=curve)
+        training = {"steps": row.steps, "train_seconds": seconds, "backbone": peer_backbone(values)}
+    load_after = os.getloadavg()
+    curve_set = test_images[: args.curve_images]
+    points = score_curve(row, curve, curve_set)
+    points.append((training["train_seconds"], evaluate(row, curve_set)["psnr"]))
+    final = evaluate(row, test_images)
+    kodak = score_kodak(row, Path(args.kodak_dir)) if args.kodak_dir else None
+    result = {
+        "name": name,
+        "note": recipe.note,
+        "curve": points,
+        "final": final,
+        "kodak": kodak,
+        "training": training,
+        "bits_per_image": BITS_PER_IMAGE,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    }
+    (output_dir / "rows").mkdir(parents=True, exist_ok=True)
+    (output_dir / "rows" / f"{slug(name)}.json").write_text(json.dumps(result, indent=2))
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+# ----------------------------------------------------------------------------------------------
+# All recipes (the parent process) and the report
+# ----------------------------------------------------------------------------------------------
+
+
+def run_all(names: list[str], args, argv: list[str]) -> None:
+    """One worker process per recipe, `--parallel` at a time, each on one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for start in range(0, len(names), args.parallel):
+        group = names[start : start + args.parallel]
+        print(f"running side by side: {group} (load average {os.getloadavg()[0]:.2f})", flush=True)
+        processes = [
+            subprocess.Popen([sys.executable, __file__, *argv, "--worker", name], env=env, cwd=REPO) for name in group
+        ]
+        failed = [name for name, process in zip(group, processes) if process.wait() != 0]
+        if failed:
+            raise SystemExit(f"recipe(s) {failed} failed; see their output above")
+
+
+def markdown(results: list[dict], budget: float) -> str:
+    lines = [
+        f"Budget {budget:g} s of training per recipe (`train s`: what it took), one thread each; {BITS_PER_IMAGE} "
+        "bits per image (8x8 tokens, K = 8192). PSNR / SSIM / usage on the CIFAR-10 test images, Kodak at full "
+        "resolution; load average of the machine before -> after the run.",
+        "",
+        "| recipe | steps | train s | test images | test PSNR (dB) | SSIM | usage | Kodak PSNR (dB) | load avg | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: -r["final"]["psnr"]):
+        final, kodak = r["final"], r["kodak"]
+        kodak_psnr = f"{kodak['psnr']:.2f}" if kodak else "-"
+        load = f"{r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}"
+        lines.append(
+            f"| {r['name']} | {r['training']['steps']} | {r['training']['train_seconds']:.0f} | {final['eval_images']} | {final['psnr']:.2f} | "
+            f"{final['ssim']:.3f} | {100 * final['usage']:.1f}% | {kodak_psnr} | {load} | {r['note']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(names: list[str], args) -> None:
+    from latentcode.evaluation.figures import line_chart
+
+    output_dir = Path(args.output_dir)
+    results = [json.loads((output_dir / "rows" / f"{slug(name)}.json").read_text()) for name in names]
+    (output_dir / "recipes.json").write_text(json.dumps({"budget_seconds": args.budget, "rows": results}, indent=2))
+    table = markdown(results, args.budget)
+    (output_dir / "recipes.md").write_text(table)
+    print(table)
+    series = {r["name"]: [tuple(point) for point in r["curve"]] for r in results}
+    chart = line_chart(series, f"CIFAR-10 test PSNR, {BITS_PER_IMAGE} bits/image", "training seconds", "PSNR (dB)")
+    chart.save(output_dir / "recipes_psnr.png")
+
+
+def parse(argv: list[str] | None):
+    from latentcode.training.schedule import parse_duration
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=None, help=f"names, or 'screen' (default: {list(RECIPES)[:6]})")
+    parser.add_argument("--budget", default="15m", help="training wall clock per recipe: seconds or 90s / 15m / 2h")
+    parser.add_argument("--parallel", type=int, default=2, help="recipes run side by side (1 core each)")
+    parser.add_argument("--pairs", dest="parallel", action="store_const", const=2, help="--parallel 2 (the default)")
+    parser.add_argument("--train_data_dir", default=str(REPO.parent / "shared/datasets/cifar10/train"))
+    parser.add_argument("--test_data_dir", default=None, help="default: the sibling 'test' of --train_data_dir")
+    parser.add_argument("--kodak_dir", default=str(REPO.parent / "shared/datasets/kodak"), help="'' to skip")
+    parser.add_argument("--peer_preset", default="vqvae_cifar10_cpu.yaml", help="backbone and optimiser of peers")
+    parser.add_argument("--curve_images", type=int, default=1000)
+    parser.add_argument("--num_test_images", type=int, default=10000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="60 s budgets, 500 curve / 1000 test images, no Kodak")
+    parser.add_argument("--output_dir", default="benchmarks/results/recipes")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budget, args.curve_images, args.num_test_images, args.kodak_dir = "60", 500, 1000, ""
+    args.budget = parse_duration(args.budget)
+    args.test_data_dir = args.test_data_dir or str(Path(args.train_data_dir).parent / "test")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.worker is not None:
+        return worker(args.worker, args)
+    names = args.recipes or list(RECIPES)[:6]
+    if names == ["screen"]:
+        names = list(SCREEN)
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    run_all(names, args, argv)
+    write_report(names, args)
+
+
+if __name__ == "__main__":
+    main()
