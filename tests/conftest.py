@@ -1,10 +1,15 @@
 """Shared fixtures: the thread policy (1 thread, or 1 and 2 in MULTI_THREAD_MODULES), the family
-parameter, real images (sklearn's 8x8 digits) and accelerate's reset state. Plain helpers live in
-`helpers.py`."""
+parameter, real images (sklearn's 8x8 digits) and accelerate's reset state; and how the suite is
+spread over pytest-xdist workers (`pyproject.toml` runs `-n auto --dist loadgroup`). Plain helpers
+live in `helpers.py`."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+import psutil
 import pytest
 import torch
 from helpers import reset_accelerate_state
@@ -22,6 +27,48 @@ def pytest_configure(config):
         "single_thread: run only with one thread (subprocesses, or slow tests whose threading the "
         "multi-thread variants of the others already cover)",
     )
+
+
+# pytest-xdist workers for `-n auto`: one per core, as memory allows (a worker holds torch, its
+# models and, in the multi-process tests, two or three more Python processes with torch), and no
+# more than MAX_WORKERS: past that the longest test, not the worker count, bounds the run.
+WORKER_MEMORY = 3 * 2**30
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config):
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):  # the user's choice, as xdist's own hook
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, psutil.virtual_memory().available // WORKER_MEMORY, MAX_WORKERS))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (`--dist loadgroup`), tests that share a fixture wider than one test (a model
+    trained once per module, the fault suite's reference runs) go to one worker as a group, so the
+    fixture is built once, not once per worker. The group is the widest folder or module whose
+    fixtures a module's tests share; this folder's own session fixtures (`digits`) are cheap and
+    exempt. On a worker, the tests marked `slow` are handed out first: a long test started last
+    would leave the other workers idle until it ends."""
+    below_root = Path(__file__).parent.relative_to(config.rootpath).as_posix() + "/"
+    groups = {}  # test -> the widest shared-fixture location among those it uses
+    for item in items:
+        locations = [
+            definition.baseid
+            for definitions in item._fixtureinfo.name2fixturedefs.values()  # (pytest has no public way)
+            for definition in definitions
+            if definition.scope != "function" and definition.baseid.startswith(below_root)
+        ]
+        if locations:
+            groups[item] = min(locations, key=len)
+    widest = {}  # module -> the widest group of its tests
+    for item, group in groups.items():
+        widest[item.module] = min(widest.get(item.module, group), group, key=len)
+    for item in groups:
+        item.add_marker(pytest.mark.xdist_group(widest[item.module]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_generate_tests(metafunc):
