@@ -540,6 +540,31 @@ def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_bud
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_a_time_budget_measures_after_start_up_and_stops_steps_slower_than_the_budget():
+    from latentcode.training.schedule import RunSchedule, TimeBudget
+
+    def observe(budget: TimeBudget, step_seconds: float, steps: int) -> RunSchedule:
+        schedule, elapsed = RunSchedule("cosine", 1.0, 0, None), 0.0
+        for _ in range(steps):
+            schedule.step()
+            elapsed += step_seconds
+            budget.observe(schedule, step_seconds, elapsed)
+            if schedule.fitted:
+                break
+        return schedule
+
+    # 0.25 s steps, 100 s: 5 start-up steps ignored, 20 measured, then 375 more to fill the budget
+    schedule = observe(TimeBudget(100.0), 0.25, 1000)
+    assert schedule.fitted and schedule.step_count == 25 and schedule.total_steps == 400
+    # 2 s steps, 100 s: the 5 % of the budget (5 s) is spent during start-up, so measuring begins
+    # at the third step and ends after three measured steps (6 s >= 5 %)
+    schedule = observe(TimeBudget(100.0), 2.0, 1000)
+    assert schedule.step_count == 5 and schedule.total_steps == 50
+    # steps slower than the whole budget: the run stops after the step that spent it
+    schedule = observe(TimeBudget(100.0), 60.0, 1000)
+    assert schedule.step_count == 2 and schedule.total_steps == 2
+
+
 def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
     values = dict(max_train_time=12, checkpointing_steps=3, random_flip=True, center_crop=False)
     reference = train(tiny_config(tmp_path, "reference", **values))

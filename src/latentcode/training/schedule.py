@@ -112,7 +112,20 @@ class TimeBudget:
         """Record one step (`elapsed`: training seconds of the run so far); fix the schedule's
         `total_steps` once enough steps are measured."""
         self.session_steps += 1
-        if schedule.fitted or self.session_steps <= self.ignored_steps:
+        if schedule.fitted:
+            return
+        if elapsed >= self.seconds:  # steps so slow that the budget ran out before they were measured
+            schedule.total_steps, schedule.fitted = schedule.step_count, True
+            logger.warning(
+                "max_train_time=%gs spent after %d steps, before the step time was measured: the run stops "
+                "here (%.1f s per step; a smaller model or batch takes more steps in this budget)",
+                self.seconds,
+                schedule.step_count,
+                elapsed / max(1, self.session_steps),
+            )
+            return
+        # Start-up steps are not measured, unless they already take a noticeable part of the budget.
+        if self.session_steps <= self.ignored_steps and elapsed < self.measure_fraction * self.seconds:
             return
         self.step_times.append(step_seconds)
         measured = len(self.step_times)
