@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 from test_training import tiny_run_values
 
@@ -31,12 +31,6 @@ state = {key: value.contiguous() for key, value in result.model.state_dict().ite
 save_file(state, out / f"{values['output_dir'].rsplit('/', 1)[-1]}-rank{rank}.safetensors")
 (out / f"{values['output_dir'].rsplit('/', 1)[-1]}-rank{rank}.json").write_text(json.dumps(read))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(script, values: dict, out, machines: int, machine_rank: int, port: int) -> subprocess.Popen:
@@ -62,14 +56,14 @@ def test_two_machines_read_disjoint_data_and_match_one_machine_with_two_processe
     script.write_text(REPLICA)
     steps = dict(max_train_steps=8, shuffle_buffer_size=100)
 
-    port = _free_port()  # 2 machines x 1 process; each machine its own output folder, as on a cluster
+    port = free_port()  # 2 machines x 1 process; each machine its own output folder, as on a cluster
     machines = [
         _launch(script, tiny_run_values(tmp_path / f"machine{rank}", **steps), tmp_path, 2, rank, port)
         for rank in (0, 1)
     ]
     for process in machines:
         _finish(process)
-    _finish(_launch(script, tiny_run_values(tmp_path / "single", **steps), tmp_path, 1, 0, _free_port()))
+    _finish(_launch(script, tiny_run_values(tmp_path / "single", **steps), tmp_path, 1, 0, free_port()))
 
     read = [json.loads((tmp_path / f"machine{rank}-rank{rank}.json").read_text()) for rank in (0, 1)]
     rows = [{tuple(example) for example in part} for part in read]

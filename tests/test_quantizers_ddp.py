@@ -5,23 +5,17 @@ rank 0 and broadcast. The worker is tests/ddp_quantizers_script.py."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 from latentcode.modules.quantizers import VectorQuantizer
 
 SCRIPT = Path(__file__).with_name("ddp_quantizers_script.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

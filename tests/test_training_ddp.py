@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 from test_training import tiny_run_values
 
@@ -40,12 +40,6 @@ save_file({k: v.contiguous() for k, v in tensors.items()}, out / f"rank{rank}.sa
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_ddp_replicas_stay_identical_and_loss_falls(tmp_path):
     steps, disc_start = 24, 16
@@ -62,7 +56,7 @@ def test_two_process_ddp_replicas_stay_identical_and_loss_falls(tmp_path):
     launch = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
-        *("--main_process_port", str(_free_port())),
+        *("--main_process_port", str(free_port())),
     ]
     script = tmp_path / "replica.py"
     script.write_text(REPLICA)
