@@ -271,7 +271,10 @@ def test_objectives_refuse_models_they_cannot_train():
     discriminator = TotalCorrelationDiscriminator(2, hidden_units=4)
     with pytest.raises(ValueError, match="needs a vector latent"):
         FactorVAELoss(rec_dist="gaussian", discriminator=discriminator).check_model(grid)
-    with pytest.raises(ValueError, match="vae_objective='factor' trains a VAE, but model_family='vqvae'"):
+    with pytest.raises(
+        ValueError,
+        match=r"vae_objective='factor' trains a Gaussian code \(model_family one of \['vae'\]\), but model_family='vqvae'",
+    ):
         load_config(model_family="vqvae", vae_objective="factor")
     with pytest.raises(ValueError, match="set reg_anneal, not kl_warmup_steps"):
         load_config(model_family="vae", vae_objective="betaH", kl_warmup_steps=10)

@@ -483,4 +483,6 @@ def test_training_model_card_shows_the_kl_of_each_latent_dimension(tmp_path):
     assert "KL of each latent dimension" in card and "| latent dimension | KL (nats) | active |" in card
     assert [line for line in card.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))][2].startswith("| 2 |")
     assert f"| active latent dimensions | {saved['metrics']['active_dimensions']} |" in card
+    kl = saved["per_dimension"]["kl"]  # metrics.json holds the values the card shows
+    assert len(kl) == 3 and sum(kl) == pytest.approx(saved["metrics"]["kl"], rel=1e-6)
     assert "$" not in card.replace("$$", "")

@@ -121,6 +121,16 @@ def test_regularizer_description_names_the_familys_own_term():
     assert "'fsq'" in tiny_model("vqvae", quantizer="fsq", fsq_levels=(4, 4)).regularizer_description()
 
 
+def test_the_model_card_describes_the_weights_the_recipe_trained_with_not_the_models_defaults():
+    from latentcode.objectives import AutoencoderObjective
+
+    vae = tiny_model("vae", kl_weight=0.25)
+    assert "KL to N(0, I) (weight 0.5)" in AutoencoderObjective.for_model(vae, kl_weight=0.5).describe(vae)
+    vq = tiny_model("vqvae")
+    described = AutoencoderObjective.for_model(vq, commitment_weight=0.125).describe(vq)
+    assert "0.125" in described and "0.125" not in AutoencoderObjective.for_model(vq).describe(vq)
+
+
 def test_register_family_refuses_a_class_without_every_hook():
     class HalfFamily(latentcode.AutoencoderModel):
         pass

@@ -124,6 +124,22 @@ def test_the_default_objective_is_the_models_own_loss_exactly(family, overrides)
     assert torch.equal(parts["reconstruction_loss"], output.reconstruction_loss) and parts["loss"] is loss
 
 
+def test_the_recipe_overrides_the_models_kl_weight_and_refuses_it_where_there_is_no_kl():
+    from latentcode.objectives import AutoencoderObjective
+    from latentcode.training.config import load_config
+
+    model, pixels, output = _training_output("vae", kl_weight=0.5)
+    loss, parts = AutoencoderObjective.for_model(model, kl_weight=2.0)(output, pixels, step=0)
+    expected = parts["reconstruction_loss"] + 2.0 * output.kl / output.sample[0].numel()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    assert AutoencoderObjective.for_model(model, kl_weight=None).kl_weight == 0.5  # None: the model's
+    autoencoder = tiny_model("autoencoder")
+    with pytest.raises(ValueError, match=r"kl_weight=2.0 weighs a KL, but AutoencoderModel has none; drop it"):
+        AutoencoderObjective.for_model(autoencoder, kl_weight=2.0)
+    with pytest.raises(ValueError, match=r"vae_objective='betaH' has its own weights .*not kl_weight"):
+        load_config(model_family="vae", vae_objective="betaH", kl_weight=1.0)
+
+
 def test_each_objective_term_follows_its_formula():
     from latentcode.objectives import AdversarialTerms, AutoencoderObjective
 

@@ -116,8 +116,10 @@ class FamilyBehaviour:
         code's shape by default (`latent_code_shape`)."""
         return tuple(self.latent_code_shape(image_size))
 
-    def regularizer_description(self) -> str | None:
-        """The family's own term of `model(x).loss` in words (model cards), `None` when it has none."""
+    def regularizer_description(self, objective=None) -> str | None:
+        """The family's own term in words (model cards), `None` when it has none: at the weights of
+        `objective` (an [`AutoencoderObjective`]: its `kl_weight` / `quantizer_weights`), or of
+        `model(x).loss` without one."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------

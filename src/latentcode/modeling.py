@@ -377,12 +377,14 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
 
     @classmethod
     def from_diffusers(cls, model_or_path, **kwargs):
-        """Build this model from a diffusers `VQModel` / `AutoencoderKL` (instance, folder or Hub id),
-        with identical outputs; on `LatentCodePreTrainedModel` the family follows the diffusers class."""
+        """Build this model from a diffusers `VQModel` / `AutoencoderKL` / `AutoencoderTiny` (instance,
+        folder or Hub id), with identical outputs; on `LatentCodePreTrainedModel` the family follows
+        the diffusers class (`AutoencoderTiny`: an AutoEncoder on the tiny backbone)."""
         return diffusers_conversion.from_diffusers(cls, model_or_path, **kwargs)
 
     def to_diffusers(self):
-        """The equivalent diffusers `VQModel` / `AutoencoderKL`, with bit-identical weights."""
+        """The equivalent diffusers `VQModel` / `AutoencoderKL` (or `AutoencoderTiny` for a 4-channel
+        TAESD-layout AutoEncoder), with bit-identical weights."""
         return diffusers_conversion.to_diffusers(self)
 
     def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -479,7 +481,7 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
         """`latents` `[B, C*h*w]` (or `[B, D]` for a vector latent)."""
         return {"latents": encoded.latents.flatten(1)}
 
-    def regularizer_description(self) -> None:
+    def regularizer_description(self, objective=None) -> None:
         return None
 
 
@@ -603,8 +605,9 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         posterior = encoded.latent_dist
         return {"latent_mean": posterior.mean.flatten(1), "latent_std": posterior.std.flatten(1)}
 
-    def regularizer_description(self) -> str:
-        return f"KL to N(0, I) (weight {self.config.kl_weight})"
+    def regularizer_description(self, objective=None) -> str:
+        weight = self.config.kl_weight if objective is None else objective.kl_weight
+        return f"KL to N(0, I) (weight {weight})"
 
 
 @register_family("vqvae", diffusers_class_name="VQModel")
@@ -772,6 +775,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         """The token grid `(h, w)` or `(h, w, depth)` of `latent_shape`."""
         return self.latent_shape(image_size)
 
-    def regularizer_description(self) -> str:
-        terms = self.config.loss_weights().describe(self.quantizer.loss_terms)
+    def regularizer_description(self, objective=None) -> str:
+        weights = self.config.loss_weights() if objective is None else objective.quantizer_weights
+        terms = weights.describe(self.quantizer.loss_terms)
         return f"the {self.config.quantizer!r} quantizer's terms: {terms}"

@@ -140,10 +140,17 @@ class AutoencoderObjective:
     @classmethod
     def for_model(cls, model: nn.Module, **options) -> AutoencoderObjective:
         """The objective whose defaults are `model`'s own `loss` (its config's reconstruction loss,
-        KL weight and quantizer loss weights); `options` set the other terms, and override the
-        quantizer's weights one by one by their names (`commitment_weight=0.5`; None: the model's)."""
+        KL weight and quantizer loss weights); `options` set the other terms, and override the KL
+        weight and the quantizer's weights one by one by their names (`kl_weight=1e-4`,
+        `commitment_weight=0.5`; None: the model's)."""
         config = model.config
         weights = {name: options.pop(name) for name in QuantizerLossWeights.names() if name in options}
+        if options.get("kl_weight") is None:
+            options.pop("kl_weight", None)
+        elif not hasattr(config, "kl_weight"):
+            raise ValueError(
+                f"kl_weight={options['kl_weight']} weighs a KL, but {type(model).__name__} has none; drop it"
+            )
         defaults = dict(
             reconstruction_loss=getattr(config, "reconstruction_loss", "mse"),
             kl_weight=getattr(config, "kl_weight", 0.0),
@@ -181,7 +188,7 @@ class AutoencoderObjective:
     def describe(self, model: nn.Module) -> str:
         """The terms in words, for a model card: `"MSE reconstruction, KL (weight 1e-06, ...)"`."""
         parts = [f"{self.reconstruction_loss.upper()} reconstruction"]
-        regularizer = model.regularizer_description()  # the family's own term, in its words
+        regularizer = model.regularizer_description(self)  # the family's own term, at these weights
         if self.vae_loss is not None:
             parts = [self.vae_loss.describe()]
         elif regularizer is not None:

@@ -178,7 +178,11 @@ class TrainingConfig(RunConfig):
     )
 
     # -- losses ----------------------------------------------------------------------------------
-    kl_warmup_steps: int = option("VAE: the KL weight (model.kl_weight) rises linearly over these steps", default=0)
+    kl_weight: float | None = option(
+        "VAE (vae_objective kl): weight of the KL per latent value (default: the model config's kl_weight)",
+        default=None,
+    )
+    kl_warmup_steps: int = option("VAE: the KL weight rises linearly from 0 over these steps", default=0)
     commitment_weight: float | None = option(
         "VQ-VAE: weight of the quantizer's commitment term (default: the model config's)", default=None
     )
@@ -288,10 +292,16 @@ class TrainingConfig(RunConfig):
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.vae_objective == "kl":
             return
-        if self.model_family != "vae":
+        if not get_family(self.model_family).model_class.can_sample_prior:  # a Gaussian code with a N(0, I) prior
+            gaussian = [name for name, family in FAMILIES.items() if family.model_class.can_sample_prior]
             raise ValueError(
-                f"vae_objective={self.vae_objective!r} trains a VAE, but model_family={self.model_family!r}; "
-                "use model_family vae (or vae_objective kl)"
+                f"vae_objective={self.vae_objective!r} trains a Gaussian code (model_family one of {gaussian}), "
+                f"but model_family={self.model_family!r}; use model_family vae (or vae_objective kl)"
+            )
+        if self.kl_weight is not None:
+            raise ValueError(
+                f"kl_weight weighs the kl objective's KL; vae_objective={self.vae_objective!r} has its own weights "
+                "(betaH_B, betaB_G, btcvae_B, factor_G): set those, not kl_weight"
             )
         if self.kl_warmup_steps:
             raise ValueError(

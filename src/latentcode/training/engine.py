@@ -463,11 +463,13 @@ def training_report(
     num_images: int,
     details: dict | None = None,
     source: str | None = None,
+    per_dimension: dict | None = None,
 ) -> dict:
     """The `metrics.json` report of a training run (`latentcode.reporting` schema 1): `metrics`
     measured on `num_images` held-out images of the training data at the end, the run counters
     (`summary`, see [`run_summary`]), the first step's loss and the task's own `details` under
-    `details`; `source`: the data's name (default: the config's dataset)."""
+    `details`; `source`: the data's name (default: the config's dataset); `per_dimension`: name ->
+    one value per latent dimension (a VAE's KL)."""
     source = source or data_source(engine.config)
     return metrics_report(
         kind=kind,
@@ -475,6 +477,7 @@ def training_report(
         data={"source": source, "split": "validation", "num_images": num_images},
         metrics=metrics,
         details={**summary, "first_train_loss": engine.history[0] if engine.history else None, **(details or {})},
+        per_dimension=per_dimension,
     )
 
 

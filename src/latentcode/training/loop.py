@@ -128,6 +128,7 @@ class AutoencoderTask(TrainingTask):
         self.objective = AutoencoderObjective.for_model(
             model,
             **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's
+            kl_weight=config.kl_weight,
             kl_warmup_steps=config.kl_warmup_steps,
             perceptual=perceptual,
             perceptual_weight=config.perceptual_weight,
@@ -163,23 +164,14 @@ class AutoencoderTask(TrainingTask):
             return
         frozen = [module for name, module in self.unwrapped.named_children() if name not in DECODER_SIDE]
         if not self.decoder_only:
-            self._freeze(frozen, engine.global_step)
+            freeze_at_saved_weights(frozen, self.ema, self.averaged)
+            self.decoder_only = True
+            logger.info(
+                "step %d: decoder-only fine-tuning from here on (encoder, quant_conv, quantizer frozen)",
+                engine.global_step + 1,
+            )
         for module in frozen:  # every step: validation puts the whole model back in training mode
             module.eval()
-
-    @torch.no_grad()
-    def _freeze(self, modules: list[nn.Module], step: int) -> None:
-        frozen = {id(p) for module in modules for p in module.parameters()}
-        if self.ema is not None:
-            # The saved model is the average: the decoder learns the encoder that will be saved. The
-            # EMA then steps these towards themselves, which leaves them bit for bit as they are.
-            for average, parameter in zip(self.ema.shadow, self.averaged, strict=True):
-                if id(parameter) in frozen:
-                    parameter.copy_(average.to(parameter.dtype))
-        for module in modules:
-            module.requires_grad_(False)  # no gradient: AdamW skips them (no update, no weight decay)
-        self.decoder_only = True
-        logger.info("step %d: decoder-only fine-tuning from here on (encoder, quant_conv, quantizer frozen)", step + 1)
 
     def checkpoint_objects(self) -> list:
         return [self.ema] if self.ema is not None else []
@@ -273,6 +265,7 @@ class AutoencoderTask(TrainingTask):
             metrics=validation,
             num_images=len(self.validation_images),
             details={"resolution": self.config.resolution},
+            per_dimension=None if result.per_dimension_kl is None else {"kl": result.per_dimension_kl},
         )
 
     def publish(self, engine: Engine) -> None:
@@ -321,6 +314,21 @@ class AutoencoderTask(TrainingTask):
             "config": yaml.safe_dump(config.to_dict(), sort_keys=False).strip(),
         }
         (engine.output_dir / "README.md").write_text(render_model_card("training", values))
+
+
+@torch.no_grad()
+def freeze_at_saved_weights(modules: list[nn.Module], ema: EMAModel | None, averaged: list[nn.Parameter]) -> None:
+    """Stop training `modules`, at the weights the run will save (`ema`'s averages of the
+    `averaged` parameters, when it keeps them)."""
+    frozen = {id(p) for module in modules for p in module.parameters()}
+    if ema is not None:
+        # The saved model is the average: the decoder learns the encoder that will be saved. The
+        # EMA then steps these towards themselves, which leaves them bit for bit as they are.
+        for average, parameter in zip(ema.shadow, averaged, strict=True):
+            if id(parameter) in frozen:
+                parameter.copy_(average.to(parameter.dtype))
+    for module in modules:
+        module.requires_grad_(False)  # no gradient: AdamW skips them (no update, no weight decay)
 
 
 def push_to_hub(folder: Path, repo_id: str, token: str | None = None) -> None:
