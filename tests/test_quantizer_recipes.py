@@ -299,33 +299,16 @@ def test_config_rejects_rotation_without_a_codebook():
 
 def lfq_run(output_dir, model: dict | None = None, **overrides):
     """A 6-step train.py run of a 16x16 grey LFQ model (K = 16) whose entropy weight is annealed
-    over 4 steps, on the embedded digits, with checkpoints every 2 steps."""
+    over 4 steps, on the embedded digits (`tiny_run_values`), with checkpoints every 2 steps."""
+    from test_training import tiny_run_values
+
     from latentcode.training import load_config
 
     model = model or dict(
         quantizer="lfq", codebook_size=16, entropy_annealing_steps=4, entropy_annealing_start_factor=3.0
     )
-    values = dict(
-        output_dir=str(output_dir),
-        model_family="vqvae",
-        model=dict(
-            in_channels=1,
-            block_out_channels=[16, 32],
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            **model,
-        ),
-        dataset_name="builtin:digits",
-        resolution=16,
-        train_batch_size=8,
-        max_train_steps=6,
-        learning_rate=1e-3,
-        num_validation_images=8,
-        checkpointing_steps=2,
-        validation_steps=0,
-        report_to="none",
-    )
+    architecture = dict(in_channels=1, block_out_channels=[16, 32], layers_per_block=1, latent_channels=4)
+    values = tiny_run_values(output_dir, model=dict(architecture, norm_num_groups=8, **model), checkpointing_steps=2)
     return load_config(**{**values, **overrides})
 
 
