@@ -187,3 +187,14 @@ def load_state_dict_exactly(model: nn.Module, state_dict: Mapping[str, torch.Ten
             f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}\n"
             f"  shape mismatches ({len(mismatched)}): {_describe(mismatched)}"
         )
+
+
+def load_export(exported: nn.Module, state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> nn.Module:
+    """`exported` (the diffusers model built for our `model`) with `state_dict` loaded exactly, on
+    `model`'s device and dtype, in eval mode."""
+    reference = next(model.parameters())
+    exported.to(reference.device)
+    if reference.dtype != torch.float32:
+        exported.to(reference.dtype)
+    load_state_dict_exactly(exported, state_dict, f"a {type(model).__name__}")
+    return exported.eval()

@@ -35,7 +35,7 @@ from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig, nest_flat_
 from ..families import FAMILIES, family_for_diffusers, family_of, get_family
 from ..modules.quantizers import registry as quantizers
 from . import diffusers_tiny
-from .checkpoints import CheckpointError, load_state_dict_exactly
+from .checkpoints import CheckpointError, load_export, load_state_dict_exactly
 from .legacy_vq import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 
 # diffusers -> latentcode key renaming, applied in order. One table serves both directions:
@@ -437,12 +437,7 @@ def to_diffusers(model: nn.Module):
     if unused:
         raise ValueError(f"diffusers {diffusers_class.__name__} has no place for {sorted(unused)}")
     state_dict = {key: ours[name].clone() for key, name in names.items() if name in ours}
-    reference = next(model.parameters())
-    exported.to(reference.device)
-    if reference.dtype != torch.float32:
-        exported.to(reference.dtype)
-    load_state_dict_exactly(exported, state_dict, f"a {type(model).__name__}")
-    return exported.eval()
+    return load_export(exported, state_dict, model)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..configuration import AutoencoderConfig, LatentCodeConfig
 from ..modules.backbones.tiny import blocks_per_level
-from .checkpoints import load_state_dict_exactly
+from .checkpoints import load_export, load_state_dict_exactly
 
 CLASS_NAME = "AutoencoderTiny"
 FAMILY = "autoencoder"  # the family that converts to it: AutoencoderTiny has no posterior or codebook
@@ -172,10 +172,7 @@ def to_autoencoder_tiny(model: nn.Module):
     exported = AutoencoderTiny(**autoencoder_tiny_config_from(model.config))
     ours = model.state_dict()
     state_dict = {key: ours[diffusers_tiny_key_to_latentcode(key)].clone() for key in exported.state_dict()}
-    reference = next(model.parameters())
-    exported.to(device=reference.device, dtype=reference.dtype)
-    load_state_dict_exactly(exported, state_dict, f"a {type(model).__name__}")
-    return exported.eval()
+    return load_export(exported, state_dict, model)
 
 
 __all__ = [
