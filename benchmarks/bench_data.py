@@ -11,13 +11,21 @@ Workers: a folder of 256x256 JPEGs (crops of the Kodak photos), random crops and
 batches of 16; images/s with 0, 1 and 2 DataLoader workers, against `--step_ms` of model
 compute per batch run in the main process (0: data alone).
 
+Decode: CPU milliseconds per image of the training transform (decode, resize, random crop to
+256, flip) on one thread, for the 256x256 JPEG crops and for ImageNet-sized JPEGs (the Kodak
+photos reduced to 500x333 / 333x500 and saved at quality 90).
+
     python benchmarks/bench_data.py                     # both, default sizes
     python benchmarks/bench_data.py --only resume
+    python benchmarks/bench_data.py --only workers --batches 80 --step_ms 200
+    python benchmarks/bench_data.py --only decode
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import random
 import statistics
 import tempfile
 import time
@@ -83,6 +91,27 @@ def kodak_jpegs(folder: Path) -> int:
     return count
 
 
+def decode_milliseconds(folder: Path, repeats: int = 4) -> dict[str, float]:
+    """CPU ms per image of the random-crop training transform at 256, one thread."""
+    transform = ImageTransform(256, channels=3, center_crop=False, random_flip=True)
+    imagenet_sized = []
+    for path in sorted((SHARED / "kodak").glob("*.png")):
+        photo = PIL.Image.open(path).convert("RGB")
+        size = (500, 333) if photo.width > photo.height else (333, 500)
+        encoded = io.BytesIO()
+        photo.resize(size, PIL.Image.BICUBIC).save(encoded, "JPEG", quality=90)
+        imagenet_sized.append({"bytes": encoded.getvalue(), "path": f"{path.stem}.jpg"})
+    sets = {"256x256 JPEG crops": [str(path) for path in sorted(folder.glob("*.jpg"))], "500x333 JPEGs": imagenet_sized}
+    rng = random.Random(0)
+    costs = {}
+    for name, values in sets.items():
+        start = time.process_time()
+        for value in values * repeats:
+            transform.load(value, rng)
+        costs[name] = (time.process_time() - start) / (len(values) * repeats) * 1000
+    return costs
+
+
 def worker_throughput(folder: Path, workers: int, batches_to_time: int, step_ms: float) -> float:
     batches, _ = build_image_data(
         transform=ImageTransform(256, channels=3, center_crop=False, random_flip=True),
@@ -105,7 +134,7 @@ def worker_throughput(folder: Path, workers: int, batches_to_time: int, step_ms:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["resume", "workers"], default=None)
+    parser.add_argument("--only", choices=["resume", "workers", "decode"], default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--step_ms", type=float, default=0.0)
@@ -130,6 +159,11 @@ def main() -> None:
             for workers in (0, 1, 2):
                 rate = worker_throughput(Path(folder), workers, args.batches, args.step_ms)
                 print(f"| {workers} | {rate:.1f} |")
+    if args.only in (None, "decode"):
+        with tempfile.TemporaryDirectory() as folder:
+            kodak_jpegs(Path(folder))
+            for name, milliseconds in decode_milliseconds(Path(folder)).items():
+                print(f"{name}: {milliseconds:.2f} ms of CPU per image (decode, resize, crop, flip)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ shipped inside installed packages (`"builtin:digits"`, `"builtin:photos"`, no ne
 """
 
 from .batches import (
+    DecodedChunk,
     DecodedExamples,
     EpochOrder,
     ImageBatches,
@@ -48,6 +49,7 @@ __all__ = [
     "OFFLINE_HINT",
     "CorruptImageError",
     "CorruptImages",
+    "DecodedChunk",
     "DecodedExamples",
     "DecodingTransform",
     "EpochOrder",

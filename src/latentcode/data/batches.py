@@ -17,6 +17,7 @@ import logging
 import math
 import random
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -112,10 +113,18 @@ class EpochOrder:
         return pieces
 
 
+class DecodedChunk(NamedTuple):
+    """A decoded chunk of positions: `entries` `[(epoch, position, (source, message) of an
+    unreadable image or None)]` in order, and `images` `[n_readable, C, R, R]` (None if none)
+    holding the readable ones in the same order."""
+
+    entries: list[tuple]
+    images: torch.Tensor | None
+
+
 class DecodedExamples(torch.utils.data.Dataset):
     """Decodes the examples of a chunk `(epoch, first position, stop position)` of a process's
-    epoch, in DataLoader workers or in the main process alike. Each returns
-    `[(epoch, position, image or None, (source, message) of an unreadable one or None)]`."""
+    epoch, in DataLoader workers or in the main process alike, into a [`DecodedChunk`]."""
 
     def __init__(self, source: Source, order: EpochOrder, transform: DecodingTransform, seed: int, rank: int):
         self.source, self.order, self.transform = source, order, transform
@@ -131,19 +140,22 @@ class DecodedExamples(torch.utils.data.Dataset):
             self._window = (epoch, window, rows)
         return self._window[2]
 
-    def __getitem__(self, chunk: tuple[int, int, int]) -> list[tuple]:
+    def __getitem__(self, chunk: tuple[int, int, int]) -> DecodedChunk:
         epoch, start, stop = chunk
-        results = []
+        entries, images = [], []
         for position in range(start, stop):
             window, index = self.order.window_of(position)
             rows = self._rows(epoch, window)
             row = rows[self.order.window_example(epoch, window, index) - self.order.window_start(window)]
             rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{position}")
             try:
-                results.append((epoch, position, self.transform.load(row["image"], rng), None))
+                images.append(self.transform.load(row["image"], rng))
+                entries.append((epoch, position, None))
             except CorruptImageError as error:
-                results.append((epoch, position, None, (error.source, str(error))))
-        return results
+                entries.append((epoch, position, (error.source, str(error))))
+        # One tensor per chunk: a worker hands each tensor over through its own shared-memory
+        # segment, and per-image segments cost the training thread about as much as decoding.
+        return DecodedChunk(entries, torch.stack(images) if images else None)
 
     def __len__(self) -> int:  # the sampler is endless; DataLoader only needs the method
         raise TypeError("DecodedExamples is indexed by chunks of an endless stream")
@@ -240,7 +252,10 @@ class ImageBatches:
         if self._chunks is None:
             self._start()
         if not self._pending:
-            self._pending = list(reversed(next(self._chunks)))
+            chunk = next(self._chunks)
+            images = iter(chunk.images if chunk.images is not None else ())
+            examples = [(e, p, None if bad else next(images), bad) for e, p, bad in chunk.entries]
+            self._pending = list(reversed(examples))
         return self._pending.pop()
 
     def next_batch(self) -> torch.Tensor:
