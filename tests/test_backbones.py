@@ -3,6 +3,8 @@ the declared downsampling factor and latent shape, and the clear refusals."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -115,7 +117,8 @@ def test_tiny_pooling_branch_and_latent_clamp():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: build("vector", "vqvae"), "vector x autoencoder, vector x vae"),
+        (lambda: replace(get_backbone("vector"), families=("vae",)).check_family("vqvae"), "vector x vqvae, tiny x"),
+        (lambda: build("ldm", "vqvae", num_latent_tokens=4), "has a latent grid whose positions are the tokens"),
         (lambda: build("vector", "vae", sample_size=48), "(32, 64)"),
         (lambda: build("ldm", "vae", backbone_typo=1), "has no field"),
         (lambda: get_backbone("resnet"), "unknown backbone 'resnet'"),

@@ -28,8 +28,10 @@ def test_sequence_shape_errors():
         sequence_to_indices(torch.zeros(2, 10, dtype=torch.long), (3, 4))
     with pytest.raises(ValueError, match="integer"):
         indices_to_sequence(torch.zeros(2, 3, 4))
-    with pytest.raises(ValueError, match=r"\[B, h, w\]"):
-        indices_to_sequence(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[B, h, w\] or \[B, h, w, depth\] \(a vector latent's \[B, G\]"):
+        indices_to_sequence(torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"a vector latent's \(G,\) or \(G, depth\), got \(\)"):
+        sequence_to_indices(torch.zeros(2, 1, dtype=torch.long), ())
 
 
 def test_latent_shape():

@@ -377,6 +377,14 @@ class VQVAEConfig(LatentCodeConfig):
             ([`LookupFreeQuantizer`]), `"bsq"` ([`BinarySphericalQuantizer`]) or `"residual_vq"`
             ([`ResidualVectorQuantizer`]: `num_quantizers` VQ levels; indices get a depth axis).
         num_quantizers (`int`, *optional*): depth of `"residual_vq"` (defaults to 4).
+        num_latent_tokens (`int`, *optional*): tokens per image G of a vector-latent VQ-VAE
+            (`backbone="vector"`; TiTok's name for a 1-D tokenizer's token count). `quant_conv`
+            maps the encoder's `[latent_channels]` vector to G groups of `codebook_dim` entries
+            (group g is entries `[g * codebook_dim, (g + 1) * codebook_dim)`), each quantised as
+            one token: `encode(...).indices` is `[B, G]` (`[B, G, num_quantizers]` for
+            `"residual_vq"`), `.latents` / `.quantized` are `[B, G * codebook_dim]` (`code_channels`).
+            Defaults to `latent_channels // codebook_dim` (the vector split into groups). Not
+            set on a grid backbone, whose tokens are the latent grid's positions.
         quantizer_config (`dict`, *optional*): the quantizer's other constructor arguments, e.g.
             `{"gradient_estimator": "rotation"}`, `{"levels": [8, 5, 5, 5]}` (FSQ) or
             `{"temperature": 0.05}` (LFQ); unknown keys are refused naming the valid ones. For
@@ -411,6 +419,7 @@ class VQVAEConfig(LatentCodeConfig):
         codebook_dim: int | None = None,
         quantizer: str = "vq",
         num_quantizers: int | None = None,
+        num_latent_tokens: int | None = None,
         quantizer_config: dict | None = None,
         commitment_weight: float | None = None,
         codebook_weight: float | None = None,
@@ -439,6 +448,8 @@ class VQVAEConfig(LatentCodeConfig):
         self.codebook_size = sizes["codebook_size"]
         self.codebook_dim = sizes["codebook_dim"]
         self.num_quantizers = sizes.get("num_quantizers")
+        self._validate_sizes()
+        self.num_latent_tokens = self._resolve_latent_tokens(num_latent_tokens)
         self._validate_quantizer()
 
     @classmethod
@@ -489,6 +500,39 @@ class VQVAEConfig(LatentCodeConfig):
         values = {name: getattr(self, name) for name in applicable}
         return QuantizerLossWeights(**{**values, **given})
 
+    def _resolve_latent_tokens(self, num_latent_tokens: int | None) -> int | None:
+        """`num_latent_tokens` as given, its default on a vector-latent backbone (`latent_channels //
+        codebook_dim`), None on a grid backbone; refused where it does not fit."""
+        if not get_backbone(self.backbone).vector_latent:
+            _check(
+                num_latent_tokens is None,
+                f"num_latent_tokens={num_latent_tokens!r} sets how many tokens a vector latent is split into, but "
+                f"backbone={self.backbone!r} has a latent grid whose positions are the tokens; drop "
+                "num_latent_tokens, or use backbone='vector'",
+            )
+            return None
+        if num_latent_tokens is None:
+            _check(
+                self.latent_channels % self.codebook_dim == 0,
+                f"backbone='vector' splits the code vector into num_latent_tokens groups of codebook_dim="
+                f"{self.codebook_dim} entries, and latent_channels={self.latent_channels} is not a multiple of "
+                f"{self.codebook_dim}: set num_latent_tokens (quant_conv then projects the {self.latent_channels} "
+                f"entries to num_latent_tokens * {self.codebook_dim}), or a codebook_dim that divides latent_channels",
+            )
+            return self.latent_channels // self.codebook_dim
+        _check(
+            isinstance(num_latent_tokens, int) and not isinstance(num_latent_tokens, bool) and num_latent_tokens >= 1,
+            f"num_latent_tokens must be a positive int (tokens per image), got {num_latent_tokens!r}",
+        )
+        return num_latent_tokens
+
+    @property
+    def code_channels(self) -> int:
+        """Entries of the quantizer's input and output at one latent position: `codebook_dim` on a
+        latent grid; on a vector latent the whole vector, its `num_latent_tokens` tokens side by
+        side (`num_latent_tokens * codebook_dim`)."""
+        return self.codebook_dim * (self.num_latent_tokens or 1)
+
     def quantizer_sizes(self) -> dict[str, int]:
         """The quantizer's top-level constructor arguments: `codebook_size`, `codebook_dim`, `num_quantizers`."""
         sizes = dict(codebook_size=self.codebook_size, codebook_dim=self.codebook_dim)
@@ -502,9 +546,8 @@ class VQVAEConfig(LatentCodeConfig):
         """The keys of `quantizer_config` that only change training (the quantizer class says which)."""
         return quantizers.training_only_options(self.quantizer)
 
-    def _validate_quantizer(self) -> None:
-        """Check the sizes here and every option where it is used: by building the quantizer on the
-        meta device (no memory, no values), so that its constructor stays the one place that checks."""
+    def _validate_sizes(self) -> None:
+        """`codebook_size` >= 2, `codebook_dim` >= 1 and `num_quantizers` (when set) >= 1, as ints."""
         for name in ("codebook_size", "codebook_dim"):
             value, low = getattr(self, name), 2 if name == "codebook_size" else 1
             _check(isinstance(value, int) and value >= low, f"{name} must be an int >= {low}, got {value!r}")
@@ -513,11 +556,17 @@ class VQVAEConfig(LatentCodeConfig):
                 isinstance(self.num_quantizers, int) and self.num_quantizers >= 1,
                 f"num_quantizers must be a positive int, got {self.num_quantizers!r}",
             )
+
+    def _validate_quantizer(self) -> None:
+        """Check every option where it is used: by building the quantizer on the meta device (no
+        memory, no values), so that its constructor stays the one place that checks (the sizes are
+        checked before, by `_validate_sizes`)."""
         with torch.device("meta"):
             quantizers.build_quantizer(self.quantizer, self.quantizer_sizes(), self.quantizer_config)
-        if self.codebook_dim != self.latent_channels:
+        if self.code_channels != self.latent_channels:
+            code = "codebook_dim" if self.num_latent_tokens is None else "num_latent_tokens * codebook_dim"
             _check(
                 self.use_quant_conv and self.use_post_quant_conv,
-                f"codebook_dim={self.codebook_dim} differs from latent_channels={self.latent_channels}: "
+                f"{code}={self.code_channels} differs from latent_channels={self.latent_channels}: "
                 "use_quant_conv and use_post_quant_conv must be True to project between them",
             )

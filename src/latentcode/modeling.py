@@ -14,7 +14,7 @@ import glob
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from .modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quant
 from .modules.quantizers.lookup_free import RETIRED_STEP_BUFFER
 from .modules.tiling import SlicingTilingMixin
 from .modules.winograd import CONV_IMPLEMENTATIONS
-from .tokens import indices_to_sequence, latent_shape, sequence_to_indices
+from .tokens import grid_as_vector_code, indices_to_sequence, latent_shape, sequence_to_indices, vector_code_as_grid
 
 # Options that diffusers' pipeline loader passes to `ModelMixin.from_pretrained` only (flashpack
 # weight files; reading weights without memory-mapping); off by default.
@@ -85,7 +85,8 @@ class VAEEncoderOutput(ModelOutput):
 @dataclass
 class VQVAEEncoderOutput(ModelOutput):
     """`latents`: `[B, D, H/f, W/f]` before quantisation; `quantized`: the same shape after,
-    with the straight-through gradient; `indices`: `[B, H/f, W/f]` int64 codes."""
+    with the straight-through gradient; `indices`: `[B, H/f, W/f]` int64 codes. On a
+    vector-latent backbone `[B, G * D]`, `[B, G * D]` and `[B, G]` (G = `num_latent_tokens`)."""
 
     latents: torch.FloatTensor | None = None
     quantized: torch.FloatTensor | None = None
@@ -211,10 +212,12 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         return get_backbone(self.config.backbone)
 
     def latent_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """Shape of one image's latent code (what `decode` takes, without the batch axis):
-        `(latent_channels,)` on a vector-latent backbone, else `(latent_channels, H/f, W/f)` for
-        `image_size` (`H` or `(H, W)`, default `config.sample_size`)."""
-        return self.backbone_spec.latent_shape(self.config, self.config.latent_channels, image_size)
+        """Shape of one image's latent code (what `decode` takes, without the batch axis): `(C,)` on
+        a vector-latent backbone, else `(C, H/f, W/f)` for `image_size` (`H` or `(H, W)`, default
+        `config.sample_size`), where C is the bottleneck's output channels (`latent_channels`; a
+        VQ-VAE's `config.code_channels`)."""
+        code_channels = self.bottleneck_channels(self.config)[2]
+        return self.backbone_spec.latent_shape(self.config, code_channels, image_size)
 
     def _build_bottleneck(self, config: LatentCodeConfig) -> None:
         """Create the bottleneck's own modules (the quantizer); none by default."""
@@ -620,6 +623,8 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     images = model.decode_indices(encoded.indices).sample
     ```
     `decode(latents)` quantises continuous latents first, as diffusers' `VQModel.decode` does.
+    On the `"vector"` backbone the code is one vector `[B, G * D]` per image, quantised as
+    G = `config.num_latent_tokens` tokens of D = `codebook_dim` entries: indices `[B, G]`.
     """
 
     config_class = VQVAEConfig
@@ -635,7 +640,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     @staticmethod
     def bottleneck_channels(config):
-        return config.latent_channels, config.codebook_dim, config.codebook_dim
+        return config.latent_channels, config.code_channels, config.code_channels
 
     @property
     def codebook_size(self) -> int:
@@ -643,9 +648,10 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool | None = None):
         """`[B, C, H, W]` -> `.latents` / `.quantized` `[B, D, H/f, W/f]`, `.indices` `[B, H/f, W/f]`
-        (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`)."""
+        (`[B, H/f, W/f, num_quantizers]` for `"residual_vq"`); on a vector-latent backbone
+        `[B, G * D]` and `[B, G]` (`[B, G, num_quantizers]`)."""
         latents = self._bottleneck_input(pixel_values)
-        quantized = self.quantizer(latents, update_codebook=False)
+        quantized = self._quantize(latents, update_codebook=False)
         output = VQVAEEncoderOutput(latents=latents, quantized=quantized.quantized, indices=quantized.indices)
         return self._return(output, return_dict)
 
@@ -656,7 +662,8 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         return_dict: bool | None = None,
         shape: tuple[int, ...] | None = None,
     ):
-        """`[B, D, h, w]` continuous latents -> quantise -> `.sample` `[B, out_channels, h*f, w*f]`.
+        """`[B, D, h, w]` continuous latents (a vector latent's `[B, G * D]`) -> quantise -> `.sample`
+        `[B, out_channels, h*f, w*f]`.
 
         The signature is diffusers' `VQModel.decode`. `force_not_quantize=True` decodes the
         latents as they are (they are then taken to be codebook vectors already). With `shape`
@@ -666,13 +673,19 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         """
         if shape is not None:
             return self._decode_looked_up_indices(latents, force_not_quantize, shape, return_dict)
-        self._check_code(latents, self.config.codebook_dim)
-        code = latents if force_not_quantize else self.quantizer(latents, update_codebook=False).quantized
+        self._check_code(latents, self.config.code_channels)
+        code = latents if force_not_quantize else self._quantize(latents, update_codebook=False).quantized
         sample = self._decode_code(code.to(latents.dtype))
         return self._return(DecoderOutput(sample=sample), return_dict)
 
     def _decode_looked_up_indices(self, indices, force_not_quantize, shape, return_dict):
         """diffusers' `decode(indices, force_not_quantize=True, shape=(B, h, w, D))`."""
+        if self.backbone_spec.vector_latent:
+            raise ValueError(
+                "decode(..., shape=(B, h, w, D)) looks up a grid of token indices, as diffusers' VQModel does; this "
+                f"model's tokens are the num_latent_tokens={self.config.num_latent_tokens} groups of a vector latent "
+                "(backbone='vector'): decode them with decode_indices(indices [B, num_latent_tokens])"
+            )
         if not force_not_quantize:
             raise ValueError(
                 "decode(..., shape=...) looks token indices up in the codebook and needs force_not_quantize=True, "
@@ -688,8 +701,9 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     def decode_indices(self, indices: torch.Tensor, return_dict: bool | None = None):
         """Token indices `[B, h, w]` in `[0, codebook_size)` (`[B, h, w, num_quantizers]` for
-        `"residual_vq"`) -> `.sample` `[B, out_channels, h*f, w*f]`."""
-        code = self.quantizer.indices_to_codes(indices.to(self.device)).to(self.dtype)
+        `"residual_vq"`; a vector latent's `[B, G]` / `[B, G, num_quantizers]`) -> `.sample`
+        `[B, out_channels, h*f, w*f]`."""
+        code = self._indices_to_code(indices.to(self.device)).to(self.dtype)
         return self._return(DecoderOutput(sample=self._decode_code(code)), return_dict)
 
     def forward(
@@ -701,7 +715,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         optimiser step here: the entropy weight without its annealing)."""
         hidden_states = self._hidden_states_list(output_hidden_states)
         latents = self._bottleneck_input(pixel_values, hidden_states)
-        quantized = self.quantizer(latents)
+        quantized = self._quantize(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
         reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
         quantizer_loss, _ = self.config.loss_weights()(quantized.terms)
@@ -721,17 +735,43 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         )
         return self._return(output, return_dict)
 
+    # -- the token layout: a latent grid's positions, or a vector latent's groups --------------
+
+    def _quantize(self, latents: torch.Tensor, update_codebook: bool | None = None):
+        """The quantizer's [`QuantizerOutput`] for the bottleneck input: a latent grid `[B, D, h, w]`
+        as it is; a vector `[B, G * D]` as its G tokens (`tokens.vector_code_as_grid`), with
+        `quantized` back in the vector's layout and `indices` `[B, G]` (`[B, G, depth]`)."""
+        if not self.backbone_spec.vector_latent:
+            return self.quantizer(latents, update_codebook=update_codebook)
+        grid = vector_code_as_grid(latents, self.config.num_latent_tokens)
+        output = self.quantizer(grid, update_codebook=update_codebook)
+        return replace(output, quantized=grid_as_vector_code(output.quantized), indices=output.indices.squeeze(1))
+
+    def _indices_to_code(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token indices -> the quantized code `_decode_code` takes (the inverse of `_quantize`'s)."""
+        if not self.backbone_spec.vector_latent:
+            return self.quantizer.indices_to_codes(indices)
+        expected = self.latent_shape()
+        if tuple(indices.shape[1:]) != expected:
+            raise ValueError(
+                f"expected token indices [B, {', '.join(map(str, expected))}] (num_latent_tokens="
+                f"{self.config.num_latent_tokens} tokens of a vector latent), got shape {tuple(indices.shape)}"
+            )
+        return grid_as_vector_code(self.quantizer.indices_to_codes(indices.unsqueeze(1)))
+
     # -- token API for sequence models (latentcode.tokens) --------------------------------------
 
     def latent_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
         """Code grid of one image of `image_size` (`H` or `(H, W)`, default `config.sample_size`):
-        `(h, w)`, or `(h, w, depth)` for a quantiser with `config.num_quantizers > 1` levels."""
+        `(h, w)`, or `(h, w, depth)` for a quantiser with `config.num_quantizers > 1` levels; on a
+        vector-latent backbone `(G,)` or `(G, depth)`, G = `config.num_latent_tokens`."""
         size = self.config.sample_size if image_size is None else image_size
         return latent_shape(self.config, size, depth=getattr(self.config, "num_quantizers", None) or 1)
 
     @torch.no_grad()
     def encode_to_sequence(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[B, C, H, W]` pixels -> code sequence `[B, L]` int64 in raster order, `L = h * w (* depth)`."""
+        """`[B, C, H, W]` pixels -> code sequence `[B, L]` int64 in raster order, `L = h * w (* depth)`
+        (`G (* depth)` on a vector-latent backbone)."""
         return indices_to_sequence(self.encode(pixel_values, return_dict=True).indices)
 
     def decode_sequence(
@@ -755,7 +795,8 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         return self.decode_indices(encoded.indices, return_dict=True).sample
 
     def continuous_code_encoded(self, encoded: VQVAEEncoderOutput, sample_posterior=False, generator=None):
-        """The latents before quantisation `[B, codebook_dim, h, w]` (`decode` quantises them)."""
+        """The latents before quantisation `[B, codebook_dim, h, w]` (a vector latent's `[B, G *
+        codebook_dim]`; `decode` quantises them)."""
         return encoded.latents
 
     def code_size(self, encoded: VQVAEEncoderOutput) -> CodeSize:
@@ -772,7 +813,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         return {"indices": indices_to_sequence(encoded.indices)}
 
     def stored_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """The token grid `(h, w)` or `(h, w, depth)` of `latent_shape`."""
+        """The token grid `(h, w)` or `(h, w, depth)` of `latent_shape` (`(G,)` / `(G, depth)`)."""
         return self.latent_shape(image_size)
 
     def regularizer_description(self, objective=None) -> str:

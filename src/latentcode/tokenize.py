@@ -14,9 +14,10 @@ One row per readable image of the split (and with `flip_copies` one more, horizo
   row's index in its split, a webdataset sample's `__key__`) and `flipped`;
 - the source's label / caption columns, with their features (a `ClassLabel` stays one);
 - VQ-VAE: `indices`, the code sequence in raster order with residual levels together
-  (`model.encode_to_sequence`), and `latent_shape` (`[h, w]` or `[h, w, depth]`); VAE:
-  `latent_mean` and `latent_std` of the posterior, flattened, and `latent_shape` `[C, h, w]`;
-  AutoEncoder: `latents` and `latent_shape`. Floats in `latent_dtype` (float32 or float16).
+  (`model.encode_to_sequence`), and `latent_shape` (`[h, w]` or `[h, w, depth]`; `[G]` or
+  `[G, depth]` on a vector-latent backbone); VAE: `latent_mean` and `latent_std` of the
+  posterior, flattened, and `latent_shape` `[C, h, w]` (`[D]`); AutoEncoder: `latents` and
+  `latent_shape`. Floats in `latent_dtype` (float32 or float16).
 
 The split is cut into fixed units of `rows_per_shard` consecutive images; unit `u` becomes the
 shard `data/train-{u:05d}.parquet`, written by process `u % world_size`. A unit is written to a
@@ -120,8 +121,8 @@ def encode_codes(model, pixels: torch.Tensor, latent_dtype: str = "float32") -> 
 
 
 def code_shape(model, resolution: int) -> list[int]:
-    """`latent_shape` of one image: `[h, w]` / `[h, w, depth]` (tokens), `[C, h, w]` or `[D]`;
-    raises when the model cannot code images of `resolution`."""
+    """`latent_shape` of one image: `[h, w]` / `[h, w, depth]` (tokens; a vector latent's `[G]` /
+    `[G, depth]`), `[C, h, w]` or `[D]`; raises when the model cannot code images of `resolution`."""
     return list(model.stored_code_shape(resolution))
 
 

@@ -1,12 +1,15 @@
 """VQ-VAE codes as token sequences, for autoregressive priors and multimodal language models.
 
 A VQ-VAE turns an image into a grid of code indices `[B, h, w]` (or `[B, h, w, depth]` for
-residual / multi-level quantisers). Sequence models want `[B, L]`:
+residual / multi-level quantisers); on a vector-latent backbone into `G = num_latent_tokens`
+indices `[B, G]` (`[B, G, depth]`), one per group of its code vector. Sequence models want `[B, L]`:
 
 - `indices_to_sequence` / `sequence_to_indices` flatten and restore the grid in raster order
   (row by row, left to right, and for a depth axis all levels of one position together, coarse
-  to fine, as RQ-Transformer orders them). `L = h * w * depth`.
+  to fine, as RQ-Transformer orders them). `L = h * w * depth` (`G * depth`).
 - `latent_shape` says which grid an image size gives.
+- `vector_code_as_grid` / `grid_as_vector_code`: a vector latent's tokens laid out as the
+  `[B, D, 1, G]` grid the quantizers take, and back (the one place that layout is defined).
 - `ImageTokenMapping` places the `codebook_size` codes in a larger vocabulary: code `i` becomes
   token `offset + i`, optionally between begin-of-image and end-of-image tokens. This is
   Chameleon's image-token mapping with a contiguous block of ids; with `offset=0` and a
@@ -20,23 +23,47 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .modules.backbones import get_backbone
+
 
 def latent_shape(config, image_size: int | Sequence[int], depth: int = 1) -> tuple[int, ...]:
-    """Shape of the code grid of one image: `(h, w)`, or `(h, w, depth)` when `depth > 1`.
+    """Shape of the code grid of one image: `(h, w)`, or `(h, w, depth)` when `depth > 1`; for a
+    vector-latent VQ-VAE config `(G,)` or `(G, depth)`, G = `config.num_latent_tokens`.
 
     Args:
-        config: a model config with `downsampling_factor` (any latentcode config).
-        image_size: `H` for a square image or `(H, W)`; each must be divisible by the factor.
+        config: a latentcode model config (its backbone says whether the code is a grid).
+        image_size: `H` for a square image or `(H, W)`; each must be divisible by the downsampling
+            factor (a vector latent takes `config.sample_size` only).
         depth: code levels per position (residual / multi-level quantisers).
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    factor = config.downsampling_factor
-    if height % factor or width % factor:
-        raise ValueError(f"image size must be divisible by the downsampling factor {factor}, got {height}x{width}")
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    grid = (height // factor, width // factor)
+    code = get_backbone(config.backbone).latent_shape(config, 1, image_size)  # checks the image size
+    if len(code) == 1:  # one vector per image: its tokens are the groups of the vector
+        tokens = getattr(config, "num_latent_tokens", None)
+        if tokens is None:
+            raise ValueError(
+                f"a {type(config).__name__} on backbone={config.backbone!r} has a continuous vector code, no tokens; "
+                "token shapes belong to a VQVAEConfig (num_latent_tokens)"
+            )
+        grid = (tokens,)
+    else:
+        grid = code[1:]
     return grid if depth == 1 else (*grid, depth)
+
+
+def vector_code_as_grid(code: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """A vector latent `[B, G * D]` -> its G tokens as the grid `[B, D, 1, G]` the quantizers take:
+    token g is the vector's entries `[g * D, (g + 1) * D)` (a view, no copy)."""
+    batch, width = code.shape
+    if width % num_tokens:
+        raise ValueError(f"a code vector of {width} entries does not split into num_latent_tokens={num_tokens} tokens")
+    return code.view(batch, num_tokens, width // num_tokens).permute(0, 2, 1).unsqueeze(2)
+
+
+def grid_as_vector_code(grid: torch.Tensor) -> torch.Tensor:
+    """`[B, D, 1, G]` -> the vector `[B, G * D]`, the inverse of `vector_code_as_grid`."""
+    return grid.squeeze(2).permute(0, 2, 1).reshape(grid.shape[0], -1)
 
 
 def _check_integer(tensor: torch.Tensor, name: str) -> None:
@@ -46,22 +73,27 @@ def _check_integer(tensor: torch.Tensor, name: str) -> None:
 
 
 def indices_to_sequence(indices: torch.Tensor) -> torch.Tensor:
-    """Code grid `[B, h, w]` or `[B, h, w, depth]` -> sequence `[B, h * w * depth]` (int64, raster order)."""
+    """Code grid `[B, h, w]` or `[B, h, w, depth]` (a vector latent's `[B, G]` or `[B, G, depth]`)
+    -> sequence `[B, h * w * depth]` (int64, raster order)."""
     _check_integer(indices, "indices")
-    if indices.dim() not in (3, 4):
-        raise ValueError(f"expected indices [B, h, w] or [B, h, w, depth], got shape {tuple(indices.shape)}")
+    if indices.dim() not in (2, 3, 4):
+        raise ValueError(
+            f"expected indices [B, h, w] or [B, h, w, depth] (a vector latent's [B, G] or [B, G, depth]), got "
+            f"shape {tuple(indices.shape)}"
+        )
     return indices.long().reshape(indices.shape[0], -1)
 
 
 def sequence_to_indices(sequence: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Sequence `[B, L]` -> code grid `[B, *shape]`, the inverse of `indices_to_sequence`.
 
-    `shape` is `(h, w)` or `(h, w, depth)` as `latent_shape` returns; `L` must be its product.
+    `shape` is `(h, w)` or `(h, w, depth)` (a vector latent's `(G,)` or `(G, depth)`) as
+    `latent_shape` returns; `L` must be its product.
     """
     _check_integer(sequence, "sequence")
     shape = tuple(shape)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"shape must be (h, w) or (h, w, depth), got {shape}")
+    if len(shape) not in (1, 2, 3):
+        raise ValueError(f"shape must be (h, w) or (h, w, depth), or a vector latent's (G,) or (G, depth), got {shape}")
     length = 1
     for size in shape:
         length *= size

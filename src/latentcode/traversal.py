@@ -31,11 +31,19 @@ import torch
 ACTIVE_KL_NATS = 0.01
 
 
+def code_dimensions(model) -> int:
+    """The latent dimensions of `model`'s code: the entries of a vector latent, the channels of a
+    grid (`latent_channels`; a VQ-VAE's `code_channels`, which `decode` takes)."""
+    return model.latent_code_shape()[0]
+
+
 def _check_dims(model, dims: Sequence[int]) -> list[int]:
-    channels = model.config.latent_channels
+    channels = code_dimensions(model)
     dims = [int(d) for d in dims]
     if not dims or any(not 0 <= d < channels for d in dims):
-        raise ValueError(f"expected latent dimensions in [0, {channels}) (latent_channels={channels}), got {dims}")
+        raise ValueError(
+            f"expected latent dimensions in [0, {channels}) (the code's {channels} dimensions), got {dims}"
+        )
     return dims
 
 
@@ -98,7 +106,7 @@ def latent_traversal(
     when None. `dims` defaults to every dimension, `values` to `linspace(-2, 2, 7)` (two prior
     standard deviations either side)."""
     values = torch.linspace(-2, 2, 7) if values is None else values
-    dims = _check_dims(model, range(model.config.latent_channels) if dims is None else dims)
+    dims = _check_dims(model, range(code_dimensions(model)) if dims is None else dims)
     if pixel_values is None:
         base = torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
     elif pixel_values.dim() != 4 or pixel_values.shape[0] != 1:

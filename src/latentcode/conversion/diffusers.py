@@ -33,6 +33,7 @@ from torch import nn
 
 from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig, nest_flat_quantizer_fields
 from ..families import FAMILIES, family_for_diffusers, family_of, get_family
+from ..modules.backbones import get_backbone
 from ..modules.quantizers import registry as quantizers
 from . import diffusers_tiny
 from .checkpoints import CheckpointError, load_export, load_state_dict_exactly
@@ -230,6 +231,23 @@ def _imported_quantizer_config(overrides: dict) -> dict:
     return {**IMPORTED_VQ_TRAINING, **given}
 
 
+def _check_ldm_backbone(config: LatentCodeConfig, class_name: str) -> None:
+    """Refuse another backbone than "ldm", the one diffusers' `class_name` is built on."""
+    if get_backbone(config.backbone).vector_latent:
+        raise ValueError(
+            f"diffusers has no vector-latent {class_name}: its {class_name} takes and returns a latent grid "
+            f"[B, C, h, w] (a VQModel quantises each grid position), and backbone={config.backbone!r} codes an image "
+            "as one vector [B, D] (a VQ-VAE quantises num_latent_tokens groups of it); such a model stays a "
+            "latentcode model (save_pretrained / from_pretrained)"
+        )
+    if config.backbone != "ldm":
+        raise ValueError(
+            f"diffusers {class_name} is built on the taming / latent-diffusion backbone (backbone='ldm'), got "
+            f"backbone={config.backbone!r}: diffusers has no {class_name} on it (only an AutoencoderModel on the "
+            f"'tiny' backbone exports, to {diffusers_tiny.CLASS_NAME})"
+        )
+
+
 def diffusers_config_from(config: LatentCodeConfig) -> dict:
     """The diffusers `VQModel` / `AutoencoderKL` constructor arguments for our config.
 
@@ -243,12 +261,7 @@ def diffusers_config_from(config: LatentCodeConfig) -> dict:
             "VAEConfig (-> AutoencoderKL) export"
         )
     class_name = "VQModel" if is_vq else "AutoencoderKL"
-    if config.backbone != "ldm":
-        raise ValueError(
-            f"diffusers {class_name} is built on the taming / latent-diffusion backbone (backbone='ldm'), got "
-            f"backbone={config.backbone!r}: diffusers has no {class_name} on it (only an AutoencoderModel on the "
-            f"'tiny' backbone exports, to {diffusers_tiny.CLASS_NAME})"
-        )
+    _check_ldm_backbone(config, class_name)
     if is_vq and config.quantizer != "vq":
         raise ValueError(
             f"diffusers VQModel has a plain nearest-neighbour codebook and cannot express quantizer="

@@ -221,8 +221,10 @@ class DemoHandlers:
         labels = [base.slider_label(position) for position in range(len(base.dims))]
         labels += [None] * (inference.MAX_SLIDERS - len(labels))
         where = "the prior mean (0)" if image is None else "this image's code"
-        channels = loaded.model.config.latent_channels
+        channels = inference.code_dimensions(loaded.model)
         summary = f"Sliders move {len(base.dims)} of the {channels} latent dimensions of `{name}` around {where}"
+        if loaded.has_tokens:
+            summary += " (before quantisation: the decoded image changes only where a token changes)"
         if base.kl is not None:
             summary += f"; KL of this image's code: {float(base.kl.sum()) / math.log(2):.1f} bits"
         values = ", ".join(f"{round(value, 2) + 0.0:+.2f}" for value in inference.traversal_values().tolist())

@@ -34,7 +34,7 @@ from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
 from ..modeling import LatentCodePreTrainedModel
 from ..prior import sample_images, token_mapping
-from ..traversal import encode_codes, latent_traversal, per_dimension_kl, top_dimensions
+from ..traversal import code_dimensions, encode_codes, latent_traversal, per_dimension_kl, top_dimensions
 
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
@@ -90,6 +90,8 @@ class DemoModel:
             )
         if self.has_tokens:
             text += f", {model.codebook_size} codes ({config.quantizer})"
+            if self.vector_latent:
+                text += f" in {config.num_latent_tokens} tokens (groups of {config.codebook_dim} entries)"
         return text
 
     def source(self) -> str:
@@ -252,7 +254,8 @@ class Reconstruction:
         bits / bits_meaning: what the code costs and how that is counted (`model.code_size`:
             `tokens * log2(K)` for a VQ-VAE; the KL to the prior in bits, its bits-back coding
             cost, for a VAE; the float32 values for an AutoEncoder).
-        indices: `[1, h, w]` (or `[1, h, w, depth]`) tokens of a model with tokens, else `None`.
+        indices: `[1, h, w]` (or `[1, h, w, depth]`) tokens of a model with tokens, else `None`; a
+            vector latent's `[1, G]` tokens as one row `[1, 1, G]` (see [`as_token_grid`]).
     """
 
     original: torch.Tensor
@@ -304,7 +307,7 @@ def reconstruct(loaded: DemoModel, pixels: torch.Tensor) -> Reconstruction:
         latent_shape=code.shape,
         bits=float(code.bits[0]),
         bits_meaning=code.meaning,
-        indices=encoded.indices if loaded.has_tokens else None,
+        indices=as_token_grid(loaded, encoded.indices) if loaded.has_tokens else None,
     )
 
 
@@ -324,6 +327,17 @@ def to_image(loaded: DemoModel, pixels: torch.Tensor) -> PIL.Image.Image:
 # ----------------------------------------------------------------------------------------------
 # Tokens
 # ----------------------------------------------------------------------------------------------
+
+
+def as_token_grid(loaded: DemoModel, indices: torch.Tensor) -> torch.Tensor:
+    """A model's token indices as the grid the Codes tab draws and edits: a latent grid's `[1, h, w]`
+    (`[1, h, w, depth]`) as it is; a vector latent's `[1, G]` (`[1, G, depth]`) as one row `[1, 1, G]`."""
+    return indices.unsqueeze(1) if loaded.vector_latent else indices
+
+
+def from_token_grid(loaded: DemoModel, grid: torch.Tensor) -> torch.Tensor:
+    """The inverse of [`as_token_grid`]: the indices `decode_indices` takes."""
+    return grid.squeeze(1) if loaded.vector_latent else grid
 
 
 def code_colors(codes: torch.Tensor) -> torch.Tensor:
@@ -376,8 +390,8 @@ def code_histogram(indices: torch.Tensor, codebook_size: int) -> PIL.Image.Image
 def change_token(
     loaded: DemoModel, indices: torch.Tensor, row: int, col: int, code: int, level: int = 0
 ) -> torch.Tensor:
-    """Decode `indices` `[1, h, w]` (or `[1, h, w, depth]`) with the token at `(row, col)` (and
-    `level`) replaced by `code`. Returns pixels `[1, C, H, W]`."""
+    """Decode `indices` `[1, h, w]` (or `[1, h, w, depth]`; [`as_token_grid`]'s for a vector latent)
+    with the token at `(row, col)` (and `level`) replaced by `code`. Returns pixels `[1, C, H, W]`."""
     height, width = indices.shape[1:3]
     depth = indices.shape[3] if indices.dim() == 4 else 1
     size = loaded.model.codebook_size
@@ -392,7 +406,7 @@ def change_token(
         edited[0, row, col, level] = code
     else:
         edited[0, row, col] = code
-    return loaded.model.decode_indices(edited, return_dict=True).sample.float()
+    return loaded.model.decode_indices(from_token_grid(loaded, edited), return_dict=True).sample.float()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,9 +483,10 @@ def attribute_base(loaded: DemoModel, image: PIL.Image.Image | None) -> Attribut
     prior mean 0 (models that sample a prior only), and the dimensions to put on sliders: every
     dimension when there are at most `MAX_SLIDERS`, else the `MAX_SLIDERS` of largest KL for this
     image (`traversal.per_dimension_kl`; the first ones for a model without a posterior or a
-    prior-mean base)."""
+    prior-mean base). A VQ-VAE's dimensions are those of its code before quantisation: `decode`
+    quantises the moved code, so the image changes where a token changes."""
     model = loaded.model
-    channels = model.config.latent_channels
+    channels = code_dimensions(model)
     if image is None:
         if not model.can_sample_prior:
             raise DemoInputError(

@@ -158,7 +158,11 @@ class _Evaluation:
         device = model.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.encode_timer, self.decode_timer = _Timer(device), _Timer(device)
-        self.usage = CodebookHistogram(model.codebook_size) if model.has_tokens else None
+        self.usage = (
+            CodebookHistogram(model.codebook_size, levels=model.config.num_quantizers or 1)
+            if model.has_tokens
+            else None
+        )
         self.real_features, self.fake_features = FeatureStatistics(), FeatureStatistics()
         self.sums: dict[str, float] = {}
         self.kl_sums: torch.Tensor | None = None  # [latent_channels] float64, a model with a prior

@@ -285,22 +285,30 @@ class CodebookHistogram:
     """How often each of `codebook_size` codes is used, accumulated over a whole evaluation
     (the quantizers' `CodebookUsageWindow` is the training-time sliding window).
 
-    `update(indices)` takes `[B, h, w]` (one code per position) or `[B, h, w, L]` (L codes
-    per position, e.g. residual levels, each counted in its own histogram).
+    `update(indices)` takes `[B, h, w]` (one code per position; a vector latent's `[B, G]`) or
+    `[B, h, w, L]` (L codes per position, e.g. residual levels, each counted in its own
+    histogram). `levels` (a model's `num_quantizers`) says L where the shape does not: a vector
+    latent's `[B, G, L]`; None takes L from a 4-D `[B, h, w, L]` and 1 otherwise.
     """
 
-    def __init__(self, codebook_size: int):
+    def __init__(self, codebook_size: int, levels: int | None = None):
         if codebook_size < 1:
             raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
-        self.codebook_size = codebook_size
+        if levels is not None and levels < 1:
+            raise ValueError(f"levels must be >= 1, got {levels}")
+        self.codebook_size, self.levels = codebook_size, levels
         self.counts: torch.Tensor | None = None  # [L, K] int64
 
     def update(self, indices: torch.Tensor) -> None:
-        if indices.is_floating_point() or indices.dim() not in (3, 4):
-            raise ValueError(
-                f"expected integer indices [B, h, w] or [B, h, w, L], got {indices.dtype} {tuple(indices.shape)}"
-            )
-        levels = indices.reshape(-1, 1 if indices.dim() == 3 else indices.shape[-1]).long().cpu()
+        levels = self.levels or (indices.shape[-1] if indices.dim() == 4 else 1)
+        if (
+            indices.is_floating_point()
+            or indices.dim() not in (2, 3, 4)
+            or (levels > 1 and indices.shape[-1] != levels)
+        ):
+            expected = "[B, h, w] or [B, G]" if levels == 1 else f"[B, h, w, {levels}] or [B, G, {levels}]"
+            raise ValueError(f"expected integer indices {expected}, got {indices.dtype} {tuple(indices.shape)}")
+        levels = indices.reshape(-1, levels).long().cpu()
         if levels.numel() and (levels.min() < 0 or levels.max() >= self.codebook_size):
             raise ValueError(
                 f"indices must be in [0, {self.codebook_size}), got values in [{int(levels.min())}, {int(levels.max())}]"

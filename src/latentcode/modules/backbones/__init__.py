@@ -5,11 +5,15 @@ The backbone is one axis of a model, the bottleneck (AutoEncoder, VAE, VQ-VAE) t
 the config and declares what everything downstream asks about: the downsampling factor, the
 latent shape (`[C, h, w]`, or `[D]` for a vector latent) and the bottleneck families it offers.
 
-| name | what | latent |
-|---|---|---|
-| `"ldm"` (default) | taming / latent-diffusion convolutional backbone | `[C, H/f, W/f]` |
-| `"vector"` | conv + fully connected encoder/decoder of Burgess et al. 2018 (beta-VAE) | `[D]` |
-| `"tiny"` | TAESD-style: 3x3 conv + ReLU residual blocks, no normalisation | `[C, H/f, W/f]` |
+| name | what | latent | VQ-VAE tokens |
+|---|---|---|---|
+| `"ldm"` (default) | taming / latent-diffusion convolutional backbone | `[C, H/f, W/f]` | `[H/f, W/f]` grid |
+| `"vector"` | conv + fully connected encoder/decoder of Burgess et al. 2018 (beta-VAE) | `[D]` | `[G]` groups of the vector |
+| `"tiny"` | TAESD-style: 3x3 conv + ReLU residual blocks, no normalisation | `[C, H/f, W/f]` | `[H/f, W/f]` grid |
+
+Every backbone offers the three families. A VQ-VAE on the `"vector"` backbone quantises its code
+vector `[G * codebook_dim]` as G = `config.num_latent_tokens` tokens of `codebook_dim` entries each
+(see `VQVAEConfig`; `latentcode.tokens.vector_code_as_grid` is the layout).
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ BACKBONES: dict[str, Backbone] = {
             description=f"conv + fully connected vector-latent backbone of Burgess et al. 2018 "
             f"({' or '.join(map(str, VECTOR_SAMPLE_SIZES))} pixel images)",
             vector_latent=True,
-            families=("autoencoder", "vae"),
+            families=("autoencoder", "vae", "vqvae"),
             build_encoder=lambda config, out: VectorEncoder(config.in_channels, out, **_vector_options(config)),
             build_decoder=lambda config, inp: VectorDecoder(inp, config.out_channels, **_vector_options(config)),
             downsampling_factor=lambda config: config.sample_size,
