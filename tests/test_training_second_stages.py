@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,26 @@ def test_gradient_accumulation_reads_every_micro_batch(stage, tmp_path):
     metrics = engine.run().metrics
     assert engine.batches.state_dict()["position"] == 3 * 2 * 4  # 3 steps of 2 micro-batches of 4 images
     assert metrics["details"]["images_seen"] == 3 * 2 * 4 and metrics["details"]["global_step"] == 3
+
+
+def test_the_report_times_the_training_loop_in_wall_and_cpu_seconds(stage, tmp_path, monkeypatch):
+    """A step's sleep counts in wall time only, its computing in both (metrics.json's details), so
+    a benchmark on a loaded machine can read the CPU time its loop took."""
+    engine = engine_of(stage, tmp_path / "run", "--max_train_steps", "2", "--checkpointing_steps", "0")
+    loss = engine.task.loss
+
+    def slow_loss(engine, batch):
+        time.sleep(0.3)
+        computed_until = time.process_time() + 0.2
+        while time.process_time() < computed_until:
+            pass
+        return loss(engine, batch)
+
+    monkeypatch.setattr(engine.task, "loss", slow_loss)
+    details = engine.run().metrics["details"]
+    wall, cpu = details["train_seconds_this_session"], details["train_cpu_seconds_this_session"]
+    assert cpu >= 2 * 0.2 and wall >= 2 * (0.3 + 0.2)
+    assert cpu < wall - 0.3, (wall, cpu)  # the sleeps are not CPU time
 
 
 # -- second stages from a tokenised dataset (latentcode-tokenize output) -----------------------

@@ -364,7 +364,7 @@ class Engine:
             total=self.schedule.total_steps, initial=self.global_step, disable=not accelerator.is_main_process
         )
         progress.set_description("steps")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         while not self._done():
             step_start = time.perf_counter()
             logs = self.training_step()
@@ -380,7 +380,7 @@ class Engine:
                 self.budget.observe(self.schedule, now - step_start, self.train_seconds + now - start)
                 progress.total = self.schedule.total_steps
         progress.close()
-        return self._finish(time.perf_counter() - start)
+        return self._finish(time.perf_counter() - start, time.process_time() - cpu_start)
 
     def _checkpoint_and_validate(self, session_seconds: float) -> None:
         config, step = self.config, self.global_step
@@ -398,10 +398,10 @@ class Engine:
                 self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
             self.accelerator.wait_for_everyone()
 
-    def _finish(self, session_seconds: float) -> TrainingResult:
+    def _finish(self, session_seconds: float, cpu_seconds: float) -> TrainingResult:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
-        summary = run_summary(self, session_seconds)
+        summary = run_summary(self, session_seconds, cpu_seconds)
         model = self.task.final_model(self)
         metrics = {}
         if accelerator.is_main_process:
@@ -429,8 +429,10 @@ class Engine:
             self._lock = None
 
 
-def run_summary(engine: Engine, session_seconds: float) -> dict:
-    """Collective: the run's counters for metrics.json."""
+def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float | None = None) -> dict:
+    """Collective: the run's counters for metrics.json. `cpu_seconds`: this process's CPU time in
+    this session's training loop (its threads; DataLoader workers are other processes), the
+    number that a shared machine's load disturbs least."""
     config, accelerator = engine.config, engine.accelerator
     # Processes may meet the same bad file in different epochs: count the union of their files.
     corrupt = set().union(*gather_object([engine.batches.corrupt.state_dict()]))
@@ -440,6 +442,7 @@ def run_summary(engine: Engine, session_seconds: float) -> dict:
         "images_seen": engine.global_step * images_per_step,
         "train_seconds_this_session": round(session_seconds, 2),
         "train_seconds": round(engine.train_seconds + session_seconds, 2),
+        "train_cpu_seconds_this_session": None if cpu_seconds is None else round(cpu_seconds, 2),
         "max_train_time": config.max_train_time,
         "final_train_loss": engine.losses[-1] if engine.losses else None,
         "nonfinite_steps": engine.nonfinite_steps,
