@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -177,3 +178,28 @@ def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_pat
     assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_prior_loss_is_transformers_causal_lm_loss_without_its_warning(architecture):
+    """`prior_loss` equals the loss transformers computes from `labels`, and (unlike passing labels
+    to GPT-2, whose class name maps to no loss type) logs no `loss_type=None` warning."""
+    torch.manual_seed(0)
+    prior = build_prior(16, (4, 4), architecture=architecture, hidden_size=32, num_layers=1, num_heads=2)
+    mapping = token_mapping(prior.config)
+    codes = torch.randint(0, 16, (3, 16))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library_logger = logging.getLogger("transformers")
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process
+    library_logger.addHandler(handler)
+    try:
+        loss = prior_loss(prior, codes, mapping)
+    finally:
+        library_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "loss_type" in r.getMessage()]
+    tokens = mapping.codes_to_tokens(codes)
+    torch.testing.assert_close(loss, prior(input_ids=tokens, labels=tokens).loss, rtol=1e-6, atol=1e-6)
+    loss.backward()  # the gradient reaches the model
+    assert prior.lm_head.weight.grad is not None

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
 
 from .tokens import ImageTokenMapping, sequence_to_indices
@@ -117,7 +118,10 @@ def prior_loss(prior, sequences: torch.Tensor, mapping: ImageTokenMapping) -> to
     (`token_mapping(unwrapped.config)`).
     """
     tokens = mapping.codes_to_tokens(sequences)
-    return prior(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
+    logits = prior(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits
+    # transformers' causal-LM loss, computed here: passing `labels` makes GPT-2 (whose class name
+    # maps to no loss type) warn "loss_type=None ... unrecognized" on every process.
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
 @torch.no_grad()
