@@ -10,13 +10,18 @@ measures on all 100 digits, through the posterior mean:
   reconstruction loss) and PSNR;
 - KL(q(z|x) || N(0, I)) per dimension, averaged over the images (`latentcode.traversal.
   per_dimension_kl`): its total, the dimensions above 0.1 nats ("active") and the share of the
-  total held by the largest one and the largest three.
+  total held by the largest one and the largest three;
+- the total correlation between the latent dimensions (what FactorVAE and β-TCVAE penalise) and
+  the index-code mutual information: β-TCVAE's minibatch stratified estimate
+  (`latentcode.disentanglement.decompose_kl`) with the 100 digits as the batch and the dataset
+  (N = 100), averaged over `--tc_samples` posterior draws.
 
 Expected: as the pressure on the KL grows (β, smaller capacity C, the TC weight), reconstruction
 gets worse and the KL concentrates in fewer dimensions.
 
     python benchmarks/bench_betavae.py                       # every run of RUNS: 9 x 600 steps, ~30 min on a busy core
     python benchmarks/bench_betavae.py --steps 100 --only betaH
+    python benchmarks/bench_betavae.py --steps 3000 --runs factor:factor_G=0,6,40,100 --reg_anneal_fraction 0.027
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import PIL.Image
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from latentcode.disentanglement import reconstruction_nll
+from latentcode.disentanglement import decompose_kl, reconstruction_nll, total_correlation_estimate
 from latentcode.training import load_config, trainer
 from latentcode.traversal import per_dimension_kl
 
@@ -53,6 +58,26 @@ RUNS = [
     ("factor", "factor_G", 6.0),
     ("factor", "factor_G", 40.0),
 ]
+OBJECTIVES = ("betaH", "betaB", "btcvae", "factor")
+
+
+def parse_runs(specs: list[str]) -> list[tuple[str, str, float]]:
+    """`["factor:factor_G=0,6", ...]` -> `[("factor", "factor_G", 0.0), ("factor", "factor_G", 6.0), ...]`."""
+    runs = []
+    for spec in specs:
+        objective, _, assignment = spec.partition(":")
+        weight, _, values = assignment.partition("=")
+        try:
+            numbers = [float(value) for value in values.split(",")]
+        except ValueError:
+            numbers = []
+        if objective not in OBJECTIVES or not weight or not numbers:
+            raise SystemExit(
+                f"--runs takes OBJECTIVE:WEIGHT=V1,V2,... with OBJECTIVE one of {OBJECTIVES} and numbers for the "
+                f"values (e.g. factor:factor_G=6,40), got {spec!r}"
+            )
+        runs.extend((objective, weight, number) for number in numbers)
+    return runs
 
 
 def all_digits() -> torch.Tensor:
@@ -61,8 +86,9 @@ def all_digits() -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))[:, None] / 127.5 - 1
 
 
-def train_one(objective: str, weight: str, value: float, args: argparse.Namespace, output_dir: Path):
-    """Train one model; returns it (unwrapped, eval mode) and the seconds the run took."""
+def train_one(objective: str, weight: str, value: float, seed: int, args: argparse.Namespace, output_dir: Path):
+    """Train one model; returns it (unwrapped, eval mode), the seconds the run took and FactorVAE's
+    trained TC discriminator (None for the other objectives)."""
     config = load_config(
         output_dir=str(output_dir),
         model_family="vae",
@@ -80,10 +106,11 @@ def train_one(objective: str, weight: str, value: float, args: argparse.Namespac
         checkpointing_steps=0,
         validation_steps=0,
         report_to="none",
-        seed=args.seed,
+        seed=seed,
         vae_objective=objective,
-        reg_anneal=args.steps // 4,  # the published 10,000 steps, scaled to these short runs
-        betaB_G=1000.0,  # the published MNIST γ of betaB
+        reg_anneal=reg_anneal(args),
+        betaB_G=args.betaB_G,
+        factor_lr_disc=args.factor_lr_disc,
         **{weight: value},
     )
     start = time.perf_counter()
@@ -92,11 +119,48 @@ def train_one(objective: str, weight: str, value: float, args: argparse.Namespac
     # accelerate's process-wide singletons: the next in-process run starts from scratch.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return engine.task.unwrapped.eval(), time.perf_counter() - start
+    discriminator = getattr(engine.task.objective.vae_loss, "discriminator", None)
+    return engine.task.unwrapped.eval(), time.perf_counter() - start, discriminator
+
+
+def reg_anneal(args: argparse.Namespace) -> int:
+    """The annealing steps: `--reg_anneal_fraction` of the run."""
+    return round(args.steps * args.reg_anneal_fraction)
 
 
 @torch.no_grad()
-def measure(model, images: torch.Tensor) -> dict:
+def kl_decomposition(model, images: torch.Tensor, samples: int) -> dict:
+    """β-TCVAE's decomposition of the KL of `images` `[N, C, H, W]` (the batch and the dataset:
+    N = len(images)), each part in nats per image, averaged over `samples` posterior draws
+    (seeded: the same draws for every model)."""
+    posterior = model.encode(images).latent_dist
+    generator = torch.Generator().manual_seed(0)
+    parts = [
+        decompose_kl(posterior.sample(generator=generator), posterior.mean, posterior.logvar, len(images))
+        for _ in range(samples)
+    ]
+    return {
+        "mi": float(np.mean([p.mutual_information.item() for p in parts])),
+        "tc": float(np.mean([p.total_correlation.item() for p in parts])),
+        "dw_kl": float(np.mean([p.dimension_wise_kl.item() for p in parts])),
+    }
+
+
+@torch.no_grad()
+def discriminator_tc(model, discriminator, images: torch.Tensor, samples: int) -> float:
+    """FactorVAE's own TC estimate (the term `factor_G` weighs) on posterior draws of `images`,
+    averaged over `samples` draws (the same seeded draws as [`kl_decomposition`])."""
+    posterior = model.encode(images).latent_dist
+    generator = torch.Generator().manual_seed(0)
+    estimates = [
+        total_correlation_estimate(discriminator.eval()(posterior.sample(generator=generator))).item()
+        for _ in range(samples)
+    ]
+    return float(np.mean(estimates))
+
+
+@torch.no_grad()
+def measure(model, images: torch.Tensor, tc_samples: int) -> dict:
     reconstruction = model.decode(model.encode(images).latent_dist.mode()).sample
     mse = torch.mean(((reconstruction.clamp(-1, 1) - images) / 2) ** 2).item()
     kl = per_dimension_kl(model, images)
@@ -110,20 +174,23 @@ def measure(model, images: torch.Tensor) -> dict:
         "top1_share": ordered[0].item() / total if total > 0 else float("nan"),
         "top3_share": ordered[:3].sum().item() / total if total > 0 else float("nan"),
         "kl_per_dim": [round(v, 3) for v in kl.tolist()],
+        **kl_decomposition(model, images, tc_samples),
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| objective | weight | recon NLL (nats/img) | PSNR dB | KL (nats/img) | dims > 0.1 nats | top-1 share | "
-        "top-3 share | KL per dimension, sorted |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| objective | weight | seed | recon NLL (nats/img) | PSNR dB | KL (nats/img) | TC (nats) | MI (nats) | "
+        "dims > 0.1 nats | top-1 share | top-3 share | KL per dimension, sorted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dims = ", ".join(f"{v:.1f}" for v in sorted(r["kl_per_dim"], reverse=True))
+        gamma = f", betaB_G = {r['betaB_G']:g}" if r["objective"] == "betaB" else ""
         lines.append(
-            f"| {r['objective']} | {r['weight']} = {r['value']:g} | {r['nll']:.1f} | {r['psnr']:.2f} | {r['kl']:.2f} | "
-            f"{r['active_dims']} | {r['top1_share']:.2f} | {r['top3_share']:.2f} | {dims} |"
+            f"| {r['objective']} | {r['weight']} = {r['value']:g}{gamma} | {r['seed']} | {r['nll']:.1f} | {r['psnr']:.2f} | "
+            f"{r['kl']:.2f} | {r['tc']:.2f} | {r['mi']:.2f} | {r['active_dims']} | {r['top1_share']:.2f} | "
+            f"{r['top3_share']:.2f} | {dims} |"
         )
     return "\n".join(lines)
 
@@ -133,28 +200,55 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run")
     parser.add_argument("--batch_size", type=int, default=32, help="images per step (the published runs: 64)")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's (the published MNIST runs: 5e-4)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and weight")
     parser.add_argument("--only", default=None, help="one objective (betaH, betaB, btcvae, factor)")
+    parser.add_argument(
+        "--runs", nargs="+", default=None, help="OBJECTIVE:WEIGHT=V1,V2,... instead of RUNS (factor:factor_G=6,40)"
+    )
+    parser.add_argument(
+        "--reg_anneal_fraction",
+        type=float,
+        default=0.25,
+        help="the share of the run over which the annealed quantity rises (published MNIST: betaB 100k of 375k "
+        "steps = 0.27, the others 10k of 375k = 0.027)",
+    )
+    parser.add_argument(
+        "--betaB_G", type=float, default=1000.0, help="betaB's γ (disentangling-vae's default; its betaB_mnist: 100)"
+    )
+    parser.add_argument(
+        "--factor_lr_disc", type=float, default=5e-5, help="the TC discriminator's learning rate (published MNIST)"
+    )
+    parser.add_argument("--tc_samples", type=int, default=10, help="posterior draws the TC and MI are averaged over")
     parser.add_argument("--output", default=str(RESULTS / "betavae.jsonl"), help="JSON lines, one per run")
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"needs the real MNIST digits at {DATA} (../shared/datasets/mnist-samples)")
     torch.set_num_threads(1)
     images = all_digits()
+    runs = parse_runs(args.runs) if args.runs else [run for run in RUNS if args.only in (None, run[0])]
+    settings = dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        reg_anneal=reg_anneal(args),
+        betaB_G=args.betaB_G,
+        factor_lr_disc=args.factor_lr_disc,
+    )
     rows = []
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    for objective, weight, value in RUNS:
-        if args.only not in (None, objective):
-            continue
-        with tempfile.TemporaryDirectory() as folder:
-            model, seconds = train_one(objective, weight, value, args, Path(folder) / "run")
-        row = dict(objective=objective, weight=weight, value=value, steps=args.steps, batch_size=args.batch_size)
-        row["seconds"] = round(seconds, 1)
-        row.update(measure(model, images), load_average=round(os.getloadavg()[0], 1))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        with open(args.output, "a") as file:
-            file.write(json.dumps(row) + "\n")
+    for objective, weight, value in runs:
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as folder:
+                model, seconds, discriminator = train_one(objective, weight, value, seed, args, Path(folder) / "run")
+            row = dict(objective=objective, weight=weight, value=value, seed=seed, **settings)
+            row["seconds"] = round(seconds, 1)
+            row.update(measure(model, images, args.tc_samples), load_average=round(os.getloadavg()[0], 1))
+            if discriminator is not None:
+                row["discriminator_tc"] = discriminator_tc(model, discriminator, images, args.tc_samples)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(args.output, "a") as file:
+                file.write(json.dumps(row) + "\n")
     print(table(rows))
 
 
