@@ -41,7 +41,15 @@ def tiny_model(family: str, seed: int = 0, **overrides):
 
 def peak_memory_growth(setup: str, operation: str) -> int:
     """Largest growth (bytes) of a fresh process's resident memory while `operation` runs, over
-    the baseline after `setup` (both Python source, run at top level of the script).
+    the baseline after `setup` (both Python source, run at top level of the script)."""
+    return peak_memory_growths(setup, [operation])[0]
+
+
+def peak_memory_growths(setup: str, operations: list[str]) -> list[int]:
+    """Largest growth (bytes) of a fresh process's resident memory while each of `operations`
+    runs, one after the other, each over the baseline just before it (the first one's: after
+    `setup`). One process for several measures: its start (importing torch and the package)
+    costs more than most operations.
 
     A thread samples the current resident size (/proc/self/statm) every half millisecond; the
     process's high-water mark (ru_maxrss) would hide the operation behind any earlier peak, such
@@ -52,21 +60,24 @@ def peak_memory_growth(setup: str, operation: str) -> int:
         {setup}
         page = os.sysconf("SC_PAGE_SIZE")
         resident = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-        baseline, peak, done = resident(), [0], threading.Event()
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], resident())
-                time.sleep(0.0005)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        {operation}
-        done.set()
-        sampler.join()
-        print(max(peak[0], resident()) - baseline)
+        def growth(operation):
+            baseline, peak, done = resident(), [0], threading.Event()
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], resident())
+                    time.sleep(0.0005)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            exec(operation, globals())
+            done.set()
+            sampler.join()
+            return max(peak[0], resident()) - baseline
+        for operation in {operations!r}:
+            print(growth(operation))
         """
-    ).format(setup=textwrap.dedent(setup).strip(), operation=operation)
+    ).format(setup=textwrap.dedent(setup).strip(), operations=list(operations))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
-    return int(result.stdout.split()[-1])
+    return [int(line) for line in result.stdout.split()[-len(operations) :]]
 
 
 # Real images for tests that need them: the repository's sibling `shared/datasets` (CIFAR-10

@@ -120,16 +120,24 @@ def test_every_training_option_has_help_with_its_default(script, capsys):
     assert any(e.startswith("--max_train_time") for e in entries)
 
 
-def test_accelerate_launch_with_the_shipped_config_states_no_warning(tmp_path):
+def test_accelerate_launch_warns_without_the_shipped_config(tmp_path):
+    """What training/accelerate_config.yaml removes: without it, `accelerate launch` warns of the
+    values it was not given. (test_training's quickstart launches with the shipped file and checks
+    that neither the launcher nor the training run warns; this keeps that check from passing
+    vacuously should accelerate reword the warning.) The launched script does nothing: the
+    launcher warns before it starts it."""
     import os
     import subprocess
 
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    script = [str(REPO / "training/train_prior.py"), "--help"]
+    script = tmp_path / "nothing.py"
+    script.write_text("")
     env = {**os.environ, "HF_HOME": str(tmp_path)}  # no user-level accelerate config
-    plain = subprocess.run([*launch, *script], capture_output=True, text=True, env=env, timeout=300)
-    assert "were not passed to `accelerate launch`" in plain.stderr  # what the shipped file removes
-    shipped = ["--config_file", str(REPO / "training/accelerate_config.yaml")]
-    done = subprocess.run([*launch, *shipped, *script], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0 and "--max_train_time" in done.stdout
-    assert "were not passed" not in done.stderr and "warn" not in done.stderr.lower(), done.stderr
+    plain = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "were not passed to `accelerate launch`" in plain.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -267,21 +266,28 @@ def test_vq_export_without_quant_convs_uses_exact_identity_projections():
         assert max_diff(exported(pixels).sample, model(pixels).sample) <= TOLERANCE
 
 
-def test_hub_id_converts_offline_from_the_cache(tmp_path):
-    """A Hub id resolves from an HF cache folder with no network (HF_HUB_OFFLINE=1), through the CLI."""
+def test_hub_id_converts_offline_from_the_cache(tmp_path, monkeypatch):
+    """A Hub id resolves from an HF cache folder with no network (Hub offline), through the CLI's
+    `main(argv)`, from a subfolder. (test_entry_points runs the script in a fresh interpreter with
+    HF_HUB_OFFLINE=1 and HF_HUB_CACHE in its environment, on a root-level checkpoint.)"""
     reference = make_diffusers("kl", "2levels-attn1-shift")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someorg--tiny-vae"
     reference.save_pretrained(repo / "snapshots" / commit / "vae")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    script = REPO / "conversion" / "convert_diffusers_to_latentcode.py"
-    command = [sys.executable, str(script), "--pretrained_model_name_or_path", "someorg/tiny-vae", "--subfolder", "vae"]
-    result = subprocess.run(
-        command + ["--output_dir", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
+    monkeypatch.setattr("latentcode.hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("latentcode.hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    load_script("convert_diffusers_to_latentcode").main(
+        [
+            "--pretrained_model_name_or_path",
+            "someorg/tiny-vae",
+            "--subfolder",
+            "vae",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     model = VAEModel.from_pretrained(tmp_path / "out")
     assert model.config.shift_factor == reference.config.shift_factor
     assert_same_weights(reference, model.to_diffusers())

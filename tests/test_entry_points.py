@@ -93,9 +93,14 @@ def test_a_cached_hub_id_resolves_to_its_snapshot_offline_and_converts(tmp_path,
     result = run_script(SCRIPTS[0], *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "model.safetensors").exists()
-    missing = run_script(SCRIPTS[0], *args[:1], "someorg/not-cached", *args[2:], env=env)
+    # Offline, an id that is not in the cache is named at once (in this process: the fresh
+    # interpreter's reading of HF_HUB_OFFLINE is what the run above checked).
+    monkeypatch.setattr("latentcode.hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("latentcode.hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(OSError) as missing:
+        entry_points()[SCRIPTS[0]]([*args[:1], "someorg/not-cached", *args[2:]])
     assert "no Hub access to look for a repo 'someorg/not-cached' (HF_HUB_OFFLINE is set); it is not in the " in (
-        missing.stderr
+        str(missing.value)
     )
 
 

@@ -238,7 +238,9 @@ def test_overfits_real_digits(family, digits):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     with torch.no_grad():
         initial = model(batch).reconstruction_loss.item()
-    for _ in range(120):
+    # 50 steps: on seeds 0-2 every family is at <= 0.088 x its initial loss by then (<= 0.022 after
+    # 120), so the bound below keeps a margin of almost 3x.
+    for _ in range(50):
         optimizer.zero_grad()
         model(batch).loss.backward()
         optimizer.step()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import VQVAE_RECIPES, peak_memory_growth, tiny_config, tiny_model
+from helpers import VQVAE_RECIPES, peak_memory_growths, tiny_config, tiny_model
 
 import latentcode
 from latentcode.modules.quantizers import (
@@ -78,25 +78,21 @@ def test_search_breaks_ties_towards_the_lowest_index_across_blocks():
         assert nearest_codebook_indices(rows, codebook, block).tolist() == [0, 0, 1]
 
 
-def _peak_memory_growth(operation: str) -> int:
-    """Peak memory growth of `operation` over a baseline that already holds N = 16384 vectors
-    and K = 2^18 codes (D = 8)."""
+@pytest.mark.single_thread
+def test_search_peak_memory_is_bounded_by_the_block_not_n_times_k():
+    """N = 4096 vectors against K = 2^18 codes (D = 8): the distance matrix would be 4 GiB. The
+    same measure, in the same process, sees a materialised 4096 x 16384 block (256 MiB), so it is
+    able to fail."""
     setup = (
         "from latentcode.modules.quantizers import nearest_codebook_indices\n"
         "torch.manual_seed(0)\n"
-        "rows, codebook = torch.randn(16384, 8), torch.randn(2**18, 8)\n"
+        "rows, codebook = torch.randn(4096, 8), torch.randn(2**18, 8)\n"
         "nearest_codebook_indices(rows[:16], codebook[:16])  # warm up libraries"
     )
-    return peak_memory_growth(setup, operation)
-
-
-@pytest.mark.single_thread
-def test_search_peak_memory_is_bounded_by_the_block_not_n_times_k():
-    """N = 16384 vectors against K = 2^18 codes: the distance matrix would be 16 GiB. The same
-    measure sees a materialised 16384 x 4096 block (256 MiB), so it is able to fail."""
-    search_growth = _peak_memory_growth("nearest_codebook_indices(rows, codebook)")
+    search_growth, matrix_growth = peak_memory_growths(
+        setup, ["nearest_codebook_indices(rows, codebook)", "(rows @ codebook[:16384].T).min()"]
+    )
     assert search_growth < 64 * 2**20, f"search grew peak memory by {search_growth / 2**20:.0f} MiB"
-    matrix_growth = _peak_memory_growth("(rows @ codebook[:4096].T).min()")
     assert matrix_growth > 200 * 2**20, f"a 256 MiB matrix grew peak memory by {matrix_growth / 2**20:.0f} MiB"
 
 

@@ -177,30 +177,42 @@ def _photos_model(tmp_path):
     return model
 
 
-@pytest.mark.slow
-def test_kill_9_then_rerun_gives_every_image_once(tmp_path):
-    _photos_model(tmp_path)
-    command = [sys.executable, *_tokenize_command(tmp_path / "model", tmp_path / "codes")]
+@pytest.fixture(scope="module")
+def killed_then_rerun(tmp_path_factory):
+    """A one-process `latentcode-tokenize` of the photos killed (-9) once it wrote 2 shards, then
+    run again to the end: (folder with "model" and "codes", shards done at the kill, the rerun).
+    The two-process test compares its shards with these: one process, once more, and no second
+    run of the same command."""
+    folder = tmp_path_factory.mktemp("tokenize-killed")
+    _photos_model(folder)
+    command = [sys.executable, *_tokenize_command(folder / "model", folder / "codes")]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    parts = tmp_path / "codes" / PARTS
+    parts = folder / "codes" / PARTS
     deadline = time.monotonic() + 300
     while len(list(parts.glob("train-*.parquet"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_at_kill = len(list(parts.glob("train-*.parquet")))
-    assert process.returncode == -signal.SIGKILL and not (tmp_path / "codes" / "README.md").exists()
+    assert process.returncode == -signal.SIGKILL and not (folder / "codes" / "README.md").exists()
     finished = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    info = json.loads((tmp_path / "codes" / INFO_FILE).read_text())
-    total = len(list(load_image_stream("builtin:photos")))
-    assert 2 <= done_at_kill < info["shards"]  # killed mid-run
-    assert _keys(tmp_path / "codes") == sorted((str(i), False) for i in range(total))
+    return folder, done_at_kill, finished
 
 
 @pytest.mark.slow
-def test_two_processes_write_disjoint_shards_equal_to_one_process(tmp_path):
-    _photos_model(tmp_path)
+def test_kill_9_then_rerun_gives_every_image_once(killed_then_rerun):
+    folder, done_at_kill, finished = killed_then_rerun
+    info = json.loads((folder / "codes" / INFO_FILE).read_text())
+    total = len(list(load_image_stream("builtin:photos")))
+    assert 2 <= done_at_kill < info["shards"]  # killed mid-run
+    assert _keys(folder / "codes") == sorted((str(i), False) for i in range(total))
+    assert "images" in finished.stdout and "bits per image" in finished.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_write_disjoint_shards_equal_to_one_process(killed_then_rerun, tmp_path):
+    folder = killed_then_rerun[0]  # its model, and its codes: one process's
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -209,17 +221,14 @@ def test_two_processes_write_disjoint_shards_equal_to_one_process(tmp_path):
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)),
     ]
     env = {**ENV, "ACCELERATE_USE_CPU": "1"}
-    two = subprocess.run([*launch, *_tokenize_command(tmp_path / "model", tmp_path / "two")], env=env,
+    two = subprocess.run([*launch, *_tokenize_command(folder / "model", tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, *_tokenize_command(tmp_path / "model", tmp_path / "one")], env=ENV,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    codes = {name: datasets.load_dataset(str(tmp_path / name), split="train") for name in ("one", "two")}
+    codes = {name: datasets.load_dataset(str(path), split="train") for name, path in
+             (("one", folder / "codes"), ("two", tmp_path / "two"))}  # fmt: skip
     one_rows, two_rows = codes["one"][:], codes["two"][:]
     assert two_rows["key"] == one_rows["key"] == [str(i) for i in range(codes["one"].num_rows)]
     assert two_rows["indices"] == one_rows["indices"]
-    assert "images" in one.stdout and "bits per image" in one.stdout
 
 
 def test_bad_inputs_fail_clearly(tmp_path, monkeypatch):
