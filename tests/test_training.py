@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -547,23 +548,30 @@ def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_bud
 def test_a_time_budget_measures_after_start_up_and_stops_steps_slower_than_the_budget():
     from latentcode.training.schedule import RunSchedule, TimeBudget
 
-    def observe(budget: TimeBudget, step_seconds: float, steps: int) -> RunSchedule:
+    def observe(budget: TimeBudget, step_seconds, steps: int) -> RunSchedule:
         schedule, elapsed = RunSchedule("cosine", 1.0, 0, None), 0.0
-        for _ in range(steps):
+        for step in range(steps):
+            seconds = step_seconds(step) if callable(step_seconds) else step_seconds
             schedule.step()
-            elapsed += step_seconds
-            budget.observe(schedule, step_seconds, elapsed)
+            elapsed += seconds
+            budget.observe(schedule, seconds, elapsed)
             if schedule.fitted:
                 break
         return schedule
 
-    # 0.25 s steps, 100 s: 5 start-up steps ignored, 20 measured, then 375 more to fill the budget
+    # 0.25 s steps, 100 s: 5 start-up steps ignored, 20 measured (5 % of the budget), then 375
+    # more to fill the budget
     schedule = observe(TimeBudget(100.0), 0.25, 1000)
     assert schedule.fitted and schedule.step_count == 25 and schedule.total_steps == 400
+    # fast steps are measured over 5 % of the budget too, not over a fixed count: steps of 2^-7 s
+    # that slow to 2^-6 s after the first 105 (another process starting beside the run) are
+    # fitted to their mean over the 370 steps that fill 5 s, not to the first 20 steps' 2^-7 s
+    schedule = observe(TimeBudget(100.0), lambda step: 2**-7 if step < 105 else 2**-6, 100_000)
+    assert schedule.step_count == 375 and schedule.total_steps == 375 + math.floor((100 - 5 * 2**-7 - 5) / (5 / 370))
     # 2 s steps, 100 s: the 5 % of the budget (5 s) is spent during start-up, so measuring begins
-    # at the third step and ends after three measured steps (6 s >= 5 %)
+    # at the third step and ends after five measured steps (10 s: twice the 5 %)
     schedule = observe(TimeBudget(100.0), 2.0, 1000)
-    assert schedule.step_count == 5 and schedule.total_steps == 50
+    assert schedule.step_count == 7 and schedule.total_steps == 50
     # steps slower than the whole budget: the run stops after the step that spent it
     schedule = observe(TimeBudget(100.0), 60.0, 1000)
     assert schedule.step_count == 2 and schedule.total_steps == 2

@@ -7,8 +7,8 @@ constant, linear or cosine decay to 0 at `total_steps` (the formulas of transfor
 change them (logged) without touching any private scheduler state.
 
 [`TimeBudget`] fits `total_steps` to `--max_train_time`: it ignores the first steps (start-up,
-allocation), measures the next ones, and fixes `total_steps = steps so far + remaining time /
-mean step time` once. Until then the schedule runs as if it were endless (warm-up, then the
+allocation), measures the next ones (at least 20, over at least 5 % of the budget), and fixes `total_steps = steps so far
++ remaining time / mean step time` once. Until then the schedule runs as if it were endless (warm-up, then the
 peak rate), and the fixed value is saved so that a resumed run follows the identical schedule.
 """
 
@@ -96,8 +96,11 @@ class TimeBudget:
     Args:
         seconds: the training time of the whole run (all sessions together).
         ignored_steps: first steps of a session not measured (start-up costs).
-        measured_steps: steps measured before the count is fixed (fewer, at least 3, when they
-            already take `measure_fraction` of the budget).
+        measured_steps, measure_fraction: the steps measured before the count is fixed are at
+            least `measured_steps` and span at least `measure_fraction` of the budget; slow steps
+            stop at 3 once they span twice that fraction. A fixed window of a few fast steps would
+            fit the count to whatever the machine did in those seconds (another process still
+            starting beside the run, say), and the run would overshoot its budget.
     """
 
     def __init__(
@@ -128,9 +131,9 @@ class TimeBudget:
         if self.session_steps <= self.ignored_steps and elapsed < self.measure_fraction * self.seconds:
             return
         self.step_times.append(step_seconds)
-        measured = len(self.step_times)
-        long_enough = measured >= 3 and sum(self.step_times) >= self.measure_fraction * self.seconds
-        if measured < self.measured_steps and not long_enough and elapsed < self.seconds:
+        measured, spent, fraction = len(self.step_times), sum(self.step_times), self.measure_fraction * self.seconds
+        enough = spent >= fraction and (measured >= self.measured_steps or (measured >= 3 and spent >= 2 * fraction))
+        if not enough and elapsed < self.seconds:
             return
         mean = sum(self.step_times) / len(self.step_times)
         remaining = max(0, math.floor((self.seconds - elapsed) / mean))
