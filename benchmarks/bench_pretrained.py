@@ -4,6 +4,7 @@ encode / decode images/s) and the disentangling-vae models on the shipped faces 
 
     PYTHONPATH=src python benchmarks/bench_pretrained.py --part taef2 --threads 1
     PYTHONPATH=src python benchmarks/bench_pretrained.py --part beta_vae
+    PYTHONPATH=src python benchmarks/bench_pretrained.py --part kodak --model PATH --name NAME   # any model, as taef2
 
 Results go to benchmarks/results/pretrained/ (JSON, and the traversal PNGs rendered with
 `latentcode.traversal.main`, the `latentcode-traverse` command).
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoModel
 
+import latentcode  # noqa: F401  (registers the models with AutoModel)
 from latentcode.conversion.disentangling_vae import from_disentangling_vae
 from latentcode.conversion.taesd import from_taesd
 from latentcode.evaluation.metrics import psnr
@@ -47,12 +50,16 @@ def uint8_psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> float:
     return psnr(as_pixels, original).item()
 
 
-@torch.no_grad()
-def bench_taef2(first: int, last: int) -> dict:
-    """Kodak photos `first` .. `last` (1-based); each row is also appended to taef2_rows.jsonl, so
-    that several processes can share the photos and `--part taef2_summary` sums them up."""
+def taef2() -> torch.nn.Module:
     folder = SHARED / "pretrained" / "taesd"
-    model = from_taesd(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth")
+    return from_taesd(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth")
+
+
+@torch.no_grad()
+def bench_kodak(model, name: str, first: int, last: int) -> dict:
+    """Kodak photos `first` .. `last` (1-based) through `model.encode` then `model.decode`; each
+    row is also appended to `<name>_rows.jsonl`, so that several processes can share the photos
+    and `--part <name>_summary` (taef2) sums them up."""
     rows = []
     for path in sorted((SHARED / "datasets" / "kodak").glob("kodim*.png"))[first - 1 : last]:
         original = read_pixels(path, "RGB")
@@ -76,15 +83,15 @@ def bench_taef2(first: int, last: int) -> dict:
             )
         )
         print(rows[-1], flush=True)
-        with open(RESULTS / "taef2_rows.jsonl", "a") as file:
+        with open(RESULTS / f"{name}_rows.jsonl", "a") as file:
             file.write(json.dumps(rows[-1]) + "\n")
-    return summarise_taef2(rows)
+    return summarise_kodak(rows, name)
 
 
-def summarise_taef2(rows: list[dict]) -> dict:
+def summarise_kodak(rows: list[dict], name: str = "taef2") -> dict:
     rows = sorted({row["image"]: row for row in rows}.values(), key=lambda row: row["image"])
     return dict(
-        model="taef2",
+        model=name,
         images=len(rows),
         mean_psnr_db=float(np.mean([r["psnr_db"] for r in rows])),
         encode_images_per_s=len(rows) / sum(r["encode_s"] for r in rows),
@@ -128,7 +135,9 @@ def bench_beta_vae(work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("taef2", "taef2_summary", "beta_vae"), required=True)
+    parser.add_argument("--part", choices=("taef2", "taef2_summary", "beta_vae", "kodak"), required=True)
+    parser.add_argument("--model", default=None, help="--part kodak: a saved latentcode model (folder or Hub id)")
+    parser.add_argument("--name", default=None, help="--part kodak: the name of its results (default: the folder's)")
     parser.add_argument("--kodak_images", type=int, nargs=2, default=(1, 24), help="first and last Kodak photo")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work_dir", default="/tmp/bench_pretrained", help="where converted models are written")
@@ -136,11 +145,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    name = "taef2" if args.part.startswith("taef2") else args.part
     if args.part == "taef2":
-        result = bench_taef2(*args.kodak_images)
+        result = bench_kodak(taef2(), name, *args.kodak_images)
     elif args.part == "taef2_summary":
         lines = (RESULTS / "taef2_rows.jsonl").read_text().splitlines()
-        result = summarise_taef2([json.loads(line) for line in lines])
+        result = summarise_kodak([json.loads(line) for line in lines])
+    elif args.part == "kodak":
+        if args.model is None:
+            raise SystemExit("--part kodak needs --model PATH (a saved latentcode model)")
+        name = args.name or Path(args.model).name
+        model = AutoModel.from_pretrained(args.model).eval()
+        result = bench_kodak(model, name, *args.kodak_images)
     else:
         result = bench_beta_vae(Path(args.work_dir))
     header = dict(
@@ -149,8 +165,7 @@ def main() -> None:
         torch=torch.__version__,
         seconds=round(time.time() - started, 1),
     )
-    name = "taef2" if args.part.startswith("taef2") else args.part
-    if args.part == "taef2" and tuple(args.kodak_images) != (1, 24):
+    if args.part in ("taef2", "kodak") and tuple(args.kodak_images) != (1, 24):
         return  # a share of the photos: its rows are in taef2_rows.jsonl
     (RESULTS / f"{name}.json").write_text(json.dumps(dict(header=header, result=result), indent=1))
 
