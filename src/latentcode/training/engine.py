@@ -429,7 +429,7 @@ class Engine:
             self._lock = None
 
 
-def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float | None = None) -> dict:
+def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float) -> dict:
     """Collective: the run's counters for metrics.json. `cpu_seconds`: this process's CPU time in
     this session's training loop (its threads; DataLoader workers are other processes), the
     number that a shared machine's load disturbs least."""
@@ -442,7 +442,7 @@ def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float | Non
         "images_seen": engine.global_step * images_per_step,
         "train_seconds_this_session": round(session_seconds, 2),
         "train_seconds": round(engine.train_seconds + session_seconds, 2),
-        "train_cpu_seconds_this_session": None if cpu_seconds is None else round(cpu_seconds, 2),
+        "train_cpu_seconds_this_session": round(cpu_seconds, 2),
         "max_train_time": config.max_train_time,
         "final_train_loss": engine.losses[-1] if engine.losses else None,
         "nonfinite_steps": engine.nonfinite_steps,
