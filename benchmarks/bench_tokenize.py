@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,10 @@ from latentcode.data import ImageTransform
 from latentcode.tokenize import tokenize
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_prior_codes import write_subset  # noqa: E402
+
 PRESET = dict(
     in_channels=3,
     block_out_channels=(128, 256, 256),
@@ -93,9 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         source = CIFAR10 if args.images >= 10_000 else Path(folder) / "subset"
         if args.images < 10_000:  # the first images of the test split, as a parquet folder of their own
-            source.mkdir()
-            table = pq.read_table(CIFAR10 / "test" / "test-00000-of-00001.parquet").slice(0, args.images)
-            pq.write_table(table, source / "test-00000-of-00001.parquet")
+            write_subset(source, "test", args.images)
         start = time.perf_counter()
         info = tokenize(
             model,
