@@ -95,3 +95,33 @@ def test_docs_block_runs_alone_offline(page, line, code, needs, tmp_path):
     written = re.findall(r"save_pretrained\(\"([^\"]+)\"\)", code) + re.findall(r"\"([\w./-]+\.png)\"", code)
     for name in written:
         assert (folder / name).exists(), f"{page.name} line {line} did not write {name}"
+
+
+def _preset_rows(text: str) -> dict[str, list[str]]:
+    """The README preset table: preset file stem -> its row's cells (a `{ae,vae}_x.yaml` cell
+    names every stem it expands to)."""
+    table = text.split("**Presets**", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        for name in re.findall(r"`([^`]+)\.yaml`", cells[0]):
+            group = re.fullmatch(r"\{([\w,]+)\}(\w+)", name)
+            stems = [prefix + group.group(2) for prefix in group.group(1).split(",")] if group else [name]
+            rows.update({stem: cells for stem in stems})
+    return rows
+
+
+def test_readme_gives_the_cpu_install_route_and_a_step_time_for_every_preset():
+    """Issue 20, items 9 and 10: the CPU-only PyTorch wheel index, and for every preset in
+    training/configs a row with its seconds per step on a CPU; the 256x256 preset's is measured
+    (a number, not an estimate)."""
+    text = README.read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    rows = _preset_rows(text)
+    presets = sorted(path.stem for path in (REPO / "training" / "configs").glob("*.yaml"))
+    assert [stem for stem in presets if stem not in rows] == []
+    assert all(re.search(r"\d", rows[stem][4]) for stem in presets), {stem: rows[stem][4] for stem in presets}
+    large = [
+        stem for stem in presets if "resolution: 256" in (REPO / "training" / "configs" / f"{stem}.yaml").read_text()
+    ]
+    assert large and all(re.fullmatch(r"\**[\d.]+\**", rows[stem][4]) for stem in large), {s: rows[s][4] for s in large}
