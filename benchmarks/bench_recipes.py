@@ -92,6 +92,13 @@ SCREEN = {
     "screen decoder fine-tune 0.2": ["--decoder_finetune_fraction", "0.2"],
     "screen beta2 0.99": ["--adam_beta2", "0.99"],
     "screen 2 layers": ["--model.layers_per_block", "2"],
+    # ViTok: spend the extra FLOPs in the decoder only (diffusers' VQModel has one width for both)
+    "screen decoder 16/32/64": ["--model.decoder_block_out_channels", "[16, 32, 64]"],
+    "screen decoder 16/48/96": ["--model.decoder_block_out_channels", "[16, 48, 96]"],
+    "screen decoder 2 layers": ["--model.decoder_layers_per_block", "2"],
+    "screen lr 2e-3": ["--learning_rate", "2e-3"],
+    "screen batch 32 lr 2e-3": ["--train_batch_size", "32", "--learning_rate", "2e-3"],
+    "screen simvq": ["--model.quantizer", "simvq"],
 }
 RECIPES.update(
     {name: Recipe("vqvae_cifar10_cpu.yaml", overrides, note="screening") for name, overrides in SCREEN.items()}

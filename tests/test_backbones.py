@@ -145,3 +145,64 @@ def test_tiny_gradient_checkpointing_gives_the_same_gradients():
     model(x).loss.backward()
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, expected[name], msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# A decoder wider or deeper than the encoder (`decoder_block_out_channels`, issue 23)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["autoencoder", "vae", "vqvae"])
+def test_wider_decoder_builds_its_own_widths_and_round_trips(family, tmp_path):
+    model = build("ldm", family, decoder_block_out_channels=(16, 64), decoder_layers_per_block=2)
+    up = model.decoder.up  # lowest resolution first
+    assert [level.blocks[0].conv1.out_channels for level in up] == [64, 16]
+    assert [len(level.blocks) for level in up] == [3, 3]  # decoder_layers_per_block + 1
+    assert model.decoder.conv_in.out_channels == 64
+    assert [level.blocks[0].conv1.out_channels for level in model.encoder.down] == [16, 32]
+    assert [len(level.blocks) for level in model.encoder.down] == [1, 1]
+    x = images(model)
+    assert model(x).sample.shape == x.shape
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert loaded.config.decoder_block_out_channels == [16, 64]
+    assert loaded.config.decoder_layers_per_block == 2
+    torch.manual_seed(0)
+    expected = model(x).sample
+    torch.manual_seed(0)
+    assert torch.equal(loaded(x).sample, expected)
+
+
+def test_decoder_fields_equal_to_the_encoder_are_the_symmetric_model():
+    written = build("ldm", "vqvae", decoder_block_out_channels=(16, 32), decoder_layers_per_block=1)
+    plain = build("ldm", "vqvae")
+    assert written.config.decoder_block_out_channels is None and written.config.decoder_layers_per_block is None
+    assert written.config.to_diff_dict() == plain.config.to_diff_dict()
+    assert [name for name, _ in written.named_parameters()] == [name for name, _ in plain.named_parameters()]
+
+
+def test_wider_decoder_does_not_export_to_diffusers_and_says_why():
+    from latentcode.conversion.diffusers import to_diffusers
+
+    with pytest.raises(ValueError, match="decoder_block_out_channels"):
+        to_diffusers(build("ldm", "vqvae", decoder_block_out_channels=(16, 64)))
+    to_diffusers(build("ldm", "vqvae", decoder_block_out_channels=(16, 32)))  # symmetric: exports
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(decoder_block_out_channels=(16, 32, 64)), "one entry per level of block_out_channels (2"),
+        (dict(decoder_block_out_channels=(16, 36)), "divisible by norm_num_groups=8, got decoder_block_out_channels"),
+        (dict(decoder_layers_per_block=0), "decoder_layers_per_block must be a positive int, got 0"),
+    ],
+)
+def test_decoder_fields_refuse_what_the_backbone_cannot_build(overrides, message):
+    with pytest.raises(ValueError) as error:
+        build("ldm", "vae", **overrides)
+    assert message in str(error.value)
+
+
+def test_decoder_fields_belong_to_the_ldm_backbone():
+    with pytest.raises(ValueError, match="option of the 'ldm' backbone.*backbone='tiny'"):
+        build("tiny", "autoencoder", decoder_block_out_channels=(8, 16, 32))

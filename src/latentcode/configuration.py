@@ -167,6 +167,13 @@ class LatentCodeConfig(PretrainedConfig):
             downsampling factor is `2 ** (len(block_out_channels) - 1)`.
         layers_per_block (`int`, defaults to 2): ResNet blocks per level in the encoder (the
             decoder uses one more, as in latent-diffusion).
+        decoder_block_out_channels (`Sequence[int]`, *optional*): the decoder's channels per level
+            (as many levels as `block_out_channels`), for a decoder wider than the encoder (ViTok,
+            arXiv 2501.09755: reconstruction gains from the decoder's size, not the encoder's).
+            Defaults to `block_out_channels`. `"ldm"` backbone only; diffusers' `VQModel` /
+            `AutoencoderKL` have one width for both halves, so such a model does not export.
+        decoder_layers_per_block (`int`, *optional*): the decoder's `layers_per_block` (it runs one
+            more ResNet block per level than this number). Defaults to `layers_per_block`.
         latent_channels (`int`, defaults to 4): channels of the latent code at the encoder's output.
         norm_num_groups (`int`, defaults to 32): groups of every GroupNorm.
         attention_levels (`Sequence[int]`, defaults to `()`): levels (0 = full resolution) whose
@@ -202,6 +209,8 @@ class LatentCodeConfig(PretrainedConfig):
         out_channels: int | None = None,
         block_out_channels: Sequence[int] = (128, 256, 512),
         layers_per_block: int = 2,
+        decoder_block_out_channels: Sequence[int] | None = None,
+        decoder_layers_per_block: int | None = None,
         latent_channels: int = 4,
         norm_num_groups: int = 32,
         attention_levels: Sequence[int] = (),
@@ -223,6 +232,16 @@ class LatentCodeConfig(PretrainedConfig):
         self.out_channels = in_channels if out_channels is None else out_channels
         self.block_out_channels = list(block_out_channels)
         self.layers_per_block = layers_per_block
+        # Stored only where the decoder differs: None means "as the encoder", so a symmetric
+        # model's config is the same whichever way it was written (and exports to diffusers).
+        if decoder_block_out_channels is not None:
+            decoder_block_out_channels = list(decoder_block_out_channels)
+        self.decoder_block_out_channels = (
+            None if decoder_block_out_channels == self.block_out_channels else decoder_block_out_channels
+        )
+        self.decoder_layers_per_block = (
+            None if decoder_layers_per_block == layers_per_block else decoder_layers_per_block
+        )
         self.latent_channels = latent_channels
         self.norm_num_groups = norm_num_groups
         self.attention_levels = sorted(attention_levels)
@@ -290,23 +309,52 @@ class LatentCodeConfig(PretrainedConfig):
     def _validate_backbone_choice(self) -> None:
         """The backbone exists and its own options are valid (`get_backbone` lists the names)."""
         backbone = get_backbone(self.backbone)
+        if self.backbone != "ldm":
+            for name in ("decoder_block_out_channels", "decoder_layers_per_block"):
+                _check(
+                    getattr(self, name) is None,
+                    f"{name} is an option of the 'ldm' backbone, got {name}={getattr(self, name)!r} with "
+                    f"backbone={self.backbone!r}; remove it (the {self.backbone!r} decoder mirrors its encoder)",
+                )
         for name in ("vector_hidden_channels", "vector_hidden_size"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name} must be a positive int, got {value!r}")
         if backbone.vector_latent:
             num_convolutions(self.sample_size)  # raises for an image size the layout does not have
 
+    @property
+    def decoder_widths(self) -> list[int]:
+        """The decoder's channels per level: `decoder_block_out_channels`, else `block_out_channels`."""
+        return self.block_out_channels if self.decoder_block_out_channels is None else self.decoder_block_out_channels
+
+    @property
+    def decoder_depth(self) -> int:
+        """The decoder's `layers_per_block`: `decoder_layers_per_block`, else `layers_per_block`."""
+        return self.layers_per_block if self.decoder_layers_per_block is None else self.decoder_layers_per_block
+
     def _validate_backbone(self) -> None:
         _check(len(self.block_out_channels) >= 1, "block_out_channels needs at least one level, got []")
         for name in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name} must be a positive int, got {value!r}")
-        for channels in self.block_out_channels:
-            _check(
-                channels % self.norm_num_groups == 0,
-                f"every entry of block_out_channels must be divisible by norm_num_groups="
-                f"{self.norm_num_groups}, got block_out_channels={self.block_out_channels}",
-            )
+        for name, widths in (
+            ("block_out_channels", self.block_out_channels),
+            ("decoder_block_out_channels", self.decoder_widths),
+        ):
+            for channels in widths:
+                _check(
+                    isinstance(channels, int) and channels >= 1 and channels % self.norm_num_groups == 0,
+                    f"every entry of {name} must be a positive int divisible by norm_num_groups="
+                    f"{self.norm_num_groups}, got {name}={widths}",
+                )
+        _check(
+            len(self.decoder_widths) == len(self.block_out_channels),
+            f"decoder_block_out_channels must have one entry per level of block_out_channels "
+            f"({len(self.block_out_channels)}: {self.block_out_channels}), got {self.decoder_block_out_channels}; "
+            "the number of levels sets the downsampling factor, which encoder and decoder share",
+        )
+        depth = self.decoder_depth
+        _check(isinstance(depth, int) and depth >= 1, f"decoder_layers_per_block must be a positive int, got {depth!r}")
         levels = len(self.block_out_channels)
         for level in self.attention_levels:
             _check(

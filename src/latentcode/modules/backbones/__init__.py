@@ -96,10 +96,10 @@ def _levels_factor(config) -> int:
     return 2 ** (len(config.block_out_channels) - 1)
 
 
-def _ldm_options(config) -> dict:
+def _ldm_options(config, decoder: bool = False) -> dict:
     return dict(
-        block_out_channels=config.block_out_channels,
-        layers_per_block=config.layers_per_block,
+        block_out_channels=config.decoder_widths if decoder else config.block_out_channels,
+        layers_per_block=config.decoder_depth if decoder else config.layers_per_block,
         norm_num_groups=config.norm_num_groups,
         attention_levels=config.attention_levels,
         mid_block_add_attention=config.mid_block_add_attention,
@@ -132,7 +132,9 @@ BACKBONES: dict[str, Backbone] = {
             vector_latent=False,
             families=("autoencoder", "vae", "vqvae"),
             build_encoder=lambda config, out: LDMEncoder(config.in_channels, out, **_ldm_options(config)),
-            build_decoder=lambda config, inp: LDMDecoder(inp, config.out_channels, **_ldm_options(config)),
+            build_decoder=lambda config, inp: LDMDecoder(
+                inp, config.out_channels, **_ldm_options(config, decoder=True)
+            ),
             downsampling_factor=_levels_factor,
             # after conv_in, after each resolution level and after the mid block
             num_hidden_states=lambda config: len(config.block_out_channels) + 2,
