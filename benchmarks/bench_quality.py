@@ -36,6 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ import latentcode
 from latentcode.data import decode_image, image_only, load_image_stream, resolve_image_column
 from latentcode.evaluation.figures import line_chart
 from latentcode.evaluation.metrics import CodebookHistogram, psnr, ssim
+from latentcode.objectives import AutoencoderObjective
 
 # The shared backbone: the diffusers / taming blocks, narrow enough for a 2-core CPU.
 BACKBONE = dict(
@@ -151,6 +153,45 @@ class Row:
             self.model.train()
 
 
+@dataclass
+class VAERow:
+    """A VAE row: latentcode's `VAEModel` or diffusers' `AutoencoderKL`, which share the interface
+    used here (`encode(x).latent_dist` with `.sample()`, `.mode()`, `.kl()`; `decode(z).sample`),
+    trained on latentcode's VAE objective `objective` (what `training/train.py` builds)."""
+
+    name: str
+    model: nn.Module
+    is_latentcode: bool
+    objective: AutoencoderObjective
+    steps: int = 0  # optimiser steps taken: the step of the KL warm-up
+
+    def loss(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`objective` at optimiser step `steps` on pixels `[B, C, H, W]`: MSE of the decoded
+        posterior sample + kl_weight * warm-up factor * KL / (C * H * W), the KL in nats per image
+        (summed over the latent's values) averaged over the batch, as `VAEModel.forward` computes
+        it. `generator`: the posterior noise (default: the global RNG, as in training)."""
+        posterior = self.model.encode(pixels).latent_dist
+        sample = self.model.decode(posterior.sample(generator=generator)).sample
+        output = SimpleNamespace(sample=sample, kl=posterior.kl().float().mean())
+        return self.objective(output, pixels, self.steps)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode round trip through the posterior mean: `(reconstruction [B, C, H, W], KL [B])`,
+        the KL to N(0, I) in nats per image."""
+        self.model.eval()
+        try:
+            posterior = self.model.encode(pixels).latent_dist
+            return self.model.decode(posterior.mode()).sample, posterior.kl().float()
+        finally:
+            self.model.train()
+
+    def latent_shape(self, pixels: torch.Tensor) -> tuple[int, ...]:
+        """The latent `(C, h, w)` of one image of `pixels` `[B, C, H, W]`."""
+        with torch.no_grad():
+            return tuple(self.model.encode(pixels[:1]).latent_dist.mean.shape[1:])
+
+
 def latentcode_row(level_size: int, depth: int = 1, seed: int = 0, backbone: dict = BACKBONE, **config_options) -> Row:
     """`VQVAEModel(VQVAEConfig(**backbone, **config_options))`, codes of `level_size` per level."""
     torch.manual_seed(seed)
@@ -169,6 +210,19 @@ def diffusers_row(
     if quantizer is not None:
         model.quantize = VQPytorchInDiffusers(quantizer)
     return Row("", codebook_size, 1, model.train(), is_latentcode=False)
+
+
+def diffusers_vae_row(
+    backbone: dict = BACKBONE, seed: int = 0, kl_weight: float | None = None, kl_warmup_steps: int = 0
+) -> VAERow:
+    """diffusers' `AutoencoderKL` with the initial weights of latentcode's
+    `VAEModel(VAEConfig(**backbone))` (the exact export), on that model's objective
+    (`AutoencoderObjective.for_model`: MSE + KL at the config's or the given `kl_weight`, warmed up
+    over `kl_warmup_steps`)."""
+    torch.manual_seed(seed)
+    ours = latentcode.VAEModel(latentcode.VAEConfig(**backbone))
+    objective = AutoencoderObjective.for_model(ours, kl_weight=kl_weight, kl_warmup_steps=kl_warmup_steps)
+    return VAERow("", ours.to_diffusers().train(), False, objective)
 
 
 def build_rows(codebook_sizes: list[int], names: list[str] | None = None, seed: int = 0) -> list[Row]:
@@ -266,24 +320,29 @@ def train_steps(row: Row, train_images: torch.Tensor, batch_size: int, num_steps
 
 
 @torch.no_grad()
-def evaluate(row: Row, test_images: torch.Tensor, batch_size: int = 250) -> dict:
-    """Test PSNR / SSIM (dB / [0, 1], means over images) and code usage / perplexity."""
-    usage = CodebookHistogram(row.codebook_size)
-    psnrs, ssims = [], []
+def evaluate(row: Row | VAERow, test_images: torch.Tensor, batch_size: int = 250) -> dict:
+    """Test PSNR / SSIM (dB / [0, 1], means over images) of uint8 `[N, 3, H, W]` images, and code
+    usage / perplexity (a VQ `Row`) or the mean KL to N(0, I) in nats per image (a `VAERow`,
+    reconstructed from the posterior mean)."""
+    is_vae = isinstance(row, VAERow)
+    usage = None if is_vae else CodebookHistogram(row.codebook_size)
+    psnrs, ssims, kls = [], [], []
     for start in range(0, test_images.shape[0], batch_size):
         pixels = to_pixels(test_images[start : start + batch_size])
-        reconstruction, indices = row.reconstruct(pixels)
+        reconstruction, code = row.reconstruct(pixels)  # code: indices (VQ), KL per image (VAE)
         reconstruction = reconstruction.clamp(-1, 1)
         psnrs.append(psnr(reconstruction, pixels))
         ssims.append(ssim(reconstruction, pixels))
-        usage.update(indices)
-    return {
-        "psnr": float(torch.cat(psnrs).mean()),
-        "ssim": float(torch.cat(ssims).mean()),
-        "usage": usage.usage(),
-        "perplexity": usage.perplexity(),
-        "eval_images": test_images.shape[0],
-    }
+        if is_vae:
+            kls.append(code)
+        else:
+            usage.update(code)
+    metrics = {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean())}
+    if is_vae:
+        metrics["kl"] = float(torch.cat(kls).mean())
+    else:
+        metrics.update(usage=usage.usage(), perplexity=usage.perplexity())
+    return {**metrics, "eval_images": test_images.shape[0]}
 
 
 def measurements(row: Row, metrics: dict, batch_size: int) -> dict:

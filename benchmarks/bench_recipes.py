@@ -4,9 +4,12 @@ training time on CIFAR-10, one curve per recipe, one process (one core) per reci
     python benchmarks/bench_recipes.py --quick     # 60 s budgets, 500 curve images, no Kodak
     python benchmarks/bench_recipes.py --budget 15m --output_dir benchmarks/results/recipes_15m
     python benchmarks/bench_recipes.py --recipes "latentcode cpu" "diffusers VQModel" --budget 5m
+    python benchmarks/bench_recipes.py --budget 15m --recipes "latentcode vae cpu" "diffusers AutoencoderKL" \
+        --output_dir benchmarks/results/recipes_vae_15m      # the VAE pair (not in the default list)
 
-The rate is fixed (issue 23): 8x8 tokens of K = 8192 codes, 13 bits per token, 832 bits per
-32x32 image. Each recipe trains for `--budget` seconds of wall clock on one CPU core
+The rate is fixed (issue 23): VQ rows have 8x8 tokens of K = 8192 codes, 13 bits per token, 832
+bits per 32x32 image; VAE rows an 8x8x4 latent at the KL weight of their preset (1e-3 per value).
+Each recipe trains for `--budget` seconds of wall clock on one CPU core
 (`OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`), `--parallel` (default 2) recipes at a time;
 only recipes that ran side by side under the same load compare exactly, so every row records
 the load average before and after its run.
@@ -24,13 +27,22 @@ the load average before and after its run.
   step count is fitted to the budget from measured step times (`latentcode.training.schedule.
   TimeBudget`, what `--max_train_time` uses), MSE + the quantizer's losses, fp32, on the same
   CIFAR-10 training images (shuffled each epoch, random horizontal flips as the preset).
+- VAE rows: `latentcode vae cpu` is `training/train.py` with the one-core VAE preset
+  `vae_cifar_cpu.yaml` (as above); its peer `diffusers AutoencoderKL` is diffusers'
+  `AutoencoderKL` with the backbone of `--vae_peer_preset` (the same preset; the initial weights
+  exported from latentcode's model, `bench_quality.diffusers_vae_row`), trained by the same loop
+  as the VQ peers on latentcode's VAE objective at the preset's KL weight and KL warm-up
+  (`latentcode.objectives.AutoencoderObjective`: MSE of the decoded posterior sample +
+  kl_weight * KL / (C*H*W), the KL in nats per image averaged over the batch).
 
 The curve: the weights the run would save are copied at fixed fractions of the budget and scored
-on the first `--curve_images` test images after training. Final: PSNR, SSIM and codebook usage on
-`--num_test_images` (all 10,000) test images, and Kodak at full resolution as a check of
-generalisation to large photos (latentcode rows with the model's own tiling, 256-pixel tiles;
-diffusers' `VQModel` has no tiling, and the backbones are fully convolutional, so peers decode
-the whole image). Outputs in `--output_dir`: `recipes.json`, `recipes.md`, `recipes_psnr.png`.
+on the first `--curve_images` test images after training. Final: PSNR, SSIM and codebook usage
+(VQ) or the KL to N(0, I) in nats per image, mean over the images (VAE) on `--num_test_images`
+(all 10,000) test images, and Kodak at full resolution as a check of generalisation to large
+photos, every row over the whole photo (diffusers' models have no tiling, and the backbones are
+fully convolutional). A VAE row is scored on the decoding of its posterior mean. Outputs in
+`--output_dir`: `recipes.json`, `recipes.md` (a KL column where VAE rows are present),
+`recipes_psnr.png` (every row on one chart).
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import Row, diffusers_row, evaluate, load_images, to_pixels  # noqa: E402
+from bench_quality import Row, VAERow, diffusers_row, diffusers_vae_row, evaluate, load_images, to_pixels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
@@ -62,12 +74,16 @@ CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4)
 @dataclass
 class Recipe:
     """A latentcode preset (`config`, with command-line `overrides`) or a peer (`peer`: the key of
-    `peer_quantizer`), trained for `budget_fraction` of `--budget`."""
+    `peer_quantizer` for a VQ peer, `VAE_PEER` for the VAE one), trained for `budget_fraction` of
+    `--budget`. `family` ("vqvae" or "vae") is the model family of the row: the preset's
+    `model_family`, and the one whose peer preset (`--peer_preset` / `--vae_peer_preset`) a peer
+    takes."""
 
     config: str | None = None
     overrides: list[str] = field(default_factory=list)
     peer: str | None = None
     note: str = ""
+    family: str = "vqvae"
     budget_fraction: float = 1.0
 
     def budget(self, args) -> float:
@@ -77,13 +93,27 @@ class Recipe:
 RECIPES = {
     "latentcode vqvae_cifar10 (GPU preset)": Recipe("vqvae_cifar10.yaml", note="128/256/256, bf16"),
     "latentcode cpu": Recipe("vqvae_cifar10_cpu.yaml", note="the one-core preset"),
-    # The 60-minute goal: latentcode at half the time reaches the peer's PSNR at the full time.
-    "latentcode cpu, half the budget": Recipe("vqvae_cifar10_cpu.yaml", note="half of --budget", budget_fraction=0.5),
     "diffusers VQModel": Recipe(peer="diffusers", note="diffusers' own VectorQuantizer"),
     "diffusers + vqp EMA + rotation": Recipe(peer="vqp_ema_rotation", note="EMA, k-means, dead-code expiry"),
     "diffusers + vqp cosine 8-dim": Recipe(peer="vqp_cosine", note="8-dim l2-normalised codes, EMA, k-means"),
     "diffusers + vqp SimVQ": Recipe(peer="vqp_simvq"),
 }
+DEFAULT_RECIPES = list(RECIPES)  # the VQ table; `--recipes` names any other
+
+# The 60-minute goal: latentcode at half the time reaches the peer's PSNR at the full time.
+RECIPES["latentcode cpu, half the budget"] = Recipe(
+    "vqvae_cifar10_cpu.yaml", note="half of --budget", budget_fraction=0.5
+)
+
+# The VAE pair (issue 23): latentcode's one-core VAE preset against diffusers' AutoencoderKL with
+# its backbone, on the same objective, at the same 8x8x4 latent and KL weight.
+VAE_PEER = "AutoencoderKL"
+RECIPES.update(
+    {
+        "latentcode vae cpu": Recipe("vae_cifar_cpu.yaml", note="the one-core VAE preset", family="vae"),
+        "diffusers AutoencoderKL": Recipe(peer=VAE_PEER, note="latentcode's VAE objective", family="vae"),
+    }
+)
 
 # Screening variants (issue 23 "Everything else is free"): the one-core preset with one change
 # each. `--recipes screen` runs them all (at a few minutes' budget: a first cut, not the final table).
@@ -130,9 +160,33 @@ def preset(path: Path) -> dict:
 
 
 def peer_backbone(values: dict) -> dict:
-    """The encoder / decoder shape of a preset's `model` section, for diffusers' `VQModel`."""
+    """The encoder / decoder shape of a preset's `model` section, for diffusers' `VQModel` or
+    `AutoencoderKL`."""
     keys = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups", "mid_block_add_attention")
     return {"sample_size": 32, **{key: values["model"][key] for key in keys if key in values["model"]}}
+
+
+def peer_preset_values(recipe: Recipe, args) -> dict:
+    """The preset a peer row takes its backbone and optimiser from: `--vae_peer_preset` for a VAE
+    row, `--peer_preset` for a VQ one; its `model_family` must be the row's."""
+    name = args.vae_peer_preset if recipe.family == "vae" else args.peer_preset
+    values = preset(CONFIGS / name)
+    family = values.get("model_family", "vqvae")  # TrainingConfig's default
+    if family != recipe.family:
+        option = "--vae_peer_preset" if recipe.family == "vae" else "--peer_preset"
+        raise ValueError(f"{option} {name} is a {family!r} preset, but the peer is a {recipe.family!r} row")
+    return values
+
+
+def check_recipe(name: str, recipe: Recipe, args) -> None:
+    """Before anything trains: a latentcode row's preset is of the row's family (the family decides
+    how the saved model is scored), a peer's preset too."""
+    if recipe.config is None:
+        peer_preset_values(recipe, args)
+        return
+    family = preset(CONFIGS / recipe.config).get("model_family", "vqvae")
+    if family != recipe.family:
+        raise ValueError(f"recipe {name!r} is a {recipe.family!r} row, but {recipe.config} trains a {family!r} model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,9 +222,11 @@ def latentcode_saved_weights(task) -> dict:
     return state
 
 
-def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Row, Curve, dict]:
-    """`training/train.py --config PRESET --max_train_time ...` in this process; the saved model."""
-    from latentcode import VQVAEModel
+def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Row | VAERow, Curve, dict]:
+    """`training/train.py --config PRESET --max_train_time ...` in this process; the saved model,
+    as a VQ `Row` or (a VAE preset) a `VAERow` on the objective the run trained with."""
+    from latentcode import AutoModel
+    from latentcode.families import family_of
     from latentcode.training import parse_args, trainer
 
     output = workdir / name.replace(" ", "_").replace("/", "-")
@@ -192,9 +248,11 @@ def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Ro
     engine.task.after_step = recording
     result = engine.run()
     details = result.metrics["details"]
-    model = VQVAEModel.from_pretrained(output)
+    model = AutoModel.from_pretrained(output).train()  # the preset's family
     training = {"steps": details["global_step"], "train_seconds": details["train_seconds"], "argv": argv}
-    return Row(name, model.config.codebook_size, 1, model.train(), is_latentcode=True), curve, training
+    if family_of(model).name == "vae":
+        return VAERow(name, model, True, engine.task.objective), curve, training
+    return Row(name, model.config.codebook_size, 1, model, is_latentcode=True), curve, training
 
 
 def peer_batches(train_images: torch.Tensor, batch_size: int, seed: int):
@@ -216,12 +274,29 @@ def peer_row(name: str, kind: str, values: dict, seed: int = 0) -> Row:
     return row
 
 
+def vae_peer_row(name: str, values: dict, seed: int = 0) -> VAERow:
+    """diffusers' `AutoencoderKL` with the backbone of the VAE preset `values`, on the objective
+    `training/train.py` builds from it: the run's `kl_weight` if set, else the model's, warmed up
+    over its `kl_warmup_steps` (with the same factor at the same step)."""
+    if values.get("vae_objective", "kl") != "kl":
+        raise ValueError(
+            f"the AutoencoderKL peer trains the KL objective, not vae_objective={values['vae_objective']!r}"
+        )
+    kl_weight = values.get("kl_weight")
+    if kl_weight is None:
+        kl_weight = values["model"].get("kl_weight")  # None: VAEConfig's default, as the preset's model
+    row = diffusers_vae_row(peer_backbone(values), seed, kl_weight, values.get("kl_warmup_steps", 0))
+    row.name = name
+    return row
+
+
 def train_peer(
-    row: Row, values: dict, batches, seconds: float | None = None, steps: int | None = None, curve=None
+    row: Row | VAERow, values: dict, batches, seconds: float | None = None, steps: int | None = None, curve=None
 ) -> float:
     """AdamW at the preset's learning rate, betas and warm-up, then a cosine decay to 0 at `steps`,
     or at the step count fitted to `seconds` from measured step times (as `--max_train_time`);
-    MSE + the quantizer's losses, gradients clipped to norm 1. Returns the training seconds."""
+    `row.loss` (MSE + the quantizer's losses, or latentcode's VAE objective), gradients clipped to
+    norm 1. Returns the training seconds."""
     from latentcode.training.schedule import RunSchedule, TimeBudget
 
     parameters = [p for p in row.model.parameters() if p.requires_grad]
@@ -247,7 +322,7 @@ def train_peer(
     return time.perf_counter() - start
 
 
-def score_curve(row: Row, curve: Curve, curve_set: torch.Tensor) -> list[tuple[float, float]]:
+def score_curve(row: Row | VAERow, curve: Curve, curve_set: torch.Tensor) -> list[tuple[float, float]]:
     """Test PSNR of every copied state, then the final weights are put back."""
     final = {k: v.detach().clone() for k, v in row.model.state_dict().items()}
     points = []
@@ -259,9 +334,10 @@ def score_curve(row: Row, curve: Curve, curve_set: torch.Tensor) -> list[tuple[f
 
 
 @torch.no_grad()
-def score_kodak(row: Row, kodak_dir: Path) -> dict:
+def score_kodak(row: Row | VAERow, kodak_dir: Path) -> dict:
     """Mean PSNR / SSIM over the Kodak images at full resolution, every row in one pass over the
-    whole photo (no tiling: the peers have none, and tiles change a model's output)."""
+    whole photo (no tiling: the peers have none, and tiles change a model's output); a VAE decodes
+    the posterior mean (what its forward pass does in eval mode)."""
     import numpy as np
     from PIL import Image
 
@@ -292,10 +368,14 @@ def worker(name: str, args) -> None:
     if recipe.peer is None:
         row, curve, training = train_latentcode(name, recipe, args, output_dir / "models")
     else:
-        values = preset(CONFIGS / args.peer_preset)
+        values = peer_preset_values(recipe, args)
         train_images = load_images(None, args.train_data_dir, "train", "img", 50000)
         batches = peer_batches(train_images, values["train_batch_size"], args.seed)
-        row, curve = peer_row(name, recipe.peer, values, args.seed), Curve(recipe.budget(args))
+        if recipe.family == "vae":
+            row = vae_peer_row(name, values, args.seed)
+        else:
+            row = peer_row(name, recipe.peer, values, args.seed)
+        curve = Curve(recipe.budget(args))
         seconds = train_peer(row, values, batches, seconds=recipe.budget(args), curve=curve)
         training = {"steps": row.steps, "train_seconds": seconds, "backbone": peer_backbone(values)}
     load_after = os.getloadavg()
@@ -311,12 +391,22 @@ def worker(name: str, args) -> None:
         "final": final,
         "kodak": kodak,
         "training": training,
-        "bits_per_image": BITS_PER_IMAGE,
+        "family": recipe.family,
+        **rate(row, test_images),
         "load_average_before": load_before,
         "load_average_after": load_after,
     }
     (output_dir / "rows").mkdir(parents=True, exist_ok=True)
     (output_dir / "rows" / f"{slug(name)}.json").write_text(json.dumps(result, indent=2))
+
+
+def rate(row: Row | VAERow, test_images: torch.Tensor) -> dict:
+    """What a row's code is: `bits_per_image` (VQ), or the VAE's `latent_shape` `[C, h, w]`, KL
+    weight and warm-up (its KL in nats per image is measured with its scores)."""
+    if isinstance(row, VAERow):
+        shape = row.latent_shape(to_pixels(test_images[:1]))
+        return {"latent_shape": list(shape), **{k: getattr(row.objective, k) for k in ("kl_weight", "kl_warmup_steps")}}
+    return {"bits_per_image": BITS_PER_IMAGE}
 
 
 def slug(name: str) -> str:
@@ -342,23 +432,44 @@ def run_all(names: list[str], args, argv: list[str]) -> None:
             raise SystemExit(f"recipe(s) {failed} failed; see their output above")
 
 
+def rates(results: list[dict]) -> list[str]:
+    """The code of each family's rows, in words: `["VQ: 832 bits/image (8x8 tokens, K = 8192)",
+    "VAE: 8x8x4 latent, KL weight 0.001"]` (the families present)."""
+    texts = []
+    if any(r["family"] == "vqvae" for r in results):
+        texts.append(f"VQ: {BITS_PER_IMAGE} bits/image (8x8 tokens, K = {CODEBOOK_SIZE})")
+    for (channels, height, width), weight in sorted(
+        {(tuple(r["latent_shape"]), r["kl_weight"]) for r in results if r["family"] == "vae"}
+    ):
+        texts.append(f"VAE: {height}x{width}x{channels} latent, KL weight {weight:g}")
+    return texts
+
+
 def markdown(results: list[dict], budget: float) -> str:
-    lines = [
-        f"Budget {budget:g} s of training per recipe (`train s`: what it took), one thread each; {BITS_PER_IMAGE} "
-        "bits per image (8x8 tokens, K = 8192). PSNR / SSIM / usage on the CIFAR-10 test images, Kodak at full "
-        "resolution; load average of the machine before -> after the run.",
-        "",
-        "| recipe | steps | train s | test images | test PSNR (dB) | SSIM | usage | Kodak PSNR (dB) | load avg | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(results, key=lambda r: -r["final"]["psnr"]):
+    """The table of final scores, VQ rows then VAE rows, each by test PSNR; a KL column where VAE
+    rows are present (codebook usage is "-" for them, the KL "-" for VQ rows)."""
+    has_vae = any(r["family"] == "vae" for r in results)
+    header = (
+        f"Budget {budget:g} s of training per recipe (`train s`: what it took), one thread each; "
+        f"{'; '.join(rates(results))}. PSNR / SSIM / usage on the CIFAR-10 test images, Kodak at full "
+        "resolution; load average of the machine before -> after the run."
+    )
+    columns = ["recipe", "steps", "train s", "test images", "test PSNR (dB)", "SSIM", "usage"]
+    if has_vae:
+        header += " VAE rows decode the posterior mean; KL: to N(0, I), nats per image, mean over the test images."
+        columns.append("KL (nats/image)")
+    columns += ["Kodak PSNR (dB)", "load avg", "note"]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in sorted(results, key=lambda r: (r["family"] == "vae", -r["final"]["psnr"])):
         final, kodak = r["final"], r["kodak"]
-        kodak_psnr = f"{kodak['psnr']:.2f}" if kodak else "-"
-        load = f"{r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}"
-        lines.append(
-            f"| {r['name']} | {r['training']['steps']} | {r['training']['train_seconds']:.0f} | {final['eval_images']} | {final['psnr']:.2f} | "
-            f"{final['ssim']:.3f} | {100 * final['usage']:.1f}% | {kodak_psnr} | {load} | {r['note']} |"
-        )
+        cells = [r["name"], r["training"]["steps"], f"{r['training']['train_seconds']:.0f}", final["eval_images"]]
+        cells += [f"{final['psnr']:.2f}", f"{final['ssim']:.3f}"]
+        cells.append(f"{100 * final['usage']:.1f}%" if "usage" in final else "-")
+        if has_vae:
+            cells.append(f"{final['kl']:.1f}" if "kl" in final else "-")
+        cells.append(f"{kodak['psnr']:.2f}" if kodak else "-")
+        cells += [f"{r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}", r["note"]]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -372,7 +483,8 @@ def write_report(names: list[str], args) -> None:
     (output_dir / "recipes.md").write_text(table)
     print(table)
     series = {r["name"]: [tuple(point) for point in r["curve"]] for r in results}
-    chart = line_chart(series, f"CIFAR-10 test PSNR, {BITS_PER_IMAGE} bits/image", "training seconds", "PSNR (dB)")
+    title = f"CIFAR-10 test PSNR, {'; '.join(rates(results))}"
+    chart = line_chart(series, title, "training seconds", "PSNR (dB)")
     chart.save(output_dir / "recipes_psnr.png")
 
 
@@ -380,14 +492,17 @@ def parse(argv: list[str] | None):
     from latentcode.training.schedule import parse_duration
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=None, help=f"names, or 'screen' (default: {list(RECIPES)[:6]})")
+    parser.add_argument("--recipes", nargs="+", default=None, help=f"names, or 'screen' (default: {DEFAULT_RECIPES})")
     parser.add_argument("--budget", default="15m", help="training wall clock per recipe: seconds or 90s / 15m / 2h")
     parser.add_argument("--parallel", type=int, default=2, help="recipes run side by side (1 core each)")
     parser.add_argument("--pairs", dest="parallel", action="store_const", const=2, help="--parallel 2 (the default)")
     parser.add_argument("--train_data_dir", default=str(REPO.parent / "shared/datasets/cifar10/train"))
     parser.add_argument("--test_data_dir", default=None, help="default: the sibling 'test' of --train_data_dir")
     parser.add_argument("--kodak_dir", default=str(REPO.parent / "shared/datasets/kodak"), help="'' to skip")
-    parser.add_argument("--peer_preset", default="vqvae_cifar10_cpu.yaml", help="backbone and optimiser of peers")
+    parser.add_argument("--peer_preset", default="vqvae_cifar10_cpu.yaml", help="backbone and optimiser of VQ peers")
+    parser.add_argument(
+        "--vae_peer_preset", default="vae_cifar_cpu.yaml", help="backbone, optimiser and KL weight of the VAE peer"
+    )
     parser.add_argument("--curve_images", type=int, default=1000)
     parser.add_argument("--num_test_images", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
@@ -407,12 +522,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.worker is not None:
         return worker(args.worker, args)
-    names = args.recipes or list(RECIPES)[:6]
+    names = args.recipes or DEFAULT_RECIPES
     if names == ["screen"]:
         names = list(SCREEN)
     unknown = [name for name in names if name not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    for name in names:
+        check_recipe(name, RECIPES[name], args)
     run_all(names, args, argv)
     write_report(names, args)
 

@@ -1,9 +1,11 @@
-"""Training recipes: the decoder-only fine-tuning phase (`decoder_finetune_fraction`) and a short
-real-data run where the CIFAR-10 VQ preset's recipe beats diffusers' own quantizer."""
+"""Training recipes: the decoder-only fine-tuning phase (`decoder_finetune_fraction`), a short
+real-data run where the CIFAR-10 VQ preset's recipe beats diffusers' own quantizer, and the VAE
+pair of `benchmarks/bench_recipes.py` (diffusers' AutoencoderKL on latentcode's VAE objective)."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from helpers import load_script, require_shared_dataset, reset_accelerate_state
 from safetensors.torch import load_file
 from test_training import tiny_config
 
-from latentcode import VQVAEModel
+from latentcode import VAEModel, VQVAEModel
+from latentcode.evaluation.metrics import psnr, ssim
 from latentcode.training import load_config, train, trainer
 from latentcode.training.loop import DECODER_SIDE
 
@@ -148,3 +151,120 @@ def test_vq_preset_recipe_beats_diffusers_quantizer_on_cifar10_at_equal_steps(tm
     ours_psnr, peer_psnr = (bench.evaluate(row, test_images)["psnr"] for row in (ours, peer))
     print(f"test PSNR after {STEPS} steps: latentcode preset {ours_psnr:.2f} dB, diffusers VQModel {peer_psnr:.2f} dB")
     assert ours_psnr > peer_psnr + MARGIN_DB, (ours_psnr, peer_psnr)
+
+
+# -- the VAE pair: diffusers' AutoencoderKL on latentcode's VAE objective ---------------------------
+
+# The one-core VAE preset's shape at 8/16/16, a KL weight large enough that a wrong KL scale shows
+# in the loss, and a KL warm-up to check its factor.
+VAE_VALUES = dict(
+    model_family="vae",
+    model=dict(
+        block_out_channels=[8, 16, 16],
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        latent_channels=4,
+        kl_weight=0.5,
+    ),
+    kl_warmup_steps=10,
+)
+
+
+def _vae_pair(bench):
+    """The AutoencoderKL peer of `VAE_VALUES` and latentcode's `VAEModel` with its weights and KL
+    weight (diffusers' config has no KL weight: it is given again)."""
+    peer = bench.vae_peer_row("diffusers AutoencoderKL", VAE_VALUES)
+    model = VAEModel.from_diffusers(peer.model, kl_weight=VAE_VALUES["model"]["kl_weight"]).train()
+    ours = bench.VAERow("latentcode", model, True, peer.objective)
+    return peer, ours
+
+
+def test_autoencoderkl_peer_loss_is_latentcode_vae_objective_on_the_same_weights():
+    bench = load_script("benchmarks/bench_recipes.py")
+    peer, ours = _vae_pair(bench)
+    assert type(peer.model).__name__ == "AutoencoderKL" and peer.objective.kl_weight == 0.5
+    pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    reference = ours.model(pixels, generator=torch.Generator().manual_seed(1))  # the same posterior noise
+    kl_term = 0.5 * reference.kl / (3 * 32 * 32)  # KL: nats per image, batch mean
+    assert kl_term > 1e-3 * reference.loss  # large enough that a wrong scale would show
+    # After the warm-up: latentcode's own `model(x).loss`; during it (step 3 of 10): 0.3 of the KL term.
+    for step, expected in ((10, reference.loss), (3, reference.reconstruction_loss + 0.3 * kl_term)):
+        peer.steps = step
+        loss = peer.loss(pixels, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7, msg=f"step {step}")
+
+
+def test_vae_rows_are_scored_on_the_posterior_mean_with_their_kl_in_nats_per_image():
+    bench = load_script("benchmarks/bench_recipes.py")
+    peer, ours = _vae_pair(bench)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = bench.to_pixels(images)
+    model = ours.model.eval()
+    with torch.no_grad():
+        encoded = model.encode(pixels)
+        reconstruction = model.reconstruct_encoded(encoded).clamp(-1, 1)  # the decoded mean
+        kl_nats = model.code_size(encoded).bits.float() * math.log(2)  # the family's rate, in nats
+    model.train()
+    expected = dict(psnr=float(psnr(reconstruction, pixels).mean()), ssim=float(ssim(reconstruction, pixels).mean()))
+    for row in (peer, ours):
+        scores = bench.evaluate(row, images, batch_size=4)
+        assert scores.keys() == {"psnr", "ssim", "kl", "eval_images"}, row.name
+        assert scores["eval_images"] == 6
+        for key, value in {**expected, "kl": float(kl_nats.mean())}.items():
+            assert scores[key] == pytest.approx(value, rel=1e-4), (row.name, key)
+        assert bench.rate(row, images) == {"latent_shape": [4, 8, 8], "kl_weight": 0.5, "kl_warmup_steps": 10}
+
+
+def test_recipe_table_gives_vae_rows_a_kl_column_and_their_own_rate():
+    bench = load_script("benchmarks/bench_recipes.py")
+    common = dict(note="n", kodak=None, load_average_before=[1.0] * 3, load_average_after=[2.0] * 3)
+    training = dict(steps=10, train_seconds=60.4)
+    vq = dict(name="vq", family="vqvae", bits_per_image=832, training=training, **common)
+    vq["final"] = dict(psnr=20.0, ssim=0.5, usage=0.9, perplexity=10.0, eval_images=100)
+    vae = dict(name="vae", family="vae", latent_shape=[4, 8, 8], kl_weight=1e-3, training=training, **common)
+    vae["final"] = dict(psnr=25.0, ssim=0.8, kl=123.45, eval_images=100)
+    table = bench.markdown([vae, vq], 60)
+    assert "VQ: 832 bits/image (8x8 tokens, K = 8192); VAE: 8x8x4 latent, KL weight 0.001." in table
+    assert "| usage | KL (nats/image) | Kodak PSNR (dB) |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| v")]
+    assert rows == [  # VQ rows first
+        "| vq | 10 | 60 | 100 | 20.00 | 0.500 | 90.0% | - | - | 1.0 -> 2.0 | n |",
+        "| vae | 10 | 60 | 100 | 25.00 | 0.800 | - | 123.5 | - | 1.0 -> 2.0 | n |",
+    ]
+    only_vae = bench.markdown([vae], 60)
+    assert "bits" not in only_vae and "KL weight 0.001" in only_vae and "KL (nats/image)" in only_vae
+    only_vq = bench.markdown([vq], 60)
+    assert "KL" not in only_vq and "| usage | Kodak PSNR (dB) |" in only_vq
+
+
+def test_vae_recipes_take_a_vae_preset_and_say_so_otherwise():
+    bench = load_script("benchmarks/bench_recipes.py")
+    args = bench.parse(["--recipes", "latentcode vae cpu", "diffusers AutoencoderKL"])
+    for name in ("latentcode vae cpu", "diffusers AutoencoderKL", *bench.DEFAULT_RECIPES):
+        bench.check_recipe(name, bench.RECIPES[name], args)  # the presets of every row's family
+    assert bench.peer_preset_values(bench.RECIPES["diffusers AutoencoderKL"], args)["model"]["kl_weight"] == 1e-3
+    assert "latentcode vae cpu" not in bench.DEFAULT_RECIPES
+    args = bench.parse(["--vae_peer_preset", "vqvae_cifar10_cpu.yaml"])
+    with pytest.raises(ValueError, match="--vae_peer_preset vqvae_cifar10_cpu.yaml is a 'vqvae' preset"):
+        bench.check_recipe("diffusers AutoencoderKL", bench.RECIPES["diffusers AutoencoderKL"], args)
+    wrong = bench.Recipe("vae_cifar_cpu.yaml")  # family defaults to vqvae
+    with pytest.raises(ValueError, match="is a 'vqvae' row, but vae_cifar_cpu.yaml trains a 'vae' model"):
+        bench.check_recipe("wrong", wrong, args)
+
+
+def test_latentcode_vae_row_is_the_vae_train_py_saved_on_the_presets_objective(tmp_path):
+    cifar = require_shared_dataset("cifar10")
+    bench = load_script("benchmarks/bench_recipes.py")
+    recipe = bench.RECIPES["latentcode vae cpu"]
+    scaled = ["--model.block_out_channels", "[8, 16, 16]", "--model.norm_num_groups", "4"]
+    recipe = bench.Recipe(recipe.config, [*scaled, "--shuffle_buffer_size", "64"], family=recipe.family)
+    args = SimpleNamespace(budget=2.0, train_data_dir=str(cifar / "train"), seed=0)
+    row, curve, training = bench.train_latentcode("latentcode vae cpu", recipe, args, tmp_path)
+    assert isinstance(row, bench.VAERow) and isinstance(row.model, VAEModel) and row.is_latentcode
+    assert row.model.config.block_out_channels == [8, 16, 16] and training["steps"] >= 1
+    saved = load_file(tmp_path / "latentcode_vae_cpu" / "model.safetensors")
+    assert all(torch.equal(saved[key], value) for key, value in row.model.state_dict().items())
+    images = bench.load_images(None, str(cifar / "test"), "test", "img", 4)
+    # The preset's 8x8x4 latent and KL weight, no KL warm-up: what the run trained with.
+    assert bench.rate(row, images) == {"latent_shape": [4, 8, 8], "kl_weight": 1e-3, "kl_warmup_steps": 0}
