@@ -173,7 +173,8 @@ class TrainingConfig(RunConfig):
         "the last fraction of the run's steps (of max_train_steps, or of the step count fitted to "
         "max_train_time) trains only the decoder side (decoder, post_quant_conv): the encoder, quant_conv and "
         "quantizer are frozen (with use_ema, at their averaged weights) and the codebook stops updating, so the "
-        "codes and the rate stay as they are. 0: off",
+        "codes and the rate stay as they are. With max_train_time the step count is fitted on full steps, so the "
+        "cheaper decoder-only steps end the run early by what they save. 0: off",
         default=0.0,
     )
 
