@@ -159,6 +159,11 @@ def preset(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def preset_family(values: dict) -> str:
+    """The model family a preset trains (`TrainingConfig`'s default where it names none)."""
+    return values.get("model_family", "vqvae")
+
+
 def peer_backbone(values: dict) -> dict:
     """The encoder / decoder shape of a preset's `model` section, for diffusers' `VQModel` or
     `AutoencoderKL`."""
@@ -171,7 +176,7 @@ def peer_preset_values(recipe: Recipe, args) -> dict:
     row, `--peer_preset` for a VQ one; its `model_family` must be the row's."""
     name = args.vae_peer_preset if recipe.family == "vae" else args.peer_preset
     values = preset(CONFIGS / name)
-    family = values.get("model_family", "vqvae")  # TrainingConfig's default
+    family = preset_family(values)
     if family != recipe.family:
         option = "--vae_peer_preset" if recipe.family == "vae" else "--peer_preset"
         raise ValueError(f"{option} {name} is a {family!r} preset, but the peer is a {recipe.family!r} row")
@@ -184,7 +189,7 @@ def check_recipe(name: str, recipe: Recipe, args) -> None:
     if recipe.config is None:
         peer_preset_values(recipe, args)
         return
-    family = preset(CONFIGS / recipe.config).get("model_family", "vqvae")
+    family = preset_family(preset(CONFIGS / recipe.config))
     if family != recipe.family:
         raise ValueError(f"recipe {name!r} is a {recipe.family!r} row, but {recipe.config} trains a {family!r} model")
 
@@ -282,10 +287,10 @@ def vae_peer_row(name: str, values: dict, seed: int = 0) -> VAERow:
         raise ValueError(
             f"the AutoencoderKL peer trains the KL objective, not vae_objective={values['vae_objective']!r}"
         )
-    kl_weight = values.get("kl_weight")
-    if kl_weight is None:
-        kl_weight = values["model"].get("kl_weight")  # None: VAEConfig's default, as the preset's model
-    row = diffusers_vae_row(peer_backbone(values), seed, kl_weight, values.get("kl_warmup_steps", 0))
+    # The template model carries the preset's model kl_weight, so the objective resolves the
+    # run's `kl_weight` (None: the model's) as train.py does; export to diffusers drops it.
+    template = {**peer_backbone(values), **{k: v for k, v in values["model"].items() if k == "kl_weight"}}
+    row = diffusers_vae_row(template, seed, values.get("kl_weight"), values.get("kl_warmup_steps", 0))
     row.name = name
     return row
 
