@@ -320,7 +320,7 @@ def train_peer(
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         row.steps += 1
-        if budget is not None and not schedule.fitted:
+        if budget is not None:
             budget.observe(schedule, time.perf_counter() - began, time.perf_counter() - start)
         if curve is not None:
             curve.maybe_copy(row.steps, row.model.state_dict)

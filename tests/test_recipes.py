@@ -78,14 +78,27 @@ def test_decoder_phase_freezes_encoder_and_codebook_and_keeps_the_codes(tmp_path
     assert any(not torch.equal(saved[k], states[4][k]) for k in decoder_keys if k in saved)
 
 
-def test_decoder_phase_starts_at_the_fitted_step_count_of_a_time_budget(tmp_path):
+def test_decoder_phase_starts_at_the_fitted_step_count_of_a_time_budget_and_stays(tmp_path):
     engine = trainer(tiny_config(tmp_path, max_train_time=5, decoder_finetune_fraction=0.25))
+    # Simulated step times: 1/8 s, then 1/16 s once the decoder-only phase has begun (its steps
+    # skip the encoder's backward pass), so the re-fits then raise the step count.
+    costs = []
+
+    def clock():
+        while len(costs) < engine.global_step:
+            costs.append(1 / 16 if engine.task.decoder_only else 1 / 8)
+        return sum(costs[: engine.global_step])
+
+    engine.clock = clock
     phases = _record(engine, lambda engine_: engine_.task.decoder_only)
+    totals = _record(engine, lambda engine_: engine_.schedule.total_steps)
     engine.run()
+    # First fitted after 25 steps (3.125 s) to 25 + 1.875 s / (1/8 s) = 40 steps: the phase is the last 10.
+    assert totals[24] == 40 and phases.index(True) == 40 - math.floor(0.25 * 40)
+    # The cheaper steps raise the count; the phase, once begun, stays to the end of the run.
     total = engine.schedule.total_steps
-    assert engine.schedule.fitted and len(phases) == total > 8
-    start = total - math.floor(0.25 * total)
-    assert phases == [False] * start + [True] * (total - start)
+    assert total > 40 and len(phases) == total and phases == [False] * 30 + [True] * (total - 30)
+    assert sum(costs) == pytest.approx(5.0, abs=1 / 16)
 
 
 @pytest.mark.parametrize("checkpoint", [2, 6], ids=["before-the-switch", "after-the-switch"])

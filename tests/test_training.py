@@ -531,18 +531,27 @@ def test_schedule_factors_follow_transformers_schedulers():
         ), kind
 
 
-def test_a_time_budget_fits_the_schedule_runs_it_to_its_end_and_stops_within_budget(tmp_path):
-    budget = 8.0
-    # no checkpoint every 2 steps (tiny_config's): disk writes of varying cost would blur the step time
-    engine = trainer(tiny_config(tmp_path, max_train_time=f"{budget}s", lr_scheduler="cosine", checkpointing_steps=0))
+def simulated_clock(engine, seconds_per_step) -> None:
+    """Make `engine`'s time budget count `seconds_per_step(step)` for each step (1-based) instead
+    of the wall clock: the clock reads the sum over the steps done, so a resumed run, which starts
+    at a later step, reads the same times as the run it continues."""
+    engine.clock = lambda: sum(seconds_per_step(step) for step in range(1, engine.global_step + 1))
+
+
+@pytest.mark.parametrize("first, then", [(0.1, 0.05), (0.05, 0.1)], ids=["speeds-up", "slows-down"])
+def test_a_time_budget_refits_the_schedule_as_the_step_time_changes_and_ends_at_the_budget(tmp_path, first, then):
+    # The machine's speed changes after step 40, once the first fit (after 25 steps) has been made:
+    # another job ends (steps twice as fast) or starts (twice as slow) beside the run.
+    budget = 5.0
+    engine = trainer(tiny_config(tmp_path, max_train_time=budget, lr_scheduler="cosine", lr_warmup_steps=2))
+    simulated_clock(engine, lambda step: first if step <= 40 else then)
     result = engine.run()
-    # fitted after 5 ignored and at least 3 measured steps, to more steps than that
-    assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps > 8
+    details = result.metrics["details"]
+    assert engine.schedule.fitted and engine.global_step == engine.schedule.total_steps
     assert engine.schedule.lr() == 0.0  # the cosine schedule's end value: it reached its end
-    assert result.metrics["details"]["max_train_time"] == budget
-    assert abs(result.metrics["details"]["train_seconds"] - budget) < 0.15 * budget, result.metrics["details"][
-        "train_seconds"
-    ]
+    # It ends within one step of the budget, never past it by more than that step.
+    assert budget - then <= details["train_seconds"] < budget + then, details["train_seconds"]
+    assert details["max_train_time"] == budget
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
 
@@ -578,13 +587,57 @@ def test_a_time_budget_measures_after_start_up_and_stops_steps_slower_than_the_b
     assert schedule.step_count == 2 and schedule.total_steps == 2
 
 
+def test_a_refit_keeps_the_learning_rate_continuous_and_follows_the_new_step_time():
+    from latentcode.training.schedule import RunSchedule, TimeBudget
+
+    # A refit keeps the decay's progress: the rate at the refit step is the same under the old and
+    # the new count, and the rest of the decay is spread over the new remaining steps.
+    for kind in ("linear", "cosine"):
+        schedule = RunSchedule(kind, 1.0, 2, 10)
+        for _ in range(6):
+            schedule.step()
+        before = schedule.lr()
+        schedule.refit(18)
+        assert schedule.lr() == pytest.approx(before, abs=1e-15)
+        rates = [schedule.factor(step) for step in range(6, 19)]
+        assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] == 0.0, kind
+        # halfway through what was left, half of what was left of the progress
+        assert schedule.progress(12) == pytest.approx(schedule.progress(6) + (1 - schedule.progress(6)) / 2)
+
+    # 0.25 s steps fit 400 steps of a 100 s budget after 25 steps (6.25 s); then each step takes
+    # 0.5 s: 5 s (5 % of the budget) later, 10 steps on, the count is fitted again from that mean.
+    budget, schedule, elapsed = TimeBudget(100.0), RunSchedule("cosine", 1.0, 0, None), 0.0
+    totals = []
+    for step in range(1, 1000):
+        seconds = 0.25 if step <= 25 else 0.5
+        schedule.step()
+        elapsed += seconds
+        budget.observe(schedule, seconds, elapsed)
+        totals.append(schedule.total_steps)
+        if schedule.fitted and step >= schedule.total_steps:
+            break
+    assert totals[24] == 400 and totals[33] == 400
+    assert totals[34] == 35 + math.floor((100 - 11.25) / 0.5)
+    assert step == schedule.total_steps and elapsed == pytest.approx(100.0, abs=0.5)
+
+
 def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
-    values = dict(max_train_time=12, checkpointing_steps=3, random_flip=True, center_crop=False)
-    reference = train(tiny_config(tmp_path, "reference", **values))
-    reset_accelerate_state()
-    total = reference.metrics["details"]["global_step"]
-    checkpoint = [c for c in list_checkpoints(tmp_path / "reference") if int(c.name.split("-")[1]) < total][-1]
-    assert torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)["fitted"]  # the count is saved
-    resumed = train(tiny_config(tmp_path, "resumed", **values, resume_from_checkpoint=str(checkpoint)))
-    assert resumed.metrics["details"]["global_step"] == total
+    # Steps slow down from step 30 on, so the count is fitted again several times after the
+    # checkpoint the run resumes from; the same step times give the identical run.
+    values = dict(max_train_time=4, checkpointing_steps=3, random_flip=True, center_crop=False)
+
+    def run(name: str, **resume):
+        engine = trainer(tiny_config(tmp_path, name, **values, **resume))
+        simulated_clock(engine, lambda step: 0.05 if step < 30 else 0.08)
+        result = engine.run()
+        reset_accelerate_state()
+        return engine, result
+
+    reference, reference_result = run("reference")
+    checkpoint = tmp_path / "reference" / "checkpoint-30"
+    saved = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+    assert saved["fitted"] and saved["total_steps"] > reference.global_step  # fitted, and fitted again later
+    resumed, resumed_result = run("resumed", resume_from_checkpoint=str(checkpoint))
+    assert resumed.global_step == reference.global_step
+    assert resumed_result.losses == reference_result.losses[30:]
     _assert_identical(_weights(tmp_path / "reference"), _weights(tmp_path / "resumed"))

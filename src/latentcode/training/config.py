@@ -79,8 +79,9 @@ class RunConfig:
     max_train_steps: int = option("optimiser steps (unused with max_train_time)", default=1000)
     max_train_time: str | float | None = option(
         "wall-clock training budget instead of max_train_steps: seconds (900) or 90s / 15m / 2h. The step count "
-        "is fitted after a few measured steps and then fixed (saved: a resume keeps the same schedule); the "
-        "final validation and save come after it",
+        "is fitted over the first 5 %% of the budget and fitted again after every further 5 %% (the machine's "
+        "speed changes), keeping the learning rate continuous; the run stops at the budget at the latest. The "
+        "fits are saved: a resume follows the same schedule. The final validation and save come after it",
         default=None,
     )
     gradient_accumulation_steps: int = option("micro-batches per optimiser step", default=1)
@@ -173,8 +174,9 @@ class TrainingConfig(RunConfig):
         "the last fraction of the run's steps (of max_train_steps, or of the step count fitted to "
         "max_train_time) trains only the decoder side (decoder, post_quant_conv): the encoder, quant_conv and "
         "quantizer are frozen (with use_ema, at their averaged weights) and the codebook stops updating, so the "
-        "codes and the rate stay as they are. With max_train_time the step count is fitted on full steps, so the "
-        "cheaper decoder-only steps end the run early by what they save. 0: off",
+        "codes and the rate stay as they are. With max_train_time the phase begins at the fraction of the step "
+        "count fitted then; its cheaper steps raise the count's later fits, so it runs longer than the fraction. "
+        "0: off",
         default=0.0,
     )
 

@@ -14,7 +14,8 @@ does everything else, the same for every script:
 - atomic checkpoints (weights, optimisers, schedule, RNG, the data position and the task's own
   state) and an exact resume that refuses settings that would break the trajectory;
 - a step budget (`max_train_steps`) or a wall-clock budget (`max_train_time`, the schedule
-  fitted to it, see `schedule.TimeBudget`);
+  fitted to it and fitted again as the machine's speed changes, see `schedule.TimeBudget`; with
+  several processes, all fit from the main process's clock, so that they stop at the same step);
 - a progress bar with rate and ETA, a one-line summary at the end, `loss.png`.
 
 A new training script is a `RunConfig` subclass with its options, a task and one call:
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast, gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -189,6 +190,7 @@ class Engine:
         self.history: list[float] = []  # loss per step of the whole run (loss.png)
         self.losses: list[float] = []  # this session's
         self._lock = None
+        self.clock = time.perf_counter  # the seconds a time budget counts (a test may simulate them)
         set_seed(config.seed)
         with lost_process_errors(config.ddp_timeout, lambda: "start-up"):
             self._setup()
@@ -234,6 +236,8 @@ class Engine:
         )
         self.global_step, self.nonfinite_steps = state["global_step"], state["nonfinite_steps"]
         self.train_seconds, self.history = state.get("train_seconds", 0.0), state.get("loss_history", [])
+        if self.budget is not None and state.get("time_budget") is not None:
+            self.budget.load_state_dict(state["time_budget"])
         self.batches.load_state_dict(process_state["data"])
         self.task.load_state(self, state.get("task", {}), process_state.get("task", {}))
         saved_lr = state.get("learning_rate", self.config.learning_rate)
@@ -331,6 +335,7 @@ class Engine:
             "learning_rate": self.config.learning_rate,
             "train_seconds": self.train_seconds + session_seconds,
             "loss_history": self.history,
+            "time_budget": self.budget.state_dict() if self.budget is not None else None,
             "task": task_state,
         }
         process_state = {"data": self.batches.state_dict(), "task": task_process_state}
@@ -364,9 +369,10 @@ class Engine:
             total=self.schedule.total_steps, initial=self.global_step, disable=not accelerator.is_main_process
         )
         progress.set_description("steps")
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, cpu_start = self.clock(), time.process_time()
+        seconds = 0.0  # this session's training time after each step (a checkpoint's counts in the next one)
         while not self._done():
-            step_start = time.perf_counter()
+            step_start = seconds
             logs = self.training_step()
             self.global_step += 1
             self.losses.append(logs.get("loss", float("nan")))
@@ -374,13 +380,22 @@ class Engine:
             accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=self.global_step)
             progress.update(1)
             progress.set_postfix(loss=f"{self.losses[-1]:.4f}", refresh=False)
-            self._checkpoint_and_validate(time.perf_counter() - start)
-            if self.budget is not None and not self.schedule.fitted:
-                now = time.perf_counter()
-                self.budget.observe(self.schedule, now - step_start, self.train_seconds + now - start)
+            seconds = self._session_seconds(start)
+            self._checkpoint_and_validate(seconds)
+            if self.budget is not None:
+                self.budget.observe(self.schedule, seconds - step_start, self.train_seconds + seconds)
                 progress.total = self.schedule.total_steps
         progress.close()
-        return self._finish(time.perf_counter() - start, time.process_time() - cpu_start)
+        return self._finish(self.clock() - start, time.process_time() - cpu_start)
+
+    def _session_seconds(self, start: float) -> float:
+        """Seconds since `start` (this session's), as the main process counts them when a time
+        budget is set: every process then fits the same step count. Counts one step apart would
+        leave a process waiting for a gradient reduction that the others never join."""
+        seconds = self.clock() - start
+        if self.budget is not None and self.accelerator.num_processes > 1:
+            seconds = broadcast(torch.tensor([seconds], dtype=torch.float64, device=self.device)).item()
+        return seconds
 
     def _checkpoint_and_validate(self, session_seconds: float) -> None:
         config, step = self.config, self.global_step

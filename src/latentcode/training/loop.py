@@ -160,7 +160,8 @@ class AutoencoderTask(TrainingTask):
         """From `decoder_finetune_start` on: the encoder side frozen and run as in evaluation (no
         codebook EMA update, no dead-code restart), only the decoder side trained."""
         start = decoder_finetune_start(self.config, engine.schedule.total_steps)
-        if start is None or engine.global_step < start:
+        # once begun, the phase stays: a time budget's re-fitted step count may move `start` later
+        if not self.decoder_only and (start is None or engine.global_step < start):
             return
         frozen = [module for name, module in self.unwrapped.named_children() if name not in DECODER_SIDE]
         if not self.decoder_only:
