@@ -140,17 +140,19 @@ def test_two_machines_read_disjoint_data_and_match_one_machine_with_two_processe
             torch.testing.assert_close(weights[key], value, rtol=0, atol=0, msg=key)
 
 
-# Each process's clock runs at its own rate (the second one's 1.5 times as fast), as two machines'
-# clocks would differ by start-up and load; writes rank<R>.json with the steps and losses.
+# Each process's clock runs at its own rate, as two machines' clocks would differ by start-up and
+# load. Simulated, so that the step count does not depend on this machine's speed: the main
+# process's clock reads 0.125 s per step done and the second one's 1.5 times that (binary
+# fractions: the sums are exact). Writes rank<R>.json with the steps and losses.
 SKEWED_CLOCKS = """
-import json, sys, time
+import json, sys
 from pathlib import Path
 from latentcode.training import load_config, trainer
 
 values, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 engine = trainer(load_config(**values))
-rank, start = engine.accelerator.process_index, time.perf_counter()
-engine.clock = lambda: start + (1.0 + 0.5 * rank) * (time.perf_counter() - start)
+rank = engine.accelerator.process_index
+engine.clock = lambda: 0.125 * (1.0 + 0.5 * rank) * engine.global_step
 result = engine.run()
 (out / f"rank{rank}.json").write_text(json.dumps({"steps": engine.global_step, "losses": result.losses}))
 """
@@ -160,7 +162,8 @@ result = engine.run()
 def test_processes_with_a_time_budget_fit_the_same_step_count_from_the_main_process_clock(tmp_path):
     # Were each process to fit its own count from its own clock, the faster clock's process would
     # stop first and leave the other waiting in a gradient reduction (a ProcessLostError after
-    # ddp_timeout). All fit from the main process's clock, so both stop at the same step.
+    # ddp_timeout). All fit from the main process's clock, so both stop at the same step: the
+    # 4 s budget at the main process's 0.125 s per step.
     script = tmp_path / "skewed.py"
     script.write_text(SKEWED_CLOCKS)
     values = tiny_run_values(tmp_path / "run", max_train_steps=None, max_train_time=4, ddp_timeout=60)
@@ -172,6 +175,6 @@ def test_processes_with_a_time_budget_fit_the_same_step_count_from_the_main_proc
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     _finish(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert reports[0]["steps"] == reports[1]["steps"] == len(reports[0]["losses"]) > 25  # fitted after 25 steps
+    assert reports[0]["steps"] == reports[1]["steps"] == len(reports[0]["losses"]) == 32
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["details"]["global_step"] == reports[0]["steps"] and metrics["details"]["max_train_time"] == 4

@@ -240,14 +240,9 @@ class Engine:
             self.budget.load_state_dict(state["time_budget"])
         self.batches.load_state_dict(process_state["data"])
         self.task.load_state(self, state.get("task", {}), process_state.get("task", {}))
-        saved_lr = state.get("learning_rate", self.config.learning_rate)
-        if saved_lr != self.config.learning_rate:  # the schedule's shape is this run's; so is its peak
-            logger.warning(
-                "resume: learning_rate %g -> %g (from step %d)",
-                saved_lr,
-                self.config.learning_rate,
-                self.global_step + 1,
-            )
+        saved_lr, lr = state.get("learning_rate", self.config.learning_rate), self.config.learning_rate
+        if saved_lr != lr:  # the schedule's shape is this run's; so is its peak
+            logger.warning("resume: learning_rate %g -> %g (from step %d)", saved_lr, lr, self.global_step + 1)
         self.accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
 
     def _apply_learning_rate(self) -> None:
@@ -315,11 +310,7 @@ class Engine:
         self.schedule.step()
         self._apply_learning_rate()
         if self.consecutive_nonfinite >= self.config.max_consecutive_nonfinite_steps:
-            last = list_checkpoints(self.output_dir)
-            raise NonFiniteLossError(
-                f"{self.consecutive_nonfinite} steps in a row had a NaN/inf loss or gradient (up to step "
-                f"{self.global_step + 1}); stopping. Last good checkpoint: {last[-1] if last else 'none'}"
-            )
+            raise non_finite_streak_error(self.consecutive_nonfinite, self.global_step + 1, self.output_dir)
         sums["nonfinite_steps"] = self.nonfinite_steps
         sums["corrupt_images"] = self.batches.corrupt_images
         return dict(sums)
@@ -380,22 +371,15 @@ class Engine:
             accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=self.global_step)
             progress.update(1)
             progress.set_postfix(loss=f"{self.losses[-1]:.4f}", refresh=False)
-            seconds = self._session_seconds(start)
+            seconds = self.clock() - start
+            if self.budget is not None:  # every process fits the same step count (see main_process_seconds)
+                seconds = main_process_seconds(accelerator, seconds)
             self._checkpoint_and_validate(seconds)
             if self.budget is not None:
                 self.budget.observe(self.schedule, seconds - step_start, self.train_seconds + seconds)
                 progress.total = self.schedule.total_steps
         progress.close()
         return self._finish(self.clock() - start, time.process_time() - cpu_start)
-
-    def _session_seconds(self, start: float) -> float:
-        """Seconds since `start` (this session's), as the main process counts them when a time
-        budget is set: every process then fits the same step count. Counts one step apart would
-        leave a process waiting for a gradient reduction that the others never join."""
-        seconds = self.clock() - start
-        if self.budget is not None and self.accelerator.num_processes > 1:
-            seconds = broadcast(torch.tensor([seconds], dtype=torch.float64, device=self.device)).item()
-        return seconds
 
     def _checkpoint_and_validate(self, session_seconds: float) -> None:
         config, step = self.config, self.global_step
@@ -503,3 +487,21 @@ def all_finite(accelerator: Accelerator, value: torch.Tensor) -> bool:
     """True when `value` is finite on every process (all must skip a step together)."""
     finite = torch.tensor([float(torch.isfinite(value).all())], device=accelerator.device)
     return bool(accelerator.gather(finite).min() > 0)
+
+
+def main_process_seconds(accelerator: Accelerator, seconds: float) -> float:
+    """Collective: the main process's `seconds`, on every process. A time budget fits its step
+    count from them: counts fitted from each process's own clock could end one step apart and
+    leave a process waiting for a gradient reduction that the others never join."""
+    if accelerator.num_processes == 1:
+        return seconds
+    return broadcast(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)).item()
+
+
+def non_finite_streak_error(streak: int, step: int, output_dir: Path) -> NonFiniteLossError:
+    """The error that stops a run after `streak` NaN/inf steps in a row, up to `step`."""
+    last = list_checkpoints(output_dir)
+    return NonFiniteLossError(
+        f"{streak} steps in a row had a NaN/inf loss or gradient (up to step {step}); stopping. "
+        f"Last good checkpoint: {last[-1] if last else 'none'}"
+    )
