@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from .configuration import TRANSFORMERS_CONFIG_KEYS
 from .data import ImageTransform, open_source, ordered_chunks
 from .data.sources import Source
+from .errors import command_line
 from .hub import resolve_pretrained
 
 logger = logging.getLogger(__name__)
@@ -572,6 +573,7 @@ def build_parser():
     return parser
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
     from transformers import AutoModel
