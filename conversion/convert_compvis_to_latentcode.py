@@ -14,6 +14,7 @@ import argparse
 
 from latentcode.conversion.cli import add_scaling_factor_arguments, save_converted_model
 from latentcode.conversion.compvis import from_compvis
+from latentcode.errors import command_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command_line
 def main(argv=None) -> None:
     args = parse_args(argv)
     overrides = {

@@ -12,6 +12,7 @@ import argparse
 
 from latentcode import LatentCodePreTrainedModel
 from latentcode.conversion.cli import add_scaling_factor_arguments, save_converted_model
+from latentcode.errors import command_line
 from latentcode.hub import resolve_pretrained
 
 
@@ -25,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command_line
 def main(argv=None) -> None:
     args = parse_args(argv)
     # A misspelt folder or an uncached Hub id offline is named here, before diffusers' own lookup.

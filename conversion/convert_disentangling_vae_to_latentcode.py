@@ -17,6 +17,7 @@ import shutil
 
 from latentcode.conversion.cli import add_scaling_factor_arguments, save_converted_model
 from latentcode.conversion.disentangling_vae import from_disentangling_vae
+from latentcode.errors import command_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command_line
 def main(argv=None) -> None:
     args = parse_args(argv)
     model = from_disentangling_vae(args.checkpoint_path)

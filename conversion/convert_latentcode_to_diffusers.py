@@ -15,6 +15,7 @@ import argparse
 from transformers import AutoModel
 
 import latentcode  # noqa: F401  (registers the latentcode model types with AutoModel)
+from latentcode.errors import command_line
 from latentcode.hub import resolve_pretrained
 
 
@@ -32,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command_line
 def main(argv=None) -> None:
     args = parse_args(argv)
     path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)

@@ -15,6 +15,7 @@ import argparse
 
 from latentcode.conversion.cli import add_scaling_factor_arguments, save_converted_model
 from latentcode.conversion.taesd import from_taesd, taesd_variant
+from latentcode.errors import command_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command_line
 def main(argv=None) -> None:
     args = parse_args(argv)
     model = from_taesd(args.encoder_path, args.decoder_path)

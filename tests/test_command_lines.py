@@ -52,6 +52,12 @@ def help_of_eval():
     return build_parser().format_help()
 
 
+def help_of_tokenize():
+    from latentcode.tokenize import build_parser
+
+    return build_parser().format_help()
+
+
 SCRIPTS = [
     "training/train_prior.py",
     "training/train_latent_diffusion.py",
@@ -63,12 +69,10 @@ SCRIPTS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["train", "eval", *SCRIPTS])
+@pytest.mark.parametrize("name", ["train", "eval", "tokenize", *SCRIPTS])
 def test_help_states_each_default_once(name, capsys):
-    if name == "train":
-        text = help_of_train()
-    elif name == "eval":
-        text = help_of_eval()
+    if name in ("train", "eval", "tokenize"):
+        text = {"train": help_of_train, "eval": help_of_eval, "tokenize": help_of_tokenize}[name]()
     else:
         with pytest.raises(SystemExit):
             load_script(name).parse_args(["--help"])
@@ -79,6 +83,15 @@ def test_help_states_each_default_once(name, capsys):
     doubled = [entry.split()[0] for entry in entries if entry.count("default") > 1]
     assert not doubled, f"options stating their default twice: {doubled}"
     assert "--help" in text
+    if name == "tokenize":  # a required flag states no default
+        assert "(default: None)" not in next(entry for entry in entries if entry.startswith("--pretrained_model_name"))
+
+
+def test_tokenize_split_help_says_what_the_split_is_for():
+    """The data flags' help comes from training/config.py; it reads right in both commands."""
+    entries = {entry.split()[0]: " ".join(entry.split()) for entry in re.split(r"\n  (?=-)", help_of_tokenize())}
+    assert "train on" not in entries["--split"] and "latentcode-tokenize encodes (default: train)" in entries["--split"]
+    assert "the split training trains on" in " ".join(help_of_train().split())
 
 
 def test_eval_data_flags_are_the_training_scripts_flags():

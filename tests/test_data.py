@@ -313,10 +313,54 @@ def test_a_folder_without_the_validation_split_holds_out_training_images_and_say
         )
     assert f"train_data_dir={str(tmp_path)!r} has no 'test' split (its splits: ['train'])" in caplog.text
     assert "holding out the first 3 readable images of the 'train' split for validation instead" in caplog.text
+    assert "no validation split given" not in caplog.text  # said once, by the warning
     torch.testing.assert_close(validation, torch.stack([_as_expected(image) for image in images[:3]]))
     assert batches.order.total == 17
     with pytest.raises(ValueError, match=r"has no split 'training'; its splits are \['train'\] \(choose one with"):
         build_image_data(transform=ImageTransform(8, 1), batch_size=2, train_data_dir=str(tmp_path), split="training")
+
+
+def test_a_folder_without_splits_says_how_many_images_it_holds_out_and_how_to_give_a_split(tmp_path, caplog):
+    """Issue 33 item 10: without --validation_split, training holds the first readable images out
+    of its own split and says so (how many, from which folder, how to give a split instead)."""
+    images = _digit_images(20)
+    (tmp_path / "0_bad.png").write_bytes(b"not an image")  # sorts before the digits: read, skipped
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"1{index:02d}.png")
+    with caplog.at_level(logging.INFO, logger="latentcode.data.batches"):
+        batches, validation = build_image_data(
+            transform=ImageTransform(8, channels=1), batch_size=2, train_data_dir=str(tmp_path), num_validation_images=4
+        )
+    torch.testing.assert_close(validation, torch.stack([_as_expected(image) for image in images[:4]]))
+    assert batches.order.total == 21 - 5  # the four held out and the unreadable one met first
+    said = [record for record in caplog.records if "no validation split given" in record.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    message = said[0].getMessage()
+    assert (
+        f"holding 4 images out of training for validation, the first readable ones of train_data_dir={str(tmp_path)!r}, split 'train' (5 examples read, 1 unreadable skipped)"
+        in message
+    )
+    assert (
+        "To validate on images of a split of their own, give --validation_split NAME of a source that has one (a --train_data_dir whose train/ and test/"
+        in message
+    )
+
+    caplog.clear()  # a source with another split names it
+    with caplog.at_level(logging.INFO, logger="latentcode.data.batches"):
+        build_image_data(transform=ImageTransform(8, channels=1), batch_size=2, dataset_name="builtin:digits")
+    assert (
+        "To validate on images training never sees: --validation_split test (the source's other splits: ['test'])"
+        in caplog.text
+    )
+    caplog.clear()  # a validation split given: nothing held out of training, nothing said
+    with caplog.at_level(logging.INFO, logger="latentcode.data.batches"):
+        build_image_data(
+            transform=ImageTransform(8, channels=1),
+            batch_size=2,
+            dataset_name="builtin:digits",
+            validation_split="test",
+        )
+    assert "no validation split given" not in caplog.text
 
 
 def test_an_unreachable_hub_dataset_points_to_train_data_dir(monkeypatch):

@@ -46,20 +46,59 @@ def entry_points() -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("entry_point", ["latentcode-eval", "generation", *SCRIPTS])
-def test_a_misspelt_model_folder_is_named_at_once_by_every_entry_point(entry_point, tmp_path, monkeypatch):
+# The entry points above, and those whose --help is not checked below (other flags).
+MISSPELT_MODEL_ENTRY_POINTS = ["latentcode-eval", "generation", *SCRIPTS, "latentcode-tokenize", "latentcode-traverse"]
+MISSPELT_MODEL_ENTRY_POINTS.append("training/train.py")
+
+
+def misspelt_model_entry_point(name: str):
+    """`main(argv)` of `name`, with the flags besides the model that it requires."""
+    from latentcode.tokenize import main as tokenize_main
+    from latentcode.traversal import main as traversal_main
+
+    if name == "latentcode-tokenize":
+        return tokenize_main
+    if name == "latentcode-traverse":
+        return lambda argv: traversal_main([*argv[:2], "--output_path", "grid.png"])
+    if name == "training/train.py":
+        module = load_script(name)
+        return lambda argv: module.main(module.parse_args(argv))
+    main = entry_points()[name]
+    return (lambda argv: main([*argv, "--no_fid"])) if name == "latentcode-eval" else main
+
+
+@pytest.mark.parametrize("entry_point", MISSPELT_MODEL_ENTRY_POINTS)
+def test_a_misspelt_model_folder_is_named_at_once_by_every_entry_point(entry_point, tmp_path, monkeypatch, capsys):
     """Offline (as in the trial), the message names the folder and says the Hub was not searched:
-    no 30 s of retries, no "Repo id must use alphanumeric chars", no "no file named config.json"."""
+    no 30 s of retries, no "Repo id must use alphanumeric chars", no "no file named config.json";
+    and it is all the command prints: `PROG: error: MESSAGE` on stderr, exit status 2, as argparse
+    reports a bad flag (issue 33 item 10), no traceback above it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("latentcode.hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("latentcode.hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    argv = ["--pretrained_model_name_or_path", "rgb-vqave", "--output_dir", "out"]
+    main = misspelt_model_entry_point(entry_point)
     start = time.perf_counter()
-    with pytest.raises(OSError) as error:
-        entry_points()[entry_point](argv + (["--no_fid"] if entry_point == "latentcode-eval" else []))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--pretrained_model_name_or_path", "rgb-vqave", "--output_dir", "out"])
     assert time.perf_counter() - start < 5
-    assert f"no folder 'rgb-vqave' here ({tmp_path})" in str(error.value)
-    assert "no Hub access to look for a repo 'rgb-vqave' (HF_HUB_OFFLINE is set)" in str(error.value)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert ": error: no folder 'rgb-vqave' here (" in error and f"{tmp_path})" in error
+    assert "no Hub access to look for a repo 'rgb-vqave' (HF_HUB_OFFLINE is set)" in error
+
+
+def test_a_misspelt_model_in_a_fresh_command_prints_the_message_alone(tmp_path):
+    """The same through a real process (the way a user meets it): one line on stderr, no
+    traceback, exit status 2."""
+    command = [sys.executable, "-m", "latentcode.tokenize", "--pretrained_model_name_or_path", "rgb-vqave"]
+    command += ["--output_dir", str(tmp_path / "codes")]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("tokenize.py: error: no folder 'rgb-vqave' here"), result.stderr
+    assert not (tmp_path / "codes").exists()
 
 
 def test_a_path_that_cannot_be_a_repo_id_says_so(tmp_path, monkeypatch):
@@ -79,7 +118,7 @@ def fake_hub_cache(root: Path, repo_id: str, model, subfolder: str | None = None
     return snapshot
 
 
-def test_a_cached_hub_id_resolves_to_its_snapshot_offline_and_converts(tmp_path, monkeypatch):
+def test_a_cached_hub_id_resolves_to_its_snapshot_offline_and_converts(tmp_path, monkeypatch, capsys):
     """`HF_HUB_OFFLINE=1` conversion from a cached Hub id (a VAE at the repo root, as
     stabilityai/sd-vae-ft-mse) works; online the id itself is returned for the loaders."""
     reference = tiny_model("vae").to_diffusers()
@@ -97,11 +136,34 @@ def test_a_cached_hub_id_resolves_to_its_snapshot_offline_and_converts(tmp_path,
     # interpreter's reading of HF_HUB_OFFLINE is what the run above checked).
     monkeypatch.setattr("latentcode.hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("latentcode.hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(OSError) as missing:
+    with pytest.raises(SystemExit):
         entry_points()[SCRIPTS[0]]([*args[:1], "someorg/not-cached", *args[2:]])
     assert "no Hub access to look for a repo 'someorg/not-cached' (HF_HUB_OFFLINE is set); it is not in the " in (
-        str(missing.value)
+        capsys.readouterr().err
     )
+
+
+def test_command_line_reports_input_errors_only_and_keeps_the_traceback_on_request(monkeypatch, capsys):
+    """`latentcode.errors.command_line`: an InputError becomes its message and exit status 2; any
+    other exception (a bug) passes with its traceback; LATENTCODE_TRACEBACK=1 keeps it for input
+    errors too. Library callers of `resolve_pretrained` still catch an OSError."""
+    from latentcode.errors import InputError, PretrainedNotFoundError, command_line
+
+    assert issubclass(PretrainedNotFoundError, OSError) and issubclass(PretrainedNotFoundError, InputError)
+
+    @command_line
+    def main(error: Exception):
+        raise error
+
+    monkeypatch.setattr(sys, "argv", ["latentcode-x"])
+    with pytest.raises(SystemExit) as stopped:
+        main(PretrainedNotFoundError("no folder 'x' here"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == "latentcode-x: error: no folder 'x' here\n"
+    with pytest.raises(KeyError):
+        main(KeyError("a bug"))
+    monkeypatch.setenv("LATENTCODE_TRACEBACK", "1")
+    with pytest.raises(PretrainedNotFoundError):
+        main(PretrainedNotFoundError("no folder 'x' here"))
 
 
 def help_texts(capsys) -> dict[str, str]:

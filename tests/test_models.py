@@ -267,6 +267,45 @@ def test_wrong_channel_count_is_rejected(family):
         tiny_model(family).encode(torch.randn(2, 1, 16, 16))
 
 
+def test_grey_images_for_an_rgb_model_and_back_say_how_to_convert_them():
+    """Issue 33 item 10: the message names what came and the fix (PIL's convert, the image
+    processor, the tensor expression); each fix it gives, followed, gives the model's input."""
+    import numpy as np
+    import PIL.Image
+
+    from latentcode import LatentCodeImageProcessor
+
+    rgb_model, grey_model = tiny_model("vqvae"), tiny_model("vqvae", in_channels=1)
+    rng = np.random.default_rng(0)
+    colour = PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    grey = colour.convert("L")
+    rgb_processor = LatentCodeImageProcessor.from_model_config(rgb_model.config)
+    grey_processor = LatentCodeImageProcessor.from_model_config(grey_model.config)
+    cases = (
+        (rgb_model, grey_processor(grey).pixel_values, "grey-scale images (1 channel) for an RGB model", "RGB"),
+        (grey_model, rgb_processor(colour).pixel_values, "RGB images (3 channels) for a grey-scale model", "L"),
+    )
+    for model, pixel_values, what_came, mode in cases:
+        with pytest.raises(ValueError) as error:
+            model.encode(pixel_values)
+        message = str(error.value)
+        assert what_came in message, message
+        assert f'`image.convert("{mode}")`' in message
+        assert "LatentCodeImageProcessor.from_model_config(model.config)(images).pixel_values" in message
+        # The tensor fix the message gives, run as written, is what PIL's conversion gives
+        # (PIL rounds to uint8: within one step of 2/255).
+        expression = message.rsplit("pixels already in [-1, 1]: ", 1)[1]
+        fixed = eval(expression, {"torch": torch, "pixel_values": pixel_values})  # noqa: S307 (our own message)
+        processor = rgb_processor if mode == "RGB" else grey_processor
+        converted = processor((grey if mode == "RGB" else colour).convert(mode)).pixel_values
+        torch.testing.assert_close(fixed, converted, rtol=0, atol=2 / 255 + 1e-6)
+        model.encode(fixed)  # accepted
+    with pytest.raises(ValueError, match=r"got Image; the model's image processor .* converts images"):
+        rgb_model.encode(grey)
+    with pytest.raises(ValueError, match=r"a single image \[C, H, W\] needs the batch dimension: pixel_values\[None\]"):
+        rgb_model.encode(torch.zeros(3, 16, 16))
+
+
 def test_size_not_divisible_by_the_downsampling_factor_is_rejected(family):
     with pytest.raises(ValueError, match="divisible by the downsampling factor 2.*15x16"):
         tiny_model(family).encode(torch.randn(1, 3, 15, 16))

@@ -24,6 +24,7 @@ CODE_ROOTS = (REPO / "src", REPO / "training")
 # layers before it. A module belongs to the longest prefix listed; every module must have one.
 LAYERS = {
     # 1. foundations (no model code)
+    "latentcode.errors": 1,
     "latentcode.hub": 1,
     "latentcode.families": 1,
     "latentcode.configuration": 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -46,8 +47,10 @@ def test_vqvae_codes_equal_the_models_encode_with_flipped_copies(tmp_path):
         model, tmp_path / "codes", dataset_name="builtin:digits", split="test", rows_per_shard=50, batch_size=16,
         flip_copies=True, progress=False,
     )  # fmt: skip
-    codes = datasets.load_dataset(str(tmp_path / "codes"), split="train")  # plain datasets loads it
+    codes = datasets.load_dataset(str(tmp_path / "codes"), split="test")  # plain datasets loads it, as split test
     assert codes.num_rows == info["rows"] == 2 * 179 and info["shards"] == 4 and info["corrupt_files"] == 0
+    shards = sorted(path.name for path in (tmp_path / "codes" / "data").iterdir())
+    assert shards == [f"test-{unit:05d}-of-00004.parquet" for unit in range(4)]  # named as `datasets` names them
     assert info["bits_per_image"] == 16 * 6  # 4x4 tokens of log2(64) bits
     with torch.no_grad():
         expected = {flip: model.encode_to_sequence(_digits_test_pixels(flip)) for flip in (False, True)}
@@ -121,12 +124,12 @@ def test_autoencoder_codes_of_an_image_folder_are_keyed_by_relative_path(tmp_pat
     torch.testing.assert_close(codes["latents"][0], expected, rtol=1e-5, atol=1e-6)
 
 
-def _keys(folder) -> list[tuple[str, bool]]:
-    codes = datasets.load_dataset(str(folder), split="train")[:]
+def _keys(folder, split: str = "train") -> list[tuple[str, bool]]:
+    codes = datasets.load_dataset(str(folder), split=split)[:]
     return sorted(zip(codes["key"], codes["flipped"]))
 
 
-def test_a_crash_mid_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatch):
+def test_a_crash_mid_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatch, caplog):
     import latentcode.tokenize as module
 
     model = _vqvae()
@@ -146,6 +149,10 @@ def test_a_crash_mid_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatc
     assert not (tmp_path / "codes" / INFO_FILE).exists() and not (tmp_path / "codes" / "README.md").exists()
     with pytest.raises(ValueError, match="unfinished latentcode-tokenize output: rerun the same"):
         load_codes(tmp_path / "codes")
+    # One shard as the previous version named them (every split's "train-"): resumed just the same.
+    os.replace(
+        tmp_path / "codes" / PARTS / "test-00001-of-00009.parquet", tmp_path / "codes" / PARTS / "train-00001.parquet"
+    )
     monkeypatch.setattr(module, "write_unit", write_unit)
     resumed = []
     monkeypatch.setattr(
@@ -153,14 +160,47 @@ def test_a_crash_mid_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatc
         "write_unit",
         lambda output_dir, unit, *rest: resumed.append(unit) or write_unit(output_dir, unit, *rest),
     )
-    info = tokenize(model, tmp_path / "codes", **arguments)
+    with caplog.at_level(logging.INFO, logger="latentcode.tokenize"):
+        info = tokenize(model, tmp_path / "codes", **arguments)
     assert sorted(resumed) == [3, 4, 5, 6, 7, 8]  # only the missing units are encoded again
-    assert info["rows"] == 179 and _keys(tmp_path / "codes") == sorted((str(i), False) for i in range(179))
+    assert (
+        f"resuming the unfinished tokenisation in {str(tmp_path / 'codes')!r}: 3 of 9 shards (60 of 179 images) are "
+        "written; encoding the other 6 (119 images)"
+    ) in caplog.text
+    assert info["rows"] == 179 and _keys(tmp_path / "codes", "test") == sorted((str(i), False) for i in range(179))
+    shards = sorted(path.name for path in (tmp_path / "codes" / "data").iterdir())
+    assert shards == [f"test-{unit:05d}-of-00009.parquet" for unit in range(9)]
     # Other settings on an unfinished folder are refused; a finished one is left as it is.
     (tmp_path / "other" / PARTS).mkdir(parents=True)
     (tmp_path / "other" / PARTS / "settings.json").write_text(json.dumps({"resolution": 16}))
     with pytest.raises(ValueError, match=r"unfinished tokenisation with other settings \(.*resolution: 16 -> 8"):
         tokenize(model, tmp_path / "other", **arguments)
+
+
+def test_load_codes_reads_the_split_written_and_folders_of_the_previous_naming(tmp_path):
+    """Shards are named by the split tokenised; `load_codes` reads it by default or by name, and
+    still reads folders whose shards are all named train-NNNNN.parquet (written before)."""
+    model = _vqvae()
+    tokenize(model, tmp_path / "codes", dataset_name="builtin:digits", split="test", rows_per_shard=100, progress=False)
+    expected = load_codes(tmp_path / "codes")[:]["indices"]
+    assert expected.shape == (179, 16)
+    torch.testing.assert_close(load_codes(tmp_path / "codes", split="test")[:]["indices"], expected)
+    with pytest.raises(ValueError, match=r"holds the codes of split 'test' only, not 'validation'; load_codes\(path\)"):
+        load_codes(tmp_path / "codes", split="validation")
+
+    old = tmp_path / "old"  # the same codes as the previous version laid them out
+    (old / "data").mkdir(parents=True)
+    for unit in range(2):
+        os.replace(
+            tmp_path / "codes" / "data" / f"test-{unit:05d}-of-00002.parquet",
+            old / "data" / f"train-{unit:05d}.parquet",
+        )
+    info = json.loads((tmp_path / "codes" / INFO_FILE).read_text())
+    del info["dataset_split"]
+    (old / INFO_FILE).write_text(json.dumps(info))
+    (old / "README.md").write_text((tmp_path / "codes" / "README.md").read_text())
+    for split in (None, "test", "train"):
+        torch.testing.assert_close(load_codes(old, expected_model=model, split=split)[:]["indices"], expected)
 
 
 def _tokenize_command(model_dir, output_dir, *extra) -> list[str]:
@@ -208,6 +248,12 @@ def test_kill_9_then_rerun_gives_every_image_once(killed_then_rerun):
     assert 2 <= done_at_kill < info["shards"]  # killed mid-run
     assert _keys(folder / "codes") == sorted((str(i), False) for i in range(total))
     assert "images" in finished.stdout and "bits per image" in finished.stdout
+    # The rerun says it resumes, and how far the killed run got (the shards of 40 images each).
+    assert (
+        f"resuming the unfinished tokenisation in {str(folder / 'codes')!r}: {done_at_kill} of {info['shards']} "
+        in (finished.stderr)
+    )
+    assert f"({done_at_kill * 40:,} of {total:,} images) are written; encoding the other " in finished.stderr
 
 
 @pytest.mark.slow

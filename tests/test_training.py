@@ -405,6 +405,10 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     # With the shipped launch settings, neither the launcher nor the run states a warning
     # (test_command_lines checks that accelerate does warn without them).
     assert "were not passed" not in done.stderr and "warn" not in done.stderr.lower(), done.stderr
+    # The preset gives no validation split: the run says what it holds out of training (issue 33 item 10).
+    assert "no validation split given: holding 32 images out of training for validation, the first readable ones " in (
+        done.stderr
+    )
 
     for name in ("model.safetensors", "config.json", "reconstructions.png", "loss.png", "metrics.json", "README.md"):
         assert (output / name).is_file(), name

@@ -9,8 +9,12 @@ model options as --model.KEY VALUE. The work happens in `latentcode.training`.
 
 import logging
 
+from latentcode.errors import command_line
 from latentcode.training import parse_args, train
+
+# A misspelt --pretrained_model_name_or_path ends the run with its message, not a traceback.
+main = command_line(train)
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    train(parse_args())
+    main(parse_args())

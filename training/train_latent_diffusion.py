@@ -26,6 +26,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel
 
 from latentcode.data import image_data_from_config
+from latentcode.errors import command_line
 from latentcode.families import FamilyBehaviour
 from latentcode.grids import save_image_grid
 from latentcode.hub import resolve_pretrained
@@ -227,6 +228,7 @@ class LatentDiffusionTask(TrainingTask):
         )
 
 
+@command_line
 def main(config: LatentDiffusionConfig) -> dict:
     """Train the UNet and save the pipeline; returns the final metrics (main process)."""
     return Engine(config, LatentDiffusionTask(config)).run().metrics

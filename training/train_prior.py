@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModel
 
 from latentcode.data import image_data_from_config
+from latentcode.errors import command_line
 from latentcode.grids import save_image_grid
 from latentcode.hub import resolve_pretrained
 from latentcode.objectives import PriorObjective
@@ -207,6 +208,7 @@ class PriorTask(TrainingTask):
         )
 
 
+@command_line
 def main(config: PriorConfig) -> dict:
     """Train the prior; returns the final metrics (main process)."""
     return Engine(config, PriorTask(config)).run().metrics

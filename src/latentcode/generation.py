@@ -17,6 +17,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+from .errors import command_line
 from .grids import save_image_grid
 from .image_processing import LatentCodeImageProcessor
 
@@ -83,6 +84,7 @@ def interpolate(
 # ----------------------------------------------------------------------------------------------
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="VAE prior samples and latent interpolation grids as PNG.")
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="a latentcode model folder or Hub id")

@@ -15,6 +15,8 @@ from huggingface_hub import constants, model_info, try_to_load_from_cache
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
+from .errors import PretrainedNotFoundError
+
 # Seconds to wait for the Hub before saying it cannot be reached; the download itself retries
 # for about half a minute when the network is missing.
 HUB_PROBE_TIMEOUT = 5.0
@@ -38,9 +40,10 @@ def resolve_pretrained(
     `config.json` lies inside the repo (e.g. `"vae"` in a pipeline repo).
 
     Raises:
-        OSError: no such folder, and `name_or_path` is not a repo id, or not in the cache while
-            the Hub is off limits, or not on the Hub, or the Hub cannot be reached. The message
-            names the path, the working directory and the reason.
+        PretrainedNotFoundError: (an `OSError`) no such folder, and `name_or_path` is not a repo
+            id, or not in the cache while the Hub is off limits, or not on the Hub, or the Hub
+            cannot be reached. The message names the path, the working directory and the reason.
+            A command line wrapped in `latentcode.errors.command_line` prints it without a traceback.
     """
     name = os.fspath(name_or_path)
     if os.path.exists(name):
@@ -49,7 +52,9 @@ def resolve_pretrained(
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise OSError(f"{here}, and {name!r} is not a Hub repo id (org/name) either; check the path") from None
+        raise PretrainedNotFoundError(
+            f"{here}, and {name!r} is not a Hub repo id (org/name) either; check the path"
+        ) from None
     config_file = "config.json" if subfolder is None else f"{subfolder}/config.json"
     cached = try_to_load_from_cache(name, config_file, cache_dir=cache_dir, revision=revision)
     offline = constants.HF_HUB_OFFLINE or local_files_only
@@ -59,20 +64,20 @@ def resolve_pretrained(
         return str(snapshot) if offline else name
     if offline:
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "local_files_only=True"
-        raise OSError(
+        raise PretrainedNotFoundError(
             f"{here}, and no Hub access to look for a repo {name!r} ({reason}); it is not in the Hugging Face "
             f"cache ({cache_dir or constants.HF_HUB_CACHE}) either, as {config_file}"
         )
     try:
         model_info(name, revision=revision, token=token, timeout=HUB_PROBE_TIMEOUT)
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
-        raise OSError(
+        raise PretrainedNotFoundError(
             f"{here}, and no repo {name!r} on the Hub (or it is private and you are not logged in)"
         ) from error
     except HfHubHTTPError:
         return name  # the Hub answered (gated repo, server error, ...): the download reports it
     except Exception as error:  # DNS, refused connection, timeout: everything but an HTTP answer
-        raise OSError(f"{here}, and no Hub access to look for a repo {name!r}: {error}") from error
+        raise PretrainedNotFoundError(f"{here}, and no Hub access to look for a repo {name!r}: {error}") from error
     return name
 
 

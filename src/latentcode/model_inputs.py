@@ -12,6 +12,39 @@ import torch
 # in another range ([0, 255] images), where encoding would be silently wrong.
 PIXEL_VALUE_LIMIT = 10.0
 
+PROCESSOR_HINT = (
+    "the model's image processor (`LatentCodeImageProcessor.from_model_config(model.config)(images).pixel_values`)"
+)
+# What images of each channel count are called (with their article), and the PIL mode of them.
+CHANNEL_NAMES = {1: ("a grey-scale", "L"), 3: ("an RGB", "RGB"), 4: ("an RGBA", "RGBA")}
+# Luma of ITU-R 601-2, as PIL's convert("L"); the weights sum to 1, so [-1, 1] stays [-1, 1].
+GREY_FROM_RGB = "(pixel_values[:, :3] * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)"
+
+
+def channel_fix(shape: tuple[int, ...], in_channels: int) -> str:
+    """How to fix pixels of `shape` for a model of `in_channels` (empty when there is no advice):
+    a batch of other channels (a grey image for an RGB model, or the other way round) is
+    converted with PIL or the model's image processor; a single image `[C, H, W]` needs `[None]`."""
+    if len(shape) == 3 and shape[0] == in_channels:
+        return f"; a single image [C, H, W] needs the batch dimension: pixel_values[None] is [1, {in_channels}, H, W]"
+    if len(shape) != 4 or shape[1] not in CHANNEL_NAMES or in_channels not in CHANNEL_NAMES:
+        return ""
+    (came, _), (wanted, mode) = CHANNEL_NAMES[shape[1]], CHANNEL_NAMES[in_channels]
+    tensor_fix = {
+        (1, 3): "pixel_values.expand(-1, 3, -1, -1)",
+        (1, 4): "torch.cat([pixel_values.expand(-1, 3, -1, -1), torch.ones_like(pixel_values)], 1)",
+        (3, 1): GREY_FROM_RGB,
+        (4, 1): GREY_FROM_RGB,
+        (4, 3): "pixel_values[:, :3]",
+        (3, 4): "torch.cat([pixel_values, torch.ones_like(pixel_values[:, :1])], 1)",
+    }[(shape[1], in_channels)]
+    return (
+        f": {came.split()[1]} images ({shape[1]} channel{'s' if shape[1] > 1 else ''}) for {wanted} model. "
+        f'Convert each image with PIL\'s `image.convert("{mode}")` before scaling it to [-1, 1], or prepare the '
+        f"images with {PROCESSOR_HINT}, which gives any image the model's {in_channels} "
+        f"channel{'s' if in_channels > 1 else ''} as PIL converts; pixels already in [-1, 1]: {tensor_fix}"
+    )
+
 
 class PixelChecksMixin:
     """Checks of pixels and codes against a model's `config`, `downsampling_factor`, `dtype` and
@@ -23,7 +56,10 @@ class PixelChecksMixin:
         factor, finite values nominally in [-1, 1] (refused beyond +-`PIXEL_VALUE_LIMIT`)."""
         expected = f"[B, {self.config.in_channels}, H, W] float pixels"
         if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"expected {expected} as a torch.Tensor, got {type(pixel_values).__name__}")
+            raise ValueError(
+                f"expected {expected} as a torch.Tensor, got {type(pixel_values).__name__}; {PROCESSOR_HINT} "
+                "converts images (PIL, numpy) to them"
+            )
         if not pixel_values.is_floating_point():
             raise ValueError(
                 f"expected {expected} in [-1, 1], got dtype {pixel_values.dtype}; convert uint8 images "
@@ -32,6 +68,7 @@ class PixelChecksMixin:
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"expected {expected} (in_channels={self.config.in_channels}), got shape {tuple(pixel_values.shape)}"
+                f"{channel_fix(tuple(pixel_values.shape), self.config.in_channels)}"
             )
         if pixel_values.shape[0] == 0:
             raise ValueError(f"expected {expected} with at least one image, got an empty batch (B = 0)")

@@ -7,6 +7,7 @@ Hugging Face dataset, for second stages (priors, latent diffusion) that train fr
 
     codes = load_codes("cifar10-codes", expected_model=vqvae)          # refuses another model's codes
     datasets.load_dataset("cifar10-codes", split="train")             # plain `datasets` works too
+    # (the split is the one tokenised: --split test gives a folder of split "test")
 
 One row per readable image of the split (and with `flip_copies` one more, horizontally flipped):
 
@@ -19,10 +20,14 @@ One row per readable image of the split (and with `flip_copies` one more, horizo
   posterior, flattened, and `latent_shape` `[C, h, w]` (`[D]`); AutoEncoder: `latents` and
   `latent_shape`. Floats in `latent_dtype` (float32 or float16).
 
-The split is cut into fixed units of `rows_per_shard` consecutive images; unit `u` becomes the
-shard `data/train-{u:05d}.parquet`, written by process `u % world_size`. A unit is written to a
-temporary file and renamed when complete, so a run killed at any point resumes (same command)
-with the units still missing: no row twice, none missing. Units in progress live in the hidden
+The split is cut into fixed units of `rows_per_shard` consecutive images; unit `u` of `N` becomes
+the shard `data/{split}-{u:05d}-of-{N:05d}.parquet` (named by the split tokenised, as `datasets`
+names shards, so that `load_dataset` on the folder sees that split), written by process
+`u % world_size`. A unit is written to a temporary file and renamed when complete, so a run
+killed at any point resumes (same command, which says how many shards and images are done and
+how many are left) with the units still missing: no row twice, none missing. Folders written
+before shards were named by split (every shard `train-{u:05d}.parquet`, whatever the split)
+still load and resume. Units in progress live in the hidden
 folder `.parts/` (which `datasets` ignores); the shards move to `data/` and the dataset card
 (`README.md`: model, revision, config hash, source, bits per image, row counts, corrupt files)
 is written only when every unit is done, so an unfinished folder never loads as a dataset.
@@ -36,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,6 +56,7 @@ from tqdm.auto import tqdm
 from .configuration import TRANSFORMERS_CONFIG_KEYS
 from .data import ImageTransform, open_source, ordered_chunks
 from .data.sources import Source
+from .errors import command_line
 from .hub import resolve_pretrained
 
 logger = logging.getLogger(__name__)
@@ -131,8 +138,24 @@ def code_shape(model, resolution: int) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _unit_name(unit: int) -> str:
-    return f"train-{unit:05d}.parquet"
+# A shard's file name: `{split}-{unit:05d}-of-{units:05d}.parquet`, or, as written before shards
+# were named by split, `train-{unit:05d}.parquet`. `datasets` reads the split from the prefix.
+SHARD_NAME = re.compile(r"(?P<split>\w+(?:\.\w+)*)-(?P<unit>\d{5})(?:-of-\d{5})?\.parquet")
+
+
+def shard_name(split: str, unit: int, num_units: int) -> str:
+    """The file name of unit `unit` of `num_units` of `split`, as `datasets` names shards."""
+    return f"{split}-{unit:05d}-of-{num_units:05d}.parquet"
+
+
+def _shards(folder: Path) -> dict[int, Path]:
+    """The shards in `folder` (either naming), by unit."""
+    found = {}
+    for path in folder.glob("*.parquet"):
+        match = SHARD_NAME.fullmatch(path.name)
+        if match:
+            found[int(match["unit"])] = path
+    return found
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -174,8 +197,7 @@ def check_settings(output_dir: Path, settings: dict) -> None:
 
 
 def _done_units(output_dir: Path) -> set[int]:
-    names = [p.name for folder in (PARTS, "data") for p in (output_dir / folder).glob("train-*.parquet")]
-    return {int(name[len("train-") : -len(".parquet")]) for name in names}
+    return {unit for folder in (PARTS, "data") for unit in _shards(output_dir / folder)}
 
 
 def unit_table(rows: list[dict], codes: dict[str, np.ndarray], flipped: list[bool], features: datasets.Features):
@@ -208,11 +230,11 @@ def output_features(model, source: Source, latent_shape: list[int], latent_dtype
     )
 
 
-def write_unit(output_dir: Path, unit: int, table: pa.Table, examples: int, corrupt: list[str]) -> None:
-    """Write one unit's shard atomically; its examples read and corrupt files go in its metadata."""
+def write_unit(output_dir: Path, unit: int, table: pa.Table, examples: int, corrupt: list[str], name: str) -> None:
+    """Write one unit's shard `name` atomically; its examples read and corrupt files go in its metadata."""
     note = json.dumps({"unit": unit, "examples": examples, "corrupt": sorted(set(corrupt))})
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"latentcode": note.encode()})
-    _write_atomically(output_dir / PARTS / _unit_name(unit), lambda temporary: pq.write_table(table, temporary))
+    _write_atomically(output_dir / PARTS / name, lambda temporary: pq.write_table(table, temporary))
 
 
 def _unit_notes(paths: list[Path]) -> list[dict]:
@@ -265,9 +287,10 @@ def finish(output_dir: Path, settings: dict, num_units: int) -> dict:
             "process stopped early; rerun the same command to write them"
         )
     (output_dir / "data").mkdir(exist_ok=True)
-    for path in sorted((output_dir / PARTS).glob("train-*.parquet")):
-        os.replace(path, output_dir / "data" / path.name)
-    notes = _unit_notes(sorted((output_dir / "data").glob("train-*.parquet")))
+    for folder in ("data", PARTS):  # named by split, also the shards an older version began
+        for unit, path in _shards(output_dir / folder).items():
+            os.replace(path, output_dir / "data" / shard_name(settings["split"], unit, num_units))
+    notes = _unit_notes(sorted(_shards(output_dir / "data").values()))
     corrupt = sorted({source for note in notes for source in note["corrupt"]})
     rows = sum(note["rows"] for note in notes)
     info = {
@@ -278,6 +301,7 @@ def finish(output_dir: Path, settings: dict, num_units: int) -> dict:
         "corrupt_files": len(corrupt),
         "corrupt": corrupt,
         "shards": num_units,
+        "dataset_split": settings["split"],  # the split `datasets` sees (absent: older folders, "train")
     }
     _write_atomically(output_dir / INFO_FILE, lambda temporary: temporary.write_text(json.dumps(info, indent=2)))
     _write_atomically(output_dir / "README.md", lambda temporary: temporary.write_text(dataset_card(info, output_dir)))
@@ -369,12 +393,34 @@ def tokenize(
     }
     check_settings(output_dir, settings)
     num_units = math.ceil(len(source) / rows_per_shard)
-    mine = [u for u in range(rank, num_units, world_size) if u not in _done_units(output_dir)]
+    done = _done_units(output_dir)
+    if rank == 0 and done:
+        _say(resume_message(output_dir, done, num_units, rows_per_shard, len(source)), progress)
+    mine = {u: shard_name(split, u, num_units) for u in range(rank, num_units, world_size) if u not in done}
     encoder = UnitEncoder(model, source, features, resolution, latent_shape, latent_dtype, flip_copies)
     encoder.run(output_dir, mine, rows_per_shard, batch_size, num_workers, progress and rank == 0)
     if barrier is not None:
         barrier()
     return finish(output_dir, settings, num_units) if rank == 0 else None
+
+
+def resume_message(output_dir: Path, done: set[int], num_units: int, rows_per_shard: int, examples: int) -> str:
+    """What a resumed run says: the shards and source images done, and those left."""
+    done_examples = sum(min(rows_per_shard, examples - unit * rows_per_shard) for unit in done)
+    left = num_units - len(done)
+    return (
+        f"resuming the unfinished tokenisation in {str(output_dir)!r}: {len(done)} of {num_units} shards "
+        f"({done_examples:,} of {examples:,} images) are written; "
+        + (f"encoding the other {left} ({examples - done_examples:,} images)" if left else "finishing the dataset")
+    )
+
+
+def _say(message: str, progress: bool) -> None:
+    """A message for whoever runs the tokenisation: on stderr beside the progress bar, else logged."""
+    if progress:
+        tqdm.write(message, file=sys.stderr)
+    else:
+        logger.info(message)
 
 
 class UnitEncoder:
@@ -387,7 +433,8 @@ class UnitEncoder:
         self.transform = ImageTransform(resolution, model.config.in_channels)
         self.corrupt = set()
 
-    def run(self, output_dir, units, rows_per_shard, batch_size, num_workers, progress) -> None:
+    def run(self, output_dir, units: dict[int, str], rows_per_shard, batch_size, num_workers, progress) -> None:
+        """Encode the `units` (unit -> shard file name) and write their shards."""
         total = len(self.source)
         chunks = [
             (unit, start, min(start + batch_size, (unit + 1) * rows_per_shard, total))
@@ -403,7 +450,7 @@ class UnitEncoder:
             bar.update(stop - start)
             bar.set_postfix(unreadable=len(self.corrupt), refresh=False)
             if stop == min((unit + 1) * rows_per_shard, total):  # the unit's last chunk
-                self._write(output_dir, unit, pending)
+                self._write(output_dir, unit, pending, units[unit])
                 pending = {"rows": [], "codes": [], "corrupt": [], "examples": 0}
         bar.close()
 
@@ -425,14 +472,14 @@ class UnitEncoder:
         pending["rows"] += [{**row, "flipped": flip} for row, flip in zip(rows, flipped)]
         pending["codes"].append(codes)
 
-    def _write(self, output_dir: Path, unit: int, pending: dict) -> None:
+    def _write(self, output_dir: Path, unit: int, pending: dict, name: str) -> None:
         if pending["codes"]:
             codes = {name: np.concatenate([c[name] for c in pending["codes"]]) for name in pending["codes"][0]}
             flipped = [row["flipped"] for row in pending["rows"]]
             table = unit_table(pending["rows"], codes, flipped, self.features)
         else:  # every image of the unit was unreadable
             table = self.features.arrow_schema.empty_table()
-        write_unit(output_dir, unit, table, pending["examples"], pending["corrupt"])
+        write_unit(output_dir, unit, table, pending["examples"], pending["corrupt"], name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +514,7 @@ def _load_info(path: str, revision: str | None, token) -> tuple[dict, str]:
 def load_codes(
     path: str | os.PathLike,
     expected_model=None,
-    split: str = "train",
+    split: str | None = None,
     revision: str | None = None,
     token: str | bool | None = None,
 ) -> datasets.Dataset:
@@ -475,10 +522,19 @@ def load_codes(
 
     `expected_model` (a model, or a folder / Hub id to load one from): refuse codes written by a
     model with another config (config hash) or other weights, and check the family's columns
-    are there. Code columns are flat: `indices` `[N, L]` reshapes to `[N, *latent_shape]`
-    (VQ-VAE: `sequence_to_indices`), latents to `[N, C, h, w]`.
+    are there. `split`: the split that was tokenised (default), also under the name `datasets`
+    gives it (`"train"` in folders written before shards were named by split). Code columns are
+    flat: `indices` `[N, L]` reshapes to `[N, *latent_shape]` (VQ-VAE: `sequence_to_indices`),
+    latents to `[N, C, h, w]`.
     """
     info, where = _load_info(os.fspath(path), revision, token)
+    stored = info.get("dataset_split", "train")  # older folders named every shard train-*
+    if split not in (None, info["split"], stored):
+        raise ValueError(
+            f"{os.fspath(path)!r} holds the codes of split {info['split']!r} only, not {split!r}; load_codes(path) "
+            f"reads them, or tokenise split {split!r} into another folder (latentcode-tokenize --split {split})"
+        )
+    split = stored
     if isinstance(expected_model, (str, os.PathLike)):
         from transformers import AutoModel
 
@@ -545,21 +601,28 @@ def default_num_workers() -> int:
 
 def build_parser():
 
-    from .training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
+    from .training.config import DATA_SOURCE_FIELDS, DefaultsHelpFormatter, RunConfig, add_config_arguments
 
     parser = argparse.ArgumentParser(
         prog="latentcode-tokenize",
         description="Encode every readable image of a dataset with a trained latentcode model and write the codes "
         "as a Hugging Face dataset (parquet shards + dataset card). Resumable; multi-process with accelerate launch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="the model: a saved folder or a Hub id")
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the model")
+    parser.add_argument(
+        "--revision", default=None, help="Hub revision (branch, tag or commit) of the model (default: main)"
+    )
     data = parser.add_argument_group("data (as in training/train.py)")
     add_config_arguments(data, RunConfig, DATA_SOURCE_FIELDS, keep_defaults=True)
     data.add_argument("--resolution", type=int, default=None, help="image size (default: the model's sample_size)")
     data.add_argument("--batch_size", type=int, default=64, help="images per encode call")
-    data.add_argument("--dataloader_num_workers", type=int, default=default_num_workers(), help="decoding workers")
+    data.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=default_num_workers(),
+        help=f"decoding workers (default: the CPU cores but one, at most 8: {default_num_workers()} here)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--output_dir", required=True, help="the dataset folder to write (or to resume)")
     out.add_argument("--flip_copies", action="store_true", help="also encode each image flipped horizontally")
@@ -572,6 +635,7 @@ def build_parser():
     return parser
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
     from transformers import AutoModel

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import command_line
+
 # A latent dimension is *active* when its mean KL exceeds this many nats (posterior collapse
 # leaves the others at the prior; Burda et al. 2016 count active units with a similar threshold).
 ACTIVE_KL_NATS = 0.01
@@ -166,17 +168,19 @@ def mean_kl_over_folder(model, folder: str, processor) -> torch.Tensor:
     return total / count
 
 
+@command_line
 def main(argv=None) -> None:
     from PIL import Image
     from transformers import AutoModel
 
     from .grids import save_image_grid
+    from .hub import resolve_pretrained
     from .image_processing import LatentCodeImageProcessor
 
     args = parse_args(argv)
     if args.top_k is not None and (args.data_dir is None or args.dims is not None):
         raise SystemExit("--top_k ranks dimensions by their KL over --data_dir images; give --data_dir, not --dims")
-    model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).eval()
+    model = AutoModel.from_pretrained(resolve_pretrained(args.pretrained_model_name_or_path)).eval()
     processor = LatentCodeImageProcessor.from_model_config(model.config)
     dims = args.dims
     if args.data_dir is not None:

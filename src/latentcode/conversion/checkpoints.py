@@ -26,6 +26,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -36,8 +38,9 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TRAINER_BOOKKEEPING_MODULES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or whose contents do not fit the model."""
+class CheckpointError(InputError, ValueError):
+    """A checkpoint file that cannot be read, or whose contents do not fit the model (an input
+    error: the conversion scripts print its message without a traceback)."""
 
 
 class _Placeholder:

@@ -351,6 +351,24 @@ def first_readable(
     return images, consumed
 
 
+def held_out_message(where: str, split: str, splits, held_out: int, consumed: int) -> str:
+    """What training says when it holds validation images out of the training split: how many,
+    of which source and split, and how to give a validation split instead."""
+    others = sorted(name for name in splits if name != split)
+    instead = (
+        f"To validate on images training never sees: --validation_split {others[0]} (the source's other splits: "
+        f"{others})"
+        if others
+        else "To validate on images of a split of their own, give --validation_split NAME of a source that has one "
+        "(a --train_data_dir whose train/ and test/ folders hold the splits, as `datasets` lays them out)"
+    )
+    unreadable = f", {consumed - held_out} unreadable skipped" if consumed > held_out else ""
+    return (
+        f"no validation split given: holding {held_out} images out of training for validation, the first readable "
+        f"ones of {where}, split {split!r} ({consumed} examples read{unreadable}); training reads the rest. {instead}"
+    )
+
+
 def build_image_data(
     *,
     transform: ImageTransform,
@@ -373,7 +391,7 @@ def build_image_data(
 
     The validation images are the first `num_validation_images` readable images of
     `validation_split`, or, without a validation split (none given, or none of that name in the
-    source: said in a log line), of the training split, which are then held out of training
+    source: either said in a log line), of the training split, which are then held out of training
     (together with the unreadable ones met on the way). Unreadable validation images are skipped
     and recorded in `batches.held_out_corrupt`. Every process gets the same validation images.
 
@@ -384,7 +402,8 @@ def build_image_data(
     where, kind, splits = dataset_splits(dataset_name, dataset_config_name, train_data_dir, cache_dir)
     open_split = functools.partial(source_of_split, where, kind, splits, dataset_name=dataset_name, base=train_data_dir)
     train = open_split(split, image_column)
-    if validation_split is not None and validation_split not in splits:
+    missing_split_said = validation_split is not None and validation_split not in splits
+    if missing_split_said:
         if rank == 0:
             logger.warning(
                 "%s has no %r split (its splits: %s): holding out the first %d readable images of the %r split "
@@ -407,6 +426,8 @@ def build_image_data(
             f"all unreadable, while filling {num_validation_images} validation images"
         )
     skip = consumed if validation_split is None else 0
+    if rank == 0 and held_out is train and validation and not missing_split_said:
+        logger.info(held_out_message(where, split, splits, len(validation), consumed))
     batches = ImageBatches(train, transform, batch_size, seed, rank, world_size, skip, shuffle_buffer_size, num_workers)
     batches.held_out_corrupt = held_out_corrupt
     empty = torch.empty(0, transform.channels, transform.resolution, transform.resolution)

@@ -34,6 +34,7 @@ from ..data import (
     load_image_stream,
     resolve_image_column,
 )
+from ..errors import command_line
 from ..hub import resolve_pretrained
 from ..training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
 from .evaluate import EvaluationImages, evaluate, metrics_markdown, write_report
@@ -202,6 +203,7 @@ def summary_line(metrics: dict, source: str, split: str, seconds: float) -> str:
     return ", ".join(parts)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.full_resolution and args.resolution is not None:

@@ -55,7 +55,10 @@ class RunConfig:
         default=None,
     )
     dataset_config_name: str | None = option("configuration of the Hub dataset", default=None)
-    split: str = option("dataset split to train on (latentcode-eval: to evaluate on)", default="train")
+    split: str = option(
+        "dataset split to read: the split training trains on, or latentcode-tokenize encodes",
+        default="train",
+    )
     validation_split: str | None = option(
         "split for validation; without one, the first num_validation_images of the training split are held out",
         default=None,
@@ -403,6 +406,16 @@ TRAIN_DESCRIPTION = (
     "YAML, then these flags. Model options: --model.KEY VALUE for any field of the family's config class "
     "(e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]')."
 )
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` that states each default once: "(default: X)" is appended unless the help text
+    states its default already (as every flag of `add_config_arguments` does) or the flag is
+    required."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default" in text or action.required else super()._get_help_string(action)
 
 
 def add_config_arguments(
