@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -259,10 +260,18 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
 
 
 def _browser_or_skip():
-    for package in ("gradio", "playwright"):
-        pytest.importorskip(package, reason=f"the browser test needs `{package}` (pip install -e '.[dev]')")
+    """Skip, with the reason, where the browser or its driver is missing; fail under `CI=true`,
+    whose `.ci/run` installs chromium and the `dev` extra (gradio, playwright)."""
+    import importlib.util
+
+    missing = [f"`{package}` (pip install -e '.[dev]')" for package in ("gradio", "playwright")
+               if importlib.util.find_spec(package) is None]  # fmt: skip
     if find_chromium() is None:
-        pytest.skip("the browser test needs Debian's chromium on the PATH (apt-get install -y chromium)")
+        missing.append("Debian's chromium on the PATH (apt-get install -y chromium)")
+    if missing and os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: the browser test needs {', '.join(missing)}; .ci/run installs them", pytrace=False)
+    if missing:
+        pytest.skip(f"the browser test needs {', '.join(missing)}")
 
 
 def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
