@@ -242,12 +242,12 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
         handlers.pick("nope")
 
     pytest.importorskip("gradio", reason="the page's wiring needs `gradio` (pip install -e '.[demo]')")
-    from latentcode.demo.app import build_demo
+    from latentcode.demo.app import _attributes_opening, build_demo
 
     demo = build_demo(models)
     wired = {fn.name: len(fn.inputs) for fn in demo.fns.values()}
     assert wired == {
-        "reconstruct": 2, "start": 2, "start_from_prior": 1, "make_vector": 3,
+        "reconstruct": 2, "start": 2, "start_from_prior": 1, "switch_model": 1, "make_vector": 3,
         "attributes_decode": 3 + inference.MAX_SLIDERS, "attributes_samples": 2, "encode_tokens": 2,
         "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4, "interpolate": 3, "slide": 2,
     }  # fmt: skip
@@ -257,6 +257,9 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
     assert components["attributes-slider-3"].visible and not components["attributes-slider-4"].visible  # 4 channels
     assert "around the prior mean (0)" in components["attributes-summary"].value
     assert components["attributes-output"].value is not None and not components["attributes-strength"].visible
+    # A model without a prior (picked in the tab, or first) opens with a hint and no sliders.
+    state, image, grid, hint, labels = _attributes_opening(handlers, demo_models["autoencoder"].name)
+    assert state is image is grid is None and labels == [None] * inference.MAX_SLIDERS and "has no prior" in hint
 
 
 def _browser_or_skip():

@@ -425,13 +425,20 @@ def _wire_attributes(gr, handlers: DemoHandlers, tab: dict) -> None:
     """The Attributes tab's events over its components (`tab`, by name, from `_attributes_tab`)."""
     sliders, strength = tab["sliders"], tab["strength"]
 
-    def start(name, payload, from_prior=False):
-        new_state, base_image, grid, line, labels = handlers.attributes_start(name, payload, from_prior)
+    def show(new_state, base_image, grid, line, labels):
+        """The tab's outputs for a new base code: the sliders relabelled and at 0, the strength at 0."""
         updates = [gr.update(value=0, label=label, visible=label is not None) for label in labels]
         return new_state, base_image, grid, line, gr.update(value=0), *updates
 
+    def start(name, payload, from_prior=False):
+        return show(*handlers.attributes_start(name, payload, from_prior))
+
     def start_from_prior(name):
         return start(name, None, from_prior=True)
+
+    def switch_model(name):
+        """A newly picked model opens as the page does: at its prior mean, or with a hint and no sliders."""
+        return show(*_attributes_opening(handlers, name))
 
     def make_vector(name, with_paths, without_paths):
         vector, line = handlers.attributes_vector(name, with_paths, without_paths)
@@ -441,6 +448,7 @@ def _wire_attributes(gr, handlers: DemoHandlers, tab: dict) -> None:
     model, state, decoded = tab["model"], tab["state"], tab["decoded"]
     tab["encode"].click(shown_in_page(gr, start), [model, tab["image"]], outputs, preprocess=False)
     tab["prior_mean"].click(shown_in_page(gr, start_from_prior), [model], outputs)
+    model.input(shown_in_page(gr, switch_model), [model], outputs)
     tab["vector_button"].click(
         shown_in_page(gr, make_vector), [model, tab["with_files"], tab["without_files"]],
         [tab["vector_state"], tab["vector_line"], strength],
