@@ -1,10 +1,13 @@
 """Screenshots of the demo's tabs, taken in headless chromium: `docs/demo-*.jpg` in the README.
 
-    python docs/screenshots.py TAEF2 BETAB_CELEBA [VQVAE ...] [--prior PRIOR] [--output_dir docs]
+    python docs/screenshots.py taef2 betaB-celeba quickstart-vqvae [--prior PRIOR] [--output_dir docs]
 
-The models as `latentcode-demo` takes them (the first is preselected; the Attributes tab opens on
-the first VAE). The Codes tab is shot only when a VQ-VAE is among them. Needs the `demo` extra,
-playwright and Debian's chromium (see `latentcode.demo.browser`).
+The models as `latentcode-demo` takes them, by the names the page shows: run it where the models
+are, under the names a user gives them (the README's steps make these three in the repository's
+root). The first is preselected (Reconstruct at full resolution: taef2); the Attributes tab opens
+on the first VAE, at its prior mean, and is shot with the blond-minus-dark-haired attribute vector
+on a face. The Codes tab is shot only when a VQ-VAE is among them (on a digit for a grey-scale
+one). Needs the `demo` extra, playwright and Debian's chromium (see `latentcode.demo.browser`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from latentcode.demo.browser import headless_chromium, serve, shown_size
 
 DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 SLOW_MS = 600_000  # a 768x512 photo through every model on a busy CPU
+ATTRIBUTE_FACE = "005.png"  # a brown-haired face of the CelebA samples, not in either hair-colour set
 
 
 def shoot(page, path: Path, *images: str) -> None:
@@ -30,13 +34,24 @@ def shoot(page, path: Path, *images: str) -> None:
 
 
 def shoot_attributes(page, face: Path, output: Path) -> None:
+    """The tab with `face` encoded, moved along the attribute vector of the prefilled image sets."""
     page.get_by_role("tab", name="Attributes").click()
+    page.locator("#attributes-slider-0").wait_for(timeout=SLOW_MS)  # shown on load, at the prior mean
     page.set_input_files("#attributes-input input[type=file]", str(face))
     page.click("#attributes-button")
-    page.locator("#attributes-summary", has_text="Sliders move").wait_for(timeout=SLOW_MS)
-    number = page.locator("#attributes-slider-0 input[type=number]")
-    number.fill("2")
+    page.locator("#attributes-summary", has_text="this image's code").wait_for(timeout=SLOW_MS)
+    page.click("#attributes-vector-button")
+    page.locator("#attributes-vector-summary", has_text="Attribute vector").wait_for(timeout=SLOW_MS)
+    decoded = page.locator("#attributes-output img")
+    before = decoded.get_attribute("src")
+    number = page.locator("#attributes-strength input[type=number]")
+    number.fill("1.5")
     number.press("Enter")
+    page.wait_for_function(
+        "([selector, old]) => { const img = document.querySelector(selector); return img && img.src !== old; }",
+        arg=["#attributes-output img", before],
+        timeout=SLOW_MS,
+    )
     page.click("#attributes-sample-button")
     shoot(page, output / "demo-attributes.jpg", "#attributes-traversal img", "#attributes-samples img")
 
@@ -66,11 +81,14 @@ def main() -> None:
     examples_dir = tempfile.mkdtemp()
     examples = inference.example_images(DATASETS, examples_dir, multiple_of=16)
     faces = inference.attribute_examples(DATASETS, examples_dir)
+    hair_colour = inference.hair_colour_examples(DATASETS, examples_dir)
     kodak, cifar = examples[0], examples[-1]
+    digit = next((path for path in faces if path.name.startswith("mnist")), cifar)
+    grey_tokens = any(loaded.has_tokens and loaded.model.config.in_channels == 1 for loaded in models)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
-    demo = build_demo(models, prior, prior_model, examples, attribute_examples=faces)
+    demo = build_demo(models, prior, prior_model, examples, attribute_examples=faces, attribute_sets=hair_colour)
     with serve(demo) as url, headless_chromium((1280, 1000)) as page:
         page.goto(url)
         page.set_input_files("#reconstruct-input input[type=file]", str(kodak))
@@ -78,9 +96,9 @@ def main() -> None:
         page.locator("#reconstruct-summary", has_text="PSNR").wait_for(timeout=SLOW_MS)
         shoot(page, output / "demo-reconstruct.jpg", "#reconstruct-original img", "#reconstruct-difference img")
 
-        shoot_attributes(page, faces[1] if faces else kodak, output)
+        shoot_attributes(page, DATASETS / "celeba-samples" / ATTRIBUTE_FACE if faces else kodak, output)
         if any(loaded.has_tokens for loaded in models):
-            shoot_codes(page, cifar, output)
+            shoot_codes(page, digit if grey_tokens else cifar, output)
 
         page.get_by_role("tab", name="Compare").click()
         page.set_input_files("#compare-input input[type=file]", str(examples[1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -241,21 +242,39 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
         handlers.pick("nope")
 
     pytest.importorskip("gradio", reason="the page's wiring needs `gradio` (pip install -e '.[demo]')")
-    from latentcode.demo.app import build_demo
+    from latentcode.demo.app import _attributes_opening, build_demo
 
-    wired = {fn.name: len(fn.inputs) for fn in build_demo(models).fns.values()}
+    demo = build_demo(models)
+    wired = {fn.name: len(fn.inputs) for fn in demo.fns.values()}
     assert wired == {
-        "reconstruct": 2, "start": 2, "start_from_prior": 1, "attributes_decode": 1 + inference.MAX_SLIDERS,
-        "attributes_samples": 2, "encode_tokens": 2, "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4,
-        "interpolate": 3, "slide": 2,
+        "reconstruct": 2, "start": 2, "start_from_prior": 1, "switch_model": 1, "make_vector": 3,
+        "attributes_decode": 3 + inference.MAX_SLIDERS, "attributes_samples": 2, "encode_tokens": 2,
+        "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4, "interpolate": 3, "slide": 2,
     }  # fmt: skip
+    # The Attributes tab opens on the VAE (the model with a prior) at its prior mean, sliders shown.
+    components = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert components["attributes-model"].value == vae_name
+    assert components["attributes-slider-3"].visible and not components["attributes-slider-4"].visible  # 4 channels
+    assert "around the prior mean (0)" in components["attributes-summary"].value
+    assert components["attributes-output"].value is not None and not components["attributes-strength"].visible
+    # A model without a prior (picked in the tab, or first) opens with a hint and no sliders.
+    state, image, grid, hint, labels = _attributes_opening(handlers, demo_models["autoencoder"].name)
+    assert state is image is grid is None and labels == [None] * inference.MAX_SLIDERS and "has no prior" in hint
 
 
 def _browser_or_skip():
-    for package in ("gradio", "playwright"):
-        pytest.importorskip(package, reason=f"the browser test needs `{package}` (pip install -e '.[dev]')")
+    """Skip, with the reason, where the browser or its driver is missing; fail under `CI=true`,
+    whose `.ci/run` installs chromium and the `dev` extra (gradio, playwright)."""
+    import importlib.util
+
+    missing = [f"`{package}` (pip install -e '.[dev]')" for package in ("gradio", "playwright")
+               if importlib.util.find_spec(package) is None]  # fmt: skip
     if find_chromium() is None:
-        pytest.skip("the browser test needs Debian's chromium on the PATH (apt-get install -y chromium)")
+        missing.append("Debian's chromium on the PATH (apt-get install -y chromium)")
+    if missing and os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: the browser test needs {', '.join(missing)}; .ci/run installs them", pytrace=False)
+    if missing:
+        pytest.skip(f"the browser test needs {', '.join(missing)}")
 
 
 def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
@@ -354,13 +373,74 @@ def test_attribute_sliders_move_the_decoded_code_by_their_values(vector_vae, tmp
     assert (_array(base_image) == _array(expected_base)).all()
 
     offsets = [0.0, 1.5, 0.0, -2.0, 0.0] + [0.7] * (inference.MAX_SLIDERS - 5)  # hidden sliders are ignored
-    shown = handlers.attributes_decode(state, *offsets)
+    shown = handlers.attributes_decode(state, None, 0, *offsets)
     assert shown.size == (32, 32)
     assert (_array(shown) == _array(expected_moved)).all()
     assert (_array(shown) != _array(base_image)).any()  # the move shows (a random decoder barely responds)
-    assert (_array(handlers.attributes_decode(state, *[0.0] * inference.MAX_SLIDERS)) == _array(base_image)).all()
+    assert (
+        _array(handlers.attributes_decode(state, None, 0, *[0.0] * inference.MAX_SLIDERS)) == _array(base_image)
+    ).all()
     with pytest.raises(DemoInputError, match="Pick an image"):
-        handlers.attributes_decode(None, *offsets)
+        handlers.attributes_decode(None, None, 0, *offsets)
+
+
+def save_faces(folder: Path, count: int, top: int) -> list[str]:
+    """`count` different 40x40 crops of the astronaut photo as PNG files in `folder`."""
+    folder.mkdir()
+    paths = []
+    for number in range(count):
+        from skimage import data
+
+        crop = data.astronaut()[top + 12 * number : top + 12 * number + 160 : 4, 120 : 120 + 160 : 4]
+        paths.append(str(folder / f"face-{number}.png"))
+        PIL.Image.fromarray(crop).save(paths[-1])
+    return paths
+
+
+def test_attribute_vector_moves_the_decoded_code(vector_vae, tmp_path):
+    """The vector is the mean code of one upload set minus the other's (`traversal.attribute_vector`
+    at the model's size); the strength slider adds strength x vector to the sliders' code."""
+    from latentcode.demo.app import DemoHandlers
+    from latentcode.traversal import attribute_vector
+
+    model = vector_vae.model
+    handlers = DemoHandlers([vector_vae], max_pixels=10**6)
+    with_paths, without_paths = save_faces(tmp_path / "with", 3, 0), save_faces(tmp_path / "without", 2, 200)
+    vector, line = handlers.attributes_vector(vector_vae.name, with_paths, without_paths)
+
+    def pixels(paths):
+        return vector_vae.processor([PIL.Image.open(path) for path in paths]).pixel_values  # 32x32
+
+    torch.testing.assert_close(vector.vector, attribute_vector(model, pixels(with_paths), pixels(without_paths)))
+    assert (vector.with_count, vector.without_count) == (3, 2) and "3 images with the attribute minus 2" in line
+    assert float(vector.vector.norm()) > 0
+
+    state, base_image, *_ = handlers.attributes_start(vector_vae.name, None, from_prior=True)
+    offsets = [0.5, 0.0, 0.0, 0.0, -1.0] + [0.0] * (inference.MAX_SLIDERS - 5)
+    code = torch.tensor([0.5, 0.0, 0.0, 0.0, -1.0]) + 2.0 * vector.vector
+    with torch.inference_mode():
+        expected = vector_vae.processor.postprocess(model.decode(code[None]).sample)[0]
+    shown = handlers.attributes_decode(state, vector, 2.0, *offsets)
+    assert (_array(shown) == _array(expected)).all()
+    assert (_array(handlers.attributes_decode(state, vector, 0, *[0.0] * inference.MAX_SLIDERS))
+            == _array(base_image)).all()  # fmt: skip
+    assert (_array(handlers.attributes_decode(state, None, 2.0, *[0.0] * inference.MAX_SLIDERS))
+            == _array(base_image)).all()  # fmt: skip
+    with pytest.raises(DemoInputError, match="Upload at least one image without the attribute"):
+        handlers.attributes_vector(vector_vae.name, with_paths, None)
+    other = inference.AttributeVector("another-model", vector.vector, 3, 2)
+    with pytest.raises(DemoInputError, match="made with `another-model`"):
+        handlers.attributes_decode(state, other, 1.0, *offsets)
+
+
+def test_attribute_vector_of_a_grid_latent_is_resized_to_the_code():
+    code = torch.zeros(2, 4, 4)
+    vector = torch.arange(8.0).view(2, 2, 2)
+    moved = inference.add_attribute(code, vector, 0.5)
+    expected = 0.5 * torch.nn.functional.interpolate(vector[None], size=(4, 4), mode="bilinear")[0]
+    torch.testing.assert_close(moved, expected)
+    with pytest.raises(DemoInputError, match=r"shape \(3, 2, 2\), the code \(2, 4, 4\)"):
+        inference.add_attribute(code, torch.zeros(3, 2, 2), 1.0)
 
 
 def test_attribute_traversal_grid_and_prior_samples(vector_vae, tmp_path):
@@ -474,42 +554,93 @@ def test_demo_on_the_converted_betab_celeba_checkpoint(tmp_path):
     table = handlers.model_table(faces[:1])
     assert "10-dimensional latent vector per 64x64 image" in table and "KL to the prior" in table
 
+    # Blond minus dark-haired faces: adding the vector makes a brown-haired face's hair lighter.
+    blond, dark = inference.hair_colour_examples(DATASETS, tmp_path / "hair")
+    assert (len(blond), len(dark)) == (14, 15) and blond[0].name == "blond-009.png"
+    vector, _ = handlers.attributes_vector(loaded.name, blond, dark)
+    state, *_ = handlers.attributes_start(loaded.name, upload)
+    zeros = [0.0] * inference.MAX_SLIDERS
+    before, after = (_array(handlers.attributes_decode(state, vector, strength, *zeros)) for strength in (0, 1.5))
+    hair = (slice(4, 16), slice(16, 48))  # the top of the head, above the forehead
+    assert after[hair].mean() > before[hair].mean() + 20, (before[hair].mean(), after[hair].mean())
 
-def test_attributes_tab_in_a_real_browser(vector_vae, tmp_path, monkeypatch):
-    """Encode an image, move a slider: the page shows `model.decode` of the moved code; the
-    traversal grid and the prior samples appear at a useful size."""
+
+def _wait_for_new_image(page, selector: str, old_src: str | None) -> None:
+    page.wait_for_function(
+        "([selector, old]) => { const img = document.querySelector(selector); return img && img.src !== old; }",
+        arg=[selector, old_src],
+        timeout=30_000,
+    )
+
+
+def _set_slider(page, elem_id: str, value: float) -> None:
+    number = page.locator(f"#{elem_id} input[type=number]")
+    number.fill(str(value))
+    number.press("Enter")
+
+
+def test_attributes_tab_in_a_real_browser(demo_models, tmp_path, monkeypatch):
+    """The tab opens on the prior mean with its sliders shown; encode an image, move a slider: the
+    page shows `model.decode` of the moved code; make an attribute vector from two uploaded sets and
+    move its strength slider: the image moves by strength x vector. The traversal grid and the
+    prior samples appear at a useful size. (On the grid-latent VAE: the vector VAE's random encoder
+    gives every image nearly the same code, so its attribute vector would not move a pixel.)"""
     _browser_or_skip()
     from latentcode.demo.app import build_demo
     from latentcode.demo.browser import fetch_image, headless_chromium, serve, shown_size
+    from latentcode.traversal import attribute_vector
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    vae = demo_models["vae"]  # 4 latent channels on 8x8 per 16x16 image
     photo(32, 32).save(tmp_path / "photo.png")
-    base = inference.attribute_base(vector_vae, photo(32, 32))
-    offsets = [0.0] * 5
+    with_paths, without_paths = save_faces(tmp_path / "with", 3, 0), save_faces(tmp_path / "without", 2, 200)
+    base = inference.attribute_base(vae, photo(32, 32))
+    offsets = [0.0] * 4
     offsets[2] = 2.5
-    expected = inference.to_image(vector_vae, inference.decode_code(vector_vae, inference.moved_code(base, offsets)))
+    moved = inference.moved_code(base, offsets)
+    expected = inference.to_image(vae, inference.decode_code(vae, moved))
+    sets = [vae.processor([PIL.Image.open(path) for path in paths], size=16).pixel_values
+            for paths in (with_paths, without_paths)]  # fmt: skip
+    vector = attribute_vector(vae.model, *sets)
+    expected_with_vector = inference.to_image(vae, inference.decode_code(vae, moved + 2.0 * vector))
+    prior_mean = inference.to_image(vae, inference.decode_code(vae, torch.zeros(4, 8, 8)))
 
-    with serve(build_demo([vector_vae])) as url, headless_chromium() as page:
+    with serve(build_demo([vae])) as url, headless_chromium() as page:
         page.goto(url)
         page.get_by_role("tab", name="Attributes").click()
+        # On load, before any button: the prior mean, decoded, with a slider per dimension.
+        page.locator("#attributes-summary", has_text="around the prior mean (0)").wait_for(timeout=30_000)
+        assert (
+            page.locator("#attributes-slider-3").is_visible() and not page.locator("#attributes-slider-4").is_visible()
+        )
+        output = page.locator("#attributes-output img")
+        shown_size(output)
+        assert (_array(fetch_image(page, output).convert("RGB")) == _array(prior_mean)).all()
+        assert not page.locator("#attributes-strength").is_visible()
+
         page.set_input_files("#attributes-input input[type=file]", str(tmp_path / "photo.png"))
         page.click("#attributes-button")
-        page.locator("#attributes-summary", has_text="Sliders move 5 of the 5").wait_for(timeout=30_000)
-        assert (
-            page.locator("#attributes-slider-4").is_visible() and not page.locator("#attributes-slider-5").is_visible()
-        )
+        page.locator("#attributes-summary", has_text="around this image's code").wait_for(timeout=30_000)
         width, height = shown_size(page.locator("#attributes-traversal img"))
         assert width >= 256 and height >= 128
-        output = page.locator("#attributes-output img")
         before = output.get_attribute("src")
-        number = page.locator("#attributes-slider-2 input[type=number]")
-        number.fill("2.5")
-        number.press("Enter")
-        page.wait_for_function(
-            "([selector, old]) => { const img = document.querySelector(selector); return img && img.src !== old; }",
-            arg=["#attributes-output img", before],
-            timeout=30_000,
-        )
+        _set_slider(page, "attributes-slider-2", 2.5)
+        _wait_for_new_image(page, "#attributes-output img", before)
         assert (_array(fetch_image(page, output).convert("RGB")) == _array(expected)).all()
+
+        page.set_input_files("#attributes-with input[type=file]", with_paths)
+        page.set_input_files("#attributes-without input[type=file]", without_paths)
+        page.locator("#attributes-without", has_text="face-1").wait_for(timeout=30_000)
+        page.click("#attributes-vector-button")
+        page.locator("#attributes-vector-summary", has_text="3 images with the attribute minus 2").wait_for(
+            timeout=30_000
+        )
+        assert page.locator("#attributes-strength").is_visible()
+        before = output.get_attribute("src")
+        _set_slider(page, "attributes-strength", 2.0)
+        _wait_for_new_image(page, "#attributes-output img", before)
+        shown = _array(fetch_image(page, output).convert("RGB"))
+        assert (shown == _array(expected_with_vector)).all() and (shown != _array(expected)).any()
+
         page.click("#attributes-sample-button")
         assert min(shown_size(page.locator("#attributes-samples img"), timeout_ms=30_000)) >= 128

@@ -9,8 +9,11 @@ from PIL import Image
 from torch.distributions import Normal, kl_divergence
 
 from latentcode import AutoencoderConfig, AutoencoderModel, VAEConfig, VAEModel
+from latentcode.grids import image_grid
+from latentcode.image_processing import LatentCodeImageProcessor
 from latentcode.traversal import (
     apply_attribute,
+    attribute_traversal,
     attribute_vector,
     encode_codes,
     latent_traversal,
@@ -109,3 +112,52 @@ def test_command_line_ranks_by_kl_and_writes_the_grid(vae, tmp_path, capsys):
          + ["--data_dir", str(data), "--top_k", "2", "--steps", "5", "--image", str(data / "0.png")])  # fmt: skip
     assert "per-dimension KL" in capsys.readouterr().out
     assert Image.open(output).size == (5 * 36, 2 * 36)  # 5 values x 2 dimensions, 32 px + 2 x 2 padding
+
+
+def save_images(folder, pixels: torch.Tensor) -> list:
+    """Grey images `[N, 1, H, W]` in [-1, 1] as PNGs in `folder`, which the processor reads back exactly."""
+    folder.mkdir()
+    paths = []
+    for index, image in enumerate(pixels):
+        paths.append(folder / f"{index}.png")
+        Image.fromarray(((image[0].numpy() + 1) * 127.5).round().astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_attribute_traversal_moves_the_code_along_the_vector(vae):
+    vector = torch.tensor([1.0, -0.5, 0.0, 2.0])
+    values = torch.tensor([-1.0, 0.0, 2.0])
+    row = attribute_traversal(vae, vector, values=values)
+    torch.testing.assert_close(row, vae.decode(values[:, None] * vector).sample)  # from the prior mean 0
+    x = images(1)
+    around = attribute_traversal(vae, vector, x, values)
+    torch.testing.assert_close(around, vae.decode(encode_codes(vae, x) + values[:, None] * vector).sample)
+    torch.testing.assert_close(around[2:], apply_attribute(vae, x, vector, strength=2.0))
+    with pytest.raises(ValueError, match=r"code's shape \(4,\), got \(5,\)"):
+        attribute_traversal(vae, torch.zeros(5))
+
+
+def test_command_line_draws_a_row_along_an_attribute_vector(vae, tmp_path, capsys):
+    """`--attribute_with` / `--attribute_without` (folders or files): the row decodes the prior mean
+    moved by -span .. +span times the mean code difference of the two sets."""
+    vae.save_pretrained(tmp_path / "model")
+    with_paths = save_images(tmp_path / "with", images(3, seed=1))
+    without_paths = save_images(tmp_path / "without", images(2, seed=2))
+    processor = LatentCodeImageProcessor.from_model_config(vae.config)
+    loaded = [processor([Image.open(path) for path in paths], return_tensors="pt").pixel_values
+              for paths in (with_paths, without_paths)]  # fmt: skip
+    vector = attribute_vector(vae, *loaded)
+    output = tmp_path / "row.png"
+    main(["--pretrained_model_name_or_path", str(tmp_path / "model"), "--output_path", str(output),
+          "--attribute_with", str(tmp_path / "with"), "--attribute_without", *map(str, without_paths),
+          "--steps", "5", "--span", "3"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "mean code of 3 images with it minus 2 without" in printed
+    assert ", ".join(f"{value:+.2f}" for value in vector.tolist()) in printed
+    expected = image_grid(attribute_traversal(vae, vector, values=torch.linspace(-3, 3, 5)), num_columns=5)
+    assert np.array_equal(np.asarray(Image.open(output)), np.asarray(expected))  # 5 x (32 + 4) wide, one row
+    with pytest.raises(SystemExit, match="give --attribute_with and --attribute_without"):
+        main(["--pretrained_model_name_or_path", "m", "--output_path", "o.png", "--attribute_with", "x"])
+    with pytest.raises(SystemExit, match="neither an image file nor a folder"):
+        main(["--pretrained_model_name_or_path", str(tmp_path / "model"), "--output_path", str(output),
+              "--attribute_with", str(tmp_path / "nowhere"), "--attribute_without", str(tmp_path / "without")])  # fmt: skip

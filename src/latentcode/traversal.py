@@ -13,15 +13,18 @@ AutoEncoder's latent, or the VQ-VAE's latent before quantisation (its decoder qu
   `values` — the grid of the disentanglement papers. With the prior mean as base, a row sweeps
   the dimension through `values` itself.
 - [`attribute_vector`] / [`apply_attribute`]: the mean code difference of two image sets (e.g.
-  smiling minus not smiling), added to any image's code with a strength.
+  blond minus dark-haired faces), added to any image's code with a strength;
+  [`attribute_traversal`] decodes a row of strengths around an image's code or the prior mean.
 
 Command line: `latentcode-traverse --pretrained_model_name_or_path MODEL --output_path grid.png
-[--image face.png] [--data_dir faces/ --top_k 10]` (see `latentcode-traverse --help`).
+[--image face.png] [--data_dir faces/ --top_k 10]`, or one row along an attribute vector with
+`--attribute_with blond/ --attribute_without dark/` (see `latentcode-traverse --help`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 import torch
@@ -136,13 +139,37 @@ def apply_attribute(model, pixel_values: torch.Tensor, vector: torch.Tensor, str
     return model.decode(codes + strength * vector.to(codes), return_dict=True).sample
 
 
+@torch.no_grad()
+def attribute_traversal(
+    model, vector: torch.Tensor, pixel_values: torch.Tensor | None = None, values: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Decoded row `[len(values), C, H, W]` in [-1, 1]: the code of `pixel_values` (`[1, C, H, W]`),
+    or the prior mean (0) when None, moved by each of `values` times the attribute `vector`
+    (`[*code_shape]`, [`attribute_vector`]). `values` defaults to `linspace(-2, 2, 7)`."""
+    values = torch.linspace(-2, 2, 7) if values is None else values
+    if pixel_values is None:
+        base = torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
+    elif pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
+        raise ValueError(f"expected one image [1, C, H, W] to move along the vector, got {tuple(pixel_values.shape)}")
+    else:
+        base = encode_codes(model, pixel_values)[0]
+    if vector.shape != base.shape:
+        raise ValueError(
+            f"expected an attribute vector of the code's shape {tuple(base.shape)}, got {tuple(vector.shape)}: "
+            "make it from images of the size this code comes from"
+        )
+    strengths = values.to(base).view(-1, *[1] * base.dim())
+    return model.decode(base + strengths * vector.to(base), return_dict=True).sample
+
+
 # -- command line -------------------------------------------------------------------------------
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="latentcode-traverse",
-        description="Render a latent traversal grid (one row per latent dimension) of a latentcode model.",
+        description="Render a latent traversal grid (one row per latent dimension) of a latentcode model, or one "
+        "row along an attribute vector (--attribute_with / --attribute_without).",
     )
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="model folder or Hub id")
     parser.add_argument("--output_path", required=True, help="PNG to write")
@@ -152,9 +179,37 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--top_k", type=int, default=None, help="only the k dimensions of largest KL (needs --data_dir)"
     )
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="these dimensions (default: all)")
-    parser.add_argument("--steps", type=int, default=7, help="values per dimension")
+    parser.add_argument("--steps", type=int, default=7, help="values per dimension (or strengths of the attribute)")
     parser.add_argument("--span", type=float, default=2.0, help="move each dimension by -span .. +span")
+    parser.add_argument(
+        "--attribute_with", nargs="+", default=None, metavar="PATH",
+        help="images (files or folders) that show an attribute: draw one row along the attribute vector, "
+        "their mean code minus that of --attribute_without, at strengths -span .. +span",
+    )  # fmt: skip
+    parser.add_argument(
+        "--attribute_without", nargs="+", default=None, metavar="PATH",
+        help="images (files or folders) that do not show it",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def load_images(paths: Sequence[str], processor) -> torch.Tensor:
+    """Every image named in `paths` (image files, or folders searched recursively) as pixels
+    `[N, C, R, R]` in [-1, 1], prepared by `processor` (a `LatentCodeImageProcessor`)."""
+    from PIL import Image
+
+    from .conversion.cli import image_folder_batches
+
+    batches = []
+    for path in paths:
+        if os.path.isdir(path):
+            batches.extend(image_folder_batches(path, processor))
+        elif os.path.isfile(path):
+            with Image.open(path) as image:
+                batches.append(processor(image, return_tensors="pt").pixel_values)
+        else:
+            raise SystemExit(f"{path!r} is neither an image file nor a folder of images; give existing paths")
+    return torch.cat(batches)
 
 
 def mean_kl_over_folder(model, folder: str, processor) -> torch.Tensor:
@@ -170,7 +225,6 @@ def mean_kl_over_folder(model, folder: str, processor) -> torch.Tensor:
 
 @command_line
 def main(argv=None) -> None:
-    from PIL import Image
     from transformers import AutoModel
 
     from .grids import save_image_grid
@@ -180,17 +234,35 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.top_k is not None and (args.data_dir is None or args.dims is not None):
         raise SystemExit("--top_k ranks dimensions by their KL over --data_dir images; give --data_dir, not --dims")
+    attribute = args.attribute_with is not None or args.attribute_without is not None
+    if attribute and (args.attribute_with is None or args.attribute_without is None):
+        raise SystemExit("an attribute vector needs both image sets: give --attribute_with and --attribute_without")
+    if attribute and (args.dims is not None or args.data_dir is not None):
+        raise SystemExit("--attribute_with draws one row along the attribute vector; leave out --dims / --data_dir")
     model = AutoModel.from_pretrained(resolve_pretrained(args.pretrained_model_name_or_path)).eval()
     processor = LatentCodeImageProcessor.from_model_config(model.config)
-    dims = args.dims
-    if args.data_dir is not None:
-        kl = mean_kl_over_folder(model, args.data_dir, processor)
-        print("per-dimension KL (nats):", ", ".join(f"{d}: {v:.2f}" for d, v in enumerate(kl.tolist())))
-        dims = top_dimensions(kl, args.top_k) if args.top_k is not None else dims
-    pixels = None
-    if args.image is not None:
-        with Image.open(args.image) as image:
-            pixels = processor(image, return_tensors="pt").pixel_values
+    pixels = None if args.image is None else load_images([args.image], processor)
     values = torch.linspace(-args.span, args.span, args.steps)
-    grid = latent_traversal(model, pixels, dims, values)
+    if attribute:
+        grid = attribute_row(model, processor, args.attribute_with, args.attribute_without, pixels, values)
+    else:
+        dims = args.dims
+        if args.data_dir is not None:
+            kl = mean_kl_over_folder(model, args.data_dir, processor)
+            print("per-dimension KL (nats):", ", ".join(f"{d}: {v:.2f}" for d, v in enumerate(kl.tolist())))
+            dims = top_dimensions(kl, args.top_k) if args.top_k is not None else dims
+        grid = latent_traversal(model, pixels, dims, values)
     print(f"wrote {save_image_grid(grid, args.output_path, num_columns=args.steps)}")
+
+
+def attribute_row(model, processor, with_paths, without_paths, pixels, values: torch.Tensor) -> torch.Tensor:
+    """`main`'s row for `--attribute_with` / `--attribute_without`: the attribute vector of the two
+    image sets (printed), then [`attribute_traversal`] around `pixels` (or the prior mean)."""
+    with_attribute, without_attribute = load_images(with_paths, processor), load_images(without_paths, processor)
+    vector = attribute_vector(model, with_attribute, without_attribute)
+    entries = ": " + ", ".join(f"{value:+.2f}" for value in vector.tolist()) if vector.dim() == 1 else ""
+    print(
+        f"attribute vector: mean code of {len(with_attribute)} images with it minus {len(without_attribute)} "
+        f"without, norm {float(vector.float().norm()):.2f}{entries}"
+    )
+    return attribute_traversal(model, vector, pixels, values)

@@ -11,7 +11,8 @@ and the prior in `LATENTCODE_DEMO_PRIOR`. For example, the converted published c
 full-resolution reconstructions of photos and betaB_celeba's ten face attributes on sliders.
 
 Tabs: Reconstruct (an image at its own size, PSNR / SSIM / bits), Attributes (a slider per latent
-dimension, decoded live, the traversal grid, samples from the prior), Codes (a VQ-VAE's tokens),
+dimension, decoded live, opening on the prior mean; an attribute vector from two image sets on a
+strength slider; the traversal grid, samples from the prior), Codes (a VQ-VAE's tokens),
 Compare (every model on one image) and Generate (samples, interpolation).
 
 Image uploads reach the handlers unprocessed (`preprocess=False`) so that `inference.open_image`,
@@ -231,13 +232,29 @@ class DemoHandlers:
         summary += f". Traversal grid: one row per dimension, moved by {values}."
         return {"model": name, "base": base}, decoded, inference.traversal_grid(loaded, base), summary, labels
 
-    def attributes_decode(self, state, *offsets):
-        """The base code moved by the sliders' values (the first `len(dims)` of `offsets`), decoded."""
+    def attributes_decode(self, state, vector: inference.AttributeVector | None, strength, *offsets):
+        """The base code moved by the sliders' values (the first `len(dims)` of `offsets`) and by
+        `strength` times the attribute vector (when there is one), decoded."""
         if not state:
             raise DemoInputError("Pick an image (or start from the prior mean) first.")
         loaded, base = self.pick(state["model"]), state["base"]
         code = inference.moved_code(base, [float(offset) for offset in offsets[: len(base.dims)]])
+        if vector is not None and float(strength or 0) != 0:
+            if vector.model != loaded.name:
+                raise DemoInputError(
+                    f"The attribute vector was made with `{vector.model}`, the sliders move `{loaded.name}`'s code: "
+                    "press “Make the attribute vector” again."
+                )
+            code = inference.add_attribute(code, vector.vector, float(strength))
         return inference.to_image(loaded, inference.decode_code(loaded, code))
+
+    def attributes_vector(self, name, with_payloads, without_payloads):
+        """Two image sets (uploads) -> the attribute vector of `name` and its summary line."""
+        loaded = self.pick(name)
+        with_images = [self.open_upload(payload) for payload in with_payloads or []]
+        without_images = [self.open_upload(payload) for payload in without_payloads or []]
+        vector = inference.make_attribute_vector(loaded, with_images, without_images)
+        return vector, vector.summary()
 
     def attributes_samples(self, name, seed):
         """`ATTRIBUTE_SAMPLES` random draws from the model's prior, decoded, in one grid."""
@@ -276,9 +293,9 @@ def _image_input(gr, label: str, elem_id: str):
     return gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], elem_id=elem_id)
 
 
-def _image_output(gr, label: str, elem_id: str):
+def _image_output(gr, label: str, elem_id: str, value=None):
     return gr.Image(
-        label=label, type="pil", format="png", interactive=False, elem_id=elem_id, height=OUTPUT_HEIGHT,
+        value, label=label, type="pil", format="png", interactive=False, elem_id=elem_id, height=OUTPUT_HEIGHT,
         elem_classes=["fill-box"],
     )  # fmt: skip
 
@@ -309,14 +326,17 @@ def _reconstruct_tab(gr, handlers: DemoHandlers, examples: list) -> None:
     )
 
 
-def _attributes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
-    """Sliders over the latent dimensions of an image's code (or the prior mean), decoded live;
-    the traversal grid around it; random draws from the prior."""
+def _attributes_tab(gr, handlers: DemoHandlers, examples: list, attribute_sets=((), ())) -> None:
+    """Sliders over the latent dimensions of an image's code (or the prior mean, where the tab
+    opens for a model with a prior), decoded live; an attribute vector made from two image sets on
+    a strength slider; the traversal grid around the code; random draws from the prior."""
+    names = handlers.attribute_names
+    opening = _attributes_opening(handlers, names[0])
     with gr.Tab("Attributes"):
-        state = gr.State()
+        state = gr.State(opening[0])
+        vector_state = gr.State()
         with gr.Row():
             with gr.Column(scale=1):
-                names = handlers.attribute_names
                 model = gr.Dropdown(names, value=names[0], label="model", elem_id="attributes-model")
                 image = _image_input(gr, "image (resized to the model's size)", "attributes-input")
                 with gr.Row():
@@ -325,23 +345,28 @@ def _attributes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 if examples:
                     gr.Examples(examples, inputs=[image], label="examples (faces and digits for the β-VAEs)")
             with gr.Column(scale=1):
-                summary = gr.Markdown(elem_id="attributes-summary")
-                decoded = _image_output(gr, "decoded (moves with the sliders)", "attributes-output")
+                summary = gr.Markdown(opening[3], elem_id="attributes-summary")
+                decoded = _image_output(gr, "decoded (moves with the sliders)", "attributes-output", opening[1])
             with gr.Column(scale=1):
+                strength = gr.Slider(
+                    -inference.SLIDER_SPAN, inference.SLIDER_SPAN, value=0, step=0.1, visible=False,
+                    label="attribute vector's strength", elem_id="attributes-strength",
+                )  # fmt: skip
                 sliders = [
                     gr.Slider(
                         -inference.SLIDER_SPAN,
                         inference.SLIDER_SPAN,
                         value=0,
                         step=0.1,
-                        visible=False,
-                        label=f"slider {position}",
+                        visible=label is not None,
+                        label=label or f"slider {position}",
                         elem_id=f"attributes-slider-{position}",
                     )  # fmt: skip
-                    for position in range(inference.MAX_SLIDERS)
+                    for position, label in enumerate(opening[4])
                 ]
+        vector_section = _attribute_vector_section(gr, attribute_sets)
         traversal = gr.Image(
-            label="traversal: one row per dimension", type="pil", format="png", interactive=False,
+            opening[2], label="traversal: one row per dimension", type="pil", format="png", interactive=False,
             elem_id="attributes-traversal", elem_classes=["fill-box"], height=2 * OUTPUT_HEIGHT,
         )  # fmt: skip
         with gr.Row():
@@ -350,23 +375,89 @@ def _attributes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 sample = gr.Button("Random samples from the prior", elem_id="attributes-sample-button")
             with gr.Column(scale=3):
                 samples = _image_output(gr, "samples from the prior N(0, I)", "attributes-samples")
+    components = dict(
+        state=state, vector_state=vector_state, model=model, image=image, encode=encode, prior_mean=prior_mean,
+        summary=summary, decoded=decoded, strength=strength, sliders=sliders, traversal=traversal, seed=seed,
+        sample=sample, samples=samples, **vector_section,
+    )  # fmt: skip
+    _wire_attributes(gr, handlers, components)
+
+
+def _attributes_opening(handlers: DemoHandlers, name: str) -> tuple:
+    """What the Attributes tab shows on load: for a model with a prior, `attributes_start` at the
+    prior mean (its sliders visible); else an empty state, a hint and hidden sliders."""
+    if handlers.by_name[name].model.can_sample_prior:
+        return handlers.attributes_start(name, None, from_prior=True)
+    hint = f"`{name}` has no prior: encode an image to put its code on sliders."
+    return None, None, None, hint, [None] * inference.MAX_SLIDERS
+
+
+def _attribute_vector_section(gr, attribute_sets) -> dict:
+    """Two multi-file uploads (images with an attribute, images without) and the button that
+    makes their attribute vector. Returns the components the wiring needs."""
+    gr.Markdown(
+        "**Attribute vector**: the mean code of images with an attribute minus the mean code of images "
+        "without it (`latentcode.traversal.attribute_vector`), added to the code above by the strength slider."
+    )
+    with gr.Row():
+        with_files, without_files = (
+            gr.File(
+                value=[str(path) for path in paths] or None,
+                file_count="multiple",
+                type="filepath",
+                label=label,
+                elem_id=elem_id,
+                height=160,
+            )
+            for paths, label, elem_id in zip(
+                attribute_sets,
+                ("images with the attribute (e.g. blond hair)", "images without it (e.g. dark hair)"),
+                ("attributes-with", "attributes-without"),
+            )
+        )
+        with gr.Column():
+            button = gr.Button("Make the attribute vector", variant="primary", elem_id="attributes-vector-button")
+            line = gr.Markdown(elem_id="attributes-vector-summary")
+    return {"with_files": with_files, "without_files": without_files, "vector_button": button, "vector_line": line}
+
+
+def _wire_attributes(gr, handlers: DemoHandlers, tab: dict) -> None:
+    """The Attributes tab's events over its components (`tab`, by name, from `_attributes_tab`)."""
+    sliders, strength = tab["sliders"], tab["strength"]
+
+    def show(new_state, base_image, grid, line, labels):
+        """The tab's outputs for a new base code: the sliders relabelled and at 0, the strength at 0."""
+        updates = [gr.update(value=0, label=label, visible=label is not None) for label in labels]
+        return new_state, base_image, grid, line, gr.update(value=0), *updates
 
     def start(name, payload, from_prior=False):
-        new_state, base_image, grid, line, labels = handlers.attributes_start(name, payload, from_prior)
-        updates = [gr.update(value=0, label=label, visible=label is not None) for label in labels]
-        return new_state, base_image, grid, line, *updates
+        return show(*handlers.attributes_start(name, payload, from_prior))
 
     def start_from_prior(name):
         return start(name, None, from_prior=True)
 
-    outputs = [state, decoded, traversal, summary, *sliders]
-    encode.click(shown_in_page(gr, start), [model, image], outputs, preprocess=False)
-    prior_mean.click(shown_in_page(gr, start_from_prior), [model], outputs)
-    gr.on(
-        [slider.input for slider in sliders], shown_in_page(gr, handlers.attributes_decode), [state, *sliders],
-        [decoded], trigger_mode="always_last",
+    def switch_model(name):
+        """A newly picked model opens as the page does: at its prior mean, or with a hint and no sliders."""
+        return show(*_attributes_opening(handlers, name))
+
+    def make_vector(name, with_paths, without_paths):
+        vector, line = handlers.attributes_vector(name, with_paths, without_paths)
+        return vector, line, gr.update(value=0, visible=True)
+
+    outputs = [tab["state"], tab["decoded"], tab["traversal"], tab["summary"], strength, *sliders]
+    model, state, decoded = tab["model"], tab["state"], tab["decoded"]
+    tab["encode"].click(shown_in_page(gr, start), [model, tab["image"]], outputs, preprocess=False)
+    tab["prior_mean"].click(shown_in_page(gr, start_from_prior), [model], outputs)
+    model.input(shown_in_page(gr, switch_model), [model], outputs)
+    tab["vector_button"].click(
+        shown_in_page(gr, make_vector), [model, tab["with_files"], tab["without_files"]],
+        [tab["vector_state"], tab["vector_line"], strength],
     )  # fmt: skip
-    sample.click(shown_in_page(gr, handlers.attributes_samples), [model, seed], [samples])
+    gr.on(
+        [slider.input for slider in [strength, *sliders]], shown_in_page(gr, handlers.attributes_decode),
+        [state, tab["vector_state"], strength, *sliders], [decoded], trigger_mode="always_last",
+    )  # fmt: skip
+    tab["sample"].click(shown_in_page(gr, handlers.attributes_samples), [model, tab["seed"]], [tab["samples"]])
 
 
 def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
@@ -479,6 +570,7 @@ def build_demo(
     examples: list = (),
     max_pixels: int = 4_000_000,
     attribute_examples: list = (),
+    attribute_sets: tuple[list, list] = ((), ()),
 ):
     """The page: tabs Reconstruct, Attributes, Codes, Compare and Generate over `models`.
 
@@ -489,6 +581,8 @@ def build_demo(
         max_pixels: larger uploads are refused with a message.
         attribute_examples: image files offered first in the Attributes tab (faces and digits of
             the β-VAEs' data sets, [`inference.attribute_examples`]).
+        attribute_sets: two lists of image files the Attributes tab's attribute vector starts
+            with: images with an attribute and without it ([`inference.hair_colour_examples`]).
     """
     gr = import_gradio()
     handlers = DemoHandlers(models, prior, prior_model, max_pixels)
@@ -498,7 +592,7 @@ def build_demo(
         table = handlers.model_table([*attribute_examples, *examples])
         gr.Markdown("# latentcode: image tokenizers at work\n" + table, elem_id="model-table")
         _reconstruct_tab(gr, handlers, photos)
-        _attributes_tab(gr, handlers, faces + photos)
+        _attributes_tab(gr, handlers, faces + photos, attribute_sets)
         _codes_tab(gr, handlers, photos)
         _compare_tab(gr, handlers, photos)
         with gr.Tab("Generate"):
@@ -561,7 +655,8 @@ def main(argv: list[str] | None = None) -> None:
     largest_factor = max(loaded.model.downsampling_factor for loaded in models)
     examples = inference.example_images(args.datasets_dir, examples_dir, multiple_of=max(16, largest_factor))
     faces = inference.attribute_examples(args.datasets_dir, examples_dir)
-    demo = build_demo(models, prior, prior_model, examples, int(args.max_megapixels * 1e6), faces)
+    hair_colour = inference.hair_colour_examples(args.datasets_dir, examples_dir)
+    demo = build_demo(models, prior, prior_model, examples, int(args.max_megapixels * 1e6), faces, hair_colour)
     launch(demo, server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[examples_dir])
 
 

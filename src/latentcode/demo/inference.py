@@ -8,7 +8,9 @@
 - [`token_grid_image`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens.
 - [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.grids`, `latentcode.prior`).
 - [`attribute_base`], [`moved_code`], [`decode_code`], [`traversal_grid`]: the Attributes tab's
-  sliders over latent dimensions and its traversal grid (`latentcode.traversal`).
+  sliders over latent dimensions and its traversal grid (`latentcode.traversal`);
+  [`make_attribute_vector`], [`add_attribute`]: its attribute vector (images with an attribute
+  minus images without it) on a strength slider.
 
 Pixels are `[B, C, H, W]` floats in [-1, 1], as everywhere in latentcode.
 """
@@ -34,7 +36,14 @@ from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
 from ..modeling import LatentCodePreTrainedModel
 from ..prior import sample_images, token_mapping
-from ..traversal import code_dimensions, encode_codes, latent_traversal, per_dimension_kl, top_dimensions
+from ..traversal import (
+    attribute_vector,
+    code_dimensions,
+    encode_codes,
+    latent_traversal,
+    per_dimension_kl,
+    top_dimensions,
+)
 
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
@@ -533,12 +542,79 @@ def traversal_grid(loaded: DemoModel, base: AttributeBase) -> PIL.Image.Image:
     return image_grid(frames.float(), num_columns=TRAVERSAL_STEPS)
 
 
+MAX_ATTRIBUTE_IMAGES = 64  # per image set of an attribute vector: its codes are computed in one batch
+
+
+@dataclass
+class AttributeVector:
+    """An attribute vector made in the Attributes tab (`traversal.attribute_vector`).
+
+    Attributes:
+        model: the name of the model whose codes it moves.
+        vector: `[*code_shape]`, the mean code of the images with the attribute minus that of those without.
+        with_count / without_count: how many images each set had.
+    """
+
+    model: str
+    vector: torch.Tensor
+    with_count: int
+    without_count: int
+
+    def summary(self) -> str:
+        """One Markdown line: what the vector is and how large."""
+        return (
+            f"Attribute vector of `{self.model}`: mean code of {self.with_count} images with the attribute minus "
+            f"{self.without_count} without (norm {float(self.vector.float().norm()):.2f}). The strength slider "
+            "adds it to the code the sliders show: 1 moves the code by the difference of the two sets' means."
+        )
+
+
+@torch.inference_mode()
+def make_attribute_vector(
+    loaded: DemoModel, with_images: list[PIL.Image.Image], without_images: list[PIL.Image.Image]
+) -> AttributeVector:
+    """The mean code of `with_images` minus that of `without_images` (`traversal.attribute_vector`),
+    each image resized and centre-cropped to the Attributes tab's size (`loaded.attribute_size`)."""
+    for images, which in ((with_images, "with"), (without_images, "without")):
+        if not images:
+            raise DemoInputError(f"Upload at least one image {which} the attribute.")
+        if len(images) > MAX_ATTRIBUTE_IMAGES:
+            raise DemoInputError(
+                f"{len(images)} images {which} the attribute; the demo takes at most {MAX_ATTRIBUTE_IMAGES} per set."
+            )
+    model = loaded.model
+
+    def pixels(images):
+        prepared = loaded.processor(images, size=loaded.attribute_size).pixel_values
+        return prepared.to(model.device, model.dtype)
+
+    vector = attribute_vector(model, pixels(with_images), pixels(without_images))
+    return AttributeVector(loaded.name, vector, len(with_images), len(without_images))
+
+
+def add_attribute(code: torch.Tensor, vector: torch.Tensor, strength: float) -> torch.Tensor:
+    """`code + strength * vector` for codes `[*code_shape]`. A grid latent's vector made at another
+    size (the prior mean's grid is the model's `sample_size`) is resized to the code's grid first."""
+    if vector.shape != code.shape:
+        if vector.dim() != 3 or vector.shape[0] != code.shape[0]:
+            raise DemoInputError(
+                f"The attribute vector has shape {tuple(vector.shape)}, the code {tuple(code.shape)}: make it again "
+                "with this model."
+            )
+        vector = torch.nn.functional.interpolate(vector[None].float(), size=code.shape[1:], mode="bilinear")[0]
+    return code + strength * vector.to(code)
+
+
 # ----------------------------------------------------------------------------------------------
 # Example images
 # ----------------------------------------------------------------------------------------------
 
 KODAK_EXAMPLES = ("kodim23.png", "kodim05.png", "kodim15.png")
 ATTRIBUTE_EXAMPLES = {"celeba-samples": ("000.png", "003.png", "007.png", "012.png"), "mnist-samples": ("001.png",)}
+# Hair colour in ../shared/datasets/celeba-samples, labelled by eye (the samples come without
+# CelebA's attribute labels): the blond faces and the dark-haired (black or dark brown) ones.
+BLOND_FACES = (9, 23, 25, 33, 39, 45, 46, 50, 62, 64, 70, 79, 89, 93)
+DARK_HAIRED_FACES = (1, 6, 19, 22, 29, 31, 37, 40, 61, 67, 73, 76, 77, 83, 98)
 CIFAR10_EXAMPLES = 2
 SKIMAGE_EXAMPLES = ("astronaut", "coffee", "camera")
 
@@ -592,3 +668,18 @@ def attribute_examples(datasets_dir: str | Path | None, output_dir: str | Path) 
             if datasets_dir is not None and source.is_file():
                 paths.append(Path(shutil.copy(source, output_dir / f"{folder.split('-')[0]}-{name}")))
     return paths
+
+
+def hair_colour_examples(datasets_dir: str | Path | None, output_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """The Attributes tab's example image sets: the blond CelebA faces ([`BLOND_FACES`]) and the
+    dark-haired ones ([`DARK_HAIRED_FACES`]) of `datasets_dir/celeba-samples`, copied to
+    `output_dir` as `blond-009.png`, ..., `dark-001.png`, ...; two empty lists when that folder is absent."""
+    folder = Path(datasets_dir or "") / "celeba-samples"
+    if datasets_dir is None or not folder.is_dir():
+        return [], []
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return tuple(
+        [Path(shutil.copy(folder / f"{number:03d}.png", output_dir / f"{name}-{number:03d}.png")) for number in numbers]
+        for name, numbers in (("blond", BLOND_FACES), ("dark", DARK_HAIRED_FACES))
+    )
