@@ -429,6 +429,7 @@ def worker(name: str, args) -> None:
         "family": recipe.family,
         **rate(row, test_images),
         "load_average_before": load_before,
+        "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average_after": load_after,
     }
     (output_dir / "rows").mkdir(parents=True, exist_ok=True)
@@ -453,14 +454,30 @@ def slug(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def pinned_to(core: int | None):
+    """A `preexec_fn` that pins the child process to one CPU core (None: no pinning)."""
+    if core is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
 def run_all(names: list[str], args, argv: list[str]) -> None:
-    """One worker process per recipe, `--parallel` at a time, each on one thread."""
+    """One worker process per recipe, `--parallel` at a time, each on one thread and, with
+    `--pin` (the default where the OS allows it), pinned to its own core: the i-th of a group to
+    the i-th core this process may use (the rules of benchmarks/README.md)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cores = sorted(os.sched_getaffinity(0)) if args.pin and hasattr(os, "sched_getaffinity") else []
     for start in range(0, len(names), args.parallel):
         group = names[start : start + args.parallel]
         print(f"running side by side: {group} (load average {os.getloadavg()[0]:.2f})", flush=True)
         processes = [
-            subprocess.Popen([sys.executable, __file__, *argv, "--worker", name], env=env, cwd=REPO) for name in group
+            subprocess.Popen(
+                [sys.executable, __file__, *argv, "--worker", name],
+                env=env,
+                cwd=REPO,
+                preexec_fn=pinned_to(cores[index % len(cores)] if cores else None),
+            )
+            for index, name in enumerate(group)
         ]
         failed = [name for name, process in zip(group, processes) if process.wait() != 0]
         if failed:
@@ -541,6 +558,12 @@ def parse(argv: list[str] | None):
     parser.add_argument("--recipes", nargs="+", default=None, help=f"names, or 'screen' (default: {DEFAULT_RECIPES})")
     parser.add_argument("--budget", default="15m", help="training wall clock per recipe: seconds or 90s / 15m / 2h")
     parser.add_argument("--parallel", type=int, default=2, help="recipes run side by side (1 core each)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin each side-by-side recipe to its own core",
+    )
     parser.add_argument("--pairs", dest="parallel", action="store_const", const=2, help="--parallel 2 (the default)")
     parser.add_argument("--train_data_dir", default=str(REPO.parent / "shared/datasets/cifar10/train"))
     parser.add_argument("--test_data_dir", default=None, help="default: the sibling 'test' of --train_data_dir")
