@@ -3,7 +3,8 @@
 values: the absolute 2 the recipe rows used before 2026-12-07, the mean EMA count per code
 (tokens / K, the ratio of vqp's README example) and half of it (`bench_quality.vqp_vector_quantize`).
 
-    python benchmarks/bench_vqp_threshold.py --steps 150 --output benchmarks/results/vqp_threshold.jsonl
+    python benchmarks/bench_vqp_threshold.py --steps 300 --settings old half \
+        --output benchmarks/results/vqp_threshold/vqp_threshold.jsonl
 
 Each setting trains the recipe peer (diffusers' `VQModel` with the one-core preset's backbone and
 vqp's `VectorQuantize` with the rotation trick, `bench_recipes.peer_row`'s loop at the preset's
