@@ -10,11 +10,17 @@ a preset's LPIPS and GAN terms are not included). It reports the process CPU tim
 `--threads` compute threads (default one): CPU time counts the work done, so it barely moves when
 other processes share the machine, unlike wall-clock time, which is reported beside it. With one
 thread on an idle core, the two are equal.
+
+`--output FILE` appends one JSON row per preset (the setting, both times, the load average
+before and after, the date): the row files under `benchmarks/results/presets/` are what the
+README's preset table quotes (`tests/test_readme.py` checks the table against them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from pathlib import Path
 
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--presets", nargs="*", help="preset file stems (default: every preset)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per preset")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", help="a JSON-lines row file to append each preset's row to")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.presets or sorted(path.stem for path in PRESETS.glob("*.yaml"))
@@ -67,7 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     print("| preset | batch | resolution | parameters (M) | CPU s / step | wall s / step |")
     print("|---|---|---|---|---|---|")
     for name in names:
+        load_before = os.getloadavg()
         row = time_preset(PRESETS / f"{name}.yaml", args.steps)
+        if args.output:
+            setting = dict(threads=args.threads, steps=args.steps, torch=torch.__version__)
+            extra = dict(load_average_before=load_before, load_average_after=os.getloadavg())
+            extra["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            with open(args.output, "a") as out:
+                out.write(json.dumps({**row, **setting, **extra}) + "\n")
         print(
             f"| `{row['preset']}` | {row['batch']} | {row['resolution']} | {row['parameters_m']:.1f} "
             f"| {row['cpu_s']:.2f} | {row['wall_s']:.2f} |",

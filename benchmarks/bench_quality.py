@@ -13,7 +13,9 @@ same order, with the same batch, optimiser (Adam) and step budget; only the quan
 - `diffusers VQModel`: diffusers' `VQModel` with its own `VectorQuantizer` (codebook loss,
   uniform init);
 - `diffusers + vqp EMA` / `+ rotation`: that `VQModel` with vector-quantize-pytorch's
-  `VectorQuantize` (EMA 0.99, k-means init, dead-code expiry), rotation trick off / on;
+  `VectorQuantize` (EMA 0.99, k-means init, dead-code expiry at half the mean count per code:
+  `vqp_vector_quantize`; rows measured before 2026-12-07 used an absolute threshold of 2, which
+  re-seeded nearly every code every step), rotation trick off / on;
 - `diffusers + vqp SimVQ`: that `VQModel` with vector-quantize-pytorch's `SimVQ`;
 - `latentcode default`: `VQVAEConfig()` with only the sizes set, and each latentcode recipe
   (`vq` + rotation trick, `simvq`, `fsq`, `lfq`, `bsq`, `residual_vq`) at the same bits per token.
@@ -36,7 +38,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ import latentcode
 from latentcode.data import decode_image, image_only, load_image_stream, resolve_image_column
 from latentcode.evaluation.figures import line_chart
 from latentcode.evaluation.metrics import CodebookHistogram, psnr, ssim
+from latentcode.modeling import VAEOutput
 from latentcode.objectives import AutoencoderObjective
 
 # The shared backbone: the diffusers / taming blocks, narrow enough for a 2-core CPU.
@@ -172,7 +174,7 @@ class VAERow:
         it. `generator`: the posterior noise (default: the global RNG, as in training)."""
         posterior = self.model.encode(pixels).latent_dist
         sample = self.model.decode(posterior.sample(generator=generator)).sample
-        output = SimpleNamespace(sample=sample, kl=posterior.kl().float().mean())
+        output = VAEOutput(sample=sample, kl=posterior.kl().float().mean())  # what the objective reads
         return self.objective(output, pixels, self.steps)[0]
 
     @torch.no_grad()
@@ -225,10 +227,48 @@ def diffusers_vae_row(
     return VAERow("", ours.to_diffusers().train(), False, objective)
 
 
-def build_rows(codebook_sizes: list[int], names: list[str] | None = None, seed: int = 0) -> list[Row]:
+def vqp_vector_quantize(dim: int, codebook_size: int, tokens_per_step: int, **options):
+    """vector-quantize-pytorch's `VectorQuantize` (EMA codebook, k-means init, dead-code expiry)
+    configured for `codebook_size` codes and `tokens_per_step` encoder vectors per training step.
+
+    vqp's `threshold_ema_dead_code` is absolute: a code expires when the EMA of its hits *per step*
+    falls below it (its source: `cluster_size < threshold_ema_dead_code`, `cluster_size` an EMA of
+    the per-step counts). Its README's one example, 2, is for 512 codes and 1,024 vectors per step:
+    the mean count per code there (1,024 / 512 = 2). At K = 8,192 and 256-1,024 tokens per step
+    the mean count is 0.03-0.125, so a threshold of 2 expires every code every step (up to one
+    re-seed per token: the whole codebook in 8-32 steps; measured: benchmarks/README.md). So the
+    threshold is scaled to the regime, as a fraction of the mean count: half of it (the README's
+    example sits at 1x; half is also latentcode's default relative threshold,
+    `dead_code_threshold=0.5`). `decay=0.99`: vqp's default 0.8 averages over ~5 steps, under one
+    hit per code in this regime, so the EMA count could not tell a dead code from a live one; 0.99
+    averages over ~100 steps (3-12 hits of a mean code). k-means init (10 iterations; vqp's
+    README: SoundStream's first-batch k-means) and commitment weight 0.25 (latentcode's; vqp's
+    default is 1). Only vqp's public arguments: a re-seeded code starts at the threshold (vqp's
+    `reset_cluster_size`, not an argument of `VectorQuantize`)."""
+    from vector_quantize_pytorch import VectorQuantize
+
+    mean_count = tokens_per_step / codebook_size
+    return VectorQuantize(
+        dim=dim,
+        codebook_size=codebook_size,
+        accept_image_fmap=True,
+        commitment_weight=0.25,
+        decay=0.99,
+        kmeans_init=True,
+        kmeans_iters=10,
+        threshold_ema_dead_code=0.5 * mean_count,
+        **options,
+    )
+
+
+def build_rows(
+    codebook_sizes: list[int], names: list[str] | None = None, seed: int = 0, tokens_per_step: int = 16 * 64
+) -> list[Row]:
     """Every row of the benchmark for the given codebook sizes (those whose name contains one of
-    `names`, if given). The large-codebook size gets the rows built for large codebooks."""
-    from vector_quantize_pytorch import SimVQ, VectorQuantize
+    `names`, if given). The large-codebook size gets the rows built for large codebooks.
+    `tokens_per_step`: encoder vectors per training batch (batch x 8 x 8), which scales vqp's
+    dead-code threshold (`vqp_vector_quantize`)."""
+    from vector_quantize_pytorch import SimVQ
 
     dim = BACKBONE["latent_channels"]
     builders = []
@@ -238,10 +278,7 @@ def build_rows(codebook_sizes: list[int], names: list[str] | None = None, seed: 
             raise ValueError(f"codebook sizes must be powers of 2 (matched bits per token), got {size}")
 
         def vqp_ema(rotation: bool, size=size):
-            return VectorQuantize(
-                dim=dim, codebook_size=size, decay=0.99, commitment_weight=0.25, kmeans_init=True,
-                kmeans_iters=10, threshold_ema_dead_code=2, accept_image_fmap=True, rotation_trick=rotation,
-            )  # fmt: skip
+            return vqp_vector_quantize(dim, size, tokens_per_step, rotation_trick=rotation)
 
         suffix = f" K={size}"
         if size != LARGE_CODEBOOK:
@@ -493,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     # A fixed shuffle of the training images: every row sees the same batches in the same order.
     train_images = train_images[torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(0))]
     test_images = load_images(args.dataset_name, test_dir, "test", args.image_column, args.num_test_images)
-    rows = build_rows(args.codebook_sizes, args.rows, args.seed)
+    rows = build_rows(args.codebook_sizes, args.rows, args.seed, tokens_per_step=args.train_batch_size * 64)
     if not rows:
         raise SystemExit(f"no row matches --rows {args.rows}")
     print(f"{len(rows)} rows, {train_images.shape[0]} train / {test_images.shape[0]} test images")

@@ -61,12 +61,25 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import Row, VAERow, diffusers_row, diffusers_vae_row, evaluate, load_images, to_pixels  # noqa: E402
+from bench_quality import (  # noqa: E402
+    Row,
+    VAERow,
+    diffusers_row,
+    diffusers_vae_row,
+    evaluate,
+    load_images,
+    to_pixels,
+    vqp_vector_quantize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
 CODEBOOK_SIZE = 8192
 BITS_PER_IMAGE = 8 * 8 * int(math.log2(CODEBOOK_SIZE))
+# How a row's Kodak score was taken. Rows without the field are whole-photo rows of the peers'
+# loop; a row file of 2026-12-02 whose latentcode model was tiled says so (and is not ranked
+# against whole-photo scores: `kodak_cell`).
+KODAK_WHOLE_PHOTO = "whole photo"
 # Where on the budget the curve's weights are copied (the last point is the saved model).
 CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4)
 
@@ -141,18 +154,29 @@ RECIPES.update(
 )
 
 
-def peer_quantizer(kind: str, dim: int):
-    """The quantizer module a peer row puts into diffusers' `VQModel` (None: its own)."""
-    from vector_quantize_pytorch import SimVQ, VectorQuantize
+def peer_quantizer(kind: str, dim: int, tokens_per_step: int):
+    """The quantizer module a peer row puts into diffusers' `VQModel` (None: its own).
+    `tokens_per_step` (batch x latent height x width) sets vqp's dead-code threshold: half the
+    mean EMA count per code, with decay 0.99 (`bench_quality.vqp_vector_quantize` says why). Rows run before 2026-12-07 gave an absolute
+    `threshold_ema_dead_code=2`: 16x the mean count at 1,024 tokens per step and K = 8,192, so
+    vqp re-seeded nearly every code every step (misconfigured; benchmarks/README.md)."""
+    from vector_quantize_pytorch import SimVQ
 
-    common = dict(dim=dim, codebook_size=CODEBOOK_SIZE, accept_image_fmap=True, commitment_weight=0.25)
-    ema = dict(decay=0.99, kmeans_init=True, kmeans_iters=10, threshold_ema_dead_code=2)
+    def vqp(**options):
+        return vqp_vector_quantize(dim, CODEBOOK_SIZE, tokens_per_step, **options)
+
     return {
         "diffusers": lambda: None,
-        "vqp_ema_rotation": lambda: VectorQuantize(**common, **ema, rotation_trick=True),
-        "vqp_cosine": lambda: VectorQuantize(**common, **ema, codebook_dim=8, use_cosine_sim=True),
+        "vqp_ema_rotation": lambda: vqp(rotation_trick=True),
+        "vqp_cosine": lambda: vqp(codebook_dim=8, use_cosine_sim=True),
         "vqp_simvq": lambda: SimVQ(dim=dim, codebook_size=CODEBOOK_SIZE, channel_first=True),
     }[kind]()
+
+
+def tokens_per_step(values: dict) -> int:
+    """Encoder vectors per training batch of the preset `values`: batch x (32 / downsampling)^2."""
+    side = 32 // 2 ** (len(values["model"]["block_out_channels"]) - 1)
+    return values["train_batch_size"] * side * side
 
 
 def preset(path: Path) -> dict:
@@ -274,7 +298,8 @@ def peer_batches(train_images: torch.Tensor, batch_size: int, seed: int):
 def peer_row(name: str, kind: str, values: dict, seed: int = 0) -> Row:
     """diffusers' `VQModel` with the backbone of the preset `values` and the quantizer `kind`."""
     backbone = peer_backbone(values)
-    row = diffusers_row(CODEBOOK_SIZE, peer_quantizer(kind, backbone["latent_channels"]), seed, backbone)
+    quantizer = peer_quantizer(kind, backbone["latent_channels"], tokens_per_step(values))
+    row = diffusers_row(CODEBOOK_SIZE, quantizer, seed, backbone)
     row.name = name
     return row
 
@@ -361,7 +386,12 @@ def score_kodak(row: Row | VAERow, kodak_dir: Path) -> dict:
         reconstruction = reconstruction.clamp(-1, 1)
         psnrs.append(float(psnr(reconstruction, pixels).mean()))
         ssims.append(float(ssim(reconstruction, pixels).mean()))
-    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "images": len(psnrs)}
+    return {
+        "psnr": sum(psnrs) / len(psnrs),
+        "ssim": sum(ssims) / len(ssims),
+        "images": len(psnrs),
+        "protocol": KODAK_WHOLE_PHOTO,
+    }
 
 
 def worker(name: str, args) -> None:
@@ -399,6 +429,7 @@ def worker(name: str, args) -> None:
         "family": recipe.family,
         **rate(row, test_images),
         "load_average_before": load_before,
+        "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average_after": load_after,
     }
     (output_dir / "rows").mkdir(parents=True, exist_ok=True)
@@ -423,14 +454,30 @@ def slug(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def pinned_to(core: int | None):
+    """A `preexec_fn` that pins the child process to one CPU core (None: no pinning)."""
+    if core is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
 def run_all(names: list[str], args, argv: list[str]) -> None:
-    """One worker process per recipe, `--parallel` at a time, each on one thread."""
+    """One worker process per recipe, `--parallel` at a time, each on one thread and, with
+    `--pin` (the default where the OS allows it), pinned to its own core: the i-th of a group to
+    the i-th core this process may use (the rules of benchmarks/README.md)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cores = sorted(os.sched_getaffinity(0)) if args.pin and hasattr(os, "sched_getaffinity") else []
     for start in range(0, len(names), args.parallel):
         group = names[start : start + args.parallel]
         print(f"running side by side: {group} (load average {os.getloadavg()[0]:.2f})", flush=True)
         processes = [
-            subprocess.Popen([sys.executable, __file__, *argv, "--worker", name], env=env, cwd=REPO) for name in group
+            subprocess.Popen(
+                [sys.executable, __file__, *argv, "--worker", name],
+                env=env,
+                cwd=REPO,
+                preexec_fn=pinned_to(cores[index % len(cores)] if cores else None),
+            )
+            for index, name in enumerate(group)
         ]
         failed = [name for name, process in zip(group, processes) if process.wait() != 0]
         if failed:
@@ -441,19 +488,30 @@ def rates(results: list[dict]) -> list[str]:
     """The code of each family's rows, in words: `["VQ: 832 bits/image (8x8 tokens, K = 8192)",
     "VAE: 8x8x4 latent, KL weight 0.001"]` (the families present)."""
     texts = []
-    if any(r["family"] == "vqvae" for r in results):
+    if any(r.get("family", "vqvae") == "vqvae" for r in results):
         texts.append(f"VQ: {BITS_PER_IMAGE} bits/image (8x8 tokens, K = {CODEBOOK_SIZE})")
     for (channels, height, width), weight in sorted(
-        {(tuple(r["latent_shape"]), r["kl_weight"]) for r in results if r["family"] == "vae"}
+        {(tuple(r["latent_shape"]), r["kl_weight"]) for r in results if r.get("family", "vqvae") == "vae"}
     ):
         texts.append(f"VAE: {height}x{width}x{channels} latent, KL weight {weight:g}")
     return texts
 
 
+def kodak_cell(kodak: dict | None) -> str:
+    """A row's Kodak PSNR; a score taken another way than over the whole photo (the tiled
+    latentcode rows of the first 15-minute run) is labelled as not comparable with the others."""
+    if not kodak:
+        return "-"
+    protocol = kodak.get("protocol", KODAK_WHOLE_PHOTO)
+    if protocol == KODAK_WHOLE_PHOTO:
+        return f"{kodak['psnr']:.2f}"
+    return f"({kodak['psnr']:.2f}, {protocol}: not comparable)"
+
+
 def markdown(results: list[dict], budget: float) -> str:
     """The table of final scores, VQ rows then VAE rows, each by test PSNR; a KL column where VAE
     rows are present (codebook usage is "-" for them, the KL "-" for VQ rows)."""
-    has_vae = any(r["family"] == "vae" for r in results)
+    has_vae = any(r.get("family", "vqvae") == "vae" for r in results)
     header = (
         f"Budget {budget:g} s of training per recipe (`train s`: what it took), one thread each; "
         f"{'; '.join(rates(results))}. PSNR / SSIM / usage on the CIFAR-10 test images, Kodak at full "
@@ -465,14 +523,14 @@ def markdown(results: list[dict], budget: float) -> str:
         columns.append("KL (nats/image)")
     columns += ["Kodak PSNR (dB)", "load avg", "note"]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in sorted(results, key=lambda r: (r["family"] == "vae", -r["final"]["psnr"])):
+    for r in sorted(results, key=lambda r: (r.get("family", "vqvae") == "vae", -r["final"]["psnr"])):
         final, kodak = r["final"], r["kodak"]
         cells = [r["name"], r["training"]["steps"], f"{r['training']['train_seconds']:.0f}", final["eval_images"]]
         cells += [f"{final['psnr']:.2f}", f"{final['ssim']:.3f}"]
         cells.append(f"{100 * final['usage']:.1f}%" if "usage" in final else "-")
         if has_vae:
             cells.append(f"{final['kl']:.1f}" if "kl" in final else "-")
-        cells.append(f"{kodak['psnr']:.2f}" if kodak else "-")
+        cells.append(kodak_cell(kodak))
         cells += [f"{r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}", r["note"]]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -500,6 +558,12 @@ def parse(argv: list[str] | None):
     parser.add_argument("--recipes", nargs="+", default=None, help=f"names, or 'screen' (default: {DEFAULT_RECIPES})")
     parser.add_argument("--budget", default="15m", help="training wall clock per recipe: seconds or 90s / 15m / 2h")
     parser.add_argument("--parallel", type=int, default=2, help="recipes run side by side (1 core each)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin each side-by-side recipe to its own core",
+    )
     parser.add_argument("--pairs", dest="parallel", action="store_const", const=2, help="--parallel 2 (the default)")
     parser.add_argument("--train_data_dir", default=str(REPO.parent / "shared/datasets/cifar10/train"))
     parser.add_argument("--test_data_dir", default=None, help="default: the sibling 'test' of --train_data_dir")

@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from helpers import reset_accelerate_state
+from helpers import pytest_runtest_makereport, reset_accelerate_state  # noqa: F401 (a hook: CI=true policy)
 
 from latentcode.families import FAMILIES
 

@@ -7,6 +7,7 @@ puts `tests/` on the path.
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -80,16 +81,46 @@ def peak_memory_growths(setup: str, operations: list[str]) -> list[int]:
     return [int(line) for line in result.stdout.split()[-len(operations) :]]
 
 
-# Real images for tests that need them: the repository's sibling `shared/datasets` (CIFAR-10
-# parquet shards, Kodak PNGs); such tests skip with this reason where it is absent.
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# Real data for tests that need them: the repository's sibling `shared/` (datasets: CIFAR-10
+# parquet shards, Kodak PNGs; pretrained: published checkpoints). Where it is absent such tests
+# skip with a reason naming `../shared`; under `CI=true`, where it is always present, its absence
+# is a failure instead (here, and for any skip whose reason names ../shared: conftest.py).
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATASETS = SHARED / "datasets"
+SHARED_MARK = "../shared"  # in the reason of every skip for missing shared data
+
+
+def in_ci() -> bool:
+    """`CI=true` (GitHub Actions, GitLab and `.ci/run` set it): ../shared must be present."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_shared(path: Path, what: str = "") -> Path:
+    """`path` (under ../shared) if it exists; else skip the test, or fail it under `CI=true`."""
+    if not path.exists():
+        reason = f"needs {what + ' ' if what else ''}{path} ({SHARED_MARK}/{path.relative_to(SHARED)} from the repository root)"
+        if in_ci():
+            pytest.fail(f"CI=true: {reason}, absent; CI must provide {SHARED_MARK}", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 def require_shared_dataset(name: str) -> Path:
-    path = SHARED_DATASETS / name
-    if not path.exists():
-        pytest.skip(f"needs the real-image data set {path} (../shared/datasets/{name} from the repository root)")
-    return path
+    return require_shared(SHARED_DATASETS / name, "the real-image data set")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """(A pytest hook: conftest.py imports it.) Under `CI=true` a test skipped for missing shared data (its reason names ../shared, as every
+    such skip's does: `helpers.require_shared`, `skipif` markers, `pytest.skip` calls) fails: CI
+    always has ../shared, so there the skip would hide a test that did not run."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if SHARED_MARK in reason:
+            report.outcome = "failed"
+            report.longrepr = f"CI=true: {reason} -- CI must provide {SHARED_MARK}; a skip here would hide it"
 
 
 def reset_accelerate_state() -> None:

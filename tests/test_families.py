@@ -4,6 +4,7 @@ family implements every hook, and no family dispatch anywhere else in the code."
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from pathlib import Path
@@ -147,15 +148,68 @@ DISPATCH = re.compile(
 )
 
 
+def family_specific_names() -> set[str]:
+    """Attribute names some families' models, configs or outputs have and others lack (`kl_weight`,
+    `loss_weights`, `quantizer_terms`, `indices`, `latent_dist`, ...): probing one of them with
+    `hasattr` / `getattr` asks which family a model is, by duck typing."""
+    names_per_family = []
+    for name in FAMILIES:
+        model = tiny_model(name).train()
+        x = pixels()
+        names = set(dir(model)) | set(dir(model.config)) | set(model.config.to_dict())
+        names |= set(type(model(x, return_dict=True)).__dataclass_fields__)
+        names |= set(type(model.encode(x, return_dict=True)).__dataclass_fields__)
+        names_per_family.append(names)
+    return set.union(*names_per_family) - set.intersection(*names_per_family)
+
+
+def probed_names(tree) -> list[tuple[int, str]]:
+    """`(line, name)` of each `hasattr(x, "name")` / `getattr(x, "name", ...)` with a literal name."""
+    return sorted(
+        (node.lineno, node.args[1].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("hasattr", "getattr")
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
+    )
+
+
+def test_the_duck_typing_probe_finds_what_it_should():
+    names = family_specific_names()
+    assert {"kl_weight", "loss_weights", "kl", "quantizer_terms", "indices", "latent_dist", "codebook_size"} <= names
+    assert not {"config", "encode", "decode", "reconstruction_loss", "sample_size"} & names
+    tree = ast.parse('if hasattr(config, "loss_weights"): x = getattr(output, "kl", None)\ny = getattr(a, "b")')
+    assert probed_names(tree) == [(1, "kl"), (1, "loss_weights"), (2, "b")]
+
+
+# Where a family-specific name is probed for another reason than the family (the line's text).
+PROBES_ALLOWED = {
+    "src/latentcode/conversion/": "converters map one family's fields to another library's",
+}
+
+
 def test_no_family_dispatch_outside_the_family_classes_and_the_registry():
-    allowed = {"src/latentcode/modeling.py", "src/latentcode/families.py"}
+    """Neither `isinstance(model, VQVAEModel)` / `family == "vae"` nor duck typing (`hasattr(config,
+    "kl_weight")`, `getattr(output, "quantizer_terms", None)`): code outside the family classes
+    asks the model (a `FamilyBehaviour` method or attribute)."""
+    allowed = {"src/latentcode/modeling.py", "src/latentcode/families.py", "src/latentcode/configuration.py"}
+    specific = family_specific_names()
     found = []
     for folder in ("src", "training"):
         for path in sorted((REPOSITORY / folder).rglob("*.py")):
             relative = path.relative_to(REPOSITORY).as_posix()
             if relative in allowed:
                 continue
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = path.read_text()
+            for number, line in enumerate(text.splitlines(), 1):
                 if DISPATCH.search(line):
                     found.append(f"{relative}:{number}: {line.strip()}")
+            if any(relative.startswith(prefix) for prefix in PROBES_ALLOWED):
+                continue
+            for number, name in probed_names(ast.parse(text)):
+                if name in specific:
+                    found.append(f"{relative}:{number}: probes {name!r} (duck-typed family dispatch)")
     assert not found, "family dispatch outside the family classes (use a FamilyBehaviour method):\n" + "\n".join(found)

@@ -705,7 +705,10 @@ def photo_crops():
 
 def train_patch_vqvae(quantizer, photo_crops, steps: int = 250):
     """A one-layer VQ-VAE on 4x4 patches (16-dim codes) trained for `steps` Adam steps of 32
-    crops (2048 tokens); returns the quantizer's window usage and the reconstruction MSE."""
+    crops (2048 tokens); returns the codebook usage and the reconstruction MSE, both on 256
+    held-out crops (16,384 tokens, drawn from another seed), in eval mode. Held out, because in
+    training dead-code restart copies batch rows into dead codes before the search, so every
+    re-seeded code counts as used in that very step (the quantizer's window usage)."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     encoder = torch.nn.Conv2d(3, 16, kernel_size=4, stride=4)
@@ -721,9 +724,11 @@ def train_patch_vqvae(quantizer, photo_crops, steps: int = 250):
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        crops = photo_crops(torch.Generator().manual_seed(1), 64)
-        mse = F.mse_loss(decoder(quantizer.eval()(encoder(crops)).quantized), crops)
-    return float(quantizer.codebook_usage), float(mse)
+        crops = photo_crops(torch.Generator().manual_seed(1), 256)
+        output = quantizer.eval()(encoder(crops))
+        mse = F.mse_loss(decoder(output.quantized), crops)
+    held_out_usage = torch.unique(output.indices).numel() / quantizer.codebook_size
+    return held_out_usage, float(mse)
 
 
 @pytest.mark.single_thread
@@ -733,7 +738,8 @@ def test_recipe_uses_most_of_512_codes_on_photo_patches_where_plain_vq_collapses
     plain = VectorQuantizer(512, 16)
     recipe_usage, recipe_mse = train_patch_vqvae(recipe, photo_crops)
     plain_usage, plain_mse = train_patch_vqvae(plain, photo_crops)
-    # Measured here: recipe 0.99, plain 0.04; the reconstruction error follows.
+    # Measured here on the held-out crops: recipe 0.98, plain 0.05 (the training window's usage
+    # was 0.99 and 0.04); the reconstruction error follows.
     assert recipe_usage >= 0.95, recipe_usage
     assert plain_usage <= 0.2, plain_usage
     assert recipe_mse < plain_mse

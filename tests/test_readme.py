@@ -9,6 +9,7 @@ runs them in order. Here: the README's length, its fences and its links to the p
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -124,4 +125,41 @@ def test_readme_gives_the_cpu_install_route_and_a_step_time_for_every_preset():
     large = [
         stem for stem in presets if "resolution: 256" in (REPO / "training" / "configs" / f"{stem}.yaml").read_text()
     ]
-    assert large and all(re.fullmatch(r"\**[\d.]+\**", rows[stem][4]) for stem in large), {s: rows[s][4] for s in large}
+    assert large and all(re.fullmatch(r"\**[\d.]+\** \(2 threads\)", rows[stem][4]) for stem in large)
+
+
+PRESET_ROWS = REPO / "benchmarks" / "results" / "presets"
+# "N (1 thread)" / "N (`stem`, 2 threads)" / "N (2 threads, ...)" in the table's seconds column
+STEP_TIME = re.compile(r"\**([\d.]+)\**\s*\((?:`(\w+)`, )?(\d) threads?")
+
+
+def _quoted_step_times(rows: dict[str, list[str]]) -> list[tuple[str, int, str]]:
+    """`(preset stem, threads, quoted number)` of every step time in the preset table; a cell of
+    a row for several presets names the one it measured."""
+    quoted = set()
+    for stem, cells in rows.items():
+        stems_of_row = [other for other, other_cells in rows.items() if other_cells is cells]
+        for number, named, threads in STEP_TIME.findall(cells[4]):
+            assert named or len(stems_of_row) == 1, f"{cells[4]!r} must name the preset it measured"
+            quoted.add((named or stem, int(threads), number))
+    return sorted(quoted)
+
+
+def test_the_preset_step_times_are_the_committed_rows():
+    """Every step time of the README's preset table is a row of a committed `bench_presets.py` row
+    file, rounded as shown: one thread quotes the process CPU seconds (a shared machine), two
+    threads the wall seconds (an idle one), as the table's header says."""
+    measured = {}
+    for path in sorted(PRESET_ROWS.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            measured.setdefault((row["preset"], row["threads"]), []).append(row)
+    quoted = _quoted_step_times(_preset_rows(README.read_text()))
+    assert len(quoted) >= 10, quoted
+    for stem, threads, number in quoted:
+        column = "cpu_s" if threads == 1 else "wall_s"
+        decimals = len(number.split(".")[1]) if "." in number else 0
+        values = [round(row[column], decimals) for row in measured.get((stem, threads), [])]
+        assert float(number) in values, f"README quotes {number} s for {stem} at {threads} threads; row files: {values}"
+    presets = {path.stem for path in (REPO / "training" / "configs").glob("*.yaml")}
+    assert {stem for stem, _, _ in quoted} <= presets

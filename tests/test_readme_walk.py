@@ -3,10 +3,12 @@ Python block, in the order written, in a copy of the repository, offline. Later 
 models earlier steps trained, so a broken link in the chain fails here. Step counts are multiplied
 by `LATENTCODE_README_SCALE` (default 0.01), which the README mentions.
 
-Blocks marked `<!-- not run by the README walk: why -->` on the line before the fence are skipped
-(installs, the test suite itself, a web server); `<!-- README walk: needs PATH ... -->` skips a
-block where PATH (relative to the repository) is absent. The Quickstart's venv and pip steps are
-dropped: the walk runs in the installed environment."""
+Blocks marked `<!-- not run by the README walk: why -->` on the line before the fence are not
+run (installs, the test suite itself, a web server); the reason is required. Every other block is
+a step, and a step the walk cannot run fails it: `<!-- README walk: needs PATH ... -->` names what
+a block reads (PATH relative to the repository, e.g. `../shared/pretrained`), and where PATH is
+absent the walk fails at that step and says so, instead of passing without it. The Quickstart's
+venv and pip steps are dropped: the walk runs in the installed environment."""
 
 from __future__ import annotations
 
@@ -41,11 +43,16 @@ class Step:
 
 
 def readme_steps(text: str) -> list[Step]:
-    """The README's runnable blocks, in order: one step per Python block and per bash command."""
+    """The README's runnable blocks, in order: one step per Python block and per bash command.
+    A block marked as not run without a reason is an error."""
     steps = []
     for match in re.finditer(r"^```(bash|python)\n(.*?)^```", text, re.S | re.M):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         if before.startswith(NOT_RUN):
+            reason = before[len(NOT_RUN) :].removesuffix("-->").strip()
+            if not reason:
+                line = text[: match.start()].count("\n") + 1
+                raise ValueError(f"README.md line {line}: '{NOT_RUN} -->' needs a reason after the colon")
             continue
         line = text[: match.start()].count("\n") + 1
         needs = NEEDS.match(before)
@@ -95,6 +102,41 @@ def repository_copy(destination: Path) -> Path:
     if (REPO.parent / "shared").is_dir():
         (destination / "shared").symlink_to(REPO.parent / "shared")
     return root
+
+
+def cannot_run(step: Step, root: Path) -> str | None:
+    """Why the walk cannot run `step` in the copy at `root` (None: it can): a path it needs is absent."""
+    if step.needs and not (root / step.needs).exists():
+        return (
+            f"README.md line {step.line} needs {step.needs}, absent from {(root / step.needs).resolve()}; "
+            f"provide it, or mark the block '{NOT_RUN} <why> -->' in the README"
+        )
+    return None
+
+
+def test_a_step_the_walk_cannot_run_is_a_failure_unless_marked_not_run(tmp_path):
+    """The walk's rules on a README of three blocks: a marked block is no step, a block whose
+    `needs` path is absent is a step the walk reports as unrunnable, a marker without a reason
+    is refused."""
+    (tmp_path / "present").mkdir()
+    text = (
+        "<!-- not run by the README walk: serves a web page -->\n```bash\nlatentcode-demo x\n```\n\n"
+        "<!-- README walk: needs ../absent/data -->\n```bash\npython a.py --data ../absent/data\n```\n\n"
+        "<!-- README walk: needs present -->\n```python\nprint(1)\n```\n"
+    )
+    steps = readme_steps(text)
+    assert [(step.line, step.needs) for step in steps] == [(7, "../absent/data"), (12, "present")]
+    problem = cannot_run(steps[0], tmp_path / "repo")
+    assert problem.startswith("README.md line 7 needs ../absent/data, absent") and NOT_RUN in problem
+    assert cannot_run(steps[1], tmp_path) is None
+    with pytest.raises(ValueError, match="line 2: .* needs a reason"):
+        readme_steps("<!-- not run by the README walk: -->\n```bash\nls\n```\n")
+
+
+def test_the_readme_marks_every_block_it_does_not_run_with_a_reason():
+    text = README.read_text()
+    readme_steps(text)  # raises on a marker without a reason
+    assert text.count(NOT_RUN) >= 3
 
 
 def test_readme_walk_finds_the_chain():
@@ -155,9 +197,8 @@ def test_readme_runs_top_to_bottom_offline(tmp_path):
     )
     times = []
     for step in readme_steps(README.read_text()):
-        if step.needs and not (root / step.needs).exists():
-            times.append(f"README.md line {step.line}: skipped, {step.needs} absent")
-            continue
+        problem = cannot_run(step, root)
+        assert problem is None, problem  # not skipped: a walk that skips a step proves less than it says
         start = time.perf_counter()
         if step.language == "python":
             command = [sys.executable, "-c", step.code]

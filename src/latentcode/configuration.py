@@ -202,6 +202,8 @@ class LatentCodeConfig(PretrainedConfig):
     # Each class lists its own; `training_fields()` collects them over the class hierarchy.
     # Export to diffusers drops them, and conversion lets them be overridden.
     training_only_fields = ("dropout", "reconstruction_loss")
+    # Former field -> where it lives now (the families whose fields were renamed list theirs).
+    renamed_fields = {}
 
     def __init__(
         self,

@@ -67,8 +67,9 @@ class CodeSize:
 class FamilyBehaviour:
     """What every family answers; model classes inherit it next to `LatentCodePreTrainedModel`.
 
-    A family sets the four class attributes and implements the five hooks (`reconstruct_encoded`,
-    `continuous_code_encoded`, `code_size`, `stored_code`, `regularizer_description`); `reconstruct`,
+    A family sets the four class attributes and implements the six hooks (`reconstruct_encoded`,
+    `continuous_code_encoded`, `code_size`, `stored_code`, `regularizer_description`,
+    `objective_weights`); `reconstruct`,
     `continuous_code` and `loss_summary` are shared. `encoded` is always what the model's own
     `encode(pixels, return_dict=True)` returned.
 
@@ -122,6 +123,12 @@ class FamilyBehaviour:
         `model(x).loss` without one."""
         raise NotImplementedError
 
+    def objective_weights(self, kl_weight: float | None = None, quantizer_weights: dict | None = None) -> dict:
+        """The weights of the family's own term for an [`AutoencoderObjective`]: `{"kl_weight": ...}`
+        (VAE), `{"quantizer_weights": ...}` (VQ-VAE) or `{}`, each the given value or, for None,
+        the model's own; a `ValueError` for a weight of a term the family does not have."""
+        raise NotImplementedError
+
     # -- shared -------------------------------------------------------------------------------
 
     def reconstruct(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -155,7 +162,22 @@ FAMILY_HOOKS = (
     "code_size",
     "stored_code",
     "regularizer_description",
+    "objective_weights",
 )
+
+
+def refuse_kl_weight(model, kl_weight: float | None) -> None:
+    """For a family without a KL: a `ValueError` if a KL weight was given."""
+    if kl_weight is not None:
+        raise ValueError(f"kl_weight={kl_weight} weighs a KL, but {type(model).__name__} has none; drop it")
+
+
+def refuse_quantizer_weights(model, quantizer_weights: dict | None) -> None:
+    """For a family without a quantizer: a `ValueError` if any quantizer weight was given."""
+    given = {name: value for name, value in (quantizer_weights or {}).items() if value is not None}
+    if given:
+        raise ValueError(f"{given} weigh a quantizer's terms, but {type(model).__name__} has no quantizer; drop them")
+
 
 FAMILIES: dict[str, Family] = {}
 

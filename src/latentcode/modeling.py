@@ -27,7 +27,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
 from .conversion import diffusers as diffusers_conversion
-from .families import FAMILIES, CodeSize, FamilyBehaviour, register_family
+from .families import FAMILIES, CodeSize, FamilyBehaviour, refuse_kl_weight, refuse_quantizer_weights, register_family
 from .hub import check_pretrained_source
 from .model_inputs import PixelChecksMixin
 from .modules.backbone import set_conv_implementation
@@ -104,6 +104,10 @@ class AutoencoderOutput(ModelOutput):
     reconstruction_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
+    def regularizer(self, objective, step: int) -> tuple[float, dict]:
+        """The bottleneck term of a training `objective` for this output: none for an AutoEncoder."""
+        return 0.0, {}
+
 
 @dataclass
 class VAEOutput(ModelOutput):
@@ -122,6 +126,10 @@ class VAEOutput(ModelOutput):
     reconstruction_loss: torch.FloatTensor | None = None
     kl: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+    def regularizer(self, objective, step: int) -> tuple[torch.Tensor, dict]:
+        """The bottleneck term of a training `objective` for this output: its KL term."""
+        return objective.kl_term(self, step)
 
 
 @dataclass
@@ -145,6 +153,10 @@ class VQVAEOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     quantizer_loss: torch.FloatTensor | None = None
     quantizer_terms: dict[str, torch.FloatTensor] | None = None
+
+    def regularizer(self, objective, step: int) -> tuple[torch.Tensor, dict]:
+        """The bottleneck term of a training `objective` for this output: its quantizer's terms."""
+        return objective.quantizer_term(self, step)
 
 
 def _weights_file(source, subfolder: str | None) -> str:
@@ -487,6 +499,11 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
     def regularizer_description(self, objective=None) -> None:
         return None
 
+    def objective_weights(self, kl_weight: float | None = None, quantizer_weights: dict | None = None) -> dict:
+        refuse_kl_weight(self, kl_weight)
+        refuse_quantizer_weights(self, quantizer_weights)
+        return {}
+
 
 @register_family("vae", diffusers_class_name="AutoencoderKL")
 class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
@@ -611,6 +628,10 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     def regularizer_description(self, objective=None) -> str:
         weight = self.config.kl_weight if objective is None else objective.kl_weight
         return f"KL to N(0, I) (weight {weight})"
+
+    def objective_weights(self, kl_weight: float | None = None, quantizer_weights: dict | None = None) -> dict:
+        refuse_quantizer_weights(self, quantizer_weights)
+        return {"kl_weight": self.config.kl_weight if kl_weight is None else kl_weight}
 
 
 @register_family("vqvae", diffusers_class_name="VQModel")
@@ -820,3 +841,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         weights = self.config.loss_weights() if objective is None else objective.quantizer_weights
         terms = weights.describe(self.quantizer.loss_terms)
         return f"the {self.config.quantizer!r} quantizer's terms: {terms}"
+
+    def objective_weights(self, kl_weight: float | None = None, quantizer_weights: dict | None = None) -> dict:
+        refuse_kl_weight(self, kl_weight)
+        return {"quantizer_weights": self.config.loss_weights(**(quantizer_weights or {}))}

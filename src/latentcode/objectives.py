@@ -143,25 +143,9 @@ class AutoencoderObjective:
         KL weight and quantizer loss weights); `options` set the other terms, and override the KL
         weight and the quantizer's weights one by one by their names (`kl_weight=1e-4`,
         `commitment_weight=0.5`; None: the model's)."""
-        config = model.config
         weights = {name: options.pop(name) for name in QuantizerLossWeights.names() if name in options}
-        if options.get("kl_weight") is None:
-            options.pop("kl_weight", None)
-        elif not hasattr(config, "kl_weight"):
-            raise ValueError(
-                f"kl_weight={options['kl_weight']} weighs a KL, but {type(model).__name__} has none; drop it"
-            )
-        defaults = dict(
-            reconstruction_loss=getattr(config, "reconstruction_loss", "mse"),
-            kl_weight=getattr(config, "kl_weight", 0.0),
-        )
-        if hasattr(config, "loss_weights"):  # the model has a quantizer
-            defaults["quantizer_weights"] = config.loss_weights(**weights)
-        elif any(value is not None for value in weights.values()):
-            given = {name: value for name, value in weights.items() if value is not None}
-            raise ValueError(
-                f"{given} weigh a quantizer's terms, but {type(model).__name__} has no quantizer; drop them"
-            )
+        defaults = {"reconstruction_loss": model.config.reconstruction_loss}
+        defaults.update(model.objective_weights(options.pop("kl_weight", None), weights))  # the family's term
         return cls(**{**defaults, **options})
 
     def reconstruction(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -174,16 +158,21 @@ class AutoencoderObjective:
         return F.mse_loss(reconstruction.float(), target.float())
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor | float, dict]:
-        """The family's bottleneck term: the warmed-up KL or `vae_loss`'s regulariser (VAE), the
-        quantizer's own terms (VQ-VAE), nothing (AutoEncoder)."""
-        if getattr(output, "kl", None) is not None:
-            if self.vae_loss is not None:
-                return self.vae_loss.regularizer(output, step)
-            factor = kl_warmup_factor(step, self.kl_warmup_steps)
-            return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
-        if getattr(output, "quantizer_terms", None) is not None:
-            return self.quantizer_weights(output.quantizer_terms, step)
-        return 0.0, {}
+        """The family's bottleneck term, as the model's forward `output` picks it: the warmed-up KL
+        or `vae_loss`'s regulariser (VAE, `kl_term`), the quantizer's own terms (VQ-VAE,
+        `quantizer_term`), nothing (AutoEncoder)."""
+        return output.regularizer(self, step)
+
+    def kl_term(self, output, step: int) -> tuple[torch.Tensor, dict]:
+        """The KL term of a VAE's forward `output` (nats per image, `output.kl`) at `step`."""
+        if self.vae_loss is not None:
+            return self.vae_loss.regularizer(output, step)
+        factor = kl_warmup_factor(step, self.kl_warmup_steps)
+        return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
+
+    def quantizer_term(self, output, step: int) -> tuple[torch.Tensor, dict]:
+        """The weighted quantizer terms of a VQ-VAE's forward `output` at `step`."""
+        return self.quantizer_weights(output.quantizer_terms, step)
 
     def describe(self, model: nn.Module) -> str:
         """The terms in words, for a model card: `"MSE reconstruction, KL (weight 1e-06, ...)"`."""

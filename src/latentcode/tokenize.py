@@ -107,7 +107,7 @@ def _column_dtypes(model, latent_dtype: str) -> dict[str, str]:
 def bits_per_image(model, latent_shape: list[int], latent_dtype: str) -> float:
     """The stored size of one image's code: tokens x log2(K) for token ids (the rate of a VQ-VAE's
     code), numbers x bits of `latent_dtype` for a continuous code (a VAE's mean only)."""
-    if "index" in model.stored_columns.values():
+    if model.has_tokens:  # token ids: the rate of the code
         return math.prod(latent_shape) * math.log2(model.config.codebook_size)
     return math.prod(latent_shape) * (16 if latent_dtype == "float16" else 32)
 

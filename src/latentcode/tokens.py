@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .families import family_of
 from .modules.backbones import get_backbone
 
 
@@ -40,13 +41,12 @@ def latent_shape(config, image_size: int | Sequence[int], depth: int = 1) -> tup
         raise ValueError(f"depth must be >= 1, got {depth}")
     code = get_backbone(config.backbone).latent_shape(config, 1, image_size)  # checks the image size
     if len(code) == 1:  # one vector per image: its tokens are the groups of the vector
-        tokens = getattr(config, "num_latent_tokens", None)
-        if tokens is None:
+        if not family_of(config).model_class.has_tokens:
             raise ValueError(
                 f"a {type(config).__name__} on backbone={config.backbone!r} has a continuous vector code, no tokens; "
                 "token shapes belong to a VQVAEConfig (num_latent_tokens)"
             )
-        grid = (tokens,)
+        grid = (config.num_latent_tokens,)
     else:
         grid = code[1:]
     return grid if depth == 1 else (*grid, depth)
