@@ -9,8 +9,11 @@ model options as --model.KEY VALUE. The work happens in `latentcode.training`.
 
 import logging
 
-from latentcode.training import parse_args, train
+from latentcode.training.config import parse_args  # no torch: --help and bad options answer at once
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    train(parse_args())
+    config = parse_args()
+    from latentcode.training.loop import train
+
+    train(config)

@@ -25,6 +25,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel
 
+import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
 from latentcode.data import image_data_from_config
 from latentcode.families import FamilyBehaviour
 from latentcode.grids import save_image_grid

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .threads import add_threads_argument, set_num_threads
+
 # A latent dimension is *active* when its mean KL exceeds this many nats (posterior collapse
 # leaves the others at the prior; Burda et al. 2016 count active units with a similar threshold).
 ACTIVE_KL_NATS = 0.01
@@ -152,6 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="these dimensions (default: all)")
     parser.add_argument("--steps", type=int, default=7, help="values per dimension")
     parser.add_argument("--span", type=float, default=2.0, help="move each dimension by -span .. +span")
+    add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -167,13 +170,15 @@ def mean_kl_over_folder(model, folder: str, processor) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)  # before the model code loads: --help answers at once
+    set_num_threads(args.threads)
     from PIL import Image
     from transformers import AutoModel
 
+    from . import modeling  # noqa: F401  (registers the families with AutoModel)
     from .grids import save_image_grid
     from .image_processing import LatentCodeImageProcessor
 
-    args = parse_args(argv)
     if args.top_k is not None and (args.data_dir is None or args.dims is not None):
         raise SystemExit("--top_k ranks dimensions by their KL over --data_dir images; give --data_dir, not --dims")
     model = AutoModel.from_pretrained(args.pretrained_model_name_or_path).eval()
