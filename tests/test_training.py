@@ -398,6 +398,14 @@ def test_a_gpu_presets_mixed_precision_falls_back_to_fp32_on_the_cpu_and_a_flag_
     engine.release_output_dir()
 
 
+def test_the_help_texts_name_the_vae_objectives_that_validation_accepts():
+    """config.py names them without importing torch (for --help); they must stay the originals."""
+    from latentcode.disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
+    from latentcode.training.config import RECONSTRUCTION_DISTRIBUTION_NAMES, VAE_OBJECTIVE_NAMES
+
+    assert VAE_OBJECTIVE_NAMES == VAE_OBJECTIVES and RECONSTRUCTION_DISTRIBUTION_NAMES == RECONSTRUCTION_DISTRIBUTIONS
+
+
 def test_threads_option_reaches_torch_in_the_run_and_metrics_json(tmp_path, monkeypatch):
     """`--threads N` (issue 33): the run computes with N intra-op threads and says so in
     metrics.json. The suite runs with 1 thread (conftest), so 2 shows the option took effect."""

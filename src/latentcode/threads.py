@@ -15,7 +15,7 @@ import os
 
 THREADS_HELP = (
     "CPU threads torch computes with (intra-op; sets OpenMP / MKL too, as torch.set_num_threads does): "
-    "1 for the README's one-core figures (default: torch's default, one per physical core)"
+    "1 for the README's one-core figures (default: torch's own count, one per physical core)"
 )
 
 
