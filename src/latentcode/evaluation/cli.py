@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "tile_sample_size": model.tile_sample_size if args.full_resolution else None,
         "inception_weights": None if inception is None else str(inception.weights_path),
         "device": args.device,
+        "threads": torch.get_num_threads(),  # --threads, else torch's default
     }
     paths = write_report(result, args.output_dir, extra)
     print(metrics_markdown(result))
