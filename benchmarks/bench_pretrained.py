@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel
 
-import latentcode  # noqa: F401  (registers the models with AutoModel)
+import latentcode.modeling  # noqa: F401  (registers the models with AutoModel)
 from latentcode.conversion.disentangling_vae import from_disentangling_vae
 from latentcode.conversion.taesd import from_taesd
 from latentcode.evaluation.metrics import psnr

@@ -129,6 +129,7 @@ def held_out_nll(prior_dir: Path, test_codes: Path, vqvae: Path, chunk: int = 25
     """Mean negative log-likelihood (nats per code) of the saved prior on every test sequence."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    import latentcode.modeling  # noqa: F401  (registers the models with AutoModel)
     from latentcode.prior import prior_loss, token_mapping
     from latentcode.tokenize import load_codes
 

@@ -14,7 +14,7 @@ import argparse
 
 from transformers import AutoModel
 
-import latentcode  # noqa: F401  (registers the latentcode model types with AutoModel)
+import latentcode.modeling  # noqa: F401  (registers the latentcode model types with AutoModel)
 from latentcode.errors import command_line
 from latentcode.hub import resolve_pretrained
 

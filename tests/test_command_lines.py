@@ -4,7 +4,9 @@ the input model, each default stated once in `--help`."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -154,3 +156,33 @@ def test_accelerate_launch_warns_without_the_shipped_config(tmp_path):
     )
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "were not passed to `accelerate launch`" in plain.stderr
+
+
+# Each command with its required options, given a model that does not exist: it must have set the
+# threads before it fails to load the model (or, for the demo, to find Gradio).
+COMMANDS_WITH_THREADS = {
+    "latentcode.evaluation.cli": ["--pretrained_model_name_or_path", "no-such-model"],
+    "latentcode.tokenize": ["--pretrained_model_name_or_path", "no-such-model", "--output_dir", "out"],
+    "latentcode.traversal": ["--pretrained_model_name_or_path", "no-such-model", "--output_path", "grid.png"],
+    "latentcode.generation": ["--pretrained_model_name_or_path", "no-such-model", "--output_dir", "out"],
+    "latentcode.demo.app": ["no-such-model"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS_WITH_THREADS))
+def test_every_command_computes_with_the_threads_it_is_given(module, tmp_path):
+    """`--threads 3` (issue 33) reaches torch in each command's process, as in the training scripts
+    (tests/test_training.py checks a run's metrics.json)."""
+    script = f"""
+import importlib, sys, torch
+assert torch.get_num_threads() != 3
+try:
+    importlib.import_module({module!r}).main({COMMANDS_WITH_THREADS[module] + ["--threads", "3"]!r})
+except (Exception, SystemExit):
+    pass  # the model does not exist: what matters is what was set before
+print(torch.get_num_threads())
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "3", result.stderr[-3000:]

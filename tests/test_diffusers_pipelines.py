@@ -95,8 +95,9 @@ def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
 
 @pytest.mark.single_thread
 def test_pipelines_load_in_a_fresh_process(saved_pipelines, tmp_path):
-    """A new interpreter: loading fails with diffusers' explanation until `import latentcode`,
-    then gives the same images as before saving."""
+    """A new interpreter: loading fails with diffusers' explanation until `import latentcode.modeling`
+    (a bare `import latentcode` is lazy: it does not load the models), then gives the same images as
+    before saving."""
     folders = {family: str(folder) for family, (folder, _) in saved_pipelines.items()}
     script = textwrap.dedent(
         f"""
@@ -110,6 +111,12 @@ def test_pipelines_load_in_a_fresh_process(saved_pipelines, tmp_path):
         except ValueError as error:
             assert "import latentcode.modeling" in str(error), error
         import latentcode
+        try:  # lazy: the package alone does not load the models diffusers needs
+            DiffusionPipeline.from_pretrained(folders["vqvae"])
+            sys.exit("loaded after a bare import latentcode")
+        except ValueError as error:
+            assert "import latentcode.modeling" in str(error), error
+        import latentcode.modeling
         for family, folder in folders.items():
             pipeline = DiffusionPipeline.from_pretrained(folder)
             images = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3,

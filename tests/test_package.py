@@ -5,6 +5,7 @@ the layers before it, no import cycles, a light `import latentcode`, short units
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ LAYERS = {
     # 1. foundations (no model code)
     "latentcode.errors": 1,
     "latentcode.hub": 1,
+    "latentcode.lazy": 1,
+    "latentcode.threads": 1,
     "latentcode.families": 1,
     "latentcode.configuration": 1,
     "latentcode.modules": 1,
@@ -175,26 +178,90 @@ def test_one_module_runs_the_backward_pass():
     )
 
 
-def test_import_latentcode_loads_no_training_or_evaluation_dependency():
+def _fresh_interpreter(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+# What makes a command slow to start (issue 33: 30 s to `--help`): transformers' image utilities
+# pull in torchvision, which pulls in torch._dynamo; diffusers pulls in torch._dynamo too.
+HEAVY_MODULES = ("torchvision", "transformers.image_utils", "torch._dynamo", "diffusers", "datasets", "gradio")
+
+
+def test_import_latentcode_is_lazy_and_its_names_load_on_first_use():
+    """`import latentcode` loads no torch or transformers code (issue 33); a public name loads the
+    models, registers them with the Auto classes, and still no training or evaluation dependency."""
     script = """
-import sys
-from transformers import PreTrainedModel, PretrainedConfig  # what latentcode builds on
-from transformers.image_processing_utils import BaseImageProcessor
-before = set(sys.modules)
+import json, sys
 import latentcode
-new = set(sys.modules) - before
-print(sorted(new))
+after_import = sorted(sys.modules)
+names = dir(latentcode)
+from latentcode import *  # every public name
+from transformers import AutoConfig
+from latentcode.families import FAMILIES
+registered = [AutoConfig.for_model(f.config_class.model_type).__class__.__name__ for f in FAMILIES.values()]
+print(json.dumps([after_import, names, sorted(sys.modules), registered, sorted(FAMILIES)]))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    new = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
-    assert "latentcode.modeling" in new  # the check sees what the import loads
-    # The models are diffusers ModelMixins as well (so that diffusers takes them as pipeline
-    # components): `import latentcode` loads diffusers' model base and what it imports
-    # (accelerate, torchvision, tqdm, yaml), but no training or evaluation dependency.
+    result = _fresh_interpreter(script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after_import, names, after_names, registered, families = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not {"torch", "transformers", *HEAVY_MODULES} & set(after_import)
+    assert names == sorted({*latentcode.__all__, "__version__", "lazy"})  # the public names, no helpers
+    assert set(latentcode.__all__) == set(latentcode._PUBLIC_NAMES)
+    assert "latentcode.modeling" in after_names  # the check sees what the names load
+    assert registered == ["AutoencoderConfig", "VAEConfig", "VQVAEConfig"] and families == [
+        "autoencoder",
+        "vae",
+        "vqvae",
+    ]
     heavy = {"datasets", "lpips", "pytorch_fid", "sklearn"}
-    assert not {module.split(".")[0] for module in new} & heavy
+    assert not {module.split(".")[0] for module in after_names} & heavy
     ours = {"latentcode.training", "latentcode.evaluation", "latentcode.data", "latentcode.generation"}
-    assert not {module for module in new if module.rsplit(".", 1)[0] in ours or module in ours}
+    assert not {module for module in after_names if module.rsplit(".", 1)[0] in ours or module in ours}
+
+
+def test_the_family_registry_loads_the_models_when_read():
+    """`from latentcode.families import FAMILIES` without the models loaded: reading it loads them
+    (a lazy `import latentcode` does not), so a loop over it never silently sees no family."""
+    result = _fresh_interpreter("from latentcode.families import FAMILIES, get_family; print(sorted(FAMILIES))")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "['autoencoder', 'vae', 'vqvae']"
+
+
+# Each command's --help in a fresh interpreter, and the modules it must not load. The demo is
+# not here: its page module imports its inference code (the models) at the top.
+HELP_COMMANDS = {
+    "training/train.py": ("torch", "transformers", *HEAVY_MODULES),
+    "latentcode.evaluation.cli": ("torch", "transformers", *HEAVY_MODULES),
+    "latentcode.generation": ("transformers", *HEAVY_MODULES),
+    "latentcode.traversal": ("transformers", *HEAVY_MODULES),
+    "latentcode.tokenize": ("transformers", "torchvision", "torch._dynamo", "diffusers"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_COMMANDS))
+def test_help_answers_without_loading_the_heavy_libraries(command):
+    """`--help` prints the options, `--threads` among them, before any heavy import (issue 33)."""
+    # As the console scripts call them: train.py as a script, the others' main().
+    if command.endswith(".py"):
+        call = "sys.argv = [target, '--help']; runpy.run_path(target, run_name='__main__')"
+    else:
+        call = "importlib.import_module(target).main(['--help'])"
+    script = f"""
+import importlib, json, runpy, sys
+target = sys.argv[1]
+try:
+    {call}
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+print(json.dumps(sorted(sys.modules)))
+"""
+    result = _fresh_interpreter(script, command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    *help_text, modules = result.stdout.strip().splitlines()
+    assert "--threads" in "\n".join(help_text)
+    loaded = set(json.loads(modules)) & set(HELP_COMMANDS[command])
+    assert not loaded, f"{command} --help imports {sorted(loaded)}"
 
 
 def test_a_wheel_install_writes_the_model_card_outside_the_repository(tmp_path):

@@ -367,8 +367,61 @@ def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninter
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
 def test_fp16_on_cpu_says_what_to_use_instead(tmp_path):
-    with pytest.raises(ValueError, match=r"mixed_precision='fp16' needs a CUDA GPU.*use 'bf16'"):
+    with pytest.raises(ValueError, match=r"mixed_precision='fp16' needs a CUDA GPU.*use 'no'.*or 'bf16'"):
         trainer(tiny_config(tmp_path, mixed_precision="fp16"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for runs on the CPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_gpu_presets_mixed_precision_falls_back_to_fp32_on_the_cpu_and_a_flag_forces_bf16(
+    tmp_path, caplog, precision
+):
+    """Issue 33: a GPU preset's bf16 made a CPU run 5x slower per step, without a word. A --config
+    file's bf16 / fp16 now trains in fp32 with a warning naming the flag; bf16 given on the command
+    line is kept, with a warning naming the flag that turns it off."""
+    preset = tmp_path / "gpu_preset.yaml"
+    preset.write_text(yaml.safe_dump(tiny_run_values(tmp_path / "run", mixed_precision=precision)))
+    with caplog.at_level("WARNING", logger="latentcode.training.engine"):
+        engine = trainer(parse_args(["--config", str(preset)]))
+    assert engine.accelerator.mixed_precision == "no" and engine.config.mixed_precision == "no"
+    assert f"asks for mixed_precision {precision!r}" in caplog.text and "--mixed_precision bf16" in caplog.text
+    engine.release_output_dir()
+
+    reset_accelerate_state()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="latentcode.training.engine"):
+        engine = trainer(
+            parse_args(["--config", str(preset), "--mixed_precision", "bf16", "--output_dir", str(tmp_path / "forced")])
+        )
+    assert engine.accelerator.mixed_precision == "bf16"
+    assert "--mixed_precision no trains in fp32" in caplog.text
+    engine.release_output_dir()
+
+
+def test_the_help_texts_name_the_vae_objectives_that_validation_accepts():
+    """config.py names them without importing torch (for --help); they must stay the originals."""
+    from latentcode.disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
+    from latentcode.training.config import RECONSTRUCTION_DISTRIBUTION_NAMES, VAE_OBJECTIVE_NAMES
+
+    assert VAE_OBJECTIVE_NAMES == VAE_OBJECTIVES and RECONSTRUCTION_DISTRIBUTION_NAMES == RECONSTRUCTION_DISTRIBUTIONS
+
+
+def test_threads_option_reaches_torch_in_the_run_and_metrics_json(tmp_path, monkeypatch):
+    """`--threads N` (issue 33): the run computes with N intra-op threads and says so in
+    metrics.json. The suite runs with 1 thread (conftest), so 2 shows the option took effect."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # set by the run; restored after the test
+        monkeypatch.setenv(variable, "1")
+    assert parse_args(["--threads", "2"]).threads == 2 and parse_args([]).threads is None
+    with pytest.raises(ValueError, match=r"threads must be a whole number >= 1.*got 0"):
+        parse_args(["--threads", "0"])
+    before = torch.get_num_threads()
+    try:
+        result = train(tiny_config(tmp_path, threads=2, max_train_steps=1))
+        assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(before)
+    assert result.metrics["details"]["threads"] == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["details"]["threads"] == 2
 
 
 def test_bf16_autocast_run(tmp_path):

@@ -10,10 +10,15 @@ model options as --model.KEY VALUE. The work happens in `latentcode.training`.
 import logging
 
 from latentcode.errors import command_line
-from latentcode.training import parse_args, train
+from latentcode.training.config import parse_args  # no torch: --help and bad options answer at once
 
-# A misspelt --pretrained_model_name_or_path ends the run with its message, not a traceback.
-main = command_line(train)
+
+@command_line  # a misspelt --pretrained_model_name_or_path ends the run with its message, not a traceback
+def main(config) -> None:
+    from latentcode.training.loop import train
+
+    train(config)
+
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

@@ -12,7 +12,7 @@ latent-diffusion does; or, with `--latents_dataset`, read from the autoencoder's
 AutoEncoder: its code; see `latentcode.training.codes`). Latents are multiplied by `scaling_factor` (measured as 1 / std on the
 first batch unless given, and stored in the autoencoder's config) so the UNet sees unit variance.
 `--output_dir` then holds a pipeline that `DiffusionPipeline.from_pretrained` loads after
-`import latentcode`, plus `samples.png`. The pieces are in `latentcode.latent_diffusion`.
+`import latentcode.modeling`, plus `samples.png`. The pieces are in `latentcode.latent_diffusion`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from transformers import AutoModel
 
+import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
 from latentcode.data import image_data_from_config
 from latentcode.errors import command_line
 from latentcode.families import FamilyBehaviour

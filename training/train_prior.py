@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 from transformers import AutoModel
 
+import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
 from latentcode.data import image_data_from_config
 from latentcode.errors import command_line
 from latentcode.grids import save_image_grid

@@ -1,35 +1,35 @@
-"""latentcode: AutoEncoder, VAE and VQ-VAE image tokenizers as Hugging Face models."""
+"""latentcode: AutoEncoder, VAE and VQ-VAE image tokenizers as Hugging Face models.
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+`import latentcode` is lazy, as `import transformers` and `import diffusers` are: it loads no
+torch, transformers or diffusers code, so that every command line answers `--help` at once. A
+public name (`from latentcode import VQVAEModel`, `latentcode.VAEConfig`) loads the models on
+first use, and loading them (`latentcode.modeling`) registers every family with `AutoConfig`,
+`AutoModel` and `AutoImageProcessor`. Submodules load on first use too (`latentcode.tokens`).
+"""
 
-from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
-from .families import FAMILIES
-from .image_processing import LatentCodeImageProcessor
-from .modeling import (
-    AutoencoderModel,
-    DecoderOutput,
-    LatentCodePreTrainedModel,
-    VAEModel,
-    VQVAEModel,
-)
-from .modules.distributions import DiagonalGaussianDistribution
-from .presets import preset_config
+import typing as _typing
+
+from .lazy import lazy_attributes as _lazy_attributes
 
 __version__ = "0.1.0"
 
-for _family in FAMILIES.values():
-    AutoConfig.register(_family.config_class.model_type, _family.config_class, exist_ok=True)
-    AutoModel.register(_family.config_class, _family.model_class, exist_ok=True)
-    # One torch implementation serves both of transformers' backends ("pil" and "torchvision" in
-    # transformers 5, "slow" and "fast" in 4.x), so neither choice warns; these keywords exist in both.
-    AutoImageProcessor.register(
-        _family.config_class,
-        slow_image_processor_class=LatentCodeImageProcessor,
-        fast_image_processor_class=LatentCodeImageProcessor,
-        exist_ok=True,
-    )
+# Public name -> the submodule that defines it.
+_PUBLIC_NAMES = {
+    "AutoencoderConfig": "configuration",
+    "LatentCodeConfig": "configuration",
+    "VAEConfig": "configuration",
+    "VQVAEConfig": "configuration",
+    "LatentCodeImageProcessor": "image_processing",
+    "AutoencoderModel": "modeling",
+    "DecoderOutput": "modeling",
+    "LatentCodePreTrainedModel": "modeling",
+    "VAEModel": "modeling",
+    "VQVAEModel": "modeling",
+    "DiagonalGaussianDistribution": "modules.distributions",
+    "preset_config": "presets",
+}
 
-__all__ = [
+__all__ = [  # a literal list: what IDEs and type checkers read (a test keeps it equal to _PUBLIC_NAMES)
     "AutoencoderConfig",
     "AutoencoderModel",
     "DecoderOutput",
@@ -43,3 +43,15 @@ __all__ = [
     "VQVAEModel",
     "preset_config",
 ]
+
+if _typing.TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on demand
+    from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
+    from .image_processing import LatentCodeImageProcessor
+    from .modeling import AutoencoderModel, DecoderOutput, LatentCodePreTrainedModel, VAEModel, VQVAEModel
+    from .modules.distributions import DiagonalGaussianDistribution
+    from .presets import preset_config
+
+
+# Any public name loads the models first: that registers the families with the Auto classes, so
+# `from latentcode import VQVAEConfig` and then `AutoModel.from_pretrained(...)` work.
+__getattr__, __dir__ = _lazy_attributes(__name__, _PUBLIC_NAMES, submodules=True, load_first="modeling")

@@ -5,8 +5,8 @@ continuous code, what its code costs in bits, the loggable terms of its forward 
 it has tokens or a prior to sample), so that evaluation, the demo, generation, latent diffusion
 and training never ask *which* family a model is. Each model class in `modeling.py` implements
 its hooks and enters the registry with the [`register_family`] decorator, which checks that it
-does; the registry is filled once `latentcode.modeling` is imported (importing `latentcode` does
-that). A new family is one class plus its `@register_family` line.
+does; the registry is filled once `latentcode.modeling` is imported, which its first read does
+(`import latentcode` is lazy and loads no model code). A new family is one class plus its `@register_family` line.
 
 Everything that picks a family by name (presets, the training CLI, conversion, Auto-class
 registration, tests) reads the registry here. This module imports no model code, so any module
@@ -15,6 +15,9 @@ may use it without an import cycle.
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -179,7 +182,37 @@ def refuse_quantizer_weights(model, quantizer_weights: dict | None) -> None:
         raise ValueError(f"{given} weigh a quantizer's terms, but {type(model).__name__} has no quantizer; drop them")
 
 
-FAMILIES: dict[str, Family] = {}
+class FamilyRegistry(Mapping):
+    """Family name -> [`Family`], read-only. The model classes enter it as `latentcode.modeling` is
+    imported; a lazy `import latentcode` does not import that, so the first read does (else a
+    `for family in FAMILIES` would silently see none). While `latentcode.modeling` is being
+    imported, reads see the families registered so far."""
+
+    def __init__(self):
+        self._families: dict[str, Family] = {}
+
+    def _loaded(self) -> dict[str, Family]:
+        if "latentcode.modeling" not in sys.modules:
+            importlib.import_module("latentcode.modeling")
+        return self._families
+
+    def __getitem__(self, name: str) -> Family:
+        return self._loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __repr__(self) -> str:
+        return f"FamilyRegistry({sorted(self)})"
+
+    def add(self, family: Family) -> None:
+        self._families[family.name] = family
+
+
+FAMILIES = FamilyRegistry()
 
 
 def register_family(name: str, diffusers_class_name: str | None = None):
@@ -193,7 +226,7 @@ def register_family(name: str, diffusers_class_name: str | None = None):
                 f"family {name!r}: {model_class.__name__} must subclass FamilyBehaviour, set display_name and "
                 f"implement {list(FAMILY_HOOKS)}; missing: {missing or ['display_name / FamilyBehaviour base']}"
             )
-        FAMILIES[name] = Family(name, model_class.config_class, model_class, diffusers_class_name)
+        FAMILIES.add(Family(name, model_class.config_class, model_class, diffusers_class_name))
         return model_class
 
     return register
@@ -240,5 +273,6 @@ __all__ = [
     "family_for_diffusers",
     "family_of",
     "get_family",
+    "FamilyRegistry",
     "register_family",
 ]

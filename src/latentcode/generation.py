@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import PIL.Image
 import torch
 import torch.nn.functional as F
 
 from .errors import command_line
-from .grids import save_image_grid
-from .image_processing import LatentCodeImageProcessor
+from .threads import add_threads_argument, set_num_threads
 
 # ----------------------------------------------------------------------------------------------
 # Interpolation
@@ -97,13 +95,17 @@ def main(argv: list[str] | None = None) -> None:
         "--num_steps", type=int, default=8, help="frames of the interpolation, both images included (default: 8)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-
+    set_num_threads(args.threads)
+    # The model code loads after the options are read: --help and a bad option answer at once.
+    import PIL.Image
     from transformers import AutoModel
 
-    import latentcode  # noqa: F401  (registers the model classes with AutoModel)
-
+    from . import modeling  # noqa: F401  (registers the families with AutoModel)
+    from .grids import save_image_grid
     from .hub import resolve_pretrained
+    from .image_processing import LatentCodeImageProcessor
 
     model = AutoModel.from_pretrained(resolve_pretrained(args.pretrained_model_name_or_path)).eval()
     output_dir = Path(args.output_dir)

@@ -4,7 +4,8 @@ The models take float pixels `[B, C, H, W]` in [-1, 1]. The processor turns PIL 
 arrays and torch tensors into that (channel conversion, resize of the shorter side, centre
 crop, normalisation) and `postprocess` turns model outputs back into uint8 images. It is a
 transformers image processor: `save_pretrained` writes `preprocessor_config.json` beside the
-model and `AutoImageProcessor.from_pretrained` loads it (`import latentcode` registers it).
+model and `AutoImageProcessor.from_pretrained` loads it (registered as latentcode's models load:
+`from latentcode import ...`, `import latentcode.modeling`).
 
 Value ranges follow the dtype, as in torchvision: uint8 inputs are in [0, 255], uint16 inputs
 (16-bit PNG / TIFF) in [0, 65535], float inputs in [0, 1]. Layouts follow the library: numpy

@@ -845,3 +845,26 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     def objective_weights(self, kl_weight: float | None = None, quantizer_weights: dict | None = None) -> dict:
         refuse_kl_weight(self, kl_weight)
         return {"quantizer_weights": self.config.loss_weights(**(quantizer_weights or {}))}
+
+def _register_with_auto_classes() -> None:
+    """Every family's config, model and image processor with transformers' Auto classes, so that
+    `AutoConfig` / `AutoModel` / `AutoImageProcessor.from_pretrained` load saved latentcode models.
+    Done here, when the models are defined: `import latentcode` alone is lazy and loads no model."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    from .image_processing import LatentCodeImageProcessor
+
+    for family in FAMILIES.values():
+        AutoConfig.register(family.config_class.model_type, family.config_class, exist_ok=True)
+        AutoModel.register(family.config_class, family.model_class, exist_ok=True)
+        # One torch implementation serves both of transformers' backends ("pil" and "torchvision" in
+        # transformers 5, "slow" and "fast" in 4.x), so neither choice warns; these keywords exist in both.
+        AutoImageProcessor.register(
+            family.config_class,
+            slow_image_processor_class=LatentCodeImageProcessor,
+            fast_image_processor_class=LatentCodeImageProcessor,
+            exist_ok=True,
+        )
+
+
+_register_with_auto_classes()

@@ -45,6 +45,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -53,11 +54,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from .configuration import TRANSFORMERS_CONFIG_KEYS
-from .data import ImageTransform, open_source, ordered_chunks
-from .data.sources import Source
 from .errors import command_line
 from .hub import resolve_pretrained
+from .threads import set_num_threads
+
+if TYPE_CHECKING:
+    from .data.sources import Source
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ LATENT_DTYPES = ("float32", "float16")
 def config_hash(model) -> str:
     """SHA-256 of the model's config (family, backbone, bottleneck), without the fields that
     name where it was loaded from or the library versions."""
+    from .configuration import TRANSFORMERS_CONFIG_KEYS  # transformers' model code: not for --help
+
     config = {k: v for k, v in model.config.to_dict().items() if k not in TRANSFORMERS_CONFIG_KEYS or k == "model_type"}
     config = {k: v for k, v in config.items() if not k.endswith("_version")}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
@@ -370,6 +374,8 @@ def tokenize(
     if is_complete(output_dir):
         logger.warning("%s already holds a finished tokenisation; nothing to do", output_dir)
         return json.loads((output_dir / INFO_FILE).read_text()) if rank == 0 else None
+    from .data import open_source
+
     source = open_source(split, dataset_name, dataset_config_name, train_data_dir, image_column, cache_dir)
     features = output_features(model, source, latent_shape, latent_dtype)
     settings = {
@@ -429,6 +435,8 @@ class UnitEncoder:
     def __init__(self, model, source: Source, features, resolution: int, latent_shape, latent_dtype, flip_copies):
         self.model, self.source, self.features = model, source, features
         self.latent_shape, self.latent_dtype, self.flip_copies = latent_shape, latent_dtype, flip_copies
+        from .data import ImageTransform
+
         # Centre crop, no flip: the model's own preprocessing (LatentCodeImageProcessor).
         self.transform = ImageTransform(resolution, model.config.in_channels)
         self.corrupt = set()
@@ -441,6 +449,8 @@ class UnitEncoder:
             for unit in units
             for start in range(unit * rows_per_shard, min((unit + 1) * rows_per_shard, total), batch_size)
         ]
+        from .data import ordered_chunks
+
         loader = ordered_chunks(self.source, self.transform, [chunk[1:] for chunk in chunks], num_workers)
         images = sum(stop - start for _, start, stop in chunks)
         bar = tqdm(total=images, unit="img", desc="tokenize", disable=not progress, dynamic_ncols=True)
@@ -538,6 +548,8 @@ def load_codes(
     if isinstance(expected_model, (str, os.PathLike)):
         from transformers import AutoModel
 
+        from . import modeling  # noqa: F401  (registers the families with AutoModel)
+
         expected_model = AutoModel.from_pretrained(expected_model)
     if expected_model is not None:
         check_same_model(info, expected_model, os.fspath(path))
@@ -615,6 +627,7 @@ def build_parser():
     )
     data = parser.add_argument_group("data (as in training/train.py)")
     add_config_arguments(data, RunConfig, DATA_SOURCE_FIELDS, keep_defaults=True)
+    add_config_arguments(parser, RunConfig, ["threads"], keep_defaults=True)
     data.add_argument("--resolution", type=int, default=None, help="image size (default: the model's sample_size)")
     data.add_argument("--batch_size", type=int, default=64, help="images per encode call")
     data.add_argument(
@@ -637,10 +650,13 @@ def build_parser():
 
 @command_line
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from accelerate import PartialState
     from transformers import AutoModel
 
-    args = build_parser().parse_args(argv)
+    from . import modeling  # noqa: F401  (registers the families with AutoModel)
+
+    set_num_threads(args.threads)
     if args.push_to_hub and not args.hub_dataset_id:
         raise SystemExit("--push_to_hub needs --hub_dataset_id org/name")
     state = PartialState()

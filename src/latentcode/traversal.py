@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from .errors import command_line
+from .threads import add_threads_argument, set_num_threads
 
 # A latent dimension is *active* when its mean KL exceeds this many nats (posterior collapse
 # leaves the others at the prior; Burda et al. 2016 count active units with a similar threshold).
@@ -190,6 +191,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--attribute_without", nargs="+", default=None, metavar="PATH",
         help="images (files or folders) that do not show it",
     )  # fmt: skip
+    add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -225,13 +227,15 @@ def mean_kl_over_folder(model, folder: str, processor) -> torch.Tensor:
 
 @command_line
 def main(argv=None) -> None:
+    args = parse_args(argv)  # before the model code loads: --help answers at once
+    set_num_threads(args.threads)
     from transformers import AutoModel
 
+    from . import modeling  # noqa: F401  (registers the families with AutoModel)
     from .grids import save_image_grid
     from .hub import resolve_pretrained
     from .image_processing import LatentCodeImageProcessor
 
-    args = parse_args(argv)
     if args.top_k is not None and (args.data_dir is None or args.dims is not None):
         raise SystemExit("--top_k ranks dimensions by their KL over --data_dir images; give --data_dir, not --dims")
     attribute = args.attribute_with is not None or args.attribute_without is not None

@@ -36,6 +36,7 @@ import torch
 from latentcode.demo import inference
 from latentcode.demo.inference import DemoInputError, DemoModel
 from latentcode.grids import image_grid
+from latentcode.threads import add_threads_argument, set_num_threads
 
 logger = logging.getLogger(__name__)
 
@@ -635,6 +636,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Kodak / CIFAR-10 examples (else scikit-image's photos), CelebA / MNIST samples for the Attributes tab",
     )
     parser.add_argument("--share", action="store_true", help="a public gradio.live link")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     args.models = [*args.models, *args.more_models] or os.environ.get("LATENTCODE_DEMO_MODELS", "").split()
     if not args.models:
@@ -646,6 +648,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    set_num_threads(args.threads)
     import_gradio()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO)

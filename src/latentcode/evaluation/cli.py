@@ -20,25 +20,16 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import AutoModel
+# torch, the data pipeline and the metrics load in the functions that use them: --help is instant.
+if TYPE_CHECKING:
+    import torch
 
-from ..data import (
-    BUILTIN_DATASETS,
-    FullResolutionTransform,
-    ImageTransform,
-    image_only,
-    load_image_stream,
-    resolve_image_column,
-)
+    from .evaluate import EvaluationImages
 from ..errors import command_line
-from ..hub import resolve_pretrained
+from ..threads import set_num_threads
 from ..training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
-from .evaluate import EvaluationImages, evaluate, metrics_markdown, write_report
-from .metrics import InceptionFeatures, build_lpips
 
 # Splits that hold images a model was not trained on, in order of preference.
 HELD_OUT_SPLITS = ("test", "validation")
@@ -92,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--max_images", type=int, default=1000, help="evaluate on the first N readable images")
     data.add_argument("--batch_size", type=int, default=32, help="images per encode/decode call")
+    add_config_arguments(parser, RunConfig, ["threads"], keep_defaults=True)
     _add_metric_and_output_arguments(parser)
     return parser
 
@@ -130,6 +122,8 @@ def held_out_split(dataset_name: str | None, dataset_config_name: str | None, tr
     `"test"` split, and opening it then names the problem."""
     import datasets
 
+    from ..data import BUILTIN_DATASETS
+
     if train_data_dir is None and (dataset_name is None or dataset_name in BUILTIN_DATASETS):
         return "test"  # the embedded datasets hold out every tenth image as "test"
     try:
@@ -141,6 +135,8 @@ def held_out_split(dataset_name: str | None, dataset_config_name: str | None, tr
 
 def _progress(batches: Iterable[torch.Tensor], total: int | None) -> Iterator[torch.Tensor]:
     """`batches` as they come, with a progress bar in images (rate and time left)."""
+    from tqdm.auto import tqdm
+
     with tqdm(total=total, unit="img", desc="evaluating", dynamic_ncols=True) as bar:
         for pixels in batches:
             yield pixels
@@ -148,6 +144,11 @@ def _progress(batches: Iterable[torch.Tensor], total: int | None) -> Iterator[to
 
 
 def _load_model(args: argparse.Namespace):
+    from transformers import AutoModel
+
+    from .. import modeling  # noqa: F401  (registers the families with AutoModel)
+    from ..hub import resolve_pretrained
+
     path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
     model = AutoModel.from_pretrained(path, revision=args.revision)
     return model.to(args.device).eval()
@@ -156,6 +157,8 @@ def _load_model(args: argparse.Namespace):
 def _metric_networks(args: argparse.Namespace):
     """Inception (rFID) and LPIPS networks, loaded before any data is read so that a missing
     weight file fails fast; LPIPS is skipped with a note when its weights cannot be loaded."""
+    from .metrics import InceptionFeatures, build_lpips
+
     inception = None if args.no_fid else InceptionFeatures(args.inception_weights).to(args.device)
     lpips = None
     if not args.no_lpips:
@@ -168,6 +171,9 @@ def _metric_networks(args: argparse.Namespace):
 
 def _evaluation_images(args: argparse.Namespace, model) -> tuple[EvaluationImages, int | str]:
     """The batches to score and the resolution they come at (`"full"` with `--full_resolution`)."""
+    from ..data import FullResolutionTransform, ImageTransform, image_only, load_image_stream, resolve_image_column
+    from .evaluate import EvaluationImages
+
     if args.full_resolution:
         # Tiles only where an image (or its latent grid) exceeds the tile: smaller images run whole.
         model.enable_tiling(args.tile_sample_size)
@@ -206,6 +212,12 @@ def summary_line(metrics: dict, source: str, split: str, seconds: float) -> str:
 @command_line
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_num_threads(args.threads)
+    import torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .evaluate import evaluate, metrics_markdown, write_report
+
     if args.full_resolution and args.resolution is not None:
         raise ValueError(
             f"--full_resolution evaluates images at their own size; got --resolution {args.resolution} too: "
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "tile_sample_size": model.tile_sample_size if args.full_resolution else None,
         "inception_weights": None if inception is None else str(inception.weights_path),
         "device": args.device,
+        "threads": torch.get_num_threads(),  # --threads, else torch's default
     }
     paths = write_report(result, args.output_dir, extra)
     print(metrics_markdown(result))

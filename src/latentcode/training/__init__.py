@@ -1,12 +1,28 @@
 """Training of latentcode models: config, the engine every script runs, train.py's task,
-checkpoints, EMA (see `training/train.py`)."""
+checkpoints, EMA (see `training/train.py`).
 
-from .config import TrainingConfig, load_config, parse_args
-from .engine import Engine, TrainingResult, TrainingTask
-from .loop import AutoencoderTask, train, trainer
-from .state import NonFiniteLossError
+Lazy like `import latentcode`: `latentcode.training.config` (the options, `--help`) loads without
+torch; the engine and the task load on first use of their names."""
 
-__all__ = [
+import typing as _typing
+
+from ..lazy import lazy_attributes as _lazy_attributes
+
+# Public name -> the submodule that defines it.
+_PUBLIC_NAMES = {
+    "TrainingConfig": "config",
+    "load_config": "config",
+    "parse_args": "config",
+    "Engine": "engine",
+    "TrainingResult": "engine",
+    "TrainingTask": "engine",
+    "AutoencoderTask": "loop",
+    "train": "loop",
+    "trainer": "loop",
+    "NonFiniteLossError": "state",
+}
+
+__all__ = [  # a literal list: what IDEs and type checkers read (a test keeps it equal to _PUBLIC_NAMES)
     "AutoencoderTask",
     "Engine",
     "NonFiniteLossError",
@@ -18,3 +34,12 @@ __all__ = [
     "train",
     "trainer",
 ]
+
+if _typing.TYPE_CHECKING:
+    from .config import TrainingConfig, load_config, parse_args
+    from .engine import Engine, TrainingResult, TrainingTask
+    from .loop import AutoencoderTask, train, trainer
+    from .state import NonFiniteLossError
+
+
+__getattr__, __dir__ = _lazy_attributes(__name__, _PUBLIC_NAMES)

@@ -5,6 +5,9 @@ The `model` section is passed unchanged to the family's config class (`VQVAEConf
 ...), so every model option, present or future, is available without touching this file; on
 the command line it is reached as `--model.KEY VALUE` (VALUE parsed as YAML: `--model.
 block_out_channels "[32, 64]"`).
+
+This module imports no torch, transformers or model code (the families are looked up when a
+config is validated), so that every script answers `--help` at once.
 """
 
 import argparse
@@ -19,11 +22,14 @@ from typing import ClassVar
 
 import yaml
 
-from ..disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
-from ..families import FAMILIES, get_family
+from ..threads import THREADS_HELP, check_threads
 from .schedule import LR_SCHEDULERS, parse_duration
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# `latentcode.disentanglement`'s VAE_OBJECTIVES and RECONSTRUCTION_DISTRIBUTIONS, for the help texts
+# without importing torch (validation checks against the originals; a test keeps them equal).
+VAE_OBJECTIVE_NAMES = ("kl", "betaH", "betaB", "btcvae", "factor")
+RECONSTRUCTION_DISTRIBUTION_NAMES = ("bernoulli", "gaussian", "laplace")
 
 
 def option(text: str, **kwargs):
@@ -97,9 +103,12 @@ class RunConfig:
     adam_epsilon: float = option("AdamW epsilon", default=1e-8)
     max_grad_norm: float = option("gradient clipping norm (inf: no clipping, norm still logged)", default=1.0)
     mixed_precision: str = option(
-        f"one of {MIXED_PRECISION}; fp16 needs a CUDA GPU (bf16 runs on CPU); quantizers always run in fp32",
+        f"one of {MIXED_PRECISION}; fp16 needs a CUDA GPU; quantizers always run in fp32. On a CPU, where bf16 "
+        "autocast is several times slower than fp32, a --config file's bf16 / fp16 falls back to 'no' with a "
+        "warning; this flag's value is used as given",
         default="no",
     )
+    threads: int | None = option(THREADS_HELP, default=None)
 
     # -- checkpoints and validation ------------------------------------------------------------
     checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
@@ -132,6 +141,10 @@ class RunConfig:
         *("train_batch_size", "gradient_accumulation_steps", "mixed_precision"),
     )
 
+    # The keys whose values came from the `--config` YAML file rather than the command line or the
+    # caller (set by `load_config`). A GPU preset's bf16 is a default, not a choice, on a CPU.
+    file_keys: ClassVar[frozenset[str]] = frozenset()
+
     def __post_init__(self):
         self.validate()
 
@@ -146,6 +159,7 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None and value < 1:  # a None resolution means the model's sample_size
                 raise ValueError(f"{key} must be >= 1, got {value}")
+        check_threads(self.threads)
         self.max_train_time = parse_duration(self.max_train_time)
 
     def to_dict(self) -> dict:
@@ -226,13 +240,13 @@ class TrainingConfig(RunConfig):
 
     # -- VAE objectives of the β-VAE family (disentangling-vae's option names) -------------------
     vae_objective: str = option(
-        f"VAE: one of {VAE_OBJECTIVES}. kl: the model config's kl_weight per value (latentcode's default); "
+        f"VAE: one of {VAE_OBJECTIVE_NAMES}. kl: the model config's kl_weight per value (latentcode's default); "
         "betaH: recon + β KL; betaB: recon + γ |KL - C|, C annealed; btcvae: β-TCVAE's decomposed KL; "
         "factor: FactorVAE's discriminator TC. These four are in nats per image, as disentangling-vae's --loss",
         default="kl",
     )
     rec_dist: str = option(
-        f"reconstruction likelihood of betaH / betaB / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTIONS} "
+        f"reconstruction likelihood of betaH / betaB / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTION_NAMES} "
         "(bernoulli needs backbone 'vector', whose decoder ends in a sigmoid)",
         default="bernoulli",
     )
@@ -264,6 +278,8 @@ class TrainingConfig(RunConfig):
     hub_token: str | None = option("Hub token (default: the logged-in one)", default=None)
 
     def validate(self) -> None:
+        from ..families import FAMILIES  # loads the model classes: not needed for --help
+
         super().validate()
         choices = {
             "model_family": tuple(FAMILIES),
@@ -292,6 +308,9 @@ class TrainingConfig(RunConfig):
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
 
     def _validate_vae_objective(self) -> None:
+        from ..disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
+        from ..families import FAMILIES, get_family
+
         choices = {"vae_objective": VAE_OBJECTIVES, "rec_dist": RECONSTRUCTION_DISTRIBUTIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -340,6 +359,8 @@ class TrainingConfig(RunConfig):
 
 def model_config_keys(family: str) -> list[str]:
     """The keyword arguments the family's config class accepts (its own and its bases')."""
+    from ..families import get_family
+
     return get_family(family).config_class.field_names()
 
 
@@ -350,6 +371,8 @@ def _unknown_key_error(kind: str, key: str, known: list[str]) -> ValueError:
 
 
 def check_model_keys(family: str, model: dict) -> None:
+    from ..families import get_family
+
     # Former names of renamed fields load too (the config class maps them).
     known = model_config_keys(family) + list(getattr(get_family(family).config_class, "renamed_fields", {}))
     for key in model:
@@ -391,7 +414,9 @@ def load_config(path: str | Path | None = None, config_class: type[RunConfig] = 
             for key in replaced:
                 if key not in overrides:
                     values.pop(key, None)
-    return config_class(**{**values, **overrides})
+    config = config_class(**{**values, **overrides})
+    config.file_keys = frozenset(key for key in values if key not in overrides)
+    return config
 
 
 def _optional(convert):
