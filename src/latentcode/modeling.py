@@ -846,6 +846,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         refuse_kl_weight(self, kl_weight)
         return {"quantizer_weights": self.config.loss_weights(**(quantizer_weights or {}))}
 
+
 def _register_with_auto_classes() -> None:
     """Every family's config, model and image processor with transformers' Auto classes, so that
     `AutoConfig` / `AutoModel` / `AutoImageProcessor.from_pretrained` load saved latentcode models.
