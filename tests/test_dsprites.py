@@ -14,6 +14,7 @@ from latentcode.data.dsprites import (
     NUM_IMAGES,
     DSprites,
     DSpritesImages,
+    draw,
     factors_to_index,
     index_to_factors,
     render,
@@ -44,6 +45,16 @@ def test_images_are_binary_64x64_and_deterministic():
     observations = DSprites().sample_observations_from_factors(factors)
     assert observations.shape == (50, 1, 64, 64) and observations.dtype == np.float32
     assert set(np.unique(observations)) == {0.0, 1.0}
+
+
+def test_render_moves_sprites_and_equals_drawing_each_pixel():
+    """render() shifts the sprite drawn at position (0, 0); draw() computes every pixel at the
+    factors' own position: the same pixels, for every shape, scale and orientation."""
+    factors = DSprites().sample_factors(400, np.random.RandomState(4))
+    factors[:120, 2] = np.arange(120) % 40  # every orientation of every shape
+    factors[:120, 0] = np.arange(120) // 40
+    factors[120:130, 3:] = [[0, 0], [31, 31], [0, 31], [31, 0], [1, 30], [30, 1], [15, 16], [16, 15], [2, 2], [29, 29]]
+    assert np.array_equal(render(factors), draw(factors))
 
 
 def test_sampling_draws_each_factor_uniformly_with_one_randint_per_factor():
