@@ -180,8 +180,23 @@ def test_histogram_discretize_uses_equal_width_bins_between_min_and_max():
     assert metrics.histogram_discretize(codes, num_bins=2)[:, 0].tolist() == [1, 1, 2, 2]
 
 
+def test_a_model_is_scored_through_its_posterior_mean():
+    torch.manual_seed(0)
+    config = VAEConfig(backbone="vector", in_channels=1, sample_size=64, latent_channels=3, vector_hidden_channels=4,
+                       vector_hidden_size=8)  # fmt: skip
+    model = VAEModel(config).eval()
+    by_model = metrics.mutual_information_gap(model, DSprites(), num_train=64)
+    by_function = metrics.mutual_information_gap(metrics.posterior_mean_representation(model), DSprites(), num_train=64)
+    assert by_model == by_function
+    images = DSprites().sample_observations(2, np.random.RandomState(0))
+    expected = model.encode(torch.from_numpy(images) * 2 - 1).latent_dist.mean.detach().numpy()
+    assert np.array_equal(metrics.posterior_mean_representation(model)(images), expected)
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="random_state must be an int seed or a numpy RandomState"):
         metrics.mutual_information_gap(random_projection, DSprites(), random_state="zero")
     with pytest.raises(ValueError, match=r"codes \[N, D\], got shape \(16,\)"):
         metrics.mutual_information_gap(lambda x: np.zeros(len(x)), DSprites(), num_train=16)
+    with pytest.raises(TypeError, match="expected a model or a representation function"):
+        metrics.beta_vae_score("my-model", DSprites())

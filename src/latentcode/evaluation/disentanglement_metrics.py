@@ -1,7 +1,7 @@
 """Disentanglement metrics on data with known factors: BetaVAE score, FactorVAE score, MIG, DCI, SAP.
 
-Each metric takes a representation function (observations -> codes `[N, D]`, e.g.
-[`posterior_mean_representation`] of a model) and a factor sampler (`latentcode.data.dsprites.
+Each metric takes a model (its [`posterior_mean_representation`] is used) or a representation
+function (observations -> codes `[N, D]`) and a factor sampler (`latentcode.data.dsprites.
 DSprites`, or any object with disentanglement_lib's `GroundTruthData` methods: `num_factors`,
 `sample_factors(num, random_state)`, `sample_observations_from_factors(factors, random_state)`,
 `sample(num, random_state)`, `sample_observations(num, random_state)`; factors are integer
@@ -99,6 +99,19 @@ def posterior_mean_representation(model, device: str | torch.device | None = Non
     return represent
 
 
+def as_representation(model_or_function) -> Representation:
+    """A representation function: a latentcode model becomes its [`posterior_mean_representation`],
+    a function stays as it is."""
+    if isinstance(model_or_function, torch.nn.Module):
+        return posterior_mean_representation(model_or_function)
+    if not callable(model_or_function):
+        raise TypeError(
+            "expected a model or a representation function (observations [N, C, H, W] -> codes [N, D]), "
+            f"got {type(model_or_function).__name__}"
+        )
+    return model_or_function
+
+
 def _codes(representation: Representation, observations: np.ndarray) -> np.ndarray:
     codes = np.asarray(representation(observations))
     if codes.ndim != 2 or codes.shape[0] != len(observations):
@@ -114,7 +127,7 @@ def sample_codes_and_factors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(codes [num_points, D], factors [num_points, F])`, sampled `batch_size` at a time with
     `sampler.sample` (disentanglement_lib's `generate_batch_factor_code`, points in rows)."""
-    random_state = as_random_state(random_state)
+    random_state, representation = as_random_state(random_state), as_representation(representation)
     codes, factors = [], []
     for start in range(0, num_points, batch_size):
         batch_factors, observations = sampler.sample(min(batch_size, num_points - start), random_state)
@@ -345,7 +358,7 @@ def beta_vae_score(
     with the metric's own RandomState, as disentanglement_lib does)."""
     from sklearn.linear_model import LogisticRegression
 
-    random_state = as_random_state(random_state)
+    random_state, representation = as_random_state(random_state), as_representation(representation)
     train_points, train_labels = _beta_vae_points(representation, sampler, batch_size, num_train, random_state)
     classifier = LogisticRegression(random_state=random_state)
     classifier.fit(train_points, train_labels)
@@ -384,7 +397,7 @@ def factor_vae_score(
     majority-vote classifier (0 when no dimension's global standard deviation reaches
     `prune_threshold`). The global variances come from `num_variance_estimate` images encoded
     64 at a time, as in disentanglement_lib."""
-    random_state = as_random_state(random_state)
+    random_state, representation = as_random_state(random_state), as_representation(representation)
     observations = sampler.sample_observations(num_variance_estimate, random_state)
     variances = np.var(_representation_in_chunks(representation, observations, 64), axis=0, ddof=1)
     active = np.sqrt(variances) >= prune_threshold
