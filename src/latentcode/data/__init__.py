@@ -3,7 +3,9 @@
 Sources: a Hub dataset (`dataset_name="user/name"`, optional `dataset_config_name`, `split`);
 local data (`train_data_dir`): an image folder, parquet files or webdataset `.tar` shards, split
 into `train/`, `test/`, ... as `datasets` lays them out; the embedded datasets, real images
-shipped inside installed packages (`"builtin:digits"`, `"builtin:photos"`, no network).
+shipped inside installed packages (`"builtin:digits"`, `"builtin:photos"`, no network), and
+`"builtin:dsprites"`, dSprites drawn on demand from its factors ([`dsprites`], also the
+disentanglement metrics' factor sampler).
 
 - [`images`]: the embedded datasets, decoding (unreadable files skipped and counted once),
   transforms;

@@ -9,13 +9,14 @@ import logging
 import os
 import random
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
 import torch
 
 from ..image_processing import PIL_MODES, image_to_float_chw, resize_shorter_side
+from .dsprites import DSpritesImages
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,16 @@ def _photo_patches(patch_size: int = 64) -> list[PIL.Image.Image]:
     return patches
 
 
-BUILTIN_DATASETS: dict[str, Callable[[], list[PIL.Image.Image]]] = {
+def _dsprites_images() -> DSpritesImages:
+    """The 737,280 generated dSprites images (`latentcode.data.dsprites`), each drawn when read."""
+    return DSpritesImages()
+
+
+# name -> the images: a list, or a sequence that draws each image when read (never all in memory).
+BUILTIN_DATASETS: dict[str, Callable[[], Sequence[PIL.Image.Image]]] = {
     "builtin:digits": _digits_images,
     "builtin:photos": _photo_patches,
+    "builtin:dsprites": _dsprites_images,
 }
 
 # The embedded datasets have no published split: every tenth image (index 9, 19, ...) is the
@@ -60,11 +68,32 @@ BUILTIN_DATASETS: dict[str, Callable[[], list[PIL.Image.Image]]] = {
 BUILTIN_SPLITS = ("train", "test")
 
 
-def builtin_split(images: list, split: str) -> list:
-    """The `split` ("train" or "test") of an embedded dataset's images, in order."""
+def builtin_split(images: Sequence, split: str) -> Sequence:
+    """The `split` ("train" or "test") of an embedded dataset's images, in order: a list for a
+    list, a lazy [`EveryTenth`] view for a generated sequence."""
     if split not in BUILTIN_SPLITS:
         raise ValueError(f"the embedded datasets have the splits {BUILTIN_SPLITS}, got split={split!r}")
+    if not isinstance(images, list):
+        return EveryTenth(images, test=split == "test")
     return [image for index, image in enumerate(images) if (index % 10 == 9) == (split == "test")]
+
+
+class EveryTenth(Sequence):
+    """The images of `images` with index 9, 19, 29, ... (`test=True`) or all the others, without
+    reading any: split `k` of the view is image `10 k + 9`, or `10 (k // 9) + k % 9`."""
+
+    def __init__(self, images: Sequence, test: bool):
+        self.images, self.test = images, test
+
+    def __len__(self) -> int:
+        held_out = len(self.images) // 10
+        return held_out if self.test else len(self.images) - held_out
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a split of {len(self)} images")
+        index %= len(self)
+        return self.images[10 * index + 9 if self.test else 10 * (index // 9) + index % 9]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,11 +42,21 @@ def load_image_stream(
         raise ValueError(f"{where} has no split {split!r}; its splits are {sorted(splits)} (choose one with --split)")
     if kind == "builtin":
         images = builtin_split(BUILTIN_DATASETS[dataset_name or "builtin:digits"](), split)
+        if not isinstance(images, list):  # generated when read (builtin:dsprites): streamed, never all held
+            features = datasets.Features({"image": datasets.Image()})
+            return datasets.IterableDataset.from_generator(
+                _each_image, features=features, gen_kwargs={"images": images}
+            )
         table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
         return table.to_iterable_dataset(num_shards=num_shards)
     return datasets.load_dataset(
         kind, data_files={split: splits[split]}, split=split, streaming=True, cache_dir=cache_dir
     )
+
+
+def _each_image(images):
+    for image in images:
+        yield {"image": image}
 
 
 def _looks_like_image(value) -> bool:
