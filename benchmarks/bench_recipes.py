@@ -254,7 +254,9 @@ def latentcode_saved_weights(task) -> dict:
 def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Row | VAERow, Curve, dict]:
     """`training/train.py --config PRESET --max_train_time ...` in this process; the saved model,
     as a VQ `Row` or (a VAE preset) a `VAERow` on the objective the run trained with."""
-    from latentcode import AutoModel
+    from transformers import AutoModel
+
+    import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
     from latentcode.families import family_of
     from latentcode.training import parse_args, trainer
 

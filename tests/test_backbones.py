@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from transformers import AutoModel
 
-from latentcode import AutoModel
 from latentcode.families import FAMILIES
 from latentcode.modules.backbones import BACKBONES, get_backbone
 

@@ -28,8 +28,8 @@ import torch
 from helpers import require_shared
 from PIL import Image
 from torch import nn
+from transformers import AutoModel
 
-from latentcode import AutoModel
 from latentcode.conversion.checkpoints import CheckpointError
 from latentcode.conversion.disentangling_vae import from_disentangling_vae
 from latentcode.conversion.taesd import from_taesd

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from helpers import load_script, reset_accelerate_state
 from test_training import tiny_run_values
+from transformers import AutoModel
 
-from latentcode import AutoModel, LatentCodeImageProcessor, VAEConfig, VQVAEConfig, VQVAEModel
+from latentcode import LatentCodeImageProcessor, VAEConfig, VQVAEConfig, VQVAEModel
 from latentcode.demo import inference
 from latentcode.evaluation import evaluate
 from latentcode.modules.quantizers import QUANTIZERS
