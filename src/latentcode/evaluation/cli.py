@@ -1,12 +1,12 @@
 """`latentcode-eval --pretrained_model_name_or_path MODEL`: evaluate a saved model on a streamed dataset.
 
     latentcode-eval --pretrained_model_name_or_path ./my-vqvae --dataset_name builtin:digits
-    latentcode-eval --pretrained_model_name_or_path ./my-vqvae --train_data_dir ../shared/datasets/cifar10 \
+    latentcode-eval --pretrained_model_name_or_path ./my-vqvae --train_data_dir ../shared/datasets/cifar10 \\
         --max_images 500 --no_fid   # a quick look at the first 500 test images
     latentcode-eval --pretrained_model_name_or_path org/vqvae-celeba --dataset_name nielsr/CelebA-faces \\
         --split train --resolution 64 --inception_weights ~/pt_inception-2015-12-05-6726825d.pth
     latentcode-eval --pretrained_model_name_or_path ./my-vae --train_data_dir ./val_images --no_fid --no_lpips
-    latentcode-eval --pretrained_model_name_or_path ./my-vqvae --train_data_dir ../shared/datasets/kodak \
+    latentcode-eval --pretrained_model_name_or_path ./my-vqvae --train_data_dir ../shared/datasets/kodak \\
         --full_resolution --tile_sample_size 256 --no_fid   # large images at their own size, tiled
 
 The data options are those of `training/train.py`, except that `--split` defaults to the source's
@@ -47,8 +47,8 @@ from .metrics import InceptionFeatures, build_lpips
 HELD_OUT_SPLITS = ("test", "validation")
 # --full_resolution's default tile: the model's sample_size, but at least this many pixels (as the
 # demo). Tiles bound memory only; smaller ones multiply the per-tile overhead and the overlap
-# (a 32-pixel model on a 1024x768 photo, one thread: 27 s per photo in 32-pixel tiles, 8.6 s in
-# 256-pixel tiles, 7.3 s untiled).
+# (encode + decode of a 1024x768 photo by a 32-pixel model, one thread of a loaded 2-core machine:
+# 27 s in 32-pixel tiles, 8.6 s in 256-pixel tiles, 7.3 s untiled).
 MIN_FULL_RESOLUTION_TILE = 256
 
 
