@@ -94,15 +94,20 @@ def test_ssim_matches_scikit_image(photos, channels):
     torch.testing.assert_close(ssim(target, target), torch.ones(4, dtype=torch.float64))
 
 
-def test_ssim_of_a_large_image_in_strips_matches_scikit_image(monkeypatch):
-    """A photo-sized pair runs in many strips (each recomputing the window's rows it shares with
-    the next); the result is scikit-image's whole-image SSIM."""
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 150, 97), (5, 3, 20, 26)])
+def test_ssim_in_pieces_matches_scikit_image(monkeypatch, shape, threads):
+    """Large images run in strips (each recomputing the window's rows it shares with the next),
+    small ones in groups of whole images, on worker threads where torch has several; the result is
+    scikit-image's whole-image SSIM."""
     from latentcode.evaluation import metrics
 
-    monkeypatch.setattr(metrics, "SSIM_MIN_STRIP_ROWS", 7)  # 7 rows per strip: 20 strips of 150 rows
-    monkeypatch.setattr(metrics, "SSIM_STRIP_VALUES", 1)
+    monkeypatch.setattr(metrics, "SSIM_MIN_STRIP_ROWS", 7)  # 150x97: 20 strips of 7 rows per map
+    monkeypatch.setattr(metrics, "SSIM_PIECE_VALUES", 1100)  # 20x26: 2 maps per piece, 8 pieces
+    pieces = metrics._ssim_pieces(shape[0] * shape[1], shape[2], shape[3])
+    assert len(pieces) == (120 if shape[2] == 150 else 8)
     generator = torch.Generator().manual_seed(2)
-    target = torch.rand(2, 3, 150, 97, generator=generator) * 2 - 1
+    target = torch.rand(shape, generator=generator) * 2 - 1
     reconstruction = noisy(target, 0.2, seed=3)
     reference = [
         structural_similarity(
@@ -116,7 +121,13 @@ def test_ssim_of_a_large_image_in_strips_matches_scikit_image(monkeypatch):
         )
         for t, r in zip(target, reconstruction)
     ]
-    np.testing.assert_allclose(ssim(reconstruction, target).numpy(), reference, rtol=1e-10)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = ssim(reconstruction, target)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-10)
 
 
 def test_metric_input_errors():

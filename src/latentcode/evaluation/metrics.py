@@ -27,6 +27,7 @@ from torch import nn
 
 from ..losses import PerceptualLoss, as_rgb
 from ..modules.quantizers.base import perplexity_of
+from ..modules.workers import run_in_workers
 
 # ----------------------------------------------------------------------------------------------
 # PSNR and SSIM
@@ -57,10 +58,14 @@ SSIM_WINDOW = 11  # scikit-image's Gaussian window for sigma 1.5: 2 * round(3.5 
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-# SSIM runs over horizontal strips of about this many float64 values per map (1 MB), so that
-# its five maps and their blurs stay in cache: on a 1024x768 photo 7x faster than whole-image
-# float64 convolutions (profiled: those took longer than the model's forward pass).
-SSIM_STRIP_VALUES = 1 << 17
+# SSIM runs in pieces of about this many float64 values per map (1 MB: groups of whole small
+# images, or horizontal strips of a large one), so that its five maps and their blurs stay in
+# cache: on a 1024x768 photo 7x faster than whole-image float64 convolutions (profiled: those took
+# longer than the model's forward pass). On CPU the pieces are shared out to worker threads that
+# each run single-threaded ops (`latentcode.modules.workers`): the ops are short and memory-bound,
+# and multi-threaded each one ends in a barrier that, on a loaded machine, waits for a descheduled
+# thread (measured with 2 threads at a load of 5 on 2 cores: 100x slower than one thread).
+SSIM_PIECE_VALUES = 1 << 17
 # A strip recomputes the window's 10 extra rows: at least this many output rows keep that under a quarter.
 SSIM_MIN_STRIP_ROWS = 32
 
@@ -112,13 +117,35 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float =
     y = target.reshape(batch * channels, height, width)
     window = _gaussian_window()
     valid_height, valid_width = height - SSIM_WINDOW + 1, width - SSIM_WINDOW + 1
-    # Each strip holds the rows its valid outputs need: `rows` outputs + the window's 10 extra.
-    rows = max(SSIM_MIN_STRIP_ROWS, SSIM_STRIP_VALUES // (batch * channels * width) - SSIM_WINDOW + 1)
-    total = torch.zeros(batch * channels, dtype=torch.float64, device=target.device)
-    for top in range(0, valid_height, rows):
-        strip = slice(top, min(top + rows, valid_height) + SSIM_WINDOW - 1)
-        total += _ssim_map_sum(x[:, strip].double(), y[:, strip].double(), window, data_range)
-    return (total / (valid_height * valid_width)).view(batch, channels).mean(dim=1)
+    pieces = _ssim_pieces(batch * channels, height, width)
+    sums = torch.zeros(len(pieces), batch * channels, dtype=torch.float64, device=target.device)
+
+    def add_piece(index: int) -> None:
+        maps, top, stop = pieces[index]
+        rows = slice(top, stop + SSIM_WINDOW - 1)  # the rows of valid outputs top..stop-1 need
+        sums[index, maps] = _ssim_map_sum(x[maps, rows].double(), y[maps, rows].double(), window, data_range)
+
+    if target.device.type == "cpu" and torch.get_num_threads() > 1:
+        run_in_workers(add_piece, range(len(pieces)), min(torch.get_num_threads(), len(pieces)))
+    else:
+        for index in range(len(pieces)):
+            add_piece(index)
+    return (sums.sum(dim=0) / (valid_height * valid_width)).view(batch, channels).mean(dim=1)
+
+
+def _ssim_pieces(num_maps: int, height: int, width: int) -> list[tuple[slice, int, int]]:
+    """`(maps, top, stop)` pieces of SSIM's valid output rows `top..stop-1` of `maps`, each about
+    `SSIM_PIECE_VALUES` values: groups of whole maps where one fits, else strips of each map."""
+    valid_height = height - SSIM_WINDOW + 1
+    if height * width <= SSIM_PIECE_VALUES:
+        group = SSIM_PIECE_VALUES // (height * width)
+        return [(slice(first, first + group), 0, valid_height) for first in range(0, num_maps, group)]
+    rows = max(SSIM_MIN_STRIP_ROWS, SSIM_PIECE_VALUES // width - SSIM_WINDOW + 1)
+    return [
+        (slice(index, index + 1), top, min(top + rows, valid_height))
+        for index in range(num_maps)
+        for top in range(0, valid_height, rows)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
