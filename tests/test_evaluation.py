@@ -94,6 +94,42 @@ def test_ssim_matches_scikit_image(photos, channels):
     torch.testing.assert_close(ssim(target, target), torch.ones(4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 150, 97), (5, 3, 20, 26)])
+def test_ssim_in_pieces_matches_scikit_image(monkeypatch, shape, threads):
+    """Large images run in strips (each recomputing the window's rows it shares with the next),
+    small ones in groups of whole images, on worker threads where torch has several; the result is
+    scikit-image's whole-image SSIM."""
+    from latentcode.evaluation import metrics
+
+    monkeypatch.setattr(metrics, "SSIM_MIN_STRIP_ROWS", 7)  # 150x97: 20 strips of 7 rows per map
+    monkeypatch.setattr(metrics, "SSIM_PIECE_VALUES", 1100)  # 20x26: 2 maps per piece, 8 pieces
+    pieces = metrics._ssim_pieces(shape[0] * shape[1], shape[2], shape[3])
+    assert len(pieces) == (120 if shape[2] == 150 else 8)
+    generator = torch.Generator().manual_seed(2)
+    target = torch.rand(shape, generator=generator) * 2 - 1
+    reconstruction = noisy(target, 0.2, seed=3)
+    reference = [
+        structural_similarity(
+            t.double().numpy(),
+            r.double().numpy(),
+            data_range=2.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            channel_axis=0,
+        )
+        for t, r in zip(target, reconstruction)
+    ]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = ssim(reconstruction, target)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-10)
+
+
 def test_metric_input_errors():
     with pytest.raises(ValueError, match="same shape"):
         psnr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
@@ -346,6 +382,56 @@ def test_cli_without_lpips_weights_suggests_its_own_flag(tmp_path, monkeypatch, 
     assert "LPIPS skipped" in message and "pass --no_lpips" in message and "perceptual_weight" not in message
 
 
+def test_lpips_offline_without_cached_weights_is_skipped_without_a_download(tmp_path, monkeypatch, capsys):
+    """HF_HUB_OFFLINE=1 and no backbone weights in torch's hub cache: nothing is downloaded, and
+    one line says how to enable LPIPS."""
+
+    def download(url, *args, **kwargs):
+        raise AssertionError(f"tried to download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set") as error:
+        build_lpips("alex", how_to_disable="pass --no_lpips")
+    expected_file = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert str(expected_file.parent) in str(error.value) and "download.pytorch.org" in str(error.value)
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--dataset_name", "builtin:digits"]
+    assert eval_main(argv + ["--max_images", "4", "--no_fid", "--output_dir", str(tmp_path / "eval")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "LPIPS" in line]
+    assert len(lines) == 1 and lines[0].startswith("LPIPS skipped: HF_HUB_OFFLINE is set"), lines
+    assert "alexnet-owt-7be5be79.pth" in lines[0] and "pass --no_lpips" in lines[0]
+    assert not expected_file.exists()
+
+
+def test_lpips_offline_uses_cached_backbone_weights(tmp_path, monkeypatch):
+    """With the backbone's weights in torch's hub cache, LPIPS builds offline from them."""
+    import torchvision
+
+    def download(url, *args, **kwargs):
+        raise AssertionError(f"tried to download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from latentcode.evaluation.metrics import lpips_backbone_weights
+
+    path, url = lpips_backbone_weights("squeeze")  # SqueezeNet: a 5 MB file, AlexNet's is 233 MB
+    assert path == tmp_path / "torch" / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth" and url.endswith(path.name)
+    path.parent.mkdir(parents=True)
+    backbone = torchvision.models.squeezenet1_1()
+    torch.save(backbone.state_dict(), path)
+    lpips = build_lpips("squeeze")
+    first_conv = lpips.lpips.net.slice1[0].weight
+    torch.testing.assert_close(first_conv, backbone.features[0].weight)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert lpips(images, images).abs().max() < 1e-6 and (lpips(images, images.flip(-1)) > 0).all()
+    with pytest.raises(ValueError, match="one of"):
+        build_lpips("resnet")
+
+
 # -- latentcode-eval as a user meets it: held-out split, progress, summary, model argument -----
 
 
@@ -363,6 +449,76 @@ def test_cli_scores_the_held_out_split_with_a_progress_bar_and_a_summary(tmp_pat
     summary = captured.out.strip().splitlines()[-1]
     assert summary.startswith("scored 24 images of split 'test' of builtin:digits in ")
     assert f"PSNR {saved['metrics']['psnr']:.2f} dB" in summary and "codebook usage" in summary
+
+
+def test_cli_scores_the_whole_held_out_split_by_default(tmp_path):
+    """No --max_images: every image of the split (the README's numbers are on whole test splits)."""
+    from latentcode.data import BUILTIN_DATASETS, builtin_split
+    from latentcode.evaluation.cli import build_parser
+
+    assert build_parser().parse_args(["--pretrained_model_name_or_path", "m"]).max_images is None
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--dataset_name", "builtin:digits"]
+    assert eval_main(argv + ["--batch_size", "64", "--no_fid", "--no_lpips", "--output_dir", str(tmp_path / "e")]) == 0
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    test_images = len(builtin_split(BUILTIN_DATASETS["builtin:digits"](), "test"))
+    assert saved["metrics"]["num_images"] == test_images == 179 and saved["data"]["max_images"] is None
+
+
+def final_progress(err: str) -> str:
+    """The last state of the `evaluating` bar in captured stderr."""
+    return [line for line in err.replace("\r", "\n").splitlines() if line.startswith("evaluating:")][-1]
+
+
+def test_cli_progress_bar_counts_the_images_present(tmp_path, capsys):
+    """The bar's total is the folder's 7 images, not --max_images; a smaller --max_images caps it,
+    and skipped unreadable images leave a full bar over the images scored."""
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    model.save_pretrained(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(7):
+        PIL.Image.new("L", (20 + index, 16), color=index * 30).save(images / f"{index}.png")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--train_data_dir", str(images)]
+    argv += ["--no_fid", "--no_lpips", "--output_dir", str(tmp_path / "e"), "--full_resolution"]
+    for extra, expected in (([], "7/7"), (["--max_images", "1000"], "7/7"), (["--max_images", "3"], "3/3")):
+        capsys.readouterr()
+        assert eval_main(argv + extra) == 0
+        err = capsys.readouterr().err
+        first = next(line for line in err.replace("\r", "\n").splitlines() if line.startswith("evaluating:"))
+        assert f"0/{expected.split('/')[1]}" in first and expected in final_progress(err), err
+    (images / "3.png").write_bytes(b"not a png")
+    assert eval_main(argv) == 0
+    assert "6/6" in final_progress(capsys.readouterr().err)
+
+
+def test_progress_total_of_a_hub_dataset_comes_from_its_split_sizes():
+    """A Hub dataset is not listed file by file: its card's split sizes give the total, if any."""
+    from types import SimpleNamespace
+
+    from latentcode.evaluation.cli import images_in_split
+
+    args = SimpleNamespace(dataset_name="org/photos", train_data_dir=None, split="test")
+    sized = SimpleNamespace(info=SimpleNamespace(splits={"test": SimpleNamespace(num_examples=10000)}))
+    assert images_in_split(args, sized) == 10000
+    assert images_in_split(args, SimpleNamespace(info=SimpleNamespace(splits=None))) is None
+
+
+def test_full_resolution_tiles_are_at_least_256_pixels_by_default(tmp_path):
+    """A 16-pixel model evaluated at full resolution tiles at 256 pixels unless told otherwise."""
+    model = tiny_model("vqvae", in_channels=1, codebook_size=16)
+    assert model.config.sample_size < 256
+    model.save_pretrained(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    PIL.Image.new("L", (40, 24)).save(images / "a.png")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "model"), "--train_data_dir", str(images)]
+    argv += ["--no_fid", "--no_lpips", "--output_dir", str(tmp_path / "e"), "--full_resolution"]
+    assert eval_main(argv) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["details"]["tile_sample_size"] == 256
+    assert eval_main(argv + ["--tile_sample_size", "16"]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["details"]["tile_sample_size"] == 16
 
 
 def test_held_out_split_is_test_then_validation_then_train(tmp_path):

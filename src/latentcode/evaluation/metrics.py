@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..losses import PerceptualLoss, as_rgb
 from ..modules.quantizers.base import perplexity_of
+from ..modules.workers import run_in_workers
 
 # ----------------------------------------------------------------------------------------------
 # PSNR and SSIM
@@ -56,10 +58,48 @@ SSIM_WINDOW = 11  # scikit-image's Gaussian window for sigma 1.5: 2 * round(3.5 
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def _gaussian_window(device: torch.device) -> torch.Tensor:
-    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64, device=device) - (SSIM_WINDOW - 1) / 2
+# SSIM runs in pieces of about this many float64 values per map (1 MB: groups of whole small
+# images, or horizontal strips of a large one), so that its five maps and their blurs stay in
+# cache: on a 1024x768 photo 7x faster than whole-image float64 convolutions (profiled: those took
+# longer than the model's forward pass). On CPU the pieces are shared out to worker threads that
+# each run single-threaded ops (`latentcode.modules.workers`): the ops are short and memory-bound,
+# and multi-threaded each one ends in a barrier that, on a loaded machine, waits for a descheduled
+# thread (measured with 2 threads at a load of 5 on 2 cores: 100x slower than one thread).
+SSIM_PIECE_VALUES = 1 << 17
+# A strip recomputes the window's 10 extra rows: at least this many output rows keep that under a quarter.
+SSIM_MIN_STRIP_ROWS = 32
+
+
+def _gaussian_window() -> list[float]:
+    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
     weights = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
-    return weights / weights.sum()
+    return (weights / weights.sum()).tolist()
+
+
+def _valid_blur(images: torch.Tensor, window: list[float]) -> torch.Tensor:
+    """Separable Gaussian blur of `[N, h, w]` over the positions where the whole window fits:
+    `[N, h - 10, w - 10]`. Sums of shifted slices, not `conv2d`: PyTorch's float64 CPU
+    convolution has no fast kernel."""
+    size = len(window)
+    height, width = images.shape[-2] - size + 1, images.shape[-1] - size + 1
+    rows = images[:, :height] * window[0]
+    for offset in range(1, size):
+        rows.add_(images[:, offset : offset + height], alpha=window[offset])
+    blurred = rows[:, :, :width] * window[0]
+    for offset in range(1, size):
+        blurred.add_(rows[:, :, offset : offset + width], alpha=window[offset])
+    return blurred
+
+
+def _ssim_map_sum(x: torch.Tensor, y: torch.Tensor, window: list[float], data_range: float) -> torch.Tensor:
+    """`[N, h, w]` float64 x2 -> `[N]`: the sum of the SSIM map over the valid positions."""
+    mean_x, mean_y = _valid_blur(x, window), _valid_blur(y, window)
+    var_x = _valid_blur(x * x, window) - mean_x**2
+    var_y = _valid_blur(y * y, window) - mean_y**2
+    cov_xy = _valid_blur(x * y, window) - mean_x * mean_y
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.sum(dim=(1, 2))
 
 
 def ssim(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -73,22 +113,39 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float =
     batch, channels, height, width = target.shape
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {height}x{width}")
-    x = reconstruction.double().reshape(batch * channels, 1, height, width)
-    y = target.double().reshape(batch * channels, 1, height, width)
-    window = _gaussian_window(x.device)
+    x = reconstruction.reshape(batch * channels, height, width)
+    y = target.reshape(batch * channels, height, width)
+    window = _gaussian_window()
+    valid_height, valid_width = height - SSIM_WINDOW + 1, width - SSIM_WINDOW + 1
+    pieces = _ssim_pieces(batch * channels, height, width)
+    sums = torch.zeros(len(pieces), batch * channels, dtype=torch.float64, device=target.device)
 
-    def blur(images: torch.Tensor) -> torch.Tensor:
-        # Separable Gaussian, only positions where the whole window fits ("valid").
-        images = F.conv2d(images, window.view(1, 1, -1, 1))
-        return F.conv2d(images, window.view(1, 1, 1, -1))
+    def add_piece(index: int) -> None:
+        maps, top, stop = pieces[index]
+        rows = slice(top, stop + SSIM_WINDOW - 1)  # the rows of valid outputs top..stop-1 need
+        sums[index, maps] = _ssim_map_sum(x[maps, rows].double(), y[maps, rows].double(), window, data_range)
 
-    mean_x, mean_y = blur(x), blur(y)
-    var_x = blur(x * x) - mean_x**2
-    var_y = blur(y * y) - mean_y**2
-    cov_xy = blur(x * y) - mean_x * mean_y
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.view(batch, -1).mean(dim=1)
+    if target.device.type == "cpu" and torch.get_num_threads() > 1:
+        run_in_workers(add_piece, range(len(pieces)), min(torch.get_num_threads(), len(pieces)))
+    else:
+        for index in range(len(pieces)):
+            add_piece(index)
+    return (sums.sum(dim=0) / (valid_height * valid_width)).view(batch, channels).mean(dim=1)
+
+
+def _ssim_pieces(num_maps: int, height: int, width: int) -> list[tuple[slice, int, int]]:
+    """`(maps, top, stop)` pieces of SSIM's valid output rows `top..stop-1` of `maps`, each about
+    `SSIM_PIECE_VALUES` values: groups of whole maps where one fits, else strips of each map."""
+    valid_height = height - SSIM_WINDOW + 1
+    if height * width <= SSIM_PIECE_VALUES:
+        group = SSIM_PIECE_VALUES // (height * width)
+        return [(slice(first, first + group), 0, valid_height) for first in range(0, num_maps, group)]
+    rows = max(SSIM_MIN_STRIP_ROWS, SSIM_PIECE_VALUES // width - SSIM_WINDOW + 1)
+    return [
+        (slice(index, index + 1), top, min(top + rows, valid_height))
+        for index in range(num_maps)
+        for top in range(0, valid_height, rows)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,13 +153,54 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor, data_range: float =
 # ----------------------------------------------------------------------------------------------
 
 
+# The ImageNet weights of each LPIPS backbone: the `lpips` package loads them through torchvision,
+# which downloads them into torch's hub cache the first time (AlexNet's are 233 MB).
+LPIPS_BACKBONE_WEIGHTS = {
+    "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "squeeze": "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+}
+
+
+def lpips_backbone_weights(net: str = "alex") -> tuple[Path, str]:
+    """`(path, url)`: where torchvision keeps the ImageNet weights of LPIPS backbone `net`
+    (`$TORCH_HOME/hub/checkpoints`) and where it downloads them from when that file is missing."""
+    if net not in LPIPS_BACKBONE_WEIGHTS:
+        raise ValueError(f"LPIPS backbone must be one of {sorted(LPIPS_BACKBONE_WEIGHTS)}, got {net!r}")
+    url = LPIPS_BACKBONE_WEIGHTS[net]
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1], url
+
+
+def hub_offline() -> bool:
+    """Whether downloads are off: `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) as huggingface_hub
+    reads it at import, or as set since."""
+    from huggingface_hub import constants
+
+    values = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        (value or "").upper() in ("1", "ON", "YES", "TRUE") for value in values
+    )
+
+
 def build_lpips(net: str = "alex", pretrained: bool = True, how_to_disable: str = "pass lpips=None") -> PerceptualLoss:
     """LPIPS as a metric: `module(reconstruction, target)` -> `[B]` distances.
 
-    AlexNet is the backbone the LPIPS paper recommends for evaluation. Raises `RuntimeError`
-    saying where to put the backbone's ImageNet weights when they cannot be loaded.
+    AlexNet is the backbone the LPIPS paper recommends for evaluation. Its ImageNet weights come
+    from torch's hub cache ([`lpips_backbone_weights`]), downloaded there on first use as
+    `from_pretrained` downloads a model; with `HF_HUB_OFFLINE=1` nothing is downloaded. Raises
+    `RuntimeError` saying where to put the weights when they are not there offline or cannot be
+    loaded.
     """
-    return PerceptualLoss(net=net, pretrained=pretrained, how_to_disable=how_to_disable)
+    path, url = lpips_backbone_weights(net)
+    if pretrained and not path.is_file() and hub_offline():
+        raise RuntimeError(
+            f"HF_HUB_OFFLINE is set and the ImageNet weights of LPIPS' {net!r} backbone are not in {path.parent}; "
+            f"to enable LPIPS, download {url} there (or run once online), or {how_to_disable}"
+        )
+    with warnings.catch_warnings():
+        # lpips asks torchvision for the weights with its deprecated `pretrained=True` argument.
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision.models._utils")
+        return PerceptualLoss(net=net, pretrained=pretrained, how_to_disable=how_to_disable)
 
 
 # ----------------------------------------------------------------------------------------------
