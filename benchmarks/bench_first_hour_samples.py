@@ -66,12 +66,14 @@ def chain_commands(work_dir: Path, args) -> list[tuple[str, list[str]]]:
         (
             "my-prior",
             [*ACCELERATE, "training/train_prior.py", "--pretrained_model_name_or_path", vqvae]
-            + ["--dataset_name", "builtin:digits", "--max_train_steps", "300", *shlex.split(args.prior_args)],
+            + ["--dataset_name", "builtin:digits", "--max_train_steps", "300", "--learning_rate", "1e-3"]
+            + ["--lr_warmup_steps", "30", "--top_k", "16", *shlex.split(args.prior_args)],
         ),
         (
             "my-ldm",
             [*ACCELERATE, "training/train_latent_diffusion.py", "--pretrained_model_name_or_path", vae]
-            + ["--dataset_name", "builtin:digits", "--max_train_steps", "500", *shlex.split(args.ldm_args)],
+            + ["--dataset_name", "builtin:digits", "--max_train_steps", "1500", "--learning_rate", "1e-3"]
+            + ["--lr_warmup_steps", "50", *shlex.split(args.ldm_args)],
         ),
     ]
 
@@ -251,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train", action="store_true", help="first train the folders missing, as the README does")
     parser.add_argument("--vae_config", default="training/configs/quickstart_vae.yaml", help="the VAE's preset")
     parser.add_argument("--vae_args", default="", help="extra options of the VAE's training command")
-    parser.add_argument("--prior_args", default="", help="extra options of the prior's training command")
+    parser.add_argument(
+        "--prior_args", default="", help="extra options of the prior's training command (later options win)"
+    )
     parser.add_argument("--ldm_args", default="", help="extra options of the latent diffusion training command")
     parser.add_argument("--train_seed", type=int, default=0, help="training seed (the presets' default: 0)")
     parser.add_argument("--threads", type=int, default=2, help="compute threads of each training process")
