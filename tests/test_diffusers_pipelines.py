@@ -49,6 +49,13 @@ def tiny_pipeline(family: str) -> LDMPipeline:
     return latent_diffusion_pipeline(model, unet)
 
 
+def test_latent_diffusion_pipeline_does_not_clip_latents():
+    """Scaled latents have unit variance: a third of their values lie outside [-1, 1], where
+    diffusers' default DDIM scheduler would clip the predicted latents (issue 33, item 7)."""
+    scheduler = tiny_pipeline("vae").scheduler
+    assert type(scheduler).__name__ == "DDIMScheduler" and scheduler.config.clip_sample is False
+
+
 @pytest.fixture(scope="module")
 def saved_pipelines(tmp_path_factory):
     """For each family: the folder of a saved pipeline and the images it generated before saving."""
@@ -223,6 +230,9 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
     actual = load_file(tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors")
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    # The saved pipeline does not clip its unit-variance latents to [-1, 1] (issue 33, item 7).
+    scheduler_config = json.loads((tmp_path / "uninterrupted" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler_config["_class_name"] == "DDIMScheduler" and scheduler_config["clip_sample"] is False
 
 
 def tiny_stable_diffusion(vae, folder: Path) -> StableDiffusionPipeline:

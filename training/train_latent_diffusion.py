@@ -123,7 +123,10 @@ class LatentDiffusionTask(TrainingTask):
             batches.load_state_dict(start)
             # Every process must scale alike: use the mean of their measurements.
             autoencoder.config.scaling_factor = accelerator.reduce(torch.tensor(local, device=device), "mean").item()
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
+        # No clipping of the predicted latents to [-1, 1] (diffusers' pixel-space default): scaled
+        # latents have unit std, a third of their values lie outside, and clipping them pulled the
+        # first hour's samples towards blends of digits (benchmarks/README.md, 'First-hour samples').
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, clip_sample=False)
         betas = (config.adam_beta1, config.adam_beta2)
         adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, **adam)

@@ -108,11 +108,13 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor, generator: torch.Gene
 
 
 def latent_diffusion_pipeline(model, unet, scheduler=None):
-    """diffusers' `LDMPipeline` with `model` (ours, VAE or VQ-VAE) as `vqvae` and a DDIM scheduler.
+    """diffusers' `LDMPipeline` with `model` (ours, VAE or VQ-VAE) as `vqvae` and a DDIM scheduler
+    (default: `DDIMScheduler(clip_sample=False)`: the latents are not clipped to [-1, 1], as
+    latent-diffusion's and Stable Diffusion's schedulers do not; unit-variance latents lie outside).
 
     The pipeline divides the denoised latents by `model.config.scaling_factor` and calls
     `model.decode(latents).sample`, which both of our families provide.
     """
     from diffusers import DDIMScheduler, LDMPipeline
 
-    return LDMPipeline(vqvae=model, unet=unet, scheduler=scheduler or DDIMScheduler())
+    return LDMPipeline(vqvae=model, unet=unet, scheduler=scheduler or DDIMScheduler(clip_sample=False))
