@@ -165,7 +165,7 @@ COMMANDS_WITH_THREADS = {
     "latentcode.tokenize": ["--pretrained_model_name_or_path", "no-such-model", "--output_dir", "out"],
     "latentcode.traversal": ["--pretrained_model_name_or_path", "no-such-model", "--output_path", "grid.png"],
     "latentcode.generation": ["--pretrained_model_name_or_path", "no-such-model", "--output_dir", "out"],
-    "latentcode.demo.app": ["no-such-model"],
+    "latentcode.demo.command": ["no-such-model"],
 }
 
 

@@ -201,7 +201,7 @@ def test_example_images_come_from_the_shared_datasets_or_scikit_image(tmp_path):
 
 
 def test_command_without_gradio_says_how_to_install_it(monkeypatch):
-    from latentcode.demo.app import main
+    from latentcode.demo.command import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # what `import gradio` meets when it is not installed
     with pytest.raises(SystemExit, match=re.escape('pip install "latentcode[demo]"')):
@@ -516,7 +516,9 @@ def test_vector_latent_models_reconstruct_at_their_size_and_say_what_they_are(ve
 
 
 def test_command_line_takes_models_as_arguments_or_options():
-    from latentcode.demo.app import parse_args
+    from latentcode.demo.command import MIN_TILE_SIZE, parse_args
+
+    assert MIN_TILE_SIZE == inference.MIN_TILE_SIZE  # named in the help text without importing torch
 
     assert parse_args(["--model", "a", "--model", "b"]).models == ["a", "b"]
     assert parse_args(["a", "--model", "b"]).models == ["a", "b"]

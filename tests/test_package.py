@@ -228,10 +228,12 @@ def test_the_family_registry_loads_the_models_when_read():
     assert result.stdout.strip() == "['autoencoder', 'vae', 'vqvae']"
 
 
-# Each command's --help in a fresh interpreter, and the modules it must not load. The demo is
-# not here: its page module imports its inference code (the models) at the top.
+# Each command's --help in a fresh interpreter, and the modules it must not load.
 HELP_COMMANDS = {
     "training/train.py": ("torch", "transformers", *HEAVY_MODULES),
+    "training/train_prior.py": ("torch", "transformers", *HEAVY_MODULES),
+    "training/train_latent_diffusion.py": ("torch", "transformers", *HEAVY_MODULES),
+    "latentcode.demo.command": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.evaluation.cli": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.generation": ("transformers", *HEAVY_MODULES),
     "latentcode.traversal": ("transformers", *HEAVY_MODULES),
@@ -242,7 +244,7 @@ HELP_COMMANDS = {
 @pytest.mark.parametrize("command", sorted(HELP_COMMANDS))
 def test_help_answers_without_loading_the_heavy_libraries(command):
     """`--help` prints the options, `--threads` among them, before any heavy import (issue 33)."""
-    # As the console scripts call them: train.py as a script, the others' main().
+    # As they are run: the training scripts as scripts, the console scripts' main().
     if command.endswith(".py"):
         call = "sys.argv = [target, '--help']; runpy.run_path(target, run_name='__main__')"
     else:

@@ -15,6 +15,7 @@ from helpers import load_script, reset_accelerate_state, tiny_model
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
 
 from latentcode.prior import (
+    PRIOR_ARCHITECTURES,
     build_prior,
     encode_to_sequences,
     prior_loss,
@@ -108,6 +109,11 @@ def test_prior_config_errors():
         build_prior(16, (4, 4), architecture="mamba")
     with pytest.raises(ValueError, match="divisible by num_heads"):
         build_prior(16, (4, 4), hidden_size=30, num_heads=4)
+
+
+def test_train_prior_script_names_the_architectures_that_build_prior_accepts():
+    """The script names them without importing transformers (for --help); they must stay the originals."""
+    assert load_script("training/train_prior.py").PRIOR_ARCHITECTURE_NAMES == PRIOR_ARCHITECTURES
 
 
 def test_train_prior_script(tmp_path, fresh_accelerate_state):

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from latentcode.training.checkpointing import LOCK_FILE, OutputDirError, list_checkpoints
 from latentcode.training.engine import Engine
+from latentcode.training.latent_diffusion_task import LatentDiffusionTask
+from latentcode.training.prior_task import PriorTask
 from latentcode.training.state import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def stage(request, tmp_path_factory):
 def engine_of(stage, output_dir: Path, *flags: str) -> Engine:
     name, script, config_file = stage
     config = script.parse_args(["--config", str(config_file), "--output_dir", str(output_dir), *flags])
-    task = script.PriorTask(config) if name == "prior" else script.LatentDiffusionTask(config)
+    task = PriorTask(config) if name == "prior" else LatentDiffusionTask(config)
     reset_accelerate_state()
     return Engine(config, task)
 

@@ -12,7 +12,8 @@ latent-diffusion does; or, with `--latents_dataset`, read from the autoencoder's
 AutoEncoder: its code; see `latentcode.training.codes`). Latents are multiplied by `scaling_factor` (measured as 1 / std on the
 first batch unless given, and stored in the autoencoder's config) so the UNet sees unit variance.
 `--output_dir` then holds a pipeline that `DiffusionPipeline.from_pretrained` loads after
-`import latentcode.modeling`, plus `samples.png`. The pieces are in `latentcode.latent_diffusion`.
+`import latentcode.modeling`, plus `samples.png`. The pieces are in `latentcode.latent_diffusion`, the task in
+`latentcode.training.latent_diffusion_task`.
 """
 
 from __future__ import annotations
@@ -21,27 +22,10 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-from diffusers import DDIMScheduler, DDPMScheduler
-from transformers import AutoModel
-
-import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
-from latentcode.data import image_data_from_config
+# Light imports only (no torch, diffusers): --help and bad options answer at once; the task loads in main.
 from latentcode.errors import command_line
-from latentcode.families import FamilyBehaviour
-from latentcode.grids import save_image_grid
-from latentcode.hub import resolve_pretrained
-from latentcode.latent_diffusion import (
-    continuous_latents,
-    diffusion_loss,
-    latent_diffusion_pipeline,
-    latent_unet,
-    scaling_factor_of,
-)
-from latentcode.training.codes import code_data
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.engine import Engine, Part, TrainingTask, training_report
 
 
 @dataclass
@@ -88,153 +72,12 @@ def parse_args(argv: list[str] | None = None) -> LatentDiffusionConfig:
     return parse_config(argv, LatentDiffusionConfig, description=__doc__)
 
 
-class LatentDiffusionTask(TrainingTask):
-    """The frozen autoencoder encodes each batch to scaled latents; the UNet learns to denoise them."""
-
-    def __init__(self, config: LatentDiffusionConfig):
-        self.config = config
-        self.validation_latents = None
-
-    def build(self, engine: Engine):
-        config, accelerator, device = self.config, engine.accelerator, engine.device
-        autoencoder = AutoModel.from_pretrained(
-            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
-        )
-        if not isinstance(autoencoder, FamilyBehaviour):  # any family: each has a continuous code
-            raise ValueError(
-                "--pretrained_model_name_or_path must hold a latentcode model (AutoEncoder, VAE or VQ-VAE), got a "
-                f"{type(autoencoder).__name__}"
-            )
-        self.autoencoder = autoencoder.eval().requires_grad_(False).to(device)
-        resolution = config.resolution or autoencoder.config.sample_size
-        # Initialised first, from the seed alone (DataLoaders draw from a generator of their own,
-        # data/batches.py): the same UNet whether the latents come from images or from a tokenised dataset.
-        unet = latent_unet(
-            autoencoder.config, resolution, config.block_out_channels, config.layers_per_block, config.norm_num_groups
-        )
-        batches, self.validation_batch = self.data(resolution, accelerator.process_index, accelerator.num_processes)
-        # Each process has its own noise; the validation noise is the same everywhere and every time.
-        self.generator = torch.Generator(device).manual_seed(config.seed + accelerator.process_index)
-        if config.scaling_factor is not None:
-            autoencoder.config.scaling_factor = config.scaling_factor
-        else:  # measured on the first batch, which step 1 then reads again (a resume restores its own)
-            start = batches.state_dict()
-            local = scaling_factor_of([self.latents(batches.next_batch().to(device), self.generator)])
-            batches.load_state_dict(start)
-            # Every process must scale alike: use the mean of their measurements.
-            autoencoder.config.scaling_factor = accelerator.reduce(torch.tensor(local, device=device), "mean").item()
-        # No clipping of the predicted latents to [-1, 1] (diffusers' pixel-space default): scaled
-        # latents have unit std, a third of their values lie outside, and clipping them pulled the
-        # first hour's samples towards blends of digits (benchmarks/README.md, 'First-hour samples').
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, clip_sample=False)
-        betas = (config.adam_beta1, config.adam_beta2)
-        adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, **adam)
-        accelerator.print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
-        return [Part("unet", unet, optimizer)], batches
-
-    def prepared(self, engine: Engine) -> None:
-        engine.accelerator.print(f"scaling_factor = {self.autoencoder.config.scaling_factor:.5f}")
-
-    def data(self, resolution: int, rank: int, world_size: int):
-        """The training batches and the held-out batch: pixels `[B, C, H, W]`, or with
-        `--latents_dataset` the stored codes `[B, k, C, h, w]` (k = 2: a posterior's mean and std;
-        k = 1: the code)."""
-        config, autoencoder = self.config, self.autoencoder
-        if config.latents_dataset is None:
-            return image_data_from_config(config, autoencoder.config.in_channels, resolution, rank, world_size)
-        if autoencoder.has_tokens:
-            raise ValueError(
-                f"--latents_dataset needs the tokenised latents of a VAE or an AutoEncoder; {config.latents_dataset!r} "
-                "would hold a VQ-VAE's token indices, not the latents before quantisation it diffuses: drop "
-                "--latents_dataset to encode the images on the fly"
-            )
-        shape = list(autoencoder.stored_code_shape(resolution))
-        columns = list(autoencoder.stored_columns)
-
-        def stored_latents(rows: dict) -> torch.Tensor:
-            return torch.stack([rows[name].float().unflatten(1, shape) for name in columns], dim=1)
-
-        return code_data(config.latents_dataset, autoencoder, config, stored_latents, shape, rank, world_size)
-
-    @torch.no_grad()
-    def latents(self, batch: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
-        """Unscaled latents `[B, C, h, w]` of a batch: a posterior sample (drawn with `noise`) or
-        the code; from pixels, or from stored codes as `model.continuous_code` would draw them."""
-        if self.config.latents_dataset is None:
-            return continuous_latents(self.autoencoder, batch, sample_posterior=True, generator=noise)
-        mean = batch[:, 0]
-        if batch.shape[1] == 1:  # a deterministic code
-            return mean
-        eps = torch.randn(mean.shape, generator=noise, device=mean.device, dtype=mean.dtype)
-        return mean + batch[:, 1] * eps  # as DiagonalGaussianDistribution.sample draws it
-
-    def encode(self, batch: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
-        return self.latents(batch, noise) * self.autoencoder.config.scaling_factor
-
-    def loss(self, engine: Engine, batch: torch.Tensor):
-        latents = self.encode(batch, self.generator)
-        loss = diffusion_loss(engine.parts[0].module, self.noise_scheduler, latents, self.generator)
-        return loss, {"loss": loss}
-
-    def state(self, engine: Engine) -> tuple[dict, dict]:
-        return {"scaling_factor": self.autoencoder.config.scaling_factor}, {
-            "noise_generator": self.generator.get_state()
-        }
-
-    def load_state(self, engine: Engine, trainer_state: dict, process_state: dict) -> None:
-        self.autoencoder.config.scaling_factor = trainer_state["scaling_factor"]
-        self.generator.set_state(process_state["noise_generator"])
-
-    def pipeline(self, engine: Engine):
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
-        return latent_diffusion_pipeline(self.autoencoder, engine.unwrap(engine.parts[0].module), scheduler)
-
-    def validate(self, engine: Engine) -> dict:
-        config, device = self.config, engine.device
-        metrics = {}
-        unet = engine.unwrap(engine.parts[0].module).eval()
-        if self.validation_batch is not None and len(self.validation_batch):
-            if self.validation_latents is None:  # the same posterior samples in every run, resumed or not
-                noise = torch.Generator(device).manual_seed(config.seed)
-                self.validation_latents = self.encode(self.validation_batch.to(device), noise)
-            fixed = torch.Generator(device).manual_seed(config.seed)
-            with torch.no_grad():
-                loss = diffusion_loss(unet, self.noise_scheduler, self.validation_latents, fixed)
-            metrics["validation_loss"] = loss.item()
-        images = self.pipeline(engine)(
-            batch_size=config.num_samples,
-            generator=torch.Generator().manual_seed(config.seed),
-            num_inference_steps=config.num_inference_steps,
-            output_type="np",
-        ).images
-        samples = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1  # [N, C, H, W] in [-1, 1]
-        save_image_grid(samples, engine.output_dir / "samples" / f"step_{engine.global_step:06d}.png")
-        unet.train()
-        engine.accelerator.print(f"step {engine.global_step}: {metrics}")
-        return metrics
-
-    def finish(self, engine: Engine, summary: dict) -> dict:
-        output_dir = engine.output_dir
-        metrics = self.validate(engine)
-        self.pipeline(engine).save_pretrained(output_dir)
-        (output_dir / "samples.png").write_bytes(
-            (output_dir / "samples" / f"step_{engine.global_step:06d}.png").read_bytes()
-        )
-        return training_report(
-            engine,
-            summary,
-            kind="latent-diffusion",
-            metrics=metrics,
-            num_images=0 if self.validation_batch is None else len(self.validation_batch),
-            source=self.config.latents_dataset,
-            details={"scaling_factor": self.autoencoder.config.scaling_factor},
-        )
-
-
 @command_line
 def main(config: LatentDiffusionConfig) -> dict:
     """Train the UNet and save the pipeline; returns the final metrics (main process)."""
+    from latentcode.training.engine import Engine
+    from latentcode.training.latent_diffusion_task import LatentDiffusionTask
+
     return Engine(config, LatentDiffusionTask(config)).run().metrics
 
 

@@ -9,31 +9,23 @@ once; the same batches for a one-shard source, see `latentcode.training.codes`),
 transformers causal LM (`--architecture gpt2` or `llama`) learns them. Every
 `--validation_steps` and at the end: the held-out negative log-likelihood and a PNG grid of
 sampled images. The prior is written to `--output_dir` with `save_pretrained`, with its model
-card (`model_cards/prior.md`) and `samples.png`. The library side is `latentcode.prior`.
+card (`model_cards/prior.md`) and `samples.png`. The library side is `latentcode.prior`; the task is `latentcode.training.prior_task`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-from transformers import AutoModel
-
-import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
-from latentcode.data import image_data_from_config
+# Light imports only (no torch): --help and bad options answer at once; the task loads in main.
 from latentcode.errors import command_line
-from latentcode.grids import save_image_grid
-from latentcode.hub import resolve_pretrained
-from latentcode.objectives import PriorObjective
-from latentcode.prior import PRIOR_ARCHITECTURES, build_prior, encode_to_sequences, sample_images, token_mapping
-from latentcode.training.codes import code_data
 from latentcode.training.config import RunConfig, option
 from latentcode.training.config import parse_args as parse_config
-from latentcode.training.engine import Engine, Part, TrainingTask, data_source, training_report
-from latentcode.training.model_card import render_model_card
+
+# `latentcode.prior.PRIOR_ARCHITECTURES`, for the help text without importing transformers (a test
+# keeps them equal; build_prior checks against the original).
+PRIOR_ARCHITECTURE_NAMES = ("gpt2", "llama")
 
 
 @dataclass
@@ -51,7 +43,7 @@ class PriorConfig(RunConfig):
         "encoding images on the fly; the data options are then unused",
         default=None,
     )
-    architecture: str = option(f"one of {PRIOR_ARCHITECTURES}", default="gpt2")
+    architecture: str = option(f"one of {PRIOR_ARCHITECTURE_NAMES}", default="gpt2")
     hidden_size: int = option("width of the prior", default=256)
     num_layers: int = option("transformer layers", default=4)
     num_heads: int = option("attention heads", default=4)
@@ -74,144 +66,20 @@ class PriorConfig(RunConfig):
         super().validate()
         if self.pretrained_model_name_or_path is None:
             raise ValueError("pretrained_model_name_or_path (the trained VQ-VAE) is required")
-        if self.architecture not in PRIOR_ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {PRIOR_ARCHITECTURES}, got {self.architecture!r}")
+        if self.architecture not in PRIOR_ARCHITECTURE_NAMES:
+            raise ValueError(f"architecture must be one of {PRIOR_ARCHITECTURE_NAMES}, got {self.architecture!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> PriorConfig:
     return parse_config(argv, PriorConfig, description=__doc__)
 
 
-def code_sequences(rows: dict) -> torch.Tensor:
-    """The code sequences `[B, L]` (int64) of tokenised rows (stored as uint16 or int32)."""
-    return rows["indices"].long()
-
-
-class PriorTask(TrainingTask):
-    """The frozen VQ-VAE encodes each batch to code sequences; the prior learns them."""
-
-    def __init__(self, config: PriorConfig):
-        self.config, self.objective = config, PriorObjective()
-
-    def build(self, engine: Engine):
-        config, accelerator = self.config, engine.accelerator
-        vqvae = AutoModel.from_pretrained(
-            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
-        )
-        if not getattr(vqvae, "has_tokens", False):
-            raise ValueError(
-                f"--pretrained_model_name_or_path must hold a latentcode model with discrete tokens (a VQ-VAE: "
-                f"has_tokens), got a {type(vqvae).__name__}; train a prior over the codes of a VQ-VAE"
-            )
-        self.vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
-        self.resolution = config.resolution or vqvae.config.sample_size
-        self.latent_shape = vqvae.latent_shape(self.resolution)
-        # Initialised first, from the seed alone (DataLoaders draw from a generator of their own,
-        # data/batches.py): the same prior whether the codes come from images or from a tokenised dataset.
-        prior = build_prior(
-            vqvae.config.codebook_size,
-            self.latent_shape,
-            architecture=config.architecture,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            dropout=config.dropout,
-            vqvae_name_or_path=config.pretrained_model_name_or_path,
-        )
-        self.mapping = token_mapping(prior.config)
-        batches, self.validation_codes = self.data(accelerator.process_index, accelerator.num_processes)
-        betas = (config.adam_beta1, config.adam_beta2)
-        adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-        optimizer = torch.optim.AdamW(prior.parameters(), lr=config.learning_rate, **adam)
-        accelerator.print(
-            f"prior: {config.architecture}, {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
-            f"{math.prod(self.latent_shape)} codes per image {tuple(self.latent_shape)}, "
-            f"vocabulary {self.mapping.vocab_size}"
-        )
-        return [Part("prior", prior, optimizer)], batches
-
-    def data(self, rank: int, world_size: int):
-        """The training batches (pixels, or code sequences `[B, L]` with `--codes_dataset`) and the
-        held-out code sequences `[V, L]`."""
-        config, vqvae = self.config, self.vqvae
-        if config.codes_dataset is not None:
-            shape = self.latent_shape
-            return code_data(config.codes_dataset, vqvae, config, code_sequences, shape, rank, world_size)
-        batches, images = image_data_from_config(config, vqvae.config.in_channels, self.resolution, rank, world_size)
-        return batches, torch.cat(list(encode_to_sequences(vqvae, images.split(64))))
-
-    def loss(self, engine: Engine, batch: torch.Tensor):
-        """The objective of a micro-batch: pixels `[B, C, H, W]`, or code sequences `[B, L]`."""
-        sequences = batch if self.config.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
-        loss = self.objective(engine.parts[0].module, self.mapping.codes_to_tokens(sequences))
-        return loss, {"loss": loss}
-
-    @torch.no_grad()
-    def validation_nll(self, prior) -> float:
-        """Mean held-out negative log-likelihood in nats per code."""
-        prior.eval()
-        chunks = self.validation_codes.split(64)
-        losses = [self.objective(prior, self.mapping.codes_to_tokens(chunk)) * len(chunk) for chunk in chunks]
-        prior.train()
-        return (torch.stack(losses).sum() / len(self.validation_codes)).item()
-
-    def samples(self, engine: Engine) -> torch.Tensor:
-        config = self.config
-        prior = engine.unwrap(engine.parts[0].module)
-        return sample_images(
-            prior, self.vqvae, config.num_samples, temperature=config.temperature, top_k=config.top_k, seed=config.seed
-        )
-
-    def validate(self, engine: Engine) -> dict:
-        nll = self.validation_nll(engine.unwrap(engine.parts[0].module))
-        save_image_grid(self.samples(engine), engine.output_dir / "samples" / f"step_{engine.global_step:06d}.png")
-        engine.accelerator.print(f"step {engine.global_step}: validation NLL {nll:.4f} nats/code")
-        return {"nll": nll}
-
-    def finish(self, engine: Engine, summary: dict) -> dict:
-        config, output_dir = self.config, engine.output_dir
-        nll = self.validate(engine)["nll"]
-        prior = engine.unwrap(engine.parts[0].module)
-        prior.save_pretrained(output_dir)
-        save_image_grid(self.samples(engine), output_dir / "samples.png")
-        bits = nll * math.prod(self.latent_shape) / math.log(2)
-        card = render_model_card(
-            "prior",
-            dict(
-                architecture=config.architecture,
-                model_class=type(prior).__name__,
-                num_parameters=f"{sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M",
-                vqvae=config.pretrained_model_name_or_path,
-                codebook_size=self.vqvae.config.codebook_size,
-                latent_shape=" x ".join(str(size) for size in self.latent_shape),
-                sequence_length=math.prod(self.latent_shape),
-                dataset=config.codes_dataset or data_source(config),
-                resolution=self.resolution,
-                steps=engine.global_step,
-                batch_size=config.train_batch_size
-                * engine.accelerator.num_processes
-                * config.gradient_accumulation_steps,
-                learning_rate=config.learning_rate,
-                validation_nll=f"{nll:.4f}",
-                bits_per_image=f"{bits:.1f}",
-                num_validation_images=len(self.validation_codes),
-                repo_id=str(output_dir),
-            ),
-        )
-        (output_dir / "README.md").write_text(card)
-        return training_report(
-            engine,
-            summary,
-            kind="prior",
-            metrics={"nll": nll, "bits_per_image": bits},
-            num_images=len(self.validation_codes),
-            source=config.codes_dataset,
-        )
-
-
 @command_line
 def main(config: PriorConfig) -> dict:
     """Train the prior; returns the final metrics (main process)."""
+    from latentcode.training.engine import Engine
+    from latentcode.training.prior_task import PriorTask
+
     return Engine(config, PriorTask(config)).run().metrics
 
 
