@@ -693,6 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.push_to_hub:
             push_to_hub(Path(args.output_dir), args.hub_dataset_id, args.hub_token)
+    # Several processes: end the process group before the interpreter exits, as train.py's engine
+    # does; left to exit, gloo's threads can be torn down joinable and abort the process.
+    state.destroy_process_group()
     return 0
 
 
