@@ -113,13 +113,18 @@ def latent_traversal(
     standard deviations either side)."""
     values = torch.linspace(-2, 2, 7) if values is None else values
     dims = _check_dims(model, range(code_dimensions(model)) if dims is None else dims)
-    if pixel_values is None:
-        base = torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
-    elif pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
-        raise ValueError(f"expected one image [1, C, H, W] to traverse around, got shape {tuple(pixel_values.shape)}")
-    else:
-        base = encode_codes(model, pixel_values)[0]
+    base = _base_code(model, pixel_values, "to traverse around")
     return model.decode(traversal_codes(base, dims, values), return_dict=True).sample
+
+
+def _base_code(model, pixel_values: torch.Tensor | None, purpose: str) -> torch.Tensor:
+    """The code `[*code_shape]` a traversal starts from: that of one image `[1, C, H, W]`, or the
+    prior mean (0) when `pixel_values` is None."""
+    if pixel_values is None:
+        return torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
+    if pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
+        raise ValueError(f"expected one image [1, C, H, W] {purpose}, got shape {tuple(pixel_values.shape)}")
+    return encode_codes(model, pixel_values)[0]
 
 
 @torch.no_grad()
@@ -148,12 +153,7 @@ def attribute_traversal(
     or the prior mean (0) when None, moved by each of `values` times the attribute `vector`
     (`[*code_shape]`, [`attribute_vector`]). `values` defaults to `linspace(-2, 2, 7)`."""
     values = torch.linspace(-2, 2, 7) if values is None else values
-    if pixel_values is None:
-        base = torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
-    elif pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
-        raise ValueError(f"expected one image [1, C, H, W] to move along the vector, got {tuple(pixel_values.shape)}")
-    else:
-        base = encode_codes(model, pixel_values)[0]
+    base = _base_code(model, pixel_values, "to move along the vector")
     if vector.shape != base.shape:
         raise ValueError(
             f"expected an attribute vector of the code's shape {tuple(base.shape)}, got {tuple(vector.shape)}: "

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .evaluate import EvaluationImages
 from ..errors import command_line
 from ..threads import set_num_threads
-from ..training.config import DATA_SOURCE_FIELDS, RunConfig, add_config_arguments
+from ..training.config import DATA_SOURCE_FIELDS, DefaultsHelpFormatter, RunConfig, add_config_arguments
 
 # Splits that hold images a model was not trained on, in order of preference.
 HELD_OUT_SPLITS = ("test", "validation")
@@ -43,19 +43,12 @@ HELD_OUT_SPLITS = ("test", "validation")
 MIN_FULL_RESOLUTION_TILE = 256
 
 
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" except where the help text already explains its default."""
-
-    def _get_help_string(self, action):
-        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentcode-eval",
         description="Reconstruction PSNR/SSIM/LPIPS/rFID, codebook usage and perplexity (VQ-VAE), KL and "
         "bits per dimension (VAE) and throughput of a latentcode model over a streamed dataset.",
-        formatter_class=_DefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--pretrained_model_name_or_path",
