@@ -97,7 +97,7 @@ def test_a_misspelt_model_in_a_fresh_command_prints_the_message_alone(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1 and lines[0].startswith("tokenize.py: error: no folder 'rgb-vqave' here"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("tokenize: error: no folder 'rgb-vqave' here"), result.stderr
     assert not (tmp_path / "codes").exists()
 
 

@@ -237,7 +237,7 @@ HELP_COMMANDS = {
     "latentcode.evaluation.cli": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.generation": ("transformers", *HEAVY_MODULES),
     "latentcode.traversal": ("transformers", *HEAVY_MODULES),
-    "latentcode.tokenize": ("transformers", "torchvision", "torch._dynamo", "diffusers"),
+    "latentcode.tokenize": ("torch", "transformers", *HEAVY_MODULES),
 }
 
 
