@@ -41,7 +41,7 @@ LAYERS = {
     # 2. models
     "latentcode.modeling": 2,
     "latentcode.model_inputs": 2,
-    "latentcode.presets": 2,
+    "latentcode.architectures": 2,
     # 3. what uses a model
     "latentcode.objectives": 3,
     "latentcode.prior": 3,
