@@ -29,6 +29,7 @@ LAYERS = {
     "latentcode.hub": 1,
     "latentcode.lazy": 1,
     "latentcode.threads": 1,
+    "latentcode.tile_size": 1,
     "latentcode.families": 1,
     "latentcode.configuration": 1,
     "latentcode.modules": 1,
