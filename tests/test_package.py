@@ -42,6 +42,7 @@ LAYERS = {
     # 2. models
     "latentcode.modeling": 2,
     "latentcode.model_inputs": 2,
+    "latentcode.model_loading": 2,
     "latentcode.architectures": 2,
     # 3. what uses a model
     "latentcode.objectives": 3,

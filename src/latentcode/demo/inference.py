@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from ..evaluation import psnr, ssim
 from ..evaluation.figures import bar_chart
@@ -34,6 +34,7 @@ from ..evaluation.metrics import SSIM_WINDOW
 from ..generation import interpolate
 from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
+from ..model_loading import load_pretrained_model
 from ..modeling import LatentCodePreTrainedModel
 from ..prior import sample_images, token_mapping
 from ..tile_size import default_tile_size
@@ -129,16 +130,10 @@ class DemoModel:
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size: int | None = None) -> DemoModel:
     """A latentcode model (folder or Hub id; offline from the Hugging Face cache with
-    `HF_HUB_OFFLINE=1`) in eval mode, with tiling on for images larger than `tile_size` pixels
-    (default: `tile_size.default_tile_size`: `config.sample_size`, at least 256). Its saved image processor is used
-    when it has one. (Importing `latentcode` registered its classes with `AutoModel`.)"""
-    model = AutoModel.from_pretrained(name_or_path)
-    if not isinstance(model, LatentCodePreTrainedModel):
-        raise ValueError(
-            f"{name_or_path} is a {type(model).__name__}; the demo shows latentcode AutoencoderModel, VAEModel "
-            "or VQVAEModel checkpoints"
-        )
-    model = model.to(device).eval()
+    `HF_HUB_OFFLINE=1`; [`load_pretrained_model`]) in eval mode, with tiling on for images larger
+    than `tile_size` pixels (default: [`default_tile_size`]: `config.sample_size`, at least 256).
+    Its saved image processor is used when it has one."""
+    model = load_pretrained_model(name_or_path).to(device)
     try:
         processor = LatentCodeImageProcessor.from_pretrained(name_or_path)
     except OSError:  # no preprocessor_config.json: the model config says what the processor needs

@@ -174,14 +174,9 @@ def images_in_split(args: argparse.Namespace, stream) -> int | None:
 
 
 def _load_model(args: argparse.Namespace):
-    from transformers import AutoModel
+    from ..model_loading import load_pretrained_model
 
-    from .. import modeling  # noqa: F401  (registers the families with AutoModel)
-    from ..hub import resolve_pretrained
-
-    path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
-    model = AutoModel.from_pretrained(path, revision=args.revision)
-    return model.to(args.device).eval()
+    return load_pretrained_model(args.pretrained_model_name_or_path, revision=args.revision).to(args.device)
 
 
 def _metric_networks(args: argparse.Namespace):

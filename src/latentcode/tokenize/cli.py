@@ -12,7 +12,7 @@ import sys
 import time
 
 from ..errors import command_line
-from ..hub import push_to_hub, resolve_pretrained
+from ..hub import push_to_hub
 from ..threads import set_num_threads
 from .dataset_folder import LATENT_DTYPES, PARTS
 
@@ -78,15 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--push_to_hub needs --hub_dataset_id org/name")
     set_num_threads(args.threads)
     from accelerate import PartialState
-    from transformers import AutoModel
 
-    from .. import modeling  # noqa: F401  (registers the families with AutoModel)
+    from ..model_loading import load_pretrained_model
     from .writer import tokenize
 
     state = PartialState()
-    source = resolve_pretrained(args.pretrained_model_name_or_path, cache_dir=args.cache_dir, revision=args.revision)
-    model = AutoModel.from_pretrained(source, revision=args.revision)
-    model = model.to(args.device or state.device).eval()
+    model = load_pretrained_model(args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir)
+    model = model.to(args.device or state.device)
     start = time.perf_counter()
     info = tokenize(
         model,

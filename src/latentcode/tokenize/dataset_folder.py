@@ -111,6 +111,7 @@ def write_unit(output_dir: Path, name: str, table: pa.Table, note: dict) -> None
 def unit_notes(paths: list[Path]) -> list[dict]:
     """The notes `write_unit` left in each shard, with its row count."""
     import pyarrow.parquet as pq
+
     notes = []
     for path in paths:
         metadata = pq.read_schema(path).metadata

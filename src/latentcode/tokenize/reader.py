@@ -62,11 +62,9 @@ def load_codes(
         )
     split = stored
     if isinstance(expected_model, (str, os.PathLike)):
-        from transformers import AutoModel
+        from ..model_loading import load_pretrained_model
 
-        from .. import modeling  # noqa: F401  (registers the families with AutoModel)
-
-        expected_model = AutoModel.from_pretrained(expected_model)
+        expected_model = load_pretrained_model(expected_model)
     if expected_model is not None:
         check_same_model(info, expected_model, os.fspath(path))
     codes = datasets.load_dataset(where, split=split, revision=revision, token=token)
