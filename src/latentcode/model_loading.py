@@ -5,6 +5,7 @@ and a checkpoint of another library refused."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,17 @@ from .hub import resolve_pretrained
 
 if TYPE_CHECKING:
     from .modeling import LatentCodePreTrainedModel
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--pretrained_model_name_or_path` (required) and `--revision`: a command's model, as
+    [`load_pretrained_model`] takes it."""
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        required=True,
+        help="the model: a folder written by save_pretrained or a Hub id",
+    )
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model (default: main)")
 
 
 def load_pretrained_model(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from .evaluate import EvaluationImages
 from ..errors import command_line
+from ..model_loading import add_model_arguments, load_pretrained_model
 from ..threads import set_num_threads
 from ..tile_size import MIN_DEFAULT_TILE_SIZE, default_tile_size
 from ..training.config import DATA_SOURCE_FIELDS, DefaultsHelpFormatter, RunConfig, add_config_arguments
@@ -46,12 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bits per dimension (VAE) and throughput of a latentcode model over a streamed dataset.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--pretrained_model_name_or_path",
-        required=True,
-        help="saved model: a folder written by save_pretrained or a Hub id",
-    )
-    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model (default: main)")
+    add_model_arguments(parser)
     data = parser.add_argument_group("data (as in training/train.py)")
     add_config_arguments(data, RunConfig, [name for name in DATA_SOURCE_FIELDS if name != "split"], keep_defaults=True)
     data.add_argument(
@@ -174,8 +170,6 @@ def images_in_split(args: argparse.Namespace, stream) -> int | None:
 
 
 def _load_model(args: argparse.Namespace):
-    from ..model_loading import load_pretrained_model
-
     return load_pretrained_model(args.pretrained_model_name_or_path, revision=args.revision).to(args.device)
 
 

@@ -13,6 +13,7 @@ import time
 
 from ..errors import command_line
 from ..hub import push_to_hub
+from ..model_loading import add_model_arguments, load_pretrained_model
 from ..threads import set_num_threads
 from .dataset_folder import LATENT_DTYPES, PARTS
 
@@ -31,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as a Hugging Face dataset (parquet shards + dataset card). Resumable; multi-process with accelerate launch.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--pretrained_model_name_or_path", required=True, help="the model: a saved folder or a Hub id")
-    parser.add_argument(
-        "--revision", default=None, help="Hub revision (branch, tag or commit) of the model (default: main)"
-    )
+    add_model_arguments(parser)
     data = parser.add_argument_group("data (as in training/train.py)")
     add_config_arguments(data, RunConfig, DATA_SOURCE_FIELDS, keep_defaults=True)
     add_config_arguments(parser, RunConfig, ["threads"], keep_defaults=True)
@@ -79,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     set_num_threads(args.threads)
     from accelerate import PartialState
 
-    from ..model_loading import load_pretrained_model
     from .writer import tokenize
 
     state = PartialState()
