@@ -50,7 +50,7 @@ from diffusers import AutoencoderKL, VQModel
 from diffusers.utils import logging as diffusers_logging
 
 from latentcode import VAEConfig, VAEModel, VQVAEConfig, VQVAEModel
-from latentcode.conversion.legacy_vq import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
+from latentcode.conversion.imported_vq_recipe import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 from latentcode.evaluation.metrics import psnr
 from latentcode.modules import backbone
 

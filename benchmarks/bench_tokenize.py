@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-import latentcode.tokenize as tokenize_module
+import latentcode.tokenize.writer as tokenize_writer
 from latentcode import VQVAEConfig, VQVAEModel
 from latentcode.data import ImageTransform
 from latentcode.tokenize import tokenize
@@ -59,13 +59,13 @@ def encode_rate(model, batch_size: int, images: int) -> float:
 
 
 def timed_encode(model, seconds: list[float]):
-    """`encode_codes` that adds its wall time to `seconds`: the model's share of a tokenize run,
+    """`encode_stored_code` that adds its wall time to `seconds`: the model's share of a tokenize run,
     measured in the same run (on a shared machine, two separate runs see different loads)."""
-    encode_codes = tokenize_module.encode_codes
+    encode_stored_code = tokenize_writer.encode_stored_code
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
-        codes = encode_codes(*args, **kwargs)
+        codes = encode_stored_code(*args, **kwargs)
         _sync(model)
         seconds.append(time.perf_counter() - start)
         return codes
@@ -93,7 +93,7 @@ def main() -> None:
     widths = [round(width * args.width) for width in PRESET["block_out_channels"]]
     model = VQVAEModel(VQVAEConfig(**{**PRESET, "block_out_channels": widths})).to(args.device).eval()
     encode_seconds: list[float] = []
-    tokenize_module.encode_codes = timed_encode(model, encode_seconds)
+    tokenize_writer.encode_stored_code = timed_encode(model, encode_seconds)
     encode = encode_rate(model, args.batch_size, args.encode_images)
     with tempfile.TemporaryDirectory() as folder:
         source = CIFAR10 if args.images >= 10_000 else Path(folder) / "subset"

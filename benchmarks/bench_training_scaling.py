@@ -26,9 +26,9 @@ import time
 import torch
 
 SETTINGS = {
-    # model preset, per-process batch, image size, timed steps
-    "full": dict(preset="vqvae_paper_32", batch=32, size=32, steps=20),
-    "quick": dict(preset="mnist", batch=32, size=32, steps=10),
+    # model architecture (latentcode.architectures), per-process batch, image size, timed steps
+    "full": dict(architecture="vqvae_paper_32", batch=32, size=32, steps=20),
+    "quick": dict(architecture="mnist", batch=32, size=32, steps=10),
 }
 
 
@@ -38,13 +38,13 @@ def worker(args) -> None:
     from accelerate import Accelerator
     from sklearn.datasets import load_digits
 
-    from latentcode import VQVAEModel, preset_config
+    from latentcode import VQVAEModel, architecture_config
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     torch.manual_seed(0)
     setting = SETTINGS["quick" if args.quick else "full"]
-    config = preset_config(setting["preset"], family="vqvae", sample_size=setting["size"])
+    config = architecture_config(setting["architecture"], family="vqvae", sample_size=setting["size"])
     model = VQVAEModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -55,7 +55,7 @@ def help_of_eval():
 
 
 def help_of_tokenize():
-    from latentcode.tokenize import build_parser
+    from latentcode.tokenize.cli import build_parser
 
     return build_parser().format_help()
 

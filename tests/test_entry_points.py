@@ -97,8 +97,24 @@ def test_a_misspelt_model_in_a_fresh_command_prints_the_message_alone(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1 and lines[0].startswith("tokenize.py: error: no folder 'rgb-vqave' here"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("tokenize: error: no folder 'rgb-vqave' here"), result.stderr
     assert not (tmp_path / "codes").exists()
+
+
+def test_a_checkpoint_of_another_library_is_refused_by_name(tmp_path):
+    """`load_pretrained_model` (every command's loader, and `load_codes(expected_model=PATH)`) names
+    the class it found instead of failing later on a missing `encode`."""
+    from transformers import GPT2Config, GPT2Model
+
+    from latentcode.model_loading import load_pretrained_model
+
+    GPT2Model(GPT2Config(n_layer=1, n_head=1, n_embd=8, vocab_size=16, n_positions=8)).save_pretrained(tmp_path / "gpt")
+    with pytest.raises(ValueError, match=r"holds a GPT2Model, not a latentcode model; give a folder or Hub id of an"):
+        load_pretrained_model(tmp_path / "gpt")
+    model = tiny_model("vqvae")
+    model.save_pretrained(tmp_path / "vqvae")
+    loaded = load_pretrained_model(tmp_path / "vqvae")
+    assert type(loaded) is type(model) and not loaded.training
 
 
 def test_a_path_that_cannot_be_a_repo_id_says_so(tmp_path, monkeypatch):

@@ -250,13 +250,13 @@ def test_overfits_real_digits(family, digits):
     assert final < 0.25 * initial, (initial, final)
 
 
-def test_presets_build_models_with_the_documented_shapes():
-    config = latentcode.preset_config("vqvae_paper_32", family="vqvae")
+def test_architectures_build_models_with_the_documented_shapes():
+    config = latentcode.architecture_config("vqvae_paper_32", family="vqvae")
     assert (config.codebook_size, config.codebook_dim, config.downsampling_factor) == (512, 64, 4)
-    vae = latentcode.preset_config("mnist", family="vae", latent_channels=2)
+    vae = latentcode.architecture_config("mnist", family="vae", latent_channels=2)
     assert vae.in_channels == 1 and vae.latent_channels == 2 and not hasattr(vae, "codebook_size")
-    with pytest.raises(ValueError, match="unknown preset"):
-        latentcode.preset_config("nope")
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        latentcode.architecture_config("nope")
 
 
 # -- bad input: each raises a ValueError naming what was expected and what came ------------------

@@ -29,6 +29,7 @@ LAYERS = {
     "latentcode.hub": 1,
     "latentcode.lazy": 1,
     "latentcode.threads": 1,
+    "latentcode.tile_size": 1,
     "latentcode.families": 1,
     "latentcode.configuration": 1,
     "latentcode.modules": 1,
@@ -41,7 +42,8 @@ LAYERS = {
     # 2. models
     "latentcode.modeling": 2,
     "latentcode.model_inputs": 2,
-    "latentcode.presets": 2,
+    "latentcode.model_loading": 2,
+    "latentcode.architectures": 2,
     # 3. what uses a model
     "latentcode.objectives": 3,
     "latentcode.prior": 3,
@@ -237,7 +239,7 @@ HELP_COMMANDS = {
     "latentcode.evaluation.cli": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.generation": ("transformers", *HEAVY_MODULES),
     "latentcode.traversal": ("transformers", *HEAVY_MODULES),
-    "latentcode.tokenize": ("transformers", "torchvision", "torch._dynamo", "diffusers"),
+    "latentcode.tokenize": ("torch", "transformers", *HEAVY_MODULES),
 }
 
 

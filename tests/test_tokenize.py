@@ -22,7 +22,7 @@ import torch
 
 from latentcode import AutoencoderConfig, AutoencoderModel, VAEConfig, VAEModel, VQVAEConfig, VQVAEModel
 from latentcode.data import ImageTransform, decode_image, load_image_stream
-from latentcode.tokenize import INFO_FILE, PARTS, load_codes, push_to_hub, tokenize
+from latentcode.tokenize import INFO_FILE, PARTS, load_codes, push_codes_to_hub, tokenize
 
 SMALL = dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
@@ -61,7 +61,11 @@ def test_vqvae_codes_equal_the_models_encode_with_flipped_copies(tmp_path):
     keys = sorted((int(row["key"]), row["flipped"]) for row in codes)
     assert keys == sorted((i, flip) for i in range(179) for flip in (False, True))  # each once
     card = (tmp_path / "codes" / "README.md").read_text()
-    assert f"`{info['config_hash']}`" in card and "| bits per image | 96.0 |" in card and "| rows | 358 " in card
+    assert (
+        f"`{info['config_hash']}`" in card
+        and "| bits per image | 96.0 (16 tokens x log2(64)) |" in card
+        and "| rows | 358 " in card
+    )
 
 
 def _labelled_parquet(folder, count: int = 30, broken=(7,)):
@@ -102,6 +106,11 @@ def test_vae_latents_keep_labels_and_count_a_corrupt_row_once(tmp_path, dtype):
     torch.testing.assert_close(codes["latent_mean"].float(), posterior.mean.flatten(1), rtol=1e-3, atol=atol)
     torch.testing.assert_close(codes["latent_std"].float(), posterior.std.flatten(1), rtol=1e-3, atol=atol)
     assert codes["latent_shape"][0].tolist() == [4, 4, 4]
+    # Bits per image: the model's own cost of the code (`code_size`, the KL in bits), over the rows.
+    with torch.no_grad():
+        expected_bits = model.code_size(model.encode(pixels, return_dict=True))
+    assert info["bits_per_image"] == pytest.approx(expected_bits.bits.mean().item(), rel=1e-5)
+    assert info["bits_meaning"] == expected_bits.meaning == "KL to the prior N(0, I)"
 
 
 def test_autoencoder_codes_of_an_image_folder_are_keyed_by_relative_path(tmp_path):
@@ -114,7 +123,8 @@ def test_autoencoder_codes_of_an_image_folder_are_keyed_by_relative_path(tmp_pat
             )
     torch.manual_seed(0)
     model = AutoencoderModel(AutoencoderConfig(in_channels=3, sample_size=8, **SMALL)).eval()
-    tokenize(model, tmp_path / "codes", train_data_dir=str(tmp_path / "source"), progress=False)
+    info = tokenize(model, tmp_path / "codes", train_data_dir=str(tmp_path / "source"), progress=False)
+    assert info["bits_per_image"] == 32 * 4 * 4 * 4 and info["bits_meaning"] == "64 float32 values, uncompressed"
     codes = load_codes(tmp_path / "codes", expected_model=model)[:]
     assert codes["key"] == [f"{folder}/{i}.png" for folder in ("cats", "dogs") for i in range(3)]
     assert codes["label"].tolist() == [0, 0, 0, 1, 1, 1]
@@ -130,18 +140,18 @@ def _keys(folder, split: str = "train") -> list[tuple[str, bool]]:
 
 
 def test_a_crash_mid_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatch, caplog):
-    import latentcode.tokenize as module
+    import latentcode.tokenize.writer as module
 
     model = _vqvae()
     arguments = dict(dataset_name="builtin:digits", split="test", rows_per_shard=20, batch_size=8, progress=False)
     written, write_unit = [], module.write_unit
 
-    def crash_after_three(output_dir, unit, table, *rest):
+    def crash_after_three(output_dir, name, table, note):
         if len(written) == 3:  # a half-written file, as a kill during the write leaves
-            (output_dir / PARTS / f".train-{unit:05d}.parquet.999.tmp").write_bytes(b"PAR1 half")
+            (output_dir / PARTS / f".{name}.999.tmp").write_bytes(b"PAR1 half")
             raise KeyboardInterrupt
-        written.append(unit)
-        write_unit(output_dir, unit, table, *rest)
+        written.append(note["unit"])
+        write_unit(output_dir, name, table, note)
 
     monkeypatch.setattr(module, "write_unit", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
@@ -158,7 +168,7 @@ def test_a_crash_mid_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatc
     monkeypatch.setattr(
         module,
         "write_unit",
-        lambda output_dir, unit, *rest: resumed.append(unit) or write_unit(output_dir, unit, *rest),
+        lambda output_dir, name, table, note: resumed.append(note["unit"]) or write_unit(output_dir, name, table, note),
     )
     with caplog.at_level(logging.INFO, logger="latentcode.tokenize"):
         info = tokenize(model, tmp_path / "codes", **arguments)
@@ -307,6 +317,9 @@ def test_bad_inputs_fail_clearly(tmp_path, monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(HfApi, "create_repo", offline)
-    with pytest.raises(RuntimeError, match=r"uploading .* to the Hub dataset 'me/codes' failed \(ConnectionError"):
-        push_to_hub(tmp_path / "codes", "me/codes")
+    with pytest.raises(
+        RuntimeError, match=r"the tokenised dataset is saved in .*codes, but uploading it to the Hub as me/codes failed "
+        r"\(ConnectionError: no network\)\. Nothing is lost: .*; rerun the same command with --push_to_hub"
+    ):  # fmt: skip
+        push_codes_to_hub(tmp_path / "codes", "me/codes")
     assert (tmp_path / "codes" / "README.md").exists()  # the local dataset stays complete

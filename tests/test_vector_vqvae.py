@@ -24,7 +24,7 @@ from latentcode.demo import inference
 from latentcode.evaluation import evaluate
 from latentcode.modules.quantizers import QUANTIZERS
 from latentcode.prior import build_prior, prior_loss, sample_images, token_mapping
-from latentcode.tokenize import bits_per_image, load_codes, tokenize
+from latentcode.tokenize import load_codes, tokenize
 from latentcode.tokens import grid_as_vector_code, latent_shape, sequence_to_indices, vector_code_as_grid
 from latentcode.training import load_config, train
 
@@ -142,7 +142,6 @@ def test_bits_per_image_are_tokens_times_log2_codebook_size(quantizer, pixels):
     size = model.code_size(model.encode(pixels))
     assert size.shape == RECIPES[quantizer][1] and size.meaning == f"{tokens} tokens x log2({model.codebook_size})"
     assert torch.equal(size.bits, torch.full((6,), expected, dtype=torch.float64))
-    assert bits_per_image(model, list(model.stored_code_shape()), "float32") == expected
 
 
 def test_bits_per_image_of_explicit_sizes():

@@ -26,7 +26,7 @@ _PUBLIC_NAMES = {
     "VAEModel": "modeling",
     "VQVAEModel": "modeling",
     "DiagonalGaussianDistribution": "modules.distributions",
-    "preset_config": "presets",
+    "architecture_config": "architectures",
 }
 
 __all__ = [  # a literal list: what IDEs and type checkers read (a test keeps it equal to _PUBLIC_NAMES)
@@ -41,15 +41,15 @@ __all__ = [  # a literal list: what IDEs and type checkers read (a test keeps it
     "VAEModel",
     "VQVAEConfig",
     "VQVAEModel",
-    "preset_config",
+    "architecture_config",
 ]
 
 if _typing.TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on demand
+    from .architectures import architecture_config
     from .configuration import AutoencoderConfig, LatentCodeConfig, VAEConfig, VQVAEConfig
     from .image_processing import LatentCodeImageProcessor
     from .modeling import AutoencoderModel, DecoderOutput, LatentCodePreTrainedModel, VAEModel, VQVAEModel
     from .modules.distributions import DiagonalGaussianDistribution
-    from .presets import preset_config
 
 
 # Any public name loads the models first: that registers the families with the Auto classes, so

@@ -41,6 +41,8 @@ def command_line(main):
             if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
                 raise
             program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "latentcode"
+            if program == "__main__.py":  # `python -m PACKAGE`: name the package, as its user typed it
+                program = os.path.basename(os.path.dirname(sys.argv[0]))
             print(f"{program}: error: {error}", file=sys.stderr)
             raise SystemExit(INPUT_ERROR_EXIT_STATUS) from None
 

@@ -1,4 +1,5 @@
-"""Where a model argument points: a local folder, the Hugging Face cache, or the Hub.
+"""The Hugging Face Hub: where a model argument points (a local folder, the cache, or the Hub),
+and the one upload of a finished folder ([`push_to_hub`]).
 
 Every entry point (`from_pretrained`, `from_diffusers`, `latentcode-eval`, the conversion and
 training scripts, `python -m latentcode.generation`) resolves its model argument through
@@ -8,6 +9,7 @@ repo id or costing half a minute of retries before a connection error.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, Repository
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import PretrainedNotFoundError
+
+logger = logging.getLogger(__name__)
 
 # Seconds to wait for the Hub before saying it cannot be reached; the download itself retries
 # for about half a minute when the network is missing.
@@ -87,3 +91,41 @@ def check_pretrained_source(name_or_path, **options) -> None:
     Arguments that are not a path or a name (e.g. `None`, a state dict) pass unchecked."""
     if isinstance(name_or_path, (str, os.PathLike)):
         resolve_pretrained(name_or_path, **options)
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    what: str,
+    retry: str,
+    repo_type: str = "model",
+    token: str | None = None,
+    ignore_patterns: list[str] | None = None,
+) -> None:
+    """Upload `folder` (without the files matching `ignore_patterns`) to the Hub repository
+    `repo_id` of `repo_type` in one commit, creating the repository when it does not exist.
+
+    The training scripts push a saved model, `latentcode-tokenize` a finished code dataset; `what`
+    names the folder's content for the error ("the model") and `retry` says how to upload again.
+
+    Raises:
+        RuntimeError: the upload failed (network, login, Hub); the message says that the local
+            folder is complete, that the Hub holds the previous version or none (a commit is all
+            or nothing), and `retry`.
+    """
+    from huggingface_hub import HfApi  # here: the Hub client is heavy for the commands' --help
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type=repo_type, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id, repo_type=repo_type, folder_path=os.fspath(folder), ignore_patterns=ignore_patterns
+        )
+    except Exception as error:  # network, auth and Hub errors come in many types; all mean the same here
+        raise RuntimeError(
+            f"{what} is saved in {os.fspath(folder)}, but uploading it to the Hub as {repo_id} failed "
+            f"({type(error).__name__}: {error}). Nothing is lost: a Hub commit is all or nothing, so the Hub "
+            f"holds the previous version or none; {retry}"
+        ) from error
+    logger.info("uploaded %s to https://huggingface.co/%s%s", folder, "datasets/" * (repo_type == "dataset"), repo_id)

@@ -23,7 +23,7 @@ import torch
 from ..configuration import nest_flat_quantizer_fields
 from ..families import get_family
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
-from .legacy_vq import DIFFUSERS_VQ_BETA, IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
+from .imported_vq_recipe import DIFFUSERS_VQ_BETA, IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     )
     if is_vq:
         codebook_size, codebook_dim = state_dict["quantize.embedding.weight"].shape
-        # The recipe taming / latent-diffusion trained with (see latentcode.conversion.legacy_vq).
+        # The recipe taming / latent-diffusion trained with (see latentcode.conversion.imported_vq_recipe).
         config.update(
             codebook_size=codebook_size,
             codebook_dim=codebook_dim,
@@ -210,7 +210,7 @@ def config_from_yaml(original_config) -> dict:
     )
     loss = params.get("lossconfig", {}).get("params", {})
     if is_vq:
-        # taming's loss multiplies the quantiser's legacy loss (see latentcode.conversion.legacy_vq).
+        # taming's loss multiplies the quantiser's legacy loss (see latentcode.conversion.imported_vq_recipe).
         scale = loss.get("codebook_weight", 1.0)
         config.update(
             codebook_size=params["n_embed"],

@@ -17,7 +17,7 @@ Config fields that only diffusers pipelines read (`force_upcast`, `shift_factor`
 same names, so an exported model has the config it was imported with.
 
 VQ models keep the recipe their codebooks were trained with (see
-`latentcode.conversion.legacy_vq`); it is training-only quantizer options (each quantizer class
+`latentcode.conversion.imported_vq_recipe`); it is training-only quantizer options (each quantizer class
 lists its own in `training_only_arguments`): export ignores them, and the
 quantizer's training state (EMA statistics) has no place in a `VQModel` and is not exported.
 """
@@ -37,7 +37,7 @@ from ..modules.backbones import get_backbone
 from ..modules.quantizers import registry as quantizers
 from . import diffusers_tiny
 from .checkpoints import CheckpointError, load_export, load_state_dict_exactly
-from .legacy_vq import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
+from .imported_vq_recipe import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 
 # diffusers -> latentcode key renaming, applied in order. One table serves both directions:
 # export renames the keys of a freshly built diffusers model with it to find their sources.

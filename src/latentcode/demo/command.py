@@ -12,9 +12,7 @@ import tempfile
 
 # Absolute imports, as in app.py: a Space runs a copy of app.py as a script, outside the package.
 from latentcode.threads import add_threads_argument, set_num_threads
-
-# `inference.MIN_TILE_SIZE`, for the help text without importing torch (a test keeps them equal).
-MIN_TILE_SIZE = 256
+from latentcode.tile_size import MIN_DEFAULT_TILE_SIZE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="where the models run (default: cuda when available, else cpu)")
     parser.add_argument(
         "--tile_size", type=int, default=None, help="larger images are encoded and decoded in tiles of this size "
-        f"(default: the model's sample_size, at least {MIN_TILE_SIZE})",
+        f"(default: the model's sample_size, at least {MIN_DEFAULT_TILE_SIZE})",
     )  # fmt: skip
     parser.add_argument("--max_megapixels", type=float, default=4.0, help="larger uploads are refused")
     parser.add_argument(

@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from ..evaluation import psnr, ssim
 from ..evaluation.figures import bar_chart
@@ -34,8 +34,10 @@ from ..evaluation.metrics import SSIM_WINDOW
 from ..generation import interpolate
 from ..grids import image_grid
 from ..image_processing import PIL_MODES, LatentCodeImageProcessor
+from ..model_loading import load_pretrained_model
 from ..modeling import LatentCodePreTrainedModel
 from ..prior import sample_images, token_mapping
+from ..tile_size import default_tile_size
 from ..traversal import (
     attribute_vector,
     code_dimensions,
@@ -47,13 +49,10 @@ from ..traversal import (
 
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
-MIN_GRID_SIDE = 256
-# Tiles bound memory; tiles much smaller than this only add per-call overhead (a 768x512 photo in
-# 32-pixel tiles is 700 model calls).
+MIN_GRID_SIDE = 256  # token grids are drawn at least this many pixels wide or high
 # A grid latent codes any size: its Attributes tab works at most this large, so that a traversal
 # of 16 dimensions x 7 values of a 512-pixel model (taef2) decodes in seconds, not minutes.
 MAX_ATTRIBUTE_SIZE = 128
-MIN_TILE_SIZE = 256  # token grids are drawn at least this many pixels wide or high
 
 
 class DemoInputError(ValueError):
@@ -131,23 +130,17 @@ class DemoModel:
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size: int | None = None) -> DemoModel:
     """A latentcode model (folder or Hub id; offline from the Hugging Face cache with
-    `HF_HUB_OFFLINE=1`) in eval mode, with tiling on for images larger than `tile_size` pixels
-    (default: `config.sample_size`, at least `MIN_TILE_SIZE`). Its saved image processor is used
-    when it has one. (Importing `latentcode` registered its classes with `AutoModel`.)"""
-    model = AutoModel.from_pretrained(name_or_path)
-    if not isinstance(model, LatentCodePreTrainedModel):
-        raise ValueError(
-            f"{name_or_path} is a {type(model).__name__}; the demo shows latentcode AutoencoderModel, VAEModel "
-            "or VQVAEModel checkpoints"
-        )
-    model = model.to(device).eval()
+    `HF_HUB_OFFLINE=1`; [`load_pretrained_model`]) in eval mode, with tiling on for images larger
+    than `tile_size` pixels (default: [`default_tile_size`]: `config.sample_size`, at least 256).
+    Its saved image processor is used when it has one."""
+    model = load_pretrained_model(name_or_path).to(device)
     try:
         processor = LatentCodeImageProcessor.from_pretrained(name_or_path)
     except OSError:  # no preprocessor_config.json: the model config says what the processor needs
         processor = LatentCodeImageProcessor.from_model_config(model.config)
     loaded = DemoModel(name_or_path, model, processor)
     if not loaded.vector_latent:  # a vector latent codes one sample_size image: nothing to tile
-        model.enable_tiling(tile_size or max(model.config.sample_size, MIN_TILE_SIZE))
+        model.enable_tiling(tile_size or default_tile_size(model.config.sample_size))
     return loaded
 
 

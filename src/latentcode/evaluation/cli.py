@@ -31,16 +31,13 @@ if TYPE_CHECKING:
 
     from .evaluate import EvaluationImages
 from ..errors import command_line
+from ..model_loading import add_model_arguments, load_pretrained_model
 from ..threads import set_num_threads
+from ..tile_size import MIN_DEFAULT_TILE_SIZE, default_tile_size
 from ..training.config import DATA_SOURCE_FIELDS, DefaultsHelpFormatter, RunConfig, add_config_arguments
 
 # Splits that hold images a model was not trained on, in order of preference.
 HELD_OUT_SPLITS = ("test", "validation")
-# --full_resolution's default tile: the model's sample_size, but at least this many pixels (as the
-# demo). Tiles bound memory only; smaller ones multiply the per-tile overhead and the overlap
-# (encode + decode of a 1024x768 photo by a 32-pixel model, one thread of a loaded 2-core machine:
-# 27 s in 32-pixel tiles, 8.6 s in 256-pixel tiles, 7.3 s untiled).
-MIN_FULL_RESOLUTION_TILE = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bits per dimension (VAE) and throughput of a latentcode model over a streamed dataset.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--pretrained_model_name_or_path",
-        required=True,
-        help="saved model: a folder written by save_pretrained or a Hub id",
-    )
-    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model (default: main)")
+    add_model_arguments(parser)
     data = parser.add_argument_group("data (as in training/train.py)")
     add_config_arguments(data, RunConfig, [name for name in DATA_SOURCE_FIELDS if name != "split"], keep_defaults=True)
     data.add_argument(
@@ -81,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"with --full_resolution: tile size in pixels (default: the model's sample_size, at least "
-        f"{MIN_FULL_RESOLUTION_TILE})",
+        f"{MIN_DEFAULT_TILE_SIZE})",
     )
     data.add_argument(
         "--max_images",
@@ -178,14 +170,7 @@ def images_in_split(args: argparse.Namespace, stream) -> int | None:
 
 
 def _load_model(args: argparse.Namespace):
-    from transformers import AutoModel
-
-    from .. import modeling  # noqa: F401  (registers the families with AutoModel)
-    from ..hub import resolve_pretrained
-
-    path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
-    model = AutoModel.from_pretrained(path, revision=args.revision)
-    return model.to(args.device).eval()
+    return load_pretrained_model(args.pretrained_model_name_or_path, revision=args.revision).to(args.device)
 
 
 def _metric_networks(args: argparse.Namespace):
@@ -217,7 +202,7 @@ def _evaluation_images(args: argparse.Namespace, model) -> tuple[EvaluationImage
 
     if args.full_resolution:
         # Tiles only where an image (or its latent grid) exceeds the tile: smaller images run whole.
-        model.enable_tiling(args.tile_sample_size or max(model.config.sample_size, MIN_FULL_RESOLUTION_TILE))
+        model.enable_tiling(args.tile_sample_size or default_tile_size(model.config.sample_size))
         transform, batch_size = FullResolutionTransform(model.config.in_channels, model.downsampling_factor), 1
         resolution = "full"
     else:

@@ -35,7 +35,7 @@ import PIL.ImageFont
 import torch
 
 from ..data.dsprites import FACTOR_NAMES, DSprites
-from ..hub import resolve_pretrained
+from ..model_loading import load_pretrained_model
 from ..reporting import metrics_report, write_metrics_json
 from . import disentanglement_metrics as dm
 
@@ -198,13 +198,10 @@ def write_outputs(args, results: dict[str, dict], num_images: int, details: dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import AutoModel
-
     args = build_parser().parse_args(argv)
     metrics = _chosen_metrics(args.metrics)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = resolve_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
-    model = AutoModel.from_pretrained(path, revision=args.revision).to(device).eval()
+    model = load_pretrained_model(args.pretrained_model_name_or_path, revision=args.revision).to(device)
     size = model.config.sample_size
     if size != 64 or model.config.in_channels not in (1, 3):
         raise ValueError(

@@ -23,6 +23,7 @@ from ..disentanglement import FactorVAELoss, vae_loss_from_config
 from ..evaluation.evaluate import EvaluationResult, evaluate, metrics_markdown
 from ..families import get_family
 from ..grids import reconstruction_grid
+from ..hub import push_to_hub
 from ..losses import PatchDiscriminator, PerceptualLoss
 from ..modeling import LatentCodePreTrainedModel
 from ..modules.quantizers import QuantizerLossWeights
@@ -271,7 +272,12 @@ class AutoencoderTask(TrainingTask):
 
     def publish(self, engine: Engine) -> None:
         if self.config.push_to_hub:
-            push_to_hub(engine.output_dir, self.config.hub_model_id, self.config.hub_token)
+            repo, folder = self.config.hub_model_id, engine.output_dir
+            push_to_hub(
+                folder, repo, what="the model", retry=f"upload later with `hf upload {repo} {folder}`",
+                token=self.config.hub_token,
+                ignore_patterns=["checkpoint-*", ".checkpoint-*", ".latentcode.lock", "logs/*", "validation/*"],
+            )  # fmt: skip
 
     def _save_final_model(self, output_dir: Path) -> None:
         from safetensors import SafetensorError
@@ -330,27 +336,6 @@ def freeze_at_saved_weights(modules: list[nn.Module], ema: EMAModel | None, aver
                 parameter.copy_(average.to(parameter.dtype))
     for module in modules:
         module.requires_grad_(False)  # no gradient: AdamW skips them (no update, no weight decay)
-
-
-def push_to_hub(folder: Path, repo_id: str, token: str | None = None) -> None:
-    """Upload the saved model folder (without checkpoints and logs); on failure raise a
-    RuntimeError that says the local save is complete."""
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            ignore_patterns=["checkpoint-*", ".checkpoint-*", ".latentcode.lock", "logs/*", "validation/*"],
-        )
-    except Exception as error:  # network, auth and Hub errors come in many types; all mean the same here
-        raise RuntimeError(
-            f"the model is saved in {folder}, but uploading it to the Hub as {repo_id} failed: {error}. "
-            f"Nothing is lost; upload later with `hf upload {repo_id} {folder}`."
-        ) from error
-    logger.info("uploaded %s to https://huggingface.co/%s", folder, repo_id)
 
 
 def trainer(config: TrainingConfig) -> Engine:

@@ -1,4 +1,5 @@
-"""How the public VQ checkpoints were trained, so that imported models fine-tune the same way.
+"""The recipe the public VQ checkpoints were trained with (constants only), so that models
+imported from diffusers or CompVis fine-tune the same way.
 
 diffusers' `VectorQuantizer` (like taming-transformers' and latent-diffusion's, with
 `legacy=True`) computes `||sg(e) - z||^2 + beta * ||e - sg(z)||^2`: beta sits on the *codebook*
