@@ -40,7 +40,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from latentcode.disentanglement import decompose_kl, reconstruction_nll, total_correlation_estimate
-from latentcode.training import load_config, trainer
+from latentcode.training import build_engine, load_config
 from latentcode.traversal import per_dimension_kl
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-samples"
@@ -114,7 +114,7 @@ def train_one(objective: str, weight: str, value: float, seed: int, args: argpar
         **{weight: value},
     )
     start = time.perf_counter()
-    engine = trainer(config)
+    engine = build_engine(config)
     engine.run()
     # accelerate's process-wide singletons: the next in-process run starts from scratch.
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -30,7 +30,7 @@ from latentcode.disentanglement import (
     total_correlation_estimate,
 )
 from latentcode.objectives import AutoencoderObjective
-from latentcode.training import load_config, parse_args, train, trainer
+from latentcode.training import build_engine, load_config, parse_args, train
 
 VECTOR_VAE = dict(
     backbone="vector",
@@ -309,7 +309,7 @@ EXPECTED_TERMS = {
 @pytest.mark.usefixtures("fresh_accelerate_state")
 @pytest.mark.parametrize("objective", sorted(EXPECTED_TERMS))
 def test_training_with_each_objective_logs_its_terms(objective, tmp_path):
-    engine = trainer(parse_args(_run_arguments(tmp_path / "run", objective)))
+    engine = build_engine(parse_args(_run_arguments(tmp_path / "run", objective)))
     logged = []
     engine.accelerator.log = lambda values, step=None: logged.append(values)
     engine.run()

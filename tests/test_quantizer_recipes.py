@@ -314,7 +314,7 @@ def lfq_run(output_dir, model: dict | None = None, **overrides):
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_train_py_overrides_each_loss_weight_of_the_model_config(tmp_path):
-    from latentcode.training import trainer
+    from latentcode.training import build_engine
 
     recipe = dict(
         commitment_weight=0.5,
@@ -323,11 +323,11 @@ def test_train_py_overrides_each_loss_weight_of_the_model_config(tmp_path):
         entropy_annealing_steps=10,
         entropy_annealing_start_factor=2.0,
     )
-    engine = trainer(lfq_run(tmp_path / "lfq", **recipe))
+    engine = build_engine(lfq_run(tmp_path / "lfq", **recipe))
     assert engine.task.objective.quantizer_weights == QuantizerLossWeights(**recipe)
     model, pixels = engine.task.unwrapped, engine.batches.next_batch()
     with torch.no_grad():
-        loss, logs = engine.task.loss(engine, pixels)
+        loss, logs = engine.task.compute_loss(engine, pixels)
         per_sample, codebook_entropy = lfq_entropy_terms(model, pixels)
     # At step 0 the entropy weight is 2.0 * 0.3.
     expected = logs["reconstruction_loss"] + 0.5 * logs["commitment_loss"] + 0.6 * (per_sample - 0.5 * codebook_entropy)
@@ -336,17 +336,17 @@ def test_train_py_overrides_each_loss_weight_of_the_model_config(tmp_path):
     weights = []
     for step in range(3):
         engine.global_step = step  # as Engine.run advances it
-        weights.append(engine.training_step()["entropy_weight"])
+        weights.append(engine.train_step()["entropy_weight"])
     assert weights == pytest.approx([0.6, 0.57, 0.54])
 
     plain = dict(quantizer="vq", codebook_size=32, quantizer_config=dict(codebook_ema=False, kmeans_init=False))
-    engine = trainer(lfq_run(tmp_path / "vq", model=plain, commitment_weight=0.1, codebook_weight=2.0))
+    engine = build_engine(lfq_run(tmp_path / "vq", model=plain, commitment_weight=0.1, codebook_weight=2.0))
     with torch.no_grad():
-        loss, logs = engine.task.loss(engine, engine.batches.next_batch())
+        loss, logs = engine.task.compute_loss(engine, engine.batches.next_batch())
     expected = logs["reconstruction_loss"] + 0.1 * logs["commitment_loss"] + 2.0 * logs["codebook_loss"]
     torch.testing.assert_close(loss, torch.as_tensor(expected), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"entropy_weight=0.3 given, but quantizer='vq' has no such term"):
-        trainer(lfq_run(tmp_path / "refused", model=plain, entropy_weight=0.3))
+        build_engine(lfq_run(tmp_path / "refused", model=plain, entropy_weight=0.3))
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")

@@ -109,6 +109,10 @@ class RunConfig:
         default="no",
     )
     threads: int | None = option(THREADS_HELP, default=None)
+    use_ema: bool = option(
+        "keep an EMA of the main model's weights (the one saved); the saved model is the EMA", default=False
+    )
+    ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
 
     # -- checkpoints and validation ------------------------------------------------------------
     checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
@@ -129,6 +133,11 @@ class RunConfig:
         "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
     )
 
+    # -- hub -------------------------------------------------------------------------------------
+    push_to_hub: bool = option("upload output_dir to the Hub after the local save", default=False)
+    hub_model_id: str | None = option("Hub repository, org/name", default=None)
+    hub_token: str | None = option("Hub token (default: the logged-in one)", default=None)
+
     # Settings that decide which images each step sees, in which order, through which model:
     # changing one on resume would silently break the run (the saved data position, RNG streams
     # and weights belong to the old values), so a resume refuses it. Every other setting may
@@ -138,7 +147,7 @@ class RunConfig:
         "pretrained_model_name_or_path",
         *("dataset_name", "dataset_config_name", "split", "validation_split", "train_data_dir", "image_column"),
         *("resolution", "center_crop", "random_flip", "shuffle_buffer_size", "num_validation_images"),
-        *("train_batch_size", "gradient_accumulation_steps", "mixed_precision"),
+        *("train_batch_size", "gradient_accumulation_steps", "mixed_precision", "use_ema"),
     )
 
     # The keys whose values came from the `--config` YAML file rather than the command line or the
@@ -161,6 +170,8 @@ class RunConfig:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         check_threads(self.threads)
         self.max_train_time = parse_duration(self.max_train_time)
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (org/name)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,8 +196,6 @@ class TrainingConfig(RunConfig):
         "torch.compile the encoder and decoder (model.compile(); the quantizer stays eager)", default=False
     )
     torch_compile_backend: str = option("torch.compile backend of --torch_compile", default="inductor")
-    use_ema: bool = option("keep an EMA of the weights; the saved model is the EMA", default=False)
-    ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
     decoder_finetune_fraction: float = option(
         "the last fraction of the run's steps (of max_train_steps, or of the step count fitted to "
         "max_train_time) trains only the decoder side (decoder, post_quant_conv): the encoder, quant_conv and "
@@ -272,11 +281,6 @@ class TrainingConfig(RunConfig):
     )
     factor_disc_hidden_units: int = option("factor: width of the discriminator's 6 linear layers", default=1000)
 
-    # -- hub -------------------------------------------------------------------------------------
-    push_to_hub: bool = option("upload output_dir to the Hub after the local save", default=False)
-    hub_model_id: str | None = option("Hub repository, org/name", default=None)
-    hub_token: str | None = option("Hub token (default: the logged-in one)", default=None)
-
     def validate(self) -> None:
         from ..families import FAMILIES  # loads the model classes: not needed for --help
 
@@ -304,8 +308,6 @@ class TrainingConfig(RunConfig):
                 "a pretrained model brings its own config; leave model empty"
             )
         self._validate_vae_objective()
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id (org/name)")
 
     def _validate_vae_objective(self) -> None:
         from ..disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
@@ -352,7 +354,7 @@ class TrainingConfig(RunConfig):
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,
-        *("model_family", "model", "use_ema", "disc_channels", "disc_num_layers", "disc_norm"),
+        *("model_family", "model", "disc_channels", "disc_num_layers", "disc_norm"),
         *("vae_objective", "factor_disc_hidden_units"),  # which modules train, and their shapes
     )
 

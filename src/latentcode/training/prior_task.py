@@ -28,7 +28,8 @@ def code_sequences(rows: dict) -> torch.Tensor:
 
 
 class PriorTask(TrainingTask):
-    """The frozen VQ-VAE encodes each batch to code sequences; the prior learns them."""
+    """Trains a prior over a frozen VQ-VAE's code sequences: its model, loss, validation NLL and
+    samples, and final save, for the [`Engine`]."""
 
     def __init__(self, config):
         """`config`: the parsed options of `training/train_prior.py` (its `PriorConfig`)."""
@@ -69,7 +70,8 @@ class PriorTask(TrainingTask):
             f"{math.prod(self.latent_shape)} codes per image {tuple(self.latent_shape)}, "
             f"vocabulary {self.mapping.vocab_size}"
         )
-        return [Part("prior", prior, optimizer)], batches
+        engine.prepare([Part("prior", prior, optimizer)])
+        return batches
 
     def data(self, rank: int, world_size: int):
         """The training batches (pixels, or code sequences `[B, L]` with `--codes_dataset`) and the
@@ -81,7 +83,7 @@ class PriorTask(TrainingTask):
         batches, images = image_data_from_config(config, vqvae.config.in_channels, self.resolution, rank, world_size)
         return batches, torch.cat(list(encode_to_sequences(vqvae, images.split(64))))
 
-    def loss(self, engine: Engine, batch: torch.Tensor):
+    def compute_loss(self, engine: Engine, batch: torch.Tensor):
         """The objective of a micro-batch: pixels `[B, C, H, W]`, or code sequences `[B, L]`."""
         sequences = batch if self.config.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
         loss = self.objective(engine.parts[0].module, self.mapping.codes_to_tokens(sequences))
@@ -98,13 +100,13 @@ class PriorTask(TrainingTask):
 
     def samples(self, engine: Engine) -> torch.Tensor:
         config = self.config
-        prior = engine.unwrap(engine.parts[0].module)
+        prior = engine.model
         return sample_images(
             prior, self.vqvae, config.num_samples, temperature=config.temperature, top_k=config.top_k, seed=config.seed
         )
 
     def validate(self, engine: Engine) -> dict:
-        nll = self.validation_nll(engine.unwrap(engine.parts[0].module))
+        nll = self.validation_nll(engine.model)
         save_image_grid(self.samples(engine), engine.output_dir / "samples" / f"step_{engine.global_step:06d}.png")
         engine.accelerator.print(f"step {engine.global_step}: validation NLL {nll:.4f} nats/code")
         return {"nll": nll}
@@ -112,7 +114,7 @@ class PriorTask(TrainingTask):
     def finish(self, engine: Engine, summary: dict) -> dict:
         config, output_dir = self.config, engine.output_dir
         nll = self.validate(engine)["nll"]
-        prior = engine.unwrap(engine.parts[0].module)
+        prior = engine.model
         prior.save_pretrained(output_dir)
         save_image_grid(self.samples(engine), output_dir / "samples.png")
         bits = nll * math.prod(self.latent_shape) / math.log(2)
