@@ -134,7 +134,7 @@ class AutoencoderObjective:
         if self.vae_loss is not None and self.kl_warmup_steps:
             raise ValueError(
                 f"kl_warmup_steps={self.kl_warmup_steps} warms up the KL weight, which vae_loss replaces; "
-                "its own annealing is vae_loss.reg_anneal"
+                "its own annealing is vae_loss.anneal_steps"
             )
 
     @classmethod

@@ -121,9 +121,9 @@ class AutoencoderTask(TrainingTask):
         vae_loss = vae_loss_from_config(config, model, dataset_size=batches.order.total)
         if isinstance(vae_loss, FactorVAELoss):  # Adam with the paper's betas, constant learning rate
             optimizer = torch.optim.Adam(
-                vae_loss.discriminator.parameters(), lr=config.factor_lr_disc, betas=(0.5, 0.9)
+                vae_loss.discriminator.parameters(), lr=config.tc_discriminator_learning_rate, betas=(0.5, 0.9)
             )
-            parts.append(Part("tc_discriminator", vae_loss.discriminator, optimizer, config.factor_lr_disc))
+            parts.append(Part("tc_discriminator", vae_loss.discriminator, optimizer, config.tc_discriminator_learning_rate))
         self.objective = AutoencoderObjective.for_model(
             model,
             **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's

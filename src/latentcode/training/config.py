@@ -247,39 +247,40 @@ class TrainingConfig(RunConfig):
     disc_num_layers: int = option("stride-2 layers of the PatchGAN", default=3)
     disc_norm: str = option("PatchGAN normalisation: batch or none", default="batch")
 
-    # -- VAE objectives of the β-VAE family (disentangling-vae's option names) -------------------
+    # -- VAE objectives of the β-VAE family (disentangling-vae's, with readable option names) -----
     vae_objective: str = option(
         f"VAE: one of {VAE_OBJECTIVE_NAMES}. kl: the model config's kl_weight per value (latentcode's default); "
         "betaH: recon + β KL; betaB: recon + γ |KL - C|, C annealed; btcvae: β-TCVAE's decomposed KL; "
         "factor: FactorVAE's discriminator TC. These four are in nats per image, as disentangling-vae's --loss",
         default="kl",
     )
-    rec_dist: str = option(
+    reconstruction_distribution: str = option(
         f"reconstruction likelihood of betaH / betaB / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTION_NAMES} "
         "(bernoulli needs backbone 'vector', whose decoder ends in a sigmoid)",
         default="bernoulli",
     )
-    reg_anneal: int = option(
+    anneal_steps: int = option(
         "optimiser steps over which betaH's β KL, btcvae's dimension-wise KL and factor's TC rise from 0, and "
-        "betaB's capacity from betaB_initC to betaB_finC (the published models: 10000)",
+        "betaB's capacity from capacity_start to capacity_end (the published models: 10000)",
         default=0,
     )
-    betaH_B: float = option("betaH: β, the KL weight (1: the plain VAE)", default=4.0)
-    betaB_initC: float = option("betaB: capacity C at step 0, nats", default=0.0)
-    betaB_finC: float = option("betaB: capacity C after reg_anneal steps, nats", default=25.0)
-    betaB_G: float = option("betaB: γ, the weight of |KL - C|", default=1000.0)
-    btcvae_A: float = option("btcvae: α, weight of the index-code mutual information", default=1.0)
-    btcvae_B: float = option("btcvae: β, weight of the total correlation", default=6.0)
-    btcvae_G: float = option("btcvae: γ, weight of the dimension-wise KL", default=1.0)
-    btcvae_dataset_size: int | None = option(
+    beta: float = option("betaH: β, the KL weight (1: the plain VAE)", default=4.0)
+    capacity_start: float = option("betaB: capacity C at step 0, nats", default=0.0)
+    capacity_end: float = option("betaB: capacity C after anneal_steps steps, nats", default=25.0)
+    capacity_weight: float = option("betaB: γ, the weight of |KL - C|", default=1000.0)
+    mutual_information_weight: float = option("btcvae: α, weight of the index-code mutual information", default=1.0)
+    tc_weight: float = option(
+        "btcvae and factor: weight of the total correlation (β-TCVAE's β, FactorVAE's γ)", default=6.0
+    )
+    dimension_kl_weight: float = option("btcvae: γ, weight of the dimension-wise KL", default=1.0)
+    tc_dataset_size: int | None = option(
         "btcvae: the number of training images N of minibatch stratified sampling (default: the training split's)",
         default=None,
     )
-    factor_G: float = option("factor: γ, weight of the total correlation", default=6.0)
-    factor_lr_disc: float = option(
+    tc_discriminator_learning_rate: float = option(
         "factor: learning rate of the TC discriminator's Adam (betas 0.5, 0.9), constant", default=5e-5
     )
-    factor_disc_hidden_units: int = option("factor: width of the discriminator's 6 linear layers", default=1000)
+    tc_discriminator_hidden_units: int = option("factor: width of the discriminator's 6 linear layers", default=1000)
 
     def validate(self) -> None:
         from ..families import FAMILIES  # loads the model classes: not needed for --help
@@ -313,7 +314,7 @@ class TrainingConfig(RunConfig):
         from ..disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
         from ..families import FAMILIES, get_family
 
-        choices = {"vae_objective": VAE_OBJECTIVES, "rec_dist": RECONSTRUCTION_DISTRIBUTIONS}
+        choices = {"vae_objective": VAE_OBJECTIVES, "reconstruction_distribution": RECONSTRUCTION_DISTRIBUTIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -328,34 +329,33 @@ class TrainingConfig(RunConfig):
         if self.kl_weight is not None:
             raise ValueError(
                 f"kl_weight weighs the kl objective's KL; vae_objective={self.vae_objective!r} has its own weights "
-                "(betaH_B, betaB_G, btcvae_B, factor_G): set those, not kl_weight"
+                "(beta, capacity_weight, tc_weight): set those, not kl_weight"
             )
         if self.kl_warmup_steps:
             raise ValueError(
                 f"kl_warmup_steps warms up the kl objective's weight; vae_objective={self.vae_objective!r} anneals "
-                "over reg_anneal steps instead (disentangling-vae's --reg-anneal): set reg_anneal, not kl_warmup_steps"
+                "over anneal_steps steps instead (disentangling-vae's --reg-anneal): set anneal_steps, not kl_warmup_steps"
             )
         non_negative = (
-            "reg_anneal",
-            "betaH_B",
-            "betaB_initC",
-            "betaB_G",
-            "btcvae_A",
-            "btcvae_B",
-            "btcvae_G",
-            "factor_G",
+            "anneal_steps",
+            "beta",
+            "capacity_start",
+            "capacity_weight",
+            "mutual_information_weight",
+            "tc_weight",
+            "dimension_kl_weight",
         )
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("factor_lr_disc", "factor_disc_hidden_units"):
+        for key in ("tc_discriminator_learning_rate", "tc_discriminator_hidden_units"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,
         *("model_family", "model", "disc_channels", "disc_num_layers", "disc_norm"),
-        *("vae_objective", "factor_disc_hidden_units"),  # which modules train, and their shapes
+        *("vae_objective", "tc_discriminator_hidden_units"),  # which modules train, and their shapes
     )
 
 
