@@ -23,7 +23,6 @@ from latentcode.disentanglement import (
     TotalCorrelationDiscriminator,
     decompose_kl,
     discriminator_loss,
-    linear_annealing,
     log_importance_weight_matrix,
     permute_dims,
     reconstruction_nll,
@@ -101,13 +100,6 @@ def test_bernoulli_through_the_sigmoid_decoder_matches_bce_with_logits_and_stays
 
 
 # -- β-VAE and capacity annealing ------------------------------------------------------------------
-
-
-def test_linear_annealing_values():
-    assert [linear_annealing(0, 1, step, 4) for step in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
-    assert linear_annealing(5, 50, 3, 0) == 50.0  # no annealing: the end value throughout
-    with pytest.raises(ValueError, match=">= 0"):
-        linear_annealing(0, 1, 0, -1)
 
 
 def test_beta_vae_objective_is_nll_plus_beta_kl_of_a_real_forward_pass():

@@ -11,7 +11,8 @@ latentcode converts, with the same scale so that their published weights carry o
 Every term is in nats per image, averaged over the batch: `recon` is the negative
 log-likelihood of the image summed over its pixels ([`reconstruction_nll`]), `KL` is
 KL(q(z|x) || N(0, I)) summed over the latent dimensions. `anneal(step)` and `C(step)` rise
-linearly over `anneal_steps` optimiser steps ([`linear_annealing`]; 0: no annealing).
+linearly over `anneal_steps` optimiser steps (`losses.linear_ramp`, disentangling-vae's
+`linear_annealing`; 0: no annealing).
 
 latentcode's pixels are in [-1, 1]; disentangling-vae's in [0, 1]. The likelihoods map both the
 image and the reconstruction `y -> (y + 1) / 2` first, so the numbers are disentangling-vae's.
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import linear_ramp
+
 # latentcode's own VAE objective (`kl`: the model config's `kl_weight` per value) and
 # disentangling-vae's `--loss` names.
 VAE_OBJECTIVES = ("kl", "betaH", "betaB", "btcvae", "factor")
@@ -42,17 +45,6 @@ PROBABILITY_BACKBONES = ("vector",)
 # probability only to about 3e-8 in fp32, so below 1e-6 its logarithm would be noise (and its
 # gradient explode); there the log is clamped (at most 3 % off above it).
 PROBABILITY_EPS = 1e-6
-
-
-def linear_annealing(start: float, end: float, step: int, steps: int) -> float:
-    """`start + (end - start) * step / steps`, held at `end` from `step >= steps` (`end` throughout
-    when `steps` is 0): disentangling-vae's `linear_annealing`. `step` is the number of optimiser
-    steps taken before this one (0 for the first; disentangling-vae counts its first step as 1)."""
-    if steps < 0:
-        raise ValueError(f"the annealing steps must be >= 0, got {steps}")
-    if steps == 0:
-        return float(end)
-    return float(start + (end - start) * min(step / steps, 1.0))
 
 
 def reconstruction_nll(reconstruction: torch.Tensor, target: torch.Tensor, distribution: str) -> torch.Tensor:
@@ -269,7 +261,7 @@ class VAELoss:
 
     def anneal(self, step: int) -> float:
         """The regularisation's annealing factor at optimiser `step`: 0 -> 1 over `anneal_steps` steps."""
-        return linear_annealing(0.0, 1.0, step, self.anneal_steps)
+        return linear_ramp(0.0, 1.0, step, self.anneal_steps)
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor, dict]:
         """`(term, logged_parts)` for a VAE's forward `output` (`kl`, `latents`, `latent_mean`,
@@ -321,7 +313,7 @@ class BetaBLoss(VAELoss):
 
     def capacity(self, step: int) -> float:
         """C at optimiser `step`, in nats."""
-        return linear_annealing(self.capacity_start, self.capacity_end, step, self.anneal_steps)
+        return linear_ramp(self.capacity_start, self.capacity_end, step, self.anneal_steps)
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor, dict]:
         capacity = self.capacity(step)

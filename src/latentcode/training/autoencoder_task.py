@@ -123,7 +123,9 @@ class AutoencoderTask(TrainingTask):
             optimizer = torch.optim.Adam(
                 vae_loss.discriminator.parameters(), lr=config.tc_discriminator_learning_rate, betas=(0.5, 0.9)
             )
-            parts.append(Part("tc_discriminator", vae_loss.discriminator, optimizer, config.tc_discriminator_learning_rate))
+            parts.append(
+                Part("tc_discriminator", vae_loss.discriminator, optimizer, config.tc_discriminator_learning_rate)
+            )
         self.objective = AutoencoderObjective.for_model(
             model,
             **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's

@@ -15,8 +15,7 @@ from .. import modeling  # noqa: F401  (registers the families with AutoModel)
 from ..data import image_data_from_config
 from ..grids import save_image_grid
 from ..hub import resolve_pretrained
-from ..objectives import PriorObjective
-from ..prior import build_prior, encode_to_sequences, sample_images, token_mapping
+from ..prior import build_prior, encode_to_sequences, prior_loss, sample_images, token_mapping
 from .codes import code_data
 from .engine import Engine, Part, TrainingTask, data_source, training_report
 from .model_card import render_model_card
@@ -33,7 +32,7 @@ class PriorTask(TrainingTask):
 
     def __init__(self, config):
         """`config`: the parsed options of `training/train_prior.py` (its `PriorConfig`)."""
-        self.config, self.objective = config, PriorObjective()
+        self.config = config
 
     def build(self, engine: Engine):
         config, accelerator = self.config, engine.accelerator
@@ -86,7 +85,7 @@ class PriorTask(TrainingTask):
     def compute_loss(self, engine: Engine, batch: torch.Tensor):
         """The objective of a micro-batch: pixels `[B, C, H, W]`, or code sequences `[B, L]`."""
         sequences = batch if self.config.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
-        loss = self.objective(engine.parts[0].module, self.mapping.codes_to_tokens(sequences))
+        loss = prior_loss(engine.parts[0].module, sequences, self.mapping)
         return loss, {"loss": loss}
 
     @torch.no_grad()
@@ -94,7 +93,7 @@ class PriorTask(TrainingTask):
         """Mean held-out negative log-likelihood in nats per code."""
         prior.eval()
         chunks = self.validation_codes.split(64)
-        losses = [self.objective(prior, self.mapping.codes_to_tokens(chunk)) * len(chunk) for chunk in chunks]
+        losses = [prior_loss(prior, chunk, self.mapping) * len(chunk) for chunk in chunks]
         prior.train()
         return (torch.stack(losses).sum() / len(self.validation_codes)).item()
 
