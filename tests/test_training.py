@@ -189,6 +189,20 @@ def test_unknown_keys_fail_with_a_suggestion(tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_a_presets_comment_says_what_it_is_and_leaves_measurements_to_the_benchmarks(path):
+    """A preset's leading comment: what it is in a few lines, plus its command lines (`#   ...`);
+    the narrative of how its settings were measured lives in benchmarks/README.md."""
+    lines = path.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if line and not line.startswith("#"))]
+    prose = [line for line in header if not line.startswith("#   ")]
+    assert 1 <= len(prose) <= 5, (
+        f"{path.name}: {len(prose)} lines of comment; move the narrative to benchmarks/README.md"
+    )
+    if any(word in " ".join(prose) for word in (" dB", "measured", "Measured", "s per step")):
+        assert "benchmarks/README.md" in " ".join(prose), path.name
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
     model_config = get_family(config.model_family).config_class(**{"sample_size": config.resolution, **config.model})
