@@ -25,7 +25,6 @@ from ..families import get_family
 from ..grids import reconstruction_grid
 from ..losses import PatchDiscriminator, PerceptualLoss
 from ..modeling import LatentCodePreTrainedModel
-from ..modules.quantizers import QuantizerLossWeights
 from ..objectives import AdversarialTerms, AutoencoderObjective
 from .checkpointing import CheckpointWriteError, describe_disk, list_checkpoints
 from .config import TrainingConfig
@@ -128,7 +127,7 @@ class AutoencoderTask(TrainingTask):
             )
         self.objective = AutoencoderObjective.for_model(
             model,
-            **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's
+            **config.quantizer_loss_weights,  # the weights this run overrides; the others are the model's
             kl_weight=config.kl_weight,
             kl_warmup_steps=config.kl_warmup_steps,
             perceptual=perceptual,

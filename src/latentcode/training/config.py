@@ -4,7 +4,9 @@ Flag names follow diffusers' training examples (`--output_dir`, `--max_train_ste
 The `model` section is passed unchanged to the family's config class (`VQVAEConfig(**model)`
 ...), so every model option, present or future, is available without touching this file; on
 the command line it is reached as `--model.KEY VALUE` (VALUE parsed as YAML: `--model.
-block_out_channels "[32, 64]"`).
+block_out_channels "[32, 64]"`). Likewise `quantizer_loss_weights` (`--quantizer_loss_weights.KEY
+VALUE`) overrides the model's quantizer loss weights for a run, any field of `QuantizerLossWeights`,
+their one declaration.
 
 This module imports no torch, transformers or model code (the families are looked up when a
 config is validated), so that every script answers `--help` at once.
@@ -212,26 +214,11 @@ class TrainingConfig(RunConfig):
         default=None,
     )
     kl_warmup_steps: int = option("VAE: the KL weight rises linearly from 0 over these steps", default=0)
-    commitment_weight: float | None = option(
-        "VQ-VAE: weight of the quantizer's commitment term (default: the model config's)", default=None
-    )
-    codebook_weight: float | None = option(
-        "VQ-VAE: weight of the codebook term of a learned codebook (default: the model config's)", default=None
-    )
-    entropy_weight: float | None = option(
-        "LFQ / BSQ: weight of the entropy loss, after annealing (default: the model config's)", default=None
-    )
-    diversity_weight: float | None = option(
-        "LFQ / BSQ: gamma on the codebook-entropy term of the entropy loss (default: the model config's)", default=None
-    )
-    entropy_annealing_steps: int | None = option(
-        "LFQ / BSQ: the entropy weight falls linearly to entropy_weight over these optimiser steps "
-        "(default: the model config's)",
-        default=None,
-    )
-    entropy_annealing_start_factor: float | None = option(
-        "LFQ / BSQ: the entropy weight at step 0, as a multiple of entropy_weight (default: the model config's)",
-        default=None,
+    quantizer_loss_weights: dict = option(
+        "VQ-VAE: this run's weights of the quantizer's terms, overriding the model config's: any field of "
+        "QuantizerLossWeights (commitment_weight, codebook_weight, entropy_weight, ...: docs/quantizers.md); "
+        "--quantizer_loss_weights.KEY VALUE",
+        default_factory=dict,
     )
     perceptual_weight: float = option("weight of the LPIPS loss (0: off)", default=0.0)
     perceptual_net: str = option("LPIPS backbone: vgg, alex or squeeze", default="vgg")
@@ -308,6 +295,7 @@ class TrainingConfig(RunConfig):
                 f"model={self.model} and pretrained_model_name_or_path={self.pretrained_model_name_or_path!r}: "
                 "a pretrained model brings its own config; leave model empty"
             )
+        check_quantizer_loss_weights(self.quantizer_loss_weights)
         self._validate_vae_objective()
 
     def _validate_vae_objective(self) -> None:
@@ -382,11 +370,33 @@ def check_model_keys(family: str, model: dict) -> None:
             raise _unknown_key_error(f"model ({get_family(family).config_class.__name__})", key, known)
 
 
+def check_quantizer_loss_weights(weights: dict) -> None:
+    """Each key of a run's `quantizer_loss_weights` must be a field of `QuantizerLossWeights`,
+    the one declaration of the quantizer's loss weights (its fields' help texts say what each does)."""
+    from ..modules.quantizers import QuantizerLossWeights
+
+    if not isinstance(weights, dict):
+        raise ValueError(f"quantizer_loss_weights must be a mapping of weights, got {type(weights).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(QuantizerLossWeights)}
+    for key in weights:
+        if key not in fields:
+            described = "; ".join(
+                f"{name}: {field.metadata.get('help', 'see its docstring')}" for name, field in fields.items()
+            )
+            raise ValueError(
+                f"{_unknown_key_error('quantizer_loss_weights', key, list(fields))}. The weights: {described}"
+            )
+
+
 # Where the images come from is one choice: a dataset (Hub or embedded) or a local folder.
 # Setting one source as an override drops the YAML file's keys of the other.
 DATA_SOURCES = {"dataset_name": ("train_data_dir",), "train_data_dir": ("dataset_name", "dataset_config_name")}
 # The fields that name the images to read: latentcode-eval's data flags are these.
 DATA_SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "split", "train_data_dir", "image_column", "cache_dir")
+
+
+# The options that are mappings, passed on key by key (`--model.KEY VALUE`, VALUE parsed as YAML).
+MAPPING_SECTIONS = ("model", "quantizer_loss_weights")
 
 
 def _fields(config_class: type[RunConfig] = TrainingConfig) -> dict[str, tuple[dataclasses.Field, object]]:
@@ -407,8 +417,9 @@ def load_config(path: str | Path | None = None, config_class: type[RunConfig] = 
     for key in [*values, *overrides]:
         if key not in known:
             raise _unknown_key_error("training config", key, known)
-    if "model" in known:
-        overrides["model"] = {**(values.get("model") or {}), **overrides.pop("model", {})}
+    for section in MAPPING_SECTIONS:  # merged key by key: an override of one key keeps the file's others
+        if section in known:
+            overrides[section] = {**(values.get(section) or {}), **overrides.pop(section, {})}
     # The data source is one choice: an override of one source replaces the file's other one
     # (a preset's dataset_name must not clash with --train_data_dir, and vice versa).
     for chosen, replaced in DATA_SOURCES.items():
@@ -431,7 +442,9 @@ def _optional(convert):
 TRAIN_DESCRIPTION = (
     "Train an AutoEncoder, VAE or VQ-VAE (latentcode). Options come from the dataclass defaults, then --config "
     "YAML, then these flags. Model options: --model.KEY VALUE for any field of the family's config class "
-    "(e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]')."
+    "(e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]'). This run's quantizer loss weights: "
+    "--quantizer_loss_weights.KEY VALUE for any field of QuantizerLossWeights (e.g. "
+    "--quantizer_loss_weights.entropy_weight 0.2)."
 )
 
 
@@ -451,11 +464,12 @@ def add_config_arguments(
     names: typing.Iterable[str] | None = None,
     keep_defaults: bool = False,
 ) -> None:
-    """One flag per field of `config_class` (the fields in `names`, default all but `model`), with
+    """One flag per field of `config_class` (the fields in `names`, default all but the
+    `MAPPING_SECTIONS`, which `parse_args` reads as `--SECTION.KEY VALUE`), with
     the field's help text and its default stated. Flags left out are absent from the parsed
     namespace (so a YAML file's value stays), or with `keep_defaults` take the field's default."""
     fields = _fields(config_class)
-    for name in [n for n in fields if n != "model"] if names is None else names:
+    for name in [n for n in fields if n not in MAPPING_SECTIONS] if names is None else names:
         spec, hint = fields[name]
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         unset = default if keep_defaults else argparse.SUPPRESS
@@ -497,22 +511,21 @@ def parse_args(
     argv: list[str] | None = None, config_class: type[RunConfig] = TrainingConfig, description: str = TRAIN_DESCRIPTION
 ):
     """Command line -> `config_class` (default [`TrainingConfig`]). `--model.KEY VALUE` pairs set
-    model config fields."""
+    model config fields, `--quantizer_loss_weights.KEY VALUE` the run's quantizer loss weights."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    model, rest = {}, []
+    sections, rest = {}, []
     while argv:
         token = argv.pop(0)
-        if token.startswith("--model."):
-            key, separator, value = token[len("--model.") :].partition("=")
-            if not separator:
-                if not argv:
-                    raise ValueError(f"{token} needs a value")
-                value = argv.pop(0)
-            model[key] = yaml.safe_load(value)
-        else:
+        section = next((name for name in MAPPING_SECTIONS if token.startswith(f"--{name}.")), None)
+        if section is None:
             rest.append(token)
+            continue
+        key, separator, value = token[len(section) + 3 :].partition("=")
+        if not separator:
+            if not argv:
+                raise ValueError(f"{token} needs a value")
+            value = argv.pop(0)
+        sections.setdefault(section, {})[key] = yaml.safe_load(value)
     namespace = vars(build_parser(config_class, description).parse_args(rest))
     path = namespace.pop("config")
-    if model:
-        namespace["model"] = model
-    return load_config(path, config_class, **namespace)
+    return load_config(path, config_class, **namespace, **sections)

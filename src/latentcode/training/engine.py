@@ -63,7 +63,7 @@ from ..data import ImageBatches
 from ..reporting import metrics_report, write_metrics_json
 from ..threads import set_num_threads
 from .checkpointing import OutputDirLock, check_output_dir, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import RunConfig
+from .config import MAPPING_SECTIONS, RunConfig
 from .ema import EMAModel
 from .loss_plot import write_loss_plot
 from .schedule import RunSchedule, TimeBudget
@@ -133,9 +133,10 @@ def run_accelerator(config: RunConfig) -> Accelerator:
 
 
 def tracker_config(config: RunConfig) -> dict:
-    """The config flattened to the scalar values trackers accept (`model.KEY` for the model)."""
-    flat = {key: value for key, value in config.to_dict().items() if key != "model"}
-    flat.update({f"model.{key}": value for key, value in getattr(config, "model", {}).items()})
+    """The config flattened to the scalar values trackers accept (`model.KEY` for the model's)."""
+    flat = {key: value for key, value in config.to_dict().items() if key not in MAPPING_SECTIONS}
+    for section in MAPPING_SECTIONS:
+        flat.update({f"{section}.{key}": value for key, value in getattr(config, section, {}).items()})
     return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
 
 
