@@ -21,7 +21,7 @@ gets worse and the KL concentrates in fewer dimensions.
 
     python benchmarks/bench_betavae.py                       # every run of RUNS: 9 x 600 steps, ~30 min on a busy core
     python benchmarks/bench_betavae.py --steps 100 --only betaH
-    python benchmarks/bench_betavae.py --steps 3000 --runs factor:factor_G=0,6,40,100 --reg_anneal_fraction 0.027
+    python benchmarks/bench_betavae.py --steps 3000 --runs factor:tc_weight=0,6,40,100 --anneal_fraction 0.027
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from latentcode.disentanglement import decompose_kl, reconstruction_nll, total_correlation_estimate
-from latentcode.training import load_config, trainer
+from latentcode.training import build_engine, load_config
 from latentcode.traversal import per_dimension_kl
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-samples"
@@ -48,21 +48,21 @@ RESULTS = Path(__file__).resolve().parent / "results" / "betavae"
 
 # (objective, the weight that sets the pressure on the KL, its value): low to high pressure.
 RUNS = [
-    ("betaH", "betaH_B", 1.0),
-    ("betaH", "betaH_B", 4.0),
-    ("betaH", "betaH_B", 16.0),
-    ("betaB", "betaB_finC", 25.0),
-    ("betaB", "betaB_finC", 5.0),
-    ("btcvae", "btcvae_B", 1.0),
-    ("btcvae", "btcvae_B", 10.0),
-    ("factor", "factor_G", 6.0),
-    ("factor", "factor_G", 40.0),
+    ("betaH", "beta", 1.0),
+    ("betaH", "beta", 4.0),
+    ("betaH", "beta", 16.0),
+    ("betaB", "capacity_end", 25.0),
+    ("betaB", "capacity_end", 5.0),
+    ("btcvae", "tc_weight", 1.0),
+    ("btcvae", "tc_weight", 10.0),
+    ("factor", "tc_weight", 6.0),
+    ("factor", "tc_weight", 40.0),
 ]
 OBJECTIVES = ("betaH", "betaB", "btcvae", "factor")
 
 
 def parse_runs(specs: list[str]) -> list[tuple[str, str, float]]:
-    """`["factor:factor_G=0,6", ...]` -> `[("factor", "factor_G", 0.0), ("factor", "factor_G", 6.0), ...]`."""
+    """`["factor:tc_weight=0,6", ...]` -> `[("factor", "tc_weight", 0.0), ("factor", "tc_weight", 6.0), ...]`."""
     runs = []
     for spec in specs:
         objective, _, assignment = spec.partition(":")
@@ -74,7 +74,7 @@ def parse_runs(specs: list[str]) -> list[tuple[str, str, float]]:
         if objective not in OBJECTIVES or not weight or not numbers:
             raise SystemExit(
                 f"--runs takes OBJECTIVE:WEIGHT=V1,V2,... with OBJECTIVE one of {OBJECTIVES} and numbers for the "
-                f"values (e.g. factor:factor_G=6,40), got {spec!r}"
+                f"values (e.g. factor:tc_weight=6,40), got {spec!r}"
             )
         runs.extend((objective, weight, number) for number in numbers)
     return runs
@@ -108,13 +108,13 @@ def train_one(objective: str, weight: str, value: float, seed: int, args: argpar
         report_to="none",
         seed=seed,
         vae_objective=objective,
-        reg_anneal=reg_anneal(args),
-        betaB_G=args.betaB_G,
-        factor_lr_disc=args.factor_lr_disc,
+        anneal_steps=anneal_steps(args),
+        capacity_weight=args.capacity_weight,
+        tc_discriminator_learning_rate=args.tc_discriminator_learning_rate,
         **{weight: value},
     )
     start = time.perf_counter()
-    engine = trainer(config)
+    engine = build_engine(config)
     engine.run()
     # accelerate's process-wide singletons: the next in-process run starts from scratch.
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -123,9 +123,9 @@ def train_one(objective: str, weight: str, value: float, seed: int, args: argpar
     return engine.task.unwrapped.eval(), time.perf_counter() - start, discriminator
 
 
-def reg_anneal(args: argparse.Namespace) -> int:
-    """The annealing steps: `--reg_anneal_fraction` of the run."""
-    return round(args.steps * args.reg_anneal_fraction)
+def anneal_steps(args: argparse.Namespace) -> int:
+    """The annealing steps: `--anneal_fraction` of the run."""
+    return round(args.steps * args.anneal_fraction)
 
 
 @torch.no_grad()
@@ -148,7 +148,7 @@ def kl_decomposition(model, images: torch.Tensor, samples: int) -> dict:
 
 @torch.no_grad()
 def discriminator_tc(model, discriminator, images: torch.Tensor, samples: int) -> float:
-    """FactorVAE's own TC estimate (the term `factor_G` weighs) on posterior draws of `images`,
+    """FactorVAE's own TC estimate (the term `tc_weight` weighs) on posterior draws of `images`,
     averaged over `samples` draws (the same seeded draws as [`kl_decomposition`])."""
     posterior = model.encode(images).latent_dist
     generator = torch.Generator().manual_seed(0)
@@ -186,7 +186,7 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         dims = ", ".join(f"{v:.1f}" for v in sorted(r["kl_per_dim"], reverse=True))
-        gamma = f", betaB_G = {r['betaB_G']:g}" if r["objective"] == "betaB" else ""
+        gamma = f", capacity_weight = {r['capacity_weight']:g}" if r["objective"] == "betaB" else ""
         lines.append(
             f"| {r['objective']} | {r['weight']} = {r['value']:g}{gamma} | {r['seed']} | {r['nll']:.1f} | {r['psnr']:.2f} | "
             f"{r['kl']:.2f} | {r['tc']:.2f} | {r['mi']:.2f} | {r['active_dims']} | {r['top1_share']:.2f} | "
@@ -203,20 +203,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and weight")
     parser.add_argument("--only", default=None, help="one objective (betaH, betaB, btcvae, factor)")
     parser.add_argument(
-        "--runs", nargs="+", default=None, help="OBJECTIVE:WEIGHT=V1,V2,... instead of RUNS (factor:factor_G=6,40)"
+        "--runs", nargs="+", default=None, help="OBJECTIVE:WEIGHT=V1,V2,... instead of RUNS (factor:tc_weight=6,40)"
     )
     parser.add_argument(
-        "--reg_anneal_fraction",
+        "--anneal_fraction",
         type=float,
         default=0.25,
         help="the share of the run over which the annealed quantity rises (published MNIST: betaB 100k of 375k "
         "steps = 0.27, the others 10k of 375k = 0.027)",
     )
     parser.add_argument(
-        "--betaB_G", type=float, default=1000.0, help="betaB's γ (disentangling-vae's default; its betaB_mnist: 100)"
+        "--capacity_weight",
+        type=float,
+        default=1000.0,
+        help="betaB's γ (disentangling-vae's default; its betaB_mnist: 100)",
     )
     parser.add_argument(
-        "--factor_lr_disc", type=float, default=5e-5, help="the TC discriminator's learning rate (published MNIST)"
+        "--tc_discriminator_learning_rate",
+        type=float,
+        default=5e-5,
+        help="the TC discriminator's learning rate (published MNIST)",
     )
     parser.add_argument("--tc_samples", type=int, default=10, help="posterior draws the TC and MI are averaged over")
     parser.add_argument("--output", default=str(RESULTS / "betavae.jsonl"), help="JSON lines, one per run")
@@ -230,9 +236,9 @@ def main() -> None:
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        reg_anneal=reg_anneal(args),
-        betaB_G=args.betaB_G,
-        factor_lr_disc=args.factor_lr_disc,
+        anneal_steps=anneal_steps(args),
+        capacity_weight=args.capacity_weight,
+        tc_discriminator_learning_rate=args.tc_discriminator_learning_rate,
     )
     rows = []
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

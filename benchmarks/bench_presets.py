@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+from latentcode.training.autoencoder_task import build_model
 from latentcode.training.config import load_config
-from latentcode.training.loop import build_model
 
 PRESETS = Path(__file__).resolve().parents[1] / "training" / "configs"
 

@@ -16,7 +16,7 @@ the load average before and after its run.
 
 - `latentcode ...` rows run the training a user runs: `training/train.py --config PRESET
   --max_train_time BUDGET --train_data_dir ../shared/datasets/cifar10/train --dataset_name none
-  --validation_split none` (`latentcode.training.parse_args` + `trainer`, in the worker process),
+  --validation_split none` (`latentcode.training.parse_args` + `build_engine`, in the worker process),
   plus the row's overrides; then the saved model (the EMA weights where the preset keeps them)
   is scored.
 - peer rows: diffusers' `VQModel` with the backbone of `--peer_preset` (its widths, depth, latent
@@ -241,12 +241,12 @@ class Curve:
             self.snapshots.append((elapsed, step, {k: v.detach().clone() for k, v in state().items()}))
 
 
-def latentcode_saved_weights(task) -> dict:
-    """The state dict `task.final_model` would save (live weights, the EMA's where it keeps one)."""
-    state = dict(task.unwrapped.state_dict())
-    if task.ema is not None:
-        names = {id(p): name for name, p in task.unwrapped.named_parameters()}
-        for average, parameter in zip(task.ema.shadow, task.averaged, strict=True):
+def latentcode_saved_weights(engine) -> dict:
+    """The state dict the engine's final save would write (live weights, the EMA's where it keeps one)."""
+    state = dict(engine.model.state_dict())
+    if engine.ema is not None:
+        names = {id(p): name for name, p in engine.model.named_parameters()}
+        for average, parameter in zip(engine.ema.shadow, engine.averaged, strict=True):
             state[names[id(parameter)]] = average
     return state
 
@@ -258,7 +258,7 @@ def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Ro
 
     import latentcode.modeling  # noqa: F401  (registers the families with AutoModel)
     from latentcode.families import family_of
-    from latentcode.training import parse_args, trainer
+    from latentcode.training import build_engine, parse_args
 
     output = workdir / name.replace(" ", "_").replace("/", "-")
     argv = [
@@ -268,15 +268,16 @@ def train_latentcode(name: str, recipe: Recipe, args, workdir: Path) -> tuple[Ro
         *("--validation_steps", "0", "--num_validation_images", "16", "--seed", str(args.seed)),
         *recipe.overrides,
     ]
-    engine = trainer(parse_args(argv))
+    engine = build_engine(parse_args(argv))
     curve = Curve(recipe.budget(args))
-    after_step = engine.task.after_step
+    train_step = engine.train_step
 
-    def recording(engine_, finite):
-        curve.maybe_copy(engine_.global_step, lambda: latentcode_saved_weights(engine_.task))
-        return after_step(engine_, finite)
+    def recording():
+        logs = train_step()
+        curve.maybe_copy(engine.global_step, lambda: latentcode_saved_weights(engine))
+        return logs
 
-    engine.task.after_step = recording
+    engine.train_step = recording
     result = engine.run()
     details = result.metrics["details"]
     model = AutoModel.from_pretrained(output).train()  # the preset's family

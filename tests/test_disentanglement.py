@@ -23,14 +23,13 @@ from latentcode.disentanglement import (
     TotalCorrelationDiscriminator,
     decompose_kl,
     discriminator_loss,
-    linear_annealing,
     log_importance_weight_matrix,
     permute_dims,
     reconstruction_nll,
     total_correlation_estimate,
 )
 from latentcode.objectives import AutoencoderObjective
-from latentcode.training import load_config, parse_args, train, trainer
+from latentcode.training import build_engine, load_config, parse_args, train
 
 VECTOR_VAE = dict(
     backbone="vector",
@@ -76,7 +75,7 @@ def test_likelihoods_are_disentangling_vaes_sums_per_image_on_0_1_pixels():
     torch.testing.assert_close(reconstruction_nll(y, x, "gaussian"), mse, rtol=1e-5, atol=1e-4)
     l1 = 3 * F.l1_loss(p, t, reduction="sum") / 3
     torch.testing.assert_close(reconstruction_nll(y, x, "laplace"), l1, rtol=1e-5, atol=1e-4)
-    with pytest.raises(ValueError, match="rec_dist must be one of"):
+    with pytest.raises(ValueError, match="reconstruction_distribution must be one of"):
         reconstruction_nll(y, x, "poisson")
     with pytest.raises(ValueError, match="must have one shape"):
         reconstruction_nll(y, x[:, :, :4], "bernoulli")
@@ -103,13 +102,6 @@ def test_bernoulli_through_the_sigmoid_decoder_matches_bce_with_logits_and_stays
 # -- β-VAE and capacity annealing ------------------------------------------------------------------
 
 
-def test_linear_annealing_values():
-    assert [linear_annealing(0, 1, step, 4) for step in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
-    assert linear_annealing(5, 50, 3, 0) == 50.0  # no annealing: the end value throughout
-    with pytest.raises(ValueError, match=">= 0"):
-        linear_annealing(0, 1, 0, -1)
-
-
 def test_beta_vae_objective_is_nll_plus_beta_kl_of_a_real_forward_pass():
     model = vector_vae()
     pixels = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -119,25 +111,25 @@ def test_beta_vae_objective_is_nll_plus_beta_kl_of_a_real_forward_pass():
     kl = torch.distributions.kl_divergence(posterior, prior).sum(1).mean()
     torch.testing.assert_close(output.kl, kl, rtol=1e-5, atol=1e-6)
 
-    objective = AutoencoderObjective.for_model(model, vae_loss=BetaHLoss(beta=4.0, reg_anneal=10))
+    objective = AutoencoderObjective.for_model(model, vae_loss=BetaHLoss(beta=4.0, anneal_steps=10))
     loss, logs = objective(output, pixels, step=5)  # annealed: half of β KL at step 5 of 10
     p, t = (output.sample + 1) / 2, (pixels + 1) / 2
     nll = F.binary_cross_entropy(p, t, reduction="sum") / 4
     torch.testing.assert_close(loss, nll + 0.5 * 4.0 * kl, rtol=1e-5, atol=1e-3)
-    assert logs["reg_anneal_factor"] == 0.5
+    assert logs["anneal_factor"] == 0.5
     assert "β-VAE (Higgins et al. 2017): bernoulli reconstruction" in objective.describe(model)
-    with pytest.raises(ValueError, match="its own annealing is vae_loss.reg_anneal"):
+    with pytest.raises(ValueError, match="its own annealing is vae_loss.anneal_steps"):
         AutoencoderObjective.for_model(model, kl_warmup_steps=5, vae_loss=BetaHLoss())
 
 
 def test_capacity_schedule_and_term():
-    loss = BetaBLoss(capacity_start=2.0, capacity_end=12.0, gamma=100.0, reg_anneal=100)
+    loss = BetaBLoss(capacity_start=2.0, capacity_end=12.0, gamma=100.0, anneal_steps=100)
     assert [loss.capacity(step) for step in (0, 25, 50, 100, 1000)] == [2.0, 4.5, 7.0, 12.0, 12.0]
     term, logs = loss.regularizer(SimpleNamespace(kl=torch.tensor(10.0)), step=50)  # |10 - 7| * 100
     assert term.item() == pytest.approx(300.0) and logs["capacity"] == 7.0
     term, _ = loss.regularizer(SimpleNamespace(kl=torch.tensor(10.0)), step=100)  # |10 - 12| * 100
     assert term.item() == pytest.approx(200.0)
-    with pytest.raises(ValueError, match="betaB_initC <= betaB_finC"):
+    with pytest.raises(ValueError, match="capacity_start <= capacity_end"):
         BetaBLoss(capacity_start=5.0, capacity_end=1.0)
 
 
@@ -201,7 +193,7 @@ def test_kl_decomposition_equals_explicit_loops():
     total = parts.mutual_information + parts.total_correlation + parts.dimension_wise_kl
     torch.testing.assert_close(total, sample_kl.mean(), rtol=1e-5, atol=1e-5)
 
-    loss = BetaTCVAELoss(alpha=1.5, beta=6.0, gamma=2.0, dataset_size=20, reg_anneal=4)
+    loss = BetaTCVAELoss(alpha=1.5, beta=6.0, gamma=2.0, dataset_size=20, anneal_steps=4)
     term, logs = loss.regularizer(output, step=1)  # dimension-wise KL annealed to a quarter
     assert term.item() == pytest.approx(1.5 * mi + 6.0 * tc + 0.25 * 2.0 * dw, rel=1e-4, abs=1e-4)
     assert {"mutual_information", "total_correlation", "dimension_wise_kl"} <= logs.keys()
@@ -263,20 +255,22 @@ def test_factor_vae_terms_train_only_their_own_side():
 
 def test_objectives_refuse_models_they_cannot_train():
     grid = VAEModel(VAEConfig(in_channels=1, block_out_channels=(8,), norm_num_groups=4, latent_channels=2))
-    with pytest.raises(ValueError, match="rec_dist='bernoulli' needs a decoder whose output is a probability"):
+    with pytest.raises(
+        ValueError, match="reconstruction_distribution='bernoulli' needs a decoder whose output is a probability"
+    ):
         BetaHLoss().check_model(grid)
-    BetaHLoss(rec_dist="gaussian").check_model(grid)  # β-VAE takes a latent grid
+    BetaHLoss(reconstruction_distribution="gaussian").check_model(grid)  # β-VAE takes a latent grid
     with pytest.raises(ValueError, match="needs a vector latent; backbone='ldm' has a latent grid"):
-        BetaTCVAELoss(rec_dist="gaussian", dataset_size=100).check_model(grid)
+        BetaTCVAELoss(reconstruction_distribution="gaussian", dataset_size=100).check_model(grid)
     discriminator = TotalCorrelationDiscriminator(2, hidden_units=4)
     with pytest.raises(ValueError, match="needs a vector latent"):
-        FactorVAELoss(rec_dist="gaussian", discriminator=discriminator).check_model(grid)
+        FactorVAELoss(reconstruction_distribution="gaussian", discriminator=discriminator).check_model(grid)
     with pytest.raises(
         ValueError,
         match=r"vae_objective='factor' trains a Gaussian code \(model_family one of \['vae'\]\), but model_family='vqvae'",
     ):
         load_config(model_family="vqvae", vae_objective="factor")
-    with pytest.raises(ValueError, match="set reg_anneal, not kl_warmup_steps"):
+    with pytest.raises(ValueError, match="set anneal_steps, not kl_warmup_steps"):
         load_config(model_family="vae", vae_objective="betaH", kl_warmup_steps=10)
     with pytest.raises(ValueError, match="vae_objective must be one of"):
         load_config(model_family="vae", vae_objective="beta")
@@ -294,12 +288,12 @@ def _run_arguments(output_dir, objective: str, *extra: str) -> list[str]:
         *("--train_data_dir", str(data), "--resolution", "32", "--train_batch_size", "8"),
         *("--max_train_steps", "4", "--learning_rate", "1e-3", "--num_validation_images", "8"),
         *("--checkpointing_steps", "0", "--validation_steps", "0", "--report_to", "none"),
-        *("--vae_objective", objective, "--reg_anneal", "2", "--factor_disc_hidden_units", "32", *extra),
+        *("--vae_objective", objective, "--anneal_steps", "2", "--tc_discriminator_hidden_units", "32", *extra),
     ]
 
 
 EXPECTED_TERMS = {
-    "betaH": {"reconstruction_loss", "kl", "reg_anneal_factor"},
+    "betaH": {"reconstruction_loss", "kl", "anneal_factor"},
     "betaB": {"reconstruction_loss", "kl", "capacity"},
     "btcvae": {"reconstruction_loss", "kl", "mutual_information", "total_correlation", "dimension_wise_kl"},
     "factor": {"reconstruction_loss", "kl", "total_correlation", "tc_discriminator_loss", "tc_discriminator_grad_norm"},
@@ -309,7 +303,7 @@ EXPECTED_TERMS = {
 @pytest.mark.usefixtures("fresh_accelerate_state")
 @pytest.mark.parametrize("objective", sorted(EXPECTED_TERMS))
 def test_training_with_each_objective_logs_its_terms(objective, tmp_path):
-    engine = trainer(parse_args(_run_arguments(tmp_path / "run", objective)))
+    engine = build_engine(parse_args(_run_arguments(tmp_path / "run", objective)))
     logged = []
     engine.accelerator.log = lambda values, step=None: logged.append(values)
     engine.run()
@@ -355,8 +349,8 @@ def test_beta_vae_and_capacity_annealing_take_a_latent_grid():
     kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum((1, 2, 3)).mean()
     mse = F.mse_loss((output.sample + 1) / 2 * 255, (pixels + 1) / 2 * 255, reduction="sum") / 255 / 3
     for vae_loss, regularizer in (
-        (BetaHLoss(beta=2.0, rec_dist="gaussian"), 2.0 * kl),
-        (BetaBLoss(capacity_end=5.0, gamma=10.0, rec_dist="gaussian"), 10.0 * (kl - 5.0).abs()),
+        (BetaHLoss(beta=2.0, reconstruction_distribution="gaussian"), 2.0 * kl),
+        (BetaBLoss(capacity_end=5.0, gamma=10.0, reconstruction_distribution="gaussian"), 10.0 * (kl - 5.0).abs()),
     ):
         vae_loss.check_model(model)
         loss, _ = AutoencoderObjective.for_model(model, vae_loss=vae_loss)(output, pixels, step=0)

@@ -15,7 +15,7 @@ from latentcode.losses import (
     adaptive_generator_weight,
     discriminator_loss,
     generator_adversarial_loss,
-    kl_warmup_factor,
+    linear_ramp,
 )
 
 
@@ -50,9 +50,13 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
     assert adaptive_generator_weight(out.sum() * 1e6, out.sum() * 1e-9, last_layer).item() == 1e4  # clamped
 
 
-def test_kl_warmup_factor():
-    assert [kl_warmup_factor(step, 4) for step in (0, 1, 4, 10)] == [0.0, 0.25, 1.0, 1.0]
-    assert kl_warmup_factor(0, 0) == 1.0
+def test_linear_ramp_rises_from_start_to_end_and_holds():
+    """The one linear schedule: the KL warm-up, the β-VAE family's annealing and the entropy weight's."""
+    assert [linear_ramp(0, 1, step, 4) for step in (0, 1, 2, 4, 10)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert linear_ramp(3.0, 1.0, 2, 4) == 2.0  # falls too (an entropy weight annealed from 3x)
+    assert linear_ramp(5, 50, 3, 0) == 50.0  # no ramp: the end value throughout
+    with pytest.raises(ValueError, match=">= 0"):
+        linear_ramp(0, 1, 0, -1)
 
 
 def test_patch_discriminator_shapes_and_minimum_size():
@@ -179,15 +183,3 @@ def test_each_objective_term_follows_its_formula():
     torch.testing.assert_close(objective.adversarial.discriminator_loss(pixels, output.sample), expected)
     with pytest.raises(ValueError, match="reconstruction_loss must be one of"):
         AutoencoderObjective(reconstruction_loss="huber")
-
-
-def test_the_prior_objective_is_the_causal_lm_loss():
-    from latentcode.objectives import PriorObjective
-    from latentcode.prior import build_prior, prior_loss, token_mapping
-
-    torch.manual_seed(0)
-    prior = build_prior(16, (2, 3), hidden_size=16, num_layers=1, num_heads=2)
-    mapping = token_mapping(prior.config)
-    codes = torch.randint(0, 16, (3, 6))
-    expected = prior_loss(prior, codes, mapping)
-    torch.testing.assert_close(PriorObjective()(prior, mapping.codes_to_tokens(codes)), expected, rtol=1e-6, atol=0)

@@ -312,9 +312,25 @@ def lfq_run(output_dir, model: dict | None = None, **overrides):
     return load_config(**{**values, **overrides})
 
 
+def test_a_runs_quantizer_loss_weights_are_the_fields_of_quantizer_loss_weights(tmp_path):
+    """`--quantizer_loss_weights.KEY VALUE` (or the YAML section) takes any field of
+    `QuantizerLossWeights`, their one declaration; another key is refused, naming the fields."""
+    from latentcode.training import parse_args
+
+    argv = ["--output_dir", str(tmp_path / "run"), "--quantizer_loss_weights.entropy_weight", "0.2"]
+    config = parse_args([*argv, "--quantizer_loss_weights.commitment_weight=0.5"])
+    assert config.quantizer_loss_weights == {"entropy_weight": 0.2, "commitment_weight": 0.5}
+    with pytest.raises(
+        ValueError, match=r"unknown quantizer_loss_weights key 'entropy_weigth'; did you mean entropy_weight"
+    ):
+        parse_args([*argv, "--quantizer_loss_weights.entropy_weigth", "0.1"])
+    with pytest.raises(ValueError, match=r"commitment_weight: "):  # each field with its help text
+        lfq_run(tmp_path / "bad", quantizer_loss_weights={"beta": 0.25})
+
+
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_train_py_overrides_each_loss_weight_of_the_model_config(tmp_path):
-    from latentcode.training import trainer
+    from latentcode.training import build_engine
 
     recipe = dict(
         commitment_weight=0.5,
@@ -323,11 +339,11 @@ def test_train_py_overrides_each_loss_weight_of_the_model_config(tmp_path):
         entropy_annealing_steps=10,
         entropy_annealing_start_factor=2.0,
     )
-    engine = trainer(lfq_run(tmp_path / "lfq", **recipe))
+    engine = build_engine(lfq_run(tmp_path / "lfq", quantizer_loss_weights=recipe))
     assert engine.task.objective.quantizer_weights == QuantizerLossWeights(**recipe)
     model, pixels = engine.task.unwrapped, engine.batches.next_batch()
     with torch.no_grad():
-        loss, logs = engine.task.loss(engine, pixels)
+        loss, logs = engine.task.compute_loss(engine, pixels)
         per_sample, codebook_entropy = lfq_entropy_terms(model, pixels)
     # At step 0 the entropy weight is 2.0 * 0.3.
     expected = logs["reconstruction_loss"] + 0.5 * logs["commitment_loss"] + 0.6 * (per_sample - 0.5 * codebook_entropy)
@@ -336,17 +352,18 @@ def test_train_py_overrides_each_loss_weight_of_the_model_config(tmp_path):
     weights = []
     for step in range(3):
         engine.global_step = step  # as Engine.run advances it
-        weights.append(engine.training_step()["entropy_weight"])
+        weights.append(engine.train_step()["entropy_weight"])
     assert weights == pytest.approx([0.6, 0.57, 0.54])
 
     plain = dict(quantizer="vq", codebook_size=32, quantizer_config=dict(codebook_ema=False, kmeans_init=False))
-    engine = trainer(lfq_run(tmp_path / "vq", model=plain, commitment_weight=0.1, codebook_weight=2.0))
+    weights = dict(commitment_weight=0.1, codebook_weight=2.0)
+    engine = build_engine(lfq_run(tmp_path / "vq", model=plain, quantizer_loss_weights=weights))
     with torch.no_grad():
-        loss, logs = engine.task.loss(engine, engine.batches.next_batch())
+        loss, logs = engine.task.compute_loss(engine, engine.batches.next_batch())
     expected = logs["reconstruction_loss"] + 0.1 * logs["commitment_loss"] + 2.0 * logs["codebook_loss"]
     torch.testing.assert_close(loss, torch.as_tensor(expected), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"entropy_weight=0.3 given, but quantizer='vq' has no such term"):
-        trainer(lfq_run(tmp_path / "refused", model=plain, entropy_weight=0.3))
+        build_engine(lfq_run(tmp_path / "refused", model=plain, quantizer_loss_weights=dict(entropy_weight=0.3)))
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
@@ -362,7 +379,8 @@ def test_a_resumed_lfq_run_anneals_as_the_uninterrupted_one(tmp_path):
     reset_accelerate_state()
     train(lfq_run(tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "uninterrupted" / "checkpoint-2")))
     reset_accelerate_state()
-    train(lfq_run(tmp_path / "unannealed", entropy_annealing_steps=0, max_train_steps=6))
+    unannealed = dict(entropy_annealing_steps=0)
+    train(lfq_run(tmp_path / "unannealed", quantizer_loss_weights=unannealed, max_train_steps=6))
     final = {
         name: load_file(tmp_path / name / "model.safetensors") for name in ("uninterrupted", "resumed", "unannealed")
     }

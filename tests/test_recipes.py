@@ -15,8 +15,8 @@ from test_training import tiny_config
 
 from latentcode import VAEModel, VQVAEModel
 from latentcode.evaluation.metrics import psnr, ssim
-from latentcode.training import load_config, train, trainer
-from latentcode.training.loop import DECODER_SIDE
+from latentcode.training import build_engine, load_config, train
+from latentcode.training.autoencoder_task import DECODER_SIDE
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -31,13 +31,14 @@ def _is_decoder_side(key: str) -> bool:
 
 def _record(engine, what) -> list:
     """`what(engine)` after every step of `engine`'s run (filled as it runs)."""
-    values, after_step = [], engine.task.after_step
+    values, train_step = [], engine.train_step
 
-    def recording(engine_, finite):
-        values.append(what(engine_))
-        return after_step(engine_, finite)
+    def recording():
+        logs = train_step()
+        values.append(what(engine))
+        return logs
 
-    engine.task.after_step = recording
+    engine.train_step = recording
     return values
 
 
@@ -52,7 +53,7 @@ def test_decoder_finetune_fraction_outside_0_1_says_what_is_allowed(tmp_path, fr
 
 
 def test_decoder_phase_freezes_encoder_and_codebook_and_keeps_the_codes(tmp_path):
-    engine = trainer(tiny_config(tmp_path, **DECODER_PHASE))
+    engine = build_engine(tiny_config(tmp_path, **DECODER_PHASE))
     states = _record(engine, _model_state)
     engine.run()
     assert len(states) == 8
@@ -79,7 +80,7 @@ def test_decoder_phase_freezes_encoder_and_codebook_and_keeps_the_codes(tmp_path
 
 
 def test_decoder_phase_starts_at_the_fitted_step_count_of_a_time_budget_and_stays(tmp_path):
-    engine = trainer(tiny_config(tmp_path, max_train_time=5, decoder_finetune_fraction=0.25))
+    engine = build_engine(tiny_config(tmp_path, max_train_time=5, decoder_finetune_fraction=0.25))
     # Simulated step times: 1/8 s, then 1/16 s once the decoder-only phase has begun (its steps
     # skip the encoder's backward pass), so the re-fits then raise the step count.
     costs = []
@@ -117,7 +118,7 @@ def test_resume_across_the_decoder_phase_is_bit_identical(tmp_path, checkpoint):
 
 
 def test_decoder_phase_off_by_default_and_on_a_step_budget_starts_where_stated(tmp_path):
-    from latentcode.training.loop import decoder_finetune_start
+    from latentcode.training.autoencoder_task import decoder_finetune_start
 
     config = tiny_config(tmp_path)
     assert config.decoder_finetune_fraction == 0.0 and decoder_finetune_start(config, 100) is None

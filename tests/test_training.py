@@ -24,7 +24,7 @@ from latentcode import VQVAEModel
 from latentcode.data import ImageTransform, build_image_data
 from latentcode.evaluation import evaluate
 from latentcode.families import get_family
-from latentcode.training import NonFiniteLossError, load_config, parse_args, train, trainer
+from latentcode.training import NonFiniteLossError, build_engine, load_config, parse_args, train
 from latentcode.training.checkpointing import list_checkpoints
 from latentcode.training.config import TrainingConfig, build_parser
 
@@ -189,6 +189,20 @@ def test_unknown_keys_fail_with_a_suggestion(tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_a_presets_comment_says_what_it_is_and_leaves_measurements_to_the_benchmarks(path):
+    """A preset's leading comment: what it is in a few lines, plus its command lines (`#   ...`);
+    the narrative of how its settings were measured lives in benchmarks/README.md."""
+    lines = path.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if line and not line.startswith("#"))]
+    prose = [line for line in header if not line.startswith("#   ")]
+    assert 1 <= len(prose) <= 5, (
+        f"{path.name}: {len(prose)} lines of comment; move the narrative to benchmarks/README.md"
+    )
+    if any(word in " ".join(prose) for word in (" dB", "measured", "Measured", "s per step")):
+        assert "benchmarks/README.md" in " ".join(prose), path.name
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
     model_config = get_family(config.model_family).config_class(**{"sample_size": config.resolution, **config.model})
@@ -199,16 +213,16 @@ def test_shipped_configs_are_valid(path):
 
 def test_bad_input_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="resolution=17 is not divisible by the model's downsampling factor 2"):
-        trainer(tiny_config(tmp_path, resolution=17))
+        build_engine(tiny_config(tmp_path, resolution=17))
     with pytest.raises(
         ValueError, match=r"image_column='pixels' is not a column of the dataset; its columns are \['image'\]"
     ):
-        trainer(tiny_config(tmp_path, image_column="pixels"))
+        build_engine(tiny_config(tmp_path, image_column="pixels"))
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "only.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="the dataset has no readable image"):
-        trainer(tiny_config(tmp_path, dataset_name=None, train_data_dir=str(folder)))
+        build_engine(tiny_config(tmp_path, dataset_name=None, train_data_dir=str(folder)))
     assert not (tmp_path / "run").exists() or not list_checkpoints(tmp_path / "run")
 
 
@@ -217,7 +231,7 @@ def test_bad_input_fails_before_training(tmp_path):
 
 def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path):
     lpips = dict(perceptual_weight=0.1, perceptual_pretrained=False)  # random VGG backbone
-    engine = trainer(tiny_config(tmp_path, **VQGAN_OPTIONS, **lpips))
+    engine = build_engine(tiny_config(tmp_path, **VQGAN_OPTIONS, **lpips))
     discriminator = engine.unwrap(engine.parts[1].module)
     initial = [p.detach().clone() for p in discriminator.parameters()]
 
@@ -239,11 +253,11 @@ def test_discriminator_trains_from_disc_start_and_lpips_reaches_decoder(tmp_path
     engine.task.unwrapped.quantizer.train()
 
     for _ in range(2):  # steps 1 and 2: before disc_start
-        logs = engine.training_step()
+        logs = engine.train_step()
         engine.global_step += 1
         assert "discriminator_loss" not in logs
         assert all(torch.equal(a, b) for a, b in zip(initial, discriminator.parameters()))
-    logs = engine.training_step()
+    logs = engine.train_step()
     assert {"discriminator_loss", "generator_adversarial_loss", "adversarial_weight"} <= logs.keys()
     assert logs["adversarial_weight"] > 0
     assert 0 < logs["codebook_usage"] <= 1 and logs["perplexity"] > 1
@@ -270,7 +284,7 @@ def poison_forward(engine, bad_calls, value: float = float("nan")) -> None:
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
-    engine = trainer(tiny_config(tmp_path))
+    engine = build_engine(tiny_config(tmp_path))
     poison_forward(engine, lambda call: call in (3, 4))
     result = engine.run()
     assert result.metrics["details"]["nonfinite_steps"] == 2
@@ -282,7 +296,7 @@ def test_no_checkpoint_is_written_or_rotated_away_during_a_nan_streak(tmp_path):
     config = tiny_config(
         tmp_path, checkpointing_steps=2, checkpoints_total_limit=1, max_consecutive_nonfinite_steps=3, max_train_steps=8
     )
-    engine = trainer(config)
+    engine = build_engine(config)
     poison_forward(engine, lambda call: call > 2, float("inf"))  # steps 3, 4, 5 diverge
     with pytest.raises(NonFiniteLossError, match=r"3 steps in a row .*Last good checkpoint: .*checkpoint-2"):
         engine.run()
@@ -368,7 +382,7 @@ def test_killed_during_checkpoint_write_resumes_from_previous_checkpoint(uninter
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
 def test_fp16_on_cpu_says_what_to_use_instead(tmp_path):
     with pytest.raises(ValueError, match=r"mixed_precision='fp16' needs a CUDA GPU.*use 'no'.*or 'bf16'"):
-        trainer(tiny_config(tmp_path, mixed_precision="fp16"))
+        build_engine(tiny_config(tmp_path, mixed_precision="fp16"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for runs on the CPU")
@@ -382,7 +396,7 @@ def test_a_gpu_presets_mixed_precision_falls_back_to_fp32_on_the_cpu_and_a_flag_
     preset = tmp_path / "gpu_preset.yaml"
     preset.write_text(yaml.safe_dump(tiny_run_values(tmp_path / "run", mixed_precision=precision)))
     with caplog.at_level("WARNING", logger="latentcode.training.engine"):
-        engine = trainer(parse_args(["--config", str(preset)]))
+        engine = build_engine(parse_args(["--config", str(preset)]))
     assert engine.accelerator.mixed_precision == "no" and engine.config.mixed_precision == "no"
     assert f"asks for mixed_precision {precision!r}" in caplog.text and "--mixed_precision bf16" in caplog.text
     engine.release_output_dir()
@@ -390,7 +404,7 @@ def test_a_gpu_presets_mixed_precision_falls_back_to_fp32_on_the_cpu_and_a_flag_
     reset_accelerate_state()
     caplog.clear()
     with caplog.at_level("WARNING", logger="latentcode.training.engine"):
-        engine = trainer(
+        engine = build_engine(
             parse_args(["--config", str(preset), "--mixed_precision", "bf16", "--output_dir", str(tmp_path / "forced")])
         )
     assert engine.accelerator.mixed_precision == "bf16"
@@ -425,7 +439,7 @@ def test_threads_option_reaches_torch_in_the_run_and_metrics_json(tmp_path, monk
 
 
 def test_bf16_autocast_run(tmp_path):
-    engine = trainer(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=6, learning_rate=3e-3))
+    engine = build_engine(tiny_config(tmp_path, mixed_precision="bf16", max_train_steps=6, learning_rate=3e-3))
     pixels = engine.task.validation_images[:4]
     output = engine.task.model(pixels)
     # accelerate hands outputs back as fp32; values computed in bf16 are exactly representable in it
@@ -506,7 +520,7 @@ def test_training_validation_and_latentcode_eval_agree_on_the_same_model_and_ima
     from latentcode.evaluation.cli import main as latentcode_eval
     from latentcode.image_processing import pixels_to_uint8
 
-    engine = trainer(tiny_config(tmp_path))
+    engine = build_engine(tiny_config(tmp_path))
     # The images as 8-bit files hold them (resizing leaves values between the 8-bit levels).
     images = pixels_to_uint8(engine.task.validation_images)
     engine.task.validation_images = images.float() / 127.5 - 1
@@ -600,7 +614,7 @@ def test_a_time_budget_refits_the_schedule_as_the_step_time_changes_and_ends_at_
     # The machine's speed changes after step 40, once the first fit (after 25 steps) has been made:
     # another job ends (steps twice as fast) or starts (twice as slow) beside the run.
     budget = 5.0
-    engine = trainer(tiny_config(tmp_path, max_train_time=budget, lr_scheduler="cosine", lr_warmup_steps=2))
+    engine = build_engine(tiny_config(tmp_path, max_train_time=budget, lr_scheduler="cosine", lr_warmup_steps=2))
     simulated_clock(engine, lambda step: first if step <= 40 else then)
     result = engine.run()
     details = result.metrics["details"]
@@ -684,7 +698,7 @@ def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
     values = dict(max_train_time=4, checkpointing_steps=3, random_flip=True, center_crop=False)
 
     def run(name: str, **resume):
-        engine = trainer(tiny_config(tmp_path, name, **values, **resume))
+        engine = build_engine(tiny_config(tmp_path, name, **values, **resume))
         simulated_clock(engine, lambda step: 0.05 if step < 30 else 0.08)
         result = engine.run()
         reset_accelerate_state()

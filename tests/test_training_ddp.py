@@ -24,11 +24,11 @@ REPLICA = """
 import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
-from latentcode.training import load_config, trainer
+from latentcode.training import load_config, build_engine
 
 values, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 name = values["output_dir"].rsplit("/", 1)[-1]
-engine = trainer(load_config(**values))
+engine = build_engine(load_config(**values))
 rank, order = engine.accelerator.process_index, engine.batches.order
 read = [list(order.locate(0, position)) for position in range(order.length)]
 forward_calls = []
@@ -147,10 +147,10 @@ def test_two_machines_read_disjoint_data_and_match_one_machine_with_two_processe
 SKEWED_CLOCKS = """
 import json, sys
 from pathlib import Path
-from latentcode.training import load_config, trainer
+from latentcode.training import load_config, build_engine
 
 values, out = json.loads(sys.argv[1]), Path(sys.argv[2])
-engine = trainer(load_config(**values))
+engine = build_engine(load_config(**values))
 rank = engine.accelerator.process_index
 engine.clock = lambda: 0.125 * (1.0 + 0.5 * rank) * engine.global_step
 result = engine.run()

@@ -133,7 +133,7 @@ def test_a_nan_streak_stops_the_run_before_anything_is_saved_from_it(stage, tmp_
         NonFiniteLossError, match=r"3 steps in a row .*up to step 6.*Last good checkpoint: .*checkpoint-2"
     ):
         engine.run()
-    assert engine.nonfinite_steps == 3 and [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+    assert engine.nonfinite.total == 3 and [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
     assert not (tmp_path / "run" / SCRIPTS[stage[0]][3]).exists()  # no final model from a failed run
 
 
@@ -158,7 +158,7 @@ def test_the_report_times_the_training_loop_in_wall_and_cpu_seconds(stage, tmp_p
     """A step's sleep counts in wall time only, its computing in both (metrics.json's details), so
     a benchmark on a loaded machine can read the CPU time its loop took."""
     engine = engine_of(stage, tmp_path / "run", "--max_train_steps", "2", "--checkpointing_steps", "0")
-    loss = engine.task.loss
+    loss = engine.task.compute_loss
 
     def slow_loss(engine, batch):
         time.sleep(0.3)
@@ -167,7 +167,7 @@ def test_the_report_times_the_training_loop_in_wall_and_cpu_seconds(stage, tmp_p
             pass
         return loss(engine, batch)
 
-    monkeypatch.setattr(engine.task, "loss", slow_loss)
+    monkeypatch.setattr(engine.task, "compute_loss", slow_loss)
     details = engine.run().metrics["details"]
     wall, cpu = details["train_seconds_this_session"], details["train_cpu_seconds_this_session"]
     assert cpu >= 2 * 0.2 and wall >= 2 * (0.3 + 0.2)

@@ -15,7 +15,7 @@ from latentcode.training.config import parse_args  # no torch: --help and bad op
 
 @command_line  # a misspelt --pretrained_model_name_or_path ends the run with its message, not a traceback
 def main(config) -> None:
-    from latentcode.training.loop import train
+    from latentcode.training.autoencoder_task import train
 
     train(config)
 

@@ -11,7 +11,8 @@ latentcode converts, with the same scale so that their published weights carry o
 Every term is in nats per image, averaged over the batch: `recon` is the negative
 log-likelihood of the image summed over its pixels ([`reconstruction_nll`]), `KL` is
 KL(q(z|x) || N(0, I)) summed over the latent dimensions. `anneal(step)` and `C(step)` rise
-linearly over `reg_anneal` optimiser steps ([`linear_annealing`]; 0: no annealing).
+linearly over `anneal_steps` optimiser steps (`losses.linear_ramp`, disentangling-vae's
+`linear_annealing`; 0: no annealing).
 
 latentcode's pixels are in [-1, 1]; disentangling-vae's in [0, 1]. The likelihoods map both the
 image and the reconstruction `y -> (y + 1) / 2` first, so the numbers are disentangling-vae's.
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import linear_ramp
+
 # latentcode's own VAE objective (`kl`: the model config's `kl_weight` per value) and
 # disentangling-vae's `--loss` names.
 VAE_OBJECTIVES = ("kl", "betaH", "betaB", "btcvae", "factor")
@@ -42,17 +45,6 @@ PROBABILITY_BACKBONES = ("vector",)
 # probability only to about 3e-8 in fp32, so below 1e-6 its logarithm would be noise (and its
 # gradient explode); there the log is clamped (at most 3 % off above it).
 PROBABILITY_EPS = 1e-6
-
-
-def linear_annealing(start: float, end: float, step: int, steps: int) -> float:
-    """`start + (end - start) * step / steps`, held at `end` from `step >= steps` (`end` throughout
-    when `steps` is 0): disentangling-vae's `linear_annealing`. `step` is the number of optimiser
-    steps taken before this one (0 for the first; disentangling-vae counts its first step as 1)."""
-    if steps < 0:
-        raise ValueError(f"the annealing steps must be >= 0, got {steps}")
-    if steps == 0:
-        return float(end)
-    return float(start + (end - start) * min(step / steps, 1.0))
 
 
 def reconstruction_nll(reconstruction: torch.Tensor, target: torch.Tensor, distribution: str) -> torch.Tensor:
@@ -66,7 +58,9 @@ def reconstruction_nll(reconstruction: torch.Tensor, target: torch.Tensor, distr
     - `laplace`: `3 * sum(|p - t|)`.
     """
     if distribution not in RECONSTRUCTION_DISTRIBUTIONS:
-        raise ValueError(f"rec_dist must be one of {RECONSTRUCTION_DISTRIBUTIONS}, got {distribution!r}")
+        raise ValueError(
+            f"reconstruction_distribution must be one of {RECONSTRUCTION_DISTRIBUTIONS}, got {distribution!r}"
+        )
     if reconstruction.shape != target.shape:
         raise ValueError(
             f"the reconstruction {tuple(reconstruction.shape)} and the image {tuple(target.shape)} must have one shape"
@@ -105,7 +99,7 @@ def log_importance_weight_matrix(batch_size: int, dataset_size: int) -> torch.Te
     if dataset_size < batch_size:
         raise ValueError(
             f"β-TCVAE's dataset size ({dataset_size}) must be at least the batch size ({batch_size}); "
-            "set btcvae_dataset_size to the number of training images"
+            "set tc_dataset_size to the number of training images"
         )
     n, m = dataset_size, batch_size - 1
     rows = torch.arange(batch_size)
@@ -226,31 +220,33 @@ class VAELoss:
     `regularizer`; their sum is the objective, in nats per image.
 
     Args:
-        rec_dist: the pixel likelihood, one of `RECONSTRUCTION_DISTRIBUTIONS`
+        reconstruction_distribution: the pixel likelihood, one of `RECONSTRUCTION_DISTRIBUTIONS`
             ([`reconstruction_nll`]; `bernoulli` needs a decoder ending in a sigmoid).
-        reg_anneal: optimiser steps over which the objective's annealed quantity rises (0: none).
+        anneal_steps: optimiser steps over which the objective's annealed quantity rises (0: none).
     """
 
-    rec_dist: str = "bernoulli"
-    reg_anneal: int = 0
+    reconstruction_distribution: str = "bernoulli"
+    anneal_steps: int = 0
 
     name = "VAE"  # the objective's name in model cards
     needs_vector_latent = False
 
     def __post_init__(self):
-        if self.rec_dist not in RECONSTRUCTION_DISTRIBUTIONS:
-            raise ValueError(f"rec_dist must be one of {RECONSTRUCTION_DISTRIBUTIONS}, got {self.rec_dist!r}")
-        if self.reg_anneal < 0:
-            raise ValueError(f"reg_anneal must be >= 0 optimiser steps, got {self.reg_anneal}")
+        if self.reconstruction_distribution not in RECONSTRUCTION_DISTRIBUTIONS:
+            raise ValueError(
+                f"reconstruction_distribution must be one of {RECONSTRUCTION_DISTRIBUTIONS}, got {self.reconstruction_distribution!r}"
+            )
+        if self.anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be >= 0 optimiser steps, got {self.anneal_steps}")
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model this objective cannot train, saying why and what to use."""
         backbone = model.config.backbone
-        if self.rec_dist == "bernoulli" and backbone not in PROBABILITY_BACKBONES:
+        if self.reconstruction_distribution == "bernoulli" and backbone not in PROBABILITY_BACKBONES:
             raise ValueError(
-                f"rec_dist='bernoulli' needs a decoder whose output is a probability per pixel (backbones "
+                f"reconstruction_distribution='bernoulli' needs a decoder whose output is a probability per pixel (backbones "
                 f"{PROBABILITY_BACKBONES} end in a sigmoid); backbone={backbone!r} outputs unbounded values: "
-                "use rec_dist='gaussian' or 'laplace', or backbone='vector'"
+                "use reconstruction_distribution='gaussian' or 'laplace', or backbone='vector'"
             )
         if self.needs_vector_latent and not model.backbone_spec.vector_latent:
             raise ValueError(
@@ -261,11 +257,11 @@ class VAELoss:
 
     def reconstruction(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of `target` `[B, C, H, W]`, nats per image ([`reconstruction_nll`])."""
-        return reconstruction_nll(reconstruction, target, self.rec_dist)
+        return reconstruction_nll(reconstruction, target, self.reconstruction_distribution)
 
     def anneal(self, step: int) -> float:
-        """The regularisation's annealing factor at optimiser `step`: 0 -> 1 over `reg_anneal` steps."""
-        return linear_annealing(0.0, 1.0, step, self.reg_anneal)
+        """The regularisation's annealing factor at optimiser `step`: 0 -> 1 over `anneal_steps` steps."""
+        return linear_ramp(0.0, 1.0, step, self.anneal_steps)
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor, dict]:
         """`(term, logged_parts)` for a VAE's forward `output` (`kl`, `latents`, `latent_mean`,
@@ -278,8 +274,8 @@ class VAELoss:
 
     def describe(self) -> str:
         """The objective in words, for a model card."""
-        annealing = f", annealed over {self.reg_anneal} steps" if self.reg_anneal else ""
-        return f"{self.name}: {self.rec_dist} reconstruction (nats per image) + {self.terms()}{annealing}"
+        annealing = f", annealed over {self.anneal_steps} steps" if self.anneal_steps else ""
+        return f"{self.name}: {self.reconstruction_distribution} reconstruction (nats per image) + {self.terms()}{annealing}"
 
 
 @dataclass
@@ -291,7 +287,7 @@ class BetaHLoss(VAELoss):
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor, dict]:
         factor = self.anneal(step)
-        return factor * self.beta * output.kl, {"reg_anneal_factor": factor}
+        return factor * self.beta * output.kl, {"anneal_factor": factor}
 
     def terms(self) -> str:
         return f"β KL (β = {self.beta})"
@@ -300,7 +296,7 @@ class BetaHLoss(VAELoss):
 @dataclass
 class BetaBLoss(VAELoss):
     """β-VAE with capacity annealing (Burgess et al. 2018): `recon + gamma * |KL - C(step)|`, the
-    capacity C rising linearly from `capacity_start` to `capacity_end` nats over `reg_anneal` steps."""
+    capacity C rising linearly from `capacity_start` to `capacity_end` nats over `anneal_steps` steps."""
 
     capacity_start: float = 0.0
     capacity_end: float = 25.0
@@ -311,13 +307,13 @@ class BetaBLoss(VAELoss):
         super().__post_init__()
         if not 0 <= self.capacity_start <= self.capacity_end:
             raise ValueError(
-                f"the capacity rises from betaB_initC to betaB_finC: need 0 <= betaB_initC <= betaB_finC, got "
+                f"the capacity rises from capacity_start to capacity_end: need 0 <= capacity_start <= capacity_end, got "
                 f"{self.capacity_start} and {self.capacity_end}"
             )
 
     def capacity(self, step: int) -> float:
         """C at optimiser `step`, in nats."""
-        return linear_annealing(self.capacity_start, self.capacity_end, step, self.reg_anneal)
+        return linear_ramp(self.capacity_start, self.capacity_end, step, self.anneal_steps)
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor, dict]:
         capacity = self.capacity(step)
@@ -344,7 +340,7 @@ class BetaTCVAELoss(VAELoss):
         if self.dataset_size < 2:
             raise ValueError(
                 f"β-TCVAE needs the number of training images (minibatch stratified sampling), got "
-                f"{self.dataset_size}; set btcvae_dataset_size"
+                f"{self.dataset_size}; set tc_dataset_size"
             )
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor, dict]:
@@ -360,7 +356,7 @@ class BetaTCVAELoss(VAELoss):
             "mutual_information": parts.mutual_information,
             "total_correlation": parts.total_correlation,
             "dimension_wise_kl": parts.dimension_wise_kl,
-            "reg_anneal_factor": factor,
+            "anneal_factor": factor,
         }
         return term, logs
 
@@ -404,7 +400,7 @@ class FactorVAELoss(VAELoss):
         total_correlation = total_correlation_estimate(logits)
         factor = self.anneal(step)
         term = output.kl + factor * self.gamma * total_correlation
-        return term, {"total_correlation": total_correlation, "reg_anneal_factor": factor}
+        return term, {"total_correlation": total_correlation, "anneal_factor": factor}
 
     def discriminator_loss(self, output) -> torch.Tensor:
         """The discriminator's loss on the batch's detached posterior samples `output.latents`
@@ -423,27 +419,36 @@ class FactorVAELoss(VAELoss):
 
 def vae_loss_from_config(config, model: nn.Module, dataset_size: int) -> VAELoss | None:
     """The [`VAELoss`] that a training config's `vae_objective` and its weights (disentangling-vae's
-    option names: `betaH_B`, `betaB_initC`, ...) describe for `model`, or `None` for `kl`
+    weights under readable names: `beta`, `capacity_start`, ...) describe for `model`, or `None` for `kl`
     (latentcode's own KL term). `dataset_size`: the training images, β-TCVAE's N unless
-    `btcvae_dataset_size` says otherwise."""
+    `tc_dataset_size` says otherwise."""
     objective = config.vae_objective
     if objective == "kl":
         return None
-    common = dict(rec_dist=config.rec_dist, reg_anneal=config.reg_anneal)
+    common = dict(reconstruction_distribution=config.reconstruction_distribution, anneal_steps=config.anneal_steps)
     if objective == "betaH":
-        loss = BetaHLoss(beta=config.betaH_B, **common)
+        loss = BetaHLoss(beta=config.beta, **common)
     elif objective == "betaB":
         loss = BetaBLoss(
-            capacity_start=config.betaB_initC, capacity_end=config.betaB_finC, gamma=config.betaB_G, **common
+            capacity_start=config.capacity_start,
+            capacity_end=config.capacity_end,
+            gamma=config.capacity_weight,
+            **common,
         )
     elif objective == "btcvae":
-        size = config.btcvae_dataset_size or dataset_size
+        size = config.tc_dataset_size or dataset_size
         loss = BetaTCVAELoss(
-            alpha=config.btcvae_A, beta=config.btcvae_B, gamma=config.btcvae_G, dataset_size=size, **common
+            alpha=config.mutual_information_weight,
+            beta=config.tc_weight,
+            gamma=config.dimension_kl_weight,
+            dataset_size=size,
+            **common,
         )
     elif objective == "factor":
-        discriminator = TotalCorrelationDiscriminator(model.config.latent_channels, config.factor_disc_hidden_units)
-        loss = FactorVAELoss(gamma=config.factor_G, discriminator=discriminator, **common)
+        discriminator = TotalCorrelationDiscriminator(
+            model.config.latent_channels, config.tc_discriminator_hidden_units
+        )
+        loss = FactorVAELoss(gamma=config.tc_weight, discriminator=discriminator, **common)
     else:
         raise ValueError(f"vae_objective must be one of {VAE_OBJECTIVES}, got {objective!r}")
     loss.check_model(model)

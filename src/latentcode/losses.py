@@ -4,7 +4,8 @@
 plus the family's regulariser (KL for the VAE, codebook + commitment for the VQ-VAE). The
 objective adds, as options:
 
-- [`kl_warmup_factor`]: a linear warm-up of the VAE's KL weight (beta);
+- [`linear_ramp`]: the one linear schedule of a weight over optimiser steps (the VAE's KL warm-up,
+  the β-VAE family's annealing, a quantizer's entropy-weight annealing);
 - [`PerceptualLoss`]: LPIPS (the `lpips` package) between reconstruction and target;
 - [`PatchDiscriminator`] with [`discriminator_loss`] / [`generator_adversarial_loss`] (hinge or
   non-saturating), weighted by [`adaptive_generator_weight`] as in taming-transformers:
@@ -20,12 +21,14 @@ from torch import nn
 GAN_LOSSES = ("hinge", "non_saturating")
 
 
-def kl_warmup_factor(step: int, warmup_steps: int) -> float:
-    """Multiplier of the KL weight at optimiser step `step`: rises linearly from 0 to 1 over
-    `warmup_steps` steps (1 throughout when `warmup_steps` is 0)."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, step / warmup_steps)
+def linear_ramp(start: float, end: float, step: int, steps: int) -> float:
+    """`start` at optimiser step 0, linearly to `end` at step `steps` and after (`end` throughout
+    when `steps` is 0). `step` counts the optimiser steps taken before this one (0 for the first)."""
+    if steps < 0:
+        raise ValueError(f"a linear ramp's steps must be >= 0, got {steps}")
+    if steps == 0 or step >= steps:
+        return float(end)
+    return float(start + (end - start) * step / steps)
 
 
 class PerceptualLoss(nn.Module):

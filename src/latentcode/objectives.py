@@ -6,7 +6,7 @@ model's output it computes
 
     loss = reconstruction (MSE or L1)
          + perceptual_weight * LPIPS                                  (optional)
-         + kl_weight * kl_warmup_factor(step) * KL / (C * H * W)      (VAE)
+         + kl_weight * linear_ramp(0, 1, step, kl_warmup_steps) * KL / (C*H*W)  (VAE)
            (or a β-VAE family objective, `vae_loss`: its likelihood and regulariser, in nats
            per image, replace the reconstruction and this KL term; `latentcode.disentanglement`)
          + commitment_weight * commitment + codebook_weight * codebook (VQ-VAE: the quantizer's
@@ -24,14 +24,14 @@ in their configs (`Wav2Vec2Config.diversity_loss_weight`, DETR's `*_loss_coeffic
 model config holds the family's default objective (`VAEConfig.kl_weight`; `VQVAEConfig`'s
 `commitment_weight`, `codebook_weight`, `entropy_weight`, `diversity_weight`,
 `entropy_annealing_steps`, `entropy_annealing_start_factor`), which `model(x).loss` and
-`for_model` use; the training recipe overrides any of them (`TrainingConfig`'s options of the same
-names, None = the model's). A quantizer returns its terms unweighted (`VQVAEOutput.quantizer_terms`:
+`for_model` use; the training recipe overrides any of them (`TrainingConfig.kl_weight` and
+`TrainingConfig.quantizer_loss_weights`; unset = the model's). A quantizer returns its terms unweighted (`VQVAEOutput.quantizer_terms`:
 an EMA codebook has no codebook term, residual levels sum theirs) and
 [`QuantizerLossWeights`] weighs them. The entropy annealing is a function of the optimiser step
 (`entropy_weight_at(step)`), so a resumed run anneals as the uninterrupted one; `model(x).loss`
 has no step and uses the weight after annealing.
 
-[`PriorObjective`] is the next-code cross-entropy of `training/train_prior.py`.
+A prior's next-code cross-entropy is `latentcode.prior.prior_loss`, beside the prior it trains.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .losses import (
     adaptive_generator_weight,
     discriminator_loss,
     generator_adversarial_loss,
-    kl_warmup_factor,
+    linear_ramp,
 )
 from .modules.quantizers.loss_weights import QuantizerLossWeights
 
@@ -134,7 +134,7 @@ class AutoencoderObjective:
         if self.vae_loss is not None and self.kl_warmup_steps:
             raise ValueError(
                 f"kl_warmup_steps={self.kl_warmup_steps} warms up the KL weight, which vae_loss replaces; "
-                "its own annealing is vae_loss.reg_anneal"
+                "its own annealing is vae_loss.anneal_steps"
             )
 
     @classmethod
@@ -167,7 +167,7 @@ class AutoencoderObjective:
         """The KL term of a VAE's forward `output` (nats per image, `output.kl`) at `step`."""
         if self.vae_loss is not None:
             return self.vae_loss.regularizer(output, step)
-        factor = kl_warmup_factor(step, self.kl_warmup_steps)
+        factor = linear_ramp(0.0, 1.0, step, self.kl_warmup_steps)
         return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
 
     def quantizer_term(self, output, step: int) -> tuple[torch.Tensor, dict]:
@@ -218,12 +218,3 @@ class AutoencoderObjective:
             logs.update(adversarial_logs)
         logs["loss"] = loss
         return loss, logs
-
-
-class PriorObjective:
-    """Mean next-code cross-entropy (nats per code) of an autoregressive prior: the tokens
-    `[B, L]` predict themselves shifted by one, as transformers' causal-LM loss."""
-
-    def __call__(self, prior: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        logits = prior(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())

@@ -90,7 +90,7 @@ def test_full_disk_at_the_final_save_names_the_disk_and_the_checkpoint_to_resume
 
 
 def test_unwritable_output_folder_fails_at_start(tmp_path):
-    from latentcode.training import load_config, trainer
+    from latentcode.training import build_engine, load_config
 
     readonly = tmp_path / "readonly"
     mounted = _mount_tmpfs(readonly, 1 << 20, read_only=True)
@@ -99,7 +99,7 @@ def test_unwritable_output_folder_fails_at_start(tmp_path):
         readonly.chmod(0o500)
     try:
         with pytest.raises(OutputDirError, match=r"output_dir '.*readonly/run' is not writable: .*mounted at"):
-            trainer(load_config(**run_config(readonly / "run", checkpointing_steps=0)))
+            build_engine(load_config(**run_config(readonly / "run", checkpointing_steps=0)))
     finally:
         if mounted:
             _unmount(readonly)
@@ -110,18 +110,18 @@ def test_unwritable_output_folder_fails_at_start(tmp_path):
 def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
     from accelerate.state import AcceleratorState, GradientState
 
-    from latentcode.training import load_config, trainer
+    from latentcode.training import build_engine, load_config
 
     config = load_config(**run_config(tmp_path / "run"))
-    first = trainer(config)
+    first = build_engine(config)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     with pytest.raises(OutputDirError, match=rf"in use by another training run \(process {os.getpid()} on "):
-        trainer(config)
+        build_engine(config)
     first.release_output_dir()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    trainer(config).release_output_dir()  # free again
+    build_engine(config).release_output_dir()  # free again
 
 
 def test_checkpoint_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):

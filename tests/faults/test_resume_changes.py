@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from faults.helpers import TINY_MODEL, run_config, train_here
-from latentcode.training import load_config, trainer
+from latentcode.training import build_engine, load_config
 from latentcode.training.engine import Engine
 from latentcode.training.state import ResumeMismatchError
 
@@ -28,7 +28,7 @@ def _resumed(folder, **changes) -> Engine:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return trainer(load_config(**run_config(folder, resume_from_checkpoint="latest", **changes)))
+    return build_engine(load_config(**run_config(folder, resume_from_checkpoint="latest", **changes)))
 
 
 @pytest.mark.parametrize(

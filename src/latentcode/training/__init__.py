@@ -16,9 +16,9 @@ _PUBLIC_NAMES = {
     "Engine": "engine",
     "TrainingResult": "engine",
     "TrainingTask": "engine",
-    "AutoencoderTask": "loop",
-    "train": "loop",
-    "trainer": "loop",
+    "AutoencoderTask": "autoencoder_task",
+    "build_engine": "autoencoder_task",
+    "train": "autoencoder_task",
     "NonFiniteLossError": "state",
 }
 
@@ -29,16 +29,16 @@ __all__ = [  # a literal list: what IDEs and type checkers read (a test keeps it
     "TrainingConfig",
     "TrainingResult",
     "TrainingTask",
+    "build_engine",
     "load_config",
     "parse_args",
     "train",
-    "trainer",
 ]
 
 if _typing.TYPE_CHECKING:
+    from .autoencoder_task import AutoencoderTask, build_engine, train
     from .config import TrainingConfig, load_config, parse_args
     from .engine import Engine, TrainingResult, TrainingTask
-    from .loop import AutoencoderTask, train, trainer
     from .state import NonFiniteLossError
 
 

@@ -14,7 +14,7 @@ leaves a `.tmp` folder that is never mistaken for a checkpoint and is removed by
 removes its `.tmp` folder and raises [`CheckpointWriteError`] naming the file system and its
 free space; the previous checkpoints are untouched.
 
-One run per output folder: [`lock_output_dir`] takes an exclusive lock (`flock`, released by
+One run per output folder: [`OutputDirLock`] takes an exclusive lock (`flock`, released by
 the kernel when the process dies, also by kill -9) that a second run reports with the holder's
 process id instead of deleting the first run's temporary folders.
 """
@@ -77,28 +77,37 @@ def check_output_dir(output_dir: str | os.PathLike) -> None:
         ) from error
 
 
-def lock_output_dir(output_dir: str | os.PathLike):
-    """Take the exclusive lock of `output_dir` for this process; returns the open lock file (the
-    lock lasts until it is closed or the process ends). Raises [`OutputDirError`] naming the
-    process that holds it."""
-    path = Path(output_dir) / LOCK_FILE
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+class OutputDirLock:
+    """The exclusive lock of `output_dir` for this process (`flock`: it lasts until released or
+    the process ends). Taking it raises [`OutputDirError`] naming the process that holds it."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = path = Path(output_dir) / LOCK_FILE
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "an unknown process"
+            handle.close()
+            raise OutputDirError(
+                f"output_dir {str(output_dir)!r} is in use by another training run ({holder}, lock {path}); "
+                "two runs in one folder would delete each other's checkpoints. Wait for it to end, stop it, "
+                "or choose another output_dir."
+            ) from None
         handle.seek(0)
-        holder = handle.read().strip() or "an unknown process"
-        handle.close()
-        raise OutputDirError(
-            f"output_dir {str(output_dir)!r} is in use by another training run ({holder}, lock {path}); "
-            "two runs in one folder would delete each other's checkpoints. Wait for it to end, stop it, "
-            "or choose another output_dir."
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-    handle.flush()
-    return handle
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self.handle = handle
+
+    def release(self, remove: bool = False) -> None:
+        """Let another run use the folder; `remove`: delete the lock file too (a clean finish)."""
+        if self.handle is not None:
+            if remove:
+                self.path.unlink(missing_ok=True)  # while still held: no other run has it
+            self.handle.close()
+            self.handle = None
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:

@@ -4,7 +4,9 @@ Flag names follow diffusers' training examples (`--output_dir`, `--max_train_ste
 The `model` section is passed unchanged to the family's config class (`VQVAEConfig(**model)`
 ...), so every model option, present or future, is available without touching this file; on
 the command line it is reached as `--model.KEY VALUE` (VALUE parsed as YAML: `--model.
-block_out_channels "[32, 64]"`).
+block_out_channels "[32, 64]"`). Likewise `quantizer_loss_weights` (`--quantizer_loss_weights.KEY
+VALUE`) overrides the model's quantizer loss weights for a run, any field of `QuantizerLossWeights`,
+their one declaration.
 
 This module imports no torch, transformers or model code (the families are looked up when a
 config is validated), so that every script answers `--help` at once.
@@ -109,6 +111,10 @@ class RunConfig:
         default="no",
     )
     threads: int | None = option(THREADS_HELP, default=None)
+    use_ema: bool = option(
+        "keep an EMA of the main model's weights (the one saved); the saved model is the EMA", default=False
+    )
+    ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
 
     # -- checkpoints and validation ------------------------------------------------------------
     checkpointing_steps: int = option("save a resumable checkpoint every N steps (0: never)", default=500)
@@ -129,6 +135,11 @@ class RunConfig:
         "a NaN/inf loss or gradient skips the step; this many in a row stop the run", default=20
     )
 
+    # -- hub -------------------------------------------------------------------------------------
+    push_to_hub: bool = option("upload output_dir to the Hub after the local save", default=False)
+    hub_model_id: str | None = option("Hub repository, org/name", default=None)
+    hub_token: str | None = option("Hub token (default: the logged-in one)", default=None)
+
     # Settings that decide which images each step sees, in which order, through which model:
     # changing one on resume would silently break the run (the saved data position, RNG streams
     # and weights belong to the old values), so a resume refuses it. Every other setting may
@@ -138,7 +149,7 @@ class RunConfig:
         "pretrained_model_name_or_path",
         *("dataset_name", "dataset_config_name", "split", "validation_split", "train_data_dir", "image_column"),
         *("resolution", "center_crop", "random_flip", "shuffle_buffer_size", "num_validation_images"),
-        *("train_batch_size", "gradient_accumulation_steps", "mixed_precision"),
+        *("train_batch_size", "gradient_accumulation_steps", "mixed_precision", "use_ema"),
     )
 
     # The keys whose values came from the `--config` YAML file rather than the command line or the
@@ -161,6 +172,8 @@ class RunConfig:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         check_threads(self.threads)
         self.max_train_time = parse_duration(self.max_train_time)
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (org/name)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,8 +198,6 @@ class TrainingConfig(RunConfig):
         "torch.compile the encoder and decoder (model.compile(); the quantizer stays eager)", default=False
     )
     torch_compile_backend: str = option("torch.compile backend of --torch_compile", default="inductor")
-    use_ema: bool = option("keep an EMA of the weights; the saved model is the EMA", default=False)
-    ema_decay: float = option("EMA decay (with the usual (1+n)/(10+n) warm-up)", default=0.999)
     decoder_finetune_fraction: float = option(
         "the last fraction of the run's steps (of max_train_steps, or of the step count fitted to "
         "max_train_time) trains only the decoder side (decoder, post_quant_conv): the encoder, quant_conv and "
@@ -203,26 +214,11 @@ class TrainingConfig(RunConfig):
         default=None,
     )
     kl_warmup_steps: int = option("VAE: the KL weight rises linearly from 0 over these steps", default=0)
-    commitment_weight: float | None = option(
-        "VQ-VAE: weight of the quantizer's commitment term (default: the model config's)", default=None
-    )
-    codebook_weight: float | None = option(
-        "VQ-VAE: weight of the codebook term of a learned codebook (default: the model config's)", default=None
-    )
-    entropy_weight: float | None = option(
-        "LFQ / BSQ: weight of the entropy loss, after annealing (default: the model config's)", default=None
-    )
-    diversity_weight: float | None = option(
-        "LFQ / BSQ: gamma on the codebook-entropy term of the entropy loss (default: the model config's)", default=None
-    )
-    entropy_annealing_steps: int | None = option(
-        "LFQ / BSQ: the entropy weight falls linearly to entropy_weight over these optimiser steps "
-        "(default: the model config's)",
-        default=None,
-    )
-    entropy_annealing_start_factor: float | None = option(
-        "LFQ / BSQ: the entropy weight at step 0, as a multiple of entropy_weight (default: the model config's)",
-        default=None,
+    quantizer_loss_weights: dict = option(
+        "VQ-VAE: this run's weights of the quantizer's terms, overriding the model config's: any field of "
+        "QuantizerLossWeights (commitment_weight, codebook_weight, entropy_weight, ...: docs/quantizers.md); "
+        "--quantizer_loss_weights.KEY VALUE",
+        default_factory=dict,
     )
     perceptual_weight: float = option("weight of the LPIPS loss (0: off)", default=0.0)
     perceptual_net: str = option("LPIPS backbone: vgg, alex or squeeze", default="vgg")
@@ -238,44 +234,40 @@ class TrainingConfig(RunConfig):
     disc_num_layers: int = option("stride-2 layers of the PatchGAN", default=3)
     disc_norm: str = option("PatchGAN normalisation: batch or none", default="batch")
 
-    # -- VAE objectives of the β-VAE family (disentangling-vae's option names) -------------------
+    # -- VAE objectives of the β-VAE family (disentangling-vae's, with readable option names) -----
     vae_objective: str = option(
         f"VAE: one of {VAE_OBJECTIVE_NAMES}. kl: the model config's kl_weight per value (latentcode's default); "
         "betaH: recon + β KL; betaB: recon + γ |KL - C|, C annealed; btcvae: β-TCVAE's decomposed KL; "
         "factor: FactorVAE's discriminator TC. These four are in nats per image, as disentangling-vae's --loss",
         default="kl",
     )
-    rec_dist: str = option(
+    reconstruction_distribution: str = option(
         f"reconstruction likelihood of betaH / betaB / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTION_NAMES} "
         "(bernoulli needs backbone 'vector', whose decoder ends in a sigmoid)",
         default="bernoulli",
     )
-    reg_anneal: int = option(
+    anneal_steps: int = option(
         "optimiser steps over which betaH's β KL, btcvae's dimension-wise KL and factor's TC rise from 0, and "
-        "betaB's capacity from betaB_initC to betaB_finC (the published models: 10000)",
+        "betaB's capacity from capacity_start to capacity_end (the published models: 10000)",
         default=0,
     )
-    betaH_B: float = option("betaH: β, the KL weight (1: the plain VAE)", default=4.0)
-    betaB_initC: float = option("betaB: capacity C at step 0, nats", default=0.0)
-    betaB_finC: float = option("betaB: capacity C after reg_anneal steps, nats", default=25.0)
-    betaB_G: float = option("betaB: γ, the weight of |KL - C|", default=1000.0)
-    btcvae_A: float = option("btcvae: α, weight of the index-code mutual information", default=1.0)
-    btcvae_B: float = option("btcvae: β, weight of the total correlation", default=6.0)
-    btcvae_G: float = option("btcvae: γ, weight of the dimension-wise KL", default=1.0)
-    btcvae_dataset_size: int | None = option(
+    beta: float = option("betaH: β, the KL weight (1: the plain VAE)", default=4.0)
+    capacity_start: float = option("betaB: capacity C at step 0, nats", default=0.0)
+    capacity_end: float = option("betaB: capacity C after anneal_steps steps, nats", default=25.0)
+    capacity_weight: float = option("betaB: γ, the weight of |KL - C|", default=1000.0)
+    mutual_information_weight: float = option("btcvae: α, weight of the index-code mutual information", default=1.0)
+    tc_weight: float = option(
+        "btcvae and factor: weight of the total correlation (β-TCVAE's β, FactorVAE's γ)", default=6.0
+    )
+    dimension_kl_weight: float = option("btcvae: γ, weight of the dimension-wise KL", default=1.0)
+    tc_dataset_size: int | None = option(
         "btcvae: the number of training images N of minibatch stratified sampling (default: the training split's)",
         default=None,
     )
-    factor_G: float = option("factor: γ, weight of the total correlation", default=6.0)
-    factor_lr_disc: float = option(
+    tc_discriminator_learning_rate: float = option(
         "factor: learning rate of the TC discriminator's Adam (betas 0.5, 0.9), constant", default=5e-5
     )
-    factor_disc_hidden_units: int = option("factor: width of the discriminator's 6 linear layers", default=1000)
-
-    # -- hub -------------------------------------------------------------------------------------
-    push_to_hub: bool = option("upload output_dir to the Hub after the local save", default=False)
-    hub_model_id: str | None = option("Hub repository, org/name", default=None)
-    hub_token: str | None = option("Hub token (default: the logged-in one)", default=None)
+    tc_discriminator_hidden_units: int = option("factor: width of the discriminator's 6 linear layers", default=1000)
 
     def validate(self) -> None:
         from ..families import FAMILIES  # loads the model classes: not needed for --help
@@ -303,15 +295,14 @@ class TrainingConfig(RunConfig):
                 f"model={self.model} and pretrained_model_name_or_path={self.pretrained_model_name_or_path!r}: "
                 "a pretrained model brings its own config; leave model empty"
             )
+        check_quantizer_loss_weights(self.quantizer_loss_weights)
         self._validate_vae_objective()
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id (org/name)")
 
     def _validate_vae_objective(self) -> None:
         from ..disentanglement import RECONSTRUCTION_DISTRIBUTIONS, VAE_OBJECTIVES
         from ..families import FAMILIES, get_family
 
-        choices = {"vae_objective": VAE_OBJECTIVES, "rec_dist": RECONSTRUCTION_DISTRIBUTIONS}
+        choices = {"vae_objective": VAE_OBJECTIVES, "reconstruction_distribution": RECONSTRUCTION_DISTRIBUTIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -326,34 +317,33 @@ class TrainingConfig(RunConfig):
         if self.kl_weight is not None:
             raise ValueError(
                 f"kl_weight weighs the kl objective's KL; vae_objective={self.vae_objective!r} has its own weights "
-                "(betaH_B, betaB_G, btcvae_B, factor_G): set those, not kl_weight"
+                "(beta, capacity_weight, tc_weight): set those, not kl_weight"
             )
         if self.kl_warmup_steps:
             raise ValueError(
                 f"kl_warmup_steps warms up the kl objective's weight; vae_objective={self.vae_objective!r} anneals "
-                "over reg_anneal steps instead (disentangling-vae's --reg-anneal): set reg_anneal, not kl_warmup_steps"
+                "over anneal_steps steps instead (disentangling-vae's --reg-anneal): set anneal_steps, not kl_warmup_steps"
             )
         non_negative = (
-            "reg_anneal",
-            "betaH_B",
-            "betaB_initC",
-            "betaB_G",
-            "btcvae_A",
-            "btcvae_B",
-            "btcvae_G",
-            "factor_G",
+            "anneal_steps",
+            "beta",
+            "capacity_start",
+            "capacity_weight",
+            "mutual_information_weight",
+            "tc_weight",
+            "dimension_kl_weight",
         )
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("factor_lr_disc", "factor_disc_hidden_units"):
+        for key in ("tc_discriminator_learning_rate", "tc_discriminator_hidden_units"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,
-        *("model_family", "model", "use_ema", "disc_channels", "disc_num_layers", "disc_norm"),
-        *("vae_objective", "factor_disc_hidden_units"),  # which modules train, and their shapes
+        *("model_family", "model", "disc_channels", "disc_num_layers", "disc_norm"),
+        *("vae_objective", "tc_discriminator_hidden_units"),  # which modules train, and their shapes
     )
 
 
@@ -380,11 +370,33 @@ def check_model_keys(family: str, model: dict) -> None:
             raise _unknown_key_error(f"model ({get_family(family).config_class.__name__})", key, known)
 
 
+def check_quantizer_loss_weights(weights: dict) -> None:
+    """Each key of a run's `quantizer_loss_weights` must be a field of `QuantizerLossWeights`,
+    the one declaration of the quantizer's loss weights (its fields' help texts say what each does)."""
+    from ..modules.quantizers import QuantizerLossWeights
+
+    if not isinstance(weights, dict):
+        raise ValueError(f"quantizer_loss_weights must be a mapping of weights, got {type(weights).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(QuantizerLossWeights)}
+    for key in weights:
+        if key not in fields:
+            described = "; ".join(
+                f"{name}: {field.metadata.get('help', 'see its docstring')}" for name, field in fields.items()
+            )
+            raise ValueError(
+                f"{_unknown_key_error('quantizer_loss_weights', key, list(fields))}. The weights: {described}"
+            )
+
+
 # Where the images come from is one choice: a dataset (Hub or embedded) or a local folder.
 # Setting one source as an override drops the YAML file's keys of the other.
 DATA_SOURCES = {"dataset_name": ("train_data_dir",), "train_data_dir": ("dataset_name", "dataset_config_name")}
 # The fields that name the images to read: latentcode-eval's data flags are these.
 DATA_SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "split", "train_data_dir", "image_column", "cache_dir")
+
+
+# The options that are mappings, passed on key by key (`--model.KEY VALUE`, VALUE parsed as YAML).
+MAPPING_SECTIONS = ("model", "quantizer_loss_weights")
 
 
 def _fields(config_class: type[RunConfig] = TrainingConfig) -> dict[str, tuple[dataclasses.Field, object]]:
@@ -405,8 +417,9 @@ def load_config(path: str | Path | None = None, config_class: type[RunConfig] = 
     for key in [*values, *overrides]:
         if key not in known:
             raise _unknown_key_error("training config", key, known)
-    if "model" in known:
-        overrides["model"] = {**(values.get("model") or {}), **overrides.pop("model", {})}
+    for section in MAPPING_SECTIONS:  # merged key by key: an override of one key keeps the file's others
+        if section in known:
+            overrides[section] = {**(values.get(section) or {}), **overrides.pop(section, {})}
     # The data source is one choice: an override of one source replaces the file's other one
     # (a preset's dataset_name must not clash with --train_data_dir, and vice versa).
     for chosen, replaced in DATA_SOURCES.items():
@@ -429,7 +442,9 @@ def _optional(convert):
 TRAIN_DESCRIPTION = (
     "Train an AutoEncoder, VAE or VQ-VAE (latentcode). Options come from the dataclass defaults, then --config "
     "YAML, then these flags. Model options: --model.KEY VALUE for any field of the family's config class "
-    "(e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]')."
+    "(e.g. --model.codebook_size 512, --model.block_out_channels '[64, 128]'). This run's quantizer loss weights: "
+    "--quantizer_loss_weights.KEY VALUE for any field of QuantizerLossWeights (e.g. "
+    "--quantizer_loss_weights.entropy_weight 0.2)."
 )
 
 
@@ -449,11 +464,12 @@ def add_config_arguments(
     names: typing.Iterable[str] | None = None,
     keep_defaults: bool = False,
 ) -> None:
-    """One flag per field of `config_class` (the fields in `names`, default all but `model`), with
+    """One flag per field of `config_class` (the fields in `names`, default all but the
+    `MAPPING_SECTIONS`, which `parse_args` reads as `--SECTION.KEY VALUE`), with
     the field's help text and its default stated. Flags left out are absent from the parsed
     namespace (so a YAML file's value stays), or with `keep_defaults` take the field's default."""
     fields = _fields(config_class)
-    for name in [n for n in fields if n != "model"] if names is None else names:
+    for name in [n for n in fields if n not in MAPPING_SECTIONS] if names is None else names:
         spec, hint = fields[name]
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         unset = default if keep_defaults else argparse.SUPPRESS
@@ -495,22 +511,21 @@ def parse_args(
     argv: list[str] | None = None, config_class: type[RunConfig] = TrainingConfig, description: str = TRAIN_DESCRIPTION
 ):
     """Command line -> `config_class` (default [`TrainingConfig`]). `--model.KEY VALUE` pairs set
-    model config fields."""
+    model config fields, `--quantizer_loss_weights.KEY VALUE` the run's quantizer loss weights."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    model, rest = {}, []
+    sections, rest = {}, []
     while argv:
         token = argv.pop(0)
-        if token.startswith("--model."):
-            key, separator, value = token[len("--model.") :].partition("=")
-            if not separator:
-                if not argv:
-                    raise ValueError(f"{token} needs a value")
-                value = argv.pop(0)
-            model[key] = yaml.safe_load(value)
-        else:
+        section = next((name for name in MAPPING_SECTIONS if token.startswith(f"--{name}.")), None)
+        if section is None:
             rest.append(token)
+            continue
+        key, separator, value = token[len(section) + 3 :].partition("=")
+        if not separator:
+            if not argv:
+                raise ValueError(f"{token} needs a value")
+            value = argv.pop(0)
+        sections.setdefault(section, {})[key] = yaml.safe_load(value)
     namespace = vars(build_parser(config_class, description).parse_args(rest))
     path = namespace.pop("config")
-    if model:
-        namespace["model"] = model
-    return load_config(path, config_class, **namespace)
+    return load_config(path, config_class, **namespace, **sections)

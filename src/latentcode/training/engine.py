@@ -1,32 +1,42 @@
 """The one training loop under `train.py`, `train_prior.py` and `train_latent_diffusion.py`.
 
-A script supplies a [`TrainingTask`]: the modules it trains with their optimisers, its batches,
-the loss of one micro-batch (its objective), validation and the final save. The [`Engine`]
-does everything else, the same for every script:
+One step, in order, is [`Engine.train_step`]: per micro-batch, batch -> forward and objective
+(the task's `compute_loss`) -> backward; then clip -> optimiser step -> weight EMA; the run,
+[`Engine._run`], logs, checkpoints and validates after each step. A script supplies a
+[`TrainingTask`]: what differs between the scripts (the modules it trains with their optimisers,
+its batches, the loss of one micro-batch, validation and the final save). The engine does
+everything else, the same for every script:
 
 - the accelerator (one CPU, one GPU or many processes), the output-folder lock (its file is
   removed at a clean finish), lost-process errors (`ddp_timeout`);
 - per optimiser step, `gradient_accumulation_steps` micro-batches (gradients synchronised on the
-  last one only), gradient clipping, the optimisers, the learning-rate schedule; a step whose
-  loss or gradient is NaN/inf on any process is skipped on all of them (what its forward pass
-  changed in place is rolled back) and counted, `max_consecutive_nonfinite_steps` in a row stop
-  the run before anything is saved from it;
-- atomic checkpoints (weights, optimisers, schedule, RNG, the data position and the task's own
-  state) and an exact resume that refuses settings that would break the trajectory;
+  last one only), gradient clipping, the optimisers, the learning-rate schedule, the weight EMA
+  (`use_ema`) of the main model; a step whose loss or gradient is NaN/inf on any process is
+  skipped on all of them (what its forward pass changed in place is rolled back) and counted,
+  `max_consecutive_nonfinite_steps` in a row stop the run before anything is saved from it;
+- atomic checkpoints (weights, optimisers, schedule, EMA, RNG, the data position, the quantizers'
+  usage windows and the task's own state) and an exact resume that refuses settings that would
+  break the trajectory;
 - a step budget (`max_train_steps`) or a wall-clock budget (`max_train_time`, the schedule
   fitted to it and fitted again as the machine's speed changes, see `schedule.TimeBudget`; with
   several processes, all fit from the main process's clock, so that they stop at the same step);
-- a progress bar with rate and ETA, a one-line summary at the end, `loss.png`.
+- a progress bar with rate and ETA, a one-line summary at the end, `loss.png`, the upload
+  (`push_to_hub`).
 
 A new training script is a `RunConfig` subclass with its options, a task and one call:
 
     class MyTask(TrainingTask):
-        def build(self, engine):              # what is trained, and the training batches
-            return [Part("model", model, torch.optim.AdamW(model.parameters()))], batches
-        def loss(self, engine, pixels):       # the objective of one micro-batch
+        def build(self, engine):                    # what is trained, and the training batches
+            model = ...
+            engine.prepare([Part("model", model, torch.optim.AdamW(model.parameters()))])
+            return batches
+        def compute_loss(self, engine, batch):      # forward pass and objective of one micro-batch
             loss = ...
             return loss, {"loss": loss}
-        def finish(self, engine, summary):    # save the model; the return value is metrics.json
+        def validate(self, engine):                 # metrics of the model now
+            return {}
+        def finish(self, engine, summary):          # save the model; the return value is metrics.json
+            engine.model.save_pretrained(engine.output_dir)
             return training_report(engine, summary, kind="my-task", metrics={}, num_images=0)
 
     Engine(config, MyTask(config)).run()
@@ -50,30 +60,30 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageBatches
+from ..hub import push_to_hub
 from ..reporting import metrics_report, write_metrics_json
 from ..threads import set_num_threads
-from .checkpointing import (
-    LOCK_FILE,
-    check_output_dir,
-    list_checkpoints,
-    load_checkpoint,
-    lock_output_dir,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from .config import RunConfig
+from .checkpointing import OutputDirLock, check_output_dir, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import MAPPING_SECTIONS, RunConfig
+from .ema import EMAModel
 from .loss_plot import write_loss_plot
 from .schedule import RunSchedule, TimeBudget
 from .state import (
-    NonFiniteLossError,
+    NonFiniteSteps,
     check_resume_settings,
+    load_usage_state,
     lost_process_errors,
     restore_forward_state,
     resume_settings,
     snapshot_forward_state,
+    usage_state,
+    usage_windows,
 )
 
 logger = logging.getLogger(__name__)
+
+# What an output folder holds besides the trained model: left out of its Hub upload.
+RUN_FILES = ["checkpoint-*", ".checkpoint-*", ".latentcode.lock", "logs/*", "validation/*"]
 
 
 def cpu_mixed_precision(config: RunConfig) -> str:
@@ -127,21 +137,22 @@ def run_accelerator(config: RunConfig) -> Accelerator:
 
 
 def tracker_config(config: RunConfig) -> dict:
-    """The config flattened to the scalar values trackers accept (`model.KEY` for the model)."""
-    flat = {key: value for key, value in config.to_dict().items() if key != "model"}
-    flat.update({f"model.{key}": value for key, value in getattr(config, "model", {}).items()})
+    """The config flattened to the scalar values trackers accept (`model.KEY` for the model's)."""
+    flat = {key: value for key, value in config.to_dict().items() if key not in MAPPING_SECTIONS}
+    for section in MAPPING_SECTIONS:
+        flat.update({f"{section}.{key}": value for key, value in getattr(config, section, {}).items()})
     return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
 
 
 @dataclass
 class Part:
-    """A trained module and its optimiser; `scheduled`: its learning rate follows the run's
-    schedule (else it keeps the optimiser's own)."""
+    """A trained module and its optimiser; `learning_rate`: a constant rate it keeps (a GAN's
+    discriminator), else None: it follows the run's schedule."""
 
     name: str
     module: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduled: bool = True
+    learning_rate: float | None = None
 
 
 @dataclass
@@ -155,33 +166,31 @@ class TrainingResult:
 
 
 class TrainingTask:
-    """What a training script gives the [`Engine`]. `build` and `loss` are required; the other
-    hooks default to nothing."""
+    """What differs between the training scripts: what is trained on which batches, its loss,
+    its validation and its final save. `build`, `compute_loss`, `validate` and `finish` are
+    required; `state` / `load_state` default to nothing."""
 
-    def build(self, engine: Engine) -> tuple[list[Part], ImageBatches]:
-        """The modules to train (the first is the main one) and the training batches: an
-        `ImageBatches`, or anything with its `next_batch`, `state_dict`, `load_state_dict` and
-        corrupt-image counters (`training.codes.CodeBatches` for tokenised data)."""
+    def build(self, engine: Engine) -> ImageBatches:
+        """Create the modules to train with their optimisers and hand them to `engine.prepare`
+        (the first is the main one: the one saved, averaged by the weight EMA); return the
+        training batches: an `ImageBatches`, or anything with its `next_batch`, `state_dict`,
+        `load_state_dict` and corrupt-image counters (`training.codes.CodeBatches`)."""
         raise NotImplementedError
 
-    def prepared(self, engine: Engine) -> None:
-        """Called once `engine.parts` hold the accelerate-prepared modules and optimisers."""
-
-    def loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """`(loss to backpropagate, values to log)` of one micro-batch (pixels `[B, C, H, W]`, or
-        what the task's batches give); the logged values include `"loss"`, the objective's value."""
+    def compute_loss(self, engine: Engine, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward pass and objective of one micro-batch (pixels `[B, C, H, W]`, or what the
+        task's batches give): `(loss to backpropagate, values to log)`, the logged values
+        including `"loss"`, the objective's value. `engine.global_step` is the step it is part of."""
         raise NotImplementedError
 
-    def checkpoint_objects(self) -> list:
-        """Objects with `state_dict` / `load_state_dict` saved in every checkpoint (a weight EMA)."""
-        return []
+    def validate(self, engine: Engine) -> dict:
+        """Main process, every `validation_steps`: metrics (and images) of the model now."""
+        raise NotImplementedError
 
-    def after_step(self, engine: Engine, finite: bool) -> dict:
-        """After each optimiser step (`finite`: it was taken, not skipped); returns values to log."""
-        return {}
-
-    def resume_settings(self, engine: Engine) -> dict:
-        return resume_settings(engine.config)
+    def finish(self, engine: Engine, summary: dict) -> dict:
+        """Main process, at the end: validate, save the final model (and card); returns the
+        metrics.json report ([`training_report`])."""
+        raise NotImplementedError
 
     def state(self, engine: Engine) -> tuple[dict, dict]:
         """`(state saved once, state saved per process)` of the task in a checkpoint (JSON / torch)."""
@@ -190,34 +199,21 @@ class TrainingTask:
     def load_state(self, engine: Engine, trainer_state: dict, process_state: dict) -> None:
         """Restore what [`state`] saved."""
 
-    def validate(self, engine: Engine) -> dict:
-        """Main process, every `validation_steps`: metrics (and images) of the model now."""
-        return {}
-
-    def finish(self, engine: Engine, summary: dict) -> dict:
-        """Main process, at the end: validate, save the final model and card; returns the
-        metrics.json report ([`training_report`])."""
-        raise NotImplementedError
-
-    def publish(self, engine: Engine) -> None:
-        """Main process, after everything is saved: e.g. upload the output folder."""
-
-    def final_model(self, engine: Engine) -> nn.Module:
-        """All processes, before `finish`: the model handed back (e.g. with EMA weights copied)."""
-        return engine.unwrap(engine.parts[0].module)
-
 
 class Engine:
-    """Runs a [`TrainingTask`] under `config` (a [`RunConfig`]); see the module docstring."""
+    """Runs the one training loop of every script (one step: `train_step`; the run: `_run`), a
+    [`TrainingTask`] supplying what differs between them (see the module docstring)."""
 
     def __init__(self, config: RunConfig, task: TrainingTask):
         self.config, self.task = config, task
         self.output_dir = Path(config.output_dir)
-        self.global_step = self.nonfinite_steps = self.consecutive_nonfinite = 0
+        self.global_step = 0
+        self.nonfinite = NonFiniteSteps(config.max_consecutive_nonfinite_steps)
         self.train_seconds = 0.0  # of the whole run before this session
         self.history: list[float] = []  # loss per step of the whole run (loss.png)
         self.losses: list[float] = []  # this session's
-        self._lock = None
+        self.parts: list[Part] = []
+        self.ema: EMAModel | None = None
         self.clock = time.perf_counter  # the seconds a time budget counts (a test may simulate them)
         self.threads = set_num_threads(config.threads)  # before any torch work: --threads N
         set_seed(config.seed)
@@ -229,25 +225,36 @@ class Engine:
         self.accelerator = accelerator = run_accelerator(config)
         # Before any work: an unwritable or full disk, or another run in the folder, stops us now.
         check_output_dir(self.output_dir)
-        self._lock = lock_output_dir(self.output_dir) if accelerator.is_main_process else None
-        parts, self.batches = self.task.build(self)
-        prepared = accelerator.prepare(*[item for part in parts for item in (part.module, part.optimizer)])
-        for index, part in enumerate(parts):
-            part.module, part.optimizer = prepared[2 * index], prepared[2 * index + 1]
-            part.module.train()  # a pretrained model loads in eval mode
-        self.parts = parts
+        self.output_lock = OutputDirLock(self.output_dir) if accelerator.is_main_process else None
+        self.batches = self.task.build(self)
+        if not self.parts:
+            raise TypeError(f"{type(self.task).__name__}.build must hand the modules it trains to engine.prepare")
         total = None if config.max_train_time else config.max_train_steps
         self.schedule = RunSchedule(config.lr_scheduler, config.learning_rate, config.lr_warmup_steps, total)
         self.budget = TimeBudget(config.max_train_time) if config.max_train_time else None
         accelerator.register_for_checkpointing(self.schedule)
-        for item in self.task.checkpoint_objects():
-            accelerator.register_for_checkpointing(item)
-        self.task.prepared(self)
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)
         checkpoint = resolve_checkpoint(self.output_dir, config.resume_from_checkpoint)
         if checkpoint is not None:
             self._resume(checkpoint)
         self._apply_learning_rate()
         accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config))
+
+    def prepare(self, parts: list[Part]) -> list[Part]:
+        """The task's `parts` ready to train (their `module` and `optimizer` accelerate's: device,
+        DDP, mixed precision), and the weight EMA (`use_ema`) of the first, the main model."""
+        prepared = self.accelerator.prepare(*[item for part in parts for item in (part.module, part.optimizer)])
+        for index, part in enumerate(parts):
+            part.module, part.optimizer = prepared[2 * index], prepared[2 * index + 1]
+            part.module.train()  # a pretrained model loads in eval mode
+        self.parts = parts
+        # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
+        # Fixed here: a decoder-only phase later freezes some, and the EMA keeps its tensors.
+        self.averaged = [p for p in self.unwrap(parts[0].module).parameters() if p.requires_grad]
+        if self.config.use_ema:
+            self.ema = EMAModel(self.averaged, self.config.ema_decay).to(self.device)
+        return parts
 
     def unwrap(self, module: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(module)
@@ -256,121 +263,80 @@ class Engine:
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def _resume(self, checkpoint: Path) -> None:
-        current = self.task.resume_settings(self)
-        state, process_state = load_checkpoint(
-            self.accelerator,
-            checkpoint,
-            check=lambda saved: check_resume_settings(saved.get("settings", {}), current, checkpoint),
-        )
-        self.global_step, self.nonfinite_steps = state["global_step"], state["nonfinite_steps"]
-        self.train_seconds, self.history = state.get("train_seconds", 0.0), state.get("loss_history", [])
-        if self.budget is not None and state.get("time_budget") is not None:
-            self.budget.load_state_dict(state["time_budget"])
-        self.batches.load_state_dict(process_state["data"])
-        self.task.load_state(self, state.get("task", {}), process_state.get("task", {}))
-        saved_lr, lr = state.get("learning_rate", self.config.learning_rate), self.config.learning_rate
-        if saved_lr != lr:  # the schedule's shape is this run's; so is its peak
-            logger.warning("resume: learning_rate %g -> %g (from step %d)", saved_lr, lr, self.global_step + 1)
-        self.accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
+    @property
+    def model(self) -> nn.Module:
+        """The main model, unwrapped (what is saved)."""
+        return self.unwrap(self.parts[0].module)
 
     def _apply_learning_rate(self) -> None:
         lr = self.schedule.lr()
         for part in self.parts:
-            if part.scheduled:
-                for group in part.optimizer.param_groups:
-                    group["lr"] = lr
+            for group in part.optimizer.param_groups:
+                group["lr"] = lr if part.learning_rate is None else part.learning_rate
 
-    # -- one optimiser step ----------------------------------------------------------------------
-
-    def _accumulate(self, sums: dict) -> bool:
-        """Forward and backward passes of the step's micro-batches; False at a NaN/inf loss."""
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step, in order: per micro-batch, batch -> forward and objective (the
+        task's `compute_loss`) -> backward; then gradient clipping -> optimiser step -> weight EMA
+        -> the next step's learning rate. A NaN/inf loss or gradient on any process skips the step
+        on all of them (`max_consecutive_nonfinite_steps` in a row stop the run). Returns the logs."""
+        logs: dict[str, float] = defaultdict(float)
+        snapshots = [snapshot_forward_state(self.unwrap(part.module)) for part in self.parts]
         accumulation = self.config.gradient_accumulation_steps
+        finite = True
         for micro_step in range(accumulation):
-            pixels = self.batches.next_batch().to(self.device)
-            with ExitStack() as stack:
-                if micro_step < accumulation - 1:  # synchronise gradients on the last micro-batch only
-                    for part in self.parts:
-                        stack.enter_context(self.accelerator.no_sync(part.module))
-                loss, logs = self.task.loss(self, pixels)
-                if not all_finite(self.accelerator, loss.detach()):
-                    return False
+            batch = self.batches.next_batch().to(self.device)
+            with self._gradient_sync(micro_step == accumulation - 1):
+                loss, micro_logs = self.task.compute_loss(self, batch)
+                finite = all_finite(self.accelerator, loss.detach())
+                if not finite:
+                    break
                 self.accelerator.backward(loss / accumulation)
-            for name, value in logs.items():
-                sums[name] += float(value.detach() if torch.is_tensor(value) else value) / accumulation
-        return True
+            for name, value in micro_logs.items():
+                logs[name] += float(value.detach() if torch.is_tensor(value) else value) / accumulation
+        norms = self._clip_gradients(logs) if finite else {}
+        # fp16 overflows are the GradScaler's business (it skips those steps itself).
+        if not all(math.isfinite(norm) for norm in norms.values()) and self.config.mixed_precision != "fp16":
+            finite = False
+        if finite:
+            for part in self.parts:
+                if part.name in norms:  # a part without gradients this step (a GAN before disc_start) stays
+                    part.optimizer.step()
+            if self.ema is not None:
+                self.ema.step(self.averaged)
+            self.nonfinite.finite()
+        else:  # undo what the forward pass changed in place (e.g. an EMA codebook fed NaN)
+            for part, snapshot in zip(self.parts, snapshots):
+                restore_forward_state(self.unwrap(part.module), snapshot)
+            logs["loss"] = float("nan")
+            self.nonfinite.skipped(self.global_step + 1, self.output_dir)
+        for part in self.parts:
+            part.optimizer.zero_grad(set_to_none=True)
+        windows = usage_windows(self.model)
+        if windows:  # the fraction of codes hit over the quantizers' recent-token windows
+            logs["codebook_usage"] = sum(float(window.fraction_used()) for window in windows) / len(windows)
+        logs["lr"] = self.schedule.lr()
+        self.schedule.step()
+        self._apply_learning_rate()
+        return {**logs, "nonfinite_steps": self.nonfinite.total, "corrupt_images": self.batches.corrupt_images}
 
-    def _clip_and_step(self, sums: dict) -> bool:
-        """Clip each part's gradients and step its optimiser; False at a NaN/inf gradient."""
+    def _gradient_sync(self, last_micro_batch: bool) -> ExitStack:
+        """Gradients are synchronised between processes on the step's last micro-batch only."""
+        stack = ExitStack()
+        if not last_micro_batch:
+            for part in self.parts:
+                stack.enter_context(self.accelerator.no_sync(part.module))
+        return stack
+
+    def _clip_gradients(self, logs: dict) -> dict[str, float]:
+        """Clip each part's gradients; its norm before clipping, per part that has gradients."""
         norms = {}
         for part in self.parts:
             parameters = [p for p in part.module.parameters() if p.grad is not None]
-            if parameters:  # a part without gradients this step (a GAN before disc_start) stays as it is
+            if parameters:
                 norms[part.name] = float(self.accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm))
         for name, norm in norms.items():
-            sums["grad_norm" if name == self.parts[0].name else f"{name}_grad_norm"] = norm
-        # fp16 overflows are the GradScaler's business (it skips those steps itself).
-        if not all(math.isfinite(norm) for norm in norms.values()) and self.config.mixed_precision != "fp16":
-            return False
-        for part in self.parts:
-            if part.name in norms:
-                part.optimizer.step()
-        return True
-
-    def training_step(self) -> dict[str, float]:
-        """One optimiser step (or a skipped one); returns the values to log."""
-        sums: dict[str, float] = defaultdict(float)
-        modules = [self.unwrap(part.module) for part in self.parts]
-        snapshots = [snapshot_forward_state(module) for module in modules]
-        finite = self._accumulate(sums) and self._clip_and_step(sums)
-        if finite:
-            self.consecutive_nonfinite = 0
-        else:
-            for module, snapshot in zip(modules, snapshots):
-                restore_forward_state(module, snapshot)  # e.g. an EMA codebook fed NaN in the forward pass
-            self.nonfinite_steps += 1
-            self.consecutive_nonfinite += 1
-            sums["loss"] = float("nan")
-            logger.warning("non-finite loss or gradient at step %d: step skipped", self.global_step + 1)
-        for part in self.parts:
-            part.optimizer.zero_grad(set_to_none=True)
-        sums.update(self.task.after_step(self, finite))
-        sums["lr"] = self.schedule.lr()
-        self.schedule.step()
-        self._apply_learning_rate()
-        if self.consecutive_nonfinite >= self.config.max_consecutive_nonfinite_steps:
-            raise non_finite_streak_error(self.consecutive_nonfinite, self.global_step + 1, self.output_dir)
-        sums["nonfinite_steps"] = self.nonfinite_steps
-        sums["corrupt_images"] = self.batches.corrupt_images
-        return dict(sums)
-
-    # -- the run ---------------------------------------------------------------------------------
-
-    def save_checkpoint(self, session_seconds: float) -> Path:
-        task_state, task_process_state = self.task.state(self)
-        state = {
-            "global_step": self.global_step,
-            "nonfinite_steps": self.nonfinite_steps,
-            "settings": self.task.resume_settings(self),
-            "learning_rate": self.config.learning_rate,
-            "train_seconds": self.train_seconds + session_seconds,
-            "loss_history": self.history,
-            "time_budget": self.budget.state_dict() if self.budget is not None else None,
-            "task": task_state,
-        }
-        process_state = {"data": self.batches.state_dict(), "task": task_process_state}
-        return save_checkpoint(
-            self.accelerator,
-            self.output_dir,
-            self.global_step,
-            state,
-            process_state,
-            self.config.checkpoints_total_limit,
-        )
-
-    def _done(self) -> bool:
-        total = self.schedule.total_steps
-        return total is not None and self.global_step >= total
+            logs["grad_norm" if name == self.parts[0].name else f"{name}_grad_norm"] = norm
+        return norms
 
     def run(self) -> TrainingResult:
         """Train to the step or time budget, then finish. A lost process ends the run on the others
@@ -384,6 +350,7 @@ class Engine:
             self.release_output_dir()
 
     def _run(self) -> TrainingResult:
+        """Each step trains (`train_step`), logs, checkpoints, validates; to the step or time budget."""
         accelerator = self.accelerator
         progress = tqdm(
             total=self.schedule.total_steps, initial=self.global_step, disable=not accelerator.is_main_process
@@ -393,9 +360,9 @@ class Engine:
         seconds = 0.0  # this session's training time after each step (a checkpoint's counts in the next one)
         while not self._done():
             step_start = seconds
-            logs = self.training_step()
+            logs = self.train_step()  # batch -> forward -> objective -> backward -> optimiser step -> EMA
             self.global_step += 1
-            self.losses.append(logs.get("loss", float("nan")))
+            self.losses.append(logs.get("loss", float("nan")))  # log
             self.history.append(self.losses[-1])
             accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=self.global_step)
             progress.update(1)
@@ -403,34 +370,65 @@ class Engine:
             seconds = self.clock() - start
             if self.budget is not None:  # every process fits the same step count (see main_process_seconds)
                 seconds = main_process_seconds(accelerator, seconds)
-            self._checkpoint_and_validate(seconds)
+            self._checkpoint(seconds)  # checkpoint
+            self._validate()  # validation
             if self.budget is not None:
                 self.budget.observe(self.schedule, seconds - step_start, self.train_seconds + seconds)
                 progress.total = self.schedule.total_steps
         progress.close()
         return self._finish(self.clock() - start, time.process_time() - cpu_start)
 
-    def _checkpoint_and_validate(self, session_seconds: float) -> None:
-        config, step = self.config, self.global_step
-        if config.checkpointing_steps and step % config.checkpointing_steps == 0:
-            if self.consecutive_nonfinite:  # the same on every process (all skip a step together)
-                streak = self.consecutive_nonfinite
-                logger.warning(
-                    "no checkpoint at step %d: its last %d steps were NaN/inf (the last good one stays)", step, streak
-                )
-            else:
-                self.save_checkpoint(session_seconds)
-        if config.validation_steps and step % config.validation_steps == 0 and not self._done():
-            if self.accelerator.is_main_process:
-                metrics = self.task.validate(self)
-                self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
-            self.accelerator.wait_for_everyone()
+    def _done(self) -> bool:
+        total = self.schedule.total_steps
+        return total is not None and self.global_step >= total
+
+    def _checkpoint(self, session_seconds: float) -> None:
+        """Every `checkpointing_steps`, unless the last steps were NaN/inf (the last good one stays)."""
+        step, every = self.global_step, self.config.checkpointing_steps
+        if not every or step % every:
+            return
+        if not self.nonfinite.streak:  # the same on every process (all skip a step together)
+            self.save_checkpoint(session_seconds)
+        else:
+            logger.warning("no checkpoint at step %d: its last %d steps were NaN/inf", step, self.nonfinite.streak)
+
+    def _validate(self) -> None:
+        """Every `validation_steps` but the last (the final save validates): the task's metrics, logged."""
+        step, every = self.global_step, self.config.validation_steps
+        if not every or step % every or self._done():
+            return
+        if self.accelerator.is_main_process:
+            metrics = self.task.validate(self)
+            self.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
+        self.accelerator.wait_for_everyone()
+
+    def save_checkpoint(self, session_seconds: float) -> Path:
+        """Everything an exact resume needs ([`run_state`]), written atomically as `checkpoint-STEP`."""
+        state, process_state = run_state(self, session_seconds)
+        limit = self.config.checkpoints_total_limit
+        return save_checkpoint(self.accelerator, self.output_dir, self.global_step, state, process_state, limit)
+
+    def resume_settings(self) -> dict:
+        """The settings a resume must keep: the config's `resume_fixed` and the modules trained."""
+        return resume_settings(self.config, {"trained_modules": [part.name for part in self.parts]})
+
+    def _resume(self, checkpoint: Path) -> None:
+        current = self.resume_settings()
+        state, process_state = load_checkpoint(
+            self.accelerator,
+            checkpoint,
+            check=lambda saved: check_resume_settings(saved.get("settings", {}), current, checkpoint),
+        )
+        restore_run_state(self, state, process_state)
+        self.accelerator.print(f"resumed from {checkpoint} at step {self.global_step}")
 
     def _finish(self, session_seconds: float, cpu_seconds: float) -> TrainingResult:
+        """The final model (the EMA's averages with `use_ema`), its save, metrics.json, loss.png, upload."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         summary = run_summary(self, session_seconds, cpu_seconds)
-        model = self.task.final_model(self)
+        if self.ema is not None:
+            self.ema.copy_to(self.averaged)
         metrics = {}
         if accelerator.is_main_process:
             metrics = self.task.finish(self, summary)
@@ -438,23 +436,60 @@ class Engine:
             write_loss_plot(self.history, self.output_dir / "loss.png")
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        if accelerator.is_main_process:
-            self.task.publish(self)
+        if accelerator.is_main_process and self.config.push_to_hub:
+            repo, folder = self.config.hub_model_id, self.output_dir
+            push_to_hub(
+                folder, repo, what="the model", retry=f"upload later with `hf upload {repo} {folder}`",
+                token=self.config.hub_token, ignore_patterns=RUN_FILES,
+            )  # fmt: skip
         rate = session_seconds / max(1, len(self.losses))
         accelerator.print(
             f"done: {self.global_step} steps ({len(self.losses)} this session, {session_seconds:.1f} s, "
             f"{rate:.3f} s/step), final loss {summary['final_train_loss']}, written to {self.output_dir}"
         )
-        return TrainingResult(model=model, metrics=metrics, losses=self.losses)
+        return TrainingResult(model=self.model, metrics=metrics, losses=self.losses)
 
     def release_output_dir(self, remove: bool = False) -> None:
-        """Let another run use the output folder; `remove`: delete the lock file too (a clean
-        finish). The kernel also releases the lock when the process ends."""
-        if self._lock is not None:
-            if remove:
-                (self.output_dir / LOCK_FILE).unlink(missing_ok=True)  # while still held: no other run has it
-            self._lock.close()
-            self._lock = None
+        """Let another run use the output folder (see [`OutputDirLock.release`])."""
+        if self.output_lock is not None:
+            self.output_lock.release(remove)
+
+
+def run_state(engine: Engine, session_seconds: float) -> tuple[dict, dict]:
+    """What a checkpoint holds besides what accelerate saves (weights, optimisers, RNG, schedule,
+    EMA): `(the run's counters and settings, saved once; this process's data position, quantizer
+    usage windows and task state)`."""
+    task_state, task_process_state = engine.task.state(engine)
+    state = {
+        "global_step": engine.global_step,
+        "nonfinite_steps": engine.nonfinite.total,
+        "settings": engine.resume_settings(),
+        "learning_rate": engine.config.learning_rate,
+        "train_seconds": engine.train_seconds + session_seconds,
+        "loss_history": engine.history,
+        "time_budget": engine.budget.state_dict() if engine.budget is not None else None,
+        "task": task_state,
+    }
+    process_state = {
+        "data": engine.batches.state_dict(),
+        "quantizer_usage": usage_state(engine.model),
+        "task": task_process_state,
+    }
+    return state, process_state
+
+
+def restore_run_state(engine: Engine, state: dict, process_state: dict) -> None:
+    """Put back what [`run_state`] saved."""
+    engine.global_step, engine.nonfinite.total = state["global_step"], state["nonfinite_steps"]
+    engine.train_seconds, engine.history = state.get("train_seconds", 0.0), state.get("loss_history", [])
+    if engine.budget is not None and state.get("time_budget") is not None:
+        engine.budget.load_state_dict(state["time_budget"])
+    engine.batches.load_state_dict(process_state["data"])
+    load_usage_state(engine.model, process_state["quantizer_usage"])
+    engine.task.load_state(engine, state.get("task", {}), process_state.get("task", {}))
+    saved_lr, lr = state.get("learning_rate", engine.config.learning_rate), engine.config.learning_rate
+    if saved_lr != lr:  # the schedule's shape is this run's; so is its peak
+        logger.warning("resume: learning_rate %g -> %g (from step %d)", saved_lr, lr, engine.global_step + 1)
 
 
 def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float) -> dict:
@@ -473,7 +508,7 @@ def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float) -> d
         "train_cpu_seconds_this_session": round(cpu_seconds, 2),
         "max_train_time": config.max_train_time,
         "final_train_loss": engine.losses[-1] if engine.losses else None,
-        "nonfinite_steps": engine.nonfinite_steps,
+        "nonfinite_steps": engine.nonfinite.total,
         "corrupt_images": len(corrupt),
         "corrupt_validation_images": len(engine.batches.held_out_corrupt),
         "num_processes": accelerator.num_processes,
@@ -526,12 +561,3 @@ def main_process_seconds(accelerator: Accelerator, seconds: float) -> float:
     if accelerator.num_processes == 1:
         return seconds
     return broadcast(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)).item()
-
-
-def non_finite_streak_error(streak: int, step: int, output_dir: Path) -> NonFiniteLossError:
-    """The error that stops a run after `streak` NaN/inf steps in a row, up to `step`."""
-    last = list_checkpoints(output_dir)
-    return NonFiniteLossError(
-        f"{streak} steps in a row had a NaN/inf loss or gradient (up to step {step}); stopping. "
-        f"Last good checkpoint: {last[-1] if last else 'none'}"
-    )

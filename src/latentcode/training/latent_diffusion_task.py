@@ -27,7 +27,8 @@ from .engine import Engine, Part, TrainingTask, training_report
 
 
 class LatentDiffusionTask(TrainingTask):
-    """The frozen autoencoder encodes each batch to scaled latents; the UNet learns to denoise them."""
+    """Trains a diffusers UNet to denoise a frozen autoencoder's scaled latents: its model, loss,
+    validation and saved pipeline, for the [`Engine`]."""
 
     def __init__(self, config):
         """`config`: the parsed options of `training/train_latent_diffusion.py` (its `LatentDiffusionConfig`)."""
@@ -70,10 +71,9 @@ class LatentDiffusionTask(TrainingTask):
         adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, **adam)
         accelerator.print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
-        return [Part("unet", unet, optimizer)], batches
-
-    def prepared(self, engine: Engine) -> None:
-        engine.accelerator.print(f"scaling_factor = {self.autoencoder.config.scaling_factor:.5f}")
+        engine.prepare([Part("unet", unet, optimizer)])
+        accelerator.print(f"scaling_factor = {autoencoder.config.scaling_factor:.5f}")
+        return batches
 
     def data(self, resolution: int, rank: int, world_size: int):
         """The training batches and the held-out batch: pixels `[B, C, H, W]`, or with
@@ -111,7 +111,7 @@ class LatentDiffusionTask(TrainingTask):
     def encode(self, batch: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         return self.latents(batch, noise) * self.autoencoder.config.scaling_factor
 
-    def loss(self, engine: Engine, batch: torch.Tensor):
+    def compute_loss(self, engine: Engine, batch: torch.Tensor):
         latents = self.encode(batch, self.generator)
         loss = diffusion_loss(engine.parts[0].module, self.noise_scheduler, latents, self.generator)
         return loss, {"loss": loss}
@@ -127,12 +127,12 @@ class LatentDiffusionTask(TrainingTask):
 
     def pipeline(self, engine: Engine):
         scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
-        return latent_diffusion_pipeline(self.autoencoder, engine.unwrap(engine.parts[0].module), scheduler)
+        return latent_diffusion_pipeline(self.autoencoder, engine.model, scheduler)
 
     def validate(self, engine: Engine) -> dict:
         config, device = self.config, engine.device
         metrics = {}
-        unet = engine.unwrap(engine.parts[0].module).eval()
+        unet = engine.model.eval()
         if self.validation_batch is not None and len(self.validation_batch):
             if self.validation_latents is None:  # the same posterior samples in every run, resumed or not
                 noise = torch.Generator(device).manual_seed(config.seed)

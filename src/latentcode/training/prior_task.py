@@ -15,8 +15,7 @@ from .. import modeling  # noqa: F401  (registers the families with AutoModel)
 from ..data import image_data_from_config
 from ..grids import save_image_grid
 from ..hub import resolve_pretrained
-from ..objectives import PriorObjective
-from ..prior import build_prior, encode_to_sequences, sample_images, token_mapping
+from ..prior import build_prior, encode_to_sequences, prior_loss, sample_images, token_mapping
 from .codes import code_data
 from .engine import Engine, Part, TrainingTask, data_source, training_report
 from .model_card import render_model_card
@@ -28,11 +27,12 @@ def code_sequences(rows: dict) -> torch.Tensor:
 
 
 class PriorTask(TrainingTask):
-    """The frozen VQ-VAE encodes each batch to code sequences; the prior learns them."""
+    """Trains a prior over a frozen VQ-VAE's code sequences: its model, loss, validation NLL and
+    samples, and final save, for the [`Engine`]."""
 
     def __init__(self, config):
         """`config`: the parsed options of `training/train_prior.py` (its `PriorConfig`)."""
-        self.config, self.objective = config, PriorObjective()
+        self.config = config
 
     def build(self, engine: Engine):
         config, accelerator = self.config, engine.accelerator
@@ -69,7 +69,8 @@ class PriorTask(TrainingTask):
             f"{math.prod(self.latent_shape)} codes per image {tuple(self.latent_shape)}, "
             f"vocabulary {self.mapping.vocab_size}"
         )
-        return [Part("prior", prior, optimizer)], batches
+        engine.prepare([Part("prior", prior, optimizer)])
+        return batches
 
     def data(self, rank: int, world_size: int):
         """The training batches (pixels, or code sequences `[B, L]` with `--codes_dataset`) and the
@@ -81,10 +82,10 @@ class PriorTask(TrainingTask):
         batches, images = image_data_from_config(config, vqvae.config.in_channels, self.resolution, rank, world_size)
         return batches, torch.cat(list(encode_to_sequences(vqvae, images.split(64))))
 
-    def loss(self, engine: Engine, batch: torch.Tensor):
+    def compute_loss(self, engine: Engine, batch: torch.Tensor):
         """The objective of a micro-batch: pixels `[B, C, H, W]`, or code sequences `[B, L]`."""
         sequences = batch if self.config.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
-        loss = self.objective(engine.parts[0].module, self.mapping.codes_to_tokens(sequences))
+        loss = prior_loss(engine.parts[0].module, sequences, self.mapping)
         return loss, {"loss": loss}
 
     @torch.no_grad()
@@ -92,19 +93,19 @@ class PriorTask(TrainingTask):
         """Mean held-out negative log-likelihood in nats per code."""
         prior.eval()
         chunks = self.validation_codes.split(64)
-        losses = [self.objective(prior, self.mapping.codes_to_tokens(chunk)) * len(chunk) for chunk in chunks]
+        losses = [prior_loss(prior, chunk, self.mapping) * len(chunk) for chunk in chunks]
         prior.train()
         return (torch.stack(losses).sum() / len(self.validation_codes)).item()
 
     def samples(self, engine: Engine) -> torch.Tensor:
         config = self.config
-        prior = engine.unwrap(engine.parts[0].module)
+        prior = engine.model
         return sample_images(
             prior, self.vqvae, config.num_samples, temperature=config.temperature, top_k=config.top_k, seed=config.seed
         )
 
     def validate(self, engine: Engine) -> dict:
-        nll = self.validation_nll(engine.unwrap(engine.parts[0].module))
+        nll = self.validation_nll(engine.model)
         save_image_grid(self.samples(engine), engine.output_dir / "samples" / f"step_{engine.global_step:06d}.png")
         engine.accelerator.print(f"step {engine.global_step}: validation NLL {nll:.4f} nats/code")
         return {"nll": nll}
@@ -112,7 +113,7 @@ class PriorTask(TrainingTask):
     def finish(self, engine: Engine, summary: dict) -> dict:
         config, output_dir = self.config, engine.output_dir
         nll = self.validate(engine)["nll"]
-        prior = engine.unwrap(engine.parts[0].module)
+        prior = engine.model
         prior.save_pretrained(output_dir)
         save_image_grid(self.samples(engine), output_dir / "samples.png")
         bits = nll * math.prod(self.latent_shape) / math.log(2)

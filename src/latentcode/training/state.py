@@ -5,6 +5,7 @@ windows, the settings a resume must keep, and the errors of a run that cannot go
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,9 @@ from accelerate import PartialState
 from torch import nn
 
 from ..modules.quantizers.base import CodebookUsageWindow
+from .checkpointing import list_checkpoints
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -22,6 +26,29 @@ class NonFiniteLossError(RuntimeError):
 
 class ProcessLostError(RuntimeError):
     """Another process of a multi-process run died or stopped answering (`ddp_timeout`)."""
+
+
+class NonFiniteSteps:
+    """Counts the optimiser steps skipped for a NaN/inf loss or gradient, and stops the run after
+    `limit` in a row (`max_consecutive_nonfinite_steps`) with a [`NonFiniteLossError`]."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.streak = limit, 0, 0
+
+    def finite(self) -> None:
+        self.streak = 0
+
+    def skipped(self, step: int, output_dir: Path) -> None:
+        """Step `step` (1-based) was skipped; raises at the `limit`-th in a row."""
+        self.total += 1
+        self.streak += 1
+        logger.warning("non-finite loss or gradient at step %d: step skipped", step)
+        if self.streak >= self.limit:
+            last = list_checkpoints(output_dir)
+            raise NonFiniteLossError(
+                f"{self.streak} steps in a row had a NaN/inf loss or gradient (up to step {step}); stopping. "
+                f"Last good checkpoint: {last[-1] if last else 'none'}"
+            )
 
 
 class ResumeMismatchError(ValueError):

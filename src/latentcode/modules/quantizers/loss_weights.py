@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...losses import linear_ramp
+
 # The terms a quantizer may return (each quantizer class lists its own in `loss_terms`):
 # `codebook` ||sg(z) - e||^2 moves the codes, `commitment` ||z - sg(e)||^2 the encoder,
 # `entropy_per_sample` / `entropy_codebook` are LFQ's mean per-token entropy and the entropy of
@@ -28,9 +30,7 @@ TERMS = ("codebook", "commitment", *ENTROPY_TERMS)
 def annealed_weight(weight: float, step: int, annealing_steps: int, start_factor: float) -> float:
     """Entropy weight at optimiser step `step`: `start_factor * weight` at step 0, linearly to
     `weight` at `annealing_steps` and after (constant `weight` when `annealing_steps` is 0)."""
-    if annealing_steps <= 0 or step >= annealing_steps:
-        return weight
-    return weight * (start_factor + (1.0 - start_factor) * step / annealing_steps)
+    return weight * linear_ramp(start_factor, 1.0, step, annealing_steps)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """`training/train.py`'s task for the engine: an AutoEncoder, VAE or VQ-VAE and its recipe.
 
-The engine (`engine.py`) runs the steps, checkpoints and resume; this module supplies the model,
-its data, the objective (`latentcode.objectives.AutoencoderObjective`: reconstruction, KL
-warm-up, quantizer terms, LPIPS, the GAN with its adaptive weight), the discriminator's own loss
-in the same backward pass, the weight EMA, validation (the evaluation `latentcode-eval` runs)
-and the final model, metrics and card.
+The engine (`engine.py`) runs the steps, the weight EMA, checkpoints and resume; this module
+supplies the model, its data, the objective (`latentcode.objectives.AutoencoderObjective`:
+reconstruction, KL warm-up, quantizer terms, LPIPS, the GAN with its adaptive weight), the
+discriminators' own losses in the same backward pass, the decoder-only phase, validation (the
+evaluation `latentcode-eval` runs) and the final model, metrics and card.
 """
 
 from __future__ import annotations
@@ -23,17 +23,14 @@ from ..disentanglement import FactorVAELoss, vae_loss_from_config
 from ..evaluation.evaluate import EvaluationResult, evaluate, metrics_markdown
 from ..families import get_family
 from ..grids import reconstruction_grid
-from ..hub import push_to_hub
 from ..losses import PatchDiscriminator, PerceptualLoss
 from ..modeling import LatentCodePreTrainedModel
-from ..modules.quantizers import QuantizerLossWeights
 from ..objectives import AdversarialTerms, AutoencoderObjective
 from .checkpointing import CheckpointWriteError, describe_disk, list_checkpoints
 from .config import TrainingConfig
 from .ema import EMAModel
 from .engine import Engine, Part, TrainingResult, TrainingTask, data_source, training_report
 from .model_card import render_model_card
-from .state import load_usage_state, resume_settings, usage_state, usage_windows
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +70,8 @@ def _adam_options(config: TrainingConfig) -> dict:
 
 
 class AutoencoderTask(TrainingTask):
-    """The model, objective, discriminator, EMA, validation and final save of one `train.py` run."""
+    """Trains an autoencoder (AutoEncoder, VAE or VQ-VAE): its model, objective, discriminators,
+    validation and final save, for the [`Engine`]."""
 
     def __init__(self, config: TrainingConfig):
         self.config = config
@@ -83,10 +81,9 @@ class AutoencoderTask(TrainingTask):
                 f"resolution={config.resolution} is too small for a discriminator with disc_num_layers="
                 f"{config.disc_num_layers}: it needs at least {2 ** (config.disc_num_layers + 2)}"
             )
-        self.ema: EMAModel | None = None
         self.decoder_only = False  # the decoder-only phase has begun (set again on a resume past it)
 
-    def build(self, engine: Engine) -> tuple[list[Part], ImageBatches]:
+    def build(self, engine: Engine) -> ImageBatches:
         config, accelerator = self.config, engine.accelerator
         model = build_model(config)
         if config.gradient_checkpointing:
@@ -116,19 +113,21 @@ class AutoencoderTask(TrainingTask):
             )
             lr = config.disc_learning_rate or config.learning_rate  # constant: not on the run's schedule
             optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, **_adam_options(config))
-            parts.append(Part("discriminator", discriminator, optimizer, scheduled=False))
+            parts.append(Part("discriminator", discriminator, optimizer, learning_rate=lr))
             adversarial = AdversarialTerms(
                 discriminator, config.disc_weight, config.disc_start, config.disc_loss, config.disc_adaptive_weight
             )
         vae_loss = vae_loss_from_config(config, model, dataset_size=batches.order.total)
         if isinstance(vae_loss, FactorVAELoss):  # Adam with the paper's betas, constant learning rate
             optimizer = torch.optim.Adam(
-                vae_loss.discriminator.parameters(), lr=config.factor_lr_disc, betas=(0.5, 0.9)
+                vae_loss.discriminator.parameters(), lr=config.tc_discriminator_learning_rate, betas=(0.5, 0.9)
             )
-            parts.append(Part("tc_discriminator", vae_loss.discriminator, optimizer, scheduled=False))
+            parts.append(
+                Part("tc_discriminator", vae_loss.discriminator, optimizer, config.tc_discriminator_learning_rate)
+            )
         self.objective = AutoencoderObjective.for_model(
             model,
-            **{name: getattr(config, name) for name in QuantizerLossWeights.names()},  # None: the model's
+            **config.quantizer_loss_weights,  # the weights this run overrides; the others are the model's
             kl_weight=config.kl_weight,
             kl_warmup_steps=config.kl_warmup_steps,
             perceptual=perceptual,
@@ -136,18 +135,9 @@ class AutoencoderTask(TrainingTask):
             adversarial=adversarial,
             vae_loss=vae_loss,
         )
-        if config.use_ema:
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            self.ema = EMAModel(trainable, config.ema_decay).to(accelerator.device)
-        return parts, batches
-
-    def prepared(self, engine: Engine) -> None:
-        self.model = engine.parts[0].module  # prepared (DDP): its gradients are synchronised
+        parts = {part.name: part.module for part in engine.prepare(parts)}
+        self.model = parts["model"]  # prepared (DDP): its gradients are synchronised
         self.unwrapped: LatentCodePreTrainedModel = engine.unwrap(self.model)
-        parts = {part.name: part.module for part in engine.parts}
-        # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
-        # Fixed here: the decoder-only phase later freezes some, and the EMA keeps its tensors.
-        self.averaged = [p for p in self.unwrapped.parameters() if p.requires_grad]
         if self.objective.adversarial is not None:
             # The generator's term looks through the unwrapped discriminator (frozen, so that no DDP
             # reduction of its absent gradients is expected); its own loss trains the prepared one.
@@ -156,6 +146,7 @@ class AutoencoderTask(TrainingTask):
         if isinstance(self.objective.vae_loss, FactorVAELoss):  # likewise FactorVAE's discriminator
             self.objective.vae_loss.discriminator = engine.unwrap(parts["tc_discriminator"])
             self.objective.vae_loss.trained = parts["tc_discriminator"]
+        return batches
 
     def _enter_decoder_phase(self, engine: Engine) -> None:
         """From `decoder_finetune_start` on: the encoder side frozen and run as in evaluation (no
@@ -166,7 +157,7 @@ class AutoencoderTask(TrainingTask):
             return
         frozen = [module for name, module in self.unwrapped.named_children() if name not in DECODER_SIDE]
         if not self.decoder_only:
-            freeze_at_saved_weights(frozen, self.ema, self.averaged)
+            freeze_at_saved_weights(frozen, engine.ema, engine.averaged)
             self.decoder_only = True
             logger.info(
                 "step %d: decoder-only fine-tuning from here on (encoder, quant_conv, quantizer frozen)",
@@ -175,10 +166,7 @@ class AutoencoderTask(TrainingTask):
         for module in frozen:  # every step: validation puts the whole model back in training mode
             module.eval()
 
-    def checkpoint_objects(self) -> list:
-        return [self.ema] if self.ema is not None else []
-
-    def loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, engine: Engine, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The objective of the autoencoder plus FactorVAE's discriminator loss and, once the GAN is
         active, the discriminator's own loss (disjoint parameters: one backward pass trains all)."""
         self._enter_decoder_phase(engine)
@@ -194,31 +182,6 @@ class AutoencoderTask(TrainingTask):
                 logs["discriminator_loss"] = adversarial.discriminator_loss(pixels, output.sample)
                 return loss + logs["discriminator_loss"], logs
         return loss, logs
-
-    def after_step(self, engine: Engine, finite: bool) -> dict:
-        if finite and self.ema is not None:
-            self.ema.step(self.averaged)
-        windows = usage_windows(self.unwrapped)
-        if not windows:
-            return {}
-        # The fraction of codes hit over the quantizers' recent-token windows.
-        return {"codebook_usage": sum(float(window.fraction_used()) for window in windows) / len(windows)}
-
-    def resume_settings(self, engine: Engine) -> dict:
-        return resume_settings(self.config, {"discriminator": self.use_gan})  # whether the run has one at all
-
-    def state(self, engine: Engine) -> tuple[dict, dict]:
-        return {}, {"quantizer_usage": usage_state(self.unwrapped)}
-
-    def load_state(self, engine: Engine, trainer_state: dict, process_state: dict) -> None:
-        load_usage_state(self.unwrapped, process_state["quantizer_usage"])
-        rates = {
-            "discriminator": self.config.disc_learning_rate or self.config.learning_rate,
-            "tc_discriminator": self.config.factor_lr_disc,
-        }
-        for part in engine.parts[1:]:  # the discriminators' (constant) learning rates are this run's
-            for group in part.optimizer.param_groups:
-                group["lr"] = rates[part.name]
 
     def validate(self, engine: Engine, grid_path: Path | None = None) -> dict[str, float]:
         """Main process: metrics on the validation images (the evaluation `latentcode-eval` runs),
@@ -247,11 +210,6 @@ class AutoencoderTask(TrainingTask):
                 tracker.log_images({"validation/reconstructions": [grid]}, engine.global_step)
         return result
 
-    def final_model(self, engine: Engine) -> LatentCodePreTrainedModel:
-        if self.ema is not None:
-            self.ema.copy_to(self.averaged)
-        return self.unwrapped
-
     def finish(self, engine: Engine, summary: dict) -> dict:
         """Save the final model (EMA weights if used), processor, grid and card; returns the
         report (validation metrics under `metrics`, run counters under `details`)."""
@@ -269,15 +227,6 @@ class AutoencoderTask(TrainingTask):
             details={"resolution": self.config.resolution},
             per_dimension=None if result.per_dimension_kl is None else {"kl": result.per_dimension_kl},
         )
-
-    def publish(self, engine: Engine) -> None:
-        if self.config.push_to_hub:
-            repo, folder = self.config.hub_model_id, engine.output_dir
-            push_to_hub(
-                folder, repo, what="the model", retry=f"upload later with `hf upload {repo} {folder}`",
-                token=self.config.hub_token,
-                ignore_patterns=["checkpoint-*", ".checkpoint-*", ".latentcode.lock", "logs/*", "validation/*"],
-            )  # fmt: skip
 
     def _save_final_model(self, output_dir: Path) -> None:
         from safetensors import SafetensorError
@@ -338,11 +287,11 @@ def freeze_at_saved_weights(modules: list[nn.Module], ema: EMAModel | None, aver
         module.requires_grad_(False)  # no gradient: AdamW skips them (no update, no weight decay)
 
 
-def trainer(config: TrainingConfig) -> Engine:
+def build_engine(config: TrainingConfig) -> Engine:
     """The engine of a `train.py` run, set up (model, data, resume) and ready to `run()`."""
     return Engine(config, AutoencoderTask(config))
 
 
 def train(config: TrainingConfig) -> TrainingResult:
     """Run the training described by `config` and return the final model and metrics."""
-    return trainer(config).run()
+    return build_engine(config).run()
