@@ -96,7 +96,7 @@ def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
     folder, images = saved_pipelines[family]
     model_index = json.loads((folder / "model_index.json").read_text())
     # diffusers records components from outside its own libraries by their module path.
-    assert model_index["vqvae"] == ["latentcode.modeling", get_family(family).model_class.__name__]
+    assert model_index["vqvae"] == [get_family(family).model_class.__module__, get_family(family).model_class.__name__]
     assert model_index["unet"] == ["diffusers", "UNet2DModel"]
     loaded = DiffusionPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
@@ -289,7 +289,7 @@ def test_stable_diffusion_with_our_vae_gives_the_images_of_autoencoder_kl(tmp_pa
 
     ours.save_pretrained(tmp_path / "sd")
     model_index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
-    assert model_index["vae"] == ["latentcode.modeling", "VAEModel"]
+    assert model_index["vae"] == ["latentcode.modeling.vae", "VAEModel"]
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.vae) is latentcode.VAEModel
@@ -312,7 +312,7 @@ def test_our_vae_replaces_the_vae_of_a_saved_diffusers_pipeline(tmp_path):
     np.testing.assert_allclose(images, text_to_image(reference), atol=1e-6)
     swapped.save_pretrained(tmp_path / "swapped")
     assert json.loads((tmp_path / "swapped" / "model_index.json").read_text())["vae"] == [
-        "latentcode.modeling",
+        "latentcode.modeling.vae",
         "VAEModel",
     ]
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "swapped")

@@ -416,7 +416,7 @@ def test_bad_indices_are_rejected():
         ("vae", dict(block_out_channels=(16, 30)), "divisible by norm_num_groups=8"),
         ("vae", dict(attention_levels=(2,)), r"attention_levels must be in \[0, 1\]"),
         ("vae", dict(kl_weight=-1.0), "kl_weight must be >= 0"),
-        ("autoencoder", dict(reconstruction_loss="huber"), "'mse' or 'l1'"),
+        ("autoencoder", dict(reconstruction_loss="huber"), r"one of \('mse', 'l1'\)"),
         ("autoencoder", dict(block_out_channels=()), "at least one level"),
     ],
 )

@@ -21,6 +21,7 @@ from .modules.backbones import get_backbone
 from .modules.backbones.vector import num_convolutions
 from .modules.quantizers import registry as quantizers
 from .modules.quantizers.loss_weights import QuantizerLossWeights
+from .modules.reconstruction import check_reconstruction_loss
 
 logger = logging.getLogger(__name__)
 
@@ -364,10 +365,7 @@ class LatentCodeConfig(PretrainedConfig):
                 f"attention_levels must be in [0, {levels - 1}] for {levels} levels, got {self.attention_levels}",
             )
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        _check(
-            self.reconstruction_loss in ("mse", "l1"),
-            f"reconstruction_loss must be 'mse' or 'l1', got {self.reconstruction_loss!r}",
-        )
+        check_reconstruction_loss(self.reconstruction_loss)
 
 
 class AutoencoderConfig(LatentCodeConfig):
