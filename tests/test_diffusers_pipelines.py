@@ -326,7 +326,7 @@ def test_a_quantizer_diffusers_lacks_replaces_the_vqvae_of_a_saved_ldm_pipeline(
     native = tiny_pipeline("vqvae")
     native = LDMPipeline(vqvae=native.vqvae.to_diffusers().eval(), unet=native.unet, scheduler=native.scheduler)
     native.save_pretrained(tmp_path / "native")
-    fsq = tiny_model("vqvae", quantizer="fsq", fsq_levels=(5, 4, 3, 3))
+    fsq = tiny_model("vqvae", quantizer="fsq", quantizer_config={"levels": [5, 4, 3, 3]})
     pipeline = LDMPipeline.from_pretrained(tmp_path / "native", vqvae=fsq)
     pipeline.set_progress_bar_config(disable=True)
     images = generate(pipeline)

@@ -41,7 +41,7 @@ def test_forward_reconstructs_input_shape_and_reports_family_losses(family):
         # The default codebook is an EMA of the encoder outputs: only the commitment term is a loss.
         torch.testing.assert_close(output.loss, output.reconstruction_loss + 0.25 * output.commitment_loss)
         assert output.indices.shape == (2, 8, 8) and output.indices.dtype == torch.long
-        learned = tiny_model(family, codebook_ema=False)(pixels)
+        learned = tiny_model(family, quantizer_config={"codebook_ema": False})(pixels)
         expected = learned.reconstruction_loss + learned.codebook_loss + 0.25 * learned.commitment_loss
         torch.testing.assert_close(learned.loss, expected)
 

@@ -261,8 +261,8 @@ def test_the_entropy_weight_is_annealed_by_the_optimiser_step():
         "vqvae",
         quantizer="bsq",
         codebook_size=16,
-        lfq_entropy_annealing_steps=4,  # 0.1.0's names load as entropy_annealing_*
-        lfq_entropy_annealing_start_factor=3.0,
+        entropy_annealing_steps=4,
+        entropy_annealing_start_factor=3.0,
     )
     model = latentcode.VQVAEModel(config).train()
     assert "training_steps" not in dict(model.named_buffers())  # no schedule state in the model

@@ -297,16 +297,16 @@ def test_ema_expiry_keeps_a_large_codebook_in_use_within_a_fraction_of_the_windo
 
 
 def test_dead_code_threshold_is_validated_and_old_configs_get_the_default(tmp_path):
+    config = tiny_config("vqvae", quantizer_config={"dead_code_threshold": 1.5})  # a config holds values
     with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got 1.5"):
-        tiny_config("vqvae", quantizer_config={"dead_code_threshold": 1.5})
+        latentcode.VQVAEModel(config)  # the quantizer's constructor checks them
     with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got -0.1"):
         VectorQuantizer(8, 2, codebook_ema=True, codebook_ema_decay=0.9, dead_code_threshold=-0.1)
     model = latentcode.VQVAEModel(tiny_config("vqvae", codebook_size=16))
     assert model.quantizer.expires_by_ema and model.quantizer.dead_code_threshold == 0.5
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    saved.pop("quantizer_config", None)
-    saved.update(codebook_ema=True, kmeans_init=True)  # flat, as written before the threshold existed
+    saved["quantizer_config"] = dict(codebook_ema=True, kmeans_init=True)  # as written before the threshold existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
     assert loaded.config.quantizer_config["dead_code_threshold"] == 0.5 and loaded.quantizer.expires_by_ema
@@ -556,7 +556,7 @@ def test_every_quantizer_trains_saves_loads_and_round_trips_indices(tmp_path, re
 
 
 def test_codebook_and_commitment_losses_move_the_right_parameters():
-    quantizer = tiny_model("vqvae", codebook_ema=False).quantizer
+    quantizer = tiny_model("vqvae", quantizer_config={"codebook_ema": False}).quantizer
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
     output = quantizer(latents)
     output.codebook_loss.backward(retain_graph=True)
@@ -620,10 +620,10 @@ def test_codebook_only_state_dict_loads_as_a_trained_codebook():
     assert torch.allclose(quantizer.codebook.data, codebook, atol=0.1)
 
 
-def trained_codebook_checkpoint(tmp_path, **overrides):
+def trained_codebook_checkpoint(tmp_path, **options):
     """A VQ-VAE saved without k-means state (kmeans_init=False), with a codebook far from the
-    uniform initialisation, as a converted or trained model would have."""
-    model = tiny_model("vqvae", codebook_size=64, kmeans_init=False, **overrides)
+    uniform initialisation, as a converted or trained model would have; `options`: quantizer options."""
+    model = tiny_model("vqvae", codebook_size=64, quantizer_config={"kmeans_init": False, **options})
     with torch.no_grad():
         model.quantizer.codebook.normal_(generator=torch.Generator().manual_seed(1))
         if model.quantizer.codebook_ema:
@@ -634,10 +634,10 @@ def trained_codebook_checkpoint(tmp_path, **overrides):
 
 @pytest.mark.single_thread
 def test_from_pretrained_with_kmeans_init_keeps_a_trained_codebook(tmp_path):
-    """`from_pretrained(path, kmeans_init=True)` on a checkpoint without the k-means flag: the
+    """`from_pretrained(path, quantizer_config={"kmeans_init": True})` on a checkpoint without the k-means flag: the
     codebook is marked initialised, so the first training step does not run k-means over it."""
-    codebook = trained_codebook_checkpoint(tmp_path, quantizer_config={"codebook_ema": False})
-    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    codebook = trained_codebook_checkpoint(tmp_path, codebook_ema=False)
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, quantizer_config={"kmeans_init": True})
     assert model.quantizer.kmeans_init and bool(model.quantizer.initialized)
     model.train()
     model(
@@ -656,12 +656,12 @@ def test_from_pretrained_derives_the_ema_state_of_a_codebook_only_checkpoint(tmp
     weights = load_file(tmp_path / "model.safetensors")
     del weights["quantizer.ema_cluster_size"], weights["quantizer.ema_codebook_sum"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, quantizer_config={"kmeans_init": True})
     quantizer = model.quantizer
     assert torch.equal(quantizer.codebook, codebook) and bool(quantizer.initialized)
     assert torch.equal(quantizer.ema_codebook_sum, codebook)
     assert torch.equal(quantizer.ema_cluster_size, torch.ones(64))
-    reference = tiny_model("vqvae", codebook_size=64, kmeans_init=True)
+    reference = tiny_model("vqvae", codebook_size=64, quantizer_config={"kmeans_init": True})
     reference.load_state_dict(weights, strict=False)
     assert torch.equal(reference.quantizer.ema_codebook_sum, quantizer.ema_codebook_sum)
     assert bool(reference.quantizer.initialized)
