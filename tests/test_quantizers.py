@@ -202,7 +202,7 @@ def test_ema_update_equals_hand_computation():
     # The codebook takes no gradient and the loss is the commitment term alone.
     assert not quantizer.codebook.requires_grad
     assert set(output.terms) == {"commitment"}
-    torch.testing.assert_close(QuantizerLossWeights()(output.terms)[0], 0.25 * output.commitment_loss)
+    torch.testing.assert_close(QuantizerLossWeights()(output.terms)[0], 0.25 * output.terms["commitment"])
 
 
 def test_ema_update_matches_vector_quantize_pytorch():
@@ -559,15 +559,15 @@ def test_codebook_and_commitment_losses_move_the_right_parameters():
     quantizer = tiny_model("vqvae", quantizer_config={"codebook_ema": False}).quantizer
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
     output = quantizer(latents)
-    output.codebook_loss.backward(retain_graph=True)
+    output.terms["codebook"].backward(retain_graph=True)
     assert latents.grad is None and quantizer.codebook.grad.abs().sum() > 0
     quantizer.codebook.grad = None
-    output.commitment_loss.backward()
+    output.terms["commitment"].backward()
     assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
     codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
-    torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
+    torch.testing.assert_close(output.terms["commitment"], ((latents - codes) ** 2).mean())
     loss, _ = QuantizerLossWeights()(output.terms)
-    torch.testing.assert_close(loss, output.codebook_loss + 0.25 * output.commitment_loss)
+    torch.testing.assert_close(loss, output.terms["codebook"] + 0.25 * output.terms["commitment"])
 
 
 def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():

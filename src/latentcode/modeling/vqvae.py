@@ -42,7 +42,9 @@ class VQVAEOutput(ModelOutput):
     """`loss` = `reconstruction_loss + quantizer_loss`, the quantizer's terms weighted by the
     config's loss weights (e.g. `codebook_weight * codebook + commitment_weight * commitment`,
     `config.loss_weights()`); `quantizer_terms`: those terms unweighted, by name (what a
-    training objective weighs with its own weights); `perplexity`: exp(entropy) of the batch's
+    training objective weighs with its own weights); `codebook_loss` / `commitment_loss`: its
+    `"codebook"` / `"commitment"` term as a scalar that logs show (None where the quantizer has no
+    such term: an EMA codebook has no codebook loss); `perplexity`: exp(entropy) of the batch's
     code histogram. `hidden_states` (with `output_hidden_states`): the encoder's feature maps,
     see `forward`."""
 
@@ -193,8 +195,8 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
             quantized=quantized.quantized,
             indices=quantized.indices,
             reconstruction_loss=reconstruction_loss,
-            codebook_loss=quantized.codebook_loss,
-            commitment_loss=quantized.commitment_loss,
+            codebook_loss=quantized.terms.get("codebook"),
+            commitment_loss=quantized.terms.get("commitment"),
             perplexity=quantized.perplexity,
             hidden_states=_as_tuple(hidden_states),
             quantizer_loss=quantizer_loss,

@@ -123,8 +123,6 @@ class LookupFreeQuantizer(Quantizer):
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
-            codebook_loss=rows.new_zeros(()),
-            commitment_loss=commitment_loss,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
             terms={
                 "commitment": commitment_loss,
