@@ -55,6 +55,13 @@ class DiagonalGaussianDistribution:
             return torch.zeros_like(self.mean)
         return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar)
 
+    def kl_per_channel(self) -> torch.Tensor:
+        """KL(q || N(0, I)) of each image and latent channel in nats, computed in float32 and summed
+        over a grid's positions: `[B, C]` (a vector latent's `[B, D]`: one per entry). The channels'
+        sum is `kl()`; per-dimension KL and active dimensions (traversal, evaluation) read this."""
+        kl = DiagonalGaussianDistribution(self.parameters.float(), self.deterministic).kl_per_element()
+        return kl.flatten(2).sum(2) if kl.dim() > 2 else kl
+
     def kl(self, other: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
         """KL(self || other), summed over all non-batch dims; `other` defaults to N(0, I). Returns `[B]`."""
         dims = list(range(1, self.mean.dim()))
