@@ -29,8 +29,8 @@ from ..configuration import LatentCodeConfig
 from ..conversion import diffusers as diffusers_conversion
 from ..families import FAMILIES
 from ..hub import check_pretrained_source
-from ..modules.backbone import set_conv_implementation
 from ..modules.backbones import get_backbone
+from ..modules.backbones.ldm import set_conv_implementation
 from ..modules.reconstruction import reconstruction_loss
 from ..modules.tiling import SlicingTilingMixin
 from ..modules.winograd import CONV_IMPLEMENTATIONS

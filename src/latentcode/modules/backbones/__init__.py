@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..backbone import Decoder as LDMDecoder
-from ..backbone import Encoder as LDMEncoder
+from .ldm import Decoder as LDMDecoder
+from .ldm import Encoder as LDMEncoder
 from .tiny import TinyDecoder, TinyEncoder
 from .vector import VECTOR_SAMPLE_SIZES, VectorDecoder, VectorEncoder, num_convolutions
 
