@@ -116,8 +116,9 @@ class FamilyBehaviour:
         raise NotImplementedError
 
     def stored_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """Shape of one image's stored code (a tokenised dataset's `latent_shape` column): the latent
-        code's shape by default (`latent_code_shape`)."""
+        """Shape of one image's stored code (`stored_code`; a tokenised dataset's `latent_shape`
+        column): the family's choice of the two shapes a model has, the continuous code's
+        (`latent_code_shape`, by default) or, for a family with tokens, the token grid's (`latent_shape`)."""
         return tuple(self.latent_code_shape(image_size))
 
     def regularizer_description(self, objective=None) -> str | None:

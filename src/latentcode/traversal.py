@@ -110,7 +110,7 @@ def latent_traversal(
 
 
 def _base_code(model, pixel_values: torch.Tensor | None, purpose: str) -> torch.Tensor:
-    """The code `[*code_shape]` a traversal starts from: that of one image `[1, C, H, W]`, or the
+    """The code `[*model.latent_code_shape()]` a traversal starts from: that of one image `[1, C, H, W]`, or the
     prior mean (0) when `pixel_values` is None."""
     if pixel_values is None:
         return torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
@@ -121,7 +121,7 @@ def _base_code(model, pixel_values: torch.Tensor | None, purpose: str) -> torch.
 
 @torch.no_grad()
 def attribute_vector(model, with_attribute: torch.Tensor, without_attribute: torch.Tensor) -> torch.Tensor:
-    """Mean code of images with an attribute minus mean code of images without it: `[*code_shape]`.
+    """Mean code of images with an attribute minus mean code of images without it: `[*model.latent_code_shape()]`.
     Both image sets are `[B, C, H, W]` in [-1, 1] (B may differ)."""
     return continuous_codes(model, with_attribute).mean(0) - continuous_codes(model, without_attribute).mean(0)
 
@@ -143,7 +143,7 @@ def attribute_traversal(
 ) -> torch.Tensor:
     """Decoded row `[len(values), C, H, W]` in [-1, 1]: the code of `pixel_values` (`[1, C, H, W]`),
     or the prior mean (0) when None, moved by each of `values` times the attribute `vector`
-    (`[*code_shape]`, [`attribute_vector`]). `values` defaults to `linspace(-2, 2, 7)`."""
+    (`[*model.latent_code_shape()]`, [`attribute_vector`]). `values` defaults to `linspace(-2, 2, 7)`."""
     values = torch.linspace(-2, 2, 7) if values is None else values
     base = _base_code(model, pixel_values, "to move along the vector")
     if vector.shape != base.shape:

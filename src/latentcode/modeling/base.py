@@ -105,10 +105,10 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         `config.backbone` names (`latentcode.modules.backbones`)."""
         family = next(f.name for f in FAMILIES.values() if isinstance(self, f.model_class))
         self.backbone_spec.check_family(family)
-        encoder_out, moments, code = self.bottleneck_channels(config)
+        encoder_out, bottleneck_in, code = self.bottleneck_channels(config)
         self.encoder = self.backbone_spec.build_encoder(config, encoder_out)
         self.decoder = self.backbone_spec.build_decoder(config, config.latent_channels)
-        self.quant_conv = self.backbone_spec.projection(encoder_out, moments) if config.use_quant_conv else None
+        self.quant_conv = self.backbone_spec.projection(encoder_out, bottleneck_in) if config.use_quant_conv else None
         self.post_quant_conv = (
             self.backbone_spec.projection(code, config.latent_channels) if config.use_post_quant_conv else None
         )
@@ -120,12 +120,13 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         return get_backbone(self.config.backbone)
 
     def latent_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """Shape of one image's latent code (what `decode` takes, without the batch axis): `(C,)` on
+        """Shape of one image's continuous latent code (what `decode` takes, without the batch axis;
+        the one name of this shape; a VQ-VAE's token grid is `latent_shape`): `(C,)` on
         a vector-latent backbone, else `(C, H/f, W/f)` for `image_size` (`H` or `(H, W)`, default
         `config.sample_size`), where C is the bottleneck's output channels (`latent_channels`; a
         VQ-VAE's `config.code_channels`)."""
         code_channels = self.bottleneck_channels(self.config)[2]
-        return self.backbone_spec.latent_shape(self.config, code_channels, image_size)
+        return self.backbone_spec.latent_code_shape(self.config, code_channels, image_size)
 
     def _build_bottleneck(self, config: LatentCodeConfig) -> None:
         """Create the bottleneck's own modules (the quantizer); none by default."""
@@ -204,7 +205,7 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
     def _bottleneck_input(
         self, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Pixels `[B, C, H, W]` -> encoder -> `quant_conv` -> the bottleneck's input `[B, moment_channels,
+        """Pixels `[B, C, H, W]` -> encoder -> `quant_conv` -> the bottleneck's input `[B, bottleneck_in,
         H/f, W/f]` (every family's first half). With a `hidden_states` list, fills it with the
         encoder's feature maps of the whole batch."""
         self._check_pixels(pixel_values)
@@ -220,14 +221,14 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
             h = self.encoder(x, per_slice)
             return self.quant_conv(h) if self.quant_conv is not None else h
 
-        moments = self._split_batch(lambda x: self._map_tiles(encode_tile, x, decoding=False), pixel_values)
+        latents = self._split_batch(lambda x: self._map_tiles(encode_tile, x, decoding=False), pixel_values)
         if hidden_states is not None:
             maps = self.backbone_spec.num_hidden_states(self.config)
             if len(per_slice) == maps:
                 hidden_states.extend(per_slice)
             else:  # sliced: each slice appended its maps in turn; join each map over the batch
                 hidden_states.extend(torch.cat(per_slice[i::maps]) for i in range(maps))
-        return moments
+        return latents
 
     def _decode_code(self, code: torch.Tensor) -> torch.Tensor:
         """Bottleneck output `[B, code_channels, h, w]` -> pixels `[B, out_channels, h*f, w*f]`."""

@@ -221,7 +221,9 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     # -- token API for sequence models (latentcode.tokens) --------------------------------------
 
     def latent_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """Code grid of one image of `image_size` (`H` or `(H, W)`, default `config.sample_size`):
+        """Token grid of one image of `image_size` (`H` or `(H, W)`, default `config.sample_size`;
+        the token API's shape, what `decode_indices` takes; the continuous code `decode` takes is
+        `latent_code_shape`):
         `(h, w)`, or `(h, w, depth)` for a quantiser with `config.num_quantizers > 1` levels; on a
         vector-latent backbone `(G,)` or `(G, depth)`, G = `config.num_latent_tokens`."""
         size = self.config.sample_size if image_size is None else image_size
