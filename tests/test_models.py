@@ -484,3 +484,11 @@ def test_from_pretrained_refuses_missing_weights_unless_allowed(tmp_path):
                 loader.from_pretrained(tmp_path)
         lenient = type(model).from_pretrained(tmp_path, allow_missing_weights=True)  # the explicit opt-in
         assert isinstance(lenient, type(model))
+
+
+def test_a_model_whose_output_channels_differ_from_its_input_has_no_reconstruction_loss():
+    model = tiny_model("autoencoder", out_channels=1)
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert model.decode(model.encode(pixels).latents).sample.shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"reconstruction of shape \(1, 1, 16, 16\) cannot match pixels of shape"):
+        model(pixels)

@@ -52,7 +52,7 @@ from .losses import (
 )
 from .modules.distributions import weighted_kl_per_value
 from .modules.quantizers.loss_weights import QuantizerLossWeights
-from .modules.reconstruction import check_reconstruction_loss, reconstruction_loss
+from .modules.reconstruction import check_reconstruction_loss, mean_reconstruction_loss
 
 
 @dataclass
@@ -150,7 +150,7 @@ class AutoencoderObjective:
         negative log-likelihood, nats per image)."""
         if self.vae_loss is not None:
             return self.vae_loss.reconstruction(reconstruction, target)
-        return reconstruction_loss(reconstruction, target, self.reconstruction_loss)
+        return mean_reconstruction_loss(reconstruction, target, self.reconstruction_loss)
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor | float, dict]:
         """The family's bottleneck term, as the model's forward `output` picks it: the warmed-up KL

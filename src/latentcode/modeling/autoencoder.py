@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration import AutoencoderConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_kl_weight, refuse_quantizer_weights, register_family
+from ..modules.reconstruction import mean_reconstruction_loss
 from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple
 
 
@@ -85,7 +86,7 @@ class AutoencoderModel(LatentCodePreTrainedModel, FamilyBehaviour):
         hidden_states = self._hidden_states_list(output_hidden_states)
         latents = self._bottleneck_input(pixel_values, hidden_states)
         sample = self._decode_code(latents)
-        reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        reconstruction_loss = mean_reconstruction_loss(sample, pixel_values, self.config.reconstruction_loss)
         output = AutoencoderOutput(
             loss=reconstruction_loss,
             sample=sample,

@@ -31,7 +31,6 @@ from ..families import FAMILIES
 from ..hub import check_pretrained_source
 from ..modules.backbones import get_backbone
 from ..modules.backbones.ldm import set_conv_implementation
-from ..modules.reconstruction import reconstruction_loss
 from ..modules.tiling import SlicingTilingMixin
 from ..modules.winograd import CONV_IMPLEMENTATIONS
 from .inputs import PixelChecksMixin
@@ -296,13 +295,3 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         """The equivalent diffusers `VQModel` / `AutoencoderKL` (or `AutoencoderTiny` for a 4-channel
         TAESD-layout AutoEncoder), with bit-identical weights."""
         return diffusers_conversion.to_diffusers(self)
-
-    def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean per-element MSE or L1, as `config.reconstruction_loss` says."""
-        if reconstruction.shape != target.shape:
-            raise ValueError(
-                f"the loss compares the reconstruction with the input, but a reconstruction of shape "
-                f"{tuple(reconstruction.shape)} cannot match pixels of shape {tuple(target.shape)} "
-                f"(out_channels={self.config.out_channels}, in_channels={self.config.in_channels})"
-            )
-        return reconstruction_loss(reconstruction, target, self.config.reconstruction_loss)

@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from ..configuration import VAEConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_quantizer_weights, register_family
 from ..modules.distributions import DiagonalGaussianDistribution, weighted_kl_per_value
+from ..modules.reconstruction import mean_reconstruction_loss
 from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple
 
 
@@ -106,7 +107,7 @@ class VAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         posterior = DiagonalGaussianDistribution(self._bottleneck_input(pixel_values, hidden_states))
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         sample = self._decode_code(z)
-        reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        reconstruction_loss = mean_reconstruction_loss(sample, pixel_values, self.config.reconstruction_loss)
         kl = posterior.kl().float().mean()
         loss = reconstruction_loss + weighted_kl_per_value(kl, self.config.kl_weight, sample)
         output = VAEOutput(

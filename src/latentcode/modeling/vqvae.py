@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 from ..configuration import VQVAEConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_kl_weight, register_family
 from ..modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quantizer
+from ..modules.reconstruction import mean_reconstruction_loss
 from ..tokens import grid_as_vector_code, indices_to_sequence, latent_shape, sequence_to_indices, vector_code_as_grid
 from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple
 
@@ -186,7 +187,7 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         latents = self._bottleneck_input(pixel_values, hidden_states)
         quantized = self._quantize(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
-        reconstruction_loss = self.reconstruction_loss(sample, pixel_values)
+        reconstruction_loss = mean_reconstruction_loss(sample, pixel_values, self.config.reconstruction_loss)
         quantizer_loss, _ = self.config.loss_weights()(quantized.terms)
         output = VQVAEOutput(
             loss=reconstruction_loss + quantizer_loss,

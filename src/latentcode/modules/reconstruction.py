@@ -19,9 +19,15 @@ def check_reconstruction_loss(name: str) -> None:
         raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {name!r}")
 
 
-def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+def mean_reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
     """Mean per-value MSE (`name="mse"`) or L1 (`"l1"`) of `[B, C, H, W]` images, in fp32: a scalar."""
     check_reconstruction_loss(name)
+    if reconstruction.shape != target.shape:
+        raise ValueError(
+            f"the loss compares the reconstruction with the input, but a reconstruction of shape "
+            f"{tuple(reconstruction.shape)} cannot match pixels of shape {tuple(target.shape)} (a model whose "
+            "out_channels differs from its in_channels has no reconstruction loss)"
+        )
     if name == "l1":
         return F.l1_loss(reconstruction.float(), target.float())
     return F.mse_loss(reconstruction.float(), target.float())
