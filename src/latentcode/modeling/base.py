@@ -73,7 +73,7 @@ def _as_tuple(hidden_states: list[torch.Tensor] | None) -> tuple[torch.Tensor, .
 
 
 class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrainedModel, ModelMixin):
-    """Backbone, projections and plumbing shared by the three families.
+    """What the three families share: the backbone around the bottleneck, input checks, tiling, loading.
 
     A transformers `PreTrainedModel` (its save / load, Auto classes and Hub I/O are the ones
     used) that is also a diffusers `ModelMixin`, so that diffusers accepts it wherever it takes
@@ -83,8 +83,10 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
     A family subclass states its channel counts in [`bottleneck_channels`] (encoder output,
     bottleneck input after `quant_conv`, bottleneck output before `post_quant_conv`), builds its
     bottleneck's modules in `_build_bottleneck` (the VQ-VAE's `quantizer`), and implements
-    `encode`, `decode` and `forward` on top of `_bottleneck_input` / `_decode_code`. Input
-    checks come from [`PixelChecksMixin`], batch slicing and tiling from [`SlicingTilingMixin`].
+    `encode`, `decode` and `forward` on top of the two halves here: `_bottleneck_input` (pixels
+    -> encoder -> `quant_conv`) and `_decode_code` (`post_quant_conv` -> decoder -> pixels). Input
+    checks come from [`PixelChecksMixin`] (`inputs.py`), batch slicing and tiling from
+    [`SlicingTilingMixin`] (`modules/tiling.py`).
     """
 
     config_class = LatentCodeConfig
