@@ -106,6 +106,24 @@ def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
 
 
 @pytest.mark.single_thread
+def test_a_pipeline_recording_the_models_package_loads(saved_pipelines, tmp_path):
+    """Pipelines saved while the models lived in `latentcode.modeling` itself record that module;
+    they load as those recording a family's own module do."""
+    import shutil
+
+    folder, images = saved_pipelines["vqvae"]
+    shutil.copytree(folder, tmp_path / "pipeline")
+    index_path = tmp_path / "pipeline" / "model_index.json"
+    model_index = json.loads(index_path.read_text())
+    model_index["vqvae"] = ["latentcode.modeling", "VQVAEModel"]
+    index_path.write_text(json.dumps(model_index))
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipeline")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.vqvae) is latentcode.VQVAEModel
+    assert np.array_equal(generate(loaded), images)
+
+
+@pytest.mark.single_thread
 def test_pipelines_load_in_a_fresh_process(saved_pipelines, tmp_path):
     """A new interpreter: loading fails with diffusers' explanation until `import latentcode.modeling`
     (a bare `import latentcode` is lazy: it does not load the models), then gives the same images as

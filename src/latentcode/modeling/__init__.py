@@ -9,6 +9,11 @@ transformers' Auto classes.
 
 from __future__ import annotations
 
+# diffusers' pipeline loader finds how to load a component by looking its loading base classes
+# (`ModelMixin`, ...) up by name in the module that model_index.json records for it: pipelines
+# saved when the models lived in `latentcode.modeling` itself record this package.
+from diffusers import ModelMixin  # noqa: F401
+
 from ..families import FAMILIES
 from .autoencoder import AutoencoderEncoderOutput, AutoencoderModel, AutoencoderOutput
 from .base import DIFFUSERS_ONLY_LOADING_OPTIONS, DecoderOutput, LatentCodePreTrainedModel

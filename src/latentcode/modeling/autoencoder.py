@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# diffusers' pipeline loader finds how to load a component by looking its loading base classes
+# (`ModelMixin`, ...) up by name in the module that model_index.json records for it: this one.
+from diffusers import ModelMixin  # noqa: F401
 from transformers.utils import ModelOutput
 
 from ..configuration import AutoencoderConfig

@@ -16,6 +16,10 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+
+# diffusers' pipeline loader finds how to load a component by looking its loading base classes
+# (`ModelMixin`, ...) up by name in the module that model_index.json records for it: this one.
+from diffusers import ModelMixin  # noqa: F401
 from torch import nn
 from transformers.utils import ModelOutput
 
