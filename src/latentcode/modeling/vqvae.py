@@ -91,6 +91,8 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     _keys_to_ignore_on_load_missing = [r"quantizer\.(.+\.)?(initialized|ema_cluster_size|ema_codebook_sum)$"]
 
     def _build_bottleneck(self, config: VQVAEConfig) -> None:
+        """The quantizer `config.quantizer` names, from the config's values; its constructor checks
+        its options here (a config holds values; a bad option raises as the model is built)."""
         self.quantizer = build_quantizer(config.quantizer, config.quantizer_sizes(), config.quantizer_config)
 
     def _init_weights(self, module: nn.Module) -> None:
