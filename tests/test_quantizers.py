@@ -745,3 +745,24 @@ def test_recipe_uses_most_of_512_codes_on_photo_patches_where_plain_vq_collapses
     assert recipe_mse < plain_mse
     assert float(recipe.usage_perplexity) > 0.5 * 512 > float(plain.usage_perplexity)
     assert math.isclose(float(recipe.codebook_usage), float(recipe.usage.fraction_used()))
+
+
+def test_the_loss_weights_are_declared_once_and_the_config_takes_them():
+    """`QuantizerLossWeights` declares the weights' names, defaults and help; `VQVAEConfig` takes
+    exactly those as fields, with those defaults where the quantizer has the term."""
+    import dataclasses
+
+    declared = dataclasses.fields(QuantizerLossWeights)
+    assert all(weight.metadata["help"] for weight in declared)
+    assert set(QuantizerLossWeights.names()) <= set(latentcode.VQVAEConfig.field_names())
+    config = tiny_config("vqvae", commitment_weight=0.5)
+    assert (config.commitment_weight, config.codebook_weight) == (0.5, QuantizerLossWeights().codebook_weight)
+    assert config.entropy_weight is None  # a VQ codebook has no entropy term
+    assert config.loss_weights() == QuantizerLossWeights(commitment_weight=0.5)
+
+
+def test_a_quantizer_option_given_as_a_config_field_names_quantizer_config():
+    with pytest.raises(ValueError, match=r"kmeans_init is an option of quantizer='vq', set in quantizer_config"):
+        tiny_config("vqvae", kmeans_init=False)
+    with pytest.raises(ValueError, match="has no field 'fsq_levels'"):
+        tiny_config("vqvae", quantizer="fsq", fsq_levels=(5, 5, 5))
