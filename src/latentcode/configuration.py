@@ -20,7 +20,6 @@ from .modules.backbones import get_backbone
 from .modules.backbones.vector import num_convolutions
 from .modules.quantizers import registry as quantizers
 from .modules.quantizers.loss_weights import QuantizerLossWeights
-from .modules.reconstruction import check_reconstruction_loss
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +58,17 @@ DIFFUSERS_PIPELINE_FIELDS = frozenset(
     {"force_upcast", "latents_mean", "latents_std", "shift_factor", "lookup_from_codebook"}
     | {"latent_magnitude", "latent_shift"}
 )
+
+
+# The values of `config.reconstruction_loss` (and of a training recipe's): `mean_reconstruction_loss`
+# in `latentcode.modeling.base` computes them.
+RECONSTRUCTION_LOSSES = ("mse", "l1")
+
+
+def check_reconstruction_loss(name: str) -> None:
+    """Refuse a reconstruction loss that is not one of `RECONSTRUCTION_LOSSES`."""
+    if name not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {name!r}")
 
 
 def _check(condition: bool, message: str) -> None:

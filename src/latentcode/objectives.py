@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration import check_reconstruction_loss
 from .disentanglement import VAELoss
 from .losses import (
     PerceptualLoss,
@@ -50,9 +51,9 @@ from .losses import (
     generator_adversarial_loss,
     kl_warmup_factor,
 )
+from .modeling.base import mean_reconstruction_loss
 from .modules.distributions import weighted_kl_per_value
 from .modules.quantizers.loss_weights import QuantizerLossWeights
-from .modules.reconstruction import check_reconstruction_loss, mean_reconstruction_loss
 
 
 @dataclass

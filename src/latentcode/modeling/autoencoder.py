@@ -21,8 +21,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration import AutoencoderConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_kl_weight, refuse_quantizer_weights, register_family
-from ..modules.reconstruction import mean_reconstruction_loss
-from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple
+from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple, mean_reconstruction_loss
 
 
 @dataclass

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import ModelMixin
 from diffusers.models import modeling_utils as diffusers_modeling_utils
 from safetensors import SafetensorError
@@ -25,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..configuration import LatentCodeConfig
+from ..configuration import LatentCodeConfig, check_reconstruction_loss
 from ..conversion import diffusers as diffusers_conversion
 from ..families import FAMILIES
 from ..hub import check_pretrained_source
@@ -57,6 +58,22 @@ class DecoderOutput(ModelOutput):
     """`sample`: `[B, out_channels, H, W]` reconstructed pixels, nominally in [-1, 1]."""
 
     sample: torch.FloatTensor | None = None
+
+
+def mean_reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+    """The reconstruction loss: mean per-value MSE (`name="mse"`) or L1 (`"l1"`) of `[B, C, H, W]`
+    images, in fp32, a scalar. The one home of the loss `model(pixels).loss` (at
+    `config.reconstruction_loss`) and a training objective (`latentcode.objectives`) use."""
+    check_reconstruction_loss(name)
+    if reconstruction.shape != target.shape:
+        raise ValueError(
+            f"the loss compares the reconstruction with the input, but a reconstruction of shape "
+            f"{tuple(reconstruction.shape)} cannot match pixels of shape {tuple(target.shape)} (a model whose "
+            "out_channels differs from its in_channels has no reconstruction loss)"
+        )
+    if name == "l1":
+        return F.l1_loss(reconstruction.float(), target.float())
+    return F.mse_loss(reconstruction.float(), target.float())
 
 
 def _weights_file(source, subfolder: str | None) -> str:

@@ -24,8 +24,7 @@ from transformers.utils import ModelOutput
 from ..configuration import VAEConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_quantizer_weights, register_family
 from ..modules.distributions import DiagonalGaussianDistribution, weighted_kl_per_value
-from ..modules.reconstruction import mean_reconstruction_loss
-from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple
+from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple, mean_reconstruction_loss
 
 
 @dataclass

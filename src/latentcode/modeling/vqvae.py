@@ -26,9 +26,8 @@ from transformers.utils import ModelOutput
 from ..configuration import VQVAEConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_kl_weight, register_family
 from ..modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quantizer
-from ..modules.reconstruction import mean_reconstruction_loss
 from ..tokens import grid_as_vector_code, indices_to_sequence, latent_shape, sequence_to_indices, vector_code_as_grid
-from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple
+from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple, mean_reconstruction_loss
 
 
 @dataclass
