@@ -52,7 +52,7 @@ from diffusers.utils import logging as diffusers_logging
 from latentcode import VAEConfig, VAEModel, VQVAEConfig, VQVAEModel
 from latentcode.conversion.imported_vq_recipe import IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
 from latentcode.evaluation.metrics import psnr
-from latentcode.modules import backbone
+from latentcode.modules.backbones import ldm as backbone
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import load_images, to_pixels  # noqa: E402

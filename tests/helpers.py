@@ -142,16 +142,19 @@ VQVAE_RECIPES = {
     "vq-factorised-cosine": dict(
         codebook_size=64, latent_channels=8, codebook_dim=2, quantizer_config=dict(l2_normalize=True)
     ),
-    "vq-rotation": dict(codebook_size=64, gradient_estimator="rotation"),
+    "vq-rotation": dict(codebook_size=64, quantizer_config=dict(gradient_estimator="rotation")),
     "fsq": dict(quantizer="fsq", quantizer_config={"levels": [5, 4, 3]}),
     "lfq": dict(quantizer="lfq", codebook_size=16),
-    "lfq-grouped-entropy": dict(quantizer="lfq", codebook_size=2**14, lfq_entropy_max_group_bits=7),
+    "lfq-grouped-entropy": dict(quantizer="lfq", codebook_size=2**14, quantizer_config=dict(entropy_max_group_bits=7)),
     "residual_vq": dict(quantizer="residual_vq", codebook_size=64, num_quantizers=2),
     "residual_vq-dropout": dict(
         quantizer="residual_vq", codebook_size=64, num_quantizers=3, quantizer_config=dict(quantizer_dropout=0.5)
     ),
     "residual_vq-rotation": dict(
-        quantizer="residual_vq", codebook_size=64, num_quantizers=2, gradient_estimator="rotation"
+        quantizer="residual_vq",
+        codebook_size=64,
+        num_quantizers=2,
+        quantizer_config=dict(gradient_estimator="rotation"),
     ),
     "bsq": dict(quantizer="bsq", codebook_size=16),
     "simvq": dict(quantizer="simvq", codebook_size=64),

@@ -222,7 +222,7 @@ def test_exported_folders_load_with_diffusers_from_pretrained(tmp_path):
 
 def test_from_diffusers_keeps_dtype_and_takes_training_overrides(tmp_path):
     reference = make_diffusers("vq", "3levels-attn2").half()
-    model = VQVAEModel.from_diffusers(reference, commitment_weight=0.25, quantizer_config={"codebook_weight": 1.0})
+    model = VQVAEModel.from_diffusers(reference, commitment_weight=0.25, codebook_weight=1.0)
     assert model.dtype == torch.float16
     config = model.config
     assert (config.commitment_weight, config.codebook_weight, config.quantizer_config["codebook_ema"]) == (
@@ -434,7 +434,7 @@ def test_unsupported_diffusers_architectures_are_named():
 def test_unexportable_models_are_refused():
     with pytest.raises(ValueError, match="AutoencoderModel has no diffusers counterpart"):
         AutoencoderModel(AutoencoderConfig(block_out_channels=(8,), norm_num_groups=4)).to_diffusers()
-    fsq = VQVAEModel(VQVAEConfig(block_out_channels=(8,), norm_num_groups=4, quantizer="fsq", fsq_levels=(5, 5, 5)))
+    fsq = VQVAEModel(VQVAEConfig(block_out_channels=(8,), norm_num_groups=4, quantizer="fsq", quantizer_config={"levels": [5, 5, 5]}))
     with pytest.raises(ValueError, match="cannot express quantizer='fsq'"):
         fsq.to_diffusers()
 

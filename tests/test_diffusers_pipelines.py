@@ -96,12 +96,30 @@ def test_pipeline_save_load_round_trip_is_exact(saved_pipelines, family):
     folder, images = saved_pipelines[family]
     model_index = json.loads((folder / "model_index.json").read_text())
     # diffusers records components from outside its own libraries by their module path.
-    assert model_index["vqvae"] == ["latentcode.modeling", get_family(family).model_class.__name__]
+    assert model_index["vqvae"] == [get_family(family).model_class.__module__, get_family(family).model_class.__name__]
     assert model_index["unet"] == ["diffusers", "UNet2DModel"]
     loaded = DiffusionPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is LDMPipeline and type(loaded.vqvae) is get_family(family).model_class
     assert loaded.vqvae.config.scaling_factor == 0.7
+    assert np.array_equal(generate(loaded), images)
+
+
+@pytest.mark.single_thread
+def test_a_pipeline_recording_the_models_package_loads(saved_pipelines, tmp_path):
+    """Pipelines saved while the models lived in `latentcode.modeling` itself record that module;
+    they load as those recording a family's own module do."""
+    import shutil
+
+    folder, images = saved_pipelines["vqvae"]
+    shutil.copytree(folder, tmp_path / "pipeline")
+    index_path = tmp_path / "pipeline" / "model_index.json"
+    model_index = json.loads(index_path.read_text())
+    model_index["vqvae"] = ["latentcode.modeling", "VQVAEModel"]
+    index_path.write_text(json.dumps(model_index))
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipeline")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.vqvae) is latentcode.VQVAEModel
     assert np.array_equal(generate(loaded), images)
 
 
@@ -289,7 +307,7 @@ def test_stable_diffusion_with_our_vae_gives_the_images_of_autoencoder_kl(tmp_pa
 
     ours.save_pretrained(tmp_path / "sd")
     model_index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
-    assert model_index["vae"] == ["latentcode.modeling", "VAEModel"]
+    assert model_index["vae"] == ["latentcode.modeling.vae", "VAEModel"]
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.vae) is latentcode.VAEModel
@@ -312,7 +330,7 @@ def test_our_vae_replaces_the_vae_of_a_saved_diffusers_pipeline(tmp_path):
     np.testing.assert_allclose(images, text_to_image(reference), atol=1e-6)
     swapped.save_pretrained(tmp_path / "swapped")
     assert json.loads((tmp_path / "swapped" / "model_index.json").read_text())["vae"] == [
-        "latentcode.modeling",
+        "latentcode.modeling.vae",
         "VAEModel",
     ]
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "swapped")
@@ -326,7 +344,7 @@ def test_a_quantizer_diffusers_lacks_replaces_the_vqvae_of_a_saved_ldm_pipeline(
     native = tiny_pipeline("vqvae")
     native = LDMPipeline(vqvae=native.vqvae.to_diffusers().eval(), unet=native.unet, scheduler=native.scheduler)
     native.save_pretrained(tmp_path / "native")
-    fsq = tiny_model("vqvae", quantizer="fsq", fsq_levels=(5, 4, 3, 3))
+    fsq = tiny_model("vqvae", quantizer="fsq", quantizer_config={"levels": [5, 4, 3, 3]})
     pipeline = LDMPipeline.from_pretrained(tmp_path / "native", vqvae=fsq)
     pipeline.set_progress_bar_config(disable=True)
     images = generate(pipeline)

@@ -295,7 +295,7 @@ def test_each_model_chooses_its_conv_implementation(threads):
     """`set_conv_implementation` is per model, visible and not saved; with two threads "auto"
     runs oneDNN and "winograd" Winograd's algorithm, both within the stated bound of each other."""
     from latentcode import VQVAEConfig
-    from latentcode.modules import backbone
+    from latentcode.modules.backbones import ldm as backbone
 
     config = VQVAEConfig(codebook_size=32, latent_channels=4, block_out_channels=[64], norm_num_groups=8)
     model, other = VQVAEModel(config).eval(), VQVAEModel(config).eval()

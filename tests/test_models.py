@@ -41,7 +41,7 @@ def test_forward_reconstructs_input_shape_and_reports_family_losses(family):
         # The default codebook is an EMA of the encoder outputs: only the commitment term is a loss.
         torch.testing.assert_close(output.loss, output.reconstruction_loss + 0.25 * output.commitment_loss)
         assert output.indices.shape == (2, 8, 8) and output.indices.dtype == torch.long
-        learned = tiny_model(family, codebook_ema=False)(pixels)
+        learned = tiny_model(family, quantizer_config={"codebook_ema": False})(pixels)
         expected = learned.reconstruction_loss + learned.codebook_loss + 0.25 * learned.commitment_loss
         torch.testing.assert_close(learned.loss, expected)
 
@@ -416,7 +416,7 @@ def test_bad_indices_are_rejected():
         ("vae", dict(block_out_channels=(16, 30)), "divisible by norm_num_groups=8"),
         ("vae", dict(attention_levels=(2,)), r"attention_levels must be in \[0, 1\]"),
         ("vae", dict(kl_weight=-1.0), "kl_weight must be >= 0"),
-        ("autoencoder", dict(reconstruction_loss="huber"), "'mse' or 'l1'"),
+        ("autoencoder", dict(reconstruction_loss="huber"), r"one of \('mse', 'l1'\)"),
         ("autoencoder", dict(block_out_channels=()), "at least one level"),
     ],
 )
@@ -484,3 +484,11 @@ def test_from_pretrained_refuses_missing_weights_unless_allowed(tmp_path):
                 loader.from_pretrained(tmp_path)
         lenient = type(model).from_pretrained(tmp_path, allow_missing_weights=True)  # the explicit opt-in
         assert isinstance(lenient, type(model))
+
+
+def test_a_model_whose_output_channels_differ_from_its_input_has_no_reconstruction_loss():
+    model = tiny_model("autoencoder", out_channels=1)
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert model.decode(model.encode(pixels).latents).sample.shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"reconstruction of shape \(1, 1, 16, 16\) cannot match pixels of shape"):
+        model(pixels)

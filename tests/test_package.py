@@ -41,7 +41,6 @@ LAYERS = {
     "latentcode.disentanglement": 1,
     # 2. models
     "latentcode.modeling": 2,
-    "latentcode.model_inputs": 2,
     "latentcode.model_loading": 2,
     "latentcode.architectures": 2,
     # 3. what uses a model
@@ -62,8 +61,8 @@ LAYERS = {
 # The edges ARCHITECTURE.md names as going against the layers, with why.
 KNOWN_CROSS_LAYER_IMPORTS = {
     # export lives with the model classes' `to_diffusers` / `from_diffusers`
-    ("latentcode.modeling", "latentcode.conversion"),
-    ("latentcode.modeling", "latentcode.conversion.diffusers"),
+    ("latentcode.modeling.base", "latentcode.conversion"),
+    ("latentcode.modeling.base", "latentcode.conversion.diffusers"),
 }
 
 

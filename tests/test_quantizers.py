@@ -202,7 +202,7 @@ def test_ema_update_equals_hand_computation():
     # The codebook takes no gradient and the loss is the commitment term alone.
     assert not quantizer.codebook.requires_grad
     assert set(output.terms) == {"commitment"}
-    torch.testing.assert_close(QuantizerLossWeights()(output.terms)[0], 0.25 * output.commitment_loss)
+    torch.testing.assert_close(QuantizerLossWeights()(output.terms)[0], 0.25 * output.terms["commitment"])
 
 
 def test_ema_update_matches_vector_quantize_pytorch():
@@ -297,16 +297,16 @@ def test_ema_expiry_keeps_a_large_codebook_in_use_within_a_fraction_of_the_windo
 
 
 def test_dead_code_threshold_is_validated_and_old_configs_get_the_default(tmp_path):
+    config = tiny_config("vqvae", quantizer_config={"dead_code_threshold": 1.5})  # a config holds values
     with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got 1.5"):
-        tiny_config("vqvae", quantizer_config={"dead_code_threshold": 1.5})
+        latentcode.VQVAEModel(config)  # the quantizer's constructor checks them
     with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\), got -0.1"):
         VectorQuantizer(8, 2, codebook_ema=True, codebook_ema_decay=0.9, dead_code_threshold=-0.1)
     model = latentcode.VQVAEModel(tiny_config("vqvae", codebook_size=16))
     assert model.quantizer.expires_by_ema and model.quantizer.dead_code_threshold == 0.5
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    saved.pop("quantizer_config", None)
-    saved.update(codebook_ema=True, kmeans_init=True)  # flat, as written before the threshold existed
+    saved["quantizer_config"] = dict(codebook_ema=True, kmeans_init=True)  # as written before the threshold existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = latentcode.VQVAEModel.from_pretrained(tmp_path)
     assert loaded.config.quantizer_config["dead_code_threshold"] == 0.5 and loaded.quantizer.expires_by_ema
@@ -556,18 +556,18 @@ def test_every_quantizer_trains_saves_loads_and_round_trips_indices(tmp_path, re
 
 
 def test_codebook_and_commitment_losses_move_the_right_parameters():
-    quantizer = tiny_model("vqvae", codebook_ema=False).quantizer
+    quantizer = tiny_model("vqvae", quantizer_config={"codebook_ema": False}).quantizer
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
     output = quantizer(latents)
-    output.codebook_loss.backward(retain_graph=True)
+    output.terms["codebook"].backward(retain_graph=True)
     assert latents.grad is None and quantizer.codebook.grad.abs().sum() > 0
     quantizer.codebook.grad = None
-    output.commitment_loss.backward()
+    output.terms["commitment"].backward()
     assert quantizer.codebook.grad is None and latents.grad.abs().sum() > 0
     codes = quantizer.codebook[output.indices].permute(0, 3, 1, 2)
-    torch.testing.assert_close(output.commitment_loss, ((latents - codes) ** 2).mean())
+    torch.testing.assert_close(output.terms["commitment"], ((latents - codes) ** 2).mean())
     loss, _ = QuantizerLossWeights()(output.terms)
-    torch.testing.assert_close(loss, output.codebook_loss + 0.25 * output.commitment_loss)
+    torch.testing.assert_close(loss, output.terms["codebook"] + 0.25 * output.terms["commitment"])
 
 
 def test_encode_indices_are_the_nearest_codes_and_decode_from_indices():
@@ -620,10 +620,10 @@ def test_codebook_only_state_dict_loads_as_a_trained_codebook():
     assert torch.allclose(quantizer.codebook.data, codebook, atol=0.1)
 
 
-def trained_codebook_checkpoint(tmp_path, **overrides):
+def trained_codebook_checkpoint(tmp_path, **options):
     """A VQ-VAE saved without k-means state (kmeans_init=False), with a codebook far from the
-    uniform initialisation, as a converted or trained model would have."""
-    model = tiny_model("vqvae", codebook_size=64, kmeans_init=False, **overrides)
+    uniform initialisation, as a converted or trained model would have; `options`: quantizer options."""
+    model = tiny_model("vqvae", codebook_size=64, quantizer_config={"kmeans_init": False, **options})
     with torch.no_grad():
         model.quantizer.codebook.normal_(generator=torch.Generator().manual_seed(1))
         if model.quantizer.codebook_ema:
@@ -634,10 +634,10 @@ def trained_codebook_checkpoint(tmp_path, **overrides):
 
 @pytest.mark.single_thread
 def test_from_pretrained_with_kmeans_init_keeps_a_trained_codebook(tmp_path):
-    """`from_pretrained(path, kmeans_init=True)` on a checkpoint without the k-means flag: the
+    """`from_pretrained(path, quantizer_config={"kmeans_init": True})` on a checkpoint without the k-means flag: the
     codebook is marked initialised, so the first training step does not run k-means over it."""
-    codebook = trained_codebook_checkpoint(tmp_path, quantizer_config={"codebook_ema": False})
-    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    codebook = trained_codebook_checkpoint(tmp_path, codebook_ema=False)
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, quantizer_config={"kmeans_init": True})
     assert model.quantizer.kmeans_init and bool(model.quantizer.initialized)
     model.train()
     model(
@@ -656,12 +656,12 @@ def test_from_pretrained_derives_the_ema_state_of_a_codebook_only_checkpoint(tmp
     weights = load_file(tmp_path / "model.safetensors")
     del weights["quantizer.ema_cluster_size"], weights["quantizer.ema_codebook_sum"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    model = latentcode.VQVAEModel.from_pretrained(tmp_path, kmeans_init=True)
+    model = latentcode.VQVAEModel.from_pretrained(tmp_path, quantizer_config={"kmeans_init": True})
     quantizer = model.quantizer
     assert torch.equal(quantizer.codebook, codebook) and bool(quantizer.initialized)
     assert torch.equal(quantizer.ema_codebook_sum, codebook)
     assert torch.equal(quantizer.ema_cluster_size, torch.ones(64))
-    reference = tiny_model("vqvae", codebook_size=64, kmeans_init=True)
+    reference = tiny_model("vqvae", codebook_size=64, quantizer_config={"kmeans_init": True})
     reference.load_state_dict(weights, strict=False)
     assert torch.equal(reference.quantizer.ema_codebook_sum, quantizer.ema_codebook_sum)
     assert bool(reference.quantizer.initialized)
@@ -745,3 +745,24 @@ def test_recipe_uses_most_of_512_codes_on_photo_patches_where_plain_vq_collapses
     assert recipe_mse < plain_mse
     assert float(recipe.usage_perplexity) > 0.5 * 512 > float(plain.usage_perplexity)
     assert math.isclose(float(recipe.codebook_usage), float(recipe.usage.fraction_used()))
+
+
+def test_the_loss_weights_are_declared_once_and_the_config_takes_them():
+    """`QuantizerLossWeights` declares the weights' names, defaults and help; `VQVAEConfig` takes
+    exactly those as fields, with those defaults where the quantizer has the term."""
+    import dataclasses
+
+    declared = dataclasses.fields(QuantizerLossWeights)
+    assert all(weight.metadata["help"] for weight in declared)
+    assert set(QuantizerLossWeights.names()) <= set(latentcode.VQVAEConfig.field_names())
+    config = tiny_config("vqvae", commitment_weight=0.5)
+    assert (config.commitment_weight, config.codebook_weight) == (0.5, QuantizerLossWeights().codebook_weight)
+    assert config.entropy_weight is None  # a VQ codebook has no entropy term
+    assert config.loss_weights() == QuantizerLossWeights(commitment_weight=0.5)
+
+
+def test_a_quantizer_option_given_as_a_config_field_names_quantizer_config():
+    with pytest.raises(ValueError, match=r"kmeans_init is an option of quantizer='vq', set in quantizer_config"):
+        tiny_config("vqvae", kmeans_init=False)
+    with pytest.raises(ValueError, match="has no field 'fsq_levels'"):
+        tiny_config("vqvae", quantizer="fsq", fsq_levels=(5, 5, 5))

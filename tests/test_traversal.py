@@ -15,7 +15,7 @@ from latentcode.traversal import (
     apply_attribute,
     attribute_traversal,
     attribute_vector,
-    encode_codes,
+    continuous_codes,
     latent_traversal,
     main,
     per_dimension_kl,
@@ -92,10 +92,10 @@ def test_attribute_vector_is_the_mean_code_difference_and_moves_codes():
     torch.testing.assert_close(vector, expected)
     x = images(2, seed=3)
     moved = apply_attribute(model, x, vector, strength=1.5)
-    torch.testing.assert_close(moved, model.decode(encode_codes(model, x) + 1.5 * vector).sample)
+    torch.testing.assert_close(moved, model.decode(continuous_codes(model, x) + 1.5 * vector).sample)
     # the mean code of the set without the attribute, moved by the vector, is the other set's mean
-    codes = encode_codes(model, without).mean(0) + vector
-    torch.testing.assert_close(codes, encode_codes(model, with_attribute).mean(0))
+    codes = continuous_codes(model, without).mean(0) + vector
+    torch.testing.assert_close(codes, continuous_codes(model, with_attribute).mean(0))
     with pytest.raises(ValueError, match=r"code's shape \(4,\)"):
         apply_attribute(model, x, torch.zeros(5))
 
@@ -131,7 +131,7 @@ def test_attribute_traversal_moves_the_code_along_the_vector(vae):
     torch.testing.assert_close(row, vae.decode(values[:, None] * vector).sample)  # from the prior mean 0
     x = images(1)
     around = attribute_traversal(vae, vector, x, values)
-    torch.testing.assert_close(around, vae.decode(encode_codes(vae, x) + values[:, None] * vector).sample)
+    torch.testing.assert_close(around, vae.decode(continuous_codes(vae, x) + values[:, None] * vector).sample)
     torch.testing.assert_close(around[2:], apply_attribute(vae, x, vector, strength=2.0))
     with pytest.raises(ValueError, match=r"code's shape \(4,\), got \(5,\)"):
         attribute_traversal(vae, torch.zeros(5))

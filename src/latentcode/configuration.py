@@ -13,7 +13,6 @@ import inspect
 import logging
 from collections.abc import Sequence
 
-import torch
 from transformers import PretrainedConfig
 
 from .hub import check_pretrained_source
@@ -28,96 +27,6 @@ logger = logging.getLogger(__name__)
 # `quantizer_config` of these quantizer types, whose constructors leave every trick off.
 CODEBOOK_RECIPE = {"codebook_ema": True, "kmeans_init": True, "dead_code_restart": True, "dead_code_threshold": 0.5}
 QUANTIZER_CONFIG_DEFAULTS = {"vq": CODEBOOK_RECIPE, "residual_vq": CODEBOOK_RECIPE}
-
-# The flat quantizer fields of configs written by latentcode 0.1.0 (and, for `use_ema` /
-# `ema_decay` / `ema_epsilon`, before it): field -> (the quantizer's argument, the field's default).
-FLAT_QUANTIZER_FIELDS = {
-    "codebook_ema": ("codebook_ema", True),
-    "use_ema": ("codebook_ema", True),
-    "codebook_ema_decay": ("codebook_ema_decay", 0.99),
-    "ema_decay": ("codebook_ema_decay", 0.99),
-    "codebook_ema_epsilon": ("codebook_ema_epsilon", 1e-5),
-    "ema_epsilon": ("codebook_ema_epsilon", 1e-5),
-    "kmeans_init": ("kmeans_init", True),
-    "kmeans_iterations": ("kmeans_iterations", 10),
-    "dead_code_restart": ("dead_code_restart", True),
-    "dead_code_threshold": ("dead_code_threshold", 0.5),
-    "codebook_usage_window": ("usage_window", None),
-    "codebook_l2_norm": ("l2_normalize", False),
-    "gradient_estimator": ("gradient_estimator", "straight_through"),
-    "fsq_levels": ("levels", None),
-    "lfq_temperature": ("temperature", 0.01),
-    "lfq_entropy_max_group_bits": ("entropy_max_group_bits", 12),
-    "quantizer_dropout": ("quantizer_dropout", 0.0),
-}
-# The loss weights 0.1.0 wrote under other names -> their names now (VQVAEConfig's fields).
-RENAMED_LOSS_WEIGHTS = {
-    "lfq_entropy_weight": "entropy_weight",
-    "lfq_diversity_weight": "diversity_weight",
-    "lfq_entropy_annealing_steps": "entropy_annealing_steps",
-    "lfq_entropy_annealing_start_factor": "entropy_annealing_start_factor",
-}
-
-
-def nest_flat_quantizer_fields(
-    quantizer: str, quantizer_config: dict | None, fields: dict, weights: dict | None = None
-) -> dict:
-    """The one conversion of earlier quantizer fields. From `fields` (a config's keyword
-    arguments, e.g. a loaded config.json) it pops 0.1.0's flat quantizer fields and returns
-    `quantizer_config` with them added under the quantizer's argument names (`fsq_levels` ->
-    `levels`, `codebook_l2_norm` -> `l2_normalize`, `use_ema` -> `codebook_ema`, ...). The loss
-    weights go to `weights` (default: `fields` itself, the config's top level), under
-    `VQVAEConfig`'s names: 0.1.0's `lfq_entropy_weight` -> `entropy_weight`, ..., and the weights
-    that `quantizer_config` held before they became the recipe's (`commitment_weight`, ...).
-
-    0.1.0 wrote every field for every quantizer and ignored those of other quantizers: a field the
-    quantizer does not take is dropped (with a warning when it is not at its default), a None
-    field meant "the default". A field given both ways with two values is an error.
-    """
-    nested = dict(quantizer_config or {})
-    _move_loss_weights(nested, fields, fields if weights is None else weights)
-    flat = {key: fields.pop(key) for key in list(fields) if key in FLAT_QUANTIZER_FIELDS}
-    if not flat:
-        return nested
-    takes = quantizers.option_defaults(quantizer)
-    for key, value in flat.items():
-        option, default = FLAT_QUANTIZER_FIELDS[key]
-        if value is None:
-            continue
-        if option not in takes:
-            if value != default:
-                logger.warning(f"{key}={value!r} does not apply to quantizer={quantizer!r}: ignored, as it always was")
-            continue
-        if isinstance(value, tuple):
-            value = list(value)  # as JSON gives it back
-        if option in nested and nested[option] != value:
-            raise ValueError(
-                f"quantizer option {option!r} is given twice, as {key}={value!r} and in quantizer_config as "
-                f"{nested[option]!r}; keep one (quantizer_config[{option!r}])"
-            )
-        nested[option] = value
-    return nested
-
-
-def _move_loss_weights(nested: dict, fields: dict, weights: dict) -> None:
-    """Pop the loss weights from a quantizer config `nested` and 0.1.0's renamed ones from
-    `fields` into `weights` (see `nest_flat_quantizer_fields`)."""
-    moved = [
-        (name, nested.pop(name), f"quantizer_config[{name!r}]")
-        for name in QuantizerLossWeights.names()
-        if name in nested
-    ]
-    moved += [(RENAMED_LOSS_WEIGHTS[key], fields.pop(key), key) for key in list(fields) if key in RENAMED_LOSS_WEIGHTS]
-    for name, value, source in moved:
-        if value is None:
-            continue
-        if weights.get(name) is not None and weights[name] != value:
-            raise ValueError(
-                f"loss weight {name!r} is given twice, as {source}={value!r} and as {name}={weights[name]!r}; "
-                f"keep one ({name}=...)"
-            )
-        weights[name] = value
-
 
 # Keys that PretrainedConfig (transformers 5) takes besides its dataclass fields: what its
 # __post_init__ consumes, `model_type` (in every config.json) and `tie_word_embeddings` (which
@@ -149,6 +58,17 @@ DIFFUSERS_PIPELINE_FIELDS = frozenset(
     {"force_upcast", "latents_mean", "latents_std", "shift_factor", "lookup_from_codebook"}
     | {"latent_magnitude", "latent_shift"}
 )
+
+
+# The values of `config.reconstruction_loss` (and of a training recipe's): `mean_reconstruction_loss`
+# in `latentcode.modeling.base` computes them.
+RECONSTRUCTION_LOSSES = ("mse", "l1")
+
+
+def check_reconstruction_loss(name: str) -> None:
+    """Refuse a reconstruction loss that is not one of `RECONSTRUCTION_LOSSES`."""
+    if name not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {name!r}")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -202,8 +122,9 @@ class LatentCodeConfig(PretrainedConfig):
     # Each class lists its own; `training_fields()` collects them over the class hierarchy.
     # Export to diffusers drops them, and conversion lets them be overridden.
     training_only_fields = ("dropout", "reconstruction_loss")
-    # Former field -> where it lives now (the families whose fields were renamed list theirs).
-    renamed_fields = {}
+    # Fields a class takes through `**kwargs` rather than by name, because another class declares
+    # them (the VQ-VAE's loss weights, declared once in `QuantizerLossWeights`).
+    declared_elsewhere: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -283,6 +204,7 @@ class LatentCodeConfig(PretrainedConfig):
             if issubclass(klass, LatentCodeConfig):
                 parameters = inspect.signature(klass.__init__).parameters.values()
                 names |= {p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD and p.name != "self"}
+                names |= set(vars(klass).get("declared_elsewhere", ()))
         return sorted(names)
 
     @classmethod
@@ -364,10 +286,7 @@ class LatentCodeConfig(PretrainedConfig):
                 f"attention_levels must be in [0, {levels - 1}] for {levels} levels, got {self.attention_levels}",
             )
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        _check(
-            self.reconstruction_loss in ("mse", "l1"),
-            f"reconstruction_loss must be 'mse' or 'l1', got {self.reconstruction_loss!r}",
-        )
+        check_reconstruction_loss(self.reconstruction_loss)
 
 
 class AutoencoderConfig(LatentCodeConfig):
@@ -439,29 +358,26 @@ class VQVAEConfig(LatentCodeConfig):
             `{"gradient_estimator": "rotation"}`, `{"levels": [8, 5, 5, 5]}` (FSQ) or
             `{"temperature": 0.05}` (LFQ); unknown keys are refused naming the valid ones. For
             `"vq"` / `"residual_vq"` it defaults to `CODEBOOK_RECIPE`; given keys override it.
-        commitment_weight / codebook_weight / entropy_weight / diversity_weight /
-            entropy_annealing_steps / entropy_annealing_start_factor (*optional*): the weights of
-            the quantizer's terms in the family's default objective, as `VAEConfig.kl_weight`
-            (see [`QuantizerLossWeights`] and `latentcode.objectives`): what `model(x).loss` and
-            `AutoencoderObjective.for_model` use; a training recipe may override each. None:
-            the standard weight (0.25, 1.0, 0.1, 1.0, 0, 1.0) where the quantizer has the term;
-            a weight of a term the quantizer does not have is stored as None (with a warning
-            when it was set). `model(x).loss` has no optimiser step: it uses `entropy_weight`
-            without the annealing, which the objective applies.
-        **kwargs: the backbone fields of [`LatentCodeConfig`]. The flat quantizer fields of configs
-            written by latentcode 0.1.0 (`codebook_ema`, `fsq_levels`, `lfq_*`, ...) and the loss
-            weights that `quantizer_config` held are still accepted and moved where they live now
-            by `nest_flat_quantizer_fields`.
+        commitment_weight, codebook_weight, entropy_weight, diversity_weight,
+            entropy_annealing_steps, entropy_annealing_start_factor (*optional*, keyword only):
+            the weights of the quantizer's terms in the family's default objective, as
+            `VAEConfig.kl_weight`: what `model(x).loss` and `AutoencoderObjective.for_model` use;
+            a training recipe may override each. Their names, defaults and meaning are declared
+            once, in [`QuantizerLossWeights`] (`latentcode.modules.quantizers.loss_weights`).
+            None: the default where the quantizer has the term; a weight of a term the quantizer
+            does not have is stored as None (with a warning when it was set). `model(x).loss` has
+            no optimiser step: it uses `entropy_weight` without the annealing, which the
+            objective applies.
+        **kwargs: the backbone fields of [`LatentCodeConfig`].
+
+    The config holds values and checks what values alone show (names, sizes, the projections);
+    the quantizer's constructor checks its options when the model builds it.
     """
 
     model_type = "latentcode_vqvae"
+    declared_elsewhere = QuantizerLossWeights.names()
     # The loss weights set how the model trains, not what it computes.
     training_only_fields = QuantizerLossWeights.names()
-    # Former field -> where it lives now; the former names still load (see FLAT_QUANTIZER_FIELDS).
-    renamed_fields = {
-        **{old: f"quantizer_config.{option}" for old, (option, _) in FLAT_QUANTIZER_FIELDS.items()},
-        **RENAMED_LOSS_WEIGHTS,
-    }
 
     def __init__(
         self,
@@ -471,23 +387,16 @@ class VQVAEConfig(LatentCodeConfig):
         num_quantizers: int | None = None,
         num_latent_tokens: int | None = None,
         quantizer_config: dict | None = None,
-        commitment_weight: float | None = None,
-        codebook_weight: float | None = None,
-        entropy_weight: float | None = None,
-        diversity_weight: float | None = None,
-        entropy_annealing_steps: int | None = None,
-        entropy_annealing_start_factor: float | None = None,
         **kwargs,
     ):
-        weights = dict(
-            commitment_weight=commitment_weight,
-            codebook_weight=codebook_weight,
-            entropy_weight=entropy_weight,
-            diversity_weight=diversity_weight,
-            entropy_annealing_steps=entropy_annealing_steps,
-            entropy_annealing_start_factor=entropy_annealing_start_factor,
+        weights = {name: kwargs.pop(name, None) for name in QuantizerLossWeights.names()}
+        quantizer_config = dict(quantizer_config or {})
+        options = [key for key in kwargs if key in quantizers.option_defaults(quantizer)]
+        _check(
+            not options,
+            f"{', '.join(options)} {'is an option' if len(options) == 1 else 'are options'} of quantizer="
+            f"{quantizer!r}, set in quantizer_config: quantizer_config={{{', '.join(f'{k!r}: {kwargs[k]!r}' for k in options)}}}",
         )
-        quantizer_config = nest_flat_quantizer_fields(quantizer, quantizer_config, kwargs, weights)
         quantizers.check_options(quantizer, quantizer_config)
         self.quantizer = quantizer
         self.quantizer_config = {**QUANTIZER_CONFIG_DEFAULTS.get(quantizer, {}), **quantizer_config}
@@ -500,21 +409,19 @@ class VQVAEConfig(LatentCodeConfig):
         self.num_quantizers = sizes.get("num_quantizers")
         self._validate_sizes()
         self.num_latent_tokens = self._resolve_latent_tokens(num_latent_tokens)
-        self._validate_quantizer()
+        self._validate_projections()
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """transformers' `from_dict` (under `from_pretrained`), where quantizer options given as
-        keyword arguments, flat (`from_pretrained(path, kmeans_init=True)`) or nested
-        (`quantizer_config={...}`), update the saved `quantizer_config` key by key."""
-        quantizer = config_dict.get("quantizer", "vq")
+        """transformers' `from_dict` (under `from_pretrained`), where a `quantizer_config` given as a
+        keyword argument updates the saved one key by key, and loss weights given as keyword
+        arguments are checked as the saved ones are."""
+        given = kwargs.pop("quantizer_config", None)
         weights = {name: kwargs.pop(name) for name in QuantizerLossWeights.names() if name in kwargs}
-        given = nest_flat_quantizer_fields(quantizer, kwargs.pop("quantizer_config", None), kwargs, weights)
         if given or weights:
-            config_dict = dict(config_dict)
-            saved = nest_flat_quantizer_fields(quantizer, config_dict.pop("quantizer_config", None), config_dict)
-            config_dict["quantizer_config"] = {**saved, **given}
-            config_dict.update(weights)
+            config_dict = {**config_dict, **weights}
+            if given:
+                config_dict["quantizer_config"] = {**(config_dict.get("quantizer_config") or {}), **given}
         return super().from_dict(config_dict, **kwargs)
 
     def _set_loss_weights(self, weights: dict) -> None:
@@ -607,12 +514,8 @@ class VQVAEConfig(LatentCodeConfig):
                 f"num_quantizers must be a positive int, got {self.num_quantizers!r}",
             )
 
-    def _validate_quantizer(self) -> None:
-        """Check every option where it is used: by building the quantizer on the meta device (no
-        memory, no values), so that its constructor stays the one place that checks (the sizes are
-        checked before, by `_validate_sizes`)."""
-        with torch.device("meta"):
-            quantizers.build_quantizer(self.quantizer, self.quantizer_sizes(), self.quantizer_config)
+    def _validate_projections(self) -> None:
+        """A code of other width than `latent_channels` needs both projections to map between them."""
         if self.code_channels != self.latent_channels:
             code = "codebook_dim" if self.num_latent_tokens is None else "num_latent_tokens * codebook_dim"
             _check(

@@ -3,9 +3,9 @@
 [`FamilyBehaviour`] is what code using a model may ask of any family (its reconstruction, its
 continuous code, what its code costs in bits, the loggable terms of its forward output, whether
 it has tokens or a prior to sample), so that evaluation, the demo, generation, latent diffusion
-and training never ask *which* family a model is. Each model class in `modeling.py` implements
-its hooks and enters the registry with the [`register_family`] decorator, which checks that it
-does; the registry is filled once `latentcode.modeling` is imported, which its first read does
+and training never ask *which* family a model is. Each model class (`latentcode.modeling`, one
+file per family) implements its hooks and enters the registry with the [`register_family`]
+decorator, which checks that it does; the registry is filled once `latentcode.modeling` is imported, which its first read does
 (`import latentcode` is lazy and loads no model code). A new family is one class plus its `@register_family` line.
 
 Everything that picks a family by name (presets, the training CLI, conversion, Auto-class
@@ -116,8 +116,9 @@ class FamilyBehaviour:
         raise NotImplementedError
 
     def stored_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """Shape of one image's stored code (a tokenised dataset's `latent_shape` column): the latent
-        code's shape by default (`latent_code_shape`)."""
+        """Shape of one image's stored code (`stored_code`; a tokenised dataset's `latent_shape`
+        column): the family's choice of the two shapes a model has, the continuous code's
+        (`latent_code_shape`, by default) or, for a family with tokens, the token grid's (`latent_shape`)."""
         return tuple(self.latent_code_shape(image_size))
 
     def regularizer_description(self, objective=None) -> str | None:

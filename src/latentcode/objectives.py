@@ -39,9 +39,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .configuration import check_reconstruction_loss
 from .disentanglement import VAELoss
 from .losses import (
     PerceptualLoss,
@@ -50,9 +50,9 @@ from .losses import (
     generator_adversarial_loss,
     linear_ramp,
 )
+from .modeling.base import mean_reconstruction_loss
+from .modules.distributions import weighted_kl_per_value
 from .modules.quantizers.loss_weights import QuantizerLossWeights
-
-RECONSTRUCTION_LOSSES = ("mse", "l1")
 
 
 @dataclass
@@ -127,10 +127,7 @@ class AutoencoderObjective:
     vae_loss: VAELoss | None = None
 
     def __post_init__(self):
-        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise ValueError(
-                f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}"
-            )
+        check_reconstruction_loss(self.reconstruction_loss)
         if self.vae_loss is not None and self.kl_warmup_steps:
             raise ValueError(
                 f"kl_warmup_steps={self.kl_warmup_steps} warms up the KL weight, which vae_loss replaces; "
@@ -153,9 +150,7 @@ class AutoencoderObjective:
         negative log-likelihood, nats per image)."""
         if self.vae_loss is not None:
             return self.vae_loss.reconstruction(reconstruction, target)
-        if self.reconstruction_loss == "l1":
-            return F.l1_loss(reconstruction.float(), target.float())
-        return F.mse_loss(reconstruction.float(), target.float())
+        return mean_reconstruction_loss(reconstruction, target, self.reconstruction_loss)
 
     def regularizer(self, output, step: int) -> tuple[torch.Tensor | float, dict]:
         """The family's bottleneck term, as the model's forward `output` picks it: the warmed-up KL
@@ -168,7 +163,7 @@ class AutoencoderObjective:
         if self.vae_loss is not None:
             return self.vae_loss.regularizer(output, step)
         factor = linear_ramp(0.0, 1.0, step, self.kl_warmup_steps)
-        return self.kl_weight * factor * output.kl / output.sample[0].numel(), {"kl_warmup_factor": factor}
+        return weighted_kl_per_value(output.kl, self.kl_weight * factor, output.sample), {"kl_warmup_factor": factor}
 
     def quantizer_term(self, output, step: int) -> tuple[torch.Tensor, dict]:
         """The weighted quantizer terms of a VQ-VAE's forward `output` at `step`."""

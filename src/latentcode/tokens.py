@@ -39,7 +39,7 @@ def latent_shape(config, image_size: int | Sequence[int], depth: int = 1) -> tup
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    code = get_backbone(config.backbone).latent_shape(config, 1, image_size)  # checks the image size
+    code = get_backbone(config.backbone).latent_code_shape(config, 1, image_size)  # checks the image size
     if len(code) == 1:  # one vector per image: its tokens are the groups of the vector
         if not family_of(config).model_class.has_tokens:
             raise ValueError(

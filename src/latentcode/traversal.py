@@ -5,9 +5,9 @@ channel of a latent grid `[C, h, w]`. An image's *code* is the VAE's posterior m
 AutoEncoder's latent, or the VQ-VAE's latent before quantisation (its decoder quantises).
 
 - [`per_dimension_kl`]: KL(q(z|x) || N(0, I)) of each dimension, averaged over images: which
-  dimensions carry information (a dimension the posterior leaves at the prior has KL 0);
-  [`kl_per_dimension`] computes it from a posterior (the evaluation's `per_dimension_kl` and
-  `active_dimensions`, over [`ACTIVE_KL_NATS`], come from it).
+  dimensions carry information (a dimension the posterior leaves at the prior has KL 0). The
+  posterior computes it (`DiagonalGaussianDistribution.kl_per_channel`, which the evaluation's
+  per-dimension KL uses too); [`active_dimensions`] counts those over [`ACTIVE_KL_NATS`].
 - [`traversal_codes`] / [`latent_traversal`]: for each chosen dimension, a row of codes equal to
   a base code (an image's, or the prior mean 0) except that the dimension is moved by each of
   `values` — the grid of the disentanglement papers. With the prior mean as base, a row sweeps
@@ -54,18 +54,10 @@ def _check_dims(model, dims: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def encode_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
+def continuous_codes(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Pixels `[B, C, H, W]` in [-1, 1] -> codes `[B, *model.latent_code_shape()]`: the VAE's
     posterior mean, the AutoEncoder's latents, the VQ-VAE's latents before quantisation."""
     return model.continuous_code(pixel_values)
-
-
-def kl_per_dimension(posterior) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) of each image and latent dimension in nats, in float32, summed over the
-    latent positions of a grid: a posterior over `[B, C, h, w]` or `[B, D]` -> `[B, C]` / `[B, D]`."""
-    mean, logvar = posterior.mean.float(), posterior.logvar.float()
-    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-    return kl.flatten(2).sum(2) if kl.dim() > 2 else kl
 
 
 @torch.no_grad()
@@ -74,7 +66,7 @@ def per_dimension_kl(model, pixel_values: torch.Tensor) -> torch.Tensor:
     the latent positions of a grid: `[latent_channels]`. The sum over dimensions is the VAE's KL."""
     if not model.can_sample_prior:
         raise ValueError(f"per-dimension KL needs a VAE's posterior; {type(model).__name__} has a deterministic code")
-    return kl_per_dimension(model.encode(pixel_values, return_dict=True).latent_dist).mean(0)
+    return model.encode(pixel_values, return_dict=True).latent_dist.kl_per_channel().mean(0)
 
 
 def active_dimensions(kl: torch.Tensor, threshold: float = ACTIVE_KL_NATS) -> int:
@@ -118,26 +110,26 @@ def latent_traversal(
 
 
 def _base_code(model, pixel_values: torch.Tensor | None, purpose: str) -> torch.Tensor:
-    """The code `[*code_shape]` a traversal starts from: that of one image `[1, C, H, W]`, or the
+    """The code `[*model.latent_code_shape()]` a traversal starts from: that of one image `[1, C, H, W]`, or the
     prior mean (0) when `pixel_values` is None."""
     if pixel_values is None:
         return torch.zeros(model.latent_code_shape(), device=model.device, dtype=model.dtype)
     if pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
         raise ValueError(f"expected one image [1, C, H, W] {purpose}, got shape {tuple(pixel_values.shape)}")
-    return encode_codes(model, pixel_values)[0]
+    return continuous_codes(model, pixel_values)[0]
 
 
 @torch.no_grad()
 def attribute_vector(model, with_attribute: torch.Tensor, without_attribute: torch.Tensor) -> torch.Tensor:
-    """Mean code of images with an attribute minus mean code of images without it: `[*code_shape]`.
+    """Mean code of images with an attribute minus mean code of images without it: `[*model.latent_code_shape()]`.
     Both image sets are `[B, C, H, W]` in [-1, 1] (B may differ)."""
-    return encode_codes(model, with_attribute).mean(0) - encode_codes(model, without_attribute).mean(0)
+    return continuous_codes(model, with_attribute).mean(0) - continuous_codes(model, without_attribute).mean(0)
 
 
 @torch.no_grad()
 def apply_attribute(model, pixel_values: torch.Tensor, vector: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     """Decode the codes of `pixel_values` `[B, C, H, W]` moved by `strength * vector` -> `[B, C, H, W]`."""
-    codes = encode_codes(model, pixel_values)
+    codes = continuous_codes(model, pixel_values)
     if vector.shape != codes.shape[1:]:
         raise ValueError(
             f"expected an attribute vector of the code's shape {tuple(codes.shape[1:])}, got {tuple(vector.shape)}"
@@ -151,7 +143,7 @@ def attribute_traversal(
 ) -> torch.Tensor:
     """Decoded row `[len(values), C, H, W]` in [-1, 1]: the code of `pixel_values` (`[1, C, H, W]`),
     or the prior mean (0) when None, moved by each of `values` times the attribute `vector`
-    (`[*code_shape]`, [`attribute_vector`]). `values` defaults to `linspace(-2, 2, 7)`."""
+    (`[*model.latent_code_shape()]`, [`attribute_vector`]). `values` defaults to `linspace(-2, 2, 7)`."""
     values = torch.linspace(-2, 2, 7) if values is None else values
     base = _base_code(model, pixel_values, "to move along the vector")
     if vector.shape != base.shape:

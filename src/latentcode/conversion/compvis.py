@@ -20,7 +20,6 @@ from collections.abc import Mapping
 
 import torch
 
-from ..configuration import nest_flat_quantizer_fields
 from ..families import get_family
 from .checkpoints import CheckpointError, load_state_dict_exactly, read_checkpoint
 from .imported_vq_recipe import DIFFUSERS_VQ_BETA, IMPORTED_VQ_LOSS_WEIGHTS, IMPORTED_VQ_TRAINING
@@ -252,8 +251,7 @@ def from_compvis(checkpoint, original_config=None, **config_overrides):
     family = get_family(config.pop("family"))
     overrides = dict(config_overrides)
     if "quantizer_config" in config:  # quantizer options override the imported recipe one by one
-        given = nest_flat_quantizer_fields("vq", overrides.pop("quantizer_config", None), overrides)
-        config["quantizer_config"] = {**config["quantizer_config"], **given}
+        config["quantizer_config"] = {**config["quantizer_config"], **(overrides.pop("quantizer_config", None) or {})}
     config.update(overrides)
     model = family.model_class(family.config_class(**config))
 

@@ -31,7 +31,7 @@ import re
 import torch
 from torch import nn
 
-from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig, nest_flat_quantizer_fields
+from ..configuration import LatentCodeConfig, VAEConfig, VQVAEConfig
 from ..families import FAMILIES, family_for_diffusers, family_of, get_family
 from ..modules.backbones import get_backbone
 from ..modules.quantizers import registry as quantizers
@@ -219,10 +219,10 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
 
 def _imported_quantizer_config(overrides: dict) -> dict:
     """The `quantizer_config` of an imported VQModel: the recipe it was trained with, updated by the
-    quantizer options among `overrides` (flat, as `kmeans_init=`, or as `quantizer_config=`),
-    which are removed from `overrides` (loss weights found among them stay there, at the top
-    level). Only training-only options may change."""
-    given = nest_flat_quantizer_fields("vq", overrides.pop("quantizer_config", None), overrides)
+    options of `overrides["quantizer_config"]`, which is removed from `overrides`. Only
+    training-only options may change."""
+    given = dict(overrides.pop("quantizer_config", None) or {})
+    quantizers.check_options("vq", given)
     fixed = sorted(set(given) - quantizers.training_only_options("vq"))
     if fixed:
         raise ValueError(

@@ -41,7 +41,7 @@ from ..tile_size import default_tile_size
 from ..traversal import (
     attribute_vector,
     code_dimensions,
-    encode_codes,
+    continuous_codes,
     latent_traversal,
     per_dimension_kl,
     top_dimensions,
@@ -463,7 +463,7 @@ class AttributeBase:
 
     Attributes:
         pixels: `[1, C, S, S]` the image coded (see [`attribute_base`]), or `None` for the prior mean.
-        code: `[*model.latent_code_shape()]`, the image's continuous code (`traversal.encode_codes`) or 0.
+        code: `[*model.latent_code_shape()]`, the image's continuous code (`traversal.continuous_codes`) or 0.
         dims: the latent dimensions the sliders move, in slider order (a grid's whole channels).
         kl: `[latent_channels]` KL of each dimension for this image in nats (VAEs), else `None`.
     """
@@ -502,7 +502,7 @@ def attribute_base(loaded: DemoModel, image: PIL.Image.Image | None) -> Attribut
         dims = list(range(channels))
     else:
         dims = top_dimensions(kl, MAX_SLIDERS) if kl is not None else list(range(MAX_SLIDERS))
-    return AttributeBase(pixels, encode_codes(model, pixels)[0], dims, kl)
+    return AttributeBase(pixels, continuous_codes(model, pixels)[0], dims, kl)
 
 
 def moved_code(base: AttributeBase, offsets: list[float]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from ..data import CorruptImages, ImageTransform, readable_images
 from ..grids import reconstruction_grid
 from ..modeling import LatentCodePreTrainedModel
 from ..reporting import markdown_table, metrics_report, per_dimension_kl_table, write_metrics_json
-from ..traversal import ACTIVE_KL_NATS, active_dimensions, kl_per_dimension
+from ..traversal import ACTIVE_KL_NATS, active_dimensions
 from .figures import codebook_usage_chart, psnr_histogram
 from .metrics import (
     SSIM_WINDOW,
@@ -215,7 +215,7 @@ class _Evaluation:
             sample_mean = self.model.decode(code, return_dict=True).sample.float()
         kl = self.model.code_size(encoded).bits * math.log(2)
         negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, self.decoder_std)
-        per_dimension = kl_per_dimension(encoded.latent_dist).double().sum(0).cpu()
+        per_dimension = encoded.latent_dist.kl_per_channel().double().sum(0).cpu()
         self.kl_sums = per_dimension if self.kl_sums is None else self.kl_sums + per_dimension
         self._sum("kl", kl)
         self._sum("negative_elbo", negative_elbo)

@@ -1,6 +1,6 @@
 """Building blocks: the shared backbone and the bottlenecks' modules."""
 
-from .backbone import Decoder, Encoder
+from .backbones.ldm import Decoder, Encoder
 from .distributions import DiagonalGaussianDistribution
 from .quantizers import VectorQuantizer, nearest_codebook_indices
 

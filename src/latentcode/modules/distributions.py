@@ -49,13 +49,26 @@ class DiagonalGaussianDistribution:
         """The most likely latent, the mean. `[B, C, h, w]`."""
         return self.mean
 
+    def kl_per_element(self) -> torch.Tensor:
+        """KL(q || N(0, I)) of each latent element, nats: `[B, C, h, w]` (a vector latent's `[B, D]`)."""
+        if self.deterministic:
+            return torch.zeros_like(self.mean)
+        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar)
+
+    def kl_per_channel(self) -> torch.Tensor:
+        """KL(q || N(0, I)) of each image and latent channel in nats, computed in float32 and summed
+        over a grid's positions: `[B, C]` (a vector latent's `[B, D]`: one per entry). The channels'
+        sum is `kl()`; per-dimension KL and active dimensions (traversal, evaluation) read this."""
+        kl = DiagonalGaussianDistribution(self.parameters.float(), self.deterministic).kl_per_element()
+        return kl.flatten(2).sum(2) if kl.dim() > 2 else kl
+
     def kl(self, other: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
         """KL(self || other), summed over all non-batch dims; `other` defaults to N(0, I). Returns `[B]`."""
         dims = list(range(1, self.mean.dim()))
         if self.deterministic:
             return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
         if other is None:
-            return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
+            return torch.sum(self.kl_per_element(), dim=dims)
         return 0.5 * torch.sum(
             (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar,
             dim=dims,
@@ -70,3 +83,10 @@ class DiagonalGaussianDistribution:
             return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
         log_two_pi = math.log(2.0 * math.pi)
         return 0.5 * torch.sum(log_two_pi + self.logvar + (sample - self.mean).pow(2) / self.var, dim=dims)
+
+
+def weighted_kl_per_value(kl: torch.Tensor, weight: float, reconstruction: torch.Tensor) -> torch.Tensor:
+    """`weight * kl / (C * H * W)`: a KL in nats per image (`kl`) as nats per reconstructed value
+    of `reconstruction` `[B, C, H, W]`, the scale of a per-value reconstruction loss, weighted.
+    What `VAEModel.forward`'s loss and a training objective's KL term add."""
+    return weight * kl / reconstruction[0].numel()

@@ -363,8 +363,7 @@ def _unknown_key_error(kind: str, key: str, known: list[str]) -> ValueError:
 def check_model_keys(family: str, model: dict) -> None:
     from ..families import get_family
 
-    # Former names of renamed fields load too (the config class maps them).
-    known = model_config_keys(family) + list(getattr(get_family(family).config_class, "renamed_fields", {}))
+    known = model_config_keys(family)
     for key in model:
         if key not in known:
             raise _unknown_key_error(f"model ({get_family(family).config_class.__name__})", key, known)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..backbone import Decoder as LDMDecoder
-from ..backbone import Encoder as LDMEncoder
+from .ldm import Decoder as LDMDecoder
+from .ldm import Encoder as LDMEncoder
 from .tiny import TinyDecoder, TinyEncoder
 from .vector import VECTOR_SAMPLE_SIZES, VectorDecoder, VectorEncoder, num_convolutions
 
@@ -62,8 +62,11 @@ class Backbone:
             return nn.Linear(in_channels, out_channels)
         return nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
-    def latent_shape(self, config, channels: int, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
-        """Shape of one image's code with `channels` channels: `(channels,)` for a vector latent,
+    def latent_code_shape(
+        self, config, channels: int, image_size: int | tuple[int, int] | None = None
+    ) -> tuple[int, ...]:
+        """Shape of one image's continuous code with `channels` channels (what a model's
+        `latent_code_shape` returns): `(channels,)` for a vector latent,
         else `(channels, H/f, W/f)` for `image_size` (`H` or `(H, W)`, default `config.sample_size`)."""
         size = config.sample_size if image_size is None else image_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)

@@ -23,19 +23,16 @@ class QuantizerOutput:
         quantized: `[B, D, h, w]` codes with the straight-through gradient: the forward value
             is the code, the backward pass copies the gradient to the latents.
         indices: `[B, h, w]` int64 code indices, `[B, h, w, depth]` for residual quantisation.
-        codebook_loss: `||sg(z) - e||^2`, moves the codes (mean over elements); logged but not a
-            term when the codebook is updated by EMA, zero for codebook-free quantizers.
-        commitment_loss: `||z - sg(e)||^2`, moves the encoder (mean over elements).
         perplexity: exp of the entropy of the code histogram in this batch.
-        terms: the unweighted scalar terms that train this quantizer, by name (the class's
-            `loss_terms`, see `loss_weights.TERMS`); summed over the levels of a residual
-            quantizer. [`QuantizerLossWeights`] weighs them into a loss.
+        terms: the unweighted scalar loss terms that train this quantizer, by name (the one place
+            its losses are carried; names in `loss_weights.TERMS`, e.g. `codebook` ||sg(z) - e||^2
+            and `commitment` ||z - sg(e)||^2, means over elements); summed over the levels of a
+            residual quantizer. An EMA codebook has no `codebook` term (no loss moves its codes),
+            FSQ none at all. [`QuantizerLossWeights`] weighs them into a loss.
     """
 
     quantized: torch.Tensor
     indices: torch.Tensor
-    codebook_loss: torch.Tensor
-    commitment_loss: torch.Tensor
     perplexity: torch.Tensor
     terms: dict[str, torch.Tensor]
 

@@ -102,12 +102,9 @@ class FiniteScalarQuantizer(Quantizer):
             indices = self._digits_to_index(rounded.detach())
             if update_codebook:
                 self.usage.update(indices)
-        zero = quantized.new_zeros(())
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
-            codebook_loss=zero,
-            commitment_loss=zero,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
             terms={},
         )

@@ -15,10 +15,6 @@ from .entropy import DEFAULT_MAX_GROUP_BITS, bit_entropy_terms
 from .gradients import straight_through
 from .vector import DEFAULT_WINDOW_PER_CODE
 
-# The buffer where latentcode 0.1.0 counted the entropy annealing's steps (saved LFQ / BSQ models
-# with annealing hold it); ignored on load.
-RETIRED_STEP_BUFFER = "training_steps"
-
 
 class LookupFreeQuantizer(Quantizer):
     """LFQ with MAGVIT-v2's entropy loss.
@@ -81,12 +77,6 @@ class LookupFreeQuantizer(Quantizer):
             self.codebook_size, usage_window or DEFAULT_WINDOW_PER_CODE * self.codebook_size
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # latentcode 0.1.0 counted the entropy annealing's steps in a buffer of this module; the
-        # schedule is now the recipe's, a function of the optimiser step: the count is dropped.
-        state_dict.pop(prefix + RETIRED_STEP_BUFFER, None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # -- the code: signs, at the scale of this quantizer's sphere or cube -------------------------
 
     @property
@@ -133,8 +123,6 @@ class LookupFreeQuantizer(Quantizer):
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
-            codebook_loss=rows.new_zeros(()),
-            commitment_loss=commitment_loss,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
             terms={
                 "commitment": commitment_loss,

@@ -13,7 +13,7 @@ entropy weight annealed as a function of the optimiser step.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,43 +35,58 @@ def annealed_weight(weight: float, step: int, annealing_steps: int, start_factor
 
 @dataclass(frozen=True)
 class QuantizerLossWeights:
-    """The weights of a quantizer's terms and the entropy weight's annealing schedule.
+    """The weights of a quantizer's terms and the entropy weight's annealing schedule: the one
+    declaration of their names, defaults and meaning (each field's `metadata["help"]`).
 
     The defaults are the standard recipe of every quantizer that has the term (the VQ-VAE
-    paper's beta = 0.25, MAGVIT-v2's entropy weight 0.1); a model config states its own
-    (`VQVAEConfig.commitment_weight`, ...), a training recipe may override each.
-
-    Args:
-        commitment_weight: beta on `commitment`.
-        codebook_weight: weight on `codebook` (an EMA codebook returns no such term).
-        entropy_weight: weight of the entropy loss `entropy_per_sample - diversity_weight *
-            entropy_codebook`, after annealing.
-        diversity_weight: gamma on the codebook-entropy term.
-        entropy_annealing_steps: the entropy weight falls linearly from
-            `entropy_annealing_start_factor * entropy_weight` at optimiser step 0 to
-            `entropy_weight` at this step (0: no annealing).
-        entropy_annealing_start_factor: that factor.
+    paper's beta = 0.25, MAGVIT-v2's entropy weight 0.1). `VQVAEConfig` takes these names as its
+    fields (the model's own weights, what `model(x).loss` uses) and the training options take them
+    too (a recipe's overrides): both read them from here, `dataclasses.fields(QuantizerLossWeights)`.
     """
 
-    commitment_weight: float = 0.25
-    codebook_weight: float = 1.0
-    entropy_weight: float = 0.1
-    diversity_weight: float = 1.0
-    entropy_annealing_steps: int = 0
-    entropy_annealing_start_factor: float = 1.0
+    commitment_weight: float = field(
+        default=0.25, metadata={"help": "VQ-VAE: weight (beta) of the quantizer's commitment term ||z - sg(e)||^2"}
+    )
+    codebook_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "VQ-VAE: weight of the codebook term ||sg(z) - e||^2 of a learned codebook (EMA codes have none)"
+        },
+    )
+    entropy_weight: float = field(
+        default=0.1,
+        metadata={
+            "help": "LFQ / BSQ: weight of the entropy loss entropy_per_sample - diversity_weight * entropy_codebook, "
+            "after annealing"
+        },
+    )
+    diversity_weight: float = field(
+        default=1.0, metadata={"help": "LFQ / BSQ: gamma on the codebook-entropy term of the entropy loss"}
+    )
+    entropy_annealing_steps: int = field(
+        default=0,
+        metadata={
+            "help": "LFQ / BSQ: the entropy weight goes linearly from entropy_annealing_start_factor * entropy_weight "
+            "at optimiser step 0 to entropy_weight at this step (0: no annealing)"
+        },
+    )
+    entropy_annealing_start_factor: float = field(
+        default=1.0,
+        metadata={"help": "LFQ / BSQ: the entropy weight at step 0, as a multiple of entropy_weight"},
+    )
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+        for weight in dataclasses.fields(self):
+            value = getattr(self, weight.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{field.name} must be a number >= 0, got {value!r}")
+                raise ValueError(f"{weight.name} must be a number >= 0, got {value!r}")
         if not isinstance(self.entropy_annealing_steps, int):
             raise ValueError(f"entropy_annealing_steps must be an int >= 0, got {self.entropy_annealing_steps!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The weights' names, as the model config and the training config call them too."""
-        return tuple(field.name for field in dataclasses.fields(cls))
+        return tuple(weight.name for weight in dataclasses.fields(cls))
 
     @classmethod
     def applicable(cls, loss_terms: tuple[str, ...]) -> tuple[str, ...]:

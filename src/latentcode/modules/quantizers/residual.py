@@ -126,8 +126,6 @@ class ResidualVectorQuantizer(Quantizer):
         return QuantizerOutput(
             quantized=quantized,
             indices=indices,
-            codebook_loss=sum(output.codebook_loss for output in outputs),
-            commitment_loss=sum(output.commitment_loss for output in outputs),
             perplexity=torch.stack([output.perplexity for output in outputs]).mean(),
             terms={name: sum(output.terms[name] for output in outputs) for name in outputs[0].terms},
         )

@@ -97,8 +97,6 @@ class SimVectorQuantizer(Quantizer):
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
             perplexity=perplexity_of(torch.bincount(indices, minlength=self.codebook_size)),
             terms={"codebook": codebook_loss, "commitment": commitment_loss},
         )

@@ -230,7 +230,7 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
                 if self.codebook_ema:
                     self._ema_update(rows.detach(), indices)
                 self.usage.update(indices)
-        # EMA codes are averages, not learned: their codebook loss is logged, not a term.
+        # EMA codes are averages, not learned: no codebook term moves them.
         terms = (
             {"commitment": commitment_loss}
             if self.codebook_ema
@@ -239,8 +239,6 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
         return QuantizerOutput(
             quantized=unflatten_codes(quantized, latents),
             indices=indices.view(latents.shape[0], *latents.shape[2:]),
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
             perplexity=perplexity,
             terms=terms,
         )

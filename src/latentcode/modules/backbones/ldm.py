@@ -1,4 +1,4 @@
-"""The convolutional encoder/decoder shared by all three model families.
+"""The `"ldm"` backbone (the default): the convolutional encoder/decoder of taming / latent diffusion.
 
 Computationally equivalent to the ``Encoder`` / ``Decoder`` of taming-transformers,
 latent-diffusion and diffusers (same operations in the same order), so their checkpoints
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import winograd
+from .. import winograd
 
 GROUP_NORM_EPS = 1e-6
 
