@@ -434,7 +434,9 @@ def test_unsupported_diffusers_architectures_are_named():
 def test_unexportable_models_are_refused():
     with pytest.raises(ValueError, match="AutoencoderModel has no diffusers counterpart"):
         AutoencoderModel(AutoencoderConfig(block_out_channels=(8,), norm_num_groups=4)).to_diffusers()
-    fsq = VQVAEModel(VQVAEConfig(block_out_channels=(8,), norm_num_groups=4, quantizer="fsq", quantizer_config={"levels": [5, 5, 5]}))
+    fsq = VQVAEModel(
+        VQVAEConfig(block_out_channels=(8,), norm_num_groups=4, quantizer="fsq", quantizer_config={"levels": [5, 5, 5]})
+    )
     with pytest.raises(ValueError, match="cannot express quantizer='fsq'"):
         fsq.to_diffusers()
 
@@ -474,7 +476,7 @@ def test_training_only_quantizer_options_do_not_block_export():
 class WarmupVQVAEConfig(VQVAEConfig):
     """A config subclass adding one training setting and one field that changes the model."""
 
-    training_only_fields = ("commitment_warmup_steps",)
+    training_only_options = ("commitment_warmup_steps",)
 
     def __init__(self, commitment_warmup_steps: int = 0, extra_mid_blocks: int = 0, **kwargs):
         self.commitment_warmup_steps = commitment_warmup_steps
@@ -488,8 +490,8 @@ class WarmupVQVAEModel(VQVAEModel):
 
 def test_training_fields_declared_by_a_config_subclass_do_not_block_export():
     sizes = dict(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=3, codebook_size=16)
-    assert {"commitment_warmup_steps", "kl_weight"}.isdisjoint(VQVAEConfig.training_fields())
-    assert {"commitment_warmup_steps", "dropout"} <= WarmupVQVAEConfig.training_fields()
+    assert {"commitment_warmup_steps", "kl_weight"}.isdisjoint(VQVAEConfig.all_training_only_options())
+    assert {"commitment_warmup_steps", "dropout"} <= WarmupVQVAEConfig.all_training_only_options()
     model = randomize(WarmupVQVAEModel(WarmupVQVAEConfig(commitment_warmup_steps=500, **sizes)), seed=5)
     exported = model.to_diffusers()
     assert isinstance(exported, VQModel)

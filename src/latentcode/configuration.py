@@ -119,9 +119,9 @@ class LatentCodeConfig(PretrainedConfig):
     """
 
     # Fields that set how a model trains, not what it computes (dropout is inactive in eval).
-    # Each class lists its own; `training_fields()` collects them over the class hierarchy.
+    # Each class lists its own; `all_training_only_options()` collects them over the class hierarchy.
     # Export to diffusers drops them, and conversion lets them be overridden.
-    training_only_fields = ("dropout", "reconstruction_loss")
+    training_only_options = ("dropout", "reconstruction_loss")
     # Fields a class takes through `**kwargs` rather than by name, because another class declares
     # them (the VQ-VAE's loss weights, declared once in `QuantizerLossWeights`).
     declared_elsewhere: tuple[str, ...] = ()
@@ -208,9 +208,9 @@ class LatentCodeConfig(PretrainedConfig):
         return sorted(names)
 
     @classmethod
-    def training_fields(cls) -> set[str]:
-        """The training-only fields of this class and its bases (see `training_only_fields`)."""
-        return {name for klass in cls.__mro__ for name in vars(klass).get("training_only_fields", ())}
+    def all_training_only_options(cls) -> set[str]:
+        """The training-only fields of this class and its bases (see `training_only_options`)."""
+        return {name for klass in cls.__mro__ for name in vars(klass).get("training_only_options", ())}
 
     def _reject_unknown_keys(self, kwargs: dict) -> None:
         """A misspelt field would otherwise be stored as an attribute nobody reads, and the model
@@ -311,7 +311,7 @@ class VAEConfig(LatentCodeConfig):
     """
 
     model_type = "latentcode_vae"
-    training_only_fields = ("kl_weight",)
+    training_only_options = ("kl_weight",)
 
     def __init__(self, kl_weight: float = 1e-3, **kwargs):
         self.kl_weight = kl_weight
@@ -377,7 +377,7 @@ class VQVAEConfig(LatentCodeConfig):
     model_type = "latentcode_vqvae"
     declared_elsewhere = QuantizerLossWeights.names()
     # The loss weights set how the model trains, not what it computes.
-    training_only_fields = QuantizerLossWeights.names()
+    training_only_options = QuantizerLossWeights.names()
 
     def __init__(
         self,

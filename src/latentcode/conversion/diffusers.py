@@ -18,7 +18,7 @@ same names, so an exported model has the config it was imported with.
 
 VQ models keep the recipe their codebooks were trained with (see
 `latentcode.conversion.imported_vq_recipe`); it is training-only quantizer options (each quantizer class
-lists its own in `training_only_arguments`): export ignores them, and the
+lists its own in `training_only_options`): export ignores them, and the
 quantizer's training state (EMA statistics) has no place in a `VQModel` and is not exported.
 """
 
@@ -211,7 +211,7 @@ def config_from_diffusers(diffusers_config, config_class: type[LatentCodeConfig]
     else:
         translated.update(use_quant_conv=fields["use_quant_conv"], use_post_quant_conv=fields["use_post_quant_conv"])
     translated.update({name: fields[name] for name in _PIPELINE_FIELDS[class_name] if name in fields})
-    fixed = sorted(set(overrides) & (set(translated) - config_class.training_fields()))
+    fixed = sorted(set(overrides) & (set(translated) - config_class.all_training_only_options()))
     if fixed:
         raise ValueError(f"cannot override {fixed}: they are fixed by the diffusers model's architecture")
     return config_class(**{**translated, **overrides})
@@ -267,7 +267,7 @@ def diffusers_config_from(config: LatentCodeConfig) -> dict:
             f"diffusers VQModel has a plain nearest-neighbour codebook and cannot express quantizer="
             f"{config.quantizer!r}; only quantizer='vq' models export to diffusers"
         )
-    known = _EXPRESSED_FIELDS | type(config).training_fields() | {"quantizer_config"}
+    known = _EXPRESSED_FIELDS | type(config).all_training_only_options() | {"quantizer_config"}
     defaults = type(config)()
     inexpressible = {
         name: getattr(config, name)

@@ -102,7 +102,7 @@ def config_from_autoencoder_tiny(diffusers_config, **overrides) -> AutoencoderCo
         sample_size=SAMPLE_SIZE,
         **{name: fields[name] for name in PIPELINE_FIELDS},
     )
-    fixed = sorted(set(overrides) & (set(translated) - AutoencoderConfig.training_fields()))
+    fixed = sorted(set(overrides) & (set(translated) - AutoencoderConfig.all_training_only_options()))
     if fixed:
         raise ValueError(f"cannot override {fixed}: they are fixed by the diffusers model's architecture")
     return AutoencoderConfig(**{**translated, **overrides})

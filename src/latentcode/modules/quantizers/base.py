@@ -181,7 +181,7 @@ class Quantizer(nn.Module):
     # maintenance, gradient estimator, usage metrics), never what the pure path
     # (`update_codebook=False`) computes. Each class lists its own; export to diffusers and
     # conversion overrides derive the model config's training-only options from them.
-    training_only_arguments: tuple[str, ...] = ()
+    training_only_options: tuple[str, ...] = ()
 
     @classmethod
     def resolve_sizes(

@@ -30,7 +30,7 @@ class FiniteScalarQuantizer(Quantizer):
         usage_window: tokens in the sliding window of the usage metrics; defaults to 16 * K.
     """
 
-    training_only_arguments = ("usage_window",)
+    training_only_options = ("usage_window",)
 
     def __init__(self, levels: Sequence[int] = DEFAULT_LEVELS, usage_window: int | None = None):
         super().__init__()

@@ -41,7 +41,7 @@ class LookupFreeQuantizer(Quantizer):
 
     loss_terms = ("commitment", "entropy_per_sample", "entropy_codebook")
     # The temperature shapes the entropy terms only; the code is the sign.
-    training_only_arguments = ("temperature", "usage_window", "entropy_max_group_bits")
+    training_only_options = ("temperature", "usage_window", "entropy_max_group_bits")
 
     @classmethod
     def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):

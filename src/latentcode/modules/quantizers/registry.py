@@ -5,7 +5,7 @@ names at the top level (`codebook_size`, `codebook_dim`, and `num_quantizers`), 
 constructor argument in `config.quantizer_config` under the constructor's own names. The model
 builds it as `QuantizerClass(**sizes, **quantizer_config)`. What a config may set, and which of
 it only changes training, is read from the classes themselves (their signatures and
-`training_only_arguments`), so a new quantizer is one class and one entry in `QUANTIZERS`.
+`training_only_options`), so a new quantizer is one class and one entry in `QUANTIZERS`.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def option_defaults(name: str) -> dict:
 
 
 def training_only_options(name: str) -> frozenset[str]:
-    """The options of quantizer `name` that change only how it trains (`training_only_arguments`)."""
-    return frozenset(quantizer_class(name).training_only_arguments)
+    """The options of quantizer `name` that change only how it trains (`training_only_options`)."""
+    return frozenset(quantizer_class(name).training_only_options)
 
 
 def loss_weight_names(name: str) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ class ResidualVectorQuantizer(Quantizer):
     # `**vector_quantizer_options` are the arguments of this class.
     options_passed_to = VectorQuantizer
     loss_terms = VectorQuantizer.loss_terms
-    training_only_arguments = ("quantizer_dropout", *VectorQuantizer.training_only_arguments)
+    training_only_options = ("quantizer_dropout", *VectorQuantizer.training_only_options)
 
     @classmethod
     def resolve_sizes(cls, codebook_size, codebook_dim, options, latent_channels, num_quantizers=None):

@@ -36,7 +36,7 @@ class SimVectorQuantizer(Quantizer):
     """
 
     loss_terms = ("codebook", "commitment")
-    training_only_arguments = (
+    training_only_options = (
         "gradient_estimator",
         "usage_window",
         "max_block_elements",

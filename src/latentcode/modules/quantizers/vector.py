@@ -60,7 +60,7 @@ class VectorQuantizer(CodebookMaintenance, Quantizer):
     """
 
     loss_terms = ("codebook", "commitment")
-    training_only_arguments = (
+    training_only_options = (
         "codebook_ema",
         "codebook_ema_decay",
         "codebook_ema_epsilon",
