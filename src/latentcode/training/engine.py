@@ -86,6 +86,12 @@ logger = logging.getLogger(__name__)
 RUN_FILES = ["checkpoint-*", ".checkpoint-*", ".latentcode.lock", "logs/*", "validation/*"]
 
 
+def upload_model(output_dir: Path, repo_id: str, token: str | None) -> None:
+    """`--push_to_hub`: the finished run's folder, without its checkpoints and logs, to `repo_id`."""
+    retry = f"upload later with `hf upload {repo_id} {output_dir}`"
+    push_to_hub(output_dir, repo_id, what="the model", retry=retry, token=token, ignore_patterns=RUN_FILES)
+
+
 def cpu_mixed_precision(config: RunConfig) -> str:
     """The mixed precision a run on the CPU trains in, said at start. bf16 autocast on a CPU is
     several times slower per step than fp32 (5x for `vqvae_cifar10.yaml` on a 2-core CPU), and fp16
@@ -437,11 +443,7 @@ class Engine:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         if accelerator.is_main_process and self.config.push_to_hub:
-            repo, folder = self.config.hub_model_id, self.output_dir
-            push_to_hub(
-                folder, repo, what="the model", retry=f"upload later with `hf upload {repo} {folder}`",
-                token=self.config.hub_token, ignore_patterns=RUN_FILES,
-            )  # fmt: skip
+            upload_model(self.output_dir, self.config.hub_model_id, self.config.hub_token)
         rate = session_seconds / max(1, len(self.losses))
         accelerator.print(
             f"done: {self.global_step} steps ({len(self.losses)} this session, {session_seconds:.1f} s, "
