@@ -425,6 +425,23 @@ def test_unknown_or_invalid_config_values_are_rejected(family, fields, message):
         tiny_config(family, **fields)
 
 
+def test_the_reconstruction_loss_computes_every_allowed_name_and_refuses_another():
+    """`configuration.RECONSTRUCTION_LOSSES` is the one list of names; the config checks it when
+    built, and the loss itself raises the same error for a name set on the config afterwards."""
+    from latentcode.configuration import RECONSTRUCTION_LOSSES
+    from latentcode.modeling.base import mean_reconstruction_loss
+
+    reconstruction, target = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
+    expected = {"mse": 0.25, "l1": 0.5}
+    assert set(RECONSTRUCTION_LOSSES) == set(expected)
+    for name in RECONSTRUCTION_LOSSES:
+        assert mean_reconstruction_loss(reconstruction, target, name).item() == expected[name]
+    model = tiny_model("autoencoder")
+    model.config.reconstruction_loss = "huber"
+    with pytest.raises(ValueError, match=r"reconstruction_loss must be one of \('mse', 'l1'\), got 'huber'"):
+        model(torch.zeros(1, 3, 16, 16))
+
+
 def test_tiling_rejects_tiles_not_aligned_with_the_latent_grid():
     with pytest.raises(ValueError, match="multiple of the downsampling factor 2"):
         tiny_model("vae").enable_tiling(tile_sample_size=15)

@@ -63,17 +63,21 @@ class DecoderOutput(ModelOutput):
 def mean_reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
     """The reconstruction loss: mean per-value MSE (`name="mse"`) or L1 (`"l1"`) of `[B, C, H, W]`
     images, in fp32, a scalar. The one home of the loss `model(pixels).loss` (at
-    `config.reconstruction_loss`) and a training objective (`latentcode.objectives`) use."""
-    check_reconstruction_loss(name)
+    `config.reconstruction_loss`) and a training objective (`latentcode.objectives`) use. The
+    names it computes are `configuration.RECONSTRUCTION_LOSSES`, which configs and objectives check
+    when they are built; another name raises the same error here."""
     if reconstruction.shape != target.shape:
         raise ValueError(
             f"the loss compares the reconstruction with the input, but a reconstruction of shape "
             f"{tuple(reconstruction.shape)} cannot match pixels of shape {tuple(target.shape)} (a model whose "
             "out_channels differs from its in_channels has no reconstruction loss)"
         )
+    if name == "mse":
+        return F.mse_loss(reconstruction.float(), target.float())
     if name == "l1":
         return F.l1_loss(reconstruction.float(), target.float())
-    return F.mse_loss(reconstruction.float(), target.float())
+    check_reconstruction_loss(name)  # raises: not one of RECONSTRUCTION_LOSSES
+    raise NotImplementedError(f"reconstruction_loss={name!r} is in RECONSTRUCTION_LOSSES but not computed here")
 
 
 # -- input checks: every bad input is refused naming what was expected, what came and the fix --
