@@ -442,6 +442,25 @@ def test_the_reconstruction_loss_computes_every_allowed_name_and_refuses_another
         model(torch.zeros(1, 3, 16, 16))
 
 
+@pytest.mark.parametrize("backbone", ["ldm", "tiny", "vector"])
+def test_a_model_resolves_its_backbone_once_and_still_pickles(backbone):
+    """`backbone_spec` and `downsampling_factor` are set when the model is built (not looked up on
+    every forward); the spec pickles by name, so a model pickles and copies as before."""
+    import copy
+    import pickle
+
+    from latentcode.modules.backbones import get_backbone
+
+    size = 32 if backbone == "vector" else 16
+    model = tiny_model("vae", backbone=backbone, sample_size=size)
+    assert "backbone_spec" in vars(model) and model.backbone_spec is get_backbone(backbone)
+    assert model.downsampling_factor == model.config.downsampling_factor
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert twin.backbone_spec is model.backbone_spec
+        pixels = torch.rand(1, 3, size, size) * 2 - 1
+        torch.testing.assert_close(twin.encode(pixels).latent_dist.mean, model.encode(pixels).latent_dist.mean)
+
+
 def test_tiling_rejects_tiles_not_aligned_with_the_latent_grid():
     with pytest.raises(ValueError, match="multiple of the downsampling factor 2"):
         tiny_model("vae").enable_tiling(tile_sample_size=15)

@@ -247,7 +247,11 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
     def _build_backbone(self, config: LatentCodeConfig) -> None:
         """`encoder`, `decoder` and the projections `quant_conv` / `post_quant_conv` (1x1
         convolutions on a latent grid, linear maps on a vector latent), from the backbone that
-        `config.backbone` names (`latentcode.modules.backbones`)."""
+        `config.backbone` names (`latentcode.modules.backbones`). The [`Backbone`] is looked up once,
+        here, as `backbone_spec` (builders, latent shape), and the built encoder's downsampling
+        factor with it."""
+        self.backbone_spec = get_backbone(config.backbone)
+        self.downsampling_factor = self.backbone_spec.downsampling_factor(config)
         family = next(f.name for f in FAMILIES.values() if isinstance(self, f.model_class))
         self.backbone_spec.check_family(family)
         encoder_out, bottleneck_in, code = self.bottleneck_channels(config)
@@ -257,12 +261,6 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         self.post_quant_conv = (
             self.backbone_spec.projection(code, config.latent_channels) if config.use_post_quant_conv else None
         )
-
-    @property
-    def backbone_spec(self):
-        """The [`Backbone`] that `config.backbone` names: builders, downsampling factor, latent shape.
-        (Looked up, not stored: the model stays picklable.)"""
-        return get_backbone(self.config.backbone)
 
     def latent_code_shape(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, ...]:
         """Shape of one image's continuous latent code (what `decode` takes, without the batch axis;
@@ -288,11 +286,6 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
             module.reset_parameters()
 
     # -- convenience ----------------------------------------------------------------------------
-
-    @property
-    def downsampling_factor(self) -> int:
-        """Image size / latent size."""
-        return self.config.downsampling_factor
 
     def enable_tiling(self, tile_sample_size: int | None = None, tile_overlap_factor: float = 0.25) -> None:
         """[`SlicingTilingMixin.enable_tiling`], refused on a vector-latent backbone (no tiles)."""
