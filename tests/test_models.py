@@ -425,6 +425,42 @@ def test_unknown_or_invalid_config_values_are_rejected(family, fields, message):
         tiny_config(family, **fields)
 
 
+def test_the_reconstruction_loss_computes_every_allowed_name_and_refuses_another():
+    """`configuration.RECONSTRUCTION_LOSSES` is the one list of names; the config checks it when
+    built, and the loss itself raises the same error for a name set on the config afterwards."""
+    from latentcode.configuration import RECONSTRUCTION_LOSSES
+    from latentcode.modeling.base import mean_reconstruction_loss
+
+    reconstruction, target = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
+    expected = {"mse": 0.25, "l1": 0.5}
+    assert set(RECONSTRUCTION_LOSSES) == set(expected)
+    for name in RECONSTRUCTION_LOSSES:
+        assert mean_reconstruction_loss(reconstruction, target, name).item() == expected[name]
+    model = tiny_model("autoencoder")
+    model.config.reconstruction_loss = "huber"
+    with pytest.raises(ValueError, match=r"reconstruction_loss must be one of \('mse', 'l1'\), got 'huber'"):
+        model(torch.zeros(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("backbone", ["ldm", "tiny", "vector"])
+def test_a_model_resolves_its_backbone_once_and_still_pickles(backbone):
+    """`backbone_spec` and `downsampling_factor` are set when the model is built (not looked up on
+    every forward); the spec pickles by name, so a model pickles and copies as before."""
+    import copy
+    import pickle
+
+    from latentcode.modules.backbones import get_backbone
+
+    size = 32 if backbone == "vector" else 16
+    model = tiny_model("vae", backbone=backbone, sample_size=size)
+    assert "backbone_spec" in vars(model) and model.backbone_spec is get_backbone(backbone)
+    assert model.downsampling_factor == model.config.downsampling_factor
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert twin.backbone_spec is model.backbone_spec
+        pixels = torch.rand(1, 3, size, size) * 2 - 1
+        torch.testing.assert_close(twin.encode(pixels).latent_dist.mean, model.encode(pixels).latent_dist.mean)
+
+
 def test_tiling_rejects_tiles_not_aligned_with_the_latent_grid():
     with pytest.raises(ValueError, match="multiple of the downsampling factor 2"):
         tiny_model("vae").enable_tiling(tile_sample_size=15)

@@ -758,7 +758,26 @@ def test_the_loss_weights_are_declared_once_and_the_config_takes_them():
     config = tiny_config("vqvae", commitment_weight=0.5)
     assert (config.commitment_weight, config.codebook_weight) == (0.5, QuantizerLossWeights().codebook_weight)
     assert config.entropy_weight is None  # a VQ codebook has no entropy term
-    assert config.loss_weights() == QuantizerLossWeights(commitment_weight=0.5)
+    model = latentcode.VQVAEModel(config)
+    assert model.loss_weights() == QuantizerLossWeights(commitment_weight=0.5)
+    assert model.loss_weights(codebook_weight=2.0) == QuantizerLossWeights(commitment_weight=0.5, codebook_weight=2.0)
+    with pytest.raises(ValueError, match=r"entropy_weight=0.3 given, but quantizer='vq' has no such term"):
+        model.loss_weights(entropy_weight=0.3)
+
+
+def test_the_model_loss_follows_a_loss_weight_changed_on_its_config():
+    """`model(x).loss` weighs the quantizer's terms with the config's weights as they are at the call."""
+    model = tiny_model("vqvae", quantizer_config={"codebook_ema": False}).train()
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    before = model(pixels)
+    torch.testing.assert_close(
+        before.loss, before.reconstruction_loss + before.codebook_loss + 0.25 * before.commitment_loss
+    )
+    model.config.commitment_weight = 2.0
+    after = model(pixels)
+    torch.testing.assert_close(
+        after.loss, after.reconstruction_loss + after.codebook_loss + 2.0 * after.commitment_loss
+    )
 
 
 def test_a_quantizer_option_given_as_a_config_field_names_quantizer_config():

@@ -437,25 +437,7 @@ class VQVAEConfig(LatentCodeConfig):
             if name in applicable and value is None:
                 value = getattr(standard, name)
             setattr(self, name, value if name in applicable else None)
-        self.loss_weights()  # checks the values
-
-    def loss_weights(self, **overrides) -> QuantizerLossWeights:
-        """The weights of the quantizer's terms in the family's default objective (what
-        `model(x).loss` uses), with `overrides` (a training recipe's; None: the model's). An
-        override of a weight whose term the quantizer does not have is refused."""
-        applicable = quantizers.loss_weight_names(self.quantizer)
-        given = {name: value for name, value in overrides.items() if value is not None}
-        unknown = sorted(set(given) - set(QuantizerLossWeights.names()))
-        if unknown:
-            raise ValueError(f"unknown loss weights {unknown}; expected names in {QuantizerLossWeights.names()}")
-        inapplicable = sorted(set(given) - set(applicable))
-        if inapplicable:
-            raise ValueError(
-                f"{', '.join(f'{name}={given[name]!r}' for name in inapplicable)} given, but quantizer="
-                f"{self.quantizer!r} has no such term (its weights: {', '.join(applicable) or 'none'}); drop it"
-            )
-        values = {name: getattr(self, name) for name in applicable}
-        return QuantizerLossWeights(**{**values, **given})
+        QuantizerLossWeights(**{name: getattr(self, name) for name in applicable})  # checks the values
 
     def _resolve_latent_tokens(self, num_latent_tokens: int | None) -> int | None:
         """`num_latent_tokens` as given, its default on a vector-latent backbone (`latent_channels //

@@ -2,7 +2,7 @@
 
     pixels --encoder--> quant_conv --> latents --quantizer--> quantized (+ indices)
            --> post_quant_conv --decoder--> pixels
-    loss = reconstruction_loss + the quantizer's terms weighted by config.loss_weights()
+    loss = reconstruction_loss + the quantizer's terms weighted by model.loss_weights()
 
 The backbone halves (`_bottleneck_input`, `_decode_code`), input checks and tiling are the
 shared [`LatentCodePreTrainedModel`]'s (`base.py`); the quantizer is the class that
@@ -25,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration import VQVAEConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_kl_weight, register_family
-from ..modules.quantizers import SimVectorQuantizer, VectorQuantizer, build_quantizer
+from ..modules.quantizers import QuantizerLossWeights, SimVectorQuantizer, VectorQuantizer, build_quantizer
 from ..tokens import grid_as_vector_code, indices_to_sequence, latent_shape, sequence_to_indices, vector_code_as_grid
 from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple, mean_reconstruction_loss
 
@@ -45,7 +45,7 @@ class VQVAEEncoderOutput(ModelOutput):
 class VQVAEOutput(ModelOutput):
     """`loss` = `reconstruction_loss + quantizer_loss`, the quantizer's terms weighted by the
     config's loss weights (e.g. `codebook_weight * codebook + commitment_weight * commitment`,
-    `config.loss_weights()`); `quantizer_terms`: those terms unweighted, by name (what a
+    `model.loss_weights()`); `quantizer_terms`: those terms unweighted, by name (what a
     training objective weighs with its own weights); `codebook_loss` / `commitment_loss`: its
     `"codebook"` / `"commitment"` term as a scalar that logs show (None where the quantizer has no
     such term: an EMA codebook has no codebook loss); `perplexity`: exp(entropy) of the batch's
@@ -106,6 +106,12 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     @staticmethod
     def bottleneck_channels(config):
         return config.latent_channels, config.code_channels, config.code_channels
+
+    def loss_weights(self, **overrides) -> QuantizerLossWeights:
+        """The weights of the quantizer's terms in `forward`'s loss: the config's (`commitment_weight`,
+        ...; a change of them is honoured), for this quantizer's terms, with `overrides` (a training
+        recipe's; None: the config's). An override of a weight whose term the quantizer lacks is refused."""
+        return QuantizerLossWeights.from_config(self.config, self.quantizer.loss_terms, **overrides)
 
     @property
     def codebook_size(self) -> int:
@@ -186,14 +192,14 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
     ):
         """Reconstruct through the quantiser (which, in training, also updates an EMA codebook);
         `output_hidden_states` adds the encoder's feature maps, as [`AutoencoderModel.forward`]
-        describes. The loss weighs the quantizer's terms with `config.loss_weights()` (no
+        describes. The loss weighs the quantizer's terms with `loss_weights()` (no
         optimiser step here: the entropy weight without its annealing)."""
         hidden_states = self._hidden_states_list(output_hidden_states)
         latents = self._bottleneck_input(pixel_values, hidden_states)
         quantized = self._quantize(latents)
         sample = self._decode_code(quantized.quantized.to(latents.dtype))
         reconstruction_loss = mean_reconstruction_loss(sample, pixel_values, self.config.reconstruction_loss)
-        quantizer_loss, _ = self.config.loss_weights()(quantized.terms)
+        quantizer_loss, _ = self.loss_weights()(quantized.terms)
         output = VQVAEOutput(
             loss=reconstruction_loss + quantizer_loss,
             sample=sample,
@@ -284,10 +290,10 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         return self.latent_shape(image_size)
 
     def regularizer_description(self, objective=None) -> str:
-        weights = self.config.loss_weights() if objective is None else objective.quantizer_weights
+        weights = self.loss_weights() if objective is None else objective.quantizer_weights
         terms = weights.describe(self.quantizer.loss_terms)
         return f"the {self.config.quantizer!r} quantizer's terms: {terms}"
 
     def objective_weights(self, kl_weight: float | None = None, quantizer_weights: dict | None = None) -> dict:
         refuse_kl_weight(self, kl_weight)
-        return {"quantizer_weights": self.config.loss_weights(**(quantizer_weights or {}))}
+        return {"quantizer_weights": self.loss_weights(**(quantizer_weights or {}))}

@@ -55,6 +55,10 @@ class Backbone:
     downsampling_factor: Callable[[object], int]
     num_hidden_states: Callable[[object], int]
 
+    def __reduce__(self):
+        # Pickled by name (its builders are lambdas): a model holding its backbone stays picklable.
+        return get_backbone, (self.name,)
+
     def projection(self, in_channels: int, out_channels: int) -> nn.Module:
         """The map between backbone and bottleneck (`quant_conv` / `post_quant_conv`): a 1x1
         convolution on a latent grid, the same linear map on a latent vector."""

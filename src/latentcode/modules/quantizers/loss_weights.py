@@ -94,6 +94,26 @@ class QuantizerLossWeights:
         terms = set(loss_terms)
         return tuple(name for name in cls.names() if terms & set(WEIGHTED_TERMS[name]))
 
+    @classmethod
+    def from_config(cls, config, loss_terms: tuple[str, ...], **overrides) -> QuantizerLossWeights:
+        """The weights a `VQVAEConfig` holds (`config.commitment_weight`, ...) for a quantizer
+        returning `loss_terms`, with `overrides` (a training recipe's; None: the config's). Read
+        from the config at each call, so a weight changed on the config is honoured. An override of a
+        weight whose term the quantizer does not have is refused."""
+        applicable = cls.applicable(loss_terms)
+        given = {name: value for name, value in overrides.items() if value is not None}
+        unknown = sorted(set(given) - set(cls.names()))
+        if unknown:
+            raise ValueError(f"unknown loss weights {unknown}; expected names in {cls.names()}")
+        inapplicable = sorted(set(given) - set(applicable))
+        if inapplicable:
+            raise ValueError(
+                f"{', '.join(f'{name}={given[name]!r}' for name in inapplicable)} given, but quantizer="
+                f"{config.quantizer!r} has no such term (its weights: {', '.join(applicable) or 'none'}); drop it"
+            )
+        values = {name: getattr(config, name) for name in applicable}
+        return cls(**{**values, **given})
+
     def entropy_weight_at(self, step: int | None) -> float:
         """The annealed entropy weight at optimiser step `step`; `None` (no step: `model(x).loss`)
         gives the weight after annealing."""
