@@ -178,6 +178,16 @@ def test_image_processor_and_tiling():
     assert vqvae.decode_indices(vqvae.encode(large).indices).sample.shape == large.shape
 
 
+def test_evaluation_reports_bits_per_pixel():
+    """tokens x log2 K / pixels: 8 x 8 positions x 2 levels x log2 16 bits for 16 x 16 pixels."""
+    from latentcode.evaluation.evaluate import evaluate
+
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-ldm"), **QUANTIZER)
+    encoded = vqvae.encode(pixels())
+    assert vqvae.code_size(encoded).bits_per_pixel(16, 16).tolist() == [2.0, 2.0]
+    assert evaluate(vqvae, [pixels(), pixels(seed=1)], throughput=False).metrics["bits_per_pixel"] == 2.0
+
+
 def test_bad_inputs_are_refused():
     vqvae = VQVAEModel.from_autoencoder(source_model("vae-ldm"), **QUANTIZER)
     with pytest.raises(ValueError, match="AutoencoderModel or VAEModel"):
@@ -233,7 +243,7 @@ def test_taef2_tokenizer_at_a_quarter_bit_per_pixel_trains_in_latent_space():
         latents = continuous_latents(vqvae, crops)
         torch.testing.assert_close(latents, taef2.encode(crops).latents, rtol=1e-5, atol=1e-5)
     encoded = vqvae.encode(crops)
-    assert torch.equal(vqvae.code_size(encoded).bits, torch.full((16,), 0.25 * 64 * 64, dtype=torch.float64))
+    assert torch.equal(vqvae.code_size(encoded).bits_per_pixel(64, 64), torch.full((16,), 0.25, dtype=torch.float64))
 
     vqvae.train()
     latent_space_loss(vqvae, latents)  # the first training batch fits the codebooks (k-means)
