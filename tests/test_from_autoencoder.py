@@ -264,3 +264,21 @@ def test_taef2_tokenizer_at_a_quarter_bit_per_pixel_trains_in_latent_space():
         optimizer.step()
     after = loss()
     assert after < 0.97 * before, (before, after)
+
+
+def test_fitted_projections_are_the_principal_components():
+    """On latents of rank D around a mean, projections fitted to them pass z through exactly."""
+    from latentcode.modeling.from_autoencoder import fit_projections
+
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-ldm"), **QUANTIZER, codebook_dim=2)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.einsum(
+        "bdhw,dl->blhw", torch.randn(4, 2, 8, 8, generator=generator), torch.randn(2, 4, generator=generator)
+    )
+    latents = latents + torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1)
+    random_start = vqvae.post_quant_conv.from_code(vqvae.quant_conv.to_code(latents))
+    fit_projections(vqvae, latents)
+    with torch.no_grad():
+        through = vqvae.post_quant_conv.from_code(vqvae.quant_conv.to_code(latents))
+    torch.testing.assert_close(through, latents, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(random_start, latents, atol=1e-2)

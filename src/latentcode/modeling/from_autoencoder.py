@@ -125,6 +125,24 @@ def initialize_projections(vqvae: nn.Module) -> None:
     from_code.bias.zero_()
 
 
+@torch.no_grad()
+def fit_projections(vqvae: nn.Module, latents: torch.Tensor) -> None:
+    """Start the learned projections at the principal components of the source's latents z
+    `[B, L, h, w]`: `to_code` maps z - mean onto its D directions of most variance, `from_code`
+    back (the best linear D-dimensional code of z in squared error). Where D < L this beats the
+    random start of `from_autoencoder` by far; where D = L it is a rotation."""
+    vqvae._check_code(latents, vqvae.config.latent_channels)
+    to_code, from_code = vqvae.quant_conv.to_code, vqvae.post_quant_conv.from_code
+    rows = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()
+    mean = rows.mean(0)
+    _, _, directions = torch.linalg.svd(rows - mean, full_matrices=False)  # [L, L], rows by variance
+    basis = directions[: to_code.weight.shape[0]]  # [D, L]
+    to_code.weight.copy_(basis[:, :, None, None])
+    to_code.bias.copy_(-(basis @ mean))
+    from_code.weight.copy_(basis.T[:, :, None, None])
+    from_code.bias.copy_(mean)
+
+
 def freeze_pretrained_parts(vqvae: nn.Module, frozen: bool = True) -> None:
     """`requires_grad = not frozen` on every part copied from the source (`pretrained_parts`), and
     `config.source_autoencoder["frozen"] = frozen`: a frozen part has no gradient, so an optimiser
