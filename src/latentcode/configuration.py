@@ -18,6 +18,8 @@ from transformers import PretrainedConfig
 from .hub import check_pretrained_source
 from .modules.backbones import get_backbone
 from .modules.backbones.vector import num_convolutions
+from .modules.code_corrector import check_corrector_config
+from .modules.latent_adapters import check_source_autoencoder
 from .modules.quantizers import registry as quantizers
 from .modules.quantizers.loss_weights import QuantizerLossWeights
 
@@ -368,6 +370,15 @@ class VQVAEConfig(LatentCodeConfig):
             does not have is stored as None (with a warning when it was set). `model(x).loss` has
             no optimiser step: it uses `entropy_weight` without the annealing, which the
             objective applies.
+        source_autoencoder (`dict`, *optional*): set by `VQVAEModel.from_autoencoder` on a VQ-VAE
+            made from a pretrained continuous model (None: an ordinary VQ-VAE): that model's family,
+            whether it had `quant_conv` / `post_quant_conv` (kept, frozen, inside this model's
+            projections, `modules/latent_adapters.py`), whether its parts are `frozen` (see
+            `VQVAEModel.freeze_autoencoder`) and its `name_or_path`, for people.
+        corrector_config (`dict`, *optional*): with `source_autoencoder`, a trainable
+            [`CodeCorrector`] that refines the de-quantised latent before the decoder
+            (`modules/code_corrector.py`): `{"hidden_channels": 64, "num_blocks": 2}` (given keys
+            override these); None: no corrector.
         **kwargs: the backbone fields of [`LatentCodeConfig`].
 
     The config holds values and checks what values alone show (names, sizes, the projections);
@@ -387,6 +398,8 @@ class VQVAEConfig(LatentCodeConfig):
         num_quantizers: int | None = None,
         num_latent_tokens: int | None = None,
         quantizer_config: dict | None = None,
+        source_autoencoder: dict | None = None,
+        corrector_config: dict | None = None,
         **kwargs,
     ):
         weights = {name: kwargs.pop(name, None) for name in QuantizerLossWeights.names()}
@@ -410,6 +423,25 @@ class VQVAEConfig(LatentCodeConfig):
         self._validate_sizes()
         self.num_latent_tokens = self._resolve_latent_tokens(num_latent_tokens)
         self._validate_projections()
+        self._set_source_autoencoder(source_autoencoder, corrector_config)
+
+    def _set_source_autoencoder(self, source: dict | None, corrector_config: dict | None) -> None:
+        """Store the record of a pretrained source model and the corrector's options, checked."""
+        check_source_autoencoder(source)
+        self.source_autoencoder = None if source is None else dict(source)
+        self.corrector_config = check_corrector_config(corrector_config)
+        _check(
+            source is not None or corrector_config is None,
+            "corrector_config refines the latent of a VQ-VAE made from a continuous model; this config has no "
+            "source_autoencoder: build the model with VQVAEModel.from_autoencoder(model, corrector_config=...)",
+        )
+        if source is not None:
+            _check(
+                self.use_quant_conv and self.use_post_quant_conv and not get_backbone(self.backbone).vector_latent,
+                "a VQ-VAE from a continuous model (source_autoencoder) projects its latent grid to the code and "
+                f"back: it needs use_quant_conv=True, use_post_quant_conv=True and a grid backbone, got "
+                f"{self.use_quant_conv}, {self.use_post_quant_conv} and backbone={self.backbone!r}",
+            )
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

@@ -66,6 +66,11 @@ class CodeSize:
     bits: torch.Tensor
     meaning: str
 
+    def bits_per_pixel(self, height: int, width: int) -> torch.Tensor:
+        """`[B]` float64: `bits` per pixel of images of `height` x `width` (pixels, not values:
+        the rate image codecs report; for a VQ-VAE tokens x log2 K / pixels)."""
+        return self.bits / (height * width)
+
 
 class FamilyBehaviour:
     """What every family answers; model classes inherit it next to `LatentCodePreTrainedModel`.

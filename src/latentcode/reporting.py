@@ -164,6 +164,7 @@ METRIC_LABELS = {
     "codebook_usage": "codebook usage",
     "perplexity": "codebook perplexity",
     "codebook_size": "codebook size",
+    "bits_per_pixel": "bits / pixel (tokens x log2 K / pixels)",
     "kl": "KL (nats / image)",
     "negative_elbo": "negative ELBO (nats / image)",
     "bits_per_dim": "bits / dim",

@@ -231,6 +231,8 @@ def summary_line(metrics: dict, source: str, split: str, seconds: float) -> str:
             parts.append(f"{label} {metrics[name]:.{digits}f}{unit}")
     if "codebook_usage" in metrics:
         parts.append(f"codebook usage {metrics['codebook_usage']:.1%}")
+    if "bits_per_pixel" in metrics:
+        parts.append(f"{metrics['bits_per_pixel']:.4f} bits per pixel")
     if "active_dimensions" in metrics:
         parts.append(
             f"{metrics['active_dimensions']} active latent dimensions (KL > {metrics['active_dimension_threshold']} nats)"

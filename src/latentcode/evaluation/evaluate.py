@@ -113,7 +113,8 @@ def evaluate(
     otherwise and counted in `perfect_reconstructions`), `psnr_of_mean_mse`, `ssim`, `mse`, `l1`;
     `lpips` if `lpips` is given; `rfid` if `inception` is given (Frechet distance between the
     Inception features of originals and reconstructions); a model with tokens (`has_tokens`,
-    the VQ-VAE): `codebook_usage` (fraction of codes used), `perplexity`, `codebook_size`; a model
+    the VQ-VAE): `codebook_usage` (fraction of codes used), `perplexity`, `codebook_size`,
+    `bits_per_pixel` (mean of `model.code_size(...).bits_per_pixel`: tokens x log2 K / pixels); a model
     with a prior (`can_sample_prior`, the VAE): `kl` (nats per image), `negative_elbo` (nats per image),
     `bits_per_dim` with a discretised Gaussian decoder of std `decoder_std` (default
     `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]), `active_dimensions` (latent
@@ -185,6 +186,7 @@ class _Evaluation:
         self._add_image_metrics(reconstruction, target)
         if self.usage is not None:
             self.usage.update(encoded.indices)
+            self._sum("bits_per_pixel", model.code_size(encoded).bits_per_pixel(*pixels.shape[-2:]))
         if self.decoder_std is not None:
             self._add_elbo(encoded, target)
         # The grid holds images of the first image's size (full-resolution sets mix orientations).

@@ -25,9 +25,11 @@ from transformers.utils import ModelOutput
 
 from ..configuration import VQVAEConfig
 from ..families import CodeSize, FamilyBehaviour, refuse_kl_weight, register_family
+from ..modules.latent_adapters import build_adapters, encoder_channels
 from ..modules.quantizers import QuantizerLossWeights, SimVectorQuantizer, VectorQuantizer, build_quantizer
 from ..tokens import grid_as_vector_code, indices_to_sequence, latent_shape, sequence_to_indices, vector_code_as_grid
 from .base import DecoderOutput, LatentCodePreTrainedModel, _as_tuple, mean_reconstruction_loss
+from .from_autoencoder import freeze_pretrained_parts, vqvae_from_autoencoder
 
 
 @dataclass
@@ -93,6 +95,9 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
         """The quantizer `config.quantizer` names, from the config's values; its constructor checks
         its options here (a config holds values; a bad option raises as the model is built)."""
         self.quantizer = build_quantizer(config.quantizer, config.quantizer_sizes(), config.quantizer_config)
+        if config.source_autoencoder is not None:  # made from a continuous model: see from_autoencoder
+            self.quant_conv, self.post_quant_conv = build_adapters(config)
+            self.freeze_autoencoder(config.source_autoencoder["frozen"])
 
     def _init_weights(self, module: nn.Module) -> None:
         # A learned codebook derives its training state from the codebook; SimVQ's basis is drawn.
@@ -105,7 +110,30 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     @staticmethod
     def bottleneck_channels(config):
-        return config.latent_channels, config.code_channels, config.code_channels
+        encoder_out = encoder_channels(config.latent_channels, config.source_autoencoder)
+        return encoder_out, config.code_channels, config.code_channels
+
+    @classmethod
+    def from_autoencoder(cls, model, **options) -> VQVAEModel:
+        """A VQ-VAE on the encoder and decoder of a trained `AutoencoderModel` / `VAEModel` (copied,
+        frozen by default), with a quantiser and learned projections on its latent grid; `options`:
+        see `latentcode.modeling.from_autoencoder.vqvae_from_autoencoder`."""
+        return vqvae_from_autoencoder(cls, model, **options)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """[`LatentCodePreTrainedModel.from_pretrained`], freezing again what `config.source_autoencoder`
+        says is frozen (loading makes every weight trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.source_autoencoder is not None:
+            model.freeze_autoencoder(model.config.source_autoencoder["frozen"])
+        return loaded
+
+    def freeze_autoencoder(self, frozen: bool = True) -> None:
+        """Stop (`frozen=False`: restart) training the parts copied from the source autoencoder
+        (`modules/latent_adapters.pretrained_parts`), recorded in `config.source_autoencoder`."""
+        freeze_pretrained_parts(self, frozen)
 
     def loss_weights(self, **overrides) -> QuantizerLossWeights:
         """The weights of the quantizer's terms in `forward`'s loss: the config's (`commitment_weight`,

@@ -1,0 +1,126 @@
+"""The projections around the quantiser of a VQ-VAE made from a pretrained continuous autoencoder.
+
+`VQVAEModel.from_autoencoder` keeps the source model's encoder and decoder; between them the
+VQ-VAE's `quant_conv` and `post_quant_conv` are these two modules, each a frozen part copied
+from the source (its own 1x1 projection, where it has one) and a learned part:
+
+    encoder features [B, E, h, w] --pretrained--> the source's continuous latent z [B, L, h, w]
+        --to_code--> [B, D, h, w] --quantizer--> code [B, D, h, w]
+        --from_code--> z_hat [B, L, h, w] --corrector--> --pretrained--> decoder input [B, L, h, w]
+
+E is the source encoder's output (L for an AutoEncoder, 2L for a VAE, whose posterior mean, the
+first L channels, is z), L its `latent_channels`, D the VQ-VAE's `codebook_dim`. `z` is what
+the source decodes, so `to_code` / `from_code` (1x1 convolutions, learned) and the corrector
+(`code_corrector.py`, optional) train in latent space against z alone.
+
+`VQVAEConfig.source_autoencoder` records the source (see [`check_source_autoencoder`]); it is
+everything a saved model needs to be rebuilt, with no reference to the source's folder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .code_corrector import CodeCorrector
+
+# Encoder output channels per latent channel of each source family: a VAE's encoder gives the
+# mean and the log-variance of its posterior.
+ENCODER_CHANNELS_PER_LATENT = {"autoencoder": 1, "vae": 2}
+# The keys of `VQVAEConfig.source_autoencoder` and their types.
+SOURCE_FIELDS = {
+    "family": str,
+    "use_quant_conv": bool,
+    "use_post_quant_conv": bool,
+    "frozen": bool,
+    "name_or_path": str,
+}
+
+
+def check_source_autoencoder(source: dict | None) -> None:
+    """Refuse a `source_autoencoder` record that is not None or a dict with exactly
+    `SOURCE_FIELDS`: `family` ("autoencoder" or "vae", the family of the model whose encoder and
+    decoder are reused), `use_quant_conv` / `use_post_quant_conv` (whether that model had the
+    projection, copied frozen), `frozen` (the pretrained parts do not train: see
+    `VQVAEModel.freeze_autoencoder`) and `name_or_path` (where it came from, for people)."""
+    if source is None:
+        return
+    if not isinstance(source, dict) or set(source) != set(SOURCE_FIELDS):
+        got = sorted(source) if isinstance(source, dict) else type(source).__name__
+        raise ValueError(
+            f"source_autoencoder must be None or a dict with keys {sorted(SOURCE_FIELDS)}, got {got}; "
+            "VQVAEModel.from_autoencoder(model, ...) writes it"
+        )
+    for key, kind in SOURCE_FIELDS.items():
+        if not isinstance(source[key], kind):
+            raise ValueError(f"source_autoencoder[{key!r}] must be a {kind.__name__}, got {source[key]!r}")
+    if source["family"] not in ENCODER_CHANNELS_PER_LATENT:
+        raise ValueError(
+            f"source_autoencoder['family'] must be one of {tuple(ENCODER_CHANNELS_PER_LATENT)} (a continuous "
+            f"model), got {source['family']!r}"
+        )
+
+
+def encoder_channels(latent_channels: int, source: dict | None) -> int:
+    """Channels of the encoder's output: `latent_channels`, twice that for a VAE source."""
+    return latent_channels * (ENCODER_CHANNELS_PER_LATENT[source["family"]] if source else 1)
+
+
+class LatentToCode(nn.Module):
+    """The `quant_conv` of a VQ-VAE from a continuous autoencoder: encoder features `[B, E, h, w]`
+    -> the source's latent z `[B, L, h, w]` (`pretrained`, its projection, or none) -> `[B, D, h, w]`
+    (`to_code`, learned)."""
+
+    def __init__(self, encoder_channels: int, latent_channels: int, code_channels: int, source_projection: bool):
+        super().__init__()
+        self.latent_channels = latent_channels
+        self.pretrained = nn.Conv2d(encoder_channels, encoder_channels, 1) if source_projection else None
+        self.to_code = nn.Conv2d(latent_channels, code_channels, 1)
+
+    def continuous_latent(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features `[B, E, h, w]` -> z `[B, L, h, w]`, what the source model encodes
+        them to (an AutoEncoder's latents, a VAE's posterior mean)."""
+        moments = features if self.pretrained is None else self.pretrained(features)
+        return moments[:, : self.latent_channels]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.continuous_latent(features))
+
+
+class CodeToLatent(nn.Module):
+    """The `post_quant_conv` of a VQ-VAE from a continuous autoencoder: a code `[B, D, h, w]` ->
+    z_hat `[B, L, h, w]` (`from_code`, learned; then `corrector`, learned, when configured) ->
+    the source's projection (`pretrained`, or none) -> the decoder's input `[B, L, h, w]`."""
+
+    def __init__(self, code_channels: int, latent_channels: int, source_projection: bool, corrector: dict | None):
+        super().__init__()
+        self.from_code = nn.Conv2d(code_channels, latent_channels, 1)
+        self.corrector = None if corrector is None else CodeCorrector(latent_channels, **corrector)
+        self.pretrained = nn.Conv2d(latent_channels, latent_channels, 1) if source_projection else None
+
+    def latent_estimate(self, code: torch.Tensor) -> torch.Tensor:
+        """A code `[B, D, h, w]` -> z_hat `[B, L, h, w]`, the estimate of the source's latent z."""
+        latents = self.from_code(code)
+        return latents if self.corrector is None else self.corrector(latents)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        latents = self.latent_estimate(code)
+        return latents if self.pretrained is None else self.pretrained(latents)
+
+
+def build_adapters(config) -> tuple[LatentToCode, CodeToLatent]:
+    """The `quant_conv` and `post_quant_conv` of a VQ-VAE whose `config.source_autoencoder` is set."""
+    source, latent, code = config.source_autoencoder, config.latent_channels, config.codebook_dim
+    to_code = LatentToCode(encoder_channels(latent, source), latent, code, source["use_quant_conv"])
+    return to_code, CodeToLatent(code, latent, source["use_post_quant_conv"], config.corrector_config)
+
+
+def pretrained_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules of a VQ-VAE from a continuous autoencoder that hold the source's weights, by
+    name: its `encoder`, `decoder` and the `pretrained` projections of its adapters."""
+    parts = {"encoder": model.encoder, "decoder": model.decoder}
+    for name in ("quant_conv", "post_quant_conv"):
+        projection = getattr(model, name).pretrained
+        if projection is not None:
+            parts[f"{name}.pretrained"] = projection
+    return parts

@@ -1,0 +1,284 @@
+"""`VQVAEModel.from_autoencoder`: a VQ-VAE on a trained continuous model's encoder and decoder.
+
+On tiny random `VAEModel` / `AutoencoderModel`s of both grid backbones: the token API's shapes,
+the source's weights copied bit-exactly and kept bit-identical through optimiser steps while
+frozen, save / load, and the decoded values against the source's own decoder. On taef2 from
+../shared/pretrained (skipped where absent): a VQ-VAE at 0.25 bits per pixel whose latent-space
+loss a few optimiser steps lower.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import SHARED, require_shared, require_shared_dataset, tiny_model
+from PIL import Image
+
+from latentcode.image_processing import LatentCodeImageProcessor
+from latentcode.modeling import VQVAEModel
+from latentcode.modeling.from_autoencoder import continuous_latents, latent_space_loss
+from latentcode.modules.latent_adapters import pretrained_parts
+
+SOURCES = {
+    "vae-ldm": ("vae", {}),
+    "autoencoder-ldm": ("autoencoder", {}),
+    "vae-tiny": ("vae", {"backbone": "tiny", "attention_levels": ()}),
+    "autoencoder-tiny": ("autoencoder", {"backbone": "tiny", "attention_levels": ()}),
+}
+# Two levels of 16 codes per position (residual VQ): 8 bits per latent position.
+QUANTIZER = {"quantizer": "residual_vq", "codebook_size": 16, "num_quantizers": 2}
+
+
+def source_model(name: str):
+    family, overrides = SOURCES[name]
+    return tiny_model(family, seed=1, **overrides)
+
+
+def pixels(batch: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+def assert_same_state(module: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    actual = module.state_dict()
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_token_api_shapes(name):
+    vqvae = VQVAEModel.from_autoencoder(source_model(name), **QUANTIZER)
+    x = pixels()
+    encoded = vqvae.encode(x)
+    assert encoded.indices.shape == (2, 8, 8, 2) and encoded.indices.dtype == torch.int64
+    assert encoded.latents.shape == encoded.quantized.shape == (2, 4, 8, 8)
+    assert vqvae.decode_indices(encoded.indices).sample.shape == x.shape
+    sequence = vqvae.encode_to_sequence(x)
+    assert sequence.shape == (2, 8 * 8 * 2)
+    assert torch.equal(vqvae.decode_sequence(sequence).sample, vqvae.decode_indices(encoded.indices).sample)
+    assert vqvae(x).sample.shape == x.shape
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_pretrained_weights_are_copied_bit_exactly(name):
+    source = source_model(name)
+    vqvae = VQVAEModel.from_autoencoder(source, **QUANTIZER)
+    assert_same_state(vqvae.encoder, source.encoder.state_dict())
+    assert_same_state(vqvae.decoder, source.decoder.state_dict())
+    assert_same_state(vqvae.quant_conv.pretrained, source.quant_conv.state_dict())
+    assert_same_state(vqvae.post_quant_conv.pretrained, source.post_quant_conv.state_dict())
+    assert vqvae.config.source_autoencoder["family"] == SOURCES[name][0]
+    assert vqvae.config.backbone == source.config.backbone
+
+
+def test_the_code_is_the_source_latent_and_decodes_through_the_source_decoder():
+    """Values: `latents` are the learned projection of the VAE's posterior mean; the decoded
+    tokens are the source's `decode` of the de-quantised code projected back."""
+    source = source_model("vae-ldm")
+    vqvae = VQVAEModel.from_autoencoder(source, **QUANTIZER, codebook_dim=3)
+    with torch.no_grad():
+        vqvae.quant_conv.to_code.bias.normal_()  # projections that are not the identity
+        vqvae.post_quant_conv.from_code.bias.normal_()
+        x = pixels()
+        encoded = vqvae.encode(x)
+        mean = source.encode(x).latent_dist.mean
+        torch.testing.assert_close(encoded.latents, vqvae.quant_conv.to_code(mean), rtol=1e-6, atol=1e-6)
+        code = vqvae.quantizer.indices_to_codes(encoded.indices)
+        expected = source.decode(vqvae.post_quant_conv.from_code(code)).sample
+        torch.testing.assert_close(vqvae.decode_indices(encoded.indices).sample, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(continuous_latents(vqvae, x), mean, rtol=1e-6, atol=1e-6)
+
+
+def test_identity_projections_when_the_code_is_as_wide_as_the_latent():
+    source = source_model("autoencoder-tiny")
+    vqvae = VQVAEModel.from_autoencoder(source, quantizer="fsq", quantizer_config={"levels": [8, 8, 8, 8]})
+    x = pixels()
+    with torch.no_grad():
+        latents = source.encode(x).latents
+        assert torch.equal(vqvae.quant_conv.to_code(latents), latents)
+        assert torch.equal(vqvae.post_quant_conv.from_code(latents), latents)
+
+
+def adamw_steps(model, steps: int = 3):
+    """`steps` AdamW steps (with weight decay, which would move any weight it reaches) on the model's loss."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for step in range(steps):
+        optimizer.zero_grad()
+        model(pixels(seed=step)).loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", ["vae-ldm", "autoencoder-tiny"])
+def test_frozen_weights_stay_bit_identical_through_training(name):
+    vqvae = VQVAEModel.from_autoencoder(
+        source_model(name), quantizer="vq", codebook_size=16, corrector_config={"hidden_channels": 8}
+    )
+    frozen = {part: state(module) for part, module in pretrained_parts(vqvae).items()}
+    learned = state(vqvae.post_quant_conv.from_code), state(vqvae.post_quant_conv.corrector)
+    adamw_steps(vqvae)
+    for part, module in pretrained_parts(vqvae).items():
+        assert_same_state(module, frozen[part])
+    assert not torch.equal(vqvae.post_quant_conv.from_code.weight, learned[0]["weight"])
+    assert not torch.equal(vqvae.post_quant_conv.corrector.net[-1].weight, learned[1]["net.4.weight"])
+
+
+def test_unfrozen_parts_train_and_the_choice_is_recorded():
+    vqvae = VQVAEModel.from_autoencoder(source_model("vae-ldm"), **QUANTIZER, frozen=False)
+    assert all(p.requires_grad for p in vqvae.decoder.parameters())
+    before = state(vqvae.decoder)
+    adamw_steps(vqvae, steps=1)
+    assert not torch.equal(vqvae.decoder.state_dict()["conv_out.weight"], before["conv_out.weight"])
+    vqvae.freeze_autoencoder()
+    assert vqvae.config.source_autoencoder["frozen"] is True
+    assert not any(p.requires_grad for module in pretrained_parts(vqvae).values() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", ["vae-ldm", "autoencoder-tiny"])
+def test_save_and_load_round_trip(name, tmp_path):
+    vqvae = VQVAEModel.from_autoencoder(source_model(name), **QUANTIZER, corrector_config={"hidden_channels": 8})
+    adamw_steps(vqvae, steps=2)  # a fitted codebook and a corrector that is not the identity
+    vqvae.eval()
+    x = pixels(seed=7)
+    vqvae.save_pretrained(tmp_path)
+    loaded = VQVAEModel.from_pretrained(tmp_path)
+    assert loaded.config.source_autoencoder == vqvae.config.source_autoencoder
+    assert loaded.config.corrector_config == {"hidden_channels": 8, "num_blocks": 2}
+    assert torch.equal(loaded.encode(x).indices, vqvae.encode(x).indices)
+    assert torch.equal(loaded(x).sample, vqvae(x).sample)
+    frozen = [p.requires_grad for module in pretrained_parts(loaded).values() for p in module.parameters()]
+    assert frozen and not any(frozen), "loading keeps the pretrained parts frozen, as the config records"
+    assert loaded.quant_conv.to_code.weight.requires_grad
+
+
+def test_a_new_corrector_is_the_identity():
+    source = source_model("autoencoder-ldm")
+    plain = VQVAEModel.from_autoencoder(source, **QUANTIZER)
+    torch.manual_seed(3)
+    corrected = VQVAEModel.from_autoencoder(source, **QUANTIZER, corrector_config={})
+    corrected.quantizer.load_state_dict(plain.quantizer.state_dict())
+    indices = plain.encode(pixels()).indices
+    assert torch.equal(corrected.decode_indices(indices).sample, plain.decode_indices(indices).sample)
+
+
+def test_image_processor_and_tiling():
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-tiny"), **QUANTIZER)
+    image = Image.fromarray((torch.rand(24, 40, 3) * 255).byte().numpy())
+    processed = LatentCodeImageProcessor.from_model_config(vqvae.config, size=32)(image).pixel_values
+    assert vqvae.encode(processed).indices.shape[1:3] == (16, 16)
+    vqvae.enable_tiling(tile_sample_size=16)
+    large = pixels(batch=1, size=48)
+    assert vqvae.encode(large).indices.shape == (1, 24, 24, 2)
+    assert vqvae.decode_indices(vqvae.encode(large).indices).sample.shape == large.shape
+
+
+def test_evaluation_reports_bits_per_pixel():
+    """tokens x log2 K / pixels: 8 x 8 positions x 2 levels x log2 16 bits for 16 x 16 pixels."""
+    from latentcode.evaluation.evaluate import evaluate
+
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-ldm"), **QUANTIZER)
+    encoded = vqvae.encode(pixels())
+    assert vqvae.code_size(encoded).bits_per_pixel(16, 16).tolist() == [2.0, 2.0]
+    assert evaluate(vqvae, [pixels(), pixels(seed=1)], throughput=False).metrics["bits_per_pixel"] == 2.0
+
+
+def test_bad_inputs_are_refused():
+    vqvae = VQVAEModel.from_autoencoder(source_model("vae-ldm"), **QUANTIZER)
+    with pytest.raises(ValueError, match="AutoencoderModel or VAEModel"):
+        VQVAEModel.from_autoencoder(vqvae, **QUANTIZER)
+    with pytest.raises(ValueError, match="corrector_config has no key 'width'"):
+        VQVAEModel.from_autoencoder(source_model("vae-ldm"), **QUANTIZER, corrector_config={"width": 8})
+    config = vqvae.config.to_dict()
+    for key in ("model_type", "transformers_version", "source_autoencoder"):
+        config.pop(key, None)
+    config["corrector_config"] = {}
+    with pytest.raises(ValueError, match="no source_autoencoder"):
+        type(vqvae.config)(**config)
+    ordinary = tiny_model("vqvae")
+    with pytest.raises(ValueError, match="not made from one"):
+        ordinary.freeze_autoencoder()
+
+
+# -- taef2, the published tiny autoencoder ------------------------------------------------------
+
+
+def photo_crops(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """`count` random `size` x `size` crops of the training photos, `[count, 3, size, size]` in [-1, 1]."""
+    files = sorted(require_shared_dataset("photos/train").glob("*"))
+    rng = random.Random(seed)
+    crops = []
+    for path in rng.sample(files, count):
+        image = Image.open(path).convert("RGB")
+        left, top = rng.randrange(image.width - size), rng.randrange(image.height - size)
+        crop = torch.tensor(list(image.crop((left, top, left + size, top + size)).getdata()), dtype=torch.float32)
+        crops.append(crop.view(size, size, 3).permute(2, 0, 1) / 127.5 - 1)
+    return torch.stack(crops)
+
+
+def test_taef2_tokenizer_at_a_quarter_bit_per_pixel_trains_in_latent_space():
+    from latentcode.conversion.taesd import from_taesd
+
+    folder = require_shared(SHARED / "pretrained" / "taesd", "the TAESD checkpoints")
+    taef2 = from_taesd(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth").eval()
+    # f8, 2 levels of 256 codes per latent position: 16 bits per 64 pixels. Without dead-code
+    # restarts: 16 crops give each of the 256 codes a few latents, and a restart would replace
+    # the codes k-means fitted with single latents of the batch.
+    vqvae = VQVAEModel.from_autoencoder(
+        taef2,
+        quantizer="residual_vq",
+        codebook_size=256,
+        num_quantizers=2,
+        quantizer_config={"dead_code_restart": False},
+        corrector_config={"hidden_channels": 32},
+    )
+    assert vqvae.config.backbone == "tiny" and vqvae.config.source_autoencoder["family"] == "autoencoder"
+    crops = photo_crops(16)
+    with torch.no_grad():
+        latents = continuous_latents(vqvae, crops)
+        torch.testing.assert_close(latents, taef2.encode(crops).latents, rtol=1e-5, atol=1e-5)
+    encoded = vqvae.encode(crops)
+    assert torch.equal(vqvae.code_size(encoded).bits_per_pixel(64, 64), torch.full((16,), 0.25, dtype=torch.float64))
+
+    vqvae.train()
+    latent_space_loss(vqvae, latents)  # the first training batch fits the codebooks (k-means)
+
+    def loss() -> float:
+        vqvae.eval()
+        with torch.no_grad():
+            value = latent_space_loss(vqvae, latents).latent_loss.item()
+        vqvae.train()
+        return value
+
+    before = loss()
+    trainable = [p for p in vqvae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    for _ in range(10):
+        optimizer.zero_grad()
+        latent_space_loss(vqvae, latents).loss.backward()
+        optimizer.step()
+    after = loss()
+    assert after < 0.97 * before, (before, after)
+
+
+def test_fitted_projections_are_the_principal_components():
+    """On latents of rank D around a mean, projections fitted to them pass z through exactly."""
+    from latentcode.modeling.from_autoencoder import fit_projections
+
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-ldm"), **QUANTIZER, codebook_dim=2)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.einsum(
+        "bdhw,dl->blhw", torch.randn(4, 2, 8, 8, generator=generator), torch.randn(2, 4, generator=generator)
+    )
+    latents = latents + torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1)
+    random_start = vqvae.post_quant_conv.from_code(vqvae.quant_conv.to_code(latents))
+    fit_projections(vqvae, latents)
+    with torch.no_grad():
+        through = vqvae.post_quant_conv.from_code(vqvae.quant_conv.to_code(latents))
+    torch.testing.assert_close(through, latents, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(random_start, latents, atol=1e-2)
