@@ -190,7 +190,7 @@ def latent_space_loss(vqvae: nn.Module, latents: torch.Tensor) -> LatentSpaceLos
     quantized = vqvae._quantize(vqvae.quant_conv.to_code(latents))
     estimate = vqvae.post_quant_conv.latent_estimate(quantized.quantized.to(latents.dtype))
     latent_loss = F.mse_loss(estimate.float(), latents.float())
-    quantizer_loss, _ = vqvae.config.loss_weights()(quantized.terms)
+    quantizer_loss, _ = vqvae.loss_weights()(quantized.terms)
     return LatentSpaceLoss(
         loss=latent_loss + quantizer_loss,
         latent_loss=latent_loss,
