@@ -38,9 +38,12 @@ def time_preset(path: Path, steps: int) -> dict:
     config = load_config(path)
     torch.manual_seed(0)
     model = build_model(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimization.learning_rate)
     channels = model.config.in_channels
-    pixels = torch.rand(config.train_batch_size, channels, config.resolution, config.resolution) * 2 - 1
+    pixels = (
+        torch.rand(config.optimization.train_batch_size, channels, config.data.resolution, config.data.resolution) * 2
+        - 1
+    )
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -53,8 +56,8 @@ def time_preset(path: Path, steps: int) -> dict:
         step()
     return dict(
         preset=path.stem,
-        batch=config.train_batch_size,
-        resolution=config.resolution,
+        batch=config.optimization.train_batch_size,
+        resolution=config.data.resolution,
         parameters_m=sum(p.numel() for p in model.parameters()) / 1e6,
         cpu_s=(time.process_time() - cpu) / steps,
         wall_s=(time.perf_counter() - wall) / steps,

@@ -58,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import (  # noqa: E402
@@ -180,7 +179,11 @@ def tokens_per_step(values: dict) -> int:
 
 
 def preset(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+    """The preset's options by name (the file's, else `TrainingConfig`'s defaults; names are unique
+    across the YAML's groups), its `model` section included."""
+    from latentcode.training.config import load_config
+
+    return load_config(path).option_values()
 
 
 def preset_family(values: dict) -> str:

@@ -506,7 +506,7 @@ def test_the_cifar10_preset_with_the_local_copy_as_train_data_dir_validates_on_i
 
     preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "vqvae_cifar10.yaml"
     config = parse_args(["--config", str(preset), "--train_data_dir", str(CIFAR10), "--num_validation_images", "2"])
-    assert config.dataset_name is None and config.validation_split == "test"  # the preset's, kept
+    assert config.data.dataset_name is None and config.data.validation_split == "test"  # the preset's, kept
     batches, validation = image_data_from_config(config, channels=3, resolution=32)
     test = pq.read_table(CIFAR10 / "test" / "test-00000-of-00001.parquet", columns=["img"]).slice(0, 2)
     expected = [ImageTransform(32, 3).load(row["img"], random.Random(0)) for row in test.to_pylist()]

@@ -225,6 +225,8 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
     import yaml
     from safetensors.torch import load_file
 
+    from latentcode.training.config import load_config
+
     spec = importlib.util.spec_from_file_location("train_latent_diffusion", REPO / "training/train_latent_diffusion.py")
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script  # dataclasses look their module up
@@ -237,7 +239,8 @@ def test_train_latent_diffusion_takes_a_config_file_checkpoints_and_resumes_exac
         block_out_channels=[16, 32], norm_num_groups=8, lr_warmup_steps=1, validation_steps=0,
         checkpointing_steps=2, report_to="none",
     )  # fmt: skip
-    (tmp_path / "ldm.yaml").write_text(yaml.safe_dump(options))
+    nested = load_config(None, script.LatentDiffusionConfig, **options).to_dict()  # the YAML's form: by group
+    (tmp_path / "ldm.yaml").write_text(yaml.safe_dump(nested))
 
     def run(output_dir, *flags):
         reset_accelerate_state()

@@ -151,6 +151,8 @@ def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_pat
     import yaml
     from safetensors.torch import load_file
 
+    from latentcode.training.config import load_config
+
     spec = importlib.util.spec_from_file_location("train_prior", REPO / "training" / "train_prior.py")
     script = importlib.util.module_from_spec(spec)
     sys.modules["train_prior"] = script  # dataclasses look their module up
@@ -162,13 +164,16 @@ def test_train_prior_takes_a_config_file_checkpoints_and_resumes_exactly(tmp_pat
         max_train_steps=99, train_batch_size=4, num_validation_images=4, num_samples=2, hidden_size=16,
         num_layers=1, num_heads=2, lr_warmup_steps=1, validation_steps=0, checkpointing_steps=2, report_to="none",
     )  # fmt: skip
-    (tmp_path / "prior.yaml").write_text(yaml.safe_dump(options))
+    nested = load_config(None, script.PriorConfig, **options).to_dict()  # the YAML's form: by group
+    (tmp_path / "prior.yaml").write_text(yaml.safe_dump(nested))
 
     def run(output_dir, *flags):
         reset_accelerate_state()
         argv = ["--config", str(tmp_path / "prior.yaml"), "--output_dir", str(output_dir), "--max_train_steps", "4"]
         config = script.parse_args([*argv, *flags])
-        assert config.max_train_steps == 4 and config.train_batch_size == 4  # flags over the YAML
+        assert (
+            config.optimization.max_train_steps == 4 and config.optimization.train_batch_size == 4
+        )  # flags over the YAML
         return script.main(config)
 
     environment_threads = torch.get_num_threads()

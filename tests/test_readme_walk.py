@@ -80,7 +80,7 @@ def scaled(command: str, root: Path) -> str:
         words[index] = str(scale(int(words[index])))
     elif "--config" in words and "launch" in words:
         config = yaml.safe_load((root / words[words.index("--config") + 1]).read_text())
-        words += ["--max_train_steps", str(scale(config["max_train_steps"]))]
+        words += ["--max_train_steps", str(scale(config["optimization"]["max_train_steps"]))]
     return shlex.join(words)
 
 

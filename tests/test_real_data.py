@@ -74,7 +74,7 @@ def test_cifar10_preset_trains_offline_from_the_parquet_shards(tmp_path, fresh_a
     cifar10 = require_shared_dataset("cifar10")
     preset = REPO / "training" / "configs" / "vqvae_cifar10.yaml"
     values = yaml.safe_load(preset.read_text())
-    assert values["dataset_name"] == "uoft-cs/cifar10" and values["image_column"] == "img"
+    assert values["data"]["dataset_name"] == "uoft-cs/cifar10" and values["data"]["image_column"] == "img"
     config = parse_args(
         ["--config", str(preset), "--dataset_name", "none", "--train_data_dir", str(cifar10 / "train")]
         + ["--validation_split", "none", "--output_dir", str(tmp_path / "run"), "--max_train_steps", "3"]
@@ -82,7 +82,7 @@ def test_cifar10_preset_trains_offline_from_the_parquet_shards(tmp_path, fresh_a
         + ["--report_to", "none", "--checkpointing_steps", "0", "--validation_steps", "0", "--lr_warmup_steps", "1"]
         + ["--shuffle_buffer_size", "16", "--model.block_out_channels=[16, 32, 32]", "--model.norm_num_groups=8"]
     )
-    assert config.image_column == "img" and config.train_data_dir == str(cifar10 / "train")
+    assert config.data.image_column == "img" and config.data.train_data_dir == str(cifar10 / "train")
     train(config)
     model = VQVAEModel.from_pretrained(tmp_path / "run")
     expected = VQVAEConfig(**{**values["model"], "block_out_channels": [16, 32, 32], "norm_num_groups": 8})

@@ -121,7 +121,7 @@ def test_decoder_phase_off_by_default_and_on_a_step_budget_starts_where_stated(t
     from latentcode.training.autoencoder_task import decoder_finetune_start
 
     config = tiny_config(tmp_path)
-    assert config.decoder_finetune_fraction == 0.0 and decoder_finetune_start(config, 100) is None
+    assert config.optimization.decoder_finetune_fraction == 0.0 and decoder_finetune_start(config, 100) is None
     config = tiny_config(tmp_path, decoder_finetune_fraction=0.3)
     assert decoder_finetune_start(config, 100) == 70 and decoder_finetune_start(config, None) is None
 

@@ -6,7 +6,6 @@ Multi-process DDP is in test_training_ddp.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,7 +25,13 @@ from latentcode.evaluation import evaluate
 from latentcode.families import get_family
 from latentcode.training import NonFiniteLossError, build_engine, load_config, parse_args, train
 from latentcode.training.checkpointing import list_checkpoints
-from latentcode.training.config import TrainingConfig, build_parser
+from latentcode.training.config import (
+    MAPPING_SECTIONS,
+    AutoencoderOptimization,
+    TrainingConfig,
+    build_parser,
+    option_groups,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "training" / "configs").glob("*.yaml"))
@@ -150,27 +155,35 @@ def test_cli_overrides_yaml_overrides_defaults():
         ]
     )
     quickstart = yaml.safe_load((REPO / "training/configs/quickstart.yaml").read_text())
-    assert config.learning_rate == 0.5 and config.center_crop is False and config.checkpoints_total_limit is None
+    assert (
+        config.optimization.learning_rate == 0.5
+        and config.data.center_crop is False
+        and config.checkpoints.checkpoints_total_limit is None
+    )
     assert config.model["codebook_size"] == 64 and config.model["block_out_channels"] == [8, 16]
     assert config.model["latent_channels"] == quickstart["model"]["latent_channels"]  # kept from the file
-    assert config.train_batch_size == quickstart["train_batch_size"]
-    assert config.adam_beta1 == TrainingConfig.__dataclass_fields__["adam_beta1"].default
+    assert config.optimization.train_batch_size == quickstart["optimization"]["train_batch_size"]
+    assert config.optimization.adam_beta1 == AutoencoderOptimization().adam_beta1
 
     help_text = build_parser().format_help()
-    for name in (f.name for f in dataclasses.fields(TrainingConfig)):
-        assert name == "model" or f"--{name}" in help_text
+    for name, group in option_groups(TrainingConfig).items():
+        assert name in MAPPING_SECTIONS or f"--{group + '.' if group else ''}{name}" in help_text
     assert "--model.KEY" in help_text
 
 
 def test_command_line_data_source_overrides_the_presets(tmp_path):
     preset = REPO / "training" / "configs" / "vqvae_mnist.yaml"
-    assert yaml.safe_load(preset.read_text())["dataset_name"]  # a preset with a Hub dataset
+    assert yaml.safe_load(preset.read_text())["data"]["dataset_name"]  # a preset with a Hub dataset
     config = parse_args(["--config", str(preset), "--train_data_dir", str(tmp_path)])
-    assert (config.train_data_dir, config.dataset_name, config.dataset_config_name) == (str(tmp_path), None, None)
+    assert (config.data.train_data_dir, config.data.dataset_name, config.data.dataset_config_name) == (
+        str(tmp_path),
+        None,
+        None,
+    )
     local = tmp_path / "local.yaml"
-    local.write_text(yaml.safe_dump({"train_data_dir": str(tmp_path)}))
+    local.write_text(yaml.safe_dump({"data": {"train_data_dir": str(tmp_path)}}))
     config = parse_args(["--config", str(local), "--dataset_name", "builtin:photos"])
-    assert (config.dataset_name, config.train_data_dir) == ("builtin:photos", None)
+    assert (config.data.dataset_name, config.data.train_data_dir) == ("builtin:photos", None)
 
 
 def test_unknown_keys_fail_with_a_suggestion(tmp_path):
@@ -205,10 +218,12 @@ def test_a_presets_comment_says_what_it_is_and_leaves_measurements_to_the_benchm
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
-    model_config = get_family(config.model_family).config_class(**{"sample_size": config.resolution, **config.model})
-    assert config.resolution % model_config.downsampling_factor == 0
-    if config.disc_weight > 0:
-        assert config.resolution >= 2 ** (config.disc_num_layers + 2)
+    model_config = get_family(config.model_family).config_class(
+        **{"sample_size": config.data.resolution, **config.model}
+    )
+    assert config.data.resolution % model_config.downsampling_factor == 0
+    if config.adversarial.disc_weight > 0:
+        assert config.data.resolution >= 2 ** (config.adversarial.disc_num_layers + 2)
 
 
 def test_bad_input_fails_before_training(tmp_path):
@@ -394,10 +409,11 @@ def test_a_gpu_presets_mixed_precision_falls_back_to_fp32_on_the_cpu_and_a_flag_
     file's bf16 / fp16 now trains in fp32 with a warning naming the flag; bf16 given on the command
     line is kept, with a warning naming the flag that turns it off."""
     preset = tmp_path / "gpu_preset.yaml"
-    preset.write_text(yaml.safe_dump(tiny_run_values(tmp_path / "run", mixed_precision=precision)))
+    values = load_config(**tiny_run_values(tmp_path / "run", mixed_precision=precision)).to_dict()
+    preset.write_text(yaml.safe_dump(values))
     with caplog.at_level("WARNING", logger="latentcode.training.engine"):
         engine = build_engine(parse_args(["--config", str(preset)]))
-    assert engine.accelerator.mixed_precision == "no" and engine.config.mixed_precision == "no"
+    assert engine.accelerator.mixed_precision == "no" and engine.config.compute.mixed_precision == "no"
     assert f"asks for mixed_precision {precision!r}" in caplog.text and "--mixed_precision bf16" in caplog.text
     engine.release_output_dir()
 
@@ -425,7 +441,7 @@ def test_threads_option_reaches_torch_in_the_run_and_metrics_json(tmp_path, monk
     metrics.json. The suite runs with 1 thread (conftest), so 2 shows the option took effect."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # set by the run; restored after the test
         monkeypatch.setenv(variable, "1")
-    assert parse_args(["--threads", "2"]).threads == 2 and parse_args([]).threads is None
+    assert parse_args(["--threads", "2"]).compute.threads == 2 and parse_args([]).compute.threads is None
     with pytest.raises(ValueError, match=r"threads must be a whole number >= 1.*got 0"):
         parse_args(["--threads", "0"])
     before = torch.get_num_threads()
@@ -495,10 +511,10 @@ def test_quickstart_command_writes_model_grid_metrics(tmp_path):
     model = VQVAEModel.from_pretrained(output)
     quickstart = load_config(REPO / "training/configs/quickstart.yaml")
     _, validation = build_image_data(
-        transform=ImageTransform(quickstart.resolution, channels=1),
+        transform=ImageTransform(quickstart.data.resolution, channels=1),
         batch_size=1,
-        dataset_name=quickstart.dataset_name,
-        num_validation_images=quickstart.num_validation_images,
+        dataset_name=quickstart.data.dataset_name,
+        num_validation_images=quickstart.data.num_validation_images,
     )
     reloaded = evaluate(model, validation.split(8)).metrics
     assert reloaded["psnr"] == pytest.approx(
@@ -557,7 +573,10 @@ def test_push_to_hub_without_network_fails_after_the_local_save(tmp_path, monkey
     config = tiny_config(
         tmp_path, max_train_steps=2, push_to_hub=True, hub_model_id="someone/tiny", hub_token="hf_test"
     )
-    config.gradient_checkpointing, config.gradient_accumulation_steps = True, 2  # these code paths run too
+    config.compute.gradient_checkpointing, config.optimization.gradient_accumulation_steps = (
+        True,
+        2,
+    )  # these code paths run too
     with pytest.raises(
         RuntimeError, match=r"the model is saved in .*run, but uploading it to the Hub as someone/tiny failed"
     ):

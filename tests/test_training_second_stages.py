@@ -17,6 +17,7 @@ from helpers import load_script, reset_accelerate_state, tiny_model
 from safetensors.torch import load_file
 
 from latentcode.training.checkpointing import LOCK_FILE, OutputDirError, list_checkpoints
+from latentcode.training.config import load_config
 from latentcode.training.engine import Engine
 from latentcode.training.latent_diffusion_task import LatentDiffusionTask
 from latentcode.training.prior_task import PriorTask
@@ -52,8 +53,10 @@ def stage(request, tmp_path_factory):
     model = tiny_model(family, in_channels=1, **({"codebook_size": 32} if family == "vqvae" else {}))
     model.save_pretrained(folder / "autoencoder")
     config = dict(COMMON, pretrained_model_name_or_path=str(folder / "autoencoder"), **options)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    return name, load_script(script), folder / "config.yaml"
+    module = load_script(script)
+    config_class = module.PriorConfig if name == "prior" else module.LatentDiffusionConfig
+    (folder / "config.yaml").write_text(yaml.safe_dump(load_config(None, config_class, **config).to_dict()))
+    return name, module, folder / "config.yaml"
 
 
 def engine_of(stage, output_dir: Path, *flags: str) -> Engine:

@@ -24,16 +24,22 @@ from typing import ClassVar
 
 # Light imports only (no torch, diffusers): --help and bad options answer at once; the task loads in main.
 from latentcode.errors import command_line
-from latentcode.training.config import RunConfig, option
+from latentcode.training.config import (
+    DataOptions,
+    OptimizationOptions,
+    ReportingOptions,
+    RunConfig,
+    group,
+    option,
+)
 from latentcode.training.config import parse_args as parse_config
 
 
 @dataclass
-class LatentDiffusionConfig(RunConfig):
-    """The options of train.py's runs (data, optimiser, checkpoints, trackers) and the UNet's."""
+class LatentDiffusionData(DataOptions):
+    """Which images the UNet learns the latents of (or the tokenized latents it reads instead),
+    their resizing, and the held-out images of the validation loss."""
 
-    pretrained_model_name_or_path: str | None = option("the trained latentcode VAE or VQ-VAE (required)", default=None)
-    output_dir: str = option("where checkpoints, logs and the pipeline go", default="latentcode-ldm")
     resolution: int | None = option(
         "images are resized and cropped to this (default: the autoencoder's sample_size)", default=None
     )
@@ -43,18 +49,55 @@ class LatentDiffusionConfig(RunConfig):
         "encoding images on the fly (a VAE or an AutoEncoder: a VQ-VAE's tokens hold no latents)",
         default=None,
     )
+
+
+@dataclass
+class LatentDiffusionOptimization(OptimizationOptions):
+    """How the UNet is optimised (train.py's options; the step count, batch and rates suit a UNet)."""
+
+    max_train_steps: int = option("optimiser steps (unused with max_train_time)", default=5000)
+    train_batch_size: int = option("images per process per micro-batch", default=64)
+    learning_rate: float = option("peak learning rate", default=2e-4)
+    lr_warmup_steps: int = option("linear learning-rate warm-up steps", default=200)
+
+
+@dataclass
+class LatentDiffusionReporting(ReportingOptions):
+    """What the run tells and publishes (train.py's options, with a UNet's validation cadence)."""
+
+    validation_steps: int = option("validation loss and samples every N steps (0: only at the end)", default=1000)
+
+
+@dataclass
+class UNetOptions:
+    """The denoising UNet over the autoencoder's latents and its DDPM noise schedule."""
+
     block_out_channels: list[int] = option("UNet channels per level", default_factory=lambda: [64, 128])
     layers_per_block: int = option("UNet ResNet blocks per level", default=1)
     norm_num_groups: int = option("UNet GroupNorm groups", default=32)
     num_train_timesteps: int = option("DDPM noise-schedule steps", default=1000)
     scaling_factor: float | None = option("latent scale (default: 1 / std of the first batch)", default=None)
-    max_train_steps: int = option("optimiser steps (unused with max_train_time)", default=5000)
-    train_batch_size: int = option("images per process per micro-batch", default=64)
-    learning_rate: float = option("peak learning rate", default=2e-4)
-    lr_warmup_steps: int = option("linear learning-rate warm-up steps", default=200)
-    validation_steps: int = option("validation loss and samples every N steps (0: only at the end)", default=1000)
+
+
+@dataclass
+class DiffusionSamplingOptions:
+    """The images sampled by the pipeline at each validation."""
+
     num_samples: int = option("images sampled at each validation", default=16)
     num_inference_steps: int = option("DDIM steps when sampling", default=50)
+
+
+@dataclass
+class LatentDiffusionConfig(RunConfig):
+    """The options of train.py's runs (data, optimiser, checkpoints, trackers) and the UNet's."""
+
+    pretrained_model_name_or_path: str | None = option("the trained latentcode VAE or VQ-VAE (required)", default=None)
+    output_dir: str = option("where checkpoints, logs and the pipeline go", default="latentcode-ldm")
+    data: LatentDiffusionData = group(LatentDiffusionData)
+    optimization: LatentDiffusionOptimization = group(LatentDiffusionOptimization)
+    reporting: LatentDiffusionReporting = group(LatentDiffusionReporting)
+    unet: UNetOptions = group(UNetOptions)
+    sampling: DiffusionSamplingOptions = group(DiffusionSamplingOptions)
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,

@@ -422,33 +422,36 @@ def vae_loss_from_config(config, model: nn.Module, dataset_size: int) -> VAELoss
     weights under readable names: `beta`, `capacity_start`, ...) describe for `model`, or `None` for `kl`
     (latentcode's own KL term). `dataset_size`: the training images, β-TCVAE's N unless
     `tc_dataset_size` says otherwise."""
-    objective = config.vae_objective
+    objective = config.objective.vae_objective
     if objective == "kl":
         return None
-    common = dict(reconstruction_distribution=config.reconstruction_distribution, anneal_steps=config.anneal_steps)
+    common = dict(
+        reconstruction_distribution=config.objective.reconstruction_distribution,
+        anneal_steps=config.objective.anneal_steps,
+    )
     if objective == "betaH":
-        loss = BetaHLoss(beta=config.beta, **common)
+        loss = BetaHLoss(beta=config.objective.beta, **common)
     elif objective == "betaB":
         loss = BetaBLoss(
-            capacity_start=config.capacity_start,
-            capacity_end=config.capacity_end,
-            gamma=config.capacity_weight,
+            capacity_start=config.objective.capacity_start,
+            capacity_end=config.objective.capacity_end,
+            gamma=config.objective.capacity_weight,
             **common,
         )
     elif objective == "btcvae":
-        size = config.tc_dataset_size or dataset_size
+        size = config.objective.tc_dataset_size or dataset_size
         loss = BetaTCVAELoss(
-            alpha=config.mutual_information_weight,
-            beta=config.tc_weight,
-            gamma=config.dimension_kl_weight,
+            alpha=config.objective.mutual_information_weight,
+            beta=config.objective.tc_weight,
+            gamma=config.objective.dimension_kl_weight,
             dataset_size=size,
             **common,
         )
     elif objective == "factor":
         discriminator = TotalCorrelationDiscriminator(
-            model.config.latent_channels, config.tc_discriminator_hidden_units
+            model.config.latent_channels, config.objective.tc_discriminator_hidden_units
         )
-        loss = FactorVAELoss(gamma=config.tc_weight, discriminator=discriminator, **common)
+        loss = FactorVAELoss(gamma=config.objective.tc_weight, discriminator=discriminator, **common)
     else:
         raise ValueError(f"vae_objective must be one of {VAE_OBJECTIVES}, got {objective!r}")
     loss.check_model(model)

@@ -24,7 +24,7 @@ in their configs (`Wav2Vec2Config.diversity_loss_weight`, DETR's `*_loss_coeffic
 model config holds the family's default objective (`VAEConfig.kl_weight`; `VQVAEConfig`'s
 `commitment_weight`, `codebook_weight`, `entropy_weight`, `diversity_weight`,
 `entropy_annealing_steps`, `entropy_annealing_start_factor`), which `model(x).loss` and
-`for_model` use; the training recipe overrides any of them (`TrainingConfig.kl_weight` and
+`for_model` use; the training recipe overrides any of them (`TrainingConfig.objective.kl_weight` and
 `TrainingConfig.quantizer_loss_weights`; unset = the model's). A quantizer returns its terms unweighted (`VQVAEOutput.quantizer_terms`:
 an EMA codebook has no codebook term, residual levels sum theirs) and
 [`QuantizerLossWeights`] weighs them. The entropy annealing is a function of the optimiser step

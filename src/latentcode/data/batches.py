@@ -437,23 +437,23 @@ def build_image_data(
 def image_data_from_config(
     config, channels: int, resolution: int, rank: int = 0, world_size: int = 1
 ) -> tuple[ImageBatches, torch.Tensor]:
-    """[`build_image_data`] from the data options of a training script's config (the fields of
-    `latentcode.training.config.RunConfig`), for process `rank` of `world_size`."""
-    transform = ImageTransform(resolution, channels, config.center_crop, config.random_flip)
+    """[`build_image_data`] from a training script's config (`latentcode.training.config.RunConfig`):
+    its `data` options and `optimization.train_batch_size`, for process `rank` of `world_size`."""
+    transform = ImageTransform(resolution, channels, config.data.center_crop, config.data.random_flip)
     return build_image_data(
         transform=transform,
-        batch_size=config.train_batch_size,
-        dataset_name=config.dataset_name,
-        dataset_config_name=config.dataset_config_name,
-        split=config.split,
-        validation_split=config.validation_split,
-        train_data_dir=config.train_data_dir,
-        image_column=config.image_column,
-        num_validation_images=config.num_validation_images,
-        shuffle_buffer_size=config.shuffle_buffer_size,
+        batch_size=config.optimization.train_batch_size,
+        dataset_name=config.data.dataset_name,
+        dataset_config_name=config.data.dataset_config_name,
+        split=config.data.split,
+        validation_split=config.data.validation_split,
+        train_data_dir=config.data.train_data_dir,
+        image_column=config.data.image_column,
+        num_validation_images=config.data.num_validation_images,
+        shuffle_buffer_size=config.data.shuffle_buffer_size,
         seed=config.seed,
         rank=rank,
         world_size=world_size,
-        cache_dir=config.cache_dir,
-        num_workers=config.dataloader_num_workers,
+        cache_dir=config.data.cache_dir,
+        num_workers=config.data.dataloader_num_workers,
     )

@@ -34,7 +34,13 @@ from ..errors import command_line
 from ..model_loading import add_model_arguments, load_pretrained_model
 from ..threads import set_num_threads
 from ..tile_size import MIN_DEFAULT_TILE_SIZE, default_tile_size
-from ..training.config import DATA_SOURCE_FIELDS, DefaultsHelpFormatter, RunConfig, add_config_arguments
+from ..training.config import (
+    DATA_SOURCE_FIELDS,
+    ComputeOptions,
+    DataOptions,
+    DefaultsHelpFormatter,
+    add_config_arguments,
+)
 
 # Splits that hold images a model was not trained on, in order of preference.
 HELD_OUT_SPLITS = ("test", "validation")
@@ -49,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     data = parser.add_argument_group("data (as in training/train.py)")
-    add_config_arguments(data, RunConfig, [name for name in DATA_SOURCE_FIELDS if name != "split"], keep_defaults=True)
+    add_config_arguments(
+        data, DataOptions, [name for name in DATA_SOURCE_FIELDS if name != "split"], keep_defaults=True
+    )
     data.add_argument(
         "--split",
         default=None,
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on the first N readable images, for a quick look (default: every image of the split)",
     )
     data.add_argument("--batch_size", type=int, default=32, help="images per encode/decode call")
-    add_config_arguments(parser, RunConfig, ["threads"], keep_defaults=True)
+    add_config_arguments(parser, ComputeOptions, ["threads"], keep_defaults=True)
     _add_metric_and_output_arguments(parser)
     return parser
 

@@ -24,7 +24,13 @@ def default_num_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..training.config import DATA_SOURCE_FIELDS, DefaultsHelpFormatter, RunConfig, add_config_arguments
+    from ..training.config import (
+        DATA_SOURCE_FIELDS,
+        ComputeOptions,
+        DataOptions,
+        DefaultsHelpFormatter,
+        add_config_arguments,
+    )
 
     parser = argparse.ArgumentParser(
         prog="latentcode-tokenize",
@@ -34,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     data = parser.add_argument_group("data (as in training/train.py)")
-    add_config_arguments(data, RunConfig, DATA_SOURCE_FIELDS, keep_defaults=True)
-    add_config_arguments(parser, RunConfig, ["threads"], keep_defaults=True)
+    add_config_arguments(data, DataOptions, DATA_SOURCE_FIELDS, keep_defaults=True)
+    add_config_arguments(parser, ComputeOptions, ["threads"], keep_defaults=True)
     data.add_argument("--resolution", type=int, default=None, help="image size (default: the model's sample_size)")
     data.add_argument("--batch_size", type=int, default=64, help="images per encode call")
     data.add_argument(

@@ -46,11 +46,11 @@ def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
     if config.pretrained_model_name_or_path is not None:
         model = family.model_class.from_pretrained(config.pretrained_model_name_or_path)
     else:
-        model = family.model_class(family.config_class(**{"sample_size": config.resolution, **config.model}))
+        model = family.model_class(family.config_class(**{"sample_size": config.data.resolution, **config.model}))
     factor = model.config.downsampling_factor
-    if config.resolution % factor:
+    if config.data.resolution % factor:
         raise ValueError(
-            f"resolution={config.resolution} is not divisible by the model's downsampling factor {factor} "
+            f"resolution={config.data.resolution} is not divisible by the model's downsampling factor {factor} "
             f"(2 ** (len(block_out_channels) - 1), block_out_channels={model.config.block_out_channels})"
         )
     return model
@@ -59,14 +59,14 @@ def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
 def decoder_finetune_start(config: TrainingConfig, total_steps: int | None) -> int | None:
     """The first step (0-based) of the decoder-only phase: the last `decoder_finetune_fraction`
     of `total_steps`; None when the option is off or the step count is not yet fitted."""
-    if not config.decoder_finetune_fraction or total_steps is None:
+    if not config.optimization.decoder_finetune_fraction or total_steps is None:
         return None
-    return total_steps - math.floor(config.decoder_finetune_fraction * total_steps)
+    return total_steps - math.floor(config.optimization.decoder_finetune_fraction * total_steps)
 
 
 def _adam_options(config: TrainingConfig) -> dict:
-    betas = (config.adam_beta1, config.adam_beta2)
-    return dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    betas = (config.optimization.adam_beta1, config.optimization.adam_beta2)
+    return dict(betas=betas, weight_decay=config.optimization.adam_weight_decay, eps=config.optimization.adam_epsilon)
 
 
 class AutoencoderTask(TrainingTask):
@@ -75,63 +75,68 @@ class AutoencoderTask(TrainingTask):
 
     def __init__(self, config: TrainingConfig):
         self.config = config
-        self.use_gan = config.disc_weight > 0
-        if self.use_gan and config.resolution < 2 ** (config.disc_num_layers + 2):
+        self.use_gan = config.adversarial.disc_weight > 0
+        layers, resolution = config.adversarial.disc_num_layers, config.data.resolution
+        if self.use_gan and resolution < 2 ** (layers + 2):
             raise ValueError(
-                f"resolution={config.resolution} is too small for a discriminator with disc_num_layers="
-                f"{config.disc_num_layers}: it needs at least {2 ** (config.disc_num_layers + 2)}"
+                f"resolution={resolution} is too small for a discriminator with disc_num_layers={layers}: it needs "
+                f"at least {2 ** (layers + 2)}"
             )
         self.decoder_only = False  # the decoder-only phase has begun (set again on a resume past it)
 
     def build(self, engine: Engine) -> ImageBatches:
         config, accelerator = self.config, engine.accelerator
+        optimization, compute, gan = config.optimization, config.compute, config.adversarial
         model = build_model(config)
-        if config.gradient_checkpointing:
+        if compute.gradient_checkpointing:
             model.activation_checkpointing_enable()
-        if config.torch_compile:
-            model.compile(backend=config.torch_compile_backend)  # in place: checkpoints keep their keys
-        if config.decoder_finetune_fraction and accelerator.num_processes > 1:
+        if compute.torch_compile:
+            model.compile(backend=compute.torch_compile_backend)  # in place: checkpoints keep their keys
+        if optimization.decoder_finetune_fraction and accelerator.num_processes > 1:
             raise ValueError(
-                f"decoder_finetune_fraction={config.decoder_finetune_fraction} freezes the encoder mid-run, which "
-                f"DistributedDataParallel does not allow ({accelerator.num_processes} processes); run it on one "
+                f"decoder_finetune_fraction={optimization.decoder_finetune_fraction} freezes the encoder mid-run, "
+                f"which DistributedDataParallel does not allow ({accelerator.num_processes} processes); run it on one "
                 "process, or set decoder_finetune_fraction 0"
             )
         batches, self.validation_images = image_data_from_config(
-            config, model.config.in_channels, config.resolution, accelerator.process_index, accelerator.num_processes
+            config,
+            model.config.in_channels,
+            config.data.resolution,
+            accelerator.process_index,
+            accelerator.num_processes,
         )
         if self.validation_images.numel() == 0:
             raise ValueError("num_validation_images must be >= 1: validation metrics and the grid need images")
         trainable = [p for p in model.parameters() if p.requires_grad]
-        parts = [Part("model", model, torch.optim.AdamW(trainable, lr=config.learning_rate, **_adam_options(config)))]
+        parts = [
+            Part("model", model, torch.optim.AdamW(trainable, lr=optimization.learning_rate, **_adam_options(config)))
+        ]
         perceptual = None
-        if config.perceptual_weight > 0:
-            perceptual = PerceptualLoss(config.perceptual_net, config.perceptual_pretrained).to(accelerator.device)
+        if gan.perceptual_weight > 0:
+            perceptual = PerceptualLoss(gan.perceptual_net, gan.perceptual_pretrained).to(accelerator.device)
         adversarial = None
         if self.use_gan:
             discriminator = PatchDiscriminator(
-                model.config.out_channels, config.disc_channels, config.disc_num_layers, config.disc_norm
+                model.config.out_channels, gan.disc_channels, gan.disc_num_layers, gan.disc_norm
             )
-            lr = config.disc_learning_rate or config.learning_rate  # constant: not on the run's schedule
+            lr = gan.disc_learning_rate or optimization.learning_rate  # constant: not on the run's schedule
             optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, **_adam_options(config))
             parts.append(Part("discriminator", discriminator, optimizer, learning_rate=lr))
             adversarial = AdversarialTerms(
-                discriminator, config.disc_weight, config.disc_start, config.disc_loss, config.disc_adaptive_weight
+                discriminator, gan.disc_weight, gan.disc_start, gan.disc_loss, gan.disc_adaptive_weight
             )
         vae_loss = vae_loss_from_config(config, model, dataset_size=batches.order.total)
         if isinstance(vae_loss, FactorVAELoss):  # Adam with the paper's betas, constant learning rate
-            optimizer = torch.optim.Adam(
-                vae_loss.discriminator.parameters(), lr=config.tc_discriminator_learning_rate, betas=(0.5, 0.9)
-            )
-            parts.append(
-                Part("tc_discriminator", vae_loss.discriminator, optimizer, config.tc_discriminator_learning_rate)
-            )
+            lr = config.objective.tc_discriminator_learning_rate
+            optimizer = torch.optim.Adam(vae_loss.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
+            parts.append(Part("tc_discriminator", vae_loss.discriminator, optimizer, lr))
         self.objective = AutoencoderObjective.for_model(
             model,
             **config.quantizer_loss_weights,  # the weights this run overrides; the others are the model's
-            kl_weight=config.kl_weight,
-            kl_warmup_steps=config.kl_warmup_steps,
+            kl_weight=config.objective.kl_weight,
+            kl_warmup_steps=config.objective.kl_warmup_steps,
             perceptual=perceptual,
-            perceptual_weight=config.perceptual_weight,
+            perceptual_weight=gan.perceptual_weight,
             adversarial=adversarial,
             vae_loss=vae_loss,
         )
@@ -193,7 +198,7 @@ class AutoencoderTask(TrainingTask):
         images = self.validation_images
         result = evaluate(
             self.unwrapped,
-            images.split(self.config.train_batch_size),
+            images.split(self.config.optimization.train_batch_size),
             num_grid_images=len(images),
             autocast=engine.accelerator.autocast,
             throughput=False,  # timings would make a resumed run's metrics differ
@@ -224,7 +229,7 @@ class AutoencoderTask(TrainingTask):
             kind="training",
             metrics=validation,
             num_images=len(self.validation_images),
-            details={"resolution": self.config.resolution},
+            details={"resolution": self.config.data.resolution},
             per_dimension=None if result.per_dimension_kl is None else {"kl": result.per_dimension_kl},
         )
 
@@ -248,7 +253,7 @@ class AutoencoderTask(TrainingTask):
         except ImportError:  # the processor is optional for training; the model is what matters
             logger.warning("latentcode.image_processing is unavailable; no image processor saved")
             return
-        processor = LatentCodeImageProcessor.from_model_config(self.unwrapped.config, size=self.config.resolution)
+        processor = LatentCodeImageProcessor.from_model_config(self.unwrapped.config, size=self.config.data.resolution)
         processor.save_pretrained(output_dir)
 
     def _write_model_card(self, engine: Engine, validation: EvaluationResult) -> None:
@@ -256,15 +261,15 @@ class AutoencoderTask(TrainingTask):
         values = {
             "model_class": type(model).__name__,
             "model_family": config.model_family,
-            "repo_id": config.hub_model_id or str(engine.output_dir),
+            "repo_id": config.reporting.hub_model_id or str(engine.output_dir),
             "dataset": data_source(config),
-            "resolution": config.resolution,
+            "resolution": config.data.resolution,
             "in_channels": model.config.in_channels,
             "steps": engine.global_step,
-            "batch_size": config.train_batch_size
-            * config.gradient_accumulation_steps
+            "batch_size": config.optimization.train_batch_size
+            * config.optimization.gradient_accumulation_steps
             * engine.accelerator.num_processes,
-            "learning_rate": config.learning_rate,
+            "learning_rate": config.optimization.learning_rate,
             "losses": self.objective.describe(model),
             "metrics": metrics_markdown(validation).strip(),
             "config": yaml.safe_dump(config.to_dict(), sort_keys=False).strip(),

@@ -100,17 +100,17 @@ def code_data(
             "tokenise at this resolution or set --resolution to the tokenised one"
         )
     rows = codes.select_columns(["key", "flipped"])[:]  # every row's key and flipped flag
-    held_out = (~rows["flipped"].bool()).nonzero().flatten()[: max(config.num_validation_images, 0)].tolist()
+    held_out = (~rows["flipped"].bool()).nonzero().flatten()[: max(config.data.num_validation_images, 0)].tolist()
     held_out_keys = {rows["key"][index] for index in held_out}
     train = [index for index, key in enumerate(rows["key"]) if key not in held_out_keys]
     batches = CodeBatches(
         codes.select(train),
         to_batch,
-        config.train_batch_size,
+        config.optimization.train_batch_size,
         config.seed,
         rank,
         world_size,
-        config.shuffle_buffer_size,
+        config.data.shuffle_buffer_size,
     )
     validation = to_batch(codes[held_out]) if held_out else None
     return batches, validation

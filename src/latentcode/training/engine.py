@@ -23,7 +23,7 @@ everything else, the same for every script:
 - a progress bar with rate and ETA, a one-line summary at the end, `loss.png`, the upload
   (`push_to_hub`).
 
-A new training script is a `RunConfig` subclass with its options, a task and one call:
+A new training script is a `RunConfig` subclass with its option groups, a task and one call:
 
     class MyTask(TrainingTask):
         def build(self, engine):                    # what is trained, and the training batches
@@ -67,7 +67,7 @@ from .checkpointing import OutputDirLock, check_output_dir, load_checkpoint, res
 from .config import MAPPING_SECTIONS, RunConfig
 from .ema import EMAModel
 from .loss_plot import write_loss_plot
-from .schedule import RunSchedule, TimeBudget
+from .schedule import run_schedule
 from .state import (
     NonFiniteSteps,
     check_resume_settings,
@@ -98,7 +98,7 @@ def cpu_mixed_precision(config: RunConfig) -> str:
     needs a GPU: a `--config` file's bf16 / fp16 (a GPU preset's setting, not the user's choice)
     falls back to "no" with a warning naming the flag that forces it; bf16 given explicitly
     (flag or caller) is kept, with a warning; fp16 given explicitly is refused."""
-    precision = config.mixed_precision
+    precision = config.compute.mixed_precision
     if precision == "no":
         return precision
     if "mixed_precision" in config.file_keys:
@@ -124,19 +124,19 @@ def cpu_mixed_precision(config: RunConfig) -> str:
 def run_accelerator(config: RunConfig) -> Accelerator:
     """The `Accelerator` of a training script: mixed precision, trackers (`report_to`) logging to
     `output_dir/logging_dir`, the CPU when there is no GPU, collectives that give up after
-    `ddp_timeout`. On the CPU, `config.mixed_precision` becomes what [`cpu_mixed_precision`]
+    `ddp_timeout`. On the CPU, `config.compute.mixed_precision` becomes what [`cpu_mixed_precision`]
     decides (so that checkpoints and metrics.json record the precision trained in)."""
     output_dir = Path(config.output_dir)
     use_cuda = torch.cuda.is_available()
     if not use_cuda:
-        config.mixed_precision = cpu_mixed_precision(config)
+        config.compute.mixed_precision = cpu_mixed_precision(config)
     return Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=config.compute.mixed_precision,
         # Collectives wait at most ddp_timeout for a lost process (see state.lost_process_errors).
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))],
-        log_with=None if config.report_to == "none" else config.report_to,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.compute.ddp_timeout))],
+        log_with=None if config.reporting.report_to == "none" else config.reporting.report_to,
         project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
+            project_dir=str(output_dir), logging_dir=str(output_dir / config.reporting.logging_dir)
         ),
         cpu=not use_cuda,
     )
@@ -144,7 +144,7 @@ def run_accelerator(config: RunConfig) -> Accelerator:
 
 def tracker_config(config: RunConfig) -> dict:
     """The config flattened to the scalar values trackers accept (`model.KEY` for the model's)."""
-    flat = {key: value for key, value in config.to_dict().items() if key not in MAPPING_SECTIONS}
+    flat = {key: value for key, value in config.option_values().items() if key not in MAPPING_SECTIONS}
     for section in MAPPING_SECTIONS:
         flat.update({f"{section}.{key}": value for key, value in getattr(config, section, {}).items()})
     return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
@@ -214,16 +214,16 @@ class Engine:
         self.config, self.task = config, task
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
-        self.nonfinite = NonFiniteSteps(config.max_consecutive_nonfinite_steps)
+        self.nonfinite = NonFiniteSteps(config.optimization.max_consecutive_nonfinite_steps)
         self.train_seconds = 0.0  # of the whole run before this session
         self.history: list[float] = []  # loss per step of the whole run (loss.png)
         self.losses: list[float] = []  # this session's
         self.parts: list[Part] = []
         self.ema: EMAModel | None = None
         self.clock = time.perf_counter  # the seconds a time budget counts (a test may simulate them)
-        self.threads = set_num_threads(config.threads)  # before any torch work: --threads N
+        self.threads = set_num_threads(config.compute.threads)  # before any torch work: --threads N
         set_seed(config.seed)
-        with lost_process_errors(config.ddp_timeout, lambda: "start-up"):
+        with lost_process_errors(config.compute.ddp_timeout, lambda: "start-up"):
             self._setup()
 
     def _setup(self) -> None:
@@ -235,17 +235,15 @@ class Engine:
         self.batches = self.task.build(self)
         if not self.parts:
             raise TypeError(f"{type(self.task).__name__}.build must hand the modules it trains to engine.prepare")
-        total = None if config.max_train_time else config.max_train_steps
-        self.schedule = RunSchedule(config.lr_scheduler, config.learning_rate, config.lr_warmup_steps, total)
-        self.budget = TimeBudget(config.max_train_time) if config.max_train_time else None
+        self.schedule, self.budget = run_schedule(config.optimization)
         accelerator.register_for_checkpointing(self.schedule)
         if self.ema is not None:
             accelerator.register_for_checkpointing(self.ema)
-        checkpoint = resolve_checkpoint(self.output_dir, config.resume_from_checkpoint)
+        checkpoint = resolve_checkpoint(self.output_dir, config.checkpoints.resume_from_checkpoint)
         if checkpoint is not None:
             self._resume(checkpoint)
         self._apply_learning_rate()
-        accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config))
+        accelerator.init_trackers(config.reporting.tracker_project_name, config=tracker_config(config))
 
     def prepare(self, parts: list[Part]) -> list[Part]:
         """The task's `parts` ready to train (their `module` and `optimizer` accelerate's: device,
@@ -258,8 +256,8 @@ class Engine:
         # Parameters without gradients (an EMA codebook) are averages already: not averaged again.
         # Fixed here: a decoder-only phase later freezes some, and the EMA keeps its tensors.
         self.averaged = [p for p in self.unwrap(parts[0].module).parameters() if p.requires_grad]
-        if self.config.use_ema:
-            self.ema = EMAModel(self.averaged, self.config.ema_decay).to(self.device)
+        if self.config.ema.use_ema:
+            self.ema = EMAModel(self.averaged, self.config.ema.ema_decay).to(self.device)
         return parts
 
     def unwrap(self, module: nn.Module) -> nn.Module:
@@ -287,7 +285,7 @@ class Engine:
         on all of them (`max_consecutive_nonfinite_steps` in a row stop the run). Returns the logs."""
         logs: dict[str, float] = defaultdict(float)
         snapshots = [snapshot_forward_state(self.unwrap(part.module)) for part in self.parts]
-        accumulation = self.config.gradient_accumulation_steps
+        accumulation = self.config.optimization.gradient_accumulation_steps
         finite = True
         for micro_step in range(accumulation):
             batch = self.batches.next_batch().to(self.device)
@@ -301,7 +299,7 @@ class Engine:
                 logs[name] += float(value.detach() if torch.is_tensor(value) else value) / accumulation
         norms = self._clip_gradients(logs) if finite else {}
         # fp16 overflows are the GradScaler's business (it skips those steps itself).
-        if not all(math.isfinite(norm) for norm in norms.values()) and self.config.mixed_precision != "fp16":
+        if not all(math.isfinite(norm) for norm in norms.values()) and self.config.compute.mixed_precision != "fp16":
             finite = False
         if finite:
             for part in self.parts:
@@ -335,11 +333,11 @@ class Engine:
 
     def _clip_gradients(self, logs: dict) -> dict[str, float]:
         """Clip each part's gradients; its norm before clipping, per part that has gradients."""
-        norms = {}
+        norms, clip = {}, self.config.optimization.max_grad_norm
         for part in self.parts:
             parameters = [p for p in part.module.parameters() if p.grad is not None]
             if parameters:
-                norms[part.name] = float(self.accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm))
+                norms[part.name] = float(self.accelerator.clip_grad_norm_(parameters, clip))
         for name, norm in norms.items():
             logs["grad_norm" if name == self.parts[0].name else f"{name}_grad_norm"] = norm
         return norms
@@ -348,7 +346,7 @@ class Engine:
         """Train to the step or time budget, then finish. A lost process ends the run on the others
         with a `ProcessLostError`; the output folder's lock is released however the run ends."""
         try:
-            with lost_process_errors(self.config.ddp_timeout, lambda: f"step {self.global_step + 1}"):
+            with lost_process_errors(self.config.compute.ddp_timeout, lambda: f"step {self.global_step + 1}"):
                 result = self._run()
             self.release_output_dir(remove=True)
             return result
@@ -358,10 +356,8 @@ class Engine:
     def _run(self) -> TrainingResult:
         """Each step trains (`train_step`), logs, checkpoints, validates; to the step or time budget."""
         accelerator = self.accelerator
-        progress = tqdm(
-            total=self.schedule.total_steps, initial=self.global_step, disable=not accelerator.is_main_process
-        )
-        progress.set_description("steps")
+        steps, main = self.schedule.total_steps, accelerator.is_main_process
+        progress = tqdm(total=steps, initial=self.global_step, desc="steps", disable=not main)
         start, cpu_start = self.clock(), time.process_time()
         seconds = 0.0  # this session's training time after each step (a checkpoint's counts in the next one)
         while not self._done():
@@ -390,7 +386,7 @@ class Engine:
 
     def _checkpoint(self, session_seconds: float) -> None:
         """Every `checkpointing_steps`, unless the last steps were NaN/inf (the last good one stays)."""
-        step, every = self.global_step, self.config.checkpointing_steps
+        step, every = self.global_step, self.config.checkpoints.checkpointing_steps
         if not every or step % every:
             return
         if not self.nonfinite.streak:  # the same on every process (all skip a step together)
@@ -400,7 +396,7 @@ class Engine:
 
     def _validate(self) -> None:
         """Every `validation_steps` but the last (the final save validates): the task's metrics, logged."""
-        step, every = self.global_step, self.config.validation_steps
+        step, every = self.global_step, self.config.reporting.validation_steps
         if not every or step % every or self._done():
             return
         if self.accelerator.is_main_process:
@@ -411,7 +407,7 @@ class Engine:
     def save_checkpoint(self, session_seconds: float) -> Path:
         """Everything an exact resume needs ([`run_state`]), written atomically as `checkpoint-STEP`."""
         state, process_state = run_state(self, session_seconds)
-        limit = self.config.checkpoints_total_limit
+        limit = self.config.checkpoints.checkpoints_total_limit
         return save_checkpoint(self.accelerator, self.output_dir, self.global_step, state, process_state, limit)
 
     def resume_settings(self) -> dict:
@@ -442,8 +438,8 @@ class Engine:
             write_loss_plot(self.history, self.output_dir / "loss.png")
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        if accelerator.is_main_process and self.config.push_to_hub:
-            upload_model(self.output_dir, self.config.hub_model_id, self.config.hub_token)
+        if accelerator.is_main_process and self.config.reporting.push_to_hub:
+            upload_model(self.output_dir, self.config.reporting.hub_model_id, self.config.reporting.hub_token)
         rate = session_seconds / max(1, len(self.losses))
         accelerator.print(
             f"done: {self.global_step} steps ({len(self.losses)} this session, {session_seconds:.1f} s, "
@@ -466,7 +462,7 @@ def run_state(engine: Engine, session_seconds: float) -> tuple[dict, dict]:
         "global_step": engine.global_step,
         "nonfinite_steps": engine.nonfinite.total,
         "settings": engine.resume_settings(),
-        "learning_rate": engine.config.learning_rate,
+        "learning_rate": engine.config.optimization.learning_rate,
         "train_seconds": engine.train_seconds + session_seconds,
         "loss_history": engine.history,
         "time_budget": engine.budget.state_dict() if engine.budget is not None else None,
@@ -489,7 +485,8 @@ def restore_run_state(engine: Engine, state: dict, process_state: dict) -> None:
     engine.batches.load_state_dict(process_state["data"])
     load_usage_state(engine.model, process_state["quantizer_usage"])
     engine.task.load_state(engine, state.get("task", {}), process_state.get("task", {}))
-    saved_lr, lr = state.get("learning_rate", engine.config.learning_rate), engine.config.learning_rate
+    lr = engine.config.optimization.learning_rate
+    saved_lr = state.get("learning_rate", lr)
     if saved_lr != lr:  # the schedule's shape is this run's; so is its peak
         logger.warning("resume: learning_rate %g -> %g (from step %d)", saved_lr, lr, engine.global_step + 1)
 
@@ -501,14 +498,17 @@ def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float) -> d
     config, accelerator = engine.config, engine.accelerator
     # Processes may meet the same bad file in different epochs: count the union of their files.
     corrupt = set().union(*gather_object([engine.batches.corrupt.state_dict()]))
-    images_per_step = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    optimization = config.optimization
+    images_per_step = (
+        optimization.train_batch_size * optimization.gradient_accumulation_steps * accelerator.num_processes
+    )
     return {
         "global_step": engine.global_step,
         "images_seen": engine.global_step * images_per_step,
         "train_seconds_this_session": round(session_seconds, 2),
         "train_seconds": round(engine.train_seconds + session_seconds, 2),
         "train_cpu_seconds_this_session": round(cpu_seconds, 2),
-        "max_train_time": config.max_train_time,
+        "max_train_time": config.optimization.max_train_time,
         "final_train_loss": engine.losses[-1] if engine.losses else None,
         "nonfinite_steps": engine.nonfinite.total,
         "corrupt_images": len(corrupt),
@@ -520,7 +520,7 @@ def run_summary(engine: Engine, session_seconds: float, cpu_seconds: float) -> d
 
 def data_source(config: RunConfig) -> str:
     """The training data in a few words: the dataset name or folder (metrics.json, model cards)."""
-    return config.dataset_name or config.train_data_dir or "builtin:digits"
+    return config.data.dataset_name or config.data.train_data_dir or "builtin:digits"
 
 
 def training_report(

@@ -38,7 +38,7 @@ class LatentDiffusionTask(TrainingTask):
     def build(self, engine: Engine):
         config, accelerator, device = self.config, engine.accelerator, engine.device
         autoencoder = AutoModel.from_pretrained(
-            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.data.cache_dir)
         )
         if not isinstance(autoencoder, FamilyBehaviour):  # any family: each has a continuous code
             raise ValueError(
@@ -46,17 +46,21 @@ class LatentDiffusionTask(TrainingTask):
                 f"{type(autoencoder).__name__}"
             )
         self.autoencoder = autoencoder.eval().requires_grad_(False).to(device)
-        resolution = config.resolution or autoencoder.config.sample_size
+        resolution = config.data.resolution or autoencoder.config.sample_size
         # Initialised first, from the seed alone (DataLoaders draw from a generator of their own,
         # data/batches.py): the same UNet whether the latents come from images or from a tokenised dataset.
         unet = latent_unet(
-            autoencoder.config, resolution, config.block_out_channels, config.layers_per_block, config.norm_num_groups
+            autoencoder.config,
+            resolution,
+            config.unet.block_out_channels,
+            config.unet.layers_per_block,
+            config.unet.norm_num_groups,
         )
         batches, self.validation_batch = self.data(resolution, accelerator.process_index, accelerator.num_processes)
         # Each process has its own noise; the validation noise is the same everywhere and every time.
         self.generator = torch.Generator(device).manual_seed(config.seed + accelerator.process_index)
-        if config.scaling_factor is not None:
-            autoencoder.config.scaling_factor = config.scaling_factor
+        if config.unet.scaling_factor is not None:
+            autoencoder.config.scaling_factor = config.unet.scaling_factor
         else:  # measured on the first batch, which step 1 then reads again (a resume restores its own)
             start = batches.state_dict()
             local = scaling_factor_of([self.latents(batches.next_batch().to(device), self.generator)])
@@ -66,10 +70,12 @@ class LatentDiffusionTask(TrainingTask):
         # No clipping of the predicted latents to [-1, 1] (diffusers' pixel-space default): scaled
         # latents have unit std, a third of their values lie outside, and clipping them pulled the
         # first hour's samples towards blends of digits (benchmarks/README.md, 'First-hour samples').
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, clip_sample=False)
-        betas = (config.adam_beta1, config.adam_beta2)
-        adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, **adam)
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.unet.num_train_timesteps, clip_sample=False)
+        betas = (config.optimization.adam_beta1, config.optimization.adam_beta2)
+        adam = dict(
+            betas=betas, weight_decay=config.optimization.adam_weight_decay, eps=config.optimization.adam_epsilon
+        )
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=config.optimization.learning_rate, **adam)
         accelerator.print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
         engine.prepare([Part("unet", unet, optimizer)])
         accelerator.print(f"scaling_factor = {autoencoder.config.scaling_factor:.5f}")
@@ -80,11 +86,11 @@ class LatentDiffusionTask(TrainingTask):
         `--latents_dataset` the stored codes `[B, k, C, h, w]` (k = 2: a posterior's mean and std;
         k = 1: the code)."""
         config, autoencoder = self.config, self.autoencoder
-        if config.latents_dataset is None:
+        if config.data.latents_dataset is None:
             return image_data_from_config(config, autoencoder.config.in_channels, resolution, rank, world_size)
         if autoencoder.has_tokens:
             raise ValueError(
-                f"--latents_dataset needs the tokenised latents of a VAE or an AutoEncoder; {config.latents_dataset!r} "
+                f"--latents_dataset needs the tokenised latents of a VAE or an AutoEncoder; {config.data.latents_dataset!r} "
                 "would hold a VQ-VAE's token indices, not the latents before quantisation it diffuses: drop "
                 "--latents_dataset to encode the images on the fly"
             )
@@ -94,13 +100,13 @@ class LatentDiffusionTask(TrainingTask):
         def stored_latents(rows: dict) -> torch.Tensor:
             return torch.stack([rows[name].float().unflatten(1, shape) for name in columns], dim=1)
 
-        return code_data(config.latents_dataset, autoencoder, config, stored_latents, shape, rank, world_size)
+        return code_data(config.data.latents_dataset, autoencoder, config, stored_latents, shape, rank, world_size)
 
     @torch.no_grad()
     def latents(self, batch: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         """Unscaled latents `[B, C, h, w]` of a batch: a posterior sample (drawn with `noise`) or
         the code; from pixels, or from stored codes as `model.continuous_code` would draw them."""
-        if self.config.latents_dataset is None:
+        if self.config.data.latents_dataset is None:
             return continuous_latents(self.autoencoder, batch, sample_posterior=True, generator=noise)
         mean = batch[:, 0]
         if batch.shape[1] == 1:  # a deterministic code
@@ -142,9 +148,9 @@ class LatentDiffusionTask(TrainingTask):
                 loss = diffusion_loss(unet, self.noise_scheduler, self.validation_latents, fixed)
             metrics["validation_loss"] = loss.item()
         images = self.pipeline(engine)(
-            batch_size=config.num_samples,
+            batch_size=config.sampling.num_samples,
             generator=torch.Generator().manual_seed(config.seed),
-            num_inference_steps=config.num_inference_steps,
+            num_inference_steps=config.sampling.num_inference_steps,
             output_type="np",
         ).images
         samples = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1  # [N, C, H, W] in [-1, 1]
@@ -166,6 +172,6 @@ class LatentDiffusionTask(TrainingTask):
             kind="latent-diffusion",
             metrics=metrics,
             num_images=0 if self.validation_batch is None else len(self.validation_batch),
-            source=self.config.latents_dataset,
+            source=self.config.data.latents_dataset,
             details={"scaling_factor": self.autoencoder.config.scaling_factor},
         )

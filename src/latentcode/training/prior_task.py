@@ -37,7 +37,7 @@ class PriorTask(TrainingTask):
     def build(self, engine: Engine):
         config, accelerator = self.config, engine.accelerator
         vqvae = AutoModel.from_pretrained(
-            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+            resolve_pretrained(config.pretrained_model_name_or_path, cache_dir=config.data.cache_dir)
         )
         if not getattr(vqvae, "has_tokens", False):
             raise ValueError(
@@ -45,27 +45,29 @@ class PriorTask(TrainingTask):
                 f"has_tokens), got a {type(vqvae).__name__}; train a prior over the codes of a VQ-VAE"
             )
         self.vqvae = vqvae.eval().requires_grad_(False).to(accelerator.device)
-        self.resolution = config.resolution or vqvae.config.sample_size
+        self.resolution = config.data.resolution or vqvae.config.sample_size
         self.latent_shape = vqvae.latent_shape(self.resolution)
         # Initialised first, from the seed alone (DataLoaders draw from a generator of their own,
         # data/batches.py): the same prior whether the codes come from images or from a tokenised dataset.
         prior = build_prior(
             vqvae.config.codebook_size,
             self.latent_shape,
-            architecture=config.architecture,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            dropout=config.dropout,
+            architecture=config.prior.architecture,
+            hidden_size=config.prior.hidden_size,
+            num_layers=config.prior.num_layers,
+            num_heads=config.prior.num_heads,
+            dropout=config.prior.dropout,
             vqvae_name_or_path=config.pretrained_model_name_or_path,
         )
         self.mapping = token_mapping(prior.config)
         batches, self.validation_codes = self.data(accelerator.process_index, accelerator.num_processes)
-        betas = (config.adam_beta1, config.adam_beta2)
-        adam = dict(betas=betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-        optimizer = torch.optim.AdamW(prior.parameters(), lr=config.learning_rate, **adam)
+        betas = (config.optimization.adam_beta1, config.optimization.adam_beta2)
+        adam = dict(
+            betas=betas, weight_decay=config.optimization.adam_weight_decay, eps=config.optimization.adam_epsilon
+        )
+        optimizer = torch.optim.AdamW(prior.parameters(), lr=config.optimization.learning_rate, **adam)
         accelerator.print(
-            f"prior: {config.architecture}, {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
+            f"prior: {config.prior.architecture}, {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M parameters, "
             f"{math.prod(self.latent_shape)} codes per image {tuple(self.latent_shape)}, "
             f"vocabulary {self.mapping.vocab_size}"
         )
@@ -76,15 +78,15 @@ class PriorTask(TrainingTask):
         """The training batches (pixels, or code sequences `[B, L]` with `--codes_dataset`) and the
         held-out code sequences `[V, L]`."""
         config, vqvae = self.config, self.vqvae
-        if config.codes_dataset is not None:
+        if config.data.codes_dataset is not None:
             shape = self.latent_shape
-            return code_data(config.codes_dataset, vqvae, config, code_sequences, shape, rank, world_size)
+            return code_data(config.data.codes_dataset, vqvae, config, code_sequences, shape, rank, world_size)
         batches, images = image_data_from_config(config, vqvae.config.in_channels, self.resolution, rank, world_size)
         return batches, torch.cat(list(encode_to_sequences(vqvae, images.split(64))))
 
     def compute_loss(self, engine: Engine, batch: torch.Tensor):
         """The objective of a micro-batch: pixels `[B, C, H, W]`, or code sequences `[B, L]`."""
-        sequences = batch if self.config.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
+        sequences = batch if self.config.data.codes_dataset else next(encode_to_sequences(self.vqvae, [batch]))
         loss = prior_loss(engine.parts[0].module, sequences, self.mapping)
         return loss, {"loss": loss}
 
@@ -101,7 +103,12 @@ class PriorTask(TrainingTask):
         config = self.config
         prior = engine.model
         return sample_images(
-            prior, self.vqvae, config.num_samples, temperature=config.temperature, top_k=config.top_k, seed=config.seed
+            prior,
+            self.vqvae,
+            config.sampling.num_samples,
+            temperature=config.sampling.temperature,
+            top_k=config.sampling.top_k,
+            seed=config.seed,
         )
 
     def validate(self, engine: Engine) -> dict:
@@ -120,20 +127,20 @@ class PriorTask(TrainingTask):
         card = render_model_card(
             "prior",
             dict(
-                architecture=config.architecture,
+                architecture=config.prior.architecture,
                 model_class=type(prior).__name__,
                 num_parameters=f"{sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M",
                 vqvae=config.pretrained_model_name_or_path,
                 codebook_size=self.vqvae.config.codebook_size,
                 latent_shape=" x ".join(str(size) for size in self.latent_shape),
                 sequence_length=math.prod(self.latent_shape),
-                dataset=config.codes_dataset or data_source(config),
+                dataset=config.data.codes_dataset or data_source(config),
                 resolution=self.resolution,
                 steps=engine.global_step,
-                batch_size=config.train_batch_size
+                batch_size=config.optimization.train_batch_size
                 * engine.accelerator.num_processes
-                * config.gradient_accumulation_steps,
-                learning_rate=config.learning_rate,
+                * config.optimization.gradient_accumulation_steps,
+                learning_rate=config.optimization.learning_rate,
                 validation_nll=f"{nll:.4f}",
                 bits_per_image=f"{bits:.1f}",
                 num_validation_images=len(self.validation_codes),
@@ -147,5 +154,5 @@ class PriorTask(TrainingTask):
             kind="prior",
             metrics={"nll": nll, "bits_per_image": bits},
             num_images=len(self.validation_codes),
-            source=config.codes_dataset,
+            source=config.data.codes_dataset,
         )

@@ -224,3 +224,11 @@ class TimeBudget:
             )
         schedule.refit(total)
         self.fit_step, self.fit_seconds = schedule.step_count, elapsed
+
+
+def run_schedule(options) -> tuple[RunSchedule, TimeBudget | None]:
+    """The learning-rate schedule and the time budget (None without one) that a config's
+    `optimization` options describe; under a budget the step count is unknown until it is fitted."""
+    total = None if options.max_train_time else options.max_train_steps
+    schedule = RunSchedule(options.lr_scheduler, options.learning_rate, options.lr_warmup_steps, total)
+    return schedule, TimeBudget(options.max_train_time) if options.max_train_time else None

@@ -58,7 +58,8 @@ class ResumeMismatchError(ValueError):
 def resume_settings(config, extra: dict | None = None) -> dict:
     """The settings a resume must keep (`type(config).resume_fixed` plus `extra`), as saved in a
     checkpoint (read back from JSON: tuples become lists)."""
-    settings = {key: getattr(config, key) for key in type(config).resume_fixed}
+    values = config.option_values()  # by option name: names are unique across groups
+    settings = {key: values[key] for key in type(config).resume_fixed}
     return json.loads(json.dumps({**settings, **(extra or {})}))
 
 
