@@ -20,7 +20,7 @@ Expected: as the pressure on the KL grows (β, smaller capacity C, the TC weight
 gets worse and the KL concentrates in fewer dimensions.
 
     python benchmarks/bench_betavae.py                       # every run of RUNS: 9 x 600 steps, ~30 min on a busy core
-    python benchmarks/bench_betavae.py --steps 100 --only betaH
+    python benchmarks/bench_betavae.py --steps 100 --only beta
     python benchmarks/bench_betavae.py --steps 3000 --runs factor:tc_weight=0,6,40,100 --anneal_fraction 0.027
 """
 
@@ -48,17 +48,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "betavae"
 
 # (objective, the weight that sets the pressure on the KL, its value): low to high pressure.
 RUNS = [
-    ("betaH", "beta", 1.0),
-    ("betaH", "beta", 4.0),
-    ("betaH", "beta", 16.0),
-    ("betaB", "capacity_end", 25.0),
-    ("betaB", "capacity_end", 5.0),
+    ("beta", "beta", 1.0),
+    ("beta", "beta", 4.0),
+    ("beta", "beta", 16.0),
+    ("capacity", "capacity_end", 25.0),
+    ("capacity", "capacity_end", 5.0),
     ("btcvae", "tc_weight", 1.0),
     ("btcvae", "tc_weight", 10.0),
     ("factor", "tc_weight", 6.0),
     ("factor", "tc_weight", 40.0),
 ]
-OBJECTIVES = ("betaH", "betaB", "btcvae", "factor")
+OBJECTIVES = ("beta", "capacity", "btcvae", "factor")
 
 
 def parse_runs(specs: list[str]) -> list[tuple[str, str, float]]:
@@ -186,7 +186,7 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         dims = ", ".join(f"{v:.1f}" for v in sorted(r["kl_per_dim"], reverse=True))
-        gamma = f", capacity_weight = {r['capacity_weight']:g}" if r["objective"] == "betaB" else ""
+        gamma = f", capacity_weight = {r['capacity_weight']:g}" if r["objective"] == "capacity" else ""
         lines.append(
             f"| {r['objective']} | {r['weight']} = {r['value']:g}{gamma} | {r['seed']} | {r['nll']:.1f} | {r['psnr']:.2f} | "
             f"{r['kl']:.2f} | {r['tc']:.2f} | {r['mi']:.2f} | {r['active_dims']} | {r['top1_share']:.2f} | "
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="images per step (the published runs: 64)")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's (the published MNIST runs: 5e-4)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and weight")
-    parser.add_argument("--only", default=None, help="one objective (betaH, betaB, btcvae, factor)")
+    parser.add_argument("--only", default=None, help="one objective (beta, capacity, btcvae, factor)")
     parser.add_argument(
         "--runs", nargs="+", default=None, help="OBJECTIVE:WEIGHT=V1,V2,... instead of RUNS (factor:tc_weight=6,40)"
     )
@@ -209,14 +209,14 @@ def main() -> None:
         "--anneal_fraction",
         type=float,
         default=0.25,
-        help="the share of the run over which the annealed quantity rises (published MNIST: betaB 100k of 375k "
+        help="the share of the run over which the annealed quantity rises (published MNIST: capacity 100k of 375k "
         "steps = 0.27, the others 10k of 375k = 0.027)",
     )
     parser.add_argument(
         "--capacity_weight",
         type=float,
         default=1000.0,
-        help="betaB's γ (disentangling-vae's default; its betaB_mnist: 100)",
+        help="capacity's γ (disentangling-vae's default; its betaB_mnist: 100)",
     )
     parser.add_argument(
         "--tc_discriminator_learning_rate",

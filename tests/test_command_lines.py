@@ -238,7 +238,7 @@ def a_value_other_than(name: str, default, hint) -> str | None:
         "lr_scheduler": "constant",
         "mixed_precision": "bf16",
         "report_to": "none",
-        "vae_objective": "betaH",
+        "vae_objective": "beta",
         "reconstruction_distribution": "gaussian",
         "perceptual_net": "alex",
         "architecture": "llama",

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from latentcode import VAEConfig, VAEModel
 from latentcode.disentanglement import (
     PROBABILITY_EPS,
-    BetaBLoss,
-    BetaHLoss,
     BetaTCVAELoss,
+    BetaVAELoss,
+    CapacityAnnealingLoss,
     FactorVAELoss,
     TotalCorrelationDiscriminator,
     decompose_kl,
@@ -111,7 +111,7 @@ def test_beta_vae_objective_is_nll_plus_beta_kl_of_a_real_forward_pass():
     kl = torch.distributions.kl_divergence(posterior, prior).sum(1).mean()
     torch.testing.assert_close(output.kl, kl, rtol=1e-5, atol=1e-6)
 
-    objective = AutoencoderObjective.for_model(model, vae_loss=BetaHLoss(beta=4.0, anneal_steps=10))
+    objective = AutoencoderObjective.for_model(model, vae_loss=BetaVAELoss(beta=4.0, anneal_steps=10))
     loss, logs = objective(output, pixels, step=5)  # annealed: half of β KL at step 5 of 10
     p, t = (output.sample + 1) / 2, (pixels + 1) / 2
     nll = F.binary_cross_entropy(p, t, reduction="sum") / 4
@@ -119,18 +119,18 @@ def test_beta_vae_objective_is_nll_plus_beta_kl_of_a_real_forward_pass():
     assert logs["anneal_factor"] == 0.5
     assert "β-VAE (Higgins et al. 2017): bernoulli reconstruction" in objective.describe(model)
     with pytest.raises(ValueError, match="its own annealing is vae_loss.anneal_steps"):
-        AutoencoderObjective.for_model(model, kl_warmup_steps=5, vae_loss=BetaHLoss())
+        AutoencoderObjective.for_model(model, kl_warmup_steps=5, vae_loss=BetaVAELoss())
 
 
 def test_capacity_schedule_and_term():
-    loss = BetaBLoss(capacity_start=2.0, capacity_end=12.0, gamma=100.0, anneal_steps=100)
+    loss = CapacityAnnealingLoss(capacity_start=2.0, capacity_end=12.0, gamma=100.0, anneal_steps=100)
     assert [loss.capacity(step) for step in (0, 25, 50, 100, 1000)] == [2.0, 4.5, 7.0, 12.0, 12.0]
     term, logs = loss.regularizer(SimpleNamespace(kl=torch.tensor(10.0)), step=50)  # |10 - 7| * 100
     assert term.item() == pytest.approx(300.0) and logs["capacity"] == 7.0
     term, _ = loss.regularizer(SimpleNamespace(kl=torch.tensor(10.0)), step=100)  # |10 - 12| * 100
     assert term.item() == pytest.approx(200.0)
     with pytest.raises(ValueError, match="capacity_start <= capacity_end"):
-        BetaBLoss(capacity_start=5.0, capacity_end=1.0)
+        CapacityAnnealingLoss(capacity_start=5.0, capacity_end=1.0)
 
 
 # -- β-TCVAE ----------------------------------------------------------------------------------------
@@ -258,8 +258,8 @@ def test_objectives_refuse_models_they_cannot_train():
     with pytest.raises(
         ValueError, match="reconstruction_distribution='bernoulli' needs a decoder whose output is a probability"
     ):
-        BetaHLoss().check_model(grid)
-    BetaHLoss(reconstruction_distribution="gaussian").check_model(grid)  # β-VAE takes a latent grid
+        BetaVAELoss().check_model(grid)
+    BetaVAELoss(reconstruction_distribution="gaussian").check_model(grid)  # β-VAE takes a latent grid
     with pytest.raises(ValueError, match="needs a vector latent; backbone='ldm' has a latent grid"):
         BetaTCVAELoss(reconstruction_distribution="gaussian", dataset_size=100).check_model(grid)
     discriminator = TotalCorrelationDiscriminator(2, hidden_units=4)
@@ -271,9 +271,9 @@ def test_objectives_refuse_models_they_cannot_train():
     ):
         load_config(model_family="vqvae", vae_objective="factor")
     with pytest.raises(ValueError, match="set anneal_steps, not kl_warmup_steps"):
-        load_config(model_family="vae", vae_objective="betaH", kl_warmup_steps=10)
+        load_config(model_family="vae", vae_objective="beta", kl_warmup_steps=10)
     with pytest.raises(ValueError, match="vae_objective must be one of"):
-        load_config(model_family="vae", vae_objective="beta")
+        load_config(model_family="vae", vae_objective="betaH")
 
 
 # -- training through training/train.py ------------------------------------------------------------
@@ -293,8 +293,8 @@ def _run_arguments(output_dir, objective: str, *extra: str) -> list[str]:
 
 
 EXPECTED_TERMS = {
-    "betaH": {"reconstruction_loss", "kl", "anneal_factor"},
-    "betaB": {"reconstruction_loss", "kl", "capacity"},
+    "beta": {"reconstruction_loss", "kl", "anneal_factor"},
+    "capacity": {"reconstruction_loss", "kl", "capacity"},
     "btcvae": {"reconstruction_loss", "kl", "mutual_information", "total_correlation", "dimension_wise_kl"},
     "factor": {"reconstruction_loss", "kl", "total_correlation", "tc_discriminator_loss", "tc_discriminator_grad_norm"},
 }
@@ -312,7 +312,7 @@ def test_training_with_each_objective_logs_its_terms(objective, tmp_path):
     for values in steps:
         assert {f"train/{term}" for term in EXPECTED_TERMS[objective]} <= values.keys()
         assert all(math.isfinite(value) for value in values.values())
-    if objective == "betaB":  # C from 0 to 25 nats over 2 steps, logged at steps 0..3
+    if objective == "capacity":  # C from 0 to 25 nats over 2 steps, logged at steps 0..3
         assert [values["train/capacity"] for values in steps] == [0.0, 12.5, 25.0, 25.0]
     card = (tmp_path / "run" / "README.md").read_text()
     assert "bernoulli reconstruction (nats per image)" in card
@@ -349,8 +349,11 @@ def test_beta_vae_and_capacity_annealing_take_a_latent_grid():
     kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum((1, 2, 3)).mean()
     mse = F.mse_loss((output.sample + 1) / 2 * 255, (pixels + 1) / 2 * 255, reduction="sum") / 255 / 3
     for vae_loss, regularizer in (
-        (BetaHLoss(beta=2.0, reconstruction_distribution="gaussian"), 2.0 * kl),
-        (BetaBLoss(capacity_end=5.0, gamma=10.0, reconstruction_distribution="gaussian"), 10.0 * (kl - 5.0).abs()),
+        (BetaVAELoss(beta=2.0, reconstruction_distribution="gaussian"), 2.0 * kl),
+        (
+            CapacityAnnealingLoss(capacity_end=5.0, gamma=10.0, reconstruction_distribution="gaussian"),
+            10.0 * (kl - 5.0).abs(),
+        ),
     ):
         vae_loss.check_model(model)
         loss, _ = AutoencoderObjective.for_model(model, vae_loss=vae_loss)(output, pixels, step=0)

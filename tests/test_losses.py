@@ -140,8 +140,8 @@ def test_the_recipe_overrides_the_models_kl_weight_and_refuses_it_where_there_is
     autoencoder = tiny_model("autoencoder")
     with pytest.raises(ValueError, match=r"kl_weight=2.0 weighs a KL, but AutoencoderModel has none; drop it"):
         AutoencoderObjective.for_model(autoencoder, kl_weight=2.0)
-    with pytest.raises(ValueError, match=r"vae_objective='betaH' has its own weights .*not kl_weight"):
-        load_config(model_family="vae", vae_objective="betaH", kl_weight=1.0)
+    with pytest.raises(ValueError, match=r"vae_objective='beta' has its own weights .*not kl_weight"):
+        load_config(model_family="vae", vae_objective="beta", kl_weight=1.0)
 
 
 def test_each_objective_term_follows_its_formula():

@@ -3,10 +3,10 @@
 The losses of YannDubs/disentangling-vae (`disvae/models/losses.py`), whose published checkpoints
 latentcode converts, with the same scale so that their published weights carry over:
 
-    betaH   recon + anneal(step) * β * KL                          (Higgins et al. 2017)
-    betaB   recon + γ * |KL - C(step)|, C rising linearly           (Burgess et al. 2018)
-    btcvae  recon + α * MI + β * TC + anneal(step) * γ * dw-KL      (Chen et al. 2018)
-    factor  recon + KL + anneal(step) * γ * TC(discriminator)       (Kim & Mnih 2018)
+    beta      recon + anneal(step) * β * KL                       (Higgins et al. 2017; disentangling-vae's betaH)
+    capacity  recon + γ * |KL - C(step)|, C rising linearly        (Burgess et al. 2018; disentangling-vae's betaB)
+    btcvae    recon + α * MI + β * TC + anneal(step) * γ * dw-KL  (Chen et al. 2018)
+    factor    recon + KL + anneal(step) * γ * TC(discriminator)   (Kim & Mnih 2018)
 
 Every term is in nats per image, averaged over the batch: `recon` is the negative
 log-likelihood of the image summed over its pixels ([`reconstruction_nll`]), `KL` is
@@ -37,7 +37,7 @@ from .losses import linear_ramp
 
 # latentcode's own VAE objective (`kl`: the model config's `kl_weight` per value) and
 # disentangling-vae's `--loss` names.
-VAE_OBJECTIVES = ("kl", "betaH", "betaB", "btcvae", "factor")
+VAE_OBJECTIVES = ("kl", "beta", "capacity", "btcvae", "factor")
 RECONSTRUCTION_DISTRIBUTIONS = ("bernoulli", "gaussian", "laplace")
 # Backbones whose decoder ends in a sigmoid: their output is a probability per pixel (Bernoulli).
 PROBABILITY_BACKBONES = ("vector",)
@@ -136,7 +136,7 @@ def decompose_kl(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, data
     if z.dim() != 2:
         raise ValueError(
             f"β-TCVAE needs vector latents [B, D], got {tuple(z.shape)}; use backbone='vector' "
-            "(or vae_objective betaH / betaB, which take any latent)"
+            "(or vae_objective beta / capacity, which take any latent)"
         )
     z, mean, logvar = z.float(), mean.float(), logvar.float()
     log_q_z_given_x = log_density_gaussian(z, mean, logvar).sum(dim=1)
@@ -208,7 +208,7 @@ def _vector_latent(z: torch.Tensor, objective: str) -> torch.Tensor:
     if z.dim() != 2:
         raise ValueError(
             f"vae_objective={objective!r} needs vector latents [B, D], got {tuple(z.shape)}; use backbone='vector' "
-            "(or vae_objective betaH / betaB, which take any latent)"
+            "(or vae_objective beta / capacity, which take any latent)"
         )
     return z
 
@@ -252,7 +252,7 @@ class VAELoss:
             raise ValueError(
                 f"{self.name} estimates the total correlation between latent dimensions from the minibatch and needs "
                 f"a vector latent; backbone={backbone!r} has a latent grid. Use backbone='vector', or "
-                "vae_objective betaH / betaB, which take any latent"
+                "vae_objective beta / capacity, which take any latent"
             )
 
     def reconstruction(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -279,7 +279,7 @@ class VAELoss:
 
 
 @dataclass
-class BetaHLoss(VAELoss):
+class BetaVAELoss(VAELoss):
     """β-VAE (Higgins et al. 2017): `recon + anneal(step) * beta * KL`; `beta = 1` is the VAE."""
 
     beta: float = 4.0
@@ -294,7 +294,7 @@ class BetaHLoss(VAELoss):
 
 
 @dataclass
-class BetaBLoss(VAELoss):
+class CapacityAnnealingLoss(VAELoss):
     """β-VAE with capacity annealing (Burgess et al. 2018): `recon + gamma * |KL - C(step)|`, the
     capacity C rising linearly from `capacity_start` to `capacity_end` nats over `anneal_steps` steps."""
 
@@ -429,10 +429,10 @@ def vae_loss_from_config(config, model: nn.Module, dataset_size: int) -> VAELoss
         reconstruction_distribution=config.objective.reconstruction_distribution,
         anneal_steps=config.objective.anneal_steps,
     )
-    if objective == "betaH":
-        loss = BetaHLoss(beta=config.objective.beta, **common)
-    elif objective == "betaB":
-        loss = BetaBLoss(
+    if objective == "beta":
+        loss = BetaVAELoss(beta=config.objective.beta, **common)
+    elif objective == "capacity":
+        loss = CapacityAnnealingLoss(
             capacity_start=config.objective.capacity_start,
             capacity_end=config.objective.capacity_end,
             gamma=config.objective.capacity_weight,

@@ -39,7 +39,7 @@ from .schedule import LR_SCHEDULERS, parse_duration
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # `latentcode.disentanglement`'s VAE_OBJECTIVES and RECONSTRUCTION_DISTRIBUTIONS, for the help texts
 # without importing torch (validation checks against the originals; a test keeps them equal).
-VAE_OBJECTIVE_NAMES = ("kl", "betaH", "betaB", "btcvae", "factor")
+VAE_OBJECTIVE_NAMES = ("kl", "beta", "capacity", "btcvae", "factor")
 RECONSTRUCTION_DISTRIBUTION_NAMES = ("bernoulli", "gaussian", "laplace")
 
 
@@ -319,24 +319,24 @@ class ObjectiveOptions:
     kl_warmup_steps: int = option("VAE: the KL weight rises linearly from 0 over these steps", default=0)
     vae_objective: str = option(
         f"VAE: one of {VAE_OBJECTIVE_NAMES}. kl: the model config's kl_weight per value (latentcode's default); "
-        "betaH: recon + β KL; betaB: recon + γ |KL - C|, C annealed; btcvae: β-TCVAE's decomposed KL; "
+        "beta: recon + β KL; capacity: recon + γ |KL - C|, C annealed; btcvae: β-TCVAE's decomposed KL; "
         "factor: FactorVAE's discriminator TC. These four are in nats per image, as disentangling-vae's --loss",
         default="kl",
     )
     reconstruction_distribution: str = option(
-        f"reconstruction likelihood of betaH / betaB / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTION_NAMES} "
+        f"reconstruction likelihood of beta / capacity / btcvae / factor: one of {RECONSTRUCTION_DISTRIBUTION_NAMES} "
         "(bernoulli needs backbone 'vector', whose decoder ends in a sigmoid)",
         default="bernoulli",
     )
     anneal_steps: int = option(
-        "optimiser steps over which betaH's β KL, btcvae's dimension-wise KL and factor's TC rise from 0, and "
-        "betaB's capacity from capacity_start to capacity_end (the published models: 10000)",
+        "optimiser steps over which beta's β KL, btcvae's dimension-wise KL and factor's TC rise from 0, and "
+        "capacity's C from capacity_start to capacity_end (the published models: 10000)",
         default=0,
     )
-    beta: float = option("betaH: β, the KL weight (1: the plain VAE)", default=4.0)
-    capacity_start: float = option("betaB: capacity C at step 0, nats", default=0.0)
-    capacity_end: float = option("betaB: capacity C after anneal_steps steps, nats", default=25.0)
-    capacity_weight: float = option("betaB: γ, the weight of |KL - C|", default=1000.0)
+    beta: float = option("beta: β, the KL weight (1: the plain VAE)", default=4.0)
+    capacity_start: float = option("capacity: capacity C at step 0, nats", default=0.0)
+    capacity_end: float = option("capacity: capacity C after anneal_steps steps, nats", default=25.0)
+    capacity_weight: float = option("capacity: γ, the weight of |KL - C|", default=1000.0)
     mutual_information_weight: float = option("btcvae: α, weight of the index-code mutual information", default=1.0)
     tc_weight: float = option(
         "btcvae and factor: weight of the total correlation (β-TCVAE's β, FactorVAE's γ)", default=6.0
