@@ -89,7 +89,7 @@ class DiffusionSamplingOptions:
 
 @dataclass
 class LatentDiffusionConfig(RunConfig):
-    """The options of train.py's runs (data, optimiser, checkpoints, trackers) and the UNet's."""
+    """The options of train_latent_diffusion.py: the run's groups (data, optimiser, reporting) and the UNet's."""
 
     pretrained_model_name_or_path: str | None = option("the trained latentcode VAE or VQ-VAE (required)", default=None)
     output_dir: str = option("where checkpoints, logs and the pipeline go", default="latentcode-ldm")

@@ -81,7 +81,7 @@ class PriorSamplingOptions:
 
 @dataclass
 class PriorConfig(RunConfig):
-    """The options of train.py's runs (data, optimiser, checkpoints, trackers) and the prior's."""
+    """The options of train_prior.py: the run's groups (data, optimiser) and the prior's."""
 
     pretrained_model_name_or_path: str | None = option("the trained latentcode VQ-VAE (required)", default=None)
     output_dir: str = option("where checkpoints, logs and the prior (save_pretrained) go", default="latentcode-prior")
