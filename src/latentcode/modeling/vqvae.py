@@ -115,15 +115,13 @@ class VQVAEModel(LatentCodePreTrainedModel, FamilyBehaviour):
 
     @classmethod
     def from_autoencoder(cls, model, **options) -> VQVAEModel:
-        """A VQ-VAE on the encoder and decoder of a trained `AutoencoderModel` / `VAEModel` (copied,
-        frozen by default), with a quantiser and learned projections on its latent grid; `options`:
-        see `latentcode.modeling.from_autoencoder.vqvae_from_autoencoder`."""
+        """A VQ-VAE on the (copied, by default frozen) encoder and decoder of a trained `AutoencoderModel`
+        / `VAEModel`, a quantiser on its latent grid: `options` as `from_autoencoder.vqvae_from_autoencoder`."""
         return vqvae_from_autoencoder(cls, model, **options)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """[`LatentCodePreTrainedModel.from_pretrained`], freezing again what `config.source_autoencoder`
-        says is frozen (loading makes every weight trainable)."""
+        """Loads, then freezes again what `config.source_autoencoder` says (loading unfreezes every weight)."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if model.config.source_autoencoder is not None:
