@@ -1,0 +1,169 @@
+"""`training/train_photo_tokenizer.py`: a VQ-VAE made from a trained continuous autoencoder trains
+its quantiser, projections and corrector on the source's latents through the one engine.
+
+A tiny random `AutoencoderModel` (grey digits) -> its latents written by `latentcode-tokenize`'s
+writer -> a few steps: the loss falls, the frozen encoder and decoder stay bit-identical, a
+resume continues bit-identically (the fitted projections are not fitted again), the saved model
+loads and tokenizes. On taef2 from ../shared (skipped where absent): a few steps on the photos.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import SHARED, load_script, require_shared, require_shared_dataset, reset_accelerate_state, tiny_model
+from safetensors.torch import load_file
+
+from latentcode.modeling import AutoencoderModel, VQVAEModel
+from latentcode.training.engine import Engine
+from latentcode.training.photo_tokenizer_task import PhotoTokenizerTask, random_latent_crops
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+SCRIPT = load_script("training/train_photo_tokenizer.py")
+TINY_RUN = dict(
+    max_train_steps=8, train_batch_size=8, num_validation_images=4, lr_warmup_steps=0, learning_rate=3e-3,
+    validation_steps=0, checkpointing_steps=2, report_to="none", latent_crop=4, shuffle_buffer_size=40,
+    num_validation_photos=2, source_licence="MIT (test)",
+)  # fmt: skip
+# 16 codes per position of the 4 x 4 latent crop, corrector of 8 channels.
+TOKENIZER = dict(quantizer="vq", codebook_size=16, num_quantizers=None, corrector_config={"hidden_channels": 8})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A folder with `source` (a tiny grey AutoEncoder, f2, 4 latent channels), `source_images`
+    (a one-shard parquet of 60 digits), `codes` (their latents, tokenised), `photos` (3 held-out
+    grey images of 21 x 19 pixels) and `config.yaml` (a tiny run from the codes)."""
+    import datasets
+
+    from latentcode.data import load_image_stream
+    from latentcode.tokenize import tokenize
+
+    folder = tmp_path_factory.mktemp("photo-tokenizer")
+    source = tiny_model("autoencoder", seed=1, in_channels=1)
+    source.save_pretrained(folder / "source")
+    images = [example["image"] for _, example in zip(range(63), load_image_stream("builtin:digits"))]
+    table = datasets.Dataset.from_dict({"image": images[:60]}, features=datasets.Features({"image": datasets.Image()}))
+    (folder / "source_images").mkdir()
+    table.to_parquet(folder / "source_images" / "train-00000-of-00001.parquet")
+    tokenize(source, folder / "codes", train_data_dir=str(folder / "source_images"), rows_per_shard=30, progress=False)
+    (folder / "photos").mkdir()
+    for index, image in enumerate(images[60:]):
+        image.convert("L").resize((21, 19)).save(folder / "photos" / f"photo{index}.png")
+    config = dict(
+        TINY_RUN,
+        pretrained_model_name_or_path=str(folder / "source"),
+        latents_dataset=str(folder / "codes"),
+        validation_data_dir=str(folder / "photos"),
+        resolution=16,
+        **TOKENIZER,
+    )
+    config_class = SCRIPT.PhotoTokenizerConfig
+    from latentcode.training.config import load_config
+
+    (folder / "config.yaml").write_text(yaml.safe_dump(load_config(None, config_class, **config).to_dict()))
+    return folder
+
+
+def engine(tiny: Path, output_dir: Path, *flags: str) -> Engine:
+    config = SCRIPT.parse_args(["--config", str(tiny / "config.yaml"), "--output_dir", str(output_dir), *flags])
+    reset_accelerate_state()
+    return Engine(config, PhotoTokenizerTask(config))
+
+
+def test_a_few_steps_lower_the_loss_keep_the_source_bit_identical_and_save_a_tokenizer(tiny, tmp_path):
+    # The held-out latent loss after one step (the fits: projections, k-means codebook) and after 24.
+    one_step = engine(tiny, tmp_path / "one", "--max_train_steps", "1").run().metrics["metrics"]
+    engine(tiny, tmp_path / "run", "--max_train_steps", "24", "--checkpointing_steps", "0").run()
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["validation_latent_loss"] < 0.97 * one_step["validation_latent_loss"]
+
+    source = AutoencoderModel.from_pretrained(tiny / "source")
+    tokenizer = VQVAEModel.from_pretrained(tmp_path / "run")
+    for name in ("encoder", "decoder"):
+        expected, actual = getattr(source, name).state_dict(), getattr(tokenizer, name).state_dict()
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), f"{name}.{key} changed in training"
+    assert tokenizer.config.source_autoencoder["family"] == "autoencoder"
+
+    pixels = torch.rand(2, 1, 16, 16) * 2 - 1
+    indices = tokenizer.encode(pixels).indices
+    assert indices.shape == (2, 8, 8) and int(indices.max()) < 16
+    assert tokenizer.decode_indices(indices).sample.shape == pixels.shape
+
+    # 10 x 9 latent positions of the 20 x 18 crop of each 21 x 19 photo, 4 bits each.
+    assert metrics["bits_per_pixel"] == pytest.approx(10 * 9 * 4 / (20 * 18))
+    assert metrics["tokens_per_image"] == 90 and 0 < metrics["codebook_usage"] <= 1
+    assert {"psnr", "ssim", "validation_latent_loss"} <= metrics.keys()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "MIT (test)" in card and str(tiny / "codes") in card and f"{metrics['psnr']:.2f}" in card
+
+
+def test_a_resumed_run_continues_bit_identically_without_fitting_again(tiny, tmp_path):
+    steps = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
+    engine(tiny, tmp_path / "reference", *steps).run()
+    shutil.copytree(tmp_path / "reference" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = engine(tiny, tmp_path / "resumed", *steps, "--resume_from_checkpoint", "latest")
+    assert resumed.task.fitted and resumed.batches.state_dict()["position"] == 2 * 8
+    resumed.run()
+    expected = load_file(tmp_path / "reference" / "model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_images_encoded_on_the_fly_and_a_saved_tokenizer_continue(tiny, tmp_path):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "0"]
+    on_the_fly = ["--train_data_dir", str(tiny / "source_images"), "--latents_dataset", "null"]
+    engine(tiny, tmp_path / "fly", *flags, *on_the_fly).run()
+    first = VQVAEModel.from_pretrained(tmp_path / "fly")
+    continued = engine(
+        tiny, tmp_path / "more", *flags, *on_the_fly, "--pretrained_model_name_or_path", str(tmp_path / "fly")
+    )
+    assert continued.task.fitted  # a tokenizer made earlier keeps its projections
+    continued.run()
+    assert torch.equal(
+        VQVAEModel.from_pretrained(tmp_path / "more").encoder.conv_in.weight, first.encoder.conv_in.weight
+    )
+    with pytest.raises(ValueError, match="drop --latents_dataset"):
+        engine(tiny, tmp_path / "refused", *flags, "--pretrained_model_name_or_path", str(tmp_path / "fly"))
+
+
+def test_random_latent_crops_are_seeded_and_refuse_a_crop_larger_than_the_grid():
+    latents = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).view(2, 3, 6, 5)
+    crops = random_latent_crops(latents, 4, torch.Generator().manual_seed(0))
+    assert crops.shape == (2, 3, 4, 4)
+    assert torch.equal(crops, random_latent_crops(latents, 4, torch.Generator().manual_seed(0)))
+    assert random_latent_crops(latents, None, torch.Generator()) is latents
+    with pytest.raises(ValueError, match="latent_crop 7 is larger than the latent grid 6x5"):
+        random_latent_crops(latents, 7, torch.Generator())
+
+
+def test_taef2_photo_tokenizer_trains_a_few_steps(tmp_path):
+    from latentcode.conversion.taesd import from_taesd
+
+    folder = require_shared(SHARED / "pretrained" / "taesd", "the TAESD checkpoints")
+    photos = require_shared_dataset("photos/train")
+    kodak = require_shared_dataset("kodak")
+    from_taesd(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth").save_pretrained(tmp_path / "taef2")
+    argv = [
+        "--pretrained_model_name_or_path", str(tmp_path / "taef2"), "--train_data_dir", str(photos),
+        "--output_dir", str(tmp_path / "run"), "--resolution", "128", "--train_batch_size", "4",
+        "--latent_crop", "8", "--max_train_steps", "4", "--checkpointing_steps", "0", "--num_validation_images", "2",
+        "--validation_data_dir", str(kodak), "--num_validation_photos", "1", "--source_licence", "MIT",
+        "--tokenizer.quantizer_config", "{dead_code_restart: false}", "--learning_rate", "1e-3",
+    ]  # fmt: skip
+    config = SCRIPT.parse_args(argv)
+    result = Engine(config, PhotoTokenizerTask(config)).run()
+    assert result.losses[-1] < result.losses[0], result.losses
+    metrics = result.metrics["metrics"]
+    assert metrics["bits_per_pixel"] == pytest.approx(0.25) and metrics["psnr"] > 10
