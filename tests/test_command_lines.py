@@ -63,6 +63,7 @@ def help_of_tokenize():
 SCRIPTS = [
     "training/train_prior.py",
     "training/train_latent_diffusion.py",
+    "training/train_photo_tokenizer.py",
     "conversion/convert_diffusers_to_latentcode.py",
     "conversion/convert_latentcode_to_diffusers.py",
     "conversion/convert_compvis_to_latentcode.py",

@@ -148,6 +148,7 @@ def test_random_latent_crops_are_seeded_and_refuse_a_crop_larger_than_the_grid()
         random_latent_crops(latents, 7, torch.Generator())
 
 
+@pytest.mark.slow
 def test_taef2_photo_tokenizer_trains_a_few_steps(tmp_path):
     from latentcode.conversion.taesd import from_taesd
 
@@ -155,15 +156,24 @@ def test_taef2_photo_tokenizer_trains_a_few_steps(tmp_path):
     photos = require_shared_dataset("photos/train")
     kodak = require_shared_dataset("kodak")
     from_taesd(folder / "taef2_encoder.pth", folder / "taef2_decoder.pth").save_pretrained(tmp_path / "taef2")
-    argv = [
+    common = [
         "--pretrained_model_name_or_path", str(tmp_path / "taef2"), "--train_data_dir", str(photos),
-        "--output_dir", str(tmp_path / "run"), "--resolution", "128", "--train_batch_size", "4",
-        "--latent_crop", "8", "--max_train_steps", "4", "--checkpointing_steps", "0", "--num_validation_images", "2",
-        "--validation_data_dir", str(kodak), "--num_validation_photos", "1", "--source_licence", "MIT",
-        "--tokenizer.quantizer_config", "{dead_code_restart: false}", "--learning_rate", "1e-3",
+        "--resolution", "96", "--train_batch_size", "16", "--data.latent_crop", "8", "--checkpointing_steps", "0",
+        "--num_validation_images", "4", "--tokenizer.quantizer_config", "{dead_code_restart: false}",
+        "--learning_rate", "1e-3", "--tokenizer.source_licence", "MIT",
     ]  # fmt: skip
-    config = SCRIPT.parse_args(argv)
-    result = Engine(config, PhotoTokenizerTask(config)).run()
-    assert result.losses[-1] < result.losses[0], result.losses
-    metrics = result.metrics["metrics"]
-    assert metrics["bits_per_pixel"] == pytest.approx(0.25) and metrics["psnr"] > 10
+
+    def run(name: str, *flags: str) -> dict:
+        config = SCRIPT.parse_args([*common, "--output_dir", str(tmp_path / name), *flags])
+        reset_accelerate_state()
+        return Engine(config, PhotoTokenizerTask(config)).run().metrics["metrics"]
+
+    # The held-out latent loss after the first step (the fits) and after a few more.
+    fitted = run("one", "--max_train_steps", "1")
+    kodak_photo = ["--data.validation_data_dir", str(kodak), "--data.num_validation_photos", "1"]
+    trained = run("run", "--max_train_steps", "8", *kodak_photo)
+    assert trained["validation_latent_loss"] < fitted["validation_latent_loss"], (fitted, trained)
+    # f8, 2 levels of 256 codes per position: 16 bits per 64 pixels.
+    assert trained["bits_per_pixel"] == pytest.approx(0.25) and trained["tokens_per_image"] == 96 * 64 * 2
+    assert trained["psnr"] > 10
+    assert "MIT" in (tmp_path / "run" / "README.md").read_text()

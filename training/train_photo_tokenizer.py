@@ -106,11 +106,11 @@ class TokenizerOptions:
         "channels of the code (default: the source's latent channels); fewer: a learned projection", default=None
     )
     num_quantizers: int | None = option("levels of a residual quantiser", default=2)
-    quantizer_config: dict = option(
+    quantizer_config: dict[str, object] = option(
         "further quantiser options (VQVAEConfig.quantizer_config, e.g. {dead_code_restart: false})",
         default_factory=dict,
     )
-    corrector_config: dict | None = option(
+    corrector_config: dict[str, int] | None = option(
         "the corrector before the decoder (VQVAEConfig.corrector_config: hidden_channels, num_blocks; null: none)",
         default_factory=lambda: {"hidden_channels": 64, "num_blocks": 2},
     )
