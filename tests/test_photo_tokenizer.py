@@ -177,3 +177,28 @@ def test_taef2_photo_tokenizer_trains_a_few_steps(tmp_path):
     assert trained["bits_per_pixel"] == pytest.approx(0.25) and trained["tokens_per_image"] == 96 * 64 * 2
     assert trained["psnr"] > 10
     assert "MIT" in (tmp_path / "run" / "README.md").read_text()
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "training" / "configs" / "photo_tokenizer").glob("*.yaml"))
+# taef2 codes 8 x 8 pixels per latent position.
+PRESET_RATES = {"taef2": 0.25, "taef2_low_rate": 0.09375}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[path.stem for path in PRESETS])
+def test_each_preset_nests_its_options_by_group_loads_and_has_its_rate(preset):
+    import math
+
+    from latentcode.training.config import group_classes, load_config, option_groups
+
+    config_class = SCRIPT.PhotoTokenizerConfig
+    values = yaml.safe_load(preset.read_text())
+    groups, owners = group_classes(config_class), option_groups(config_class)
+    for key, value in values.items():
+        assert key in groups or owners.get(key, "") is None, f"{preset.name}: {key} belongs under {owners.get(key)}:"
+        if key in groups:
+            assert {owners[name] for name in value} == {key}, f"{preset.name}: {key}: {value}"
+    config = load_config(preset, config_class)
+    tokenizer = config.tokenizer
+    bits = (tokenizer.num_quantizers or 1) * math.log2(tokenizer.codebook_size)
+    assert bits / 64 == PRESET_RATES[preset.stem]
+    assert config.tokenizer.source_licence == "MIT" and "benchmarks/README.md" in preset.read_text()
