@@ -117,7 +117,12 @@ def test_eval_data_flags_are_the_training_scripts_flags():
     assert {name: getattr(defaults, name) for name in shared} == {name: getattr(DataOptions(), name) for name in shared}
 
 
-TRAINING_SCRIPTS = ["training/train.py", "training/train_prior.py", "training/train_latent_diffusion.py"]
+TRAINING_SCRIPTS = [
+    "training/train.py",
+    "training/train_prior.py",
+    "training/train_latent_diffusion.py",
+    "training/train_photo_tokenizer.py",
+]
 
 
 @pytest.mark.parametrize("script", TRAINING_SCRIPTS)
@@ -206,6 +211,10 @@ def training_config_classes() -> dict:
         "training/train_prior.py": (load_script("training/train_prior.py").PriorConfig, second_stage),
         "training/train_latent_diffusion.py": (
             load_script("training/train_latent_diffusion.py").LatentDiffusionConfig,
+            second_stage,
+        ),
+        "training/train_photo_tokenizer.py": (
+            load_script("training/train_photo_tokenizer.py").PhotoTokenizerConfig,
             second_stage,
         ),
     }

@@ -92,7 +92,6 @@ class PhotoTokenizerReporting(ReportingOptions):
     """What the run tells and publishes (train.py's options)."""
 
     validation_steps: int = option("validate every N steps (0: only at the end)", default=0)
-    report_to: str = option("accelerate tracker: tensorboard, wandb, all or none", default="none")
 
 
 @dataclass
