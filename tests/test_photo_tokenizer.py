@@ -138,6 +138,20 @@ def test_images_encoded_on_the_fly_and_a_saved_tokenizer_continue(tiny, tmp_path
         engine(tiny, tmp_path / "refused", *flags, "--pretrained_model_name_or_path", str(tmp_path / "fly"))
 
 
+def test_a_vae_source_trains_on_its_tokenised_posterior_means(tiny, tmp_path):
+    from latentcode.tokenize import load_codes, tokenize
+
+    vae = tiny_model("vae", seed=2, in_channels=1)
+    vae.save_pretrained(tmp_path / "vae")
+    tokenize(vae, tmp_path / "codes", train_data_dir=str(tiny / "source_images"), rows_per_shard=30, progress=False)
+    flags = ["--pretrained_model_name_or_path", str(tmp_path / "vae"), "--latents_dataset", str(tmp_path / "codes")]
+    run = engine(tiny, tmp_path / "run", *flags, "--max_train_steps", "2", "--checkpointing_steps", "0")
+    means = load_codes(tmp_path / "codes")[:4]["latent_mean"].float().unflatten(1, (4, 8, 8))
+    assert torch.equal(run.task.validation_batch, means)  # the held-out rows' posterior means, not their stds
+    run.run()
+    assert VQVAEModel.from_pretrained(tmp_path / "run").config.source_autoencoder["family"] == "vae"
+
+
 def test_random_latent_crops_are_seeded_and_refuse_a_crop_larger_than_the_grid():
     latents = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).view(2, 3, 6, 5)
     crops = random_latent_crops(latents, 4, torch.Generator().manual_seed(0))
