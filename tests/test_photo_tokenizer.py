@@ -216,3 +216,65 @@ def test_each_preset_nests_its_options_by_group_loads_and_has_its_rate(preset):
     bits = (tokenizer.num_quantizers or 1) * math.log2(tokenizer.codebook_size)
     assert bits / 64 == PRESET_RATES[preset.stem]
     assert config.tokenizer.source_licence == "MIT" and "benchmarks/README.md" in preset.read_text()
+
+
+# Run in each of two DDP processes: trains the tiny tokenizer, writes rank-R.safetensors (every
+# weight and buffer of the VQ-VAE) and rank-R.json (the module types its forward calls went through).
+REPLICA = """
+import json, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from helpers import load_script
+from latentcode.training.engine import Engine
+from latentcode.training.photo_tokenizer_task import PhotoTokenizerTask
+
+script = load_script("training/train_photo_tokenizer.py")
+config = script.parse_args(json.loads(sys.argv[1]))
+out = Path(sys.argv[2])
+engine = Engine(config, PhotoTokenizerTask(config))
+rank = engine.accelerator.process_index
+forward_calls = []
+engine.parts[0].module.register_forward_pre_hook(lambda module, args: forward_calls.append(type(module).__name__))
+result = engine.run()
+tensors = {key: value.contiguous() for key, value in result.model.vqvae.state_dict().items()}
+save_file(tensors, out / f"rank{rank}.safetensors")
+(out / f"rank{rank}.json").write_text(json.dumps({"forward_calls": forward_calls, "losses": result.losses}))
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_fit_and_train_identical_replicas(tiny, tmp_path):
+    """Fits (projections on the gathered batch, k-means codebooks) and gradients are the same on
+    both processes: the replicas end bit-identical although each reads its own crops."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    (tmp_path / "replica.py").write_text(REPLICA)
+    argv = ["--config", str(tiny / "config.yaml"), "--output_dir", str(tmp_path / "run"), "--max_train_steps", "4"]
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--machine_rank", "0", "--main_process_ip", "127.0.0.1"),
+        *("--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"),
+        *(str(tmp_path / "replica.py"), json.dumps(argv), str(tmp_path)),
+    ]
+    tests = Path(__file__).resolve().parent
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(tests.parent / "src"), str(tests)]),
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["forward_calls"] == ["DistributedDataParallel"] * 4
+    assert reports[0]["losses"] != reports[1]["losses"]  # each process trains on its own crops
+    weights = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
