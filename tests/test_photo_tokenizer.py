@@ -4,7 +4,9 @@ its quantiser, projections and corrector on the source's latents through the one
 A tiny random `AutoencoderModel` (grey digits) -> its latents written by `latentcode-tokenize`'s
 writer -> a few steps: the loss falls, the frozen encoder and decoder stay bit-identical, a
 resume continues bit-identically (the fitted projections are not fitted again), the saved model
-loads and tokenizes. On taef2 from ../shared (skipped where absent): a few steps on the photos.
+loads and tokenizes; images encoded on the fly, a saved tokenizer continued, a VAE source; two
+DDP processes end bit-identical (slow); the presets load with their rates. On taef2 from
+../shared (skipped where absent; slow): a few steps on the photos lower the held-out latent loss.
 """
 
 from __future__ import annotations
