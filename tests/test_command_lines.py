@@ -63,6 +63,7 @@ def help_of_tokenize():
 SCRIPTS = [
     "training/train_prior.py",
     "training/train_latent_diffusion.py",
+    "training/train_photo_tokenizer.py",
     "conversion/convert_diffusers_to_latentcode.py",
     "conversion/convert_latentcode_to_diffusers.py",
     "conversion/convert_compvis_to_latentcode.py",
@@ -116,7 +117,12 @@ def test_eval_data_flags_are_the_training_scripts_flags():
     assert {name: getattr(defaults, name) for name in shared} == {name: getattr(DataOptions(), name) for name in shared}
 
 
-TRAINING_SCRIPTS = ["training/train.py", "training/train_prior.py", "training/train_latent_diffusion.py"]
+TRAINING_SCRIPTS = [
+    "training/train.py",
+    "training/train_prior.py",
+    "training/train_latent_diffusion.py",
+    "training/train_photo_tokenizer.py",
+]
 
 
 @pytest.mark.parametrize("script", TRAINING_SCRIPTS)
@@ -205,6 +211,10 @@ def training_config_classes() -> dict:
         "training/train_prior.py": (load_script("training/train_prior.py").PriorConfig, second_stage),
         "training/train_latent_diffusion.py": (
             load_script("training/train_latent_diffusion.py").LatentDiffusionConfig,
+            second_stage,
+        ),
+        "training/train_photo_tokenizer.py": (
+            load_script("training/train_photo_tokenizer.py").PhotoTokenizerConfig,
             second_stage,
         ),
     }

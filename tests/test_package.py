@@ -234,6 +234,7 @@ HELP_COMMANDS = {
     "training/train.py": ("torch", "transformers", *HEAVY_MODULES),
     "training/train_prior.py": ("torch", "transformers", *HEAVY_MODULES),
     "training/train_latent_diffusion.py": ("torch", "transformers", *HEAVY_MODULES),
+    "training/train_photo_tokenizer.py": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.demo.command": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.evaluation.cli": ("torch", "transformers", *HEAVY_MODULES),
     "latentcode.generation": ("transformers", *HEAVY_MODULES),
