@@ -39,6 +39,8 @@ def verdict(mean: float, error: float) -> str:
     """The rules' reading of a difference: a lead only beyond twice its standard error."""
     if math.isnan(error):
         return "one seed: no verdict"
+    if mean == 0:
+        return "equal"
     if abs(mean) < 2 * error:
         return "parity"
     return "ours ahead" if mean > 0 else "peer ahead"
