@@ -16,7 +16,7 @@ from torch import nn
 from ..data import image_data_from_config
 from ..evaluation.metrics import psnr, ssim
 from ..model_loading import load_pretrained_model
-from ..modeling import AutoencoderModel, VAEModel, VQVAEModel
+from ..modeling import LatentCodePreTrainedModel, VQVAEModel
 from ..modeling.from_autoencoder import continuous_latents, fit_projections, latent_space_loss
 from .codes import code_data
 from .engine import Engine, Part, TrainingTask, data_source, training_report
@@ -41,7 +41,9 @@ class LatentSpaceObjective(nn.Module):
 def tokenizer_from_source(source, options) -> tuple[VQVAEModel, bool]:
     """`(the VQ-VAE to train, whether its projections are fitted already)`: `source` made into one
     with `options` (the script's `tokenizer` group), or `source` itself when it already is one."""
-    if isinstance(source, VQVAEModel):
+    if not isinstance(source, LatentCodePreTrainedModel):
+        raise ValueError(f"the source must be a latentcode AutoEncoder, VAE or VQ-VAE, got {type(source).__name__}")
+    if source.has_tokens:  # a VQ-VAE: continue it if it was made from a continuous model
         record = source.config.source_autoencoder
         if record is None:
             raise ValueError(
@@ -54,8 +56,6 @@ def tokenizer_from_source(source, options) -> tuple[VQVAEModel, bool]:
                 "latent-space training would leave them without gradients: call vqvae.freeze_autoencoder() and save it"
             )
         return source, True
-    if not isinstance(source, (AutoencoderModel, VAEModel)):
-        raise ValueError(f"the source must be a latentcode AutoEncoder, VAE or VQ-VAE, got {type(source).__name__}")
     vqvae = VQVAEModel.from_autoencoder(
         source,
         quantizer=options.quantizer,
@@ -180,7 +180,7 @@ class PhotoTokenizerTask(TrainingTask):
         resolution = config.data.resolution
         if config.data.latents_dataset is None:
             return image_data_from_config(config, self.vqvae.config.in_channels, resolution, rank, world_size)
-        if isinstance(source, VQVAEModel):
+        if source.has_tokens:
             raise ValueError(
                 "--latents_dataset holds the latents of the continuous source model, and this run continues a VQ-VAE "
                 "made from one (whose tokenised data would be tokens): drop --latents_dataset to encode the images on "
