@@ -136,6 +136,14 @@ def sample_codes_and_factors(
     return np.concatenate(codes), np.concatenate(factors)
 
 
+def sample_train_and_test(representation, sampler, num_train, num_test, random_state, batch_size) -> tuple:
+    """`((codes, factors), (codes, factors))`: `num_train` then `num_test` points from one random
+    state, in disentanglement_lib's order (DCI and SAP: fit on the first, score on the second)."""
+    random_state = as_random_state(random_state)
+    train = sample_codes_and_factors(representation, sampler, num_train, random_state, batch_size)
+    return train, sample_codes_and_factors(representation, sampler, num_test, random_state, batch_size)
+
+
 def _representation_in_chunks(representation: Representation, observations: np.ndarray, chunk: int) -> np.ndarray:
     return np.concatenate(
         [_codes(representation, observations[i : i + chunk]) for i in range(0, len(observations), chunk)]
@@ -270,9 +278,7 @@ def dci(
     classifier_random_state: int | None = None,
 ) -> dict:
     """DCI on `num_train` + `num_test` sampled points ([`dci_from_codes`]'s dict)."""
-    random_state = as_random_state(random_state)
-    train = sample_codes_and_factors(representation, sampler, num_train, random_state, batch_size)
-    test = sample_codes_and_factors(representation, sampler, num_test, random_state, batch_size)
+    train, test = sample_train_and_test(representation, sampler, num_train, num_test, random_state, batch_size)
     return dci_from_codes(*train, *test, classifier_random_state=classifier_random_state)
 
 
@@ -315,9 +321,7 @@ def sap_score(
     classifier_random_state: int | None = None,
 ) -> dict:
     """SAP on `num_train` + `num_test` sampled points ([`sap_from_codes`]'s dict)."""
-    random_state = as_random_state(random_state)
-    train = sample_codes_and_factors(representation, sampler, num_train, random_state, batch_size)
-    test = sample_codes_and_factors(representation, sampler, num_test, random_state, batch_size)
+    train, test = sample_train_and_test(representation, sampler, num_train, num_test, random_state, batch_size)
     return sap_from_codes(*train, *test, continuous_factors, classifier_random_state)
 
 
