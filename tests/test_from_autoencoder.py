@@ -282,3 +282,31 @@ def test_fitted_projections_are_the_principal_components():
         through = vqvae.post_quant_conv.from_code(vqvae.quant_conv.to_code(latents))
     torch.testing.assert_close(through, latents, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(random_start, latents, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["vae-ldm", "autoencoder-tiny"])
+def test_decoder_loss_is_the_source_decoders_error_on_the_decoded_crops(name):
+    """The loss through the frozen decoder equals the mean squared error between the source model's
+    own decodings of z_hat and z on the decoded crops, enters the loss with its weight, and trains
+    the quantiser side while the decoder gets no gradient."""
+    torch.manual_seed(0)
+    source = source_model(name)
+    vqvae = VQVAEModel.from_autoencoder(source, **QUANTIZER, corrector_config={"hidden_channels": 8})
+    with torch.no_grad():
+        latents = continuous_latents(vqvae, pixels(batch=3, size=32))  # [3, 4, 16, 16]
+    vqvae.eval()
+    result = latent_space_loss(vqvae, latents, decoder_loss_weight=2.5, decoder_loss_crops=2, decoder_loss_size=4)
+    crop = (slice(0, 2), slice(None), slice(0, 4), slice(0, 4))
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(
+            source.decode(result.estimate[crop]).sample, source.decode(latents[crop]).sample
+        )
+    torch.testing.assert_close(result.decoder_loss, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(result.loss, result.latent_loss + result.quantizer_loss + 2.5 * result.decoder_loss)
+    assert result.decoder_loss > 0
+
+    result.decoder_loss.backward()
+    assert vqvae.post_quant_conv.from_code.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vqvae.decoder.parameters())
+    without = latent_space_loss(vqvae, latents)
+    assert without.decoder_loss == 0 and torch.equal(without.loss, without.latent_loss + without.quantizer_loss)

@@ -122,6 +122,27 @@ class TokenizerOptions:
 
 
 @dataclass
+class PhotoTokenizerObjective:
+    """What the trained parts minimise: the latent loss (the estimate of the source's latent
+    against it), the quantiser's terms and, optionally, the error through the frozen decoder."""
+
+    decoder_loss_weight: float = option(
+        "weight of the mean squared error between the frozen decoder's images of the estimate and of the source's "
+        "latent (0: latent loss only); costs a decoder forward and backward pass per step",
+        default=0.0,
+    )
+    decoder_loss_crops: int = option("latent crops per step that go through the decoder", default=2)
+    decoder_loss_size: int = option("side, in latent positions, of the part of each crop decoded", default=8)
+
+    def __post_init__(self):
+        if self.decoder_loss_weight < 0:
+            raise ValueError(f"decoder_loss_weight must be >= 0, got {self.decoder_loss_weight}")
+        for name in ("decoder_loss_crops", "decoder_loss_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
 class PhotoTokenizerConfig(RunConfig):
     """The options of train.py's runs (data, optimiser, checkpoints, trackers) and the tokenizer's."""
 
@@ -135,6 +156,7 @@ class PhotoTokenizerConfig(RunConfig):
     optimization: PhotoTokenizerOptimization = group(PhotoTokenizerOptimization)
     reporting: PhotoTokenizerReporting = group(PhotoTokenizerReporting)
     tokenizer: TokenizerOptions = group(TokenizerOptions)
+    objective: PhotoTokenizerObjective = group(PhotoTokenizerObjective)
 
     resume_fixed: ClassVar[tuple[str, ...]] = (
         *RunConfig.resume_fixed,

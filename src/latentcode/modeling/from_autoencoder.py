@@ -169,32 +169,68 @@ def continuous_latents(vqvae: nn.Module, pixel_values: torch.Tensor) -> torch.Te
 
 @dataclass
 class LatentSpaceLoss:
-    """`loss` = `latent_loss + quantizer_loss`: `latent_loss`, the mean squared error between the
-    estimate `estimate` `[B, L, h, w]` (the code through `from_code` and the corrector) and the
-    source's latent z; `quantizer_loss`, the quantiser's `terms` weighted by the config's loss
-    weights; `indices`, the tokens."""
+    """`loss` = `latent_loss + quantizer_loss + decoder_loss_weight * decoder_loss`:
+    `latent_loss`, the mean squared error between the estimate `estimate` `[B, L, h, w]` (the
+    code through `from_code` and the corrector) and the source's latent z; `quantizer_loss`, the
+    quantiser's `terms` weighted by the config's loss weights; `decoder_loss`, [`decoded_loss`]
+    (zero when not asked for); `indices`, the tokens."""
 
     loss: torch.Tensor
     latent_loss: torch.Tensor
     quantizer_loss: torch.Tensor
+    decoder_loss: torch.Tensor
     terms: dict[str, torch.Tensor]
     estimate: torch.Tensor
     indices: torch.Tensor
 
 
-def latent_space_loss(vqvae: nn.Module, latents: torch.Tensor) -> LatentSpaceLoss:
+def decode_latents(vqvae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """The source's latents (or an estimate of them) `[B, L, h, w]` -> pixels `[B, C, h*f, w*f]`
+    through the frozen decoder (and the source's projection, where it has one)."""
+    projection = vqvae.post_quant_conv.pretrained
+    return vqvae.decoder(latents if projection is None else projection(latents))
+
+
+def decoded_loss(vqvae: nn.Module, latents: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the frozen decoder's images of the estimate z_hat and of z (each
+    `[B, L, h, w]` -> `[B, C, h*f, w*f]`, pixels in [-1, 1]). The latent loss weighs every latent
+    channel alike; this is the error the photo shows. Its target is the source's own
+    reconstruction, so cached latents suffice; gradients reach z_hat through the frozen decoder."""
+    with torch.no_grad():
+        target = decode_latents(vqvae, latents)
+    return F.mse_loss(decode_latents(vqvae, estimate).float(), target.float())
+
+
+def latent_space_loss(
+    vqvae: nn.Module,
+    latents: torch.Tensor,
+    decoder_loss_weight: float = 0.0,
+    decoder_loss_crops: int = 2,
+    decoder_loss_size: int = 8,
+) -> LatentSpaceLoss:
     """The loss of the trainable parts on the source's latents z `[B, L, h, w]` (from
     [`continuous_latents`] or cached): z -> `to_code` -> quantiser (updating an EMA codebook in
-    training mode, as `forward` does) -> `from_code` -> corrector -> z_hat, compared with z."""
+    training mode, as `forward` does) -> `from_code` -> corrector -> z_hat, compared with z.
+
+    With `decoder_loss_weight` > 0 it adds [`decoded_loss`] on the top-left `decoder_loss_size`
+    square of the first `decoder_loss_crops` latents: the decoder costs far more than the rest,
+    so it sees a few small crops per step."""
     vqvae._check_code(latents, vqvae.config.latent_channels)
     quantized = vqvae._quantize(vqvae.quant_conv.to_code(latents))
     estimate = vqvae.post_quant_conv.latent_estimate(quantized.quantized.to(latents.dtype))
     latent_loss = F.mse_loss(estimate.float(), latents.float())
     quantizer_loss, _ = vqvae.loss_weights()(quantized.terms)
+    loss = latent_loss + quantizer_loss
+    decoder_loss = latent_loss.new_zeros(())
+    if decoder_loss_weight > 0:
+        crop = (slice(0, decoder_loss_crops), slice(None), slice(0, decoder_loss_size), slice(0, decoder_loss_size))
+        decoder_loss = decoded_loss(vqvae, latents[crop], estimate[crop])
+        loss = loss + decoder_loss_weight * decoder_loss
     return LatentSpaceLoss(
-        loss=latent_loss + quantizer_loss,
+        loss=loss,
         latent_loss=latent_loss,
         quantizer_loss=quantizer_loss,
+        decoder_loss=decoder_loss,
         terms=quantized.terms,
         estimate=estimate,
         indices=quantized.indices,

@@ -29,13 +29,15 @@ class LatentSpaceObjective(nn.Module):
     """The VQ-VAE with [`latent_space_loss`] as its forward pass: the engine's trained module (a
     DDP wrapper synchronises the gradients of what a forward pass used, so the loss must be one)."""
 
-    def __init__(self, vqvae: VQVAEModel):
+    def __init__(self, vqvae: VQVAEModel, decoder_loss: dict | None = None):
+        """`decoder_loss`: `latent_space_loss`'s decoder_loss_* arguments (None: latent loss only)."""
         super().__init__()
         self.vqvae = vqvae
+        self.decoder_loss = decoder_loss or {}
 
     def forward(self, latents: torch.Tensor):
         """Source latents `[B, L, h, w]` -> `LatentSpaceLoss`."""
-        return latent_space_loss(self.vqvae, latents)
+        return latent_space_loss(self.vqvae, latents, **self.decoder_loss)
 
 
 def tokenizer_from_source(source, options) -> tuple[VQVAEModel, bool]:
@@ -170,7 +172,13 @@ class PhotoTokenizerTask(TrainingTask):
             f"{sum(p.numel() for p in vqvae.parameters()) / 1e6:.3f}M, {vqvae.config.quantizer} with "
             f"{vqvae.codebook_size} codes"
         )
-        engine.prepare([Part("tokenizer", LatentSpaceObjective(vqvae), optimizer)])
+        objective = config.objective
+        decoder_loss = {
+            "decoder_loss_weight": objective.decoder_loss_weight,
+            "decoder_loss_crops": objective.decoder_loss_crops,
+            "decoder_loss_size": objective.decoder_loss_size,
+        }
+        engine.prepare([Part("tokenizer", LatentSpaceObjective(vqvae, decoder_loss), optimizer)])
         return batches
 
     def data(self, source, rank: int, world_size: int):
@@ -212,6 +220,7 @@ class PhotoTokenizerTask(TrainingTask):
             "loss": result.loss,
             "latent_loss": result.latent_loss,
             "quantizer_loss": result.quantizer_loss,
+            **({"decoder_loss": result.decoder_loss} if self.config.objective.decoder_loss_weight > 0 else {}),
         }
 
     def state(self, engine: Engine) -> tuple[dict, dict]:
