@@ -82,7 +82,9 @@ def engine(tiny: Path, output_dir: Path, *flags: str) -> Engine:
 def test_a_few_steps_lower_the_loss_keep_the_source_bit_identical_and_save_a_tokenizer(tiny, tmp_path):
     # The held-out latent loss after one step (the fits: projections, k-means codebook) and after 24.
     one_step = engine(tiny, tmp_path / "one", "--max_train_steps", "1").run().metrics["metrics"]
-    engine(tiny, tmp_path / "run", "--max_train_steps", "24", "--checkpointing_steps", "0").run()
+    # With the loss through the frozen decoder: gradients pass through the decoder and leave it unchanged.
+    decoder_loss = ("--objective.decoder_loss_weight", "0.1", "--objective.decoder_loss_size", "4")
+    engine(tiny, tmp_path / "run", "--max_train_steps", "24", "--checkpointing_steps", "0", *decoder_loss).run()
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
     metrics = report["metrics"]
     assert metrics["validation_latent_loss"] < 0.97 * one_step["validation_latent_loss"]
@@ -107,6 +109,7 @@ def test_a_few_steps_lower_the_loss_keep_the_source_bit_identical_and_save_a_tok
     assert {"psnr", "ssim", "validation_latent_loss"} <= metrics.keys()
     card = (tmp_path / "run" / "README.md").read_text()
     assert "MIT (test)" in card and str(tiny / "codes") in card and f"{metrics['psnr']:.2f}" in card
+    assert "0.1 x the squared error through the frozen decoder on 2 crops of 4x4 latents" in card
 
 
 def test_a_resumed_run_continues_bit_identically_without_fitting_again(tiny, tmp_path):

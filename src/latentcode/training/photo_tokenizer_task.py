@@ -278,6 +278,17 @@ def format_metric(metrics: dict, name: str, digits: int) -> str:
     )
 
 
+def objective_description(objective) -> str:
+    """The trained loss in words, for the model card."""
+    if objective.decoder_loss_weight == 0:
+        return "the squared error of the latent estimate alone"
+    return (
+        f"the squared error of the latent estimate plus {objective.decoder_loss_weight:g} x the squared error through "
+        f"the frozen decoder on {objective.decoder_loss_crops} crops of {objective.decoder_loss_size}x"
+        f"{objective.decoder_loss_size} latents per step"
+    )
+
+
 def photo_tokenizer_card(config, vqvae: VQVAEModel, metrics: dict, summary: dict, training_data: str) -> str:
     """The model card (`model_cards/photo_tokenizer.md` filled in) of a trained photo tokenizer."""
     source = vqvae.config.source_autoencoder
@@ -290,6 +301,7 @@ def photo_tokenizer_card(config, vqvae: VQVAEModel, metrics: dict, summary: dict
         "codebook_size": vqvae.codebook_size,
         "num_quantizers": vqvae.config.num_quantizers or 1,
         "corrector": vqvae.config.corrector_config or "none",
+        "objective": objective_description(config.objective),
         "steps": summary["global_step"],
         "train_seconds": summary["train_seconds"],
         "validation_data": config.data.validation_data_dir or "none given",
