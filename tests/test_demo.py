@@ -248,8 +248,9 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
     wired = {fn.name: len(fn.inputs) for fn in demo.fns.values()}
     assert wired == {
         "reconstruct": 2, "start": 2, "start_from_prior": 1, "switch_model": 1, "make_vector": 3,
-        "attributes_decode": 3 + inference.MAX_SLIDERS, "attributes_samples": 2, "encode_tokens": 2,
-        "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4, "interpolate": 3, "slide": 2,
+        "attributes_decode": 3 + inference.MAX_SLIDERS, "attributes_samples": 2, "encode": 2,
+        "on_pick_cell": 2, "on_pick_photo_point": 2, "show_level": 2, "change_token": 3, "compare": 2, "sample": 4,
+        "interpolate": 3, "slide": 2,
     }  # fmt: skip
     # The Attributes tab opens on the VAE (the model with a prior) at its prior mean, sliders shown.
     components = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
@@ -510,9 +511,11 @@ def test_vector_latent_models_reconstruct_at_their_size_and_say_what_they_are(ve
     table = handlers.model_table([tmp_path / "photo.png"])
     vector_row, vq_row = table.splitlines()[2:]
     assert "VAE on the 'vector' backbone, 3 channels, 5-dimensional latent vector per 32x32 image" in vector_row
-    assert "bits per 32x32 image (KL to the prior N(0, I))" in vector_row and f"`{vector_vae.name}`" in vector_row
-    assert "VQ-VAE on the 'ldm' backbone, 3 channels, latent 4x8x8 per 16x16 image (downsampling x2" in vq_row
-    assert "384.0 bits per 16x16 image (64 tokens x log2(64))" in vq_row
+    assert re.search(r"bits per 32x32 image, [\d.e-]+ bits per pixel \(KL to the prior N\(0, I\)\)", vector_row)
+    assert f"`{vector_vae.name}`" in vector_row
+    assert "VQ-VAE on the 'ldm' backbone, 3 channels, 8x8 tokens per 16x16 image (downsampling x2" in vq_row
+    assert "64 codes (vq): 1.5 bits per pixel" in vq_row
+    assert "384.0 bits per 16x16 image, 1.5 bits per pixel (64 tokens x log2(64))" in vq_row
 
 
 def test_command_line_takes_models_as_arguments_or_options():
