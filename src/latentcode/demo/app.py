@@ -43,12 +43,9 @@ INTERPOLATION_STEPS = 9
 MAX_SAMPLES = 16
 ATTRIBUTE_SAMPLES = 8
 # Outputs fill their box, so that 32x32 reconstructions are as visible as 768x512 ones.
-# Token grids are scaled up without blurring, so that neighbouring tokens stay apart.
-PAGE_CSS = (
-    ".fill-box img { width: 100%; height: 100%; object-fit: contain; } .pixelated img { image-rendering: pixelated; }"
-)
+PAGE_CSS = ".fill-box img { width: 100%; height: 100%; object-fit: contain; }"
 OUTPUT_HEIGHT = 400
-# The token grid and the decoded photo, side by side over the page's width: a 96x64 grid is drawn
+# The token grid and the decoded photo, side by side over the page's width: a 96x64 grid is shown
 # some 6 screen pixels per token in a 1280-pixel-wide window, enough to click one.
 TOKEN_VIEW_HEIGHT = 480
 COST_EXAMPLES = 3  # the header's code cost is the mean over this many of the page's examples
@@ -145,18 +142,16 @@ class DemoHandlers:
             inference.to_image(loaded, result.reconstruction),
             " ".join([result.summary(), *notes]),
             state,
-            "Click a token of the grid" + ("." if loaded.vector_latent else " or a point of the decoded photo."),
+            "Click a token of the grid.",
         )
 
     def pick_cell(self, state, position: tuple[int, int], level: int = 0):
         """A click at image `position` (x, y) on the token grid -> the new state, the grid (drawn at
         `level`) with the token marked, a line naming it and its code at that level."""
-        return self._pick(state, position, level, on_photo=False)
-
-    def pick_photo_point(self, state, position: tuple[int, int], level: int = 0):
-        """A click at pixel `position` (x, y) of the decoded photo -> what [`pick_cell`] gives for
-        the token that codes that pixel."""
-        return self._pick(state, position, level, on_photo=True)
+        if not state:
+            raise DemoInputError("Encode an image first.")
+        row, col = inference.token_at(state["indices"], position)
+        return self._token_view(state, row, col, int(level or 0))
 
     def show_level(self, state, level):
         """Another level of a residual quantiser's tokens -> the grid drawn at it (the picked token
@@ -169,13 +164,6 @@ class DemoHandlers:
         if state["cell"] is None:
             return state, inference.token_grid_image(state["indices"], level=level), "Click a token of the grid.", 0
         return self._token_view(state, *state["cell"], level)
-
-    def _pick(self, state, position, level, on_photo: bool):
-        if not state:
-            raise DemoInputError("Encode an image first.")
-        loaded = self.pick(state["model"])
-        row, col = inference.token_at(loaded, state["indices"], position, on_photo)
-        return self._token_view(state, row, col, int(level or 0))
 
     @staticmethod
     def _token_view(state, row: int, col: int, level: int):
@@ -492,9 +480,9 @@ def _wire_attributes(gr, handlers: DemoHandlers, tab: dict) -> None:
 
 
 def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
-    """The tokens of an image: the grid (one colour per code) beside the decoded photo, both
-    clickable and as large as the page allows (a 768x512 photo at f8 has 96x64 tokens); the level
-    of a residual quantiser to show and edit; the photo decoded with the picked token changed."""
+    """The tokens of an image: the grid (one colour per code, click one) beside the decoded photo,
+    both as large as the page allows (a 768x512 photo at f8 has 96x64 tokens); the level of a
+    residual quantiser to show and edit; the photo decoded with the picked token changed."""
     with gr.Tab("Codes"):
         if not handlers.token_names:
             gr.Markdown("No VQ-VAE loaded: tokens exist only for models whose code is tokens.")
@@ -513,21 +501,24 @@ def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 used = "codes used by this image" + (" (all levels)" if handlers.token_levels > 1 else "")
                 histogram = _image_output(gr, used, "codes-histogram")
         with gr.Row(equal_height=True):
+            # Not "fill-box": a grid is drawn at least as large as its box (inference.MIN_GRID_SIDE)
+            # and scaled down to fit, as Gradio's click coordinates assume.
             grid = gr.Image(
                 label="tokens (one colour per code): click one", type="pil", format="png", interactive=False,
-                elem_id="codes-grid", height=TOKEN_VIEW_HEIGHT, elem_classes=["fill-box", "pixelated"],
+                elem_id="codes-grid", height=TOKEN_VIEW_HEIGHT,
             )  # fmt: skip
             decoded = gr.Image(
-                label="decoded tokens: click a point to pick its token", type="pil", format="png",
-                interactive=False, elem_id="codes-reconstruction", height=TOKEN_VIEW_HEIGHT, elem_classes=["fill-box"],
+                label="decoded tokens", type="pil", format="png", interactive=False, elem_id="codes-reconstruction",
+                height=TOKEN_VIEW_HEIGHT, elem_classes=["fill-box"],
             )  # fmt: skip
         with gr.Row(equal_height=True):
             selected = gr.Markdown(elem_id="codes-selected")
             level = gr.Radio(
                 [(f"level {number}" + (" (coarsest)" if number == 0 else ""), number)
                  for number in range(handlers.token_levels)],
-                value=0, label="level shown and edited (residual VQ)", visible=handlers.token_levels > 1,
-                elem_id="codes-level",
+                value=0, label="level shown and edited (residual VQ)", elem_id="codes-level",
+                # "hidden", not False: the clicks and the button read its value, which an unrendered component never sends
+                visible=True if handlers.token_levels > 1 else "hidden",
             )  # fmt: skip
             code = gr.Number(label="new code", value=0, precision=0, elem_id="codes-code")
             change_button = gr.Button("Decode with this token changed", elem_id="codes-change-button")
@@ -542,16 +533,12 @@ def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
     def on_pick_cell(state, chosen_level, event):
         return handlers.pick_cell(state, event.index, chosen_level)
 
-    def on_pick_photo_point(state, chosen_level, event):
-        return handlers.pick_photo_point(state, event.index, chosen_level)
-
     # A real class, not the string `from __future__` makes of it: Gradio injects the click by this type.
-    on_pick_cell.__annotations__["event"] = on_pick_photo_point.__annotations__["event"] = gr.SelectData
+    on_pick_cell.__annotations__["event"] = gr.SelectData
     outputs = [grid, histogram, decoded, summary, tokens_state, selected, level]
     encode_button.click(shown_in_page(gr, encode), [model, image], outputs, preprocess=False)
     picked = [tokens_state, grid, selected, code]
     grid.select(shown_in_page(gr, on_pick_cell), [tokens_state, level], picked)
-    decoded.select(shown_in_page(gr, on_pick_photo_point), [tokens_state, level], picked)
     level.input(shown_in_page(gr, handlers.show_level), [tokens_state, level], picked)
     change_button.click(shown_in_page(gr, handlers.change_token), [tokens_state, code, level], [edited, change])
 

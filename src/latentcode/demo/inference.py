@@ -6,7 +6,7 @@
 - [`reconstruct`]: reconstruction, PSNR / SSIM (`latentcode.evaluation`), the latent grid and
   what the code costs in bits; large images go through the model's tiled encode / decode.
 - [`token_grid_image`], [`token_at`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens (a
-  residual quantiser's levels one at a time), picked on the grid or on the photo.
+  residual quantiser's levels one at a time).
 - [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.grids`, `latentcode.prior`).
 - [`attribute_base`], [`moved_code`], [`decode_code`], [`traversal_grid`]: the Attributes tab's
   sliders over latent dimensions and its traversal grid (`latentcode.traversal`);
@@ -51,10 +51,11 @@ from ..traversal import (
 
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
-MIN_GRID_SIDE = 256  # token grids are drawn at least this many pixels wide or high
-# ... and a token at least this many pixels wide: its outline, when picked, stays visible where a
-# photo tokenizer's 96x64 grid (a 768x512 Kodak photo at f8) is shown in a box of the page.
-MIN_GRID_CELL = 8
+# Token grids are drawn at least this many pixels wide or high: the page shows them scaled down
+# to fit, never up (Gradio maps a click to image pixels assuming that: an image scaled up would
+# get the wrong token). A 96x64 grid (a 768x512 Kodak photo at f8) fills it at MIN_GRID_CELL.
+MIN_GRID_SIDE = 768
+MIN_GRID_CELL = 8  # pixels per token at least: its outline, when picked, stays visible
 # A grid latent codes any size: its Attributes tab works at most this large, so that a traversal
 # of 16 dimensions x 7 values of a 512-pixel model (taef2) decodes in seconds, not minutes.
 MAX_ATTRIBUTE_SIZE = 128
@@ -441,24 +442,13 @@ def token_grid_image(indices: torch.Tensor, marked: tuple[int, int] | None = Non
     return image
 
 
-def token_at(
-    loaded: DemoModel, indices: torch.Tensor, position: tuple[float, float], on_photo: bool
-) -> tuple[int, int]:
+def token_at(indices: torch.Tensor, position: tuple[float, float]) -> tuple[int, int]:
     """The token `(row, col)` of `indices` `[1, h, w(, depth)]` at a click `position = (x, y)` in
-    pixels of the token grid's image ([`token_grid_image`]) or, with `on_photo`, of the decoded
-    photo (a latent grid's token covers `downsampling_factor` x `downsampling_factor` pixels).
-
-    Raises [`DemoInputError`] for a click outside, or on the photo of a vector latent (its tokens
-    are not places in the image)."""
-    if on_photo and loaded.vector_latent:
-        raise DemoInputError(
-            f"{loaded.name} codes the whole image in {indices.shape[2]} tokens, none of them a place in the photo: "
-            "click the token grid."
-        )
-    cell = loaded.model.downsampling_factor if on_photo else grid_cell_size(indices)
+    pixels of the token grid's image ([`token_grid_image`]); [`DemoInputError`] for a click outside."""
+    cell = grid_cell_size(indices)
     col, row = (int(coordinate) // cell for coordinate in position)
     if not (0 <= row < indices.shape[1] and 0 <= col < indices.shape[2]):
-        raise DemoInputError(f"Click inside the {'photo' if on_photo else 'token grid'}.")
+        raise DemoInputError("Click inside the token grid.")
     return row, col
 
 
