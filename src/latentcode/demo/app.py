@@ -517,8 +517,7 @@ def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 [(f"level {number}" + (" (coarsest)" if number == 0 else ""), number)
                  for number in range(handlers.token_levels)],
                 value=0, label="level shown and edited (residual VQ)", elem_id="codes-level",
-                # "hidden", not False: the clicks and the button read its value, which an unrendered component never sends
-                visible=True if handlers.token_levels > 1 else "hidden",
+                visible=handlers.token_levels > 1,
             )  # fmt: skip
             code = gr.Number(label="new code", value=0, precision=0, elem_id="codes-code")
             change_button = gr.Button("Decode with this token changed", elem_id="codes-change-button")
