@@ -256,7 +256,7 @@ def test_photo_tokenizer_on_a_full_size_kodak_photo(photo_tokenizer):
         handlers.show_level(state, 2)
 
     new_code = (code + 8) % 16
-    edited_image, _ = handlers.change_token(state, new_code, 1)  # the picked token, at the level shown
+    edited_image, change_image = handlers.change_token(state, new_code, 1)  # the picked token, at the level shown
     expected_indices = indices.clone()
     expected_indices[0, 40, 60, 1] = new_code
     with torch.inference_mode():
@@ -267,6 +267,10 @@ def test_photo_tokenizer_on_a_full_size_kodak_photo(photo_tokenizer):
     assert change[320:328, 480:488].max() > 4 * one_level  # the token's own 8x8 pixels
     change[320 - 40 : 328 + 40, 480 - 40 : 488 + 40] = 0
     assert change.max() < one_level  # 5 tokens away and further, nothing the 8-bit image shows
+    # |change| boxes the token 4 tokens out, in lines of 3 pixels: x 445-447 and 520-522 at y 320-327.
+    boxed = _array(change_image)
+    assert (boxed[320:328, [445, 447, 520, 522]] == inference.BOX_COLOR).all()
+    assert (boxed[320:328, 448:520] == boxed[320:328, 448:520, :1]).all()  # grey inside: the change itself
 
 
 def test_example_images_come_from_the_shared_datasets_or_scikit_image(tmp_path):
@@ -363,7 +367,7 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
     token and decode it changed; upload a broken file and read the error."""
     _browser_or_skip()
     from latentcode.demo.app import build_demo
-    from latentcode.demo.browser import headless_chromium, serve, shown_size
+    from latentcode.demo.browser import click_image_at, headless_chromium, serve, shown_size
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     threads = torch.get_num_threads()
@@ -397,7 +401,7 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             grid = page.locator("#codes-grid img")
             shown_size(grid, timeout_ms=30_000)
             cell = inference.grid_cell_size(expected.indices)
-            _click_image_at(page, grid, 5.5 * cell, 2.5 * cell)
+            click_image_at(page, grid, 5.5 * cell, 2.5 * cell)
             code = int(expected.indices[0, 2, 5])
             page.get_by_text(f"Token (row 2, col 5): code {code}.").wait_for(timeout=20_000)
             page.get_by_label("new code").fill(str((code + 1) % 64))
@@ -414,25 +418,13 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
 
-def _click_image_at(page, image_locator, x: float, y: float) -> None:
-    """Click the point (x, y), in the image's own pixels, of an `<img>` drawn with `object-fit: contain`
-    (scrolled into view first: the mouse clicks in the window only)."""
-    image_locator.scroll_into_view_if_needed()
-    box = image_locator.bounding_box()
-    natural_width, natural_height = image_locator.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-    scale = min(box["width"] / natural_width, box["height"] / natural_height)
-    left = box["x"] + (box["width"] - natural_width * scale) / 2
-    top = box["y"] + (box["height"] - natural_height * scale) / 2
-    page.mouse.click(left + x * scale, top + y * scale)
-
-
 def test_codes_tab_with_a_photo_tokenizer_in_a_real_browser(photo_tokenizer, tmp_path, monkeypatch):
     """The Codes tab with a photo tokenizer (residual VQ on taef2) on a 768x512 Kodak photo: the
     bits per pixel; the 96x64 token grid, drawn large enough to click a token; two tokens picked
     on it; the second one's level-1 code read and changed; the photo decoded with it."""
     _browser_or_skip()
     from latentcode.demo.app import build_demo
-    from latentcode.demo.browser import fetch_image, headless_chromium, serve, shown_size
+    from latentcode.demo.browser import click_image_at, fetch_image, headless_chromium, serve, shown_size
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     kodak = require_shared_dataset("kodak") / KODAK_PHOTO
@@ -453,10 +445,10 @@ def test_codes_tab_with_a_photo_tokenizer_in_a_real_browser(photo_tokenizer, tmp
         width, height = shown_size(grid)
         assert grid.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [768, 512]
         assert width / 96 >= 5 and height / 64 >= 5, (width, height)  # at least 5 screen pixels per token
-        _click_image_at(page, grid, 60 * 8 + 4, 40 * 8 + 4)
+        click_image_at(page, grid, 60 * 8 + 4, 40 * 8 + 4)
         code = int(indices[0, 40, 60, 0])
         page.get_by_text(f"Token (row 40, col 60): code {code}.").wait_for(timeout=20_000)
-        _click_image_at(page, grid, 12 * 8 + 1, 6 * 8 + 6)
+        click_image_at(page, grid, 12 * 8 + 1, 6 * 8 + 6)
         page.get_by_text(f"Token (row 6, col 12): code {int(indices[0, 6, 12, 0])}.").wait_for(timeout=20_000)
         page.locator("#codes-level").get_by_text("level 1").click()
         code = int(indices[0, 6, 12, 1])

@@ -179,7 +179,9 @@ class DemoHandlers:
         )
 
     def change_token(self, state, code, level):
-        """-> the tokens decoded with the picked one changed, and |change| from the reconstruction."""
+        """-> the tokens decoded with the picked one changed, and |change| from the reconstruction
+        (on a latent grid, with the token's neighbourhood boxed: one token of a 768x512 photo is a
+        dot)."""
         if not state or state["cell"] is None:
             raise DemoInputError("Encode an image and click a cell of the token grid first.")
         if code is None or level is None:
@@ -187,7 +189,10 @@ class DemoHandlers:
         loaded = self.pick(state["model"])
         row, col = state["cell"]
         edited = inference.change_token(loaded, state["indices"], row, col, int(code), int(level))
-        return inference.to_image(loaded, edited), inference.difference_image(state["reconstruction"], edited)
+        change = inference.difference_image(state["reconstruction"], edited)
+        if not loaded.vector_latent:  # a vector latent's token is no place in the image
+            change = inference.box_token(change, row, col, loaded.model.downsampling_factor)
+        return inference.to_image(loaded, edited), change
 
     def compare(self, chosen, payload):
         """-> a gallery (the original, then each model's reconstruction) and a Markdown table."""

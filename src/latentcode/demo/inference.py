@@ -5,8 +5,8 @@
   for every mistake a user can make (not an image, too large, a size the model cannot take).
 - [`reconstruct`]: reconstruction, PSNR / SSIM (`latentcode.evaluation`), the latent grid and
   what the code costs in bits; large images go through the model's tiled encode / decode.
-- [`token_grid_image`], [`token_at`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens (a
-  residual quantiser's levels one at a time).
+- [`token_grid_image`], [`token_at`], [`code_histogram`], [`change_token`], [`box_token`]: a
+  VQ-VAE's tokens (a residual quantiser's levels one at a time).
 - [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.grids`, `latentcode.prior`).
 - [`attribute_base`], [`moved_code`], [`decode_code`], [`traversal_grid`]: the Attributes tab's
   sliders over latent dimensions and its traversal grid (`latentcode.traversal`);
@@ -459,6 +459,24 @@ def code_histogram(indices: torch.Tensor, codebook_size: int) -> PIL.Image.Image
     title = f"{len(used)} of {codebook_size} codes used by {indices.numel()} tokens"
     labels = (f"code {int(used[0])}", f"code {int(used[-1])}")
     return bar_chart(counts[used].tolist(), title, labels, "tokens")
+
+
+BOX_MARGIN_TOKENS = 4  # the box around a changed token: most of the change lies within 4 tokens of it
+BOX_COLOR = (255, 96, 0)
+
+
+def box_token(image: PIL.Image.Image, row: int, col: int, factor: int) -> PIL.Image.Image:
+    """An RGB copy of `image` (a decoded image or its |change|) with a box around the pixels of
+    the latent grid's token `(row, col)` (`factor` x `factor` pixels each), `BOX_MARGIN_TOKENS`
+    tokens out from them so that it hides none of the change; its line is a 256th of the
+    image's longer side thick (3 pixels on a 768x512 photo), at least 1."""
+    boxed = image.convert("RGB")
+    width = max(1, round(max(boxed.size) / 256))
+    margin = BOX_MARGIN_TOKENS * factor + width
+    left, top = col * factor - margin, row * factor - margin
+    right, bottom = (col + 1) * factor - 1 + margin, (row + 1) * factor - 1 + margin
+    PIL.ImageDraw.Draw(boxed).rectangle((left, top, right, bottom), outline=BOX_COLOR, width=width)
+    return boxed
 
 
 @torch.inference_mode()
