@@ -213,7 +213,7 @@ class DemoHandlers:
             gallery.append((inference.to_image(loaded, result.reconstruction), f"{name}: {result.psnr:.2f} dB"))
             rows.append(
                 f"| `{name}` | {result.psnr:.2f} | {result.ssim_text} | {result.grid_text} | {result.bits:,.0f} "
-                f"({result.bits_per_pixel:.4f} bpp) |"
+                f"({result.bits_per_pixel:.4g} bpp) |"
             )
         table = "| model | PSNR (dB) | SSIM | latent grid | bits per image |\n|---|---|---|---|---|\n" + "\n".join(rows)
         return gallery, table
