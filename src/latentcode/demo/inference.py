@@ -307,7 +307,7 @@ class Reconstruction:
     @property
     def levels(self) -> int:
         """Tokens per position: a residual quantiser's levels (the last axis of `indices`), else 1."""
-        return self.indices.shape[3] if self.indices is not None and self.indices.dim() == 4 else 1
+        return token_levels(self.indices) if self.indices is not None else 1
 
     def summary(self) -> str:
         """One Markdown line: PSNR, SSIM, grid, bits per image and per pixel; a VQ-VAE's bits per
@@ -468,8 +468,9 @@ BOX_COLOR = (255, 96, 0)
 def box_token(image: PIL.Image.Image, row: int, col: int, factor: int) -> PIL.Image.Image:
     """An RGB copy of `image` (a decoded image or its |change|) with a box around the pixels of
     the latent grid's token `(row, col)` (`factor` x `factor` pixels each), `BOX_MARGIN_TOKENS`
-    tokens out from them so that it hides none of the change; its line is a 256th of the
-    image's longer side thick (3 pixels on a 768x512 photo), at least 1."""
+    tokens out from them so that it covers none of the token's pixels and little of the change
+    around them; its line is a 256th of the image's longer side thick (3 pixels on a 768x512
+    photo), at least 1."""
     boxed = image.convert("RGB")
     width = max(1, round(max(boxed.size) / 256))
     margin = BOX_MARGIN_TOKENS * factor + width
