@@ -12,13 +12,14 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import load_script, require_shared, require_shared_dataset, tiny_config
 
 import latentcode
 from latentcode.demo import inference
 from latentcode.demo.browser import find_chromium
 from latentcode.demo.inference import DemoInputError
 from latentcode.evaluation import psnr
+from latentcode.modeling import VQVAEEncoderOutput
 from latentcode.prior import build_prior, sample_images
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -49,6 +50,27 @@ def vector_vae(tmp_path_factory) -> inference.DemoModel:
     torch.manual_seed(0)
     latentcode.VAEModel(tiny_config("vae", **VECTOR_VAE)).save_pretrained(root)
     return inference.load_model(str(root))
+
+
+# A photo tokenizer as issue 31 makes them: residual VQ on taef2's f8 latent, 2 levels of 16
+# codes per 8x8 pixels (0.125 bits per pixel), its codebooks untrained (the wiring, not quality).
+PHOTO_TOKENIZER = dict(quantizer="residual_vq", codebook_size=16, num_quantizers=2)
+KODAK_PHOTO = "kodim23.png"  # 768x512: 96x64 tokens
+
+
+@pytest.fixture(scope="module")
+def photo_tokenizer(tmp_path_factory) -> inference.DemoModel:
+    """taef2 converted from ../shared/pretrained/taesd by the conversion script, made a VQ-VAE by
+    `VQVAEModel.from_autoencoder(..., **PHOTO_TOKENIZER)`, saved and loaded by path as the demo loads it."""
+    taesd = require_shared(SHARED / "pretrained" / "taesd", "the TAESD checkpoints")
+    root = tmp_path_factory.mktemp("photo-tokenizer")
+    convert = load_script("conversion/convert_taesd_to_latentcode.py")
+    convert.main(["--encoder_path", str(taesd / "taef2_encoder.pth"), "--decoder_path",
+                  str(taesd / "taef2_decoder.pth"), "--output_dir", str(root / "taef2")])  # fmt: skip
+    torch.manual_seed(0)
+    taef2 = latentcode.AutoencoderModel.from_pretrained(root / "taef2")
+    latentcode.VQVAEModel.from_autoencoder(taef2, **PHOTO_TOKENIZER).save_pretrained(root / "photo-tokenizer-taef2")
+    return inference.load_model(str(root / "photo-tokenizer-taef2"))
 
 
 def photo(width: int = 48, height: int = 32, mode: str = "RGB") -> PIL.Image.Image:
@@ -189,6 +211,68 @@ def test_generation_samples_and_interpolates(demo_models, tmp_path):
     assert strip.size == (5 * (16 + 4), 16 + 4)
 
 
+def test_photo_tokenizer_on_a_full_size_kodak_photo(photo_tokenizer):
+    """A Kodak photo at 768x512 through a residual-VQ photo tokenizer on taef2: 96x64 tokens x 2
+    levels, in 512-pixel tiles; bits per pixel = tokens x log2(K) / pixels, as the model counts
+    them; a token picked on the grid, at either level; changing it changes the decoded photo only
+    near its 8x8 pixels."""
+    from latentcode.demo.app import DemoHandlers
+
+    model = photo_tokenizer.model
+    kodak = require_shared_dataset("kodak") / KODAK_PHOTO
+    handlers = DemoHandlers([photo_tokenizer], max_pixels=4_000_000)
+    assert handlers.token_levels == 2
+    described = photo_tokenizer.describe()
+    assert "64x64 tokens x 2 levels per 512x512 image (downsampling x8" in described
+    assert described.endswith("16 codes (residual_vq): 0.125 bits per pixel")
+
+    grid, _, decoded, summary, state, _ = handlers.encode_tokens(photo_tokenizer.name, {"path": str(kodak)})
+    indices = state["indices"]
+    assert indices.shape == (1, 64, 96, 2) and decoded.size == (768, 512)
+    assert model.use_tiling and model.tile_sample_size == 512  # 768 pixels wide: two tiles
+    bits_per_pixel = 64 * 96 * 2 * math.log2(16) / (768 * 512)  # tokens x log2(K) / pixels
+    counted = model.code_size(VQVAEEncoderOutput(indices=indices)).bits_per_pixel(512, 768)  # the model's count
+    assert float(counted[0]) == bits_per_pixel == 0.125
+    assert f"at **{bits_per_pixel:.4g} bits per pixel** (49,152 bits per image: 12288 tokens x log2(16))" in summary
+    assert "latent grid 64x96x2 (64x96 tokens x 2 levels)" in summary
+
+    # The grid: 8 pixels per token; picked at level 1 it shows level 1's codes, the token marked.
+    cell = inference.grid_cell_size(indices)
+    assert cell == inference.MIN_GRID_CELL and grid.size == (96 * cell, 64 * cell)
+    state, level_grid, line, code = handlers.pick_cell(state, (60 * cell + 1, 40 * cell + 6), 1)
+    assert state["cell"] == (40, 60) and code == int(indices[0, 40, 60, 1])
+    assert line == f"Token (row 40, col 60, level 1): code {code}."
+    colors = inference.code_colors(indices[0]).numpy()  # [64, 96, 2, 3]
+    shown = np.asarray(level_grid)
+    for row, col in ((0, 0), (40, 61), (63, 95)):
+        assert (shown[row * cell + cell // 2, col * cell + cell // 2] == colors[row, col, 1]).all()
+    assert (shown[40 * cell, 60 * cell : 61 * cell] == 255).all()  # the white outline of the picked token
+    _, level_0_grid, line_0, code_0 = handlers.show_level(state, 0)
+    assert code_0 == int(indices[0, 40, 60, 0]) and line_0 == f"Token (row 40, col 60): code {code_0}."
+    assert (np.asarray(level_0_grid)[4, 4] == colors[0, 0, 0]).all()
+    with pytest.raises(DemoInputError, match="Click inside the token grid"):
+        handlers.pick_cell(state, (96 * cell, 0), 0)
+    with pytest.raises(DemoInputError, match=r"level must be in \[0, 1\]"):
+        handlers.show_level(state, 2)
+
+    new_code = (code + 8) % 16
+    edited_image, change_image = handlers.change_token(state, new_code, 1)  # the picked token, at the level shown
+    expected_indices = indices.clone()
+    expected_indices[0, 40, 60, 1] = new_code
+    with torch.inference_mode():
+        edited = model.decode_indices(expected_indices).sample.float()
+    assert (_array(edited_image) == _array(inference.to_image(photo_tokenizer, edited))).all()
+    change = (edited - state["reconstruction"]).abs().amax(1)[0]  # [512, 768]
+    one_level = 2 / 255  # one step of the 8-bit image, in [-1, 1]
+    assert change[320:328, 480:488].max() > 4 * one_level  # the token's own 8x8 pixels
+    change[320 - 40 : 328 + 40, 480 - 40 : 488 + 40] = 0
+    assert change.max() < one_level  # 5 tokens away and further, nothing the 8-bit image shows
+    # |change| boxes the token 4 tokens out, in lines of 3 pixels: x 445-447 and 520-522 at y 320-327.
+    boxed = _array(change_image)
+    assert (boxed[320:328, [445, 447, 520, 522]] == inference.BOX_COLOR).all()
+    assert (boxed[320:328, 448:520] == boxed[320:328, 448:520, :1]).all()  # grey inside: the change itself
+
+
 def test_example_images_come_from_the_shared_datasets_or_scikit_image(tmp_path):
     fallback = inference.example_images(None, tmp_path / "fallback", multiple_of=16)
     assert [path.name for path in fallback] == ["astronaut.png", "coffee.png", "camera.png"]
@@ -248,8 +332,9 @@ def test_page_handlers_and_wiring_without_a_browser(demo_models, tmp_path):
     wired = {fn.name: len(fn.inputs) for fn in demo.fns.values()}
     assert wired == {
         "reconstruct": 2, "start": 2, "start_from_prior": 1, "switch_model": 1, "make_vector": 3,
-        "attributes_decode": 3 + inference.MAX_SLIDERS, "attributes_samples": 2, "encode_tokens": 2,
-        "on_pick_cell": 1, "change_token": 3, "compare": 2, "sample": 4, "interpolate": 3, "slide": 2,
+        "attributes_decode": 3 + inference.MAX_SLIDERS, "attributes_samples": 2, "encode": 2,
+        "on_pick_cell": 2, "show_level": 2, "change_token": 3, "compare": 2, "sample": 4,
+        "interpolate": 3, "slide": 2,
     }  # fmt: skip
     # The Attributes tab opens on the VAE (the model with a prior) at its prior mean, sliders shown.
     components = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
@@ -282,7 +367,7 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
     token and decode it changed; upload a broken file and read the error."""
     _browser_or_skip()
     from latentcode.demo.app import build_demo
-    from latentcode.demo.browser import headless_chromium, serve, shown_size
+    from latentcode.demo.browser import click_image_at, headless_chromium, serve, shown_size
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     threads = torch.get_num_threads()
@@ -314,11 +399,9 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             page.set_input_files("#codes-input input[type=file]", str(tmp_path / "photo.png"))
             page.click("#codes-button")
             grid = page.locator("#codes-grid img")
-            grid.wait_for(timeout=30_000)
-            box = grid.bounding_box()
-            width = grid.evaluate("img => img.naturalWidth")
-            cell = inference.grid_cell_size(expected.indices) * box["width"] / width  # displayed pixels per token
-            page.mouse.click(box["x"] + 5.5 * cell, box["y"] + 2.5 * cell)
+            shown_size(grid, timeout_ms=30_000)
+            cell = inference.grid_cell_size(expected.indices)
+            click_image_at(page, grid, 5.5 * cell, 2.5 * cell)
             code = int(expected.indices[0, 2, 5])
             page.get_by_text(f"Token (row 2, col 5): code {code}.").wait_for(timeout=20_000)
             page.get_by_label("new code").fill(str((code + 1) % 64))
@@ -333,6 +416,53 @@ def test_page_in_a_real_browser(demo_models, tmp_path, monkeypatch):
             page.get_by_text("broken.png is not an image file").wait_for(timeout=20_000)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_codes_tab_with_a_photo_tokenizer_in_a_real_browser(photo_tokenizer, tmp_path, monkeypatch):
+    """The Codes tab with a photo tokenizer (residual VQ on taef2) on a 768x512 Kodak photo: the
+    bits per pixel; the 96x64 token grid, drawn large enough to click a token; two tokens picked
+    on it; the second one's level-1 code read and changed; the photo decoded with it."""
+    _browser_or_skip()
+    from latentcode.demo.app import build_demo
+    from latentcode.demo.browser import click_image_at, fetch_image, headless_chromium, serve, shown_size
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    kodak = require_shared_dataset("kodak") / KODAK_PHOTO
+    indices = inference.reconstruct(
+        photo_tokenizer, inference.to_pixels(photo_tokenizer, PIL.Image.open(kodak))[0]
+    ).indices
+    slow = 180_000  # a 768x512 photo through taef2 on one thread of a busy CPU
+
+    with serve(build_demo([photo_tokenizer])) as url, headless_chromium() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Codes").click()
+        page.set_input_files("#codes-input input[type=file]", str(kodak))
+        page.click("#codes-button")
+        page.locator("#codes-summary", has_text="PSNR").wait_for(timeout=slow)
+        assert "at 0.125 bits per pixel (49,152 bits per image" in page.locator("#codes-summary").inner_text()
+
+        grid = page.locator("#codes-grid img")
+        width, height = shown_size(grid)
+        assert grid.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [768, 512]
+        assert width / 96 >= 5 and height / 64 >= 5, (width, height)  # at least 5 screen pixels per token
+        click_image_at(page, grid, 60 * 8 + 4, 40 * 8 + 4)
+        code = int(indices[0, 40, 60, 0])
+        page.get_by_text(f"Token (row 40, col 60): code {code}.").wait_for(timeout=20_000)
+        click_image_at(page, grid, 12 * 8 + 1, 6 * 8 + 6)
+        page.get_by_text(f"Token (row 6, col 12): code {int(indices[0, 6, 12, 0])}.").wait_for(timeout=20_000)
+        page.locator("#codes-level").get_by_text("level 1").click()
+        code = int(indices[0, 6, 12, 1])
+        page.get_by_text(f"Token (row 6, col 12, level 1): code {code}.").wait_for(timeout=20_000)
+        assert page.locator("#codes-code input").input_value() == str(code)
+
+        new_code = (code + 8) % 16
+        page.locator("#codes-code input").fill(str(new_code))
+        page.click("#codes-change-button")
+        edited = page.locator("#codes-edited img")
+        shown_size(edited, timeout_ms=slow)
+        expected = inference.change_token(photo_tokenizer, indices, 6, 12, new_code, level=1)
+        shown = _array(fetch_image(page, edited).convert("RGB"))
+        assert (shown == _array(inference.to_image(photo_tokenizer, expected))).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,9 +640,11 @@ def test_vector_latent_models_reconstruct_at_their_size_and_say_what_they_are(ve
     table = handlers.model_table([tmp_path / "photo.png"])
     vector_row, vq_row = table.splitlines()[2:]
     assert "VAE on the 'vector' backbone, 3 channels, 5-dimensional latent vector per 32x32 image" in vector_row
-    assert "bits per 32x32 image (KL to the prior N(0, I))" in vector_row and f"`{vector_vae.name}`" in vector_row
-    assert "VQ-VAE on the 'ldm' backbone, 3 channels, latent 4x8x8 per 16x16 image (downsampling x2" in vq_row
-    assert "384.0 bits per 16x16 image (64 tokens x log2(64))" in vq_row
+    assert re.search(r"bits per 32x32 image, [\d.e-]+ bits per pixel \(KL to the prior N\(0, I\)\)", vector_row)
+    assert f"`{vector_vae.name}`" in vector_row
+    assert "VQ-VAE on the 'ldm' backbone, 3 channels, 8x8 tokens per 16x16 image (downsampling x2" in vq_row
+    assert "64 codes (vq): 1.5 bits per pixel" in vq_row
+    assert "384.0 bits per 16x16 image, 1.5 bits per pixel (64 tokens x log2(64))" in vq_row
 
 
 def test_command_line_takes_models_as_arguments_or_options():

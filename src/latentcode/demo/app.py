@@ -45,6 +45,9 @@ ATTRIBUTE_SAMPLES = 8
 # Outputs fill their box, so that 32x32 reconstructions are as visible as 768x512 ones.
 PAGE_CSS = ".fill-box img { width: 100%; height: 100%; object-fit: contain; }"
 OUTPUT_HEIGHT = 400
+# The token grid and the decoded photo, side by side over the page's width: a 96x64 grid is shown
+# some 6 screen pixels per token in a 1280-pixel-wide window, enough to click one.
+TOKEN_VIEW_HEIGHT = 480
 COST_EXAMPLES = 3  # the header's code cost is the mean over this many of the page's examples
 
 
@@ -84,9 +87,11 @@ class DemoHandlers:
         self.by_name = {loaded.name: loaded for loaded in models}
         self.names = list(self.by_name)
         self.token_names = [loaded.name for loaded in models if loaded.has_tokens]
-        self.multilevel_tokens = any(
-            loaded.has_tokens and (loaded.model.config.num_quantizers or 1) > 1 for loaded in models
+        # The most levels of a residual quantiser among the models: the Codes tab offers that many.
+        self.token_levels = max(
+            [loaded.model.config.num_quantizers or 1 for loaded in models if loaded.has_tokens], default=1
         )
+        self.multilevel_tokens = self.token_levels > 1
         self.sampling_names = [
             loaded.name for loaded in models if loaded.model.can_sample_prior or loaded is prior_model
         ]
@@ -137,29 +142,46 @@ class DemoHandlers:
             inference.to_image(loaded, result.reconstruction),
             " ".join([result.summary(), *notes]),
             state,
-            "Click a cell of the token grid.",
+            "Click a token of the grid.",
         )
 
-    def pick_cell(self, state, position: tuple[int, int]):
-        """A click at image `position` (x, y) on the token grid -> the new state, the grid with the
-        token marked, a line naming it and its code."""
+    def pick_cell(self, state, position: tuple[int, int], level: int = 0):
+        """A click at image `position` (x, y) on the token grid -> the new state, the grid (drawn at
+        `level`) with the token marked, a line naming it and its code at that level."""
         if not state:
             raise DemoInputError("Encode an image first.")
+        row, col = inference.token_at(state["indices"], position)
+        return self._token_view(state, row, col, int(level or 0))
+
+    def show_level(self, state, level):
+        """Another level of a residual quantiser's tokens -> the grid drawn at it (the picked token
+        marked), the line naming the picked token and its code at that level (as [`pick_cell`];
+        a hint and no code while none is picked)."""
+        if not state:
+            raise DemoInputError("Encode an image first.")
+        level = int(level or 0)
+        inference.check_level(state["indices"], level)
+        if state["cell"] is None:
+            return state, inference.token_grid_image(state["indices"], level=level), "Click a token of the grid.", 0
+        return self._token_view(state, *state["cell"], level)
+
+    @staticmethod
+    def _token_view(state, row: int, col: int, level: int):
+        """-> the state with `(row, col)` picked, the grid at `level` with it marked, its line and code."""
         indices = state["indices"]
-        cell = inference.grid_cell_size(indices)
-        col, row = (int(coordinate) // cell for coordinate in position)
-        if not (0 <= row < indices.shape[1] and 0 <= col < indices.shape[2]):
-            raise DemoInputError("Click inside the token grid.")
-        code = int(indices[0, row, col] if indices.dim() == 3 else indices[0, row, col, 0])
+        code = inference.token_code(indices, row, col, level)
+        where = f"row {row}, col {col}" + (f", level {level}" if level else "")
         return (
             {**state, "cell": (row, col)},
-            inference.token_grid_image(indices, marked=(row, col)),
-            f"Token (row {row}, col {col}): code {code}.",
+            inference.token_grid_image(indices, marked=(row, col), level=level),
+            f"Token ({where}): code {code}.",
             code,
         )
 
     def change_token(self, state, code, level):
-        """-> the tokens decoded with the picked one changed, and |change| from the reconstruction."""
+        """-> the tokens decoded with the picked one changed, and |change| from the reconstruction
+        (on a latent grid, with the token's neighbourhood boxed: one token of a 768x512 photo is a
+        dot)."""
         if not state or state["cell"] is None:
             raise DemoInputError("Encode an image and click a cell of the token grid first.")
         if code is None or level is None:
@@ -167,7 +189,10 @@ class DemoHandlers:
         loaded = self.pick(state["model"])
         row, col = state["cell"]
         edited = inference.change_token(loaded, state["indices"], row, col, int(code), int(level))
-        return inference.to_image(loaded, edited), inference.difference_image(state["reconstruction"], edited)
+        change = inference.difference_image(state["reconstruction"], edited)
+        if not loaded.vector_latent:  # a vector latent's token is no place in the image
+            change = inference.box_token(change, row, col, loaded.model.downsampling_factor)
+        return inference.to_image(loaded, edited), change
 
     def compare(self, chosen, payload):
         """-> a gallery (the original, then each model's reconstruction) and a Markdown table."""
@@ -188,7 +213,7 @@ class DemoHandlers:
             gallery.append((inference.to_image(loaded, result.reconstruction), f"{name}: {result.psnr:.2f} dB"))
             rows.append(
                 f"| `{name}` | {result.psnr:.2f} | {result.ssim_text} | {result.grid_text} | {result.bits:,.0f} "
-                f"({result.bits_per_pixel:.4f} bpp) |"
+                f"({result.bits_per_pixel:.4g} bpp) |"
             )
         table = "| model | PSNR (dB) | SSIM | latent grid | bits per image |\n|---|---|---|---|---|\n" + "\n".join(rows)
         return gallery, table
@@ -460,6 +485,9 @@ def _wire_attributes(gr, handlers: DemoHandlers, tab: dict) -> None:
 
 
 def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
+    """The tokens of an image: the grid (one colour per code, click one) beside the decoded photo,
+    both as large as the page allows (a 768x512 photo at f8 has 96x64 tokens); the level of a
+    residual quantiser to show and edit; the photo decoded with the picked token changed."""
     with gr.Tab("Codes"):
         if not handlers.token_names:
             gr.Markdown("No VQ-VAE loaded: tokens exist only for models whose code is tokens.")
@@ -473,34 +501,49 @@ def _codes_tab(gr, handlers: DemoHandlers, examples: list) -> None:
                 encode_button = gr.Button("Encode to tokens", variant="primary", elem_id="codes-button")
                 if examples:
                     gr.Examples(examples, inputs=[image], label="examples")
-            with gr.Column(scale=3):
-                summary = gr.Markdown()
-                with gr.Row():
-                    grid = gr.Image(
-                        label="tokens (one colour per code): click one", type="pil", format="png",
-                        interactive=False, elem_id="codes-grid",
-                    )  # fmt: skip
-                    histogram = _image_output(gr, "codes used by this image", "codes-histogram")
-                with gr.Row():
-                    decoded = _image_output(gr, "decoded tokens", "codes-reconstruction")
-                    edited = _image_output(gr, "decoded with the token changed", "codes-edited")
-                    change = _image_output(gr, f"|change| x {inference.DIFFERENCE_GAIN}", "codes-edited-difference")
-                selected = gr.Markdown()
-                with gr.Row():
-                    code = gr.Number(label="new code", value=0, precision=0)
-                    level = gr.Number(
-                        label="level (residual VQ)", value=0, precision=0, visible=handlers.multilevel_tokens
-                    )
-                    change_button = gr.Button("Decode with this token changed")
+            with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="codes-summary")
+                used = "codes used by this image" + (" (all levels)" if handlers.token_levels > 1 else "")
+                histogram = _image_output(gr, used, "codes-histogram")
+        with gr.Row(equal_height=True):
+            # Not "fill-box": a grid is drawn at least as large as its box (inference.MIN_GRID_SIDE)
+            # and scaled down to fit, as Gradio's click coordinates assume.
+            grid = gr.Image(
+                label="tokens (one colour per code): click one", type="pil", format="png", interactive=False,
+                elem_id="codes-grid", height=TOKEN_VIEW_HEIGHT,
+            )  # fmt: skip
+            decoded = gr.Image(
+                label="decoded tokens", type="pil", format="png", interactive=False, elem_id="codes-reconstruction",
+                height=TOKEN_VIEW_HEIGHT, elem_classes=["fill-box"],
+            )  # fmt: skip
+        with gr.Row(equal_height=True):
+            selected = gr.Markdown(elem_id="codes-selected")
+            level = gr.Radio(
+                [(f"level {number}" + (" (coarsest)" if number == 0 else ""), number)
+                 for number in range(handlers.token_levels)],
+                value=0, label="level shown and edited (residual VQ)", elem_id="codes-level",
+                visible=handlers.token_levels > 1,
+            )  # fmt: skip
+            code = gr.Number(label="new code", value=0, precision=0, elem_id="codes-code")
+            change_button = gr.Button("Decode with this token changed", elem_id="codes-change-button")
+        with gr.Row():
+            edited = _image_output(gr, "decoded with the token changed", "codes-edited")
+            change = _image_output(gr, f"|change| x {inference.DIFFERENCE_GAIN}", "codes-edited-difference")
 
-    def on_pick_cell(state, event):
-        return handlers.pick_cell(state, event.index)
+    def encode(name, payload):
+        """The handler's outputs, and the level back at 0 (the grid shows level 0)."""
+        return *handlers.encode_tokens(name, payload), 0
+
+    def on_pick_cell(state, chosen_level, event):
+        return handlers.pick_cell(state, event.index, chosen_level)
 
     # A real class, not the string `from __future__` makes of it: Gradio injects the click by this type.
     on_pick_cell.__annotations__["event"] = gr.SelectData
-    outputs = [grid, histogram, decoded, summary, tokens_state, selected]
-    encode_button.click(shown_in_page(gr, handlers.encode_tokens), [model, image], outputs, preprocess=False)
-    grid.select(shown_in_page(gr, on_pick_cell), [tokens_state], [tokens_state, grid, selected, code])
+    outputs = [grid, histogram, decoded, summary, tokens_state, selected, level]
+    encode_button.click(shown_in_page(gr, encode), [model, image], outputs, preprocess=False)
+    picked = [tokens_state, grid, selected, code]
+    grid.select(shown_in_page(gr, on_pick_cell), [tokens_state, level], picked)
+    level.input(shown_in_page(gr, handlers.show_level), [tokens_state, level], picked)
     change_button.click(shown_in_page(gr, handlers.change_token), [tokens_state, code, level], [edited, change])
 
 

@@ -1,4 +1,6 @@
-"""The demo served on a free local port and a headless chromium to drive it (tests, screenshots).
+"""The demo served on a free local port and a headless chromium to drive it (tests, screenshots):
+[`serve`], [`headless_chromium`], and what a test or a screenshot reads or clicks on an image of
+the page ([`shown_size`], [`fetch_image`], [`click_image_at`]).
 
 Chromium is Debian's (`apt-get install -y chromium`), driven by playwright (`pip install
 playwright`, no `playwright install`); the flags keep it off the network and the GPU.
@@ -88,3 +90,17 @@ def fetch_image(page, image_locator):
 
     response = page.request.get(image_locator.get_attribute("src"))
     return PIL.Image.open(io.BytesIO(response.body()))
+
+
+def click_image_at(page, image_locator, x: float, y: float) -> None:
+    """Click the point (x, y), in the image's own pixels, of a loaded `<img>` of the page drawn
+    scaled to fit its box, centred, its aspect kept (as `object-fit: contain` draws it). The image
+    is scrolled into view first: the mouse clicks inside the window only."""
+    image_locator.scroll_into_view_if_needed()
+    box = image_locator.bounding_box()
+    natural_width, natural_height = image_locator.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    shown_width, shown_height = image_locator.evaluate(_SHOWN_SIZE_JS)
+    scale = shown_width / natural_width
+    left = box["x"] + (box["width"] - shown_width) / 2
+    top = box["y"] + (box["height"] - shown_height) / 2
+    page.mouse.click(left + x * scale, top + y * scale)

@@ -5,7 +5,8 @@
   for every mistake a user can make (not an image, too large, a size the model cannot take).
 - [`reconstruct`]: reconstruction, PSNR / SSIM (`latentcode.evaluation`), the latent grid and
   what the code costs in bits; large images go through the model's tiled encode / decode.
-- [`token_grid_image`], [`code_histogram`], [`change_token`]: a VQ-VAE's tokens.
+- [`token_grid_image`], [`token_at`], [`code_histogram`], [`change_token`], [`box_token`]: a
+  VQ-VAE's tokens (a residual quantiser's levels one at a time).
 - [`prior_samples`], [`interpolation_frames`]: new images (`latentcode.generation`, `latentcode.grids`, `latentcode.prior`).
 - [`attribute_base`], [`moved_code`], [`decode_code`], [`traversal_grid`]: the Attributes tab's
   sliders over latent dimensions and its traversal grid (`latentcode.traversal`);
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 import PIL.ImageOps
 import torch
 from transformers import AutoModelForCausalLM
@@ -49,7 +51,11 @@ from ..traversal import (
 
 MODE_NAMES = {"L": "grey-scale", "RGB": "RGB", "RGBA": "RGBA"}
 DIFFERENCE_GAIN = 4  # |error| is amplified so that small errors are visible
-MIN_GRID_SIDE = 256  # token grids are drawn at least this many pixels wide or high
+# Token grids are drawn at least this many pixels wide or high: the page shows them scaled down
+# to fit, never up (Gradio maps a click to image pixels assuming that: an image scaled up would
+# get the wrong token). A 96x64 grid (a 768x512 Kodak photo at f8) fills it at MIN_GRID_CELL.
+MIN_GRID_SIDE = 768
+MIN_GRID_CELL = 8  # pixels per token at least: its outline, when picked, stays visible
 # A grid latent codes any size: its Attributes tab works at most this large, so that a traversal
 # of 16 dimensions x 7 values of a 512-pixel model (taef2) decodes in seconds, not minutes.
 MAX_ATTRIBUTE_SIZE = 128
@@ -85,22 +91,39 @@ class DemoModel:
         return size if self.vector_latent else min(size, MAX_ATTRIBUTE_SIZE)
 
     def describe(self) -> str:
-        """What the model is: family, backbone, code shape, downsampling, codebook, tiles."""
+        """What the model is: family, backbone, code shape (a VQ-VAE's tokens), downsampling,
+        codebook and bits per pixel, tiles."""
         model, config = self.model, self.model.config
         shape = "x".join(str(size) for size in model.latent_code_shape())
         text = f"{model.display_name} on the {config.backbone!r} backbone, {config.in_channels} channels, "
         if self.vector_latent:
             text += f"{shape}-dimensional latent vector per {config.sample_size}x{config.sample_size} image"
         else:
+            code = self.token_grid_text() if self.has_tokens else f"latent {shape}"
             text += (
-                f"latent {shape} per {config.sample_size}x{config.sample_size} image (downsampling "
+                f"{code} per {config.sample_size}x{config.sample_size} image (downsampling "
                 f"x{model.downsampling_factor}, larger images in tiles of {model.tile_sample_size} pixels)"
             )
         if self.has_tokens:
             text += f", {model.codebook_size} codes ({config.quantizer})"
             if self.vector_latent:
                 text += f" in {config.num_latent_tokens} tokens (groups of {config.codebook_dim} entries)"
+            text += f": {self.bits_per_pixel():.4g} bits per pixel"
         return text
+
+    def token_grid_text(self) -> str:
+        """The tokens of one `sample_size` image: `"64x64 tokens"`, or `"64x64 tokens x 2 levels"`
+        for a residual quantiser."""
+        shape = self.model.latent_shape()
+        levels = (self.model.config.num_quantizers or 1) > 1
+        spatial = shape[:-1] if levels else shape
+        return "x".join(map(str, spatial)) + " tokens" + (f" x {shape[-1]} levels" if levels else "")
+
+    def bits_per_pixel(self) -> float:
+        """A VQ-VAE's rate: tokens x log2(K) / pixels of one `sample_size` image (the same at any
+        size for a latent grid: its tokens grow with the pixels)."""
+        size = self.model.config.sample_size
+        return math.prod(self.model.latent_shape()) * math.log2(self.model.codebook_size) / (size * size)
 
     def source(self) -> str:
         """Where the model came from: its model card's title when the folder has one, and the
@@ -124,8 +147,8 @@ class DemoModel:
             self.processor(image, size=size).pixel_values.to(self.model.device, self.model.dtype) for image in images
         ]
         costs = [self.model.code_size(self.model.encode(one, return_dict=True)) for one in pixels]
-        bits = torch.cat([cost.bits for cost in costs]).mean()
-        return f"{float(bits):,.1f} bits per {size}x{size} image ({costs[0].meaning})"
+        bits = float(torch.cat([cost.bits for cost in costs]).mean())
+        return f"{bits:,.1f} bits per {size}x{size} image, {bits / size**2:.4g} bits per pixel ({costs[0].meaning})"
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu", tile_size: int | None = None) -> DemoModel:
@@ -281,13 +304,27 @@ class Reconstruction:
     def grid_text(self) -> str:
         return "x".join(str(size) for size in self.latent_shape)
 
+    @property
+    def levels(self) -> int:
+        """Tokens per position: a residual quantiser's levels (the last axis of `indices`), else 1."""
+        return token_levels(self.indices) if self.indices is not None else 1
+
     def summary(self) -> str:
-        """One Markdown line: PSNR, SSIM, grid, bits per image and per pixel."""
+        """One Markdown line: PSNR, SSIM, grid, bits per image and per pixel; a VQ-VAE's bits per
+        pixel (its rate, what an image codec reports) in bold, next to the PSNR."""
         height, width = self.original.shape[-2:]
+        grid = f"latent grid {self.grid_text}"
+        if self.levels > 1:
+            tokens = "x".join(str(size) for size in self.latent_shape[:-1])
+            grid += f" ({tokens} tokens x {self.levels} levels)"
+        if self.indices is None:
+            return (
+                f"**PSNR {self.psnr:.2f} dB** · SSIM {self.ssim_text} · image {width}x{height} · {grid} · "
+                f"{self.bits:,.0f} bits per image, {self.bits_per_pixel:.4g} bits per pixel ({self.bits_meaning})"
+            )
         return (
-            f"**PSNR {self.psnr:.2f} dB** · SSIM {self.ssim_text} · image {width}x{height} · latent grid "
-            f"{self.grid_text} · {self.bits:,.0f} bits per image, {self.bits_per_pixel:.4f} bits per pixel "
-            f"({self.bits_meaning})"
+            f"**PSNR {self.psnr:.2f} dB** at **{self.bits_per_pixel:.4g} bits per pixel** ({self.bits:,.0f} bits "
+            f"per image: {self.bits_meaning}) · SSIM {self.ssim_text} · image {width}x{height} · {grid}"
         )
 
 
@@ -360,23 +397,59 @@ def code_colors(codes: torch.Tensor) -> torch.Tensor:
 
 
 def grid_cell_size(indices: torch.Tensor) -> int:
-    """Pixels per token in [`token_grid_image`]: the grid is drawn at least `MIN_GRID_SIDE` pixels on its longer side."""
-    return max(1, math.ceil(MIN_GRID_SIDE / max(indices.shape[1], indices.shape[2])))
+    """Pixels per token in [`token_grid_image`]: the grid is drawn at least `MIN_GRID_SIDE` pixels
+    on its longer side, each token at least `MIN_GRID_CELL` pixels (a 96x64 grid: 768x512 pixels)."""
+    return max(MIN_GRID_CELL, math.ceil(MIN_GRID_SIDE / max(indices.shape[1], indices.shape[2])))
 
 
-def token_grid_image(indices: torch.Tensor, marked: tuple[int, int] | None = None) -> PIL.Image.Image:
-    """The tokens `[1, h, w]` (first level of `[1, h, w, depth]`) as an image, each code a colour
+def token_levels(indices: torch.Tensor) -> int:
+    """Tokens per position of `indices` `[1, h, w]` (1) or `[1, h, w, depth]` (a residual quantiser's depth)."""
+    return indices.shape[3] if indices.dim() == 4 else 1
+
+
+def check_level(indices: torch.Tensor, level: int) -> None:
+    """Raise [`DemoInputError`] unless `level` is one of the levels of `indices`."""
+    depth = token_levels(indices)
+    if not 0 <= level < depth:
+        raise DemoInputError(
+            f"The level must be in [0, {depth - 1}] for these tokens ({depth} level{'s' * (depth > 1)}), got {level}."
+        )
+
+
+def token_code(indices: torch.Tensor, row: int, col: int, level: int = 0) -> int:
+    """The code of the token at `(row, col)` and `level` of `indices` `[1, h, w]` / `[1, h, w, depth]`."""
+    check_level(indices, level)
+    return int(indices[0, row, col] if indices.dim() == 3 else indices[0, row, col, level])
+
+
+def token_grid_image(indices: torch.Tensor, marked: tuple[int, int] | None = None, level: int = 0) -> PIL.Image.Image:
+    """The tokens `[1, h, w]` (level `level` of `[1, h, w, depth]`) as an image, each code a colour
     (`code_colors`) in a square of `grid_cell_size(indices)` pixels; `marked = (row, col)` is
-    outlined in white."""
-    level = indices[0] if indices.dim() == 3 else indices[0, ..., 0]
+    outlined in white inside its square and in black around it, each a quarter of a cell thick
+    (visible on any colour, among 96x64 small squares too)."""
+    check_level(indices, level)
+    codes = indices[0] if indices.dim() == 3 else indices[0, ..., level]
     cell = grid_cell_size(indices)
-    colors = code_colors(level).repeat_interleave(cell, 0).repeat_interleave(cell, 1)  # [h * cell, w * cell, 3]
+    colors = code_colors(codes).repeat_interleave(cell, 0).repeat_interleave(cell, 1)  # [h * cell, w * cell, 3]
+    image = PIL.Image.fromarray(colors.numpy())
     if marked is not None:
         row, col = marked
-        border = max(1, cell // 8)
-        box = colors[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
-        box[:border], box[-border:], box[:, :border], box[:, -border:] = 255, 255, 255, 255
-    return PIL.Image.fromarray(colors.numpy())
+        border = max(1, cell // 4)
+        draw = PIL.ImageDraw.Draw(image)
+        left, top, right, bottom = col * cell, row * cell, (col + 1) * cell - 1, (row + 1) * cell - 1
+        draw.rectangle((left - border, top - border, right + border, bottom + border), outline=(0, 0, 0), width=border)
+        draw.rectangle((left, top, right, bottom), outline=(255, 255, 255), width=border)
+    return image
+
+
+def token_at(indices: torch.Tensor, position: tuple[float, float]) -> tuple[int, int]:
+    """The token `(row, col)` of `indices` `[1, h, w(, depth)]` at a click `position = (x, y)` in
+    pixels of the token grid's image ([`token_grid_image`]); [`DemoInputError`] for a click outside."""
+    cell = grid_cell_size(indices)
+    col, row = (int(coordinate) // cell for coordinate in position)
+    if not (0 <= row < indices.shape[1] and 0 <= col < indices.shape[2]):
+        raise DemoInputError("Click inside the token grid.")
+    return row, col
 
 
 def code_histogram(indices: torch.Tensor, codebook_size: int) -> PIL.Image.Image:
@@ -388,6 +461,25 @@ def code_histogram(indices: torch.Tensor, codebook_size: int) -> PIL.Image.Image
     return bar_chart(counts[used].tolist(), title, labels, "tokens")
 
 
+BOX_MARGIN_TOKENS = 4  # the box around a changed token: most of the change lies within 4 tokens of it
+BOX_COLOR = (255, 96, 0)
+
+
+def box_token(image: PIL.Image.Image, row: int, col: int, factor: int) -> PIL.Image.Image:
+    """An RGB copy of `image` (a decoded image or its |change|) with a box around the pixels of
+    the latent grid's token `(row, col)` (`factor` x `factor` pixels each), `BOX_MARGIN_TOKENS`
+    tokens out from them so that it covers none of the token's pixels and little of the change
+    around them; its line is a 256th of the image's longer side thick (3 pixels on a 768x512
+    photo), at least 1."""
+    boxed = image.convert("RGB")
+    width = max(1, round(max(boxed.size) / 256))
+    margin = BOX_MARGIN_TOKENS * factor + width
+    left, top = col * factor - margin, row * factor - margin
+    right, bottom = (col + 1) * factor - 1 + margin, (row + 1) * factor - 1 + margin
+    PIL.ImageDraw.Draw(boxed).rectangle((left, top, right, bottom), outline=BOX_COLOR, width=width)
+    return boxed
+
+
 @torch.inference_mode()
 def change_token(
     loaded: DemoModel, indices: torch.Tensor, row: int, col: int, code: int, level: int = 0
@@ -395,14 +487,12 @@ def change_token(
     """Decode `indices` `[1, h, w]` (or `[1, h, w, depth]`; [`as_token_grid`]'s for a vector latent)
     with the token at `(row, col)` (and `level`) replaced by `code`. Returns pixels `[1, C, H, W]`."""
     height, width = indices.shape[1:3]
-    depth = indices.shape[3] if indices.dim() == 4 else 1
     size = loaded.model.codebook_size
     if not (0 <= row < height and 0 <= col < width):
         raise DemoInputError(f"Token ({row}, {col}) is outside the {height}x{width} grid: click a cell of the grid.")
     if not 0 <= code < size:
         raise DemoInputError(f"The code must be in [0, {size - 1}] for this {size}-code model, got {code}.")
-    if not 0 <= level < depth:
-        raise DemoInputError(f"The level must be in [0, {depth - 1}] for this model, got {level}.")
+    check_level(indices, level)
     edited = indices.clone()
     if indices.dim() == 4:
         edited[0, row, col, level] = code
