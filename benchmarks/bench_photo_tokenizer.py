@@ -1,8 +1,8 @@
 """Photo tokenizers (issue 31) on the 24 Kodak photos at full resolution, against JPEG in the same run.
 
     PYTHONPATH=src python benchmarks/bench_photo_tokenizer.py \\
-        --model "taef2 tokenizer, 0.25 bpp=runs/photo-tokenizer-taef2-s0,runs/photo-tokenizer-taef2-s1" \\
-        --model "taef2 (continuous, the ceiling)=runs/taef2" --jpeg_quality 10 2 --jpeg_match 0.25 0.094 \\
+        --model "taef2 tokenizer, 0.25 bpp=photo-tokenizer-taef2-s0,photo-tokenizer-taef2-s1" \\
+        --model "taef2 (continuous, the ceiling)=taef2" --jpeg_quality 10 2 --jpeg_match 0.25 0.094 \\
         --output benchmarks/results/photo_tokenizer/kodak.json
 
 Each `--model NAME=PATH[,PATH...]` is one row: a saved model, or several (seeds) whose mean and

@@ -1,11 +1,11 @@
 """Screenshots of the demo's tabs, taken in headless chromium: `docs/demo-*.jpg` in the README.
 
     python docs/screenshots.py taef2 betaB-celeba quickstart-vqvae [--prior PRIOR] [--output_dir docs]
-    python docs/screenshots.py runs/photo-tokenizer-taef2 taef2 betaB-celeba --tabs reconstruct codes
+    python docs/screenshots.py photo-tokenizer-taef2 taef2 betaB-celeba --tabs reconstruct codes
 
 The models as `latentcode-demo` takes them, by the names the page shows: run it where the models
 are, under the names a user gives them (the README's steps make the first three in the
-repository's root; the photo tokenizer's preset writes `runs/photo-tokenizer-taef2`). The first
+repository's root; the photo tokenizer's preset writes `photo-tokenizer-taef2`). The first
 is preselected (Reconstruct at full resolution on a Kodak photo: taef2, or the photo tokenizer
 with its bits per pixel); the Attributes tab opens on the first VAE, at its prior mean, and is
 shot with the blond-minus-dark-haired attribute vector on a face. The Codes tab is shot when a

@@ -2,11 +2,12 @@
 the quantiser, the learned projections around it and a small corrector (issue 31; ReVQ,
 "Quantize-then-Rectify", 2025), the encoder and decoder frozen.
 
-    latentcode-tokenize --pretrained_model_name_or_path runs/taef2 --train_data_dir ../shared/datasets/photos/train \\
-        --resolution 256 --output_dir runs/taef2-photo-latents
-    python training/train_photo_tokenizer.py --config training/configs/photo_tokenizer_taef2.yaml \\
-        --pretrained_model_name_or_path runs/taef2 --latents_dataset runs/taef2-photo-latents \\
-        --output_dir runs/photo-tokenizer
+    latentcode-tokenize --pretrained_model_name_or_path taef2 --train_data_dir ../shared/datasets/photos/train \\
+        --resolution 320 --flip_copies --output_dir taef2-photo-latents
+    python training/train_photo_tokenizer.py --config training/configs/photo_tokenizer/taef2.yaml
+
+(taef2 converted first with conversion/convert_taesd_to_latentcode.py --output_dir taef2; the
+preset reads `taef2` and `taef2-photo-latents` and writes `photo-tokenizer-taef2`.)
 
 The source (`--pretrained_model_name_or_path`) is a saved latentcode AutoEncoder or VAE (e.g. taef2
 converted with conversion/convert_taesd_to_latentcode.py), made into a VQ-VAE with
