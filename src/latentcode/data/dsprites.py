@@ -41,12 +41,16 @@ compared knowingly:
 does (whose one-value colour factor draws nothing), so a seed gives the same factors there and
 here. Observations are `[N, 1, 64, 64]` float32 in {0, 1} (disentanglement_lib's are
 `[N, 64, 64, 1]`). As a training set it is `builtin:dsprites` (`latentcode.data.images`).
+
+[`read_factors`] is the inverse of [`render`]: the factors of a (decoded) image read back from
+its pixels, which `latentcode.evaluation.attribute_effects` uses to measure attribute vectors.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -153,6 +157,118 @@ def render(factors) -> np.ndarray:
     for i, (s, k, o, dx, dy) in enumerate(factors.tolist()):
         images[i, dy:, dx:] = sprites[s, k, o, : IMAGE_SIZE - dy, : IMAGE_SIZE - dx]
     return images
+
+
+# Orientation steps after which each shape looks the same again (its rotational symmetry: the
+# square's quarter turn, the ellipse's half turn, the heart's full turn), in grid steps of 2 pi / 39.
+SYMMETRY_STEPS = {"square": 39 / 4, "ellipse": 39 / 2, "heart": 39.0}
+
+
+@functools.cache
+def _templates() -> tuple[np.ndarray, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """The 720 sprites at position (0, 0) as templates: `(boxes bool [720, h, w]` (the box every
+    sprite lies in, from row `top` and column `left`), `top`, `left`, areas `[720]` (pixels), and
+    centroids `[720]` (row, column))`; template `t` is shape `t // 240`, scale `t // 40 % 6`,
+    orientation `t % 40`."""
+    sprites = _sprites_at_origin().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    rows, columns = np.nonzero(sprites.any(axis=0))
+    top, left = int(rows.min()), int(columns.min())
+    boxes = sprites[:, top : rows.max() + 1, left : columns.max() + 1]
+    area = sprites.sum(axis=(1, 2)).astype(np.float64)
+    pixels = np.arange(IMAGE_SIZE, dtype=np.float64)
+    centroid_row = (sprites.sum(axis=2) * pixels).sum(axis=1) / area
+    centroid_column = (sprites.sum(axis=1) * pixels).sum(axis=1) / area
+    return boxes, top, left, area, centroid_row, centroid_column
+
+
+def _template_mismatch(binary: np.ndarray, centroid_row: np.ndarray, centroid_column: np.ndarray) -> np.ndarray:
+    """Pixels that differ between each image (bool `[N, 64, 64]`) and each template moved by the
+    whole pixels that put its centroid nearest the image's: int `[N, 720]`."""
+    boxes, top, left, area, template_row, template_column = _templates()
+    height, width = boxes.shape[1:]
+    pad = IMAGE_SIZE  # moves of up to a frame either way stay inside the padded image
+    shift_row = np.clip(np.rint(centroid_row[:, None] - template_row[None]), -pad, pad).astype(np.int64)
+    shift_column = np.clip(np.rint(centroid_column[:, None] - template_column[None]), -pad, pad).astype(np.int64)
+    mismatch = np.empty((len(binary), len(boxes)), dtype=np.int64)
+    for start in range(0, len(binary), 16):  # [16, 720, h, w] windows at a time: about 9 MB
+        chunk = slice(start, start + 16)
+        padded = np.pad(binary[chunk], ((0, 0), (pad, pad), (pad, pad)))
+        rows = pad + top + shift_row[chunk, :, None] + np.arange(height)  # [n, 720, h]
+        columns = pad + left + shift_column[chunk, :, None] + np.arange(width)  # [n, 720, w]
+        image_index = np.arange(len(padded))[:, None, None, None]
+        windows = padded[image_index, rows[:, :, :, None], columns[:, :, None, :]]  # [n, 720, h, w]
+        overlap = (windows & boxes[None]).sum(axis=(2, 3))
+        mismatch[chunk] = binary[chunk].sum(axis=(1, 2))[:, None] + area[None].astype(np.int64) - 2 * overlap
+    return mismatch
+
+
+class FactorReading(NamedTuple):
+    """What [`read_factors`] reads from images: `factors` float `[N, 5]` in index units (NaN for
+    an empty image) and `mismatched_pixels` int `[N]` (pixels that differ from the nearest render)."""
+
+    factors: np.ndarray
+    mismatched_pixels: np.ndarray
+
+
+def read_factors(images, threshold: float = 0.5) -> FactorReading:
+    """The factors of dSprites-like images, read back from their pixels: the inverse of [`render`].
+
+    `images` are `[N, 64, 64]` or `[N, C, 64, 64]` (channels averaged) with values in [0, 1] (a
+    factor sampler's observations, or a decoder's pixels mapped `y -> (y + 1) / 2`); a pixel is
+    on above `threshold` (a Bernoulli decoder's probability 1/2). Each image is compared with the
+    720 sprites (shape x scale x orientation) moved so that the centroids meet to the nearest
+    whole pixel; the sprite with the fewest differing pixels gives the shape and orientation (the
+    first in grid order among ties: sprites that render the same pixels, by symmetry or for a few
+    small sprites at neighbouring orientations, e.g. the ellipse at scale index 1 at orientations
+    1 and 2, read as the lowest orientation).
+    The others are continuous, in index units of the factor grid:
+
+    - position x / y: the image's centroid minus that sprite's centroid at position 0 (pixels:
+      one position step is one pixel; the heart's centroid is not its centre, hence the sprite's);
+    - scale: the sprite's scale times sqrt(image area / sprite area), in steps of 0.1 from 0.5.
+
+    On rendered images the sprite matches with no differing pixel and x, y and scale are the
+    rendered ones exactly (tests/test_attribute_effects.py). Returns a [`FactorReading`].
+    """
+    binary = _binary_images(images, threshold)
+    area = binary.sum(axis=(1, 2)).astype(np.float64)
+    pixels = np.arange(IMAGE_SIZE, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty image has no centroid: NaN
+        centroid_row = (binary.sum(axis=2) * pixels).sum(axis=1) / area
+        centroid_column = (binary.sum(axis=1) * pixels).sum(axis=1) / area
+    empty = area == 0
+    mismatch = _template_mismatch(binary, np.nan_to_num(centroid_row), np.nan_to_num(centroid_column))
+    best = mismatch.argmin(axis=1)
+    _, _, _, template_area, template_row, template_column = _templates()
+    shape, scale, orientation = np.unravel_index(best, FACTOR_SIZES[:3])
+    scales = FACTOR_VALUES["scale"]
+    with np.errstate(invalid="ignore"):
+        scale_value = scales[scale] * np.sqrt(area / template_area[best])
+    factors = np.stack(
+        [
+            shape.astype(np.float64),
+            (scale_value - scales[0]) / (scales[1] - scales[0]),
+            orientation.astype(np.float64),
+            centroid_column - template_column[best],
+            centroid_row - template_row[best],
+        ],
+        axis=1,
+    )
+    factors[empty] = np.nan
+    return FactorReading(factors, mismatch[np.arange(len(best)), best])
+
+
+def _binary_images(images, threshold: float) -> np.ndarray:
+    """`images` `[N, 64, 64]` or `[N, C, 64, 64]` in [0, 1] -> bool `[N, 64, 64]`, on above `threshold`."""
+    array = np.asarray(images, dtype=np.float64)
+    if array.ndim == 4:
+        array = array.mean(axis=1)
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(
+            f"expected dSprites-like images [N, {IMAGE_SIZE}, {IMAGE_SIZE}] or [N, C, {IMAGE_SIZE}, {IMAGE_SIZE}] "
+            f"in [0, 1], got shape {tuple(array.shape)}: decode at 64 x 64 and map [-1, 1] pixels with (y + 1) / 2"
+        )
+    return array > threshold
 
 
 def index_to_factors(indices) -> np.ndarray:
