@@ -67,11 +67,13 @@ def model_row(name: str, paths: list[str], photos_folder: Path) -> dict:
     """One row: each saved model in `paths` scored on the photos; mean and standard error over them."""
     runs = []
     for path in paths:
-        model = load_pretrained_model(path).eval()
-        photos = load_photos(str(photos_folder), 24, model.downsampling_factor, model.config.in_channels)
-        started = time.perf_counter()
-        metrics = photo_metrics(model, photos) if model.has_tokens else continuous_metrics(model, photos)
-        metrics["seconds"] = time.perf_counter() - started
+        metrics = recorded_photo_metrics(Path(path), photos_folder)
+        if metrics is None:
+            model = load_pretrained_model(path).eval()
+            photos = load_photos(str(photos_folder), 24, model.downsampling_factor, model.config.in_channels)
+            started = time.perf_counter()
+            metrics = photo_metrics(model, photos) if model.has_tokens else continuous_metrics(model, photos)
+            metrics["seconds"] = time.perf_counter() - started
         metrics["path"] = path
         metrics.update(training_time(Path(path)))
         runs.append(metrics)
@@ -83,13 +85,30 @@ def model_row(name: str, paths: list[str], photos_folder: Path) -> dict:
     return row
 
 
+def recorded_photo_metrics(folder: Path, photos_folder: Path) -> dict | None:
+    """The final validation of a `train_photo_tokenizer.py` run (its metrics.json) when it measured
+    all 24 photos of `photos_folder` (the same `photo_metrics` this script computes), else None."""
+    report = folder / "metrics.json"
+    if not report.is_file():
+        return None
+    recorded = json.loads(report.read_text())
+    data = recorded.get("data", {})
+    measured_here = Path(str(data.get("source", ""))).resolve() == photos_folder.resolve()
+    if recorded.get("kind") != "photo-tokenizer" or not measured_here or data.get("num_images") != 24:
+        return None
+    metrics = dict(recorded["metrics"])
+    metrics["measured_by"] = "the run's final validation (photo_metrics)"
+    return metrics
+
+
 def training_time(folder: Path) -> dict:
-    """The wall-clock training seconds and steps a training run recorded (its metrics.json), if any."""
+    """Steps, wall-clock and CPU seconds a training run recorded (its metrics.json), if any."""
     report = folder / "metrics.json"
     if not report.is_file():
         return {}
-    recorded = json.loads(report.read_text())
-    return {key: recorded[key] for key in ("train_seconds", "global_step") if key in recorded}
+    details = json.loads(report.read_text()).get("details", {})
+    keys = ("global_step", "train_seconds", "train_cpu_seconds_this_session", "threads")
+    return {key: details[key] for key in keys if key in details}
 
 
 def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
