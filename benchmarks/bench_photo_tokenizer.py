@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from recipes_over_seeds import mean_and_standard_error  # benchmarks/, the script's folder
 
 from latentcode.evaluation.metrics import psnr, ssim
 from latentcode.model_loading import load_pretrained_model
@@ -41,15 +42,6 @@ from latentcode.training.photo_tokenizer_task import load_photos, photo_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
-
-
-def mean_and_error(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    variance = sum((value - mean) ** 2 for value in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))
 
 
 @torch.no_grad()
@@ -81,7 +73,7 @@ def model_row(name: str, paths: list[str], photos_folder: Path) -> dict:
     row = {"name": name, "runs": runs}
     for key in ("psnr", "ssim", "bits_per_pixel", "tokens_per_image", "codebook_usage"):
         if key in runs[0]:
-            row[key], row[f"{key}_error"] = mean_and_error([run[key] for run in runs])
+            row[key], row[f"{key}_error"] = mean_and_standard_error([run[key] for run in runs])
     return row
 
 
@@ -156,7 +148,8 @@ def table_cell(row: dict, key: str, digits: int) -> str:
     if key not in row:
         return "-"
     error = row.get(f"{key}_error")
-    return f"{row[key]:.{digits}f}" + (f" ± {error:.{digits}f}" if error else "")
+    shown = bool(error) and not math.isnan(error)  # one run: no standard error (nan); zero spread not shown
+    return f"{row[key]:.{digits}f}" + (f" ± {error:.{digits}f}" if shown else "")
 
 
 def markdown_table(rows: list[dict]) -> str:

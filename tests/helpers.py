@@ -181,3 +181,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_preset_nests_by_group(preset: Path, config_class) -> dict:
+    """Every top-level key of the YAML preset is a group of `config_class` holding only that group's
+    options, or a run-wide option; returns the preset's values (`yaml.safe_load`)."""
+    import yaml
+
+    from latentcode.training.config import group_classes, option_groups
+
+    values = yaml.safe_load(preset.read_text())
+    groups, owners = group_classes(config_class), option_groups(config_class)
+    for key, value in values.items():
+        assert key in groups or owners.get(key, "") is None, f"{preset.name}: {key} belongs under {owners.get(key)}:"
+        if key in groups:
+            assert {owners[name] for name in value} == {key}, f"{preset.name}: {key}: {value}"
+    return values

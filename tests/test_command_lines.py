@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import load_script
+from helpers import assert_preset_nests_by_group, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted(
@@ -222,16 +222,10 @@ def training_config_classes() -> dict:
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[path.stem for path in PRESETS])
 def test_every_preset_nests_its_options_by_group_and_loads(preset):
-    import yaml
+    from latentcode.training.config import TrainingConfig, group_classes, load_config
 
-    from latentcode.training.config import TrainingConfig, group_classes, load_config, option_groups
-
-    values = yaml.safe_load(preset.read_text())
-    groups, owners = group_classes(TrainingConfig), option_groups(TrainingConfig)
-    for key, value in values.items():
-        assert key in groups or owners.get(key, "") is None, f"{preset.name}: {key} belongs under {owners.get(key)}:"
-        if key in groups:
-            assert {owners[name] for name in value} == {key}, f"{preset.name}: {key}: {value}"
+    values = assert_preset_nests_by_group(preset, TrainingConfig)
+    groups = group_classes(TrainingConfig)
     config = load_config(preset)
     assert load_config(**config.to_dict()) == config  # to_dict() is the YAML's nested form
     by_name = {

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import SHARED, load_script, require_shared, require_shared_dataset, reset_accelerate_state, tiny_model
+from helpers import (
+    SHARED,
+    assert_preset_nests_by_group,
+    load_script,
+    require_shared,
+    require_shared_dataset,
+    reset_accelerate_state,
+    tiny_model,
+)
 from safetensors.torch import load_file
 
 from latentcode.modeling import AutoencoderModel, VQVAEModel
@@ -207,15 +215,10 @@ PRESET_RATES = {"taef2": 0.25, "taef2_low_rate": 0.09375}
 def test_each_preset_nests_its_options_by_group_loads_and_has_its_rate(preset):
     import math
 
-    from latentcode.training.config import group_classes, load_config, option_groups
+    from latentcode.training.config import load_config
 
     config_class = SCRIPT.PhotoTokenizerConfig
-    values = yaml.safe_load(preset.read_text())
-    groups, owners = group_classes(config_class), option_groups(config_class)
-    for key, value in values.items():
-        assert key in groups or owners.get(key, "") is None, f"{preset.name}: {key} belongs under {owners.get(key)}:"
-        if key in groups:
-            assert {owners[name] for name in value} == {key}, f"{preset.name}: {key}: {value}"
+    assert_preset_nests_by_group(preset, config_class)
     config = load_config(preset, config_class)
     tokenizer = config.tokenizer
     bits = (tokenizer.num_quantizers or 1) * math.log2(tokenizer.codebook_size)
