@@ -8,9 +8,9 @@ import PIL.Image
 import pytest
 import torch
 
-from latentcode.configuration import VAEConfig
+from latentcode.configuration import AutoencoderConfig, VAEConfig
 from latentcode.evaluation import disentanglement_cli as cli
-from latentcode.modeling import VAEModel
+from latentcode.modeling import AutoencoderModel, VAEModel
 from latentcode.reporting import read_metrics_json
 
 TINY_SIZES = {
@@ -87,3 +87,20 @@ def test_bad_arguments_raise_clear_errors(tiny_vae, tmp_path):
         ValueError, match="dSprites images are 64x64 grey-scale; the model takes 1 channels at sample_size 32"
     ):
         cli.main([str(tmp_path / "small"), "--output_dir", str(tmp_path / "out")])
+
+
+def test_full_sizes_encode_every_image_once_and_fast_sizes_draw_on_demand():
+    """At disentanglement_lib's sizes the five metrics would draw 2.93 million images: four times
+    the dataset, so main() encodes each image once; --fast's draw fewer than it holds."""
+    full = 2 * 64 * 15000 + (10000 + 64 * 15000) + 10000 + 15000 + 15000
+    assert cli.images_drawn(list(cli.DEFAULT_METRICS), fast=False) == full > cli.NUM_IMAGES
+    assert cli.images_drawn(list(cli.DEFAULT_METRICS), fast=True) < cli.NUM_IMAGES
+    assert cli.images_drawn(["mig", "sap"], fast=False) == 10000 + 15000
+
+
+def test_sampled_mig_is_refused_at_once_for_a_model_without_a_posterior(tmp_path):
+    config = AutoencoderConfig(backbone="vector", in_channels=1, sample_size=64, latent_channels=4,
+                               vector_hidden_channels=4, vector_hidden_size=16)  # fmt: skip
+    AutoencoderModel(config).save_pretrained(tmp_path / "autoencoder")
+    with pytest.raises(ValueError, match="sampled_mig estimates MIG from samples of a VAE's posterior"):
+        cli.main([str(tmp_path / "autoencoder"), "--metrics", "mig,sampled_mig", "--output_dir", str(tmp_path / "o")])
