@@ -133,16 +133,17 @@ class PhotoTokenizerObjective:
     fine-tuned against the source's)."""
 
     decoder_loss_weight: float = option(
-        "weight of the mean squared error between the frozen decoder's images of the estimate and of the source's "
-        "latent (0: latent loss only); costs a decoder forward and backward pass per step",
+        "weight of the mean squared error between the decoder's images of the estimate and of the source's latent "
+        "(the decoder frozen unless finetune_decoder; 0: latent loss only); costs a decoder forward and backward pass "
+        "per step",
         default=0.0,
     )
     decoder_loss_crops: int = option("latent crops per step that go through the decoder", default=2)
     decoder_loss_size: int = option("side, in latent positions, of the part of each crop decoded", default=8)
     finetune_decoder: bool = option(
         "also train the decoder (and the source's projection before it) on the quantised code, by the decoder loss: "
-        "its images of the estimate against a frozen copy of the source decoder's images of the latent; the encoder "
-        "stays frozen. Needs decoder_loss_weight > 0",
+        "its images of the estimate against those of the latent by a frozen copy of the source's decoder; the "
+        "encoder stays frozen. Needs decoder_loss_weight > 0",
         default=False,
     )
 

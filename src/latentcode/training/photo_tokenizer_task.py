@@ -42,8 +42,9 @@ class LatentSpaceObjective(nn.Module):
         """`decoder_loss`: `latent_space_loss`'s decoder_loss_* arguments (None: latent loss only);
         `target_decoder`: the decoder loss's target while the VQ-VAE's decoder is fine-tuned (a
         frozen copy of the source's, `start_decoder_finetune`; None: the VQ-VAE's frozen decoder).
-        A submodule, so it moves with the objective; it has no trainable weight, and only the
-        VQ-VAE is saved as the model."""
+        A submodule: it moves with the objective and is in its checkpoints (the source's weights,
+        which a resume restores unchanged); it has no trainable weight, and only the VQ-VAE is
+        saved as the model."""
         super().__init__()
         self.vqvae = vqvae
         self.decoder_loss = decoder_loss or {}
@@ -162,7 +163,8 @@ def photo_metrics(vqvae: VQVAEModel, photos: list[torch.Tensor]) -> dict:
 
 class PhotoTokenizerTask(TrainingTask):
     """Trains the quantiser, projections and corrector of a VQ-VAE made from a frozen continuous
-    autoencoder on its latents: its model, loss, validation and saved tokenizer, for the [`Engine`]."""
+    autoencoder on its latents (with `objective.finetune_decoder`, its decoder too): its model,
+    loss, validation and saved tokenizer, for the [`Engine`]."""
 
     def __init__(self, config):
         """`config`: the parsed options of `training/train_photo_tokenizer.py` (its `PhotoTokenizerConfig`)."""
