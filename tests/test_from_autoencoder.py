@@ -2,7 +2,8 @@
 
 On tiny random `VAEModel` / `AutoencoderModel`s of both grid backbones: the token API's shapes,
 the source's weights copied bit-exactly and kept bit-identical through optimiser steps while
-frozen, save / load, and the decoded values against the source's own decoder. On taef2 from
+frozen, save / load, the decoded values against the source's own decoder, and a decoder
+fine-tune against a frozen copy of the source's decoder. On taef2 from
 ../shared/pretrained (skipped where absent): a VQ-VAE at 0.25 bits per pixel whose latent-space
 loss a few optimiser steps lower.
 """
@@ -18,8 +19,14 @@ from PIL import Image
 
 from latentcode.image_processing import LatentCodeImageProcessor
 from latentcode.modeling import VQVAEModel
-from latentcode.modeling.from_autoencoder import continuous_latents, latent_space_loss
-from latentcode.modules.latent_adapters import pretrained_parts
+from latentcode.modeling.from_autoencoder import (
+    SourceDecoder,
+    continuous_latents,
+    decode_latents,
+    latent_space_loss,
+    start_decoder_finetune,
+)
+from latentcode.modules.latent_adapters import DECODER_PARTS, pretrained_parts
 
 SOURCES = {
     "vae-ldm": ("vae", {}),
@@ -310,3 +317,125 @@ def test_decoder_loss_is_the_source_decoders_error_on_the_decoded_crops(name):
     assert all(p.grad is None for p in vqvae.decoder.parameters())
     without = latent_space_loss(vqvae, latents)
     assert without.decoder_loss == 0 and torch.equal(without.loss, without.latent_loss + without.quantizer_loss)
+
+
+def changed_weights(module: torch.nn.Module, original: torch.nn.Module) -> list[str]:
+    """The names of `module`'s weights that differ from those of `original`, a module of the same layout."""
+    reference = original.state_dict()
+    return [name for name, tensor in module.state_dict().items() if not torch.equal(tensor, reference[name])]
+
+
+# The decoder loss of the fine-tune tests: every latent of the batch, an 8 x 8 crop of each.
+FINETUNE_CROPS = dict(decoder_loss_weight=1.0, decoder_loss_crops=3, decoder_loss_size=8)
+
+
+def finetune_latents(vqvae) -> torch.Tensor:
+    with torch.no_grad():
+        return continuous_latents(vqvae, pixels(batch=3, size=32))  # [3, 4, 16, 16]
+
+
+def train_with_decoder_loss(vqvae, latents: torch.Tensor, target, steps: int = 10) -> tuple[float, float]:
+    """(the decoder loss on `latents`, in evaluation mode, after the k-means fit, and after `steps`
+    AdamW steps of `latent_space_loss` with the decoder loss against `target`). The learning rate
+    is 1e-4: at the quantiser's 1e-3, Adam's first steps (about the learning rate per weight)
+    throw these tiny random decoders off and the decoder loss rises."""
+    options = dict(FINETUNE_CROPS, target_decoder=target)
+
+    def decoder_loss() -> float:
+        vqvae.eval()
+        with torch.no_grad():
+            value = latent_space_loss(vqvae, latents, **options).decoder_loss.item()
+        vqvae.train()
+        return value
+
+    vqvae.train()
+    latent_space_loss(vqvae, latents)  # the first training batch fits the codebooks (k-means)
+    before = decoder_loss()
+    optimizer = torch.optim.AdamW([p for p in vqvae.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        latent_space_loss(vqvae, latents, **options).loss.backward()
+        optimizer.step()
+    return before, decoder_loss()
+
+
+@pytest.mark.parametrize("name", ["vae-ldm", "autoencoder-tiny"])
+def test_a_decoder_finetune_trains_the_decoder_against_a_frozen_copy_of_the_source(name, tmp_path):
+    """With `start_decoder_finetune` the decoder (and the source's projection before it) trains:
+    the decoder loss is the error between its images of z_hat and the source decoder's images of
+    z, gradients reach both the decoder and z_hat, optimiser steps change the decoder, while the
+    encoder and the target stay bit-identical to the source's; the saved model keeps the
+    fine-tuned decoder, records it, and refuses a second fine-tune (its target is gone)."""
+    torch.manual_seed(0)
+    source = source_model(name)
+    vqvae = VQVAEModel.from_autoencoder(source, **QUANTIZER, corrector_config={"hidden_channels": 8})
+    target = start_decoder_finetune(vqvae)
+    assert vqvae.config.source_autoencoder["decoder_finetuned"] is True
+    assert vqvae.config.source_autoencoder["frozen"] is True  # what loading applies
+    for part, module in pretrained_parts(vqvae).items():
+        assert all(p.requires_grad == (part in DECODER_PARTS) for p in module.parameters()), part
+    assert not any(p.requires_grad for p in target.parameters())
+    assert not target.train().training  # a trainer's .train() leaves the target as it is
+
+    encoder = state(vqvae.encoder)
+    latents = finetune_latents(vqvae)
+    latent_space_loss(vqvae, latents, **FINETUNE_CROPS, target_decoder=target).loss.backward()
+    assert all(p.grad is not None for p in vqvae.decoder.parameters())
+    assert sum(p.grad.abs().sum() for p in vqvae.decoder.parameters()) > 0
+    assert vqvae.post_quant_conv.from_code.weight.grad.abs().sum() > 0  # through z_hat
+    vqvae.zero_grad()
+    train_with_decoder_loss(vqvae, latents, target)
+
+    assert changed_weights(vqvae.decoder, source.decoder)
+    assert_same_state(vqvae.encoder, encoder)
+    assert_same_state(target.decoder, source.decoder.state_dict())
+    if target.projection is not None:
+        assert_same_state(target.projection, source.post_quant_conv.state_dict())
+    # The loss's value: the fine-tuned decoder's images of z_hat against the source model's of z.
+    vqvae.eval()
+    with torch.no_grad():
+        result = latent_space_loss(vqvae, latents, **FINETUNE_CROPS, target_decoder=target)
+        crop = (slice(0, 3), slice(None), slice(0, 8), slice(0, 8))
+        expected = torch.nn.functional.mse_loss(
+            decode_latents(vqvae, result.estimate[crop]), source.decode(latents[crop]).sample
+        )
+    torch.testing.assert_close(result.decoder_loss, expected, rtol=1e-5, atol=1e-7)
+
+    vqvae.save_pretrained(tmp_path)
+    loaded = VQVAEModel.from_pretrained(tmp_path)
+    assert loaded.config.source_autoencoder == vqvae.config.source_autoencoder
+    assert_same_state(loaded.decoder, state(vqvae.decoder))
+    assert not any(p.requires_grad for module in pretrained_parts(loaded).values() for p in module.parameters())
+    x = pixels(seed=5)
+    assert torch.equal(loaded(x).sample, vqvae(x).sample)
+    with pytest.raises(ValueError, match=r"decoder was fine-tuned already .* make the VQ-VAE again from the source"):
+        start_decoder_finetune(loaded)
+
+
+def test_a_decoder_finetune_lowers_the_decoder_loss_where_the_frozen_decoder_does_not():
+    """The same 10 steps from the same start, the decoder fine-tuned or frozen, the target the
+    source's decoder either way: the fine-tune lowers the decoder loss well below both its start
+    and what the frozen decoder reaches."""
+    runs = {}
+    for finetune in (True, False):
+        torch.manual_seed(0)
+        vqvae = VQVAEModel.from_autoencoder(
+            source_model("vae-ldm"), **QUANTIZER, corrector_config={"hidden_channels": 8}
+        )
+        target = start_decoder_finetune(vqvae) if finetune else SourceDecoder(vqvae)
+        runs[finetune] = train_with_decoder_loss(vqvae, finetune_latents(vqvae), target)
+    (start, finetuned), (frozen_start, frozen) = runs[True], runs[False]
+    assert start == frozen_start
+    assert finetuned < 0.6 * start and finetuned < 0.6 * frozen, runs
+
+
+def test_a_model_saved_before_decoder_finetuned_existed_loads_with_the_source_decoder(tmp_path):
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-tiny"), **QUANTIZER)
+    config = vqvae.config.to_dict()
+    del config["source_autoencoder"]["decoder_finetuned"]
+    for key in ("model_type", "transformers_version"):
+        config.pop(key, None)
+    assert type(vqvae.config)(**config).source_autoencoder == vqvae.config.source_autoencoder
+    assert vqvae.config.source_autoencoder["decoder_finetuned"] is False
+    with pytest.raises(ValueError, match="start_decoder_finetune trains the decoder a VQ-VAE took from a pretrained"):
+        start_decoder_finetune(tiny_model("vqvae"))

@@ -4,7 +4,8 @@ its quantiser, projections and corrector on the source's latents through the one
 A tiny random `AutoencoderModel` (grey digits) -> its latents written by `latentcode-tokenize`'s
 writer -> a few steps: the loss falls, the frozen encoder and decoder stay bit-identical, a
 resume continues bit-identically (the fitted projections are not fitted again), the saved model
-loads and tokenizes; images encoded on the fly, a saved tokenizer continued, a VAE source; two
+loads and tokenizes; a decoder fine-tune against the source's decoder (and its resume); images
+encoded on the fly, a saved tokenizer continued, a VAE source; two
 DDP processes end bit-identical (slow); the presets load with their rates. On taef2 from
 ../shared (skipped where absent; slow): a few steps on the photos lower the held-out latent loss.
 """
@@ -132,6 +133,63 @@ def test_a_resumed_run_continues_bit_identically_without_fitting_again(tiny, tmp
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+FINETUNE = (
+    "--objective.decoder_loss_weight", "1", "--objective.decoder_loss_size", "4", "--objective.finetune_decoder",
+)  # fmt: skip
+
+
+def assert_same_weights(module: torch.nn.Module, original: torch.nn.Module) -> None:
+    expected, actual = original.state_dict(), module.state_dict()
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def decoder_changed(module: torch.nn.Module, original: torch.nn.Module) -> bool:
+    reference = original.state_dict()
+    return any(not torch.equal(tensor, reference[key]) for key, tensor in module.state_dict().items())
+
+
+def test_finetune_decoder_trains_the_decoder_against_the_source_decoder_and_resumes(tiny, tmp_path):
+    """--objective.finetune_decoder: the saved tokenizer's decoder changed and is recorded so (config
+    and card), its encoder is the source's; the target is a frozen copy of the source's decoder,
+    also after a resume (whose VQ-VAE holds the checkpoint's fine-tuned decoder), and the resumed
+    run ends bit-identical. Continuing the fine-tuned tokenizer with a decoder loss is refused."""
+    steps = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
+    reference = engine(tiny, tmp_path / "reference", *steps, *FINETUNE)
+    reference.run()
+    source = AutoencoderModel.from_pretrained(tiny / "source")
+    assert_same_weights(reference.model.target_decoder.decoder, source.decoder)
+    tokenizer = VQVAEModel.from_pretrained(tmp_path / "reference")
+    assert tokenizer.config.source_autoencoder["decoder_finetuned"] is True
+    assert tokenizer.config.source_autoencoder["frozen"] is True
+    assert decoder_changed(tokenizer.decoder, source.decoder)
+    assert_same_weights(tokenizer.encoder, source.encoder)
+    card = (tmp_path / "reference" / "README.md").read_text()
+    assert "the decoder fine-tuned on the quantised code against the source decoder's output" in card
+    assert "1 x the squared error between the fine-tuned decoder's images of the estimate and the source" in card
+
+    shutil.copytree(tmp_path / "reference" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = engine(tiny, tmp_path / "resumed", *steps, *FINETUNE, "--resume_from_checkpoint", "latest")
+    assert decoder_changed(resumed.model.vqvae.decoder, source.decoder)  # the checkpoint's
+    assert_same_weights(resumed.model.target_decoder.decoder, source.decoder)
+    resumed.run()
+    expected = load_file(tmp_path / "reference" / "model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+    continued = ["--pretrained_model_name_or_path", str(tmp_path / "reference"), "--max_train_steps", "1"]
+    with pytest.raises(ValueError, match=r"decoder was fine-tuned already .* --objective.decoder_loss_weight 0"):
+        engine(tiny, tmp_path / "refused", *continued, "--objective.decoder_loss_weight", "0.1")
+
+
+def test_finetune_decoder_without_a_decoder_loss_is_refused_at_once(tiny):
+    with pytest.raises(ValueError, match=r"needs objective.decoder_loss_weight > 0, got 0; give --objective.decod"):
+        SCRIPT.parse_args(["--config", str(tiny / "config.yaml"), "--objective.finetune_decoder"])
 
 
 def test_images_encoded_on_the_fly_and_a_saved_tokenizer_continue(tiny, tmp_path):

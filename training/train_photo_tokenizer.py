@@ -1,6 +1,7 @@
 """A photo tokenizer from a trained continuous autoencoder: quantise its latent space, train only
 the quantiser, the learned projections around it and a small corrector (issue 31; ReVQ,
-"Quantize-then-Rectify", 2025), the encoder and decoder frozen.
+"Quantize-then-Rectify", 2025), the encoder and decoder frozen (or, with
+`--objective.finetune_decoder`, the decoder fine-tuned on the quantised code).
 
     latentcode-tokenize --pretrained_model_name_or_path taef2 --train_data_dir ../shared/datasets/photos/train \\
         --resolution 320 --flip_copies --output_dir taef2-photo-latents
@@ -16,7 +17,10 @@ The training data is its continuous latents: read from its `latentcode-tokenize`
 (`--latents_dataset`, encoded once) or encoded on the fly from images through the frozen encoder;
 each step trains on random `latent_crop` x `latent_crop` crops of the latent grid. The first step
 fits the projections to the batch's principal components and the codebooks by k-means (a resume
-keeps what was fitted); the loss is `latent_space_loss`. Validation: PSNR, SSIM, bits per pixel,
+keeps what was fitted); the loss is `latent_space_loss`. With `--objective.finetune_decoder` the
+decoder (and the source's projection before it) trains too, against a frozen copy of the source's
+decoder (`from_autoencoder.start_decoder_finetune`), and the saved model records
+`source_autoencoder["decoder_finetuned"]`. Validation: PSNR, SSIM, bits per pixel,
 tokens per image and codebook usage on a few photos of `--validation_data_dir` at full size,
 through the frozen decoder (evaluation only). `--output_dir` then holds the VQ-VAE
 (`VQVAEModel.from_pretrained`), metrics.json and a model card. The task is in
@@ -125,19 +129,33 @@ class TokenizerOptions:
 @dataclass
 class PhotoTokenizerObjective:
     """What the trained parts minimise: the latent loss (the estimate of the source's latent
-    against it), the quantiser's terms and, optionally, the error through the frozen decoder."""
+    against it), the quantiser's terms and, optionally, the error through the decoder (frozen, or
+    fine-tuned against the source's)."""
 
     decoder_loss_weight: float = option(
-        "weight of the mean squared error between the frozen decoder's images of the estimate and of the source's "
-        "latent (0: latent loss only); costs a decoder forward and backward pass per step",
+        "weight of the mean squared error between the decoder's images of the estimate and of the source's latent "
+        "(the decoder frozen unless finetune_decoder; 0: latent loss only); costs a decoder forward and backward pass "
+        "per step",
         default=0.0,
     )
     decoder_loss_crops: int = option("latent crops per step that go through the decoder", default=2)
     decoder_loss_size: int = option("side, in latent positions, of the part of each crop decoded", default=8)
+    finetune_decoder: bool = option(
+        "also train the decoder (and the source's projection before it) on the quantised code, by the decoder loss: "
+        "its images of the estimate against those of the latent by a frozen copy of the source's decoder; the "
+        "encoder stays frozen. Needs decoder_loss_weight > 0",
+        default=False,
+    )
 
     def __post_init__(self):
         if self.decoder_loss_weight < 0:
             raise ValueError(f"decoder_loss_weight must be >= 0, got {self.decoder_loss_weight}")
+        if self.finetune_decoder and self.decoder_loss_weight == 0:
+            raise ValueError(
+                "objective.finetune_decoder trains the decoder through the decoder loss, so it needs "
+                "objective.decoder_loss_weight > 0, got 0; give --objective.decoder_loss_weight (e.g. 0.1) or drop "
+                "--objective.finetune_decoder"
+            )
         for name in ("decoder_loss_crops", "decoder_loss_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -164,6 +182,7 @@ class PhotoTokenizerConfig(RunConfig):
         *("latents_dataset", "latent_crop"),
         *("quantizer", "codebook_size", "codebook_dim", "num_quantizers", "quantizer_config", "corrector_config"),
         "fit_projections",
+        "finetune_decoder",  # which weights the optimiser holds
     )
 
     def validate(self) -> None:

@@ -19,7 +19,7 @@ from .hub import check_pretrained_source
 from .modules.backbones import get_backbone
 from .modules.backbones.vector import num_convolutions
 from .modules.code_corrector import check_corrector_config
-from .modules.latent_adapters import check_source_autoencoder
+from .modules.latent_adapters import check_source_autoencoder, complete_source_autoencoder
 from .modules.quantizers import registry as quantizers
 from .modules.quantizers.loss_weights import QuantizerLossWeights
 
@@ -374,7 +374,9 @@ class VQVAEConfig(LatentCodeConfig):
             made from a pretrained continuous model (None: an ordinary VQ-VAE): that model's family,
             whether it had `quant_conv` / `post_quant_conv` (kept, frozen, inside this model's
             projections, `modules/latent_adapters.py`), whether its parts are `frozen` (see
-            `VQVAEModel.freeze_autoencoder`) and its `name_or_path`, for people.
+            `VQVAEModel.freeze_autoencoder`), whether its decoder was fine-tuned on the quantised
+            code (`decoder_finetuned`; absent in older models: False) and its `name_or_path`, for
+            people.
         corrector_config (`dict`, *optional*): with `source_autoencoder`, a trainable
             [`CodeCorrector`] that refines the de-quantised latent before the decoder
             (`modules/code_corrector.py`): `{"hidden_channels": 64, "num_blocks": 2}` (given keys
@@ -427,6 +429,7 @@ class VQVAEConfig(LatentCodeConfig):
 
     def _set_source_autoencoder(self, source: dict | None, corrector_config: dict | None) -> None:
         """Store the record of a pretrained source model and the corrector's options, checked."""
+        source = complete_source_autoencoder(source)  # a model saved before a key existed
         check_source_autoencoder(source)
         self.source_autoencoder = None if source is None else dict(source)
         self.corrector_config = check_corrector_config(corrector_config)

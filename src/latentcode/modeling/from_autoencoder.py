@@ -16,10 +16,19 @@ latent_space_loss(vqvae, latents).loss.backward()     # trains projections, code
 
 Everything that trains (the learned projections, the quantiser, the corrector) sits between z
 and its estimate z_hat, so it can train on cached latents, without the encoder or the decoder.
+Optionally the decoder trains too, on z_hat, against a frozen copy of the source's decoder
+([`start_decoder_finetune`]):
+
+```python
+target = start_decoder_finetune(vqvae)                # the decoder trains; target: the source's, frozen
+latent_space_loss(vqvae, latents, decoder_loss_weight=0.1, target_decoder=target).loss.backward()
+```
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,11 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import LatentCodeConfig
-from ..modules.latent_adapters import pretrained_parts
+from ..modules.latent_adapters import decoder_parts, pretrained_parts
 from .autoencoder import AutoencoderModel
 from .vae import VAEModel
 
 SOURCE_FAMILIES = {AutoencoderModel: "autoencoder", VAEModel: "vae"}
+# A decoder as a function: latents `[B, L, h, w]` -> pixels `[B, C, h*f, w*f]`.
+LatentsToPixels = Callable[[torch.Tensor], torch.Tensor]
 
 
 def vqvae_from_autoencoder(
@@ -79,6 +90,7 @@ def vqvae_from_autoencoder(
         "use_quant_conv": source.use_quant_conv,
         "use_post_quant_conv": source.use_post_quant_conv,
         "frozen": frozen,
+        "decoder_finetuned": False,
         "name_or_path": str(getattr(source, "_name_or_path", "") or ""),
     }
     config = cls.config_class(
@@ -159,6 +171,57 @@ def freeze_pretrained_parts(vqvae: nn.Module, frozen: bool = True) -> None:
     vqvae.config.source_autoencoder = {**source, "frozen": frozen}
 
 
+class SourceDecoder(nn.Module):
+    """A frozen copy of a VQ-VAE's decoding side as it is when copied (the source's projection,
+    where it has one, then the decoder): latents `[B, L, h, w]` -> pixels `[B, C, h*f, w*f]`, as
+    [`decode_latents`] gives them. Always in evaluation mode and without gradients: the fixed
+    target of a decoder fine-tune ([`start_decoder_finetune`])."""
+
+    def __init__(self, vqvae: nn.Module):
+        super().__init__()
+        self.projection = copy.deepcopy(vqvae.post_quant_conv.pretrained)
+        self.decoder = copy.deepcopy(vqvae.decoder)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> SourceDecoder:
+        return super().train(False)  # a trainer's .train() must not change the target
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents if self.projection is None else self.projection(latents))
+
+
+def start_decoder_finetune(vqvae: nn.Module) -> SourceDecoder:
+    """Let the VQ-VAE's decoding side (`decoder_parts`: the decoder and the source's projection
+    before it) train on the quantised code, and return its target: a frozen copy of it as the
+    source made it ([`SourceDecoder`]), for `latent_space_loss(..., target_decoder=...)`.
+
+    Records `decoder_finetuned` in `config.source_autoencoder`, so a saved model says its decoder
+    is no longer the source's. The encoder keeps its setting (frozen: bit-identical), and `frozen`
+    keeps its meaning, what loading applies: a loaded fine-tuned model has no trainable
+    pretrained part. A second fine-tune of a fine-tuned decoder is refused: its target, the
+    source's decoder, is no longer in the model."""
+    source = vqvae.config.source_autoencoder
+    if source is None:
+        raise ValueError(
+            "start_decoder_finetune trains the decoder a VQ-VAE took from a pretrained continuous model against that "
+            "model's decoder, and this one was not made from one (config.source_autoencoder is None); make it with "
+            "VQVAEModel.from_autoencoder"
+        )
+    if source["decoder_finetuned"]:
+        raise ValueError(
+            "this VQ-VAE's decoder was fine-tuned already (source_autoencoder['decoder_finetuned'] is True), so the "
+            "target of a fine-tune, the source's own decoder, is no longer in it; make the VQ-VAE again from the "
+            f"source autoencoder ({source['name_or_path'] or 'its name_or_path is not recorded'}), or resume the "
+            "fine-tune's checkpoint"
+        )
+    target = SourceDecoder(vqvae)
+    for part in decoder_parts(vqvae).values():
+        part.requires_grad_(True)
+    vqvae.config.source_autoencoder = {**source, "decoder_finetuned": True}
+    return target
+
+
 def continuous_latents(vqvae: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """Pixels `[B, C, H, W]` -> z `[B, L, H/f, W/f]`, the source model's continuous latent (what
     its `encode` gives: an AutoEncoder's latents, a VAE's posterior mean), through the VQ-VAE's
@@ -186,18 +249,23 @@ class LatentSpaceLoss:
 
 def decode_latents(vqvae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """The source's latents (or an estimate of them) `[B, L, h, w]` -> pixels `[B, C, h*f, w*f]`
-    through the frozen decoder (and the source's projection, where it has one)."""
+    through the VQ-VAE's decoder (and the source's projection, where it has one): the source's,
+    frozen, unless a decoder fine-tune trains them."""
     projection = vqvae.post_quant_conv.pretrained
     return vqvae.decoder(latents if projection is None else projection(latents))
 
 
-def decoded_loss(vqvae: nn.Module, latents: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between the frozen decoder's images of the estimate z_hat and of z (each
-    `[B, L, h, w]` -> `[B, C, h*f, w*f]`, pixels in [-1, 1]). The latent loss weighs every latent
-    channel alike; this is the error the photo shows. Its target is the source's own
-    reconstruction, so cached latents suffice; gradients reach z_hat through the frozen decoder."""
+def decoded_loss(
+    vqvae: nn.Module, latents: torch.Tensor, estimate: torch.Tensor, target_decoder: LatentsToPixels | None = None
+) -> torch.Tensor:
+    """Mean squared error between the VQ-VAE's decoder's image of the estimate z_hat and the
+    source's reconstruction of z (each `[B, L, h, w]` -> `[B, C, h*f, w*f]`, pixels in [-1, 1]).
+    The latent loss weighs every latent channel alike; this is the error the photo shows. Cached
+    latents suffice. The target is `target_decoder(z)` where given (a callable latents -> pixels:
+    the frozen copy of [`start_decoder_finetune`], while the VQ-VAE's own decoder trains), else
+    the VQ-VAE's frozen decoder's. Gradients reach z_hat, and the decoder where it trains."""
     with torch.no_grad():
-        target = decode_latents(vqvae, latents)
+        target = decode_latents(vqvae, latents) if target_decoder is None else target_decoder(latents)
     return F.mse_loss(decode_latents(vqvae, estimate).float(), target.float())
 
 
@@ -207,6 +275,7 @@ def latent_space_loss(
     decoder_loss_weight: float = 0.0,
     decoder_loss_crops: int = 2,
     decoder_loss_size: int = 8,
+    target_decoder: LatentsToPixels | None = None,
 ) -> LatentSpaceLoss:
     """The loss of the trainable parts on the source's latents z `[B, L, h, w]` (from
     [`continuous_latents`] or cached): z -> `to_code` -> quantiser (updating an EMA codebook in
@@ -214,7 +283,8 @@ def latent_space_loss(
 
     With `decoder_loss_weight` > 0 it adds [`decoded_loss`] on the top-left `decoder_loss_size`
     square of the first `decoder_loss_crops` latents: the decoder costs far more than the rest,
-    so it sees a few small crops per step."""
+    so it sees a few small crops per step. `target_decoder`: that loss's target decoder (None:
+    the VQ-VAE's own, frozen), see [`decoded_loss`]."""
     vqvae._check_code(latents, vqvae.config.latent_channels)
     quantized = vqvae._quantize(vqvae.quant_conv.to_code(latents))
     estimate = vqvae.post_quant_conv.latent_estimate(quantized.quantized.to(latents.dtype))
@@ -224,7 +294,7 @@ def latent_space_loss(
     decoder_loss = latent_loss.new_zeros(())
     if decoder_loss_weight > 0:
         crop = (slice(0, decoder_loss_crops), slice(None), slice(0, decoder_loss_size), slice(0, decoder_loss_size))
-        decoder_loss = decoded_loss(vqvae, latents[crop], estimate[crop])
+        decoder_loss = decoded_loss(vqvae, latents[crop], estimate[crop], target_decoder)
         loss = loss + decoder_loss_weight * decoder_loss
     return LatentSpaceLoss(
         loss=loss,

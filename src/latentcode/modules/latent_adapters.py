@@ -33,16 +33,28 @@ SOURCE_FIELDS = {
     "use_quant_conv": bool,
     "use_post_quant_conv": bool,
     "frozen": bool,
+    "decoder_finetuned": bool,
     "name_or_path": str,
 }
+# Keys added to `SOURCE_FIELDS` after models were saved without them, and what those models mean.
+SOURCE_FIELD_DEFAULTS = {"decoder_finetuned": False}
+
+
+def complete_source_autoencoder(source: dict | None) -> dict | None:
+    """A `source_autoencoder` record with the keys saved models may lack (`SOURCE_FIELD_DEFAULTS`)
+    filled in; anything that is not a dict unchanged, for [`check_source_autoencoder`] to judge."""
+    return {**SOURCE_FIELD_DEFAULTS, **source} if isinstance(source, dict) else source
 
 
 def check_source_autoencoder(source: dict | None) -> None:
     """Refuse a `source_autoencoder` record that is not None or a dict with exactly
     `SOURCE_FIELDS`: `family` ("autoencoder" or "vae", the family of the model whose encoder and
     decoder are reused), `use_quant_conv` / `use_post_quant_conv` (whether that model had the
-    projection, copied frozen), `frozen` (the pretrained parts do not train: see
-    `VQVAEModel.freeze_autoencoder`) and `name_or_path` (where it came from, for people)."""
+    projection, copied frozen), `frozen` (the pretrained parts load without gradients: see
+    `VQVAEModel.freeze_autoencoder`), `decoder_finetuned` (the decoder and the source's projection
+    before it were trained on the quantised code after the copy, so they are no longer the
+    source's: see `from_autoencoder.start_decoder_finetune`) and `name_or_path` (where it came
+    from, for people)."""
     if source is None:
         return
     if not isinstance(source, dict) or set(source) != set(SOURCE_FIELDS):
@@ -124,3 +136,13 @@ def pretrained_parts(model: nn.Module) -> dict[str, nn.Module]:
         if projection is not None:
             parts[f"{name}.pretrained"] = projection
     return parts
+
+
+# The names in `pretrained_parts` of the modules that turn the source's latent into pixels.
+DECODER_PARTS = ("decoder", "post_quant_conv.pretrained")
+
+
+def decoder_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The decoding side of [`pretrained_parts`]: the `decoder` and the source's projection before
+    it (`post_quant_conv.pretrained`, where the source has one), what a decoder fine-tune trains."""
+    return {name: part for name, part in pretrained_parts(model).items() if name in DECODER_PARTS}

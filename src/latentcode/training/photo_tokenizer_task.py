@@ -1,7 +1,8 @@
 """`training/train_photo_tokenizer.py`'s task: a VQ-VAE made from a trained continuous autoencoder
 (`VQVAEModel.from_autoencoder`) trains its quantiser, learned projections and corrector on the
-source's latents (`latent_space_loss`), the encoder and decoder frozen; validated on full-size
-photos through the frozen decoder (PSNR, SSIM, bits per pixel, codebook usage).
+source's latents (`latent_space_loss`), the encoder and decoder frozen (with
+`objective.finetune_decoder`, the decoder trains too, against a frozen copy of the source's);
+validated on full-size photos through the decoder (PSNR, SSIM, bits per pixel, codebook usage).
 
 Here rather than in the script so that the script's options (`--help`) load without torch."""
 
@@ -17,7 +18,13 @@ from ..data import image_data_from_config
 from ..evaluation.metrics import psnr, ssim
 from ..model_loading import load_pretrained_model
 from ..modeling import LatentCodePreTrainedModel, VQVAEModel
-from ..modeling.from_autoencoder import continuous_latents, fit_projections, latent_space_loss
+from ..modeling.from_autoencoder import (
+    SourceDecoder,
+    continuous_latents,
+    fit_projections,
+    latent_space_loss,
+    start_decoder_finetune,
+)
 from .codes import code_data
 from .engine import Engine, Part, TrainingTask, data_source, training_report
 from .model_card import render_model_card
@@ -29,15 +36,23 @@ class LatentSpaceObjective(nn.Module):
     """The VQ-VAE with [`latent_space_loss`] as its forward pass: the engine's trained module (a
     DDP wrapper synchronises the gradients of what a forward pass used, so the loss must be one)."""
 
-    def __init__(self, vqvae: VQVAEModel, decoder_loss: dict | None = None):
-        """`decoder_loss`: `latent_space_loss`'s decoder_loss_* arguments (None: latent loss only)."""
+    def __init__(
+        self, vqvae: VQVAEModel, decoder_loss: dict | None = None, target_decoder: SourceDecoder | None = None
+    ):
+        """`decoder_loss`: `latent_space_loss`'s decoder_loss_* arguments (None: latent loss only);
+        `target_decoder`: the decoder loss's target while the VQ-VAE's decoder is fine-tuned (a
+        frozen copy of the source's, `start_decoder_finetune`; None: the VQ-VAE's frozen decoder).
+        A submodule: it moves with the objective and is in its checkpoints (the source's weights,
+        which a resume restores unchanged); it has no trainable weight, and only the VQ-VAE is
+        saved as the model."""
         super().__init__()
         self.vqvae = vqvae
         self.decoder_loss = decoder_loss or {}
+        self.target_decoder = target_decoder
 
     def forward(self, latents: torch.Tensor):
         """Source latents `[B, L, h, w]` -> `LatentSpaceLoss`."""
-        return latent_space_loss(self.vqvae, latents, **self.decoder_loss)
+        return latent_space_loss(self.vqvae, latents, **self.decoder_loss, target_decoder=self.target_decoder)
 
 
 def tokenizer_from_source(source, options) -> tuple[VQVAEModel, bool]:
@@ -68,6 +83,20 @@ def tokenizer_from_source(source, options) -> tuple[VQVAEModel, bool]:
         corrector_config=options.corrector_config,
     )
     return vqvae, not options.fit_projections
+
+
+def check_decoder_target(vqvae: VQVAEModel, objective) -> None:
+    """Refuse a loss through the decoder (`objective`: the script's `objective` group) of a VQ-VAE
+    whose decoder was fine-tuned already: that loss's target, the source decoder's image of the
+    latent, is no longer in the model."""
+    record = vqvae.config.source_autoencoder
+    if objective.decoder_loss_weight > 0 and record["decoder_finetuned"]:
+        raise ValueError(
+            "the source VQ-VAE's decoder was fine-tuned already (source_autoencoder['decoder_finetuned'] is True), so "
+            "the decoder loss's target, the source decoder's image of the latent, is not in it: continue it with "
+            "--objective.decoder_loss_weight 0, start again from the continuous source "
+            f"({record['name_or_path'] or 'name_or_path not recorded'}), or resume the fine-tune's checkpoint"
+        )
 
 
 def random_latent_crops(latents: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
@@ -134,7 +163,8 @@ def photo_metrics(vqvae: VQVAEModel, photos: list[torch.Tensor]) -> dict:
 
 class PhotoTokenizerTask(TrainingTask):
     """Trains the quantiser, projections and corrector of a VQ-VAE made from a frozen continuous
-    autoencoder on its latents: its model, loss, validation and saved tokenizer, for the [`Engine`]."""
+    autoencoder on its latents (with `objective.finetune_decoder`, its decoder too): its model,
+    loss, validation and saved tokenizer, for the [`Engine`]."""
 
     def __init__(self, config):
         """`config`: the parsed options of `training/train_photo_tokenizer.py` (its `PhotoTokenizerConfig`)."""
@@ -146,7 +176,11 @@ class PhotoTokenizerTask(TrainingTask):
         config, accelerator = self.config, engine.accelerator
         source = load_pretrained_model(config.pretrained_model_name_or_path, cache_dir=config.data.cache_dir)
         vqvae, self.fitted = tokenizer_from_source(source, config.tokenizer)
+        check_decoder_target(vqvae, config.objective)
         self.vqvae = vqvae.to(engine.device)
+        # The fine-tune's target: the source's decoder as loaded here, before a resume loads the
+        # checkpoint (which holds the same target weights): never the fine-tuned decoder.
+        target_decoder = start_decoder_finetune(vqvae) if config.objective.finetune_decoder else None
         batches, validation = self.data(source, accelerator.process_index, accelerator.num_processes)
         self.validation_batch = validation
         # Crop offsets: each process its own stream, saved in checkpoints (state / load_state).
@@ -178,7 +212,8 @@ class PhotoTokenizerTask(TrainingTask):
             "decoder_loss_crops": objective.decoder_loss_crops,
             "decoder_loss_size": objective.decoder_loss_size,
         }
-        engine.prepare([Part("tokenizer", LatentSpaceObjective(vqvae, decoder_loss), optimizer)])
+        objective_module = LatentSpaceObjective(vqvae, decoder_loss, target_decoder)
+        engine.prepare([Part("tokenizer", objective_module, optimizer)])
         return batches
 
     def data(self, source, rank: int, world_size: int):
@@ -282,11 +317,27 @@ def objective_description(objective) -> str:
     """The trained loss in words, for the model card."""
     if objective.decoder_loss_weight == 0:
         return "the squared error of the latent estimate alone"
+    through = (
+        "between the fine-tuned decoder's images of the estimate and the source decoder's images of the latent"
+        if objective.finetune_decoder
+        else "through the frozen decoder"
+    )
     return (
-        f"the squared error of the latent estimate plus {objective.decoder_loss_weight:g} x the squared error through "
-        f"the frozen decoder on {objective.decoder_loss_crops} crops of {objective.decoder_loss_size}x"
+        f"the squared error of the latent estimate plus {objective.decoder_loss_weight:g} x the squared error "
+        f"{through} on {objective.decoder_loss_crops} crops of {objective.decoder_loss_size}x"
         f"{objective.decoder_loss_size} latents per step"
     )
+
+
+def pretrained_parts_description(source: dict) -> str:
+    """What became of the source's encoder and decoder, for the model card (`source`: the
+    VQ-VAE's `config.source_autoencoder`)."""
+    if source["decoder_finetuned"]:
+        return (
+            "the encoder frozen and unchanged; the decoder fine-tuned on the quantised code against the source "
+            "decoder's output, so it is no longer the source's decoder"
+        )
+    return "both frozen and unchanged"
 
 
 def photo_tokenizer_card(config, vqvae: VQVAEModel, metrics: dict, summary: dict, training_data: str) -> str:
@@ -296,6 +347,7 @@ def photo_tokenizer_card(config, vqvae: VQVAEModel, metrics: dict, summary: dict
         "source_model": config.pretrained_model_name_or_path,
         "source_family": source["family"],
         "source_licence": config.tokenizer.source_licence,
+        "pretrained_parts": pretrained_parts_description(source),
         "training_data": training_data,
         "quantizer": vqvae.config.quantizer,
         "codebook_size": vqvae.codebook_size,
