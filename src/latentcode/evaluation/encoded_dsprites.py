@@ -104,5 +104,5 @@ def _posterior(model, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | No
     """`(mean [B, D], std [B, D] or None)` of `model`'s code for `pixels`, flattened."""
     encoded = model.encode(pixels)
     mean = model.continuous_code_encoded(encoded).flatten(1).float().cpu().numpy()
-    distribution = getattr(encoded, "latent_dist", None)  # a VAE's posterior; other families have none
-    return mean, None if distribution is None else distribution.std.flatten(1).float().cpu().numpy()
+    std = model.stored_code(encoded).get("latent_std")  # a VAE stores its posterior's; other families have none
+    return mean, None if std is None else std.float().cpu().numpy()
