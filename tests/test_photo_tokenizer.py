@@ -128,16 +128,21 @@ def test_a_resumed_run_continues_bit_identically_without_fitting_again(tiny, tmp
     resumed = engine(tiny, tmp_path / "resumed", *steps, "--resume_from_checkpoint", "latest")
     assert resumed.task.fitted and resumed.batches.state_dict()["position"] == 2 * 8
     resumed.run()
-    expected = load_file(tmp_path / "reference" / "model.safetensors")
-    actual = load_file(tmp_path / "resumed" / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_saved_weights(tmp_path / "reference", tmp_path / "resumed")
 
 
 FINETUNE = (
     "--objective.decoder_loss_weight", "1", "--objective.decoder_loss_size", "4", "--objective.finetune_decoder",
 )  # fmt: skip
+
+
+def assert_same_saved_weights(expected_dir, actual_dir) -> None:
+    """Two saved models hold bit-identical tensors under the same names."""
+    expected = load_file(expected_dir / "model.safetensors")
+    actual = load_file(actual_dir / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
 
 
 def assert_same_weights(module: torch.nn.Module, original: torch.nn.Module) -> None:
@@ -176,11 +181,7 @@ def test_finetune_decoder_trains_the_decoder_against_the_source_decoder_and_resu
     assert decoder_changed(resumed.model.vqvae.decoder, source.decoder)  # the checkpoint's
     assert_same_weights(resumed.model.target_decoder.decoder, source.decoder)
     resumed.run()
-    expected = load_file(tmp_path / "reference" / "model.safetensors")
-    actual = load_file(tmp_path / "resumed" / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_saved_weights(tmp_path / "reference", tmp_path / "resumed")
 
     continued = ["--pretrained_model_name_or_path", str(tmp_path / "reference"), "--max_train_steps", "1"]
     with pytest.raises(ValueError, match=r"decoder was fine-tuned already .* --objective.decoder_loss_weight 0"):
