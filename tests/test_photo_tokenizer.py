@@ -193,6 +193,51 @@ def test_finetune_decoder_without_a_decoder_loss_is_refused_at_once(tiny):
         SCRIPT.parse_args(["--config", str(tiny / "config.yaml"), "--objective.finetune_decoder"])
 
 
+def test_decoder_learning_rate_sets_the_fine_tuned_decoders_rate_on_the_runs_schedule(tiny, tmp_path):
+    """--objective.decoder_learning_rate: the decoding side (decoder and the source's projection,
+    exactly) is its own parameter group at that rate times the schedule's factor, the other parts
+    at the run's rate; the decoder's weights move by about its rate, the others' by the run's."""
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "0", *FINETUNE, "--lr_scheduler", "cosine"]
+    run = engine(tiny, tmp_path / "slow", *flags, "--objective.decoder_learning_rate", "1e-4")
+    vqvae = run.model.vqvae
+    trained, decoder = run.parts[0].optimizer.param_groups
+    decoder_ids = {
+        id(p)
+        for part in (vqvae.decoder, vqvae.post_quant_conv.pretrained)
+        if part is not None
+        for p in part.parameters()
+    }
+    assert {id(p) for p in decoder["params"]} == decoder_ids
+    assert not decoder_ids & {id(p) for p in trained["params"]} and trained["params"]
+    assert trained["lr"] == pytest.approx(run.schedule.lr()) and decoder["lr"] == pytest.approx(run.schedule.lr() / 30)
+    run.schedule.step()
+    run._apply_learning_rate()
+    assert decoder["lr"] == pytest.approx(1e-4 * run.schedule.factor(run.schedule.step_count))
+
+    # Adam moves a weight by at most about its rate per step: 2 steps at 1e-6 against the run's 3e-3.
+    slow = engine(tiny, tmp_path / "slower", *flags, "--objective.decoder_learning_rate", "1e-6")
+    trained, decoder = slow.parts[0].optimizer.param_groups
+    before = [[p.detach().clone() for p in group["params"]] for group in (trained, decoder)]
+    slow.run()
+    trained_step, decoder_step = (
+        max(float((p - old).abs().max()) for p, old in zip(group["params"], saved, strict=True))
+        for group, saved in zip((trained, decoder), before)
+    )
+    assert 0 < decoder_step < 1e-5 and trained_step > 1e-4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--objective.decoder_learning_rate", "1e-4"], r"decoder is frozen in this run; add --objective.finetune_dec"),
+        ([*FINETUNE, "--objective.decoder_learning_rate", "0"], r"decoder_learning_rate must be > 0, got 0"),
+    ],
+)
+def test_a_decoder_learning_rate_without_a_fine_tune_or_not_positive_is_refused_at_once(tiny, flags, message):
+    with pytest.raises(ValueError, match=message):
+        SCRIPT.parse_args(["--config", str(tiny / "config.yaml"), *flags])
+
+
 def test_images_encoded_on_the_fly_and_a_saved_tokenizer_continue(tiny, tmp_path):
     flags = ["--max_train_steps", "2", "--checkpointing_steps", "0"]
     on_the_fly = ["--train_data_dir", str(tiny / "source_images"), "--latents_dataset", "null"]

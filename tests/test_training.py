@@ -731,3 +731,21 @@ def test_a_resumed_time_budgeted_run_continues_the_identical_schedule(tmp_path):
     assert resumed.global_step == reference.global_step
     assert resumed_result.losses == reference_result.losses[30:]
     _assert_identical(_weights(tmp_path / "reference"), _weights(tmp_path / "resumed"))
+
+
+def test_a_parts_group_factors_set_each_parameter_groups_rate_and_bad_ones_are_refused():
+    from latentcode.training.engine import Part
+
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW([{"params": first.parameters()}, {"params": second.parameters()}])
+    assert Part("model", first, optimizer, group_factors=(1.0, 0.1)).rates(2e-3) == pytest.approx([2e-3, 2e-4])
+    assert Part("model", first, optimizer).rates(2e-3) == [2e-3, 2e-3]
+    assert Part("model", first, optimizer, learning_rate=5e-4).rates(2e-3) == [5e-4, 5e-4]
+    with pytest.raises(
+        ValueError, match=r"one positive rate factor per parameter group of its optimiser \(2\), got \(1.0,\)"
+    ):
+        Part("model", first, optimizer, group_factors=(1.0,))
+    with pytest.raises(ValueError, match=r"got \(1.0, 0.0\)"):
+        Part("model", first, optimizer, group_factors=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"learning_rate 0.0005 replaces it with a constant one; give one of the two"):
+        Part("model", first, optimizer, learning_rate=5e-4, group_factors=(1.0, 1.0))

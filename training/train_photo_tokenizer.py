@@ -146,8 +146,21 @@ class PhotoTokenizerObjective:
         "encoder stays frozen. Needs decoder_loss_weight > 0",
         default=False,
     )
+    decoder_learning_rate: float | None = option(
+        "peak learning rate of the fine-tuned decoder (finetune_decoder), on the run's schedule like the other parts' "
+        "(default: learning_rate); a pretrained decoder may need a lower one than the parts trained from scratch",
+        default=None,
+    )
 
     def __post_init__(self):
+        if self.decoder_learning_rate is not None and not self.finetune_decoder:
+            raise ValueError(
+                f"objective.decoder_learning_rate ({self.decoder_learning_rate:g}) is the rate of a fine-tuned decoder, "
+                "and the decoder is frozen in this run; add --objective.finetune_decoder or drop "
+                "--objective.decoder_learning_rate"
+            )
+        if self.decoder_learning_rate is not None and self.decoder_learning_rate <= 0:
+            raise ValueError(f"objective.decoder_learning_rate must be > 0, got {self.decoder_learning_rate:g}")
         if self.decoder_loss_weight < 0:
             raise ValueError(f"decoder_loss_weight must be >= 0, got {self.decoder_loss_weight}")
         if self.finetune_decoder and self.decoder_loss_weight == 0:

@@ -152,13 +152,37 @@ def tracker_config(config: RunConfig) -> dict:
 
 @dataclass
 class Part:
-    """A trained module and its optimiser; `learning_rate`: a constant rate it keeps (a GAN's
-    discriminator), else None: it follows the run's schedule."""
+    """A trained module and its optimiser. `learning_rate`: a constant rate it keeps (a GAN's
+    discriminator), else None: it follows the run's schedule, each of the optimiser's parameter
+    groups at `group_factors[i]` times the run's rate (None: all at the run's rate; a fine-tuned
+    pretrained decoder beside parts trained from scratch takes a lower one)."""
 
     name: str
     module: nn.Module
     optimizer: torch.optim.Optimizer
     learning_rate: float | None = None
+    group_factors: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.group_factors is None:
+            return
+        groups = len(self.optimizer.param_groups)
+        if self.learning_rate is not None:
+            raise ValueError(
+                f"part {self.name!r}: group_factors scale the run's scheduled rate, and learning_rate "
+                f"{self.learning_rate:g} replaces it with a constant one; give one of the two"
+            )
+        if len(self.group_factors) != groups or min(self.group_factors) <= 0:
+            raise ValueError(
+                f"part {self.name!r}: expected one positive rate factor per parameter group of its optimiser "
+                f"({groups}), got {tuple(self.group_factors)}"
+            )
+
+    def rates(self, scheduled: float) -> list[float]:
+        """Each parameter group's learning rate when the run's schedule gives `scheduled`."""
+        if self.learning_rate is not None:
+            return [self.learning_rate] * len(self.optimizer.param_groups)
+        return [scheduled * factor for factor in self.group_factors or [1.0] * len(self.optimizer.param_groups)]
 
 
 @dataclass
@@ -275,8 +299,8 @@ class Engine:
     def _apply_learning_rate(self) -> None:
         lr = self.schedule.lr()
         for part in self.parts:
-            for group in part.optimizer.param_groups:
-                group["lr"] = lr if part.learning_rate is None else part.learning_rate
+            for group, rate in zip(part.optimizer.param_groups, part.rates(lr)):
+                group["lr"] = rate
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step, in order: per micro-batch, batch -> forward and objective (the

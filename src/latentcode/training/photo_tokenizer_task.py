@@ -25,6 +25,7 @@ from ..modeling.from_autoencoder import (
     latent_space_loss,
     start_decoder_finetune,
 )
+from ..modules.latent_adapters import decoder_parts
 from .codes import code_data
 from .engine import Engine, Part, TrainingTask, data_source, training_report
 from .model_card import render_model_card
@@ -161,6 +162,23 @@ def photo_metrics(vqvae: VQVAEModel, photos: list[torch.Tensor]) -> dict:
     return metrics
 
 
+def trained_parameter_groups(vqvae: VQVAEModel, objective, learning_rate: float) -> tuple[list[dict], tuple]:
+    """The optimiser's parameter groups of what trains, and each group's rate as a factor of the
+    run's: the parts trained from scratch (quantiser, projections, corrector) at 1, and with
+    `objective.finetune_decoder` the decoding side (`decoder_parts`) at
+    `decoder_learning_rate / learning_rate` (1 without one)."""
+    decoder = set()
+    if objective.finetune_decoder:
+        decoder = {id(p) for part in decoder_parts(vqvae).values() for p in part.parameters()}
+    trained = [p for p in vqvae.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if id(p) not in decoder]}]
+    if not decoder:
+        return groups, (1.0,)
+    groups.append({"params": [p for p in trained if id(p) in decoder]})
+    decoder_rate = objective.decoder_learning_rate or learning_rate
+    return groups, (1.0, decoder_rate / learning_rate)
+
+
 class PhotoTokenizerTask(TrainingTask):
     """Trains the quantiser, projections and corrector of a VQ-VAE made from a frozen continuous
     autoencoder on its latents (with `objective.finetune_decoder`, its decoder too): its model,
@@ -192,10 +210,11 @@ class PhotoTokenizerTask(TrainingTask):
                 vqvae.downsampling_factor,
                 vqvae.config.in_channels,
             )
-        trainable = [p for p in vqvae.parameters() if p.requires_grad]
         optimization = config.optimization
+        groups, group_factors = trained_parameter_groups(vqvae, config.objective, optimization.learning_rate)
+        trainable = [p for group in groups for p in group["params"]]
         optimizer = torch.optim.AdamW(
-            trainable,
+            groups,
             lr=optimization.learning_rate,
             betas=(optimization.adam_beta1, optimization.adam_beta2),
             weight_decay=optimization.adam_weight_decay,
@@ -213,7 +232,7 @@ class PhotoTokenizerTask(TrainingTask):
             "decoder_loss_size": objective.decoder_loss_size,
         }
         objective_module = LatentSpaceObjective(vqvae, decoder_loss, target_decoder)
-        engine.prepare([Part("tokenizer", objective_module, optimizer)])
+        engine.prepare([Part("tokenizer", objective_module, optimizer, group_factors=group_factors)])
         return batches
 
     def data(self, source, rank: int, world_size: int):
