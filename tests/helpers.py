@@ -40,6 +40,19 @@ def tiny_model(family: str, seed: int = 0, **overrides):
     return FAMILIES[family].model_class(tiny_config(family, **overrides)).eval()
 
 
+def tiny_vector_model(family: str = "vae", seed: int = 0, **overrides):
+    """A small seeded model of the vector backbone (Burgess et al.'s) for 64x64 grey images, the
+    generated dSprites' (4 latent dimensions, 4 hidden channels, hidden size 16, no 1x1
+    projections), in eval mode; `overrides` change any config field."""
+    fields = dict(
+        backbone="vector", in_channels=1, sample_size=64, latent_channels=4, vector_hidden_channels=4,
+        vector_hidden_size=16, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    return FAMILIES[family].model_class(FAMILIES[family].config_class(**fields)).eval()
+
+
 def peak_memory_growth(setup: str, operation: str) -> int:
     """Largest growth (bytes) of a fresh process's resident memory while `operation` runs, over
     the baseline after `setup` (both Python source, run at top level of the script)."""

@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import pytest
-import torch
+from helpers import tiny_vector_model
 
-from latentcode.configuration import AutoencoderConfig, VAEConfig
 from latentcode.evaluation import disentanglement_cli as cli
-from latentcode.modeling import AutoencoderModel, VAEModel
 from latentcode.reporting import read_metrics_json
 
 TINY_SIZES = {
@@ -24,12 +22,7 @@ TINY_SIZES = {
 
 @pytest.fixture
 def tiny_vae(tmp_path):
-    torch.manual_seed(0)
-    config = VAEConfig(
-        backbone="vector", in_channels=1, sample_size=64, latent_channels=4, vector_hidden_channels=4,
-        vector_hidden_size=16, use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
-    VAEModel(config).save_pretrained(tmp_path / "model")
+    tiny_vector_model("vae").save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "README.md").write_text("# a tiny VAE\n")
     return tmp_path / "model"
 
@@ -80,9 +73,7 @@ def test_same_seed_same_scores(tiny_vae, tmp_path, monkeypatch):
 def test_bad_arguments_raise_clear_errors(tiny_vae, tmp_path):
     with pytest.raises(ValueError, match="--metrics takes a comma-separated list of beta_vae, factor_vae, mig"):
         cli.main([str(tiny_vae), "--metrics", "mig,modularity"])
-    config = VAEConfig(backbone="vector", in_channels=1, sample_size=32, latent_channels=4, vector_hidden_channels=4,
-                       vector_hidden_size=16)  # fmt: skip
-    VAEModel(config).save_pretrained(tmp_path / "small")
+    tiny_vector_model("vae", sample_size=32).save_pretrained(tmp_path / "small")
     with pytest.raises(
         ValueError, match="dSprites images are 64x64 grey-scale; the model takes 1 channels at sample_size 32"
     ):
@@ -99,8 +90,6 @@ def test_full_sizes_encode_every_image_once_and_fast_sizes_draw_on_demand():
 
 
 def test_sampled_mig_is_refused_at_once_for_a_model_without_a_posterior(tmp_path):
-    config = AutoencoderConfig(backbone="vector", in_channels=1, sample_size=64, latent_channels=4,
-                               vector_hidden_channels=4, vector_hidden_size=16)  # fmt: skip
-    AutoencoderModel(config).save_pretrained(tmp_path / "autoencoder")
+    tiny_vector_model("autoencoder").save_pretrained(tmp_path / "autoencoder")
     with pytest.raises(ValueError, match="sampled_mig estimates MIG from samples of a VAE's posterior"):
         cli.main([str(tmp_path / "autoencoder"), "--metrics", "mig,sampled_mig", "--output_dir", str(tmp_path / "o")])

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 from disentanglement_reference import load_reference
+from helpers import tiny_vector_model
 
-from latentcode.configuration import VAEConfig
 from latentcode.data.dsprites import FACTOR_SIZES, DSprites
 from latentcode.evaluation import disentanglement_metrics as metrics
-from latentcode.modeling import VAEModel
 
 
 class FactorsAsObservations(DSprites):
@@ -58,12 +57,7 @@ def random_projection(observations: np.ndarray) -> np.ndarray:
 
 
 def random_vae_representation():
-    torch.manual_seed(0)
-    config = VAEConfig(
-        backbone="vector", in_channels=1, sample_size=64, latent_channels=10, vector_hidden_channels=8,
-        vector_hidden_size=32, use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
-    model = VAEModel(config).eval()
+    model = tiny_vector_model("vae", latent_channels=10, vector_hidden_channels=8, vector_hidden_size=32)
     with torch.no_grad():  # He initialisation: the default one leaves codes varying by ~3e-4
         for parameter in model.encoder.parameters():
             if parameter.dim() > 1:
@@ -181,10 +175,7 @@ def test_histogram_discretize_uses_equal_width_bins_between_min_and_max():
 
 
 def test_a_model_is_scored_through_its_posterior_mean():
-    torch.manual_seed(0)
-    config = VAEConfig(backbone="vector", in_channels=1, sample_size=64, latent_channels=3, vector_hidden_channels=4,
-                       vector_hidden_size=8)  # fmt: skip
-    model = VAEModel(config).eval()
+    model = tiny_vector_model("vae", latent_channels=3, vector_hidden_size=8)
     by_model = metrics.mutual_information_gap(model, DSprites(), num_train=64)
     by_function = metrics.mutual_information_gap(metrics.posterior_mean_representation(model), DSprites(), num_train=64)
     assert by_model == by_function

@@ -8,13 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_vector_model
 
-from latentcode.configuration import VAEConfig
 from latentcode.data.dsprites import FACTOR_SIZES, DSprites, index_to_factors, render
 from latentcode.evaluation import disentanglement_metrics as dm
 from latentcode.evaluation import encoded_dsprites
 from latentcode.evaluation.encoded_dsprites import EncodedDSprites, IndexedDSprites
-from latentcode.modeling import VAEModel
 
 SMALL_SIZES = {
     "beta_vae": dict(batch_size=16, num_train=60, num_eval=30),
@@ -88,12 +87,7 @@ def test_a_vae_is_encoded_as_its_posterior(monkeypatch):
     """The means are the representation the metrics score; the stds are the posterior's (a few
     thousand images: the grid size is patched down)."""
     monkeypatch.setattr(encoded_dsprites, "NUM_IMAGES", 3000)
-    torch.manual_seed(0)
-    config = VAEConfig(
-        backbone="vector", in_channels=1, sample_size=64, latent_channels=4, vector_hidden_channels=4,
-        vector_hidden_size=16, use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
-    model = VAEModel(config).eval()
+    model = tiny_vector_model("vae")
     encoded = EncodedDSprites.encode(model, batch_size=1024)
     images = DSprites().sample_observations_from_factors(index_to_factors(np.arange(3000)))
     assert np.allclose(encoded.means, dm.posterior_mean_representation(model)(images), atol=1e-5)
