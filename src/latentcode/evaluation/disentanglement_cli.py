@@ -175,9 +175,9 @@ def score(
                     "sampled_mig needs every image's posterior: a VAE's, encoded with EncodedDSprites.encode(model); "
                     "this model has no posterior (score it with mig, the binned estimator, instead)"
                 )
-            samples = sampled_mig_samples or (FAST_SIZES[name]["num_samples"] if fast else 10000)
+            sizes = {"num_samples": sampled_mig_samples} if sampled_mig_samples else (FAST_SIZES[name] if fast else {})
             results[name] = dm.sampled_mutual_information_gap(
-                encoded.means, encoded.stds, FACTOR_SIZES, SAMPLED_MIG_FACTORS, samples, seed
+                encoded.means, encoded.stds, FACTOR_SIZES, SAMPLED_MIG_FACTORS, random_state=seed, **sizes
             )
         else:
             classifier = {"classifier_random_state": seed} if name in ("dci", "sap") else {}
