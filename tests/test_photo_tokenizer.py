@@ -220,7 +220,7 @@ def test_decoder_learning_rate_sets_the_fine_tuned_decoders_rate_on_the_runs_sch
     before = [[p.detach().clone() for p in group["params"]] for group in (trained, decoder)]
     slow.run()
     trained_step, decoder_step = (
-        max(float((p - old).abs().max()) for p, old in zip(group["params"], saved, strict=True))
+        max(float((p.detach() - old).abs().max()) for p, old in zip(group["params"], saved, strict=True))
         for group, saved in zip((trained, decoder), before)
     )
     assert 0 < decoder_step < 1e-5 and trained_step > 1e-4
