@@ -33,7 +33,7 @@ from latentcode.evaluation.cli import main as eval_main
 from latentcode.evaluation.evaluate import EvaluationResult
 from latentcode.evaluation.metrics import INCEPTION_WEIGHTS_ENV, _pytorch_fid_inception
 from latentcode.reporting import check_metrics_report, metrics_report, read_metrics_json, write_metrics_json
-from latentcode.traversal import ACTIVE_KL_NATS, per_dimension_kl
+from latentcode.traversal import ACTIVE_VARIANCE, per_dimension_kl, posterior_mean_activity
 
 
 @pytest.fixture(scope="module")
@@ -552,7 +552,7 @@ def test_cli_warnings_do_not_land_inside_the_progress_bar(tmp_path, capsys):
     assert "evaluating:" not in warning and "img/s" not in warning, err
 
 
-# -- per-dimension KL and active dimensions ----------------------------------------------------
+# -- per-dimension KL, activity and active dimensions ----------------------------------------------------
 
 
 def constant_posterior_vae(backbone: str, mean: list[float], logvar: list[float]):
@@ -575,24 +575,57 @@ KNOWN_KL = [0.0, 0.005, 2.0, (math.log(2) - 0.5) / 2]
 
 
 @pytest.mark.parametrize("backbone, positions", [("vector", 1), ("ldm", 16 * 16)])
-def test_per_dimension_kl_and_active_dimensions_on_known_posteriors(backbone, positions, digits, tmp_path):
+def test_a_posterior_off_the_prior_but_the_same_for_every_image_has_kl_and_no_active_dimension(
+    backbone, positions, digits, tmp_path
+):
+    # The failure that counting dimensions by KL hid: every image gets the same posterior, away
+    # from N(0, I), so the code spends KL and says nothing about the image.
     model = constant_posterior_vae(backbone, KNOWN_MEAN, KNOWN_LOGVAR)
     pixels = torch.nn.functional.interpolate(digits[:12], size=32)
     result = evaluate(model, list(pixels.split(5)), decoder_std=0.1, throughput=False)
     expected = [value * positions for value in KNOWN_KL]  # a grid's channel sums its 16x16 positions
     assert result.per_dimension_kl == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert sum(result.per_dimension_kl) == pytest.approx(result.metrics["kl"], rel=1e-6)
-    # dims 2 and 3 are active; dim 1 (0.005 nats) only when its 256 positions add up (1.28 nats)
-    assert result.metrics["active_dimensions"] == (2 if positions == 1 else 3)
-    assert result.metrics["active_dimension_threshold"] == 0.01
+    assert result.per_dimension_activity == pytest.approx([0.0] * 4, abs=1e-9)
+    assert result.metrics["active_dimensions"] == 0
+    assert result.metrics["active_dimension_threshold"] == ACTIVE_VARIANCE == 0.01
 
     paths = write_report(result, tmp_path, extra={"model": "constant"})
     saved = read_metrics_json(paths["metrics.json"])
     assert saved["per_dimension"]["kl"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    assert saved["metrics"]["active_dimensions"] == result.metrics["active_dimensions"]
+    assert saved["per_dimension"]["activity"] == pytest.approx([0.0] * 4, abs=1e-9)
+    assert saved["metrics"]["active_dimensions"] == 0
     table = paths["metrics.md"].read_text()
-    assert "| active latent dimensions |" in table and f"| 2 | {2.0 * positions:.3f} | yes |" in table
-    assert "| 0 | 0.000 | no |" in table and "-0.000" not in table
+    assert "| active latent dimensions |" in table and f"| 2 | {2.0 * positions:.3f} | 0.000 | no |" in table
+    assert "| 0 | 0.000 | 0.000 | no |" in table and "-0.000" not in table
+
+
+def variance_over_images(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Each latent dimension's population variance over `pixels` of its posterior mean, by hand:
+    `[D]` (a grid's channel: the mean over its positions)."""
+    variance = model.encode(pixels).latent_dist.mean.double().var(dim=0, unbiased=False)  # [D] or [C, h, w]
+    return variance.reshape(len(variance), -1).mean(1)
+
+
+@pytest.mark.parametrize("backbone", ["vector", "ldm"])
+def test_activity_is_the_variance_over_images_of_the_posterior_mean(backbone, digits):
+    # Dimension 0's mean follows the image with variance 1, dimension 1's with 1e-4 (under the
+    # 0.01 threshold), dimension 2 is constant: each random row of `quant_conv` rescaled to its
+    # variance (the variance scales with the square of the row; the bias does not enter).
+    model = constant_posterior_vae(backbone, [0.0, 0.0, 1.0], [0.0, 0.0, 0.0])
+    pixels = torch.nn.functional.interpolate(digits[:20], size=32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        weight = model.quant_conv.weight  # [6, hidden] (vector) or [6, hidden, 1, 1] (grid)
+        for dim, target in ((0, 1.0), (1, 1e-4)):
+            weight[dim].copy_(torch.randn(weight[dim].shape, generator=generator))
+            weight[dim] *= math.sqrt(target / variance_over_images(model, pixels)[dim].item())
+    result = evaluate(model, list(pixels.split(7)), decoder_std=0.1, throughput=False)
+    assert result.per_dimension_activity == pytest.approx([1.0, 1e-4, 0.0], rel=1e-5, abs=1e-12)
+    assert result.per_dimension_activity == pytest.approx(posterior_mean_activity(model, pixels).tolist(), rel=1e-5)
+    assert result.metrics["active_dimensions"] == 1
+    # dimension 2 spends KL (mean 1: 0.5 nats a position) and is not active
+    assert result.per_dimension_kl[2] == pytest.approx(0.5 * (1 if backbone == "vector" else 16 * 16), rel=1e-5)
 
 
 def test_per_dimension_kl_of_the_evaluation_is_the_traversal_one(digits):
@@ -602,7 +635,9 @@ def test_per_dimension_kl_of_the_evaluation_is_the_traversal_one(digits):
     expected = per_dimension_kl(model, torch.cat(batches))
     assert result.per_dimension_kl == pytest.approx(expected.tolist(), rel=1e-5)
     assert sum(result.per_dimension_kl) == pytest.approx(result.metrics["kl"], rel=1e-6)
-    assert result.metrics["active_dimensions"] == int((expected > ACTIVE_KL_NATS).sum())
+    activity = posterior_mean_activity(model, torch.cat(batches))
+    assert result.per_dimension_activity == pytest.approx(activity.tolist(), rel=1e-4, abs=1e-9)
+    assert result.metrics["active_dimensions"] == int((activity > ACTIVE_VARIANCE).sum())
 
 
 def test_models_without_a_posterior_report_no_per_dimension_kl(digits, tmp_path):
@@ -636,9 +671,12 @@ def test_training_model_card_shows_the_kl_of_each_latent_dimension(tmp_path):
     train(config)
     card = (tmp_path / "run" / "README.md").read_text()
     saved = read_metrics_json(tmp_path / "run" / "metrics.json")
-    assert "KL of each latent dimension" in card and "| latent dimension | KL (nats) | active |" in card
+    assert "KL and activity of each latent dimension" in card
+    assert "| latent dimension | KL (nats) | activity | active |" in card
     assert [line for line in card.splitlines() if line.startswith(("| 0 |", "| 1 |", "| 2 |"))][2].startswith("| 2 |")
     assert f"| active latent dimensions | {saved['metrics']['active_dimensions']} |" in card
     kl = saved["per_dimension"]["kl"]  # metrics.json holds the values the card shows
     assert len(kl) == 3 and sum(kl) == pytest.approx(saved["metrics"]["kl"], rel=1e-6)
+    activity = saved["per_dimension"]["activity"]
+    assert len(activity) == 3 and saved["metrics"]["active_dimensions"] == sum(a > 0.01 for a in activity)
     assert "$" not in card.replace("$$", "")

@@ -17,9 +17,12 @@ scripts name their own kind). Schema version 1:
     }
 
 `per_dimension` was added to schema 1 as an optional key: files without it (every file written
-before it, and every model without a posterior) read as before. A VAE's evaluation writes the mean
-KL of each latent dimension there (nats; a grid's channels summed over positions), and
-`active_dimensions` / `active_dimension_threshold` under `metrics`.
+before it, and every model without a posterior) read as before. A VAE's evaluation writes there the mean
+KL of each latent dimension (`kl`, nats; a grid's channels summed over positions) and its activity
+(`activity`: the variance over images of its posterior mean, Burda et al. 2016; added 2026-12-07),
+and under `metrics` `active_dimensions`, the dimensions whose activity exceeds
+`active_dimension_threshold`. (Files written before 2026-12-07 counted the dimensions whose KL
+exceeded 0.01 nats, which counts a collapsed posterior moved off the prior as active.)
 
 Training validation, for example, writes its validation metrics with its run counters as details:
 
@@ -170,7 +173,7 @@ METRIC_LABELS = {
     "bits_per_dim": "bits / dim",
     "decoder_std": "decoder std used for bits / dim",
     "active_dimensions": "active latent dimensions",
-    "active_dimension_threshold": "KL above which a dimension is active (nats)",
+    "active_dimension_threshold": "variance over images of the posterior mean above which a dimension is active",
     "perfect_reconstructions": "perfect reconstructions",
     "encode_images_per_s": "encode (images / s)",
     "decode_images_per_s": "decode (images / s)",
@@ -194,12 +197,16 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_dimension_kl_table(kl: list[float], threshold: float) -> str:
-    """The KL of each latent dimension (nats) as a markdown table, with whether it exceeds
-    `threshold` (the dimension is active)."""
-    lines = ["| latent dimension | KL (nats) | active |", "|---:|---:|:---:|"]
+def per_dimension_table(kl: list[float], activity: list[float], threshold: float) -> str:
+    """The KL (nats) and the activity (variance over images of the posterior mean) of each latent
+    dimension as a markdown table, with whether the activity exceeds `threshold` (the dimension is
+    active: its code changes with the image)."""
+    lines = ["| latent dimension | KL (nats) | activity | active |", "|---:|---:|---:|:---:|"]
     # KL is non-negative; float rounding can leave -1e-9 at the prior, which would print as "-0.000".
-    lines += [f"| {i} | {max(0.0, value):.3f} | {'yes' if value > threshold else 'no'} |" for i, value in enumerate(kl)]
+    lines += [
+        f"| {i} | {max(0.0, spent):.3f} | {varies:.3f} | {'yes' if varies > threshold else 'no'} |"
+        for i, (spent, varies) in enumerate(zip(kl, activity, strict=True))
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -211,7 +218,7 @@ __all__ = [
     "check_metrics_report",
     "markdown_table",
     "metrics_report",
-    "per_dimension_kl_table",
+    "per_dimension_table",
     "read_metrics_json",
     "write_metrics_json",
 ]

@@ -4,10 +4,14 @@ A latent *dimension* is one entry of a vector latent `[D]` (the `"vector"` backb
 channel of a latent grid `[C, h, w]`. An image's *code* is the VAE's posterior mean, the
 AutoEncoder's latent, or the VQ-VAE's latent before quantisation (its decoder quantises).
 
-- [`per_dimension_kl`]: KL(q(z|x) || N(0, I)) of each dimension, averaged over images: which
-  dimensions carry information (a dimension the posterior leaves at the prior has KL 0). The
-  posterior computes it (`DiagonalGaussianDistribution.kl_per_channel`, which the evaluation's
-  per-dimension KL uses too); [`active_dimensions`] counts those over [`ACTIVE_KL_NATS`].
+- [`per_dimension_kl`]: KL(q(z|x) || N(0, I)) of each dimension, averaged over images: what each
+  dimension spends (a dimension the posterior leaves at the prior has KL 0). The posterior
+  computes it (`DiagonalGaussianDistribution.kl_per_channel`, which the evaluation's per-dimension
+  KL uses too). KL is not information: a posterior moved away from N(0, I) by the same amount for
+  every image spends KL and says nothing about the image.
+- [`posterior_mean_activity`]: the variance over images of each dimension's posterior mean, Burda
+  et al. (2016)'s activity; [`active_dimensions`] counts those over [`ACTIVE_VARIANCE`]: the
+  dimensions whose code changes with the image.
 - [`traversal_codes`] / [`latent_traversal`]: for each chosen dimension, a row of codes equal to
   a base code (an image's, or the prior mean 0) except that the dimension is moved by each of
   `values` — the grid of the disentanglement papers. With the prior mean as base, a row sweeps
@@ -32,9 +36,10 @@ import torch
 from .errors import command_line
 from .threads import add_threads_argument, set_num_threads
 
-# A latent dimension is *active* when its mean KL exceeds this many nats (posterior collapse
-# leaves the others at the prior; Burda et al. 2016 count active units with a similar threshold).
-ACTIVE_KL_NATS = 0.01
+# A latent dimension is *active* when the variance over images of its posterior mean exceeds this
+# (Burda et al. 2016, "Importance Weighted Autoencoders", section 5.2: Cov_x(E_q(u|x)[u]) > 0.01).
+# Its KL would not do: a collapsed posterior can sit away from the prior, with KL, for every image.
+ACTIVE_VARIANCE = 0.01
 
 
 def code_dimensions(model) -> int:
@@ -69,9 +74,21 @@ def per_dimension_kl(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.encode(pixel_values, return_dict=True).latent_dist.kl_per_channel().mean(0)
 
 
-def active_dimensions(kl: torch.Tensor, threshold: float = ACTIVE_KL_NATS) -> int:
-    """How many entries of a per-dimension KL `[D]` (nats) exceed `threshold`."""
-    return int((kl > threshold).sum())
+@torch.no_grad()
+def posterior_mean_activity(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Burda et al.'s activity of each latent dimension: the variance over the images of
+    `pixel_values` `[B, C, H, W]` of its posterior mean (population variance; a grid's channel
+    averages it over its positions): `[latent_channels]`."""
+    if not model.can_sample_prior:
+        raise ValueError(f"posterior activity needs a VAE's posterior; {type(model).__name__} has a deterministic code")
+    means = model.encode(pixel_values, return_dict=True).latent_dist.mean.double()
+    variance = means.var(dim=0, unbiased=False)  # [D] for a vector latent, [C, h, w] for a grid
+    return variance.reshape(variance.shape[0], -1).mean(1).float()
+
+
+def active_dimensions(activity: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> int:
+    """How many entries of a per-dimension activity `[D]` ([`posterior_mean_activity`]) exceed `threshold`."""
+    return int((activity > threshold).sum())
 
 
 def top_dimensions(kl: torch.Tensor, k: int) -> list[int]:

@@ -14,7 +14,8 @@ held-out split (`test`, else `validation`, else `train`, which the output then s
 images are scored unless `--max_images` says fewer. Shows a progress bar over the images the split
 holds, then writes `metrics.json`, `metrics.md`, `reconstructions.png`, `psnr_histogram.png`
 (and `codebook_usage.png` for a VQ-VAE) into `--output_dir`, prints the markdown table (for a VAE
-with the KL of each latent dimension, which says the active ones) and a one-line summary.
+with the KL and activity of each latent dimension: what each spends, and whether it varies with the
+image) and a one-line summary.
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ def summary_line(metrics: dict, source: str, split: str, seconds: float) -> str:
         parts.append(f"{metrics['bits_per_pixel']:.4f} bits per pixel")
     if "active_dimensions" in metrics:
         parts.append(
-            f"{metrics['active_dimensions']} active latent dimensions (KL > {metrics['active_dimension_threshold']} nats)"
+            f"{metrics['active_dimensions']} active latent dimensions (posterior mean varying over the images: "
+            f"variance > {metrics['active_dimension_threshold']})"
         )
     return ", ".join(parts)
 

@@ -30,8 +30,8 @@ import torch
 from ..data import CorruptImages, ImageTransform, readable_images
 from ..grids import reconstruction_grid
 from ..modeling import LatentCodePreTrainedModel
-from ..reporting import markdown_table, metrics_report, per_dimension_kl_table, write_metrics_json
-from ..traversal import ACTIVE_KL_NATS, active_dimensions
+from ..reporting import markdown_table, metrics_report, per_dimension_table, write_metrics_json
+from ..traversal import ACTIVE_VARIANCE, active_dimensions
 from .figures import codebook_usage_chart, psnr_histogram
 from .metrics import (
     SSIM_WINDOW,
@@ -62,6 +62,10 @@ class EvaluationResult:
         per_dimension_kl: mean KL(q(z|x) || N(0, I)) of each latent dimension in nats (a vector
             latent's entries, a latent grid's channels summed over positions), `[latent_channels]`
             values; a model with a prior (the VAE) only. They sum to `metrics["kl"]`.
+        per_dimension_activity: the variance over the images of each latent dimension's posterior
+            mean (Burda et al. 2016; a grid's channel averages its positions), `[latent_channels]`
+            values; a model with a prior only. `metrics["active_dimensions"]` counts those above
+            `metrics["active_dimension_threshold"]`.
     """
 
     metrics: dict[str, float | int | str]
@@ -70,6 +74,7 @@ class EvaluationResult:
     reconstructions: torch.Tensor
     codebook_counts: torch.Tensor | None = None
     per_dimension_kl: list[float] | None = None
+    per_dimension_activity: list[float] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,8 +123,9 @@ def evaluate(
     with a prior (`can_sample_prior`, the VAE): `kl` (nats per image), `negative_elbo` (nats per image),
     `bits_per_dim` with a discretised Gaussian decoder of std `decoder_std` (default
     `sqrt(kl_weight / 2)`, see [`decoder_std_from_kl_weight`]), `active_dimensions` (latent
-    dimensions whose mean KL exceeds `active_dimension_threshold`, `traversal.ACTIVE_KL_NATS` =
-    0.01 nats; the KL of each is `result.per_dimension_kl`); and, if `throughput`,
+    dimensions whose posterior mean varies over the images, Burda et al.'s activity, by more than
+    `active_dimension_threshold` = `traversal.ACTIVE_VARIANCE` = 0.01; each one's activity is
+    `result.per_dimension_activity`, its KL `result.per_dimension_kl`); and, if `throughput`,
     `encode_images_per_s`, `decode_images_per_s` (timings: the only values that vary between runs). The model runs in eval mode under `autocast()`
     (e.g. `accelerator.autocast`) and is returned to the mode it was in.
     """
@@ -167,6 +173,10 @@ class _Evaluation:
         self.real_features, self.fake_features = FeatureStatistics(), FeatureStatistics()
         self.sums: dict[str, float] = {}
         self.kl_sums: torch.Tensor | None = None  # [latent_channels] float64, a model with a prior
+        # Sums of the posterior mean and its square over images, [latent_channels, *positions] float64:
+        # the variance over images of each dimension (its activity) without keeping every code.
+        self.mean_sums: torch.Tensor | None = None
+        self.mean_square_sums: torch.Tensor | None = None
         self.per_image_psnr: list[float] = []
         self.originals, self.reconstructions = [], []
         self.num_images = 0
@@ -219,6 +229,12 @@ class _Evaluation:
         negative_elbo, bits_per_dim = gaussian_bits_per_dim(target, sample_mean, kl, self.decoder_std)
         per_dimension = encoded.latent_dist.kl_per_channel().double().sum(0).cpu()
         self.kl_sums = per_dimension if self.kl_sums is None else self.kl_sums + per_dimension
+        means = encoded.latent_dist.mean.double()
+        if self.mean_sums is None:
+            self.mean_sums = torch.zeros_like(means[0]).cpu()
+            self.mean_square_sums = torch.zeros_like(self.mean_sums)
+        self.mean_sums += means.sum(0).cpu()
+        self.mean_square_sums += means.pow(2).sum(0).cpu()
         self._sum("kl", kl)
         self._sum("negative_elbo", negative_elbo)
         self._sum("bits_per_dim", bits_per_dim)
@@ -238,12 +254,15 @@ class _Evaluation:
             metrics["codebook_usage"] = self.usage.usage()
             metrics["perplexity"] = self.usage.perplexity()
             metrics["codebook_size"] = self.model.codebook_size
-        per_dimension_kl = None
+        per_dimension_kl = activity = None
         if self.decoder_std is not None:
             metrics["decoder_std"] = self.decoder_std
             per_dimension_kl = self.kl_sums / count
-            metrics["active_dimensions"] = active_dimensions(per_dimension_kl)
-            metrics["active_dimension_threshold"] = ACTIVE_KL_NATS
+            # population variance E[m^2] - E[m]^2 per position, averaged over a grid's positions
+            variance = (self.mean_square_sums / count - (self.mean_sums / count).pow(2)).clamp(min=0)
+            activity = variance.reshape(variance.shape[0], -1).mean(1)
+            metrics["active_dimensions"] = active_dimensions(activity)
+            metrics["active_dimension_threshold"] = ACTIVE_VARIANCE
         metrics["encode_images_per_s"] = count / max(self.encode_timer.seconds, 1e-12)
         metrics["decode_images_per_s"] = count / max(self.decode_timer.seconds, 1e-12)
         return EvaluationResult(
@@ -254,6 +273,7 @@ class _Evaluation:
             codebook_counts=self.usage.counts if self.usage is not None else None,
             notes=notes,
             per_dimension_kl=None if per_dimension_kl is None else per_dimension_kl.tolist(),
+            per_dimension_activity=None if activity is None else activity.tolist(),
         )
 
     def _notes(self, metrics: dict) -> list[str]:
@@ -332,6 +352,14 @@ class EvaluationImages:
 REPORT_GRID_MIN_CELL = 64
 
 
+def per_dimension_values(result: EvaluationResult) -> dict | None:
+    """A report's `per_dimension`: name -> one value per latent dimension (`kl`, `activity`), or
+    None for a model without a posterior."""
+    if result.per_dimension_kl is None:
+        return None
+    return {"kl": result.per_dimension_kl, "activity": result.per_dimension_activity}
+
+
 def evaluation_report(result: EvaluationResult, extra: dict | None = None) -> dict:
     """`result` as a `metrics.json` document (`latentcode.reporting`, `kind="evaluation"`): `extra`'s
     `"model"` and `"data"` go to those keys, its other values to `details`."""
@@ -344,7 +372,7 @@ def evaluation_report(result: EvaluationResult, extra: dict | None = None) -> di
         data=data,
         metrics=result.metrics,
         per_image={"psnr": result.per_image_psnr},
-        per_dimension=None if result.per_dimension_kl is None else {"kl": result.per_dimension_kl},
+        per_dimension=per_dimension_values(result),
         notes=result.notes,
         details=details,
     )
@@ -355,8 +383,10 @@ def metrics_markdown(result: EvaluationResult) -> str:
     latent dimension when the model has a posterior, and the notes."""
     text = markdown_table(result.metrics)
     if result.per_dimension_kl is not None:
-        threshold = result.metrics["active_dimension_threshold"]
-        text += f"\nKL of each latent dimension:\n\n{per_dimension_kl_table(result.per_dimension_kl, threshold)}"
+        table = per_dimension_table(
+            result.per_dimension_kl, result.per_dimension_activity, result.metrics["active_dimension_threshold"]
+        )
+        text += f"\nKL and activity of each latent dimension:\n\n{table}"
     notes = "".join(f"\n- {note}" for note in result.notes)
     return text + (f"\nNotes:{notes}\n" if notes else "")
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import ImageBatches, image_data_from_config
 from ..disentanglement import FactorVAELoss, vae_loss_from_config
-from ..evaluation.evaluate import EvaluationResult, evaluate, metrics_markdown
+from ..evaluation.evaluate import EvaluationResult, evaluate, metrics_markdown, per_dimension_values
 from ..families import get_family
 from ..grids import reconstruction_grid
 from ..losses import PatchDiscriminator, PerceptualLoss
@@ -230,7 +230,7 @@ class AutoencoderTask(TrainingTask):
             metrics=validation,
             num_images=len(self.validation_images),
             details={"resolution": self.config.data.resolution},
-            per_dimension=None if result.per_dimension_kl is None else {"kl": result.per_dimension_kl},
+            per_dimension=per_dimension_values(result),
         )
 
     def _save_final_model(self, output_dir: Path) -> None:
