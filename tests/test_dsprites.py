@@ -19,6 +19,7 @@ from latentcode.data.dsprites import (
     index_to_factors,
     render,
 )
+from latentcode.data.images import EveryTenth
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
@@ -116,11 +117,29 @@ def test_bad_factors_raise_clear_errors():
 def test_builtin_dsprites_is_a_source_for_training_and_evaluation():
     train, test = open_source("train", "builtin:dsprites"), open_source("test", "builtin:dsprites")
     assert (len(train), len(test)) == (663_552, 73_728)
-    rows = test.read_range(0, 2)  # every tenth image (9, 19, ...) is held out
-    assert [np.array_equal(np.asarray(row["image"]) > 0, render(index_to_factors([i]))[0]) for row, i in
-            zip(rows, (9, 19))] == [True, True]  # fmt: skip
+    # every tenth image (9, 19, ...) is held out, in a fixed shuffled order: the k-th is held-out image order[k]
+    order = np.random.RandomState(0).permutation(73_728)
+    rows = test.read_range(0, 3)
+    assert [np.array_equal(np.asarray(row["image"]) > 0, render(index_to_factors([10 * i + 9]))[0]) for row, i in
+            zip(rows, order[:3])] == [True, True, True]  # fmt: skip
     assert np.array_equal(np.asarray(train.read_range(9, 10)[0]["image"]) > 0, render(index_to_factors([10]))[0])
     first = next(iter(load_image_stream("builtin:dsprites", split="test")))["image"]
     assert first.size == (64, 64) and np.array_equal(
-        np.asarray(first.convert("L")) > 0, render(index_to_factors([9]))[0]
+        np.asarray(first.convert("L")) > 0, render(index_to_factors([10 * order[0] + 9]))[0]
     )
+
+
+def test_the_first_held_out_images_spread_over_every_factor():
+    # In storage order the first 64 held-out images were all the smallest square at orientation 0:
+    # a run validating on them measured one sprite. The spread order gives every shape, scale and
+    # many orientations and positions within the first 64.
+    test = EveryTenth(range(NUM_IMAGES), test=True)  # the view maps indices; range holds the image indices
+    factors = index_to_factors(np.array([test[k] for k in range(64)]))
+    shapes, scales, orientations, xs, ys = (len(set(column)) for column in factors.T)
+    # (every tenth image has an odd y: 16 of the 32 rows are held out, all of them also in training)
+    assert (shapes, scales) == (3, 6) and orientations >= 25 and xs >= 20 and ys >= 12
+    # a permutation: the held-out set is the same as before, each image once
+    small = EveryTenth(range(1000), test=True)
+    assert sorted(small[k] for k in range(len(small))) == list(range(9, 1000, 10))
+    train = EveryTenth(range(1000), test=False)
+    assert [train[k] for k in range(len(train))] == [i for i in range(1000) if i % 10 != 9]

@@ -65,6 +65,7 @@ BUILTIN_DATASETS: dict[str, Callable[[], Sequence[PIL.Image.Image]]] = {
 # The embedded datasets have no published split: every tenth image (index 9, 19, ...) is the
 # "test" split, the others "train", so a validation_split of "test" holds out images training
 # never sees. (Every tenth rather than the last tenth: the photo patches come photo by photo.)
+# A generated set's test split comes in a spread order ([`EveryTenth`]).
 BUILTIN_SPLITS = ("train", "test")
 
 
@@ -80,10 +81,17 @@ def builtin_split(images: Sequence, split: str) -> Sequence:
 
 class EveryTenth(Sequence):
     """The images of `images` with index 9, 19, 29, ... (`test=True`) or all the others, without
-    reading any: split `k` of the view is image `10 k + 9`, or `10 (k // 9) + k % 9`."""
+    reading any. The train split keeps the stored order: its `k`-th image is `10 (k // 9) + k % 9`.
+    The test split holds its `n` images in a fixed shuffled order: its `k`-th is held-out image
+    `order[k]` (image `10 order[k] + 9`), `order` = [`spread_order`]`(n)` (the same images, reordered).
+    Why: a generated set is stored in factor order (dSprites: shape, scale and orientation vary
+    slowest), so its first held-out images would all be one shape at one scale and orientation; a
+    run validates on the first `num_validation_images`, and in shuffled order any prefix samples
+    every factor."""
 
     def __init__(self, images: Sequence, test: bool):
         self.images, self.test = images, test
+        self.order = spread_order(len(self)) if test else None
 
     def __len__(self) -> int:
         held_out = len(self.images) // 10
@@ -93,7 +101,15 @@ class EveryTenth(Sequence):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a split of {len(self)} images")
         index %= len(self)
-        return self.images[10 * index + 9 if self.test else 10 * (index // 9) + index % 9]
+        if self.test:
+            return self.images[10 * int(self.order[index]) + 9]
+        return self.images[10 * (index // 9) + index % 9]
+
+
+def spread_order(count: int) -> np.ndarray:
+    """[`EveryTenth`]'s order of `count` held-out images: a permutation of `0..count-1` drawn with
+    numpy's `RandomState(0)` (its legacy generator, whose stream numpy keeps fixed across versions)."""
+    return np.random.RandomState(0).permutation(count)
 
 
 # ----------------------------------------------------------------------------------------------
