@@ -9,11 +9,12 @@ minutes on one core, score it, and tabulate mean +/- standard error over seeds.
 `run` calls, per job, `training/train.py --config training/configs/dsprites_OBJECTIVE.yaml --seed S
 --threads 1 --output_dir RUNS/OBJECTIVE-sS` under `taskset -c CORE`, then `latentcode-disentanglement`
 on the saved model (the five metrics at disentanglement_lib's sizes, plus `sampled_mig`, MIG as
-Chen et al. (2018) estimate it, at `--sampled_mig_samples` entropy samples; `--update_model_card`).
-Each start and end goes into RUNS/schedule.txt with the load average.
+Chen et al. (2018) estimate it, at `--sampled_mig_samples` entropy samples; `--update_model_card`),
+then `latentcode-eval` on the first 1,000 held-out images (RUNS/OBJECTIVE-sS/held_out/: PSNR, KL,
+active dimensions). Each start and end goes into RUNS/schedule.txt with the load average.
 
-`table` reads RUNS/OBJECTIVE-sS/metrics.json (training: steps, CPU seconds, the 64 validation
-images' PSNR and KL, active dimensions) and RUNS/OBJECTIVE-sS/disentanglement/disentanglement.json,
+`table` reads RUNS/OBJECTIVE-sS/metrics.json (training: steps, CPU seconds),
+RUNS/OBJECTIVE-sS/held_out/metrics.json and RUNS/OBJECTIVE-sS/disentanglement/disentanglement.json,
 writes one row file per run (`rows/OBJECTIVE-sS.json`), `table.md` and `table.json`: per objective
 the mean +/- standard error over its seeds, and the differences the issue asks about (β-TCVAE and
 FactorVAE minus the plain VAE on MIG), with the rules' verdict (benchmarks/README.md, "Rules").
@@ -50,9 +51,9 @@ COLUMNS = {  # column -> how to read it from a run's row
     "DCI C": lambda row: row["scores"]["dci_completeness"],
     "DCI I": lambda row: row["scores"]["dci_informativeness"],
     "SAP": lambda row: row["scores"]["sap_score"],
-    "PSNR (dB)": lambda row: row["training"]["psnr"],
-    "KL (nats)": lambda row: row["training"]["kl"],
-    "active dims": lambda row: row["training"]["active_dimensions"],
+    "PSNR (dB)": lambda row: row["held_out"]["psnr"],
+    "KL (nats)": lambda row: row["held_out"]["kl"],
+    "active dims": lambda row: row["held_out"]["active_dimensions"],
     "steps": lambda row: row["training"]["steps"],
     "training CPU-s": lambda row: row["training"]["cpu_seconds"],
 }
@@ -83,7 +84,9 @@ def run_jobs(args) -> None:
         score = [sys.executable, "-m", "latentcode.evaluation.disentanglement_cli", str(out), "--output_dir",
                  str(out / "disentanglement"), "--metrics", "beta_vae,factor_vae,mig,dci,sap,sampled_mig",
                  "--sampled_mig_samples", str(args.sampled_mig_samples), "--update_model_card", "--device", "cpu"]  # fmt: skip
-        for step, command in (("train", train), ("score", score)):
+        held_out = [sys.executable, "-m", "latentcode.evaluation.cli", "--pretrained_model_name_or_path", str(out),
+                    *HELD_OUT_EVALUATION, "--output_dir", str(out / HELD_OUT_FOLDER)]  # fmt: skip
+        for step, command in (("train", train), ("score", score), ("evaluate", held_out)):
             if step == "train" and (out / "model.safetensors").exists():
                 continue  # trained earlier: score it only
             log(f"start {step} {job}")
@@ -94,16 +97,40 @@ def run_jobs(args) -> None:
                 break
 
 
+# Reconstruction, KL and active dimensions: `latentcode-eval` on the first 1,000 images of the
+# held-out split, which come in a shuffled order (latentcode.data.images.EveryTenth) and so sample
+# every factor. (A training's own validation, its first 64 held-out images, was one sprite - the
+# smallest square, unrotated - for runs trained before 2026-12-07, when the split kept factor order.)
+HELD_OUT_FOLDER = "held_out"
+HELD_OUT_EVALUATION = ["--dataset_name", "builtin:dsprites", "--split", "test", "--max_images", "1000",
+                       "--resolution", "64", "--no_fid", "--no_lpips", "--threads", "1", "--device", "cpu"]  # fmt: skip
+
+
+def held_out_metrics(directory: Path) -> dict:
+    """PSNR, KL and active dimensions (Burda et al.'s: the posterior mean's variance over the
+    images above 0.01) of the run on 1,000 held-out images, from RUN/held_out/metrics.json."""
+    path = directory / HELD_OUT_FOLDER / "metrics.json"
+    if not path.exists():
+        raise SystemExit(
+            f"{path} is missing (the evaluation `run` writes after scoring); write it with: latentcode-eval "
+            f"--pretrained_model_name_or_path {directory} {' '.join(HELD_OUT_EVALUATION)} --output_dir {path.parent}"
+        )
+    report = json.loads(path.read_text())
+    if report["data"]["num_images"] != 1000 or "activity" not in report.get("per_dimension", {}):
+        raise SystemExit(f"{path}: expected latentcode-eval's report on 1,000 images with each dimension's activity")
+    return {name: report["metrics"][name] for name in ("psnr", "kl", "active_dimensions")}
+
+
 def read_run(directory: Path) -> dict:
     training = json.loads((directory / "metrics.json").read_text())
     scores = json.loads((directory / "disentanglement" / "disentanglement.json").read_text())
     objective, _, seed = directory.name.rpartition("-s")
-    metrics, details = training["metrics"], training["details"]
+    details = training["details"]
     return {
         "objective": objective,
         "seed": int(seed),
+        "held_out": held_out_metrics(directory),
         "training": {
-            "psnr": metrics["psnr"], "kl": metrics["kl"], "active_dimensions": metrics["active_dimensions"],
             "steps": details["global_step"], "cpu_seconds": details["train_cpu_seconds_this_session"],
             "seconds": details["train_seconds"],
         },
