@@ -82,8 +82,14 @@ def posterior_mean_activity(model, pixel_values: torch.Tensor) -> torch.Tensor:
     if not model.can_sample_prior:
         raise ValueError(f"posterior activity needs a VAE's posterior; {type(model).__name__} has a deterministic code")
     means = model.encode(pixel_values, return_dict=True).latent_dist.mean.double()
-    variance = means.var(dim=0, unbiased=False)  # [D] for a vector latent, [C, h, w] for a grid
-    return variance.reshape(variance.shape[0], -1).mean(1).float()
+    return activity_of(means.var(dim=0, unbiased=False)).float()
+
+
+def activity_of(variance: torch.Tensor) -> torch.Tensor:
+    """Each dimension's activity from the variance over images of the posterior mean at each of
+    its positions (`[D]` for a vector latent, `[C, h, w]` for a grid): `[D]` or `[C]`, a grid's
+    channel averaging its positions."""
+    return variance.reshape(variance.shape[0], -1).mean(1)
 
 
 def active_dimensions(activity: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> int:

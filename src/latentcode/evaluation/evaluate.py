@@ -31,7 +31,7 @@ from ..data import CorruptImages, ImageTransform, readable_images
 from ..grids import reconstruction_grid
 from ..modeling import LatentCodePreTrainedModel
 from ..reporting import markdown_table, metrics_report, per_dimension_table, write_metrics_json
-from ..traversal import ACTIVE_VARIANCE, active_dimensions
+from ..traversal import ACTIVE_VARIANCE, active_dimensions, activity_of
 from .figures import codebook_usage_chart, psnr_histogram
 from .metrics import (
     SSIM_WINDOW,
@@ -258,9 +258,8 @@ class _Evaluation:
         if self.decoder_std is not None:
             metrics["decoder_std"] = self.decoder_std
             per_dimension_kl = self.kl_sums / count
-            # population variance E[m^2] - E[m]^2 per position, averaged over a grid's positions
-            variance = (self.mean_square_sums / count - (self.mean_sums / count).pow(2)).clamp(min=0)
-            activity = variance.reshape(variance.shape[0], -1).mean(1)
+            # population variance E[m^2] - E[m]^2 per position
+            activity = activity_of((self.mean_square_sums / count - (self.mean_sums / count).pow(2)).clamp(min=0))
             metrics["active_dimensions"] = active_dimensions(activity)
             metrics["active_dimension_threshold"] = ACTIVE_VARIANCE
         metrics["encode_images_per_s"] = count / max(self.encode_timer.seconds, 1e-12)
