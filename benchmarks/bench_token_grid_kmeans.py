@@ -8,7 +8,7 @@ which are correlated. This measures the two codes before any training: residual 
 taef2's cached latents of the training photos, scored on Kodak photos decoded by taef2's decoder.
 
     python benchmarks/bench_token_grid_kmeans.py --source taef2 --latents_dataset taef2-photo-latents \
-        --kodak ../shared/datasets/kodak --blocks 1 2 --output benchmarks/results/photo_tokenizer/token_grid_kmeans.jsonl
+        --kodak ../shared/datasets/kodak --blocks 1 2 4 --output benchmarks/results/photo_tokenizer/token_grid_kmeans.jsonl
 
 One JSON row per block size: latent mean squared error and PSNR (decoded, clamped to [-1, 1],
 against the photo) on the Kodak photos, seconds to fit. Deterministic for a `--seed`.
