@@ -25,9 +25,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from latentcode.evaluation.metrics import psnr
 from latentcode.modeling.autoencoder import AutoencoderModel
+from latentcode.modules.quantizers.maintenance import kmeans
+from latentcode.training.photo_tokenizer_task import load_photos
 
 CODES_PER_LEVEL = 256
 LEVELS_PER_POSITION = 2  # 2 x log2(256) = 16 bits per 8x8 pixels: 0.25 bits per pixel
@@ -54,23 +56,12 @@ def from_block_vectors(vectors: torch.Tensor, shape: torch.Size, block: int) -> 
     return F.pixel_shuffle(grid, block)
 
 
-def kmeans(vectors: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """Lloyd's k-means from k random vectors; an emptied code restarts at a random vector. `[k, D]`."""
-    codes = vectors[torch.randperm(len(vectors), generator=generator)[:k]].clone()
-    for _ in range(iterations):
-        assignment = torch.cdist(vectors, codes).argmin(1)
-        counts = torch.bincount(assignment, minlength=k).float()
-        sums = torch.zeros_like(codes).index_add_(0, assignment, vectors)
-        restarts = vectors[torch.randint(len(vectors), (k,), generator=generator)]
-        codes = torch.where((counts == 0)[:, None], restarts, sums / counts.clamp(min=1)[:, None])
-    return codes
-
-
-def fit_residual_codebooks(vectors, levels, k, iterations, generator) -> list[torch.Tensor]:
-    """Residual k-means: each level's codebook is fitted to what the levels before it left."""
+def fit_residual_codebooks(vectors, levels, k, iterations) -> list[torch.Tensor]:
+    """Residual k-means (the quantisers' own k-means): each level's codebook is fitted to what the
+    levels before it left."""
     codebooks, residual = [], vectors.clone()
     for _ in range(levels):
-        codes = kmeans(residual, k, iterations, generator)
+        codes, _ = kmeans(residual, k, iterations)
         residual = residual - codes[torch.cdist(residual, codes).argmin(1)]
         codebooks.append(codes)
     return codebooks
@@ -85,19 +76,13 @@ def quantize(vectors: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.Tens
     return quantized
 
 
-def load_photo(path: Path) -> torch.Tensor:
-    """An RGB photo as `[1, 3, H, W]` in [-1, 1]."""
-    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 127.5 - 1
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", required=True, help="taef2 converted (conversion/convert_taesd_to_latentcode.py)")
     parser.add_argument(
         "--latents_dataset", type=Path, required=True, help="latentcode-tokenize's output of the photos"
     )
-    parser.add_argument("--kodak", type=Path, required=True, help="folder of the held-out photos (PNG)")
+    parser.add_argument("--kodak", type=Path, required=True, help="folder of the held-out photos")
     parser.add_argument("--photos", type=int, default=24, help="how many of the held-out photos, in name order")
     parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2], help="token block sizes b (b x b positions)")
     parser.add_argument("--train_vectors", type=int, default=60000, help="block vectors k-means is fitted on")
@@ -108,26 +93,25 @@ def main() -> None:
 
     model = AutoencoderModel.from_pretrained(args.source).eval()
     latents = training_latents(args.latents_dataset)
-    photos = sorted(args.kodak.glob("*.png"))[: args.photos]
     with torch.inference_mode():
-        held_out = [(pixels, model.encode(pixels).latents) for pixels in map(load_photo, photos)]
+        photos = load_photos(str(args.kodak), args.photos, model.downsampling_factor)
+        held_out = [(pixels, model.encode(pixels).latents) for pixels in photos]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w") as rows:
         for block in args.blocks:
-            generator = torch.Generator().manual_seed(args.seed)
+            torch.manual_seed(args.seed)
             start = time.perf_counter()
             vectors = as_block_vectors(latents, block)
-            vectors = vectors[torch.randperm(len(vectors), generator=generator)[: args.train_vectors]]
+            vectors = vectors[torch.randperm(len(vectors))[: args.train_vectors]]
             levels = LEVELS_PER_POSITION * block * block
-            codebooks = fit_residual_codebooks(vectors, levels, CODES_PER_LEVEL, args.iterations, generator)
+            codebooks = fit_residual_codebooks(vectors, levels, CODES_PER_LEVEL, args.iterations)
             fit_seconds = time.perf_counter() - start
             errors, psnrs = [], []
             with torch.inference_mode():
                 for pixels, code in held_out:
                     estimate = from_block_vectors(quantize(as_block_vectors(code, block), codebooks), code.shape, block)
                     errors.append(float(((estimate - code) ** 2).mean()))
-                    decoded = model.decode(estimate).sample.clamp(-1, 1)
-                    psnrs.append(float(10 * torch.log10(4 / ((decoded - pixels) ** 2).mean())))
+                    psnrs.append(float(psnr(model.decode(estimate).sample.clamp(-1, 1), pixels)))
             row = {
                 "block": block,
                 "token": f"{block}x{block} latent positions ({8 * block}x{8 * block} pixels)",
