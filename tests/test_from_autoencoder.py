@@ -212,6 +212,101 @@ def test_bad_inputs_are_refused():
         ordinary.freeze_autoencoder()
 
 
+# -- latent patches: one token per p x p latent positions ----------------------------------------
+
+# One token per 2x2 patch of the 4-channel latent: 16 values, 2 levels of 16 codes.
+PATCHES = {**QUANTIZER, "latent_patch_size": 2, "codebook_dim": 16}
+
+
+def patches_by_hand(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """`[B, L, h, w]` -> `[B, L*p*p, h/p, w/p]`: channel `c*p*p + a*p + b` of token (i, j) is
+    `latents[:, c, p*i + a, p*j + b]` (an independent statement of pixel_unshuffle's layout)."""
+    batch, channels, height, width = latents.shape
+    out = torch.empty(batch, channels * p * p, height // p, width // p)
+    for c in range(channels):
+        for a in range(p):
+            for b in range(p):
+                out[:, c * p * p + a * p + b] = latents[:, c, a::p, b::p]
+    return out
+
+
+@pytest.mark.parametrize("name", ["vae-ldm", "autoencoder-tiny"])
+def test_latent_patches_make_a_coarser_token_grid(name, tmp_path):
+    source = source_model(name)
+    vqvae = VQVAEModel.from_autoencoder(source, **PATCHES, corrector_config={"hidden_channels": 8})
+    assert vqvae.config.latent_patch_size == 2
+    assert (source.downsampling_factor, vqvae.downsampling_factor, vqvae.config.downsampling_factor) == (2, 4, 4)
+    x = pixels(size=16)
+    encoded = vqvae.encode(x)
+    assert encoded.indices.shape == (2, 4, 4, 2) and encoded.latents.shape == (2, 16, 4, 4)
+    assert vqvae.latent_shape(16) == (4, 4, 2) and vqvae.latent_code_shape(16) == (16, 4, 4)
+    with torch.no_grad():  # identity projections (D = 2 * 2 * 4): the code is z's 2x2 patches, exactly
+        latents = continuous_latents(vqvae, x)
+        assert torch.equal(encoded.latents, patches_by_hand(latents, 2))
+        assert torch.equal(vqvae.post_quant_conv.from_code(encoded.latents), encoded.latents)
+        corrector = vqvae.post_quant_conv.corrector
+        vqvae.post_quant_conv.corrector = None
+        assert torch.equal(vqvae.post_quant_conv.latent_estimate(encoded.latents), latents)
+        vqvae.post_quant_conv.corrector = corrector
+    decoded = vqvae.decode_indices(encoded.indices).sample
+    assert decoded.shape == x.shape
+    assert torch.equal(vqvae.decode_sequence(vqvae.encode_to_sequence(x), 16).sample, decoded)
+    # 4 x 4 tokens x 2 levels x log2 16 bits for 16 x 16 pixels.
+    assert vqvae.code_size(encoded).bits_per_pixel(16, 16).tolist() == [0.5, 0.5]
+
+    adamw_steps(vqvae, steps=2)
+    vqvae.eval()
+    vqvae.save_pretrained(tmp_path)
+    loaded = VQVAEModel.from_pretrained(tmp_path)
+    assert loaded.config.latent_patch_size == 2 and loaded.downsampling_factor == 4
+    assert torch.equal(loaded.encode(x).indices, vqvae.encode(x).indices)
+    assert torch.equal(loaded(x).sample, vqvae(x).sample)
+
+
+def test_latent_patches_tile_on_whole_tokens():
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-tiny"), **PATCHES).eval()
+    large = pixels(batch=1, size=48)
+    untiled = vqvae.encode(large).indices
+    vqvae.enable_tiling(tile_sample_size=16)
+    tiled = vqvae.encode(large).indices
+    assert tiled.shape == untiled.shape == (1, 12, 12, 2)
+    assert vqvae.decode_indices(tiled).sample.shape == large.shape
+    with pytest.raises(ValueError, match="multiple of the downsampling factor 4"):
+        vqvae.enable_tiling(tile_sample_size=18)
+
+
+def test_fitted_projections_are_the_principal_components_of_the_patches():
+    """Projections fitted to latents whose 2x2 patches have rank D pass the patches through exactly."""
+    from latentcode.modeling.from_autoencoder import fit_projections
+
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-ldm"), **{**PATCHES, "codebook_dim": 3})
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.einsum(
+        "bdhw,dl->blhw", torch.randn(4, 3, 4, 4, generator=generator), torch.randn(3, 16, generator=generator)
+    )
+    latents = torch.nn.functional.pixel_shuffle(patches + torch.linspace(-2, 2, 16).view(1, 16, 1, 1), 2)
+    fit_projections(vqvae, latents)
+    with torch.no_grad():
+        code = vqvae.quant_conv.code(latents)
+        assert code.shape == (4, 3, 4, 4)
+        torch.testing.assert_close(vqvae.post_quant_conv.latent_estimate(code), latents, rtol=1e-4, atol=1e-4)
+
+
+def test_latent_patches_refuse_what_does_not_split_into_patches():
+    vqvae = VQVAEModel.from_autoencoder(source_model("autoencoder-tiny"), **PATCHES)
+    with pytest.raises(ValueError, match="divisible by the downsampling factor 4.*14x14"):
+        vqvae.encode(pixels(size=14))  # 7 x 7 latent positions: no whole 2x2 patches
+    with pytest.raises(ValueError, match="latent_patch_size=2 codes 2x2 patches of latent positions.* grid of 5x6"):
+        latent_space_loss(vqvae, torch.randn(2, 4, 5, 6))
+    config = vqvae.config.to_dict()
+    for key in ("model_type", "transformers_version", "source_autoencoder"):
+        config.pop(key, None)
+    with pytest.raises(ValueError, match="latent_patch_size=2 codes patches.*no source_autoencoder"):
+        type(vqvae.config)(**config)
+    with pytest.raises(ValueError, match="latent_patch_size must be a positive int, got 0"):
+        VQVAEModel.from_autoencoder(source_model("autoencoder-tiny"), **{**PATCHES, "latent_patch_size": 0})
+
+
 # -- taef2, the published tiny autoencoder ------------------------------------------------------
 
 

@@ -269,6 +269,22 @@ def test_a_vae_source_trains_on_its_tokenised_posterior_means(tiny, tmp_path):
     assert VQVAEModel.from_pretrained(tmp_path / "run").config.source_autoencoder["family"] == "vae"
 
 
+def test_latent_patches_train_one_token_per_patch_and_refuse_crops_that_do_not_split(tiny, tmp_path):
+    flags = ["--tokenizer.latent_patch_size", "2", "--max_train_steps", "2", "--checkpointing_steps", "0"]
+    engine(tiny, tmp_path / "run", *flags).run()
+    tokenizer = VQVAEModel.from_pretrained(tmp_path / "run")
+    assert tokenizer.config.latent_patch_size == 2 and tokenizer.downsampling_factor == 4
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    # 5 x 4 tokens (one per 2x2 latent positions) of the 20 x 16 crop of each 21 x 19 photo, 4 bits each.
+    assert metrics["tokens_per_image"] == 20
+    assert metrics["bits_per_pixel"] == pytest.approx(5 * 4 * 4 / (20 * 16))
+    assert "A token codes 4x4 pixels (2x2 latent positions)." in (tmp_path / "run" / "README.md").read_text()
+    with pytest.raises(ValueError, match="latent_crop=3 does not split into the tokens' 2x2 patches"):
+        engine(tiny, tmp_path / "refused", *flags, "--data.latent_crop", "3")
+    with pytest.raises(ValueError, match="resolution=18 is not a multiple of the model's downsampling factor 4"):
+        engine(tiny, tmp_path / "refused", *flags, "--data.latent_crop", "null", "--data.resolution", "18")
+
+
 def test_random_latent_crops_are_seeded_and_refuse_a_crop_larger_than_the_grid():
     latents = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).view(2, 3, 6, 5)
     crops = random_latent_crops(latents, 4, torch.Generator().manual_seed(0))

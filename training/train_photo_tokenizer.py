@@ -110,6 +110,10 @@ class TokenizerOptions:
         "channels of the code (default: the source's latent channels); fewer: a learned projection", default=None
     )
     num_quantizers: int | None = option("levels of a residual quantiser", default=2)
+    latent_patch_size: int = option(
+        "latent positions per token side (VQVAEConfig.latent_patch_size): 2 codes each 2x2 patch as one token",
+        default=1,
+    )
     quantizer_config: dict[str, object] = option(
         "further quantiser options (VQVAEConfig.quantizer_config, e.g. {dead_code_restart: false})",
         default_factory=dict,
@@ -194,6 +198,7 @@ class PhotoTokenizerConfig(RunConfig):
         *RunConfig.resume_fixed,
         *("latents_dataset", "latent_crop"),
         *("quantizer", "codebook_size", "codebook_dim", "num_quantizers", "quantizer_config", "corrector_config"),
+        "latent_patch_size",
         "fit_projections",
         "finetune_decoder",  # which weights the optimiser holds
     )

@@ -377,6 +377,11 @@ class VQVAEConfig(LatentCodeConfig):
             `VQVAEModel.freeze_autoencoder`), whether its decoder was fine-tuned on the quantised
             code (`decoder_finetuned`; absent in older models: False) and its `name_or_path`, for
             people.
+        latent_patch_size (`int`, defaults to 1): with `source_autoencoder`, the side p of the
+            patch of the source's latent grid that one token codes (DiT's `patch_size`, on the
+            latent): `quant_conv` takes each p x p patch of z, `p * p * latent_channels` values,
+            to one `codebook_dim` code, so a token covers `f * p` pixels square and the model's
+            `downsampling_factor` (image size / token grid size) is `f * p`, f the backbone's.
         corrector_config (`dict`, *optional*): with `source_autoencoder`, a trainable
             [`CodeCorrector`] that refines the de-quantised latent before the decoder
             (`modules/code_corrector.py`): `{"hidden_channels": 64, "num_blocks": 2}` (given keys
@@ -401,6 +406,7 @@ class VQVAEConfig(LatentCodeConfig):
         num_latent_tokens: int | None = None,
         quantizer_config: dict | None = None,
         source_autoencoder: dict | None = None,
+        latent_patch_size: int = 1,
         corrector_config: dict | None = None,
         **kwargs,
     ):
@@ -425,10 +431,12 @@ class VQVAEConfig(LatentCodeConfig):
         self._validate_sizes()
         self.num_latent_tokens = self._resolve_latent_tokens(num_latent_tokens)
         self._validate_projections()
-        self._set_source_autoencoder(source_autoencoder, corrector_config)
+        self._set_source_autoencoder(source_autoencoder, latent_patch_size, corrector_config)
 
-    def _set_source_autoencoder(self, source: dict | None, corrector_config: dict | None) -> None:
-        """Store the record of a pretrained source model and the corrector's options, checked."""
+    def _set_source_autoencoder(
+        self, source: dict | None, latent_patch_size: int, corrector_config: dict | None
+    ) -> None:
+        """Store the record of a pretrained source model, its latent patch size and the corrector's options, checked."""
         source = complete_source_autoencoder(source)  # a model saved before a key existed
         check_source_autoencoder(source)
         self.source_autoencoder = None if source is None else dict(source)
@@ -438,6 +446,17 @@ class VQVAEConfig(LatentCodeConfig):
             "corrector_config refines the latent of a VQ-VAE made from a continuous model; this config has no "
             "source_autoencoder: build the model with VQVAEModel.from_autoencoder(model, corrector_config=...)",
         )
+        _check(
+            isinstance(latent_patch_size, int) and not isinstance(latent_patch_size, bool) and latent_patch_size >= 1,
+            f"latent_patch_size must be a positive int, got {latent_patch_size!r}",
+        )
+        _check(
+            source is not None or latent_patch_size == 1,
+            f"latent_patch_size={latent_patch_size} codes patches of the latent grid of a VQ-VAE made from a continuous "
+            "model; this config has no source_autoencoder: build the model with "
+            f"VQVAEModel.from_autoencoder(model, latent_patch_size={latent_patch_size}), or leave latent_patch_size at 1",
+        )
+        self.latent_patch_size = latent_patch_size
         if source is not None:
             _check(
                 self.use_quant_conv and self.use_post_quant_conv and not get_backbone(self.backbone).vector_latent,
@@ -506,6 +525,12 @@ class VQVAEConfig(LatentCodeConfig):
         latent grid; on a vector latent the whole vector, its `num_latent_tokens` tokens side by
         side (`num_latent_tokens * codebook_dim`)."""
         return self.codebook_dim * (self.num_latent_tokens or 1)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Ratio of image size to token grid size: the backbone's factor f (`LatentCodeConfig`'s)
+        times `latent_patch_size`, the latent positions a token covers per side."""
+        return super().downsampling_factor * self.latent_patch_size
 
     def quantizer_sizes(self) -> dict[str, int]:
         """The quantizer's top-level constructor arguments: `codebook_size`, `codebook_dim`, `num_quantizers`."""

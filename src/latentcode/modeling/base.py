@@ -177,7 +177,7 @@ class PixelChecksMixin:
         above = f"{-(-height // factor) * factor}x{-(-width // factor) * factor}"
         raise ValueError(
             f"image height and width must be divisible by the downsampling factor {factor} "
-            f"(2 ** (len(block_out_channels) - 1)), got {height}x{width}: crop or resize the images to a "
+            f"(config.downsampling_factor), got {height}x{width}: crop or resize the images to a "
             f"multiple of {factor} (the nearest are {below} and {above}), or pad them to {above} "
             f"(e.g. torch.nn.functional.pad(pixels, (0, {-width % factor}, 0, {-height % factor}), mode='replicate'))"
         )
@@ -248,10 +248,10 @@ class LatentCodePreTrainedModel(PixelChecksMixin, SlicingTilingMixin, PreTrained
         """`encoder`, `decoder` and the projections `quant_conv` / `post_quant_conv` (1x1
         convolutions on a latent grid, linear maps on a vector latent), from the backbone that
         `config.backbone` names (`latentcode.modules.backbones`). The [`Backbone`] is looked up once,
-        here, as `backbone_spec` (builders, latent shape), and the built encoder's downsampling
-        factor with it."""
+        here, as `backbone_spec` (builders, latent shape); `downsampling_factor` is the config's
+        (image size / code grid size: the encoder's factor, times a VQ-VAE's `latent_patch_size`)."""
         self.backbone_spec = get_backbone(config.backbone)
-        self.downsampling_factor = self.backbone_spec.downsampling_factor(config)
+        self.downsampling_factor = config.downsampling_factor
         family = next(f.name for f in FAMILIES.values() if isinstance(self, f.model_class))
         self.backbone_spec.check_family(family)
         encoder_out, bottleneck_in, code = self.bottleneck_channels(config)

@@ -14,6 +14,10 @@ latents = continuous_latents(vqvae, pixels)           # z, what the source encod
 latent_space_loss(vqvae, latents).loss.backward()     # trains projections, codebook, corrector
 ```
 
+`latent_patch_size=2` makes one token of each 2x2 patch of z (a coarser token grid with more
+bits per token; `modules/latent_adapters.py`). Here f is the source's downsampling factor; the
+VQ-VAE's `downsampling_factor`, image size over token grid size, is f * `latent_patch_size`.
+
 Everything that trains (the learned projections, the quantiser, the corrector) sits between z
 and its estimate z_hat, so it can train on cached latents, without the encoder or the decoder.
 Optionally the decoder trains too, on z_hat, against a frozen copy of the source's decoder
@@ -63,7 +67,7 @@ def vqvae_from_autoencoder(
 
     The VQ-VAE's config is the source's backbone config with the quantiser's sizes, `quantizer` /
     `quantizer_config` as in `VQVAEConfig`, `corrector_config` (None: no corrector) and
-    `config_fields` (other `VQVAEConfig` fields, e.g. loss weights); `source_autoencoder` records
+    `config_fields` (other `VQVAEConfig` fields: `latent_patch_size`, loss weights, ...); `source_autoencoder` records
     the source. Weights: encoder, decoder and the source's own projections copied bit-exactly,
     frozen unless `frozen=False` (`VQVAEModel.freeze_autoencoder` changes it later); the learned
     projections start as the identity when `codebook_dim` equals the source's `latent_channels`,
@@ -121,9 +125,9 @@ def copy_pretrained_weights(source: nn.Module, vqvae: nn.Module) -> None:
 
 @torch.no_grad()
 def initialize_projections(vqvae: nn.Module) -> None:
-    """The learned projections `to_code` `[D, L]` and `from_code` `[L, D]`: the identity when
-    D = L, else a random orthogonal `to_code` and its transpose (z -> its projection on D
-    directions); biases zero."""
+    """The learned projections `to_code` `[D, P]` and `from_code` `[P, D]` (P = p*p*L, a latent
+    patch's values): the identity when D = P, else a random orthogonal `to_code` and its
+    transpose (a patch -> its projection on D directions); biases zero."""
     to_code, from_code = vqvae.quant_conv.to_code, vqvae.post_quant_conv.from_code
     code_channels, latent_channels = to_code.weight.shape[:2]
     matrix = torch.empty(code_channels, latent_channels, dtype=torch.float32)
@@ -140,15 +144,17 @@ def initialize_projections(vqvae: nn.Module) -> None:
 @torch.no_grad()
 def fit_projections(vqvae: nn.Module, latents: torch.Tensor) -> None:
     """Start the learned projections at the principal components of the source's latents z
-    `[B, L, h, w]`: `to_code` maps z - mean onto its D directions of most variance, `from_code`
-    back (the best linear D-dimensional code of z in squared error). Where D < L this beats the
-    random start of `from_autoencoder` by far; where D = L it is a rotation."""
+    `[B, L, h, w]`, taken as the p x p patches a token codes (`[P]` values each, P = p*p*L):
+    `to_code` maps a patch - mean onto its D directions of most variance, `from_code` back (the
+    best linear D-dimensional code of a patch in squared error). Where D < P this beats the
+    random start of `from_autoencoder` by far; where D = P it is a rotation."""
     vqvae._check_code(latents, vqvae.config.latent_channels)
     to_code, from_code = vqvae.quant_conv.to_code, vqvae.post_quant_conv.from_code
-    rows = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()
+    patches = vqvae.quant_conv.patches(latents)
+    rows = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).double()
     mean = rows.mean(0)
-    _, _, directions = torch.linalg.svd(rows - mean, full_matrices=False)  # [L, L], rows by variance
-    basis = directions[: to_code.weight.shape[0]]  # [D, L]
+    _, _, directions = torch.linalg.svd(rows - mean, full_matrices=False)  # [P, P], rows by variance
+    basis = directions[: to_code.weight.shape[0]]  # [D, P]
     to_code.weight.copy_(basis[:, :, None, None])
     to_code.bias.copy_(-(basis @ mean))
     from_code.weight.copy_(basis.T[:, :, None, None])
@@ -278,15 +284,16 @@ def latent_space_loss(
     target_decoder: LatentsToPixels | None = None,
 ) -> LatentSpaceLoss:
     """The loss of the trainable parts on the source's latents z `[B, L, h, w]` (from
-    [`continuous_latents`] or cached): z -> `to_code` -> quantiser (updating an EMA codebook in
-    training mode, as `forward` does) -> `from_code` -> corrector -> z_hat, compared with z.
+    [`continuous_latents`] or cached; h and w multiples of `latent_patch_size`): z -> `to_code`
+    -> quantiser (updating an EMA codebook in training mode, as `forward` does) -> `from_code` ->
+    corrector -> z_hat, compared with z.
 
     With `decoder_loss_weight` > 0 it adds [`decoded_loss`] on the top-left `decoder_loss_size`
     square of the first `decoder_loss_crops` latents: the decoder costs far more than the rest,
     so it sees a few small crops per step. `target_decoder`: that loss's target decoder (None:
     the VQ-VAE's own, frozen), see [`decoded_loss`]."""
     vqvae._check_code(latents, vqvae.config.latent_channels)
-    quantized = vqvae._quantize(vqvae.quant_conv.to_code(latents))
+    quantized = vqvae._quantize(vqvae.quant_conv.code(latents))
     estimate = vqvae.post_quant_conv.latent_estimate(quantized.quantized.to(latents.dtype))
     latent_loss = F.mse_loss(estimate.float(), latents.float())
     quantizer_loss, _ = vqvae.loss_weights()(quantized.terms)

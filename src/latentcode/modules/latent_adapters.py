@@ -5,11 +5,14 @@ VQ-VAE's `quant_conv` and `post_quant_conv` are these two modules, each a frozen
 from the source (its own 1x1 projection, where it has one) and a learned part:
 
     encoder features [B, E, h, w] --pretrained--> the source's continuous latent z [B, L, h, w]
-        --to_code--> [B, D, h, w] --quantizer--> code [B, D, h, w]
-        --from_code--> z_hat [B, L, h, w] --corrector--> --pretrained--> decoder input [B, L, h, w]
+        --patches--> [B, p*p*L, h/p, w/p] --to_code--> [B, D, h/p, w/p] --quantizer--> code
+        --from_code--> [B, p*p*L, h/p, w/p] --unpatch--> z_hat [B, L, h, w]
+        --corrector--> --pretrained--> decoder input [B, L, h, w]
 
 E is the source encoder's output (L for an AutoEncoder, 2L for a VAE, whose posterior mean, the
-first L channels, is z), L its `latent_channels`, D the VQ-VAE's `codebook_dim`. `z` is what
+first L channels, is z), L its `latent_channels`, D the VQ-VAE's `codebook_dim`, p its
+`latent_patch_size` (1: a token per latent position; 2: a token per 2x2 patch of positions, its
+p*p*L values side by side as `torch.nn.functional.pixel_unshuffle` lays them out). `z` is what
 the source decodes, so `to_code` / `from_code` (1x1 convolutions, learned) and the corrector
 (`code_corrector.py`, optional) train in latent space against z alone.
 
@@ -20,6 +23,7 @@ everything a saved model needs to be rebuilt, with no reference to the source's 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .code_corrector import CodeCorrector
@@ -80,14 +84,17 @@ def encoder_channels(latent_channels: int, source: dict | None) -> int:
 
 class LatentToCode(nn.Module):
     """The `quant_conv` of a VQ-VAE from a continuous autoencoder: encoder features `[B, E, h, w]`
-    -> the source's latent z `[B, L, h, w]` (`pretrained`, its projection, or none) -> `[B, D, h, w]`
-    (`to_code`, learned)."""
+    -> the source's latent z `[B, L, h, w]` (`pretrained`, its projection, or none) -> its p x p
+    patches `[B, p*p*L, h/p, w/p]` -> `[B, D, h/p, w/p]` (`to_code`, learned)."""
 
-    def __init__(self, encoder_channels: int, latent_channels: int, code_channels: int, source_projection: bool):
+    def __init__(
+        self, encoder_channels: int, latent_channels: int, code_channels: int, source_projection: bool, patch_size: int
+    ):
         super().__init__()
         self.latent_channels = latent_channels
+        self.patch_size = patch_size
         self.pretrained = nn.Conv2d(encoder_channels, encoder_channels, 1) if source_projection else None
-        self.to_code = nn.Conv2d(latent_channels, code_channels, 1)
+        self.to_code = nn.Conv2d(latent_channels * patch_size**2, code_channels, 1)
 
     def continuous_latent(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features `[B, E, h, w]` -> z `[B, L, h, w]`, what the source model encodes
@@ -95,24 +102,48 @@ class LatentToCode(nn.Module):
         moments = features if self.pretrained is None else self.pretrained(features)
         return moments[:, : self.latent_channels]
 
+    def patches(self, latents: torch.Tensor) -> torch.Tensor:
+        """z `[B, L, h, w]` -> its p x p patches `[B, p*p*L, h/p, w/p]`, one per token; h and w
+        must be multiples of p."""
+        p = self.patch_size
+        if p == 1:
+            return latents
+        height, width = latents.shape[-2:]
+        if height % p or width % p:
+            raise ValueError(
+                f"latent_patch_size={p} codes {p}x{p} patches of latent positions, got a latent grid of "
+                f"{height}x{width}: crop the latents (or the images, to a multiple of the model's downsampling_factor) "
+                f"to a multiple of {p}"
+            )
+        return F.pixel_unshuffle(latents, p)
+
+    def code(self, latents: torch.Tensor) -> torch.Tensor:
+        """z `[B, L, h, w]` -> the quantiser's input `[B, D, h/p, w/p]`."""
+        return self.to_code(self.patches(latents))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.to_code(self.continuous_latent(features))
+        return self.code(self.continuous_latent(features))
 
 
 class CodeToLatent(nn.Module):
-    """The `post_quant_conv` of a VQ-VAE from a continuous autoencoder: a code `[B, D, h, w]` ->
-    z_hat `[B, L, h, w]` (`from_code`, learned; then `corrector`, learned, when configured) ->
-    the source's projection (`pretrained`, or none) -> the decoder's input `[B, L, h, w]`."""
+    """The `post_quant_conv` of a VQ-VAE from a continuous autoencoder: a code `[B, D, h/p, w/p]`
+    -> p x p patches of latent positions (`from_code`, learned) -> z_hat `[B, L, h, w]` (then
+    `corrector`, learned, when configured) -> the source's projection (`pretrained`, or none) ->
+    the decoder's input `[B, L, h, w]`."""
 
-    def __init__(self, code_channels: int, latent_channels: int, source_projection: bool, corrector: dict | None):
+    def __init__(
+        self, code_channels: int, latent_channels: int, source_projection: bool, corrector: dict | None, patch_size: int
+    ):
         super().__init__()
-        self.from_code = nn.Conv2d(code_channels, latent_channels, 1)
+        self.patch_size = patch_size
+        self.from_code = nn.Conv2d(code_channels, latent_channels * patch_size**2, 1)
         self.corrector = None if corrector is None else CodeCorrector(latent_channels, **corrector)
         self.pretrained = nn.Conv2d(latent_channels, latent_channels, 1) if source_projection else None
 
     def latent_estimate(self, code: torch.Tensor) -> torch.Tensor:
-        """A code `[B, D, h, w]` -> z_hat `[B, L, h, w]`, the estimate of the source's latent z."""
-        latents = self.from_code(code)
+        """A code `[B, D, h/p, w/p]` -> z_hat `[B, L, h, w]`, the estimate of the source's latent z."""
+        patches = self.from_code(code)
+        latents = patches if self.patch_size == 1 else F.pixel_shuffle(patches, self.patch_size)
         return latents if self.corrector is None else self.corrector(latents)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
@@ -122,9 +153,14 @@ class CodeToLatent(nn.Module):
 
 def build_adapters(config) -> tuple[LatentToCode, CodeToLatent]:
     """The `quant_conv` and `post_quant_conv` of a VQ-VAE whose `config.source_autoencoder` is set."""
-    source, latent, code = config.source_autoencoder, config.latent_channels, config.codebook_dim
-    to_code = LatentToCode(encoder_channels(latent, source), latent, code, source["use_quant_conv"])
-    return to_code, CodeToLatent(code, latent, source["use_post_quant_conv"], config.corrector_config)
+    source, latent, code, patch = (
+        config.source_autoencoder,
+        config.latent_channels,
+        config.codebook_dim,
+        config.latent_patch_size,
+    )
+    to_code = LatentToCode(encoder_channels(latent, source), latent, code, source["use_quant_conv"], patch)
+    return to_code, CodeToLatent(code, latent, source["use_post_quant_conv"], config.corrector_config, patch)
 
 
 def pretrained_parts(model: nn.Module) -> dict[str, nn.Module]:

@@ -51,7 +51,8 @@ def build_model(config: TrainingConfig) -> LatentCodePreTrainedModel:
     if config.data.resolution % factor:
         raise ValueError(
             f"resolution={config.data.resolution} is not divisible by the model's downsampling factor {factor} "
-            f"(2 ** (len(block_out_channels) - 1), block_out_channels={model.config.block_out_channels})"
+            f"(config.downsampling_factor: 2 ** (len(block_out_channels) - 1), block_out_channels="
+            f"{model.config.block_out_channels}, times latent_patch_size where the model has one)"
         )
     return model
 

@@ -80,6 +80,7 @@ def tokenizer_from_source(source, options) -> tuple[VQVAEModel, bool]:
         codebook_size=options.codebook_size,
         codebook_dim=options.codebook_dim,
         num_quantizers=options.num_quantizers,
+        latent_patch_size=options.latent_patch_size,
         quantizer_config=options.quantizer_config or None,
         corrector_config=options.corrector_config,
     )
@@ -97,6 +98,24 @@ def check_decoder_target(vqvae: VQVAEModel, objective) -> None:
             "the decoder loss's target, the source decoder's image of the latent, is not in it: continue it with "
             "--objective.decoder_loss_weight 0, start again from the continuous source "
             f"({record['name_or_path'] or 'name_or_path not recorded'}), or resume the fine-tune's checkpoint"
+        )
+
+
+def check_latent_patches(vqvae: VQVAEModel, data) -> None:
+    """Refuse training crops that do not split into the tokens' patches of latent positions
+    (`data`: the script's `data` group): `latent_crop` must be a multiple of `latent_patch_size`,
+    and without one the whole grid, `resolution` pixels, of the model's `downsampling_factor`."""
+    patch, factor = vqvae.config.latent_patch_size, vqvae.downsampling_factor
+    if data.latent_crop is not None and data.latent_crop % patch:
+        raise ValueError(
+            f"latent_crop={data.latent_crop} does not split into the tokens' {patch}x{patch} patches of latent "
+            f"positions (latent_patch_size={patch}): use a multiple of {patch}, e.g. {data.latent_crop // patch * patch or patch}"
+        )
+    if data.latent_crop is None and data.resolution % factor:
+        raise ValueError(
+            f"resolution={data.resolution} is not a multiple of the model's downsampling factor {factor} (one token "
+            f"per {factor}x{factor} pixels), and without latent_crop each step trains on the whole grid: set "
+            f"resolution to a multiple of {factor}, or set latent_crop"
         )
 
 
@@ -194,6 +213,7 @@ class PhotoTokenizerTask(TrainingTask):
         config, accelerator = self.config, engine.accelerator
         source = load_pretrained_model(config.pretrained_model_name_or_path, cache_dir=config.data.cache_dir)
         vqvae, self.fitted = tokenizer_from_source(source, config.tokenizer)
+        check_latent_patches(vqvae, config.data)
         check_decoder_target(vqvae, config.objective)
         self.vqvae = vqvae.to(engine.device)
         # The fine-tune's target: the source's decoder as loaded here, before a resume loads the
@@ -359,6 +379,13 @@ def pretrained_parts_description(source: dict) -> str:
     return "both frozen and unchanged"
 
 
+def token_area(vqvae: VQVAEModel) -> str:
+    """What one token codes, for the model card: its pixels and latent positions."""
+    patch, factor = vqvae.config.latent_patch_size, vqvae.downsampling_factor
+    positions = "one latent position" if patch == 1 else f"{patch}x{patch} latent positions"
+    return f"{factor}x{factor} pixels ({positions})"
+
+
 def photo_tokenizer_card(config, vqvae: VQVAEModel, metrics: dict, summary: dict, training_data: str) -> str:
     """The model card (`model_cards/photo_tokenizer.md` filled in) of a trained photo tokenizer."""
     source = vqvae.config.source_autoencoder
@@ -368,6 +395,7 @@ def photo_tokenizer_card(config, vqvae: VQVAEModel, metrics: dict, summary: dict
         "source_licence": config.tokenizer.source_licence,
         "pretrained_parts": pretrained_parts_description(source),
         "training_data": training_data,
+        "token_area": token_area(vqvae),
         "quantizer": vqvae.config.quantizer,
         "codebook_size": vqvae.codebook_size,
         "num_quantizers": vqvae.config.num_quantizers or 1,

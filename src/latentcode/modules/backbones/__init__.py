@@ -81,7 +81,7 @@ class Backbone:
                     f"(sample_size), got {height}x{width}; resize the images to {config.sample_size}"
                 )
             return (channels,)
-        factor = self.downsampling_factor(config)
+        factor = config.downsampling_factor  # the backbone's, times a VQ-VAE's latent_patch_size
         if height % factor or width % factor:
             raise ValueError(
                 f"image size must be divisible by the downsampling factor {factor}, got {height}x{width}; "
